@@ -1,0 +1,35 @@
+"""edgekd: make a trained PyTorch model fit an edge device, and prove it with measurements.
+
+Public API (the CLI only wraps these): ``compress``, ``bench``, ``load_recipe``, ``load_target``,
+``load_budget``, ``build_report``, ``evaluate_budget``.
+"""
+
+__version__ = "0.1.0"
+
+from .config import load_budget, load_recipe, load_target  # noqa: E402
+from .errors import EdgekdError  # noqa: E402
+
+
+def __getattr__(name: str):
+    """Import the heavier entry points on first use, so ``import edgekd`` stays cheap."""
+    if name == "compress":
+        from .pipeline import compress
+
+        return compress
+    if name == "bench":
+        from .measure import bench
+
+        return bench
+    if name in ("build_report", "load_report"):
+        from . import report
+
+        return getattr(report, name)
+    if name == "evaluate_budget":
+        from .gate import evaluate_budget
+
+        return evaluate_budget
+    raise AttributeError(name)
+
+
+__all__ = ["EdgekdError", "bench", "build_report", "compress", "evaluate_budget", "load_budget", "load_recipe",
+           "load_report", "load_target"]

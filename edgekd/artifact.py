@@ -1,0 +1,127 @@
+"""Artifacts: what a stage writes, and how to get a model back from it.
+
+An artifact is a folder (or file) plus a small JSON record: its variant name, kind, precision, the
+stage and parent that made it, a hash of the config that made it, and its metrics. Torch artifacts
+hold weights as safetensors *and* the recipe to rebuild the module (arch spec + kwargs, and for
+INT8 the quantization steps), so reloading never unpickles code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .checkpoint import build_model, load_state
+from .errors import StageError
+from .fileio import atomic_path, read_json, write_json
+
+KINDS = ("torch", "torch-int8", "onnx")
+
+
+@dataclass(frozen=True)
+class Artifact:
+    variant: str        # teacher-fp32, student-fp32, student-int8, ...
+    kind: str           # one of KINDS
+    precision: str      # fp32 | int8
+    path: str           # a folder for torch artifacts, an .onnx file for onnx ones
+    stage: str          # the stage that made it ("input" for the checkpoint)
+    parent: str | None = None
+    config_hash: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "Artifact":
+        return cls(**data)
+
+
+def config_hash(*parts: Any) -> str:
+    """A short stable hash of JSON-able config parts (stage config, parent hash, ...)."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def save_torch(model: nn.Module, folder: Path, *, variant: str, stage: str, parent: str | None,
+               arch: str, arch_kwargs: dict[str, Any], chash: str, metrics: dict[str, Any],
+               kind: str = "torch", precision: str = "fp32", extra: dict[str, Any] | None = None) -> Artifact:
+    """Write ``model``'s weights and its rebuild recipe into ``folder``; return the artifact."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    with atomic_path(folder / "model.safetensors") as tmp:
+        save_file(state, str(tmp))
+    meta = {"arch": arch, "arch_kwargs": arch_kwargs, "metrics": metrics, **(extra or {})}
+    return Artifact(variant, kind, precision, str(folder), stage, parent, chash, meta)
+
+
+def rebuild_float(artifact: Artifact) -> nn.Module:
+    """The float module of a ``torch`` artifact."""
+    from safetensors.torch import load_file
+
+    model = build_model(artifact.meta["arch"], **artifact.meta["arch_kwargs"])
+    load_state(model, load_file(str(Path(artifact.path) / "model.safetensors")), f"artifact {artifact.variant}")
+    return model.eval()
+
+
+def rebuild_int8(artifact: Artifact, float_parent: nn.Module) -> nn.Module:
+    """The fake-quantized module of a ``torch-int8`` artifact, rebuilt from its float parent."""
+    from safetensors.torch import load_file
+
+    from .quantization import quantize_model
+
+    q = artifact.meta["quantization"]
+    qmodel = quantize_model(float_parent, unsigned_input=q["unsigned_input"], reduce_range=q["reduce_range"])
+    state = load_file(str(Path(artifact.path) / "model.safetensors"))
+    missing, unexpected = qmodel.load_state_dict(state, strict=False)
+    if unexpected or any(not k.endswith(("zero_point", "counter", "buffer")) for k in missing):
+        raise StageError(f"artifact {artifact.variant}: quantized weights do not fit the rebuilt model "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return qmodel.eval()
+
+
+def write_record(folder: Path, key: str, artifacts: list[Artifact]) -> None:
+    """Mark a stage finished: written last, so its presence means every output is complete.
+
+    ``key`` hashes the stage's config and its inputs; ``--resume`` reuses the stage only if it matches.
+    """
+    write_json(folder / "stage.json", {"key": key, "artifacts": [a.to_json() for a in artifacts]})
+
+
+def read_record(folder: Path, key: str) -> list[Artifact] | None:
+    """The finished stage's artifacts if it ran with the same config and inputs, else None."""
+    path = folder / "stage.json"
+    if not path.is_file():
+        return None
+    record = read_json(path)
+    if record.get("key") != key:
+        return None
+    return [Artifact.from_json(a) for a in record["artifacts"]]
+
+
+def onnx_size_bytes(path: str | Path) -> int:
+    """Bytes on disk of an ONNX model, counting the external-data files it references (trap 9)."""
+    import onnx
+
+    path = Path(path)
+    total = path.stat().st_size
+    model = onnx.load(str(path), load_external_data=False)
+    files = {e.value for init in model.graph.initializer for e in init.external_data if e.key == "location"}
+    return total + sum((path.parent / f).stat().st_size for f in files if (path.parent / f).is_file())
+
+
+def count_params_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """Parameters and multiply-accumulates at batch 1, counted by Torch-Pruning's op counter."""
+    import torch_pruning as tp
+
+    with torch.no_grad():
+        macs, params = tp.utils.count_ops_and_params(model.eval(), torch.zeros(1, *input_shape))
+    return int(params), int(macs)

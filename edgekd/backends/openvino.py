@@ -1,0 +1,96 @@
+"""OpenVINO on CPU, with threads, one stream, the latency hint and a pinned precision hint.
+
+On AMX / AVX-512-BF16 CPUs OpenVINO runs an FP32 model in bf16 unless told otherwise
+(INT8-NOTES trap 1), so the target's ``precision_hint`` is always passed and the value the compiled
+model reports is what the report shows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import Target
+from ..errors import BackendError
+from .base import Backend, CompiledModel
+
+COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Gemm")
+HINT_TO_PRECISION = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+
+
+class OvModel(CompiledModel):
+    def __init__(self, core: Any, path: Path, target: Target) -> None:
+        config: dict[str, Any] = {"INFERENCE_NUM_THREADS": target.threads, "NUM_STREAMS": 1,
+                                  "PERFORMANCE_HINT": "LATENCY"}
+        if target.precision_hint:
+            config["INFERENCE_PRECISION_HINT"] = target.precision_hint
+        try:
+            self._compiled = core.compile_model(core.read_model(str(path)), target.device, config)
+        except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with long text
+            raise BackendError(f"openvino could not compile {path.name} for {target.device}: "
+                               f"{str(exc).strip().splitlines()[0]}") from None
+        self._request = self._compiled.create_infer_request()
+        self.input_shape = tuple(self._compiled.input(0).get_shape())
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        self._request.infer({0: x}, share_inputs=True)
+        return self._request.get_output_tensor(0).data
+
+    def settings(self) -> dict[str, Any]:
+        import openvino as ov
+
+        keys = ("INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE_HINT", "INFERENCE_PRECISION_HINT",
+                "ENABLE_CPU_PINNING", "EXECUTION_DEVICES")
+        out: dict[str, Any] = {"openvino": ov.get_version()}
+        for key in keys:
+            try:
+                value = self._compiled.get_property(key)
+                out[key] = value.to_string() if hasattr(value, "to_string") else str(value)
+            except RuntimeError:
+                continue
+        return out
+
+    def precision(self, variant_precision: str) -> str:
+        prop = self._compiled.get_property("INFERENCE_PRECISION_HINT")
+        hint = prop.to_string() if hasattr(prop, "to_string") else str(prop)  # an ov.Type: "f32", "bf16"
+        float_precision = HINT_TO_PRECISION.get(hint, hint)
+        return "int8" if variant_precision == "int8" else float_precision
+
+    def int8_layers(self) -> dict[str, Any]:
+        """Read each compute node's ``runtimePrecision`` from the runtime (executed) model."""
+        layers: dict[str, str] = {}
+        for op in self._compiled.get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            if info["layerType"].astype(str) in COMPUTE_LAYERS:
+                layers[op.get_friendly_name()] = info["runtimePrecision"].astype(str)
+        int8 = sum(p in ("i8", "u8") for p in layers.values())
+        return {"int8": int8, "total": len(layers), "layers": layers}
+
+
+class OpenVINOBackend(Backend):
+    name = "openvino"
+    pip_extra = ""
+    devices = ("CPU", "GPU")
+
+    def __init__(self) -> None:
+        self._core: Any = None
+
+    def availability(self) -> tuple[bool, str]:
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            return False, f"openvino is not installed ({exc})"
+        return True, ov.get_version()
+
+    def compile(self, onnx_path: Path, target: Target) -> CompiledModel:
+        import openvino as ov
+
+        if self._core is None:
+            self._core = ov.Core()
+        available = self._core.available_devices
+        if target.device.split(".")[0] not in available:
+            raise BackendError(f"target {target.name}: openvino device {target.device!r} not present; "
+                               f"here: {', '.join(available)}")
+        return OvModel(self._core, onnx_path, target)

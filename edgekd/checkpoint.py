@@ -1,0 +1,235 @@
+"""Loading checkpoints without running code from them, and building models from arch specs.
+
+``.safetensors`` and state-dict pickles load with ``weights_only=True`` into a model built from
+``--arch``. A pickled whole module or a TorchScript file can run arbitrary code when loaded, so it
+loads only with ``--trust-checkpoint`` (recorded in the manifest); without it the error names the
+unsafe globals found in the file and nothing from the file has executed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import pickletools
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import CheckpointError
+
+ARCH_FORMS = "edgekd:NAME, torchvision:NAME, timm:NAME or package.module:factory"
+STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "weights")
+
+
+@dataclass(frozen=True)
+class LoadedCheckpoint:
+    """A model ready to compress, and where it came from (for the manifest)."""
+
+    model: nn.Module
+    arch: str | None
+    path: str
+    format: str  # safetensors | state_dict | pickled-module | torchscript
+    trusted: bool
+    sha256: str
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------ arch specs
+def build_model(spec: str, *, num_classes: int | None = None, in_channels: int | None = None,
+                width: float | None = None) -> nn.Module:
+    """Build an untrained model from an arch spec. Never downloads weights."""
+    scheme, sep, name = spec.partition(":")
+    if not sep or not name:
+        raise CheckpointError(f"--arch {spec!r}: expected {ARCH_FORMS}")
+    if scheme == "edgekd":
+        from .zoo import ZOO
+
+        factory = ZOO.get(name)
+        kwargs = {"num_classes": num_classes, "in_channels": in_channels, "width": width}
+        return factory(**{k: v for k, v in kwargs.items() if v is not None})
+    if scheme == "torchvision":
+        return _torchvision(name, num_classes, in_channels, width)
+    if scheme == "timm":
+        return _timm(name, num_classes, in_channels, width)
+    return _factory(spec, scheme, name, num_classes, in_channels, width)
+
+
+def _no_width(spec: str, width: float | None) -> None:
+    if width is not None:
+        raise CheckpointError(f"arch {spec!r} takes no width multiplier; give the student as 'student: {{arch: ...}}'")
+
+
+def _torchvision(name: str, num_classes: int | None, in_channels: int | None, width: float | None) -> nn.Module:
+    _no_width(f"torchvision:{name}", width)
+    try:
+        import torchvision
+    except ImportError:
+        raise CheckpointError("--arch torchvision:* needs torchvision: pip install 'edgekd[vision]'") from None
+    if in_channels not in (None, 3):
+        raise CheckpointError(f"torchvision:{name} takes 3 input channels, the data has {in_channels}")
+    try:
+        kwargs = {"num_classes": num_classes} if num_classes else {}
+        return torchvision.models.get_model(name, weights=None, **kwargs)
+    except ValueError:
+        known = ", ".join(sorted(torchvision.models.list_models())[:20])
+        raise CheckpointError(f"unknown torchvision model {name!r}; e.g. {known}, ...") from None
+
+
+def _timm(name: str, num_classes: int | None, in_channels: int | None, width: float | None) -> nn.Module:
+    _no_width(f"timm:{name}", width)
+    try:
+        import timm
+    except ImportError:
+        raise CheckpointError("--arch timm:* needs timm: pip install 'edgekd[vision]'") from None
+    if not timm.is_model(name):
+        raise CheckpointError(f"unknown timm model {name!r}; see timm.list_models()")
+    kwargs: dict[str, Any] = {"pretrained": False}
+    if num_classes:
+        kwargs["num_classes"] = num_classes
+    if in_channels:
+        kwargs["in_chans"] = in_channels
+    return timm.create_model(name, **kwargs)
+
+
+def _factory(spec: str, module: str, attr: str, num_classes: int | None, in_channels: int | None,
+             width: float | None) -> nn.Module:
+    try:
+        factory = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as exc:
+        raise CheckpointError(f"--arch {spec!r}: cannot import {module}.{attr} ({exc}); expected {ARCH_FORMS}") from None
+    params = inspect.signature(factory).parameters
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    wanted = {"num_classes": num_classes, "in_channels": in_channels, "width": width}
+    kwargs = {k: v for k, v in wanted.items() if v is not None and (takes_any or k in params)}
+    if width is not None and "width" not in kwargs:
+        _no_width(spec, width)
+    model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise CheckpointError(f"--arch {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+# ------------------------------------------------------------------ loading
+def load_checkpoint(path: str | Path, arch: str | None, *, trust: bool = False,
+                    num_classes: int | None = None, in_channels: int | None = None) -> LoadedCheckpoint:
+    """Load ``path`` safely; see the module docstring for what needs ``trust``."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint file not found")
+    digest = file_sha256(path)
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            state = load_file(str(path))
+        except SafetensorError as exc:
+            raise CheckpointError(f"{path}: not a valid safetensors file ({exc})") from None
+        model = _model_from_state(path, state, arch, num_classes, in_channels)
+        return LoadedCheckpoint(model, arch, str(path), "safetensors", False, digest)
+
+    if _is_torchscript(path):
+        if not trust:
+            raise CheckpointError(
+                f"{path}: a TorchScript file runs code when loaded; pass --trust-checkpoint if you trust its source")
+        return LoadedCheckpoint(torch.jit.load(str(path), map_location="cpu"), arch, str(path), "torchscript", True, digest)
+
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises several types for unsafe or foreign pickles
+        if not trust:
+            unsafe = ", ".join(_unsafe_globals(path)) or "unknown"
+            raise CheckpointError(
+                f"{path}: refusing to unpickle objects beyond tensors (unsafe globals: {unsafe}); "
+                f"save a state_dict or .safetensors, or pass --trust-checkpoint if you trust its source") from None
+        obj = _trusted_load(path, exc)
+    if isinstance(obj, nn.Module):
+        return LoadedCheckpoint(obj, arch, str(path), "pickled-module", True, digest)
+    state = _find_state_dict(path, obj)
+    model = _model_from_state(path, state, arch, num_classes, in_channels)
+    return LoadedCheckpoint(model, arch, str(path), "state_dict", trust, digest)
+
+
+def _trusted_load(path: Path, first_error: Exception) -> Any:
+    """The one path that may execute code from a checkpoint: only behind --trust-checkpoint."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001
+        raise CheckpointError(f"{path}: cannot load even as a trusted pickle ({exc}; first: {first_error})") from None
+
+
+def _is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as zf:
+        return any(n.endswith("constants.pkl") or "/code/" in n for n in zf.namelist())
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    """Globals a pickle would import, found without unpickling it."""
+    if zipfile.is_zipfile(path):
+        try:
+            return torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
+        except Exception:  # noqa: BLE001
+            return []
+    found: list[str] = []
+    strings: list[str] = []
+    try:
+        with open(path, "rb") as f:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name == "GLOBAL":
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # noqa: BLE001 - a truncated or foreign file: report what was found
+        pass
+    return sorted(set(found))
+
+
+def _find_state_dict(path: Path, obj: Any) -> dict[str, torch.Tensor]:
+    if isinstance(obj, dict):
+        for key in STATE_DICT_KEYS:
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+        if obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+    raise CheckpointError(f"{path}: expected a state_dict (name -> tensor), optionally under one of {STATE_DICT_KEYS}")
+
+
+def _model_from_state(path: Path, state: dict[str, torch.Tensor], arch: str | None,
+                      num_classes: int | None, in_channels: int | None) -> nn.Module:
+    if arch is None:
+        raise CheckpointError(f"{path}: a state_dict needs --arch ({ARCH_FORMS})")
+    model = build_model(arch, num_classes=num_classes, in_channels=in_channels)
+    load_state(model, state, f"{path} with --arch {arch}")
+    return model
+
+
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """``load_state_dict(strict=True)`` with a one-line error that names the mismatches."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or shapes:
+        detail = "; ".join(f"{label}: {', '.join(items[:3])}{' ...' if len(items) > 3 else ''}"
+                           for label, items in (("missing", missing), ("unexpected", unexpected),
+                                                ("shape mismatch", shapes)) if items)
+        raise CheckpointError(f"{what}: weights do not fit the model ({detail})")
+    model.load_state_dict(state, strict=True)

@@ -1,0 +1,51 @@
+"""``edgekd compress``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .app import app, err, handle_errors, out
+
+
+@app.command()
+def compress(
+    checkpoint: Annotated[Optional[Path], typer.Argument(help="Teacher weights: .safetensors or a state-dict "
+                          ".pt/.pth (with --arch). Omit to run the embedded default (bundled digits teacher).")] = None,
+    arch: Annotated[Optional[str], typer.Option(help="Architecture of CHECKPOINT: edgekd:NAME, torchvision:NAME, "
+                    "timm:NAME or package.module:factory.")] = None,
+    recipe: Annotated[str, typer.Option(help="Recipe name (built-in, see 'edgekd list recipes') or YAML path.")] = "default",
+    target: Annotated[Optional[list[str]], typer.Option(help="Target name or YAML path; repeat for several. "
+                      "Default: the recipe's targets.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Data: digits, synthetic, npz:PATH (arrays x, y). "
+                    "Default: the recipe's data block.")] = None,
+    out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory. Default: runs/<recipe>[N].")] = None,
+    budget: Annotated[Optional[Path], typer.Option(help="Budget YAML; after the run, exit 1 if it is violated.")] = None,
+    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Allow a pickled module or "
+                                "TorchScript checkpoint, which runs code when loaded. Recorded in the manifest.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate everything, write recipe.resolved.yaml, stop.")] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last finished stage.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing run directory at --out.")] = False,
+) -> None:
+    """Compress a checkpoint through a recipe's stages, measure every variant on every target, report."""
+    from ..gate import ci_annotations, exit_code
+    from ..pipeline import compress as run_compress
+    from .render import print_report_tables
+
+    with handle_errors():
+        result = run_compress(checkpoint, arch=arch, recipe=recipe, targets=target, data=data, out=out_dir,
+                              budget=budget, trust_checkpoint=trust_checkpoint, dry_run=dry_run, resume=resume,
+                              force=force)
+    if result.report is None:
+        out.print(f"dry run: wrote {result.run_dir / 'recipe.resolved.yaml'}")
+        return
+    print_report_tables(result.report)
+    out.print(f"run directory: {result.run_dir}  (report.md, report.json, report.html, tradeoff.png)")
+    if result.verdicts is not None:
+        for v in result.verdicts:
+            (out if v.passed else err).print(f"{'PASS' if v.passed else 'FAIL'} {v.name}: {v.message}", highlight=False)
+        for line in ci_annotations(result.verdicts):
+            print(line)
+        raise typer.Exit(exit_code(result.verdicts))

@@ -1,0 +1,44 @@
+"""``edgekd list``."""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated
+
+import typer
+
+from .app import app, handle_errors, out
+
+
+class What(str, enum.Enum):
+    recipes = "recipes"
+    targets = "targets"
+    backends = "backends"
+    losses = "losses"
+
+
+@app.command("list")
+def list_(what: Annotated[What, typer.Argument(help="recipes, targets, backends or losses.")]) -> None:
+    """List built-in recipes, targets, backends (with availability) or distillation losses."""
+    from ..config import load_recipe, load_target, RECIPES_DIR, TARGETS_DIR, builtin_names
+
+    with handle_errors():
+        if what is What.recipes:
+            for name in builtin_names(RECIPES_DIR):
+                out.print(f"{name}: {load_recipe(name).description}", highlight=False, markup=False)
+        elif what is What.targets:
+            for name in builtin_names(TARGETS_DIR):
+                t = load_target(name)
+                out.print(f"{name}: {t.backend} on {t.device} - {t.description}", highlight=False, markup=False)
+        elif what is What.backends:
+            from ..backends import BACKENDS
+
+            for name in BACKENDS:
+                ok, why = BACKENDS.get(name)().availability()
+                out.print(f"{name}: {'available ' + why if ok else 'unavailable: ' + why}", highlight=False, markup=False)
+        else:
+            from ..losses import LOSSES
+
+            for name in LOSSES:
+                doc = (LOSSES.get(name).__doc__ or "").strip().splitlines()[0]
+                out.print(f"{name}: {doc}", highlight=False, markup=False)

@@ -1,0 +1,22 @@
+"""Terminal tables shared by the commands."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.table import Table
+
+from ..report import table_rows, targets_of
+from .app import out
+
+
+def print_report_tables(report: dict[str, Any]) -> None:
+    for target in targets_of(report):
+        rows = table_rows(report, target)
+        first = next(r for r in report["results"] if r["target"] == target)
+        table = Table(title=f"{target} ({first['backend']}, {first['device']})", title_justify="left")
+        for h in rows[0]:
+            table.add_column(h, justify="left" if h in ("variant", "precision", "status") else "right")
+        for row in rows:
+            table.add_row(*row.values())
+        out.print(table)

@@ -1,0 +1,301 @@
+"""Validated configuration: recipes, targets and budgets.
+
+Every file is read with ``yaml.safe_load`` and validated by a pydantic model with ``extra="forbid"``,
+so a typo fails before any work starts, with a one-line message naming the file, the key and what
+would be valid. Names (``default``, ``cpu-openvino``) resolve to the built-in files shipped inside the
+package, so they work from any working directory.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import BudgetError, EdgekdError, RecipeError, TargetError
+
+BUILTIN_DIR = Path(__file__).parent / "builtin"
+RECIPES_DIR = BUILTIN_DIR / "recipes"
+TARGETS_DIR = BUILTIN_DIR / "targets"
+
+STAGE_ORDER = ("distill", "quantize", "export")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- data
+class DataSpec(Strict):
+    """Where training, calibration and evaluation samples come from.
+
+    ``digits``: scikit-learn's bundled 8x8 digits, upsampled to ``image_size`` (the embedded default).
+    ``npz``: a file with ``x``/``y`` arrays (NCHW float, int labels), split by ``split`` and ``seed``.
+    ``synthetic``: random class-conditional images, for smoke tests.
+    """
+
+    source: Literal["digits", "npz", "synthetic"] = "digits"
+    path: str | None = None
+    image_size: int = Field(32, ge=8, le=512)
+    split: tuple[float, float, float] = (0.7, 0.1, 0.2)
+    batch_size: int = Field(64, ge=1)
+    seed: int = 0
+    samples: int = Field(512, ge=16, description="synthetic only: number of samples")
+    classes: int = Field(10, ge=2, description="synthetic only: number of classes")
+    channels: int = Field(1, ge=1, description="synthetic only: input channels")
+
+    @field_validator("split")
+    @classmethod
+    def _split_sums_to_one(cls, v: tuple[float, float, float]) -> tuple[float, float, float]:
+        if any(f <= 0 for f in v) or abs(sum(v) - 1.0) > 1e-6:
+            raise ValueError("must be three positive fractions (train, val, test) summing to 1")
+        return v
+
+    @model_validator(mode="after")
+    def _npz_needs_path(self) -> "DataSpec":
+        if self.source == "npz" and not self.path:
+            raise ValueError("source 'npz' needs 'path' (a .npz file with arrays x and y)")
+        return self
+
+
+# ---------------------------------------------------------------- stages
+class StudentSpec(Strict):
+    """The student: a narrower copy of the teacher's family (``width``) or any arch spec (``arch``)."""
+
+    width: float | None = Field(0.5, gt=0.0, le=1.0)
+    arch: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> "StudentSpec":
+        if self.arch is not None and self.width not in (None, 0.5):
+            raise ValueError("give either 'width' or 'arch', not both")
+        return self
+
+
+class DistillLoss(Strict):
+    loss: str = "kd"
+    temperature: float = Field(4.0, gt=0.0)
+    alpha: float = Field(0.7, ge=0.0, le=1.0)
+
+    @field_validator("loss")
+    @classmethod
+    def _known_loss(cls, v: str) -> str:
+        from .losses import LOSSES
+
+        if v not in LOSSES:
+            raise ValueError(f"unknown loss {v!r}; valid: {', '.join(LOSSES.names())}")
+        return v
+
+
+class DistillConfig(DistillLoss):
+    """Knowledge distillation from the teacher into the student (METHODS.md, Hinton et al.)."""
+
+    stage: Literal["distill"]
+    epochs: int = Field(15, ge=1)
+    lr: float = Field(3e-3, gt=0.0)
+    weight_decay: float = Field(5e-4, ge=0.0)
+
+
+class QuantizeConfig(DistillLoss):
+    """INT8 quantization through Brevitas: ``qat`` trains with fake quantization against the teacher
+    (quantized distillation, Polino et al.) when ``teacher`` is true; ``ptq`` only calibrates."""
+
+    stage: Literal["quantize"]
+    mode: Literal["qat", "ptq"] = "qat"
+    weight_bits: Literal[8] = 8
+    act_bits: Literal[8] = 8
+    teacher: bool = True
+    reduce_range: bool = Field(False, description="7-bit weights: avoids int16 saturation in ONNX Runtime's "
+                               "int8 kernels on x86 CPUs without VNNI (AVX2, AVX-512 before Cascade Lake)")
+    calibration_batches: int = Field(8, ge=1)
+    epochs: int = Field(3, ge=0)
+    lr: float = Field(1e-4, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+
+
+class ExportConfig(Strict):
+    """ONNX export of every variant, checked and compared with its torch model."""
+
+    stage: Literal["export"]
+    opset: int = Field(17, ge=13, le=21)
+    parity_samples: int = Field(64, ge=1)
+    fp32_atol: float = Field(1e-4, gt=0.0)
+    fp32_rtol: float = Field(1e-3, ge=0.0)
+    int8_min_top1_agreement: float = Field(0.97, ge=0.0, le=1.0)
+
+
+StageSpec = Annotated[Union[DistillConfig, QuantizeConfig, ExportConfig], Field(discriminator="stage")]
+
+
+class Recipe(Strict):
+    name: str
+    description: str = ""
+    seed: int = 0
+    arch: str | None = Field(None, description="teacher arch spec when --arch is not given")
+    data: DataSpec = DataSpec()
+    student: StudentSpec = StudentSpec()
+    stages: list[StageSpec]
+    targets: list[str] = ["cpu-onnxruntime", "cpu-openvino"]
+
+    @model_validator(mode="after")
+    def _stage_order(self) -> "Recipe":
+        names = [s.stage for s in self.stages]
+        if not names or names[-1] != "export" or names.count("export") != 1:
+            raise ValueError(f"stages must end with exactly one 'export' (got {names})")
+        if len(set(names)) != len(names):
+            raise ValueError(f"each stage may appear once (got {names})")
+        if names != sorted(names, key=STAGE_ORDER.index):
+            raise ValueError(f"stages must run in the order {' -> '.join(STAGE_ORDER)} (got {names})")
+        return self
+
+
+# ---------------------------------------------------------------- targets
+class LatencySpec(Strict):
+    """How latency is measured: warm-up by count and by time, then timed runs (DESIGN.md)."""
+
+    warmup_runs: int = Field(20, ge=1)
+    warmup_seconds: float = Field(0.2, ge=0.0)
+    runs: int = Field(200, ge=1)
+    min_seconds: float = Field(0.0, ge=0.0)
+
+
+class Target(Strict):
+    name: str
+    description: str = ""
+    backend: str
+    device: str = "CPU"
+    threads: int = Field(2, ge=1)
+    precision_hint: Literal["f32", "bf16", "f16"] | None = Field(
+        None, description="OpenVINO INFERENCE_PRECISION_HINT; pinned because AMX CPUs default to bf16"
+    )
+    latency: LatencySpec = LatencySpec()
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, v: str) -> str:
+        from .backends import BACKENDS
+
+        if v not in BACKENDS:
+            raise ValueError(f"unknown backend {v!r}; valid: {', '.join(BACKENDS.names())}")
+        return v
+
+    @model_validator(mode="after")
+    def _hint_is_openvino_only(self) -> "Target":
+        if self.precision_hint is not None and self.backend != "openvino":
+            raise ValueError("'precision_hint' applies to backend 'openvino' only")
+        return self
+
+
+# ---------------------------------------------------------------- budgets
+LatencyStat = Literal["p50", "p90", "p99", "mean"]
+
+
+class Budget(Strict):
+    """What a variant must meet to pass ``edgekd gate`` (DESIGN.md: budget file)."""
+
+    variant: str = "student-int8"
+    max_size_mb: float | None = Field(None, gt=0.0)
+    max_accuracy_drop: float | None = Field(None, ge=0.0, le=1.0)
+    min_accuracy: float | None = Field(None, ge=0.0, le=1.0)
+    max_latency_ms: dict[str, dict[LatencyStat, float]] = {}
+
+
+# ---------------------------------------------------------------- loading
+def _format_validation_error(path: Path, err: ValidationError, model: type[BaseModel]) -> str:
+    parts = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            parent = _model_at(model, e["loc"][:-1])
+            valid = f"; valid keys: {', '.join(parent.model_fields)}" if parent else ""
+            parts.append(f"unknown key '{key}'{valid}")
+        elif e["type"] == "missing":
+            parts.append(f"missing key '{key}'")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            parts.append(f"key '{key}': {msg} (got {e.get('input')!r})")
+    return f"{path}: " + "; ".join(parts)
+
+
+def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model that validates the mapping at ``loc``, for listing its valid keys."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if current is Recipe and part in ("distill", "quantize", "export"):
+            current = {"distill": DistillConfig, "quantize": QuantizeConfig, "export": ExportConfig}[part]
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return None
+        ann = field.annotation
+        current = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), ann)
+        if part == "stages":
+            current = Recipe
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def read_yaml(path: Path, error: type[EdgekdError]) -> dict[str, Any]:
+    """Read a YAML mapping safely (no executable tags), or raise ``error`` naming the file."""
+    if not path.is_file():
+        raise error(f"{path}: file not found")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" line {where.line + 1}" if where is not None else ""
+        raise error(f"{path}:{line} not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise error(f"{path}: expected a mapping of keys at the top level, got {type(data).__name__}")
+    return data
+
+
+def _validate(model: type[Strict], data: dict[str, Any], path: Path, error: type[EdgekdError]) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise error(_format_validation_error(path, exc, model)) from None
+
+
+def _resolve(name_or_path: str | Path, folder: Path, error: type[EdgekdError], kind: str) -> Path:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise error(f"{path}: {kind} file not found")
+        return path
+    builtin = folder / f"{name_or_path}.yaml"
+    if builtin.is_file():
+        return builtin
+    known = ", ".join(builtin_names(folder))
+    raise error(f"{kind} {str(name_or_path)!r}: not a file and not a built-in {kind} (built-in: {known})")
+
+
+def builtin_names(folder: Path) -> list[str]:
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def load_recipe(name_or_path: str | Path) -> Recipe:
+    path = _resolve(name_or_path, RECIPES_DIR, RecipeError, "recipe")
+    return _validate(Recipe, read_yaml(path, RecipeError), path, RecipeError)
+
+
+def load_target(name_or_path: str | Path) -> Target:
+    path = _resolve(name_or_path, TARGETS_DIR, TargetError, "target")
+    return _validate(Target, read_yaml(path, TargetError), path, TargetError)
+
+
+def load_budget(path: str | Path) -> Budget:
+    path = Path(path)
+    return _validate(Budget, read_yaml(path, BudgetError), path, BudgetError)
+
+
+def recipe_with(recipe: Recipe, **changes: Any) -> Recipe:
+    """A copy of ``recipe`` with top-level fields replaced, re-validated."""
+    return Recipe.model_validate({**recipe.model_dump(), **changes})
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,99 @@
+"""Building train / validation / test splits from a recipe's ``data:`` block.
+
+The caller owns data (DESIGN.md): splits are built once here and handed to every stage and backend,
+so the teacher, the student and every exported artifact are measured on the same test samples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+from .config import DataSpec
+from .errors import DataError
+
+
+@dataclass(frozen=True)
+class Splits:
+    """Tensors for each split; inputs are float32 NCHW, labels int64."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    x_test: torch.Tensor
+    y_test: torch.Tensor
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """One sample's shape (C, H, W)."""
+        return tuple(self.x_train.shape[1:])
+
+    def loader(self, split: str, batch_size: int, shuffle: bool = False, seed: int = 0) -> DataLoader:
+        x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+        gen = torch.Generator().manual_seed(seed)
+        return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle, generator=gen)
+
+
+def build_splits(spec: DataSpec) -> Splits:
+    if spec.source == "digits":
+        x, y = _digits(spec.image_size)
+    elif spec.source == "npz":
+        x, y = _npz(Path(spec.path or ""))
+    else:
+        x, y = _synthetic(spec)
+    return _split(x, y, spec)
+
+
+def _digits(size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's 1797 8x8 digits (shipped inside the package), scaled to [0, 1], upsampled."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    x = torch.from_numpy(d.images.astype(np.float32) / 16.0).unsqueeze(1)
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return x.contiguous(), torch.from_numpy(d.target.astype(np.int64))
+
+
+def _npz(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    if not path.is_file():
+        raise DataError(f"{path}: data file not found (data.path)")
+    with np.load(path, allow_pickle=False) as arrays:
+        if "x" not in arrays or "y" not in arrays:
+            raise DataError(f"{path}: needs arrays 'x' (N,C,H,W float) and 'y' (N int labels); has {list(arrays)}")
+        x, y = arrays["x"], arrays["y"]
+    if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
+        raise DataError(f"{path}: 'x' must be (N,C,H,W) and 'y' (N,); got {x.shape} and {y.shape}")
+    return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.int64))
+
+
+def _synthetic(spec: DataSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class-conditional blobs: each class brightens its own patch, so a tiny CNN can learn it."""
+    g = torch.Generator().manual_seed(spec.seed)
+    n, c, s = spec.samples, spec.channels, spec.image_size
+    y = torch.randint(0, spec.classes, (n,), generator=g)
+    x = 0.3 * torch.rand(n, c, s, s, generator=g)
+    cells = int(np.ceil(np.sqrt(spec.classes)))
+    patch = s // cells
+    for k in range(spec.classes):
+        r, col = divmod(k, cells)
+        x[y == k, :, r * patch:(r + 1) * patch, col * patch:(col + 1) * patch] += 0.7
+    return x, y
+
+
+def _split(x: torch.Tensor, y: torch.Tensor, spec: DataSpec) -> Splits:
+    n = len(x)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(spec.seed))
+    n_train = int(round(spec.split[0] * n))
+    n_val = int(round(spec.split[1] * n))
+    idx = order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:]
+    if any(len(i) == 0 for i in idx):
+        raise DataError(f"data: {n} samples are too few for split {spec.split}")
+    num_classes = int(y.max()) + 1
+    return Splits(x[idx[0]], y[idx[0]], x[idx[1]], y[idx[1]], x[idx[2]], y[idx[2]], num_classes)

@@ -1,0 +1,194 @@
+"""The only orchestrator: checkpoint -> stages -> artifacts -> backends -> measurements -> report.
+
+``compress`` validates everything (recipe, targets, budget, checkpoint, data) before the first
+stage runs, writes ``recipe.resolved.yaml`` (the CLI is sugar over a recipe the user could have
+written), and writes each stage only inside ``stages/NN-<stage>/``. A stage's ``stage.json`` is
+written last; ``--resume`` reuses every stage whose record matches its config and inputs.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .artifact import Artifact, config_hash, read_record, write_record
+from .checkpoint import LoadedCheckpoint, load_checkpoint
+from .config import Budget, DataSpec, Recipe, Target, dump_recipe, load_budget, load_recipe, load_target
+from .data import Splits, build_splits
+from .errors import CheckpointError, DataError, InputError
+from .fileio import atomic_path, write_json, write_text
+from .gate import Verdict, evaluate_budget
+from .measure import BackendPool, measure
+from .progress import console
+from .report import write_report
+from .stages import STAGES, StageContext
+from .training import accuracy
+
+DEFAULT_RUNS_DIR = Path("runs")
+
+
+@dataclass
+class CompressResult:
+    run_dir: Path
+    report: dict[str, Any] | None
+    verdicts: list[Verdict] | None
+
+
+def parse_data_spec(spec: str, base: DataSpec) -> DataSpec:
+    """``--data``: ``digits``, ``synthetic``, ``npz:PATH`` or a bare ``PATH.npz``."""
+    kind, _, rest = spec.partition(":")
+    if spec.endswith(".npz") and not rest:
+        kind, rest = "npz", spec
+    if kind not in ("digits", "synthetic", "npz") or (kind == "npz" and not rest):
+        raise DataError(f"--data {spec!r}: expected digits, synthetic, npz:PATH or PATH.npz")
+    return DataSpec.model_validate({**base.model_dump(), "source": kind, "path": rest or None})
+
+
+def _run_dir(out: Path | None, name: str, resume: bool, force: bool) -> Path:
+    if out is None:
+        out, n = DEFAULT_RUNS_DIR / name, 2
+        while out.exists() and not resume:
+            out, n = DEFAULT_RUNS_DIR / f"{name}{n}", n + 1
+    if out.exists() and any(out.iterdir()) and not resume:
+        if not force:
+            raise InputError(f"{out}: run directory exists; pass --resume to continue it, --force to replace it, "
+                             f"or another --out")
+        if not (out / "recipe.resolved.yaml").is_file():
+            raise InputError(f"{out}: --force replaces only an edgekd run directory (no recipe.resolved.yaml here)")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _load_teacher(checkpoint: Path | None, arch: str | None, trust: bool, splits: Splits) -> LoadedCheckpoint:
+    from .default import ARCH, default_teacher
+
+    if checkpoint is None:
+        checkpoint, arch = default_teacher(), arch or ARCH
+    loaded = load_checkpoint(checkpoint, arch, trust=trust, num_classes=splits.num_classes,
+                             in_channels=splits.input_shape[0])
+    model = loaded.model.eval()
+    try:
+        with torch.no_grad():
+            out = model(splits.x_test[:1])
+    except Exception as exc:  # noqa: BLE001 - any failure here is a shape/arch mismatch with the data
+        raise CheckpointError(f"{checkpoint}: the model does not accept the data's input shape "
+                              f"{(1, *splits.input_shape)} ({str(exc).splitlines()[0]})") from None
+    if out.ndim != 2 or out.shape[1] != splits.num_classes:
+        raise CheckpointError(f"{checkpoint}: the model outputs shape {tuple(out.shape)}, but the data has "
+                              f"{splits.num_classes} classes")
+    return loaded
+
+
+def compress(checkpoint: str | Path | None = None, *, arch: str | None = None, recipe: str | Path | Recipe = "default",
+             targets: list[str] | None = None, data: str | None = None, out: str | Path | None = None,
+             budget: str | Path | Budget | None = None, trust_checkpoint: bool = False, dry_run: bool = False,
+             resume: bool = False, force: bool = False) -> CompressResult:
+    rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    changes: dict[str, Any] = {}
+    if arch is not None:
+        changes["arch"] = arch
+    if data is not None:
+        changes["data"] = parse_data_spec(data, rec.data)
+    if targets:
+        changes["targets"] = list(targets)
+    rec = Recipe.model_validate({**rec.model_dump(), **changes}) if changes else rec
+    target_objs = [load_target(t) for t in rec.targets]
+    budget_obj = budget if isinstance(budget, Budget) or budget is None else load_budget(budget)
+    ckpt = Path(checkpoint) if checkpoint is not None else None
+    if ckpt is not None and not ckpt.is_file():
+        raise CheckpointError(f"{ckpt}: checkpoint file not found")
+
+    run_dir = _run_dir(Path(out) if out is not None else None, rec.name, resume, force)
+    write_text(run_dir / "recipe.resolved.yaml", dump_recipe(rec))
+    if dry_run:
+        return CompressResult(run_dir, None, None)
+
+    splits = build_splits(rec.data)
+    loaded = _load_teacher(ckpt, rec.arch, trust_checkpoint, splits)
+    teacher_hash = config_hash(loaded.sha256, rec.data.model_dump(), rec.seed)
+    variants: dict[str, Artifact] = {"teacher-fp32": Artifact(
+        "teacher-fp32", "torch", "fp32", loaded.path, "input", None, teacher_hash,
+        {"arch": loaded.arch, "arch_kwargs": {"num_classes": splits.num_classes, "in_channels": splits.input_shape[0]},
+         "format": loaded.format, "sha256": loaded.sha256, "trusted": loaded.trusted,
+         "metrics": {"test_accuracy_torch": accuracy(loaded.model, splits.x_test, splits.y_test)}})}
+    ctx = StageContext(run_dir, run_dir, rec, splits, loaded.model, {"teacher-fp32": loaded.model})
+    for p in ctx.teacher.parameters():
+        p.requires_grad_(False)
+
+    stage_log = []
+    for i, spec in enumerate(rec.stages):
+        folder = run_dir / "stages" / f"{i:02d}-{spec.stage}"
+        key = config_hash(spec.model_dump(), [a.config_hash for a in variants.values()], __version__)
+        made = read_record(folder, key) if resume else None
+        reused = made is not None
+        if made is None:
+            console.print(f"[bold]stage {i + 1}/{len(rec.stages)}: {spec.stage}[/bold]")
+            if folder.exists():
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True)
+            ctx.stage_dir = folder
+            made = STAGES.get(spec.stage)(variants, spec, ctx)
+            write_record(folder, key, made)
+        else:
+            console.print(f"stage {i + 1}/{len(rec.stages)}: {spec.stage} (resumed from {folder})")
+        stage_log.append({"stage": spec.stage, "folder": str(folder.relative_to(run_dir)), "reused": reused,
+                          "outputs": [a.variant for a in made]})
+        for art in made:
+            variants[art.variant if art.kind != "onnx" else f"{art.variant}.onnx"] = art
+
+    models = _publish_models(run_dir, [a for a in variants.values() if a.kind == "onnx"])
+    write_json(run_dir / "manifest.json", _manifest(rec, loaded, variants, models, stage_log, run_dir))
+    _measure_all(run_dir, models, target_objs, splits)
+    report = write_report(run_dir)
+    verdicts = evaluate_budget(report, budget_obj) if budget_obj is not None else None
+    return CompressResult(run_dir, report, verdicts)
+
+
+def _publish_models(run_dir: Path, onnx_artifacts: list[Artifact]) -> dict[str, Artifact]:
+    """Copy each exported file to ``models/<variant>.onnx`` (the run directory's contract)."""
+    published = {}
+    for art in onnx_artifacts:
+        dest = run_dir / "models" / f"{art.variant}.onnx"
+        with atomic_path(dest) as tmp:
+            shutil.copyfile(art.path, tmp)
+        published[art.variant] = Artifact(art.variant, art.kind, art.precision, str(dest.relative_to(run_dir)),
+                                          art.stage, art.parent, art.config_hash, art.meta)
+    return published
+
+
+def _manifest(rec: Recipe, loaded: LoadedCheckpoint, variants: dict[str, Artifact], models: dict[str, Artifact],
+              stage_log: list[dict[str, Any]], run_dir: Path) -> dict[str, Any]:
+    import onnx
+    import onnxruntime
+    import openvino
+
+    return {
+        "schema": "edgekd.manifest/1",
+        "edgekd": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "recipe": rec.name,
+        "checkpoint": {"path": loaded.path, "sha256": loaded.sha256, "format": loaded.format,
+                       "arch": loaded.arch, "trusted_checkpoint": loaded.trusted},
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__,
+                     "onnxruntime": onnxruntime.__version__, "openvino": openvino.get_version()},
+        "stages": stage_log,
+        "artifacts": [a.to_json() for a in variants.values()],
+        "models": {name: a.to_json() for name, a in models.items()},
+    }
+
+
+def _measure_all(run_dir: Path, models: dict[str, Artifact], targets: list[Target], splits: Splits) -> None:
+    pool = BackendPool()
+    x, y = splits.x_test.numpy(), splits.y_test.numpy()
+    for target in targets:
+        for name, art in models.items():
+            console.print(f"measure {name} on {target.name} ({target.backend}, {target.device})")
+            result = measure(run_dir / art.path, name, art.precision, target, pool, x, y)
+            write_json(run_dir / "measurements" / f"{name}@{target.name}.json", result)

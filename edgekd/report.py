@@ -1,0 +1,162 @@
+"""report.json / report.md / report.html / tradeoff.png, built from a run directory's files only.
+
+So ``edgekd report`` and ``edgekd gate`` run on a CPU-only CI box against a run made elsewhere.
+``variants[].accuracy`` is the exported artifact's accuracy on the first target that measured it
+(``accuracy_target`` names it); every target's own figure is in ``results``.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+from .errors import ReportError
+from .fileio import atomic_path, read_json, write_json, write_text
+
+SCHEMA = "edgekd.report/1"
+MB = 1 << 20
+
+
+def build_report(run_dir: Path) -> dict[str, Any]:
+    manifest_path = run_dir / "manifest.json"
+    if not manifest_path.is_file():
+        raise ReportError(f"{run_dir}: not a finished edgekd run (no manifest.json)")
+    try:
+        manifest = read_json(manifest_path)
+        results = [read_json(p) for p in sorted((run_dir / "measurements").glob("*.json"))]
+    except ValueError as exc:
+        raise ReportError(f"{run_dir}: unreadable JSON ({exc})") from None
+    variants = []
+    for name, art in manifest["models"].items():
+        meta = art["meta"]
+        measured = [r for r in results if r["variant"] == name and r["status"] == "ok" and r["accuracy"] is not None]
+        variants.append({
+            "name": name, "onnx": art["path"], "precision": art["precision"], "size_bytes": meta["size_bytes"],
+            "params": meta["params"], "macs": meta["macs"],
+            "accuracy": measured[0]["accuracy"] if measured else None,
+            "accuracy_target": measured[0]["target"] if measured else None,
+            "accuracy_torch": meta.get("accuracy_torch"), "parity": meta.get("parity"),
+        })
+    order = {name: i for i, name in enumerate(manifest["models"])}
+    results.sort(key=lambda r: (r["target"], order.get(r["variant"], len(order))))
+    for r in results:
+        r.pop("host", None)
+    return {"schema": SCHEMA, "run": {"recipe": manifest["recipe"], "created": manifest["created"],
+                                      "edgekd": manifest["edgekd"], "checkpoint": manifest["checkpoint"],
+                                      "versions": manifest["versions"]},
+            "variants": variants, "results": results}
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    """A report.json, from a run directory or the file itself, checked against the schema."""
+    path = path / "report.json" if path.is_dir() else path
+    if not path.is_file():
+        raise ReportError(f"{path}: report.json not found (run 'edgekd compress' or 'edgekd report RUN_DIR')")
+    try:
+        report = read_json(path)
+    except ValueError as exc:
+        raise ReportError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(report, dict) or report.get("schema") != SCHEMA:
+        raise ReportError(f"{path}: key 'schema' must be {SCHEMA!r}")
+    for key in ("variants", "results"):
+        if not isinstance(report.get(key), list):
+            raise ReportError(f"{path}: key '{key}' must be a list")
+    return report
+
+
+def targets_of(report: dict[str, Any]) -> list[str]:
+    return sorted(dict.fromkeys(r["target"] for r in report["results"]))
+
+
+def _fmt_size(n: int) -> str:
+    return f"{n / MB:.2f} MB" if n >= MB else f"{n / 1024:.0f} KB"
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table_rows(report: dict[str, Any], target: str) -> list[dict[str, str]]:
+    """One row per variant for ``target``: the numbers every rendering shows."""
+    sizes = {v["name"]: v["size_bytes"] for v in report["variants"]}
+    rows = [r for r in report["results"] if r["target"] == target]
+    base = next((r for r in rows if r["variant"] == "teacher-fp32" and r["status"] == "ok"), None)
+    out = []
+    for r in rows:
+        lat = r.get("latency_ms") or {}
+        speedup = base["latency_ms"]["p50"] / lat["p50"] if base and lat.get("p50") else None
+        layers = r.get("int8_layers") or {}
+        out.append({
+            "variant": r["variant"], "precision": r["precision"], "size": _fmt_size(sizes.get(r["variant"], 0)),
+            "accuracy": _fmt(r["accuracy"], ".4f"), "p50 ms": _fmt(lat.get("p50"), ".3f"),
+            "p90 ms": _fmt(lat.get("p90"), ".3f"), "cov": _fmt(lat.get("cov"), ".1%"),
+            "speed-up": f"{speedup:.2f}x" if speedup else "-",
+            "INT8 layers": f"{layers['int8']}/{layers['total']}" if layers.get("total") else "-",
+            "status": r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('error') or ''}",
+        })
+    return out
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines = [f"# edgekd report: {report['run']['recipe']}", ""]
+    for target in targets_of(report):
+        rows = table_rows(report, target)
+        first = next(r for r in report["results"] if r["target"] == target)
+        lines += [f"## {target} ({first['backend']}, {first['device']})", ""]
+        header = list(rows[0])
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join("---" if h in ("variant", "precision", "status") else "---:" for h in header) + "|")
+        lines += ["| " + " | ".join(row[h] for h in header) + " |" for row in rows]
+        lines.append("")
+    lines.append("Accuracy: top-1 of the exported ONNX file running on that target over the test split. "
+                 "Latency: batch 1, milliseconds. Speed-up: teacher-fp32 p50 / variant p50 on the same target.")
+    return "\n".join(lines) + "\n"
+
+
+def render_html(report: dict[str, Any]) -> str:
+    parts = [f"<!doctype html><meta charset='utf-8'><title>edgekd report</title>"
+             f"<style>body{{font-family:sans-serif}}td,th{{padding:2px 8px;text-align:right}}</style>"
+             f"<h1>edgekd report: {html.escape(report['run']['recipe'])}</h1><img src='tradeoff.png' width='720'>"]
+    for target in targets_of(report):
+        rows = table_rows(report, target)
+        parts.append(f"<h2>{html.escape(target)}</h2><table><tr>"
+                     + "".join(f"<th>{html.escape(h)}</th>" for h in rows[0]) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row.values()) + "</tr>" for row in rows]
+        parts.append("</table>")
+    return "\n".join(parts) + "\n"
+
+
+def render_plot(report: dict[str, Any], path: Path) -> None:
+    """Accuracy against p50 latency, one panel per target; marker area grows with file size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = targets_of(report) or ["(none)"]
+    sizes = {v["name"]: v["size_bytes"] for v in report["variants"]}
+    fig, axes = plt.subplots(1, len(targets), figsize=(5 * len(targets), 4), squeeze=False)
+    for ax, target in zip(axes[0], targets):
+        for r in report["results"]:
+            if r["target"] != target or r["status"] != "ok" or r["accuracy"] is None:
+                continue
+            x, y = r["latency_ms"]["p50"], r["accuracy"]
+            ax.scatter([x], [y], s=40 + 400 * sizes.get(r["variant"], 0) / max(sizes.values() or [1]), alpha=0.6)
+            ax.annotate(f"{r['variant']} ({r['precision']})", (x, y), fontsize=8, xytext=(4, 4),
+                        textcoords="offset points")
+        ax.set(title=target, xlabel="p50 latency (ms, batch 1)", ylabel="top-1 accuracy on target")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def write_report(run_dir: Path) -> dict[str, Any]:
+    report = build_report(run_dir)
+    write_json(run_dir / "report.json", report)
+    write_text(run_dir / "report.md", render_markdown(report))
+    render_plot(report, run_dir / "tradeoff.png")
+    write_text(run_dir / "report.html", render_html(report))
+    return report

@@ -1,0 +1,108 @@
+"""The export stage: every variant to ONNX, checked, and compared with the torch model it came from.
+
+FP32 variants go through torch's TorchScript exporter and INT8 variants through Brevitas' QCDQ
+exporter, both at a fixed batch of 1 (the edge case) and the recipe's opset. Each file must pass
+``onnx.checker`` with strict shape inference, and its outputs on real test samples, run by ONNX
+Runtime as an exact reference interpreter (graph optimizations off), must match the torch model: within ``fp32_atol``/``fp32_rtol``
+for FP32; for INT8 against the *fake-quantized* torch model, by top-1 agreement (rounding at a
+scale boundary may flip a value by one step, so elementwise tolerance would be arbitrary) with the
+largest difference and SQNR recorded. A failed check fails the stage with the numbers.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..artifact import Artifact, config_hash, count_params_macs, onnx_size_bytes
+from ..config import ExportConfig
+from ..errors import StageError
+from ..fileio import atomic_path
+from ..quantization import INPUT_NAME, OUTPUT_NAME, export_qdq
+from .base import STAGES, StageContext
+
+
+@STAGES.register("export")
+def export(variants: dict[str, Artifact], cfg: ExportConfig, ctx: StageContext) -> list[Artifact]:
+    out: list[Artifact] = []
+    example = ctx.splits.x_test[:1].clone()
+    for name, art in variants.items():
+        if art.kind == "onnx":
+            continue
+        model = ctx.model(variants, name).eval()
+        path = ctx.stage_dir / f"{name}.onnx"
+        with atomic_path(path) as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                if art.precision == "int8":
+                    export_qdq(model, example, tmp, cfg.opset)
+                else:
+                    torch.onnx.export(model, (example,), str(tmp), dynamo=False, opset_version=cfg.opset,
+                                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
+            except Exception as exc:  # noqa: BLE001 - exporters raise many types for unsupported ops
+                raise StageError(f"export {name}: ONNX export failed at opset {cfg.opset} ({exc})") from None
+            check_onnx(tmp, name)
+            parity = compare_with_torch(tmp, model, ctx.splits.x_test[:cfg.parity_samples], art.precision, cfg, name)
+        metrics = art.meta.get("metrics", {})
+        params, macs = metrics.get("params"), metrics.get("macs")
+        if params is None:
+            params, macs = count_params_macs(model, ctx.splits.input_shape)
+        meta = {"source": art.path, "size_bytes": onnx_size_bytes(path), "params": params, "macs": macs,
+                "parity": parity, "input_shape": [1, *ctx.splits.input_shape], "opset": cfg.opset,
+                "accuracy_torch": metrics.get("test_accuracy_torch")}
+        out.append(Artifact(name, "onnx", art.precision, str(path), "export", name,
+                            config_hash(cfg.model_dump(), art.config_hash), meta))
+    return out
+
+
+def check_onnx(path: Path, name: str) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise StageError(f"export {name}: onnx.checker rejected {path.name} ({str(exc).splitlines()[0]})") from None
+
+
+def _sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
+    noise = float(np.mean((ref - out) ** 2))
+    return math.inf if noise == 0 else 10.0 * math.log10(float(np.mean(ref ** 2)) / noise)
+
+
+def compare_with_torch(path: Path, model: nn.Module, x: torch.Tensor, precision: str, cfg: ExportConfig,
+                       name: str) -> dict[str, Any]:
+    import onnxruntime as ort
+
+    # Optimizations off: ORT then interprets QDQ exactly (DequantizeLinear -> float op -> QuantizeLinear),
+    # so this checks the file, not a CPU's int8 kernels (those show in each target's accuracy).
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        ref = torch.cat([model(x[i:i + 1]) for i in range(len(x))]).numpy()
+    got = np.concatenate([sess.run(None, {INPUT_NAME: x[i:i + 1].numpy()})[0] for i in range(len(x))])
+    if got.shape != ref.shape:
+        raise StageError(f"export {name}: ONNX output shape {got.shape} != torch {ref.shape}")
+    diff = float(np.max(np.abs(got - ref)))
+    agreement = float(np.mean(got.argmax(1) == ref.argmax(1)))
+    result = {"samples": len(x), "max_abs_diff": diff, "top1_agreement": agreement, "sqnr_db": _sqnr_db(ref, got),
+              "reference": "fake-quantized torch model" if precision == "int8" else "torch model"}
+    if precision == "int8":
+        if agreement < cfg.int8_min_top1_agreement:
+            raise StageError(f"export {name}: ONNX top-1 agrees with the fake-quant model on {agreement:.3f} of "
+                             f"{len(x)} samples, below int8_min_top1_agreement={cfg.int8_min_top1_agreement} "
+                             f"(max |diff| {diff:.4g})")
+    else:
+        limit = cfg.fp32_atol + cfg.fp32_rtol * float(np.max(np.abs(ref)))
+        if diff > limit:
+            raise StageError(f"export {name}: ONNX output differs from torch by {diff:.3g} > {limit:.3g} "
+                             f"(fp32_atol={cfg.fp32_atol}, fp32_rtol={cfg.fp32_rtol})")
+        result["tolerance"] = limit
+    return result

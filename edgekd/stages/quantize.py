@@ -1,0 +1,53 @@
+"""The quantize stage: W8A8 through Brevitas, by calibration (``ptq``) or by training (``qat``).
+
+``qat`` with ``teacher: true`` is quantized distillation (Polino, Pascanu, Alistarh): the
+fake-quantized student trains against the full-precision teacher's logits with straight-through
+gradients to full-precision shadow weights. Calibration always runs first, so QAT starts from
+sensible activation scales.
+"""
+
+from __future__ import annotations
+
+import torch.nn.functional as F
+
+from ..artifact import Artifact, config_hash, save_torch
+from ..config import QuantizeConfig
+from ..losses import LOSSES
+from ..quantization import calibrate, quantize_model
+from ..training import accuracy, fit
+from .base import STAGES, StageContext, current, role_of
+
+
+@STAGES.register("quantize")
+def quantize(variants: dict[str, Artifact], cfg: QuantizeConfig, ctx: StageContext) -> list[Artifact]:
+    source = current(variants)
+    splits, recipe = ctx.splits, ctx.recipe
+    unsigned_input = bool(splits.x_train.min() >= 0)
+    qmodel = quantize_model(ctx.model(variants, source.variant), unsigned_input=unsigned_input,
+                            reduce_range=cfg.reduce_range)
+    calibrate(qmodel, splits.x_train, cfg.calibration_batches, recipe.data.batch_size)
+    history: list = []
+    if cfg.mode == "qat" and cfg.epochs > 0:
+        if cfg.teacher:
+            kd = LOSSES.get(cfg.loss)
+            loss_fn = lambda s, t, y: kd(s, t, y, temperature=cfg.temperature, alpha=cfg.alpha)  # noqa: E731
+            teacher_logits = ctx.teacher_train_logits()
+        else:
+            loss_fn, teacher_logits = (lambda s, _t, y: F.cross_entropy(s, y)), None
+        result = fit(qmodel, splits, loss_fn, epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                     batch_size=recipe.data.batch_size, seed=recipe.seed, label="quantize (QAT)",
+                     teacher_logits=teacher_logits)
+        history = result.history
+    variant = f"{role_of(source.variant)}-int8"
+    ctx.models[variant] = qmodel
+    metrics = {"test_accuracy_torch": accuracy(qmodel, splits.x_test, splits.y_test),
+               "val_accuracy": accuracy(qmodel, splits.x_val, splits.y_val), "history": history,
+               **{k: v for k, v in source.meta.get("metrics", {}).items() if k in ("params", "macs")}}
+    chash = config_hash(cfg.model_dump(), source.config_hash)
+    return [save_torch(qmodel, ctx.stage_dir / variant, variant=variant, stage="quantize", parent=source.variant,
+                       arch=source.meta.get("arch", ""), arch_kwargs=source.meta.get("arch_kwargs", {}),
+                       chash=chash, metrics=metrics, kind="torch-int8", precision="int8",
+                       extra={"quantization": {"weights": "int8 per-channel symmetric " + ("[-64,63]" if cfg.reduce_range else "[-128,127]"),
+                                               "activations": "int8 per-tensor", "mode": cfg.mode,
+                                               "unsigned_input": unsigned_input, "reduce_range": cfg.reduce_range,
+                                               "teacher": cfg.teacher}})]
