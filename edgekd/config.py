@@ -213,6 +213,8 @@ def _format_validation_error(path: Path, err: ValidationError, model: type[BaseM
             parts.append(f"unknown key '{key}'{valid}")
         elif e["type"] == "missing":
             parts.append(f"missing key '{key}'")
+        elif not e["loc"] or e["type"] == "value_error" and isinstance(e.get("input"), dict):
+            parts.append(e["msg"].removeprefix("Value error, ") + (f" (in '{key}')" if e["loc"] else ""))
         else:
             msg = e["msg"].removeprefix("Value error, ")
             parts.append(f"key '{key}': {msg} (got {e.get('input')!r})")

@@ -45,8 +45,6 @@ def handle_errors() -> Iterator[None]:
 
 
 def main() -> None:
-    from . import bench, compress, gate, listing, report  # noqa: F401  (registers the commands)
-
     app(prog_name="edgekd")
 
 

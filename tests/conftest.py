@@ -1,0 +1,60 @@
+"""Shared fixtures: tiny data, a tiny teacher, a tiny recipe, and one tiny run reused by many tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import save_file
+from typer.testing import CliRunner
+
+from edgekd.cli import app
+from edgekd.zoo import TinyCNN
+
+TINY_DATA = {"source": "synthetic", "samples": 192, "classes": 4, "image_size": 16, "batch_size": 32}
+FAST_LATENCY = {"warmup_runs": 3, "warmup_seconds": 0.0, "runs": 20}
+
+
+def invoke(*args: str):
+    """Run the CLI in-process; returns click's Result (exit_code, output)."""
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in TinyCNN(num_classes=4).state_dict().items()}, str(path))
+    return path
+
+
+def write_yaml(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_files(tmp_path_factory) -> dict[str, Path]:
+    """A tiny recipe and two fast targets (same backends as the built-ins, fewer runs)."""
+    d = tmp_path_factory.mktemp("cfg")
+    recipe = {"name": "tiny", "arch": "edgekd:tiny_cnn", "data": TINY_DATA, "student": {"width": 0.5},
+              "stages": [{"stage": "distill", "epochs": 2, "lr": 0.01},
+                         {"stage": "quantize", "mode": "qat", "epochs": 1, "calibration_batches": 2,
+                          "reduce_range": True},
+                         {"stage": "export"}],
+              "targets": [str(d / "ort.yaml"), str(d / "ov.yaml")]}
+    write_yaml(d / "ort.yaml", {"name": "tiny-ort", "backend": "onnxruntime", "threads": 1, "latency": FAST_LATENCY})
+    write_yaml(d / "ov.yaml", {"name": "tiny-ov", "backend": "openvino", "threads": 1, "precision_hint": "f32",
+                               "latency": FAST_LATENCY})
+    return {"recipe": write_yaml(d / "tiny.yaml", recipe), "ort": d / "ort.yaml", "ov": d / "ov.yaml"}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_teacher, tiny_files, tmp_path_factory) -> Path:
+    """One real end-to-end ``edgekd compress`` on the tiny recipe, shared by report/gate/CLI tests."""
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    result = invoke("compress", tiny_teacher, "--recipe", tiny_files["recipe"], "--out", out)
+    assert result.exit_code == 0, result.output
+    return out

@@ -1,0 +1,66 @@
+"""Every CLI command's happy path through CliRunner, and report re-rendering from files only."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from .conftest import invoke
+
+
+def test_list_each_kind():
+    assert "default" in invoke("list", "recipes").output
+    out = invoke("list", "targets").output
+    assert "cpu-onnxruntime" in out and "cpu-openvino" in out
+    backends = invoke("list", "backends").output
+    assert "onnxruntime: available" in backends and "openvino: available" in backends
+    assert "tensorrt: unavailable" in backends and "pip install 'edgekd[tensorrt]'" in backends
+    assert "kd: Hinton" in invoke("list", "losses").output
+    assert invoke("list", "plugins").exit_code == 2
+
+
+def test_help_documents_every_option():
+    for cmd, options in {"compress": ["--arch", "--recipe", "--target", "--data", "--out", "--budget",
+                                      "--trust-checkpoint", "--dry-run", "--resume"],
+                         "bench": ["--target", "--warmup", "--runs", "--json"],
+                         "report": ["--format"], "gate": ["--budget", "--junit"]}.items():
+        out = invoke(cmd, "--help").output
+        for opt in options:
+            assert opt in out, (cmd, opt)
+
+
+def test_compress_prints_a_table_per_target(tiny_run, tiny_teacher, tiny_files, tmp_path):
+    result = invoke("compress", tiny_teacher, "--recipe", tiny_files["recipe"], "--out", tmp_path / "r",
+                    "--target", tiny_files["ov"])
+    assert result.exit_code == 0
+    assert "tiny-ov (openvino, CPU)" in result.output and "student-int8" in result.output
+
+
+def test_bench_measures_a_file_on_each_target(tiny_run, tiny_files, tmp_path):
+    out = tmp_path / "bench.json"
+    result = invoke("bench", tiny_run / "models" / "student-int8.onnx", "--target", tiny_files["ort"],
+                    "--target", tiny_files["ov"], "--runs", "30", "--warmup", "2", "--json", out)
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert [r["target"] for r in data] == ["tiny-ort", "tiny-ov"]
+    assert all(r["status"] == "ok" and r["precision"] == "int8" and r["latency_ms"]["runs"] == 30 for r in data)
+    assert invoke("bench", tmp_path / "missing.onnx").exit_code == 2
+
+
+def test_bench_unavailable_backend_is_reported_not_crashed(tiny_run):
+    result = invoke("bench", tiny_run / "models" / "student-fp32.onnx", "--target", "gpu-tensorrt", "--runs", "5")
+    assert result.exit_code == 0
+    assert "unavailable" in result.output
+
+
+def test_report_rerenders_from_files_only(tiny_run, tmp_path):
+    copy = tmp_path / "copied-run"
+    shutil.copytree(tiny_run, copy)
+    for name in ("report.json", "report.md", "report.html", "tradeoff.png"):
+        (copy / name).unlink()
+    md = invoke("report", copy)
+    assert md.exit_code == 0 and "## tiny-ort" in md.output and "| student-int8 | int8 |" in md.output
+    assert json.loads(invoke("report", copy, "--format", "json").output)["schema"] == "edgekd.report/1"
+    assert invoke("report", copy, "--format", "html").exit_code == 0
+    assert "<table>" in (copy / "report.html").read_text() and (copy / "tradeoff.png").stat().st_size > 1000
+    assert invoke("report", tmp_path / "nope").exit_code == 2

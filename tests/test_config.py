@@ -1,0 +1,105 @@
+"""Every config error class fails before any work, with file, key and valid choices on one line."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgekd.config import (RECIPES_DIR, TARGETS_DIR, builtin_names, load_budget, load_recipe, load_target)
+from edgekd.errors import BudgetError, RecipeError, TargetError
+
+from .conftest import invoke, write_yaml
+
+GOOD_RECIPE = {"name": "r", "stages": [{"stage": "distill"}, {"stage": "export"}]}
+
+
+@pytest.mark.parametrize("name", builtin_names(RECIPES_DIR))
+def test_builtin_recipes_validate(name):
+    assert load_recipe(name).name == name
+
+
+@pytest.mark.parametrize("name", builtin_names(TARGETS_DIR))
+def test_builtin_targets_validate(name):
+    assert load_target(name).name == name
+
+
+def test_top_level_dirs_point_at_the_packaged_builtins():
+    from pathlib import Path
+
+    root = Path(__file__).parent.parent
+    assert sorted(p.name for p in (root / "recipes").glob("*.yaml")) == sorted(p.name for p in RECIPES_DIR.glob("*.yaml"))
+    assert sorted(p.name for p in (root / "targets").glob("*.yaml")) == sorted(p.name for p in TARGETS_DIR.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("data, needles", [
+    ({**GOOD_RECIPE, "epochs": 3}, ["unknown key 'epochs'", "valid keys:", "stages"]),
+    ({**GOOD_RECIPE, "stages": [{"stage": "distill", "epoch": 3}, {"stage": "export"}]},
+     ["unknown key 'stages.0.distill.epoch'", "valid keys:", "epochs"]),
+    ({**GOOD_RECIPE, "stages": [{"stage": "distill", "epochs": "many"}, {"stage": "export"}]},
+     ["stages.0.distill.epochs", "integer"]),
+    ({**GOOD_RECIPE, "stages": [{"stage": "prune"}, {"stage": "export"}]}, ["'distill'", "'quantize'", "'export'"]),
+    ({**GOOD_RECIPE, "stages": [{"stage": "export"}, {"stage": "distill"}]}, ["must end with exactly one 'export'"]),
+    ({**GOOD_RECIPE, "stages": [{"stage": "quantize"}, {"stage": "distill"}, {"stage": "export"}]}, ["order"]),
+    ({**GOOD_RECIPE, "stages": [{"stage": "distill", "loss": "kdd"}, {"stage": "export"}]}, ["unknown loss 'kdd'", "kd"]),
+    ({**GOOD_RECIPE, "stages": [{"stage": "quantize", "mode": "int4"}, {"stage": "export"}]}, ["stages.0.quantize.mode", "'qat'", "'ptq'"]),
+    ({**GOOD_RECIPE, "data": {"source": "imagenet"}}, ["data.source", "'digits'", "'npz'"]),
+    ({**GOOD_RECIPE, "data": {"source": "npz"}}, ["needs 'path'"]),
+    ({**GOOD_RECIPE, "data": {"split": [0.5, 0.5, 0.5]}}, ["data.split", "summing to 1"]),
+    ({"stages": [{"stage": "export"}]}, ["missing key 'name'"]),
+])
+def test_recipe_errors_name_file_key_and_choices(tmp_path, data, needles):
+    path = write_yaml(tmp_path / "bad.yaml", data)
+    with pytest.raises(RecipeError) as exc:
+        load_recipe(path)
+    message = str(exc.value)
+    assert str(path) in message and "\n" not in message
+    for needle in needles:
+        assert needle in message, message
+
+
+def test_target_errors(tmp_path):
+    with pytest.raises(TargetError, match="unknown backend 'tflite'.*onnxruntime, openvino, tensorrt"):
+        load_target(write_yaml(tmp_path / "t1.yaml", {"name": "t", "backend": "tflite"}))
+    with pytest.raises(TargetError, match="'precision_hint' applies to backend 'openvino' only"):
+        load_target(write_yaml(tmp_path / "t2.yaml", {"name": "t", "backend": "onnxruntime", "precision_hint": "f32"}))
+    with pytest.raises(TargetError, match="latency.runs"):
+        load_target(write_yaml(tmp_path / "t3.yaml", {"name": "t", "backend": "openvino", "latency": {"runs": 0}}))
+    with pytest.raises(TargetError, match="not a file and not a built-in target.*cpu-openvino"):
+        load_target("cpu-tpu")
+
+
+def test_budget_errors(tmp_path):
+    with pytest.raises(BudgetError, match="max_latency_ms.cpu-openvino.p95"):
+        load_budget(write_yaml(tmp_path / "b.yaml", {"max_latency_ms": {"cpu-openvino": {"p95": 1.0}}}))
+    with pytest.raises(BudgetError, match="unknown key 'max_size'.*max_size_mb"):
+        load_budget(write_yaml(tmp_path / "b2.yaml", {"max_size": 1}))
+    with pytest.raises(BudgetError, match="file not found"):
+        load_budget(tmp_path / "missing.yaml")
+
+
+def test_yaml_problems(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(bad)
+    bad.write_text("- a list\n")
+    with pytest.raises(RecipeError, match="expected a mapping"):
+        load_recipe(bad)
+    bad.write_text("!!python/object/apply:os.system ['true']\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(bad)
+
+
+def test_cli_reports_bad_recipe_with_exit_2_and_no_traceback(tmp_path):
+    path = write_yaml(tmp_path / "bad.yaml", {**GOOD_RECIPE, "stagez": []})
+    before = path.read_bytes()
+    result = invoke("compress", "--recipe", path, "--out", tmp_path / "out")
+    assert result.exit_code == 2
+    assert "unknown key 'stagez'" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()  # failed before any work
+    assert path.read_bytes() == before
+
+
+def test_cli_unknown_target_and_data_exit_2(tmp_path):
+    assert invoke("compress", "--target", "nope", "--out", tmp_path / "o").exit_code == 2
+    result = invoke("compress", "--data", "csv:x.csv", "--out", tmp_path / "o2")
+    assert result.exit_code == 2 and "--data 'csv:x.csv'" in result.output

@@ -1,0 +1,97 @@
+"""End to end: the tiny recipe through every stage, both CPU backends, report, and --resume."""
+
+from __future__ import annotations
+
+import json
+
+from edgekd.report import SCHEMA
+
+from .conftest import invoke
+
+VARIANTS = ["teacher-fp32", "student-fp32", "student-int8"]
+
+
+def test_run_directory_follows_the_contract(tiny_run):
+    for name in ("recipe.resolved.yaml", "manifest.json", "report.json", "report.md", "report.html", "tradeoff.png"):
+        assert (tiny_run / name).is_file(), name
+    for v in VARIANTS:
+        assert (tiny_run / "models" / f"{v}.onnx").is_file()
+        for t in ("tiny-ort", "tiny-ov"):
+            assert (tiny_run / "measurements" / f"{v}@{t}.json").is_file()
+    stages = sorted(p.name for p in (tiny_run / "stages").iterdir())
+    assert stages == ["00-distill", "01-quantize", "02-export"]
+
+
+def test_report_json_has_contract_keys_and_backend_measured_accuracy(tiny_run):
+    report = json.loads((tiny_run / "report.json").read_text())
+    assert report["schema"] == SCHEMA
+    assert [v["name"] for v in report["variants"]] == VARIANTS
+    for v in report["variants"]:
+        assert {"name", "onnx", "size_bytes", "params", "macs", "accuracy"} <= v.keys()
+        assert v["size_bytes"] == (tiny_run / v["onnx"]).stat().st_size
+    assert len(report["results"]) == 6
+    for r in report["results"]:
+        assert {"variant", "target", "backend", "device", "precision", "status", "latency_ms",
+                "throughput_ips", "accuracy", "error"} <= r.keys()
+        assert r["status"] == "ok", r["error"]
+        assert {"p50", "p90", "p99", "mean"} <= r["latency_ms"].keys()
+        assert 0.0 <= r["accuracy"] <= 1.0 and r["eval_samples"] > 0
+        assert r["latency_ms"]["runs"] >= 20
+
+
+def test_int8_student_runs_int8_layers_on_both_backends(tiny_run):
+    for target in ("tiny-ort", "tiny-ov"):
+        r = json.loads((tiny_run / "measurements" / f"student-int8@{target}.json").read_text())
+        assert r["precision"] == "int8"
+        assert r["int8_layers"]["total"] == 3  # two convs + the classifier
+        assert r["int8_layers"]["int8"] == r["int8_layers"]["total"], r["int8_layers"]
+        fp = json.loads((tiny_run / "measurements" / f"student-fp32@{target}.json").read_text())
+        assert fp["int8_layers"]["int8"] == 0
+
+
+def test_openvino_precision_hint_is_read_back(tiny_run):
+    r = json.loads((tiny_run / "measurements" / "teacher-fp32@tiny-ov.json").read_text())
+    assert r["precision"] == "fp32"
+    assert r["settings"]["INFERENCE_PRECISION_HINT"] == "f32"
+    assert r["settings"]["INFERENCE_NUM_THREADS"] == "1"
+
+
+def test_int8_weights_are_stored_as_int8_and_export_parity_recorded(tiny_run):
+    import onnx
+
+    graph = onnx.load(str(tiny_run / "models" / "student-int8.onnx")).graph
+    int8_weights = [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2]
+    assert len(int8_weights) == 3
+    assert not [n for n in graph.node if n.op_type == "Clip"]  # folded, or OpenVINO runs the convs in float
+    manifest = json.loads((tiny_run / "manifest.json").read_text())
+    models = manifest["models"]
+    assert models["student-fp32"]["meta"]["parity"]["max_abs_diff"] <= models["student-fp32"]["meta"]["parity"]["tolerance"]
+    assert models["student-int8"]["meta"]["parity"]["top1_agreement"] >= 0.97
+    assert manifest["checkpoint"]["trusted_checkpoint"] is False
+
+
+def test_existing_run_dir_needs_resume_or_force(tiny_run, tiny_teacher, tiny_files):
+    result = invoke("compress", tiny_teacher, "--recipe", tiny_files["recipe"], "--out", tiny_run)
+    assert result.exit_code == 2
+    assert "--resume" in result.output
+
+
+def test_resume_reuses_finished_stages(tiny_teacher, tiny_files, tmp_path):
+    out = tmp_path / "run"
+    assert invoke("compress", tiny_teacher, "--recipe", tiny_files["recipe"], "--out", out,
+                  "--target", tiny_files["ort"]).exit_code == 0
+    (out / "stages" / "02-export" / "stage.json").unlink()  # as if killed during export
+    result = invoke("compress", tiny_teacher, "--recipe", tiny_files["recipe"], "--out", out,
+                    "--target", tiny_files["ort"], "--resume")
+    assert result.exit_code == 0, result.output
+    reused = {s["stage"]: s["reused"] for s in json.loads((out / "manifest.json").read_text())["stages"]}
+    assert reused == {"distill": True, "quantize": True, "export": False}
+
+
+def test_dry_run_writes_resolved_recipe_only(tiny_teacher, tiny_files, tmp_path):
+    out = tmp_path / "dry"
+    result = invoke("compress", tiny_teacher, "--recipe", tiny_files["recipe"], "--out", out, "--dry-run",
+                    "--target", "cpu-openvino")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["recipe.resolved.yaml"]
+    assert "cpu-openvino" in (out / "recipe.resolved.yaml").read_text()

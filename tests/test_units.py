@@ -1,0 +1,134 @@
+"""Units under the pipeline: export checks, Clip folding, losses, training guards, the latency harness."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
+
+from edgekd.bench import measure_latency, seeded_input
+from edgekd.config import DataSpec, ExportConfig, LatencySpec
+from edgekd.data import build_splits
+from edgekd.errors import StageError
+from edgekd.losses import LOSSES
+from edgekd.quantization import calibrate, export_qdq, fold_constant_clips, quantize_model
+from edgekd.stages.export import compare_with_torch
+from edgekd.training import fit
+from edgekd.zoo import TinyCNN
+
+CFG = ExportConfig(stage="export")
+
+
+def _fp32_onnx(model, path):
+    torch.onnx.export(model.eval(), (torch.rand(1, 1, 16, 16),), str(path), dynamo=False, opset_version=17,
+                      input_names=["input"], output_names=["logits"])
+
+
+def test_fp32_export_parity_passes_for_the_same_model_and_fails_for_another(tmp_path):
+    torch.manual_seed(0)
+    model, other = TinyCNN(num_classes=4).eval(), TinyCNN(num_classes=4).eval()
+    _fp32_onnx(model, tmp_path / "m.onnx")
+    x = torch.rand(8, 1, 16, 16)
+    parity = compare_with_torch(tmp_path / "m.onnx", model, x, "fp32", CFG, "m")
+    assert parity["max_abs_diff"] <= parity["tolerance"]
+    with pytest.raises(StageError, match=r"export m: ONNX output differs from torch by .* > "):
+        compare_with_torch(tmp_path / "m.onnx", other, x, "fp32", CFG, "m")
+
+
+def test_int8_export_matches_fake_quant_model_and_flags_a_wrong_one(tmp_path):
+    torch.manual_seed(0)
+    x = torch.rand(32, 1, 16, 16)
+    model = TinyCNN(num_classes=4)
+    q = quantize_model(model, unsigned_input=True)
+    calibrate(q, x, 2, 16)
+    export_qdq(q, x[:1], tmp_path / "q.onnx", 17)
+    parity = compare_with_torch(tmp_path / "q.onnx", q, x, "int8", CFG, "q")
+    assert parity["top1_agreement"] == 1.0 and parity["sqnr_db"] > 30
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    with torch.no_grad():
+        model.classifier.weight.mul_(-1)  # same shapes, different predictions
+    other = quantize_model(model, unsigned_input=True)
+    calibrate(other, x, 2, 16)
+    with pytest.raises(StageError, match="top-1 agrees with the fake-quant model"):
+        compare_with_torch(tmp_path / "q.onnx", other, x, "int8", ExportConfig(stage="export", int8_min_top1_agreement=1.0), "q")
+
+
+def test_reduce_range_weights_fit_seven_bits_and_no_clip_survives(tmp_path):
+    q = quantize_model(TinyCNN(num_classes=4), reduce_range=True)
+    calibrate(q, torch.rand(16, 1, 16, 16), 1, 16)
+    export_qdq(q, torch.rand(1, 1, 16, 16), tmp_path / "q.onnx", 17)
+    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    weights = [numpy_helper.to_array(i) for i in graph.initializer if i.data_type == TensorProto.INT8 and len(i.dims) >= 2]
+    assert weights and all(w.min() >= -64 and w.max() <= 63 for w in weights)
+    assert "Clip" not in {n.op_type for n in graph.node}
+
+
+def test_fold_constant_clips_folds_only_constant_inputs():
+    w = numpy_helper.from_array(np.array([-100, 0, 100], dtype=np.int8), "w")
+    lo, hi = numpy_helper.from_array(np.int8(-64), "lo"), numpy_helper.from_array(np.int8(63), "hi")
+    nodes = [helper.make_node("Clip", ["w", "lo", "hi"], ["wc"]), helper.make_node("Clip", ["x", "lo", "hi"], ["y"]),
+             helper.make_node("Add", ["wc", "y"], ["z"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.INT8, [3])],
+                              [helper.make_tensor_value_info("z", TensorProto.INT8, [3])], [w, lo, hi])
+    model = helper.make_model(graph)
+    assert fold_constant_clips(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["Clip", "Add"]
+    folded = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert folded["wc"].tolist() == [-64, 0, 63] and "w" not in folded
+
+
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_every_loss_is_finite_and_differentiable(name):
+    s = torch.randn(8, 5, requires_grad=True)
+    loss = LOSSES.get(name)(s, torch.randn(8, 5), torch.randint(0, 5, (8,)), temperature=4.0, alpha=0.5)
+    loss.backward()
+    assert torch.isfinite(loss) and s.grad is not None and torch.isfinite(s.grad).all()
+
+
+def test_kd_reduces_to_its_two_terms():
+    kd = LOSSES.get("kd")
+    s, t, y = torch.randn(6, 4), torch.randn(6, 4), torch.randint(0, 4, (6,))
+    assert torch.allclose(kd(s, t, y, temperature=3.0, alpha=0.0), F.cross_entropy(s, y))
+    assert kd(t, t, y, temperature=3.0, alpha=1.0).abs() < 1e-6  # student == teacher: no soft loss
+    soft = F.kl_div(F.log_softmax(s / 3, 1), F.softmax(t / 3, 1), reduction="batchmean") * 9
+    assert torch.allclose(kd(s, t, y, temperature=3.0, alpha=1.0), soft, atol=1e-6)
+
+
+def test_nan_loss_stops_training_within_one_step():
+    splits = build_splits(DataSpec(source="synthetic", samples=64, classes=2, image_size=8))
+    steps = []
+
+    def loss(s, _t, y):
+        steps.append(1)
+        return F.cross_entropy(s, y) * float("nan")
+
+    with pytest.raises(StageError, match="unit: loss became nan at epoch 1 step 1"):
+        fit(TinyCNN(num_classes=2), splits, loss, epochs=3, lr=0.1, weight_decay=0, batch_size=16, seed=0, label="unit")
+    assert len(steps) == 1
+
+
+def test_data_splits_are_fixed_by_seed_and_disjoint():
+    a, b = build_splits(DataSpec()), build_splits(DataSpec())
+    assert torch.equal(a.x_test, b.x_test) and a.input_shape == (1, 32, 32) and a.num_classes == 10
+    assert len(a.x_train) + len(a.x_val) + len(a.x_test) == 1797
+    c = build_splits(DataSpec(seed=1))
+    assert not torch.equal(a.y_test, c.y_test)
+
+
+def test_latency_harness_counts_runs_and_orders_percentiles():
+    calls = []
+    stats = measure_latency(lambda: calls.append(sum(range(200))), LatencySpec(warmup_runs=5, warmup_seconds=0.0, runs=50))
+    assert stats.runs == 50 and stats.warmup_runs == 5 and len(calls) == 55
+    assert stats.min <= stats.p50 <= stats.p90 <= stats.p99 <= stats.max
+    assert stats.cov == pytest.approx(stats.std / stats.mean)
+    timed = measure_latency(lambda: None, LatencySpec(warmup_runs=1, warmup_seconds=0.05, runs=1, min_seconds=0.05))
+    assert timed.warmup_runs > 1 and timed.runs > 1  # warm-up and timing also run by time
+
+
+def test_seeded_input_is_deterministic_and_not_zero():
+    a, b = seeded_input((1, 3, 8, 8)), seeded_input((1, 3, 8, 8))
+    assert np.array_equal(a, b) and a.dtype == np.float32 and np.count_nonzero(a) == a.size
