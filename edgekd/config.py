@@ -64,14 +64,18 @@ class DataSpec(Strict):
 class StudentSpec(Strict):
     """The student: a narrower copy of the teacher's family (``width``) or any arch spec (``arch``)."""
 
-    width: float | None = Field(0.5, gt=0.0, le=1.0)
+    width: float | None = Field(None, gt=0.0, le=1.0, description="default 0.5 when no arch is given")
     arch: str | None = None
 
-    @model_validator(mode="after")
-    def _one_of(self) -> "StudentSpec":
-        if self.arch is not None and self.width not in (None, 0.5):
-            raise ValueError("give either 'width' or 'arch', not both")
-        return self
+    @model_validator(mode="before")
+    @classmethod
+    def _one_of(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if data.get("arch") is not None and data.get("width") is not None:
+                raise ValueError("give either 'width' or 'arch', not both")
+            if data.get("arch") is None and data.get("width") is None:
+                data = {**data, "width": 0.5}
+        return data
 
 
 class DistillLoss(Strict):
@@ -221,23 +225,24 @@ def _format_validation_error(path: Path, err: ValidationError, model: type[BaseM
     return f"{path}: " + "; ".join(parts)
 
 
+_STAGES = object()  # marks "inside the stages list": the next key is a stage tag
+
+
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The pydantic model that validates the mapping at ``loc``, for listing its valid keys."""
+    stage_models = {"distill": DistillConfig, "quantize": QuantizeConfig, "export": ExportConfig}
     current: Any = model
-    for part in loc:
-        if isinstance(part, int):
+    for part in (p for p in loc if not isinstance(p, int)):
+        if current is _STAGES:
+            current = stage_models.get(part)
             continue
-        if current is Recipe and part in ("distill", "quantize", "export"):
-            current = {"distill": DistillConfig, "quantize": QuantizeConfig, "export": ExportConfig}[part]
-            continue
-        field = getattr(current, "model_fields", {}).get(part)
+        field = current.model_fields.get(part) if current else None
         if field is None:
             return None
-        ann = field.annotation
-        current = next((a for a in getattr(ann, "__args__", (ann,)) if isinstance(a, type) and issubclass(a, BaseModel)), ann)
-        if part == "stages":
-            current = Recipe
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+        args = getattr(field.annotation, "__args__", (field.annotation,))
+        current = _STAGES if part == "stages" else next(
+            (a for a in args if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return current if isinstance(current, type) else None
 
 
 def read_yaml(path: Path, error: type[EdgekdError]) -> dict[str, Any]:
