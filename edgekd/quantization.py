@@ -15,6 +15,7 @@ OpenVINO and ONNX Runtime and follows TensorRT's explicit-quantization form:
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
 import torch
@@ -77,11 +78,15 @@ def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range:
     ``reduce_range``: 7-bit weights in [-64, 63] (still stored as INT8), so that u8 x s8 pair sums
     fit int16 on x86 CPUs without VNNI (ONNX Runtime's documented remedy for that saturation).
     """
-    from brevitas.graph.quantize import preprocess_for_quantize, quantize
+    with warnings.catch_warnings():  # "fast_hadamard_transform package not found": unused here
+        warnings.simplefilter("ignore", UserWarning)
+        from brevitas.graph.quantize import preprocess_for_quantize, quantize
 
     model = copy.deepcopy(model).eval()
     try:
-        graph = preprocess_for_quantize(model)
+        with warnings.catch_warnings():  # torch.fx deprecation noise from Brevitas' tracer backport
+            warnings.simplefilter("ignore", FutureWarning)
+            graph = preprocess_for_quantize(model)
     except Exception as exc:  # noqa: BLE001 - torch.fx raises many types on untraceable models
         raise StageError(f"quantize: the model cannot be traced by torch.fx for quantization ({exc})") from None
     compute, acts = _layer_maps(reduce_range)
