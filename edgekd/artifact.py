@@ -21,13 +21,10 @@ from .checkpoint import build_model, load_state
 from .errors import StageError
 from .fileio import atomic_path, read_json, write_json
 
-KINDS = ("torch", "torch-int8", "onnx")
-
-
 @dataclass(frozen=True)
 class Artifact:
     variant: str        # teacher-fp32, student-fp32, student-int8, ...
-    kind: str           # one of KINDS
+    kind: str           # torch | torch-int8 | onnx
     precision: str      # fp32 | int8
     path: str           # a folder for torch artifacts, an .onnx file for onnx ones
     stage: str          # the stage that made it ("input" for the checkpoint)

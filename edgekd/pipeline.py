@@ -19,7 +19,8 @@ import torch
 from . import __version__
 from .artifact import Artifact, config_hash, read_record, write_record
 from .checkpoint import LoadedCheckpoint, load_checkpoint
-from .config import Budget, DataSpec, Recipe, Target, dump_recipe, load_budget, load_recipe, load_target
+from .config import (Budget, DataSpec, Recipe, Target, dump_recipe, load_budget, load_recipe, load_target,
+                     recipe_with)
 from .data import Splits, build_splits
 from .errors import CheckpointError, DataError, InputError
 from .fileio import atomic_path, write_json, write_text
@@ -98,7 +99,7 @@ def compress(checkpoint: str | Path | None = None, *, arch: str | None = None, r
         changes["data"] = parse_data_spec(data, rec.data)
     if targets:
         changes["targets"] = list(targets)
-    rec = Recipe.model_validate({**rec.model_dump(), **changes}) if changes else rec
+    rec = recipe_with(rec, **changes) if changes else rec
     target_objs = [load_target(t) for t in rec.targets]
     budget_obj = budget if isinstance(budget, Budget) or budget is None else load_budget(budget)
     ckpt = Path(checkpoint) if checkpoint is not None else None

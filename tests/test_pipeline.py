@@ -95,3 +95,18 @@ def test_dry_run_writes_resolved_recipe_only(tiny_teacher, tiny_files, tmp_path)
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.iterdir()) == ["recipe.resolved.yaml"]
     assert "cpu-openvino" in (out / "recipe.resolved.yaml").read_text()
+
+
+def test_force_replaces_only_an_edgekd_run_directory(tiny_teacher, tiny_files, tmp_path):
+    keep = tmp_path / "mine"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("precious")
+    result = invoke("compress", tiny_teacher, "--recipe", tiny_files["recipe"], "--out", keep, "--force", "--dry-run")
+    assert result.exit_code == 2 and "replaces only an edgekd run directory" in result.output
+    assert (keep / "notes.txt").read_text() == "precious"
+    run = tmp_path / "run"
+    assert invoke("compress", tiny_teacher, "--recipe", tiny_files["recipe"], "--out", run, "--dry-run").exit_code == 0
+    (run / "stale.txt").write_text("old")
+    assert invoke("compress", tiny_teacher, "--recipe", tiny_files["recipe"], "--out", run, "--force",
+                  "--dry-run").exit_code == 0
+    assert not (run / "stale.txt").exists()

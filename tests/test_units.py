@@ -132,3 +132,43 @@ def test_latency_harness_counts_runs_and_orders_percentiles():
 def test_seeded_input_is_deterministic_and_not_zero():
     a, b = seeded_input((1, 3, 8, 8)), seeded_input((1, 3, 8, 8))
     assert np.array_equal(a, b) and a.dtype == np.float32 and np.count_nonzero(a) == a.size
+
+
+def test_int8_artifact_rebuilds_bit_exact(tmp_path):
+    """--resume and export rebuild the fake-quant model from safetensors, never from a pickle."""
+    from edgekd.artifact import Artifact, rebuild_int8, save_torch
+
+    torch.manual_seed(0)
+    x = torch.rand(16, 1, 16, 16)
+    parent = TinyCNN(num_classes=4).eval()
+    q = quantize_model(parent, unsigned_input=True, reduce_range=True)
+    calibrate(q, x, 1, 16)
+    q.train()
+    F.cross_entropy(q(x), torch.zeros(16, dtype=torch.long)).backward()
+    with torch.no_grad():
+        for p in q.parameters():
+            p -= 0.01 * p.grad  # move weights and learned scales away from their initial values
+    q.eval()
+    art = save_torch(q, tmp_path / "q", variant="s-int8", stage="quantize", parent="s-fp32", arch="edgekd:tiny_cnn",
+                     arch_kwargs={"num_classes": 4}, chash="h", metrics={}, kind="torch-int8", precision="int8",
+                     extra={"quantization": {"unsigned_input": True, "reduce_range": True}})
+    rebuilt = rebuild_int8(Artifact.from_json(art.to_json()), parent)
+    assert torch.equal(rebuilt(x), q(x))
+
+
+def test_ort_warns_about_full_range_weights_exactly_on_cpus_without_vnni(tmp_path):
+    from edgekd.backends.onnxruntime import cpu_has_vnni, saturation_risk
+
+    x = torch.rand(16, 1, 16, 16)
+    paths = {}
+    for reduce in (False, True):
+        q = quantize_model(TinyCNN(num_classes=4), unsigned_input=True, reduce_range=reduce)
+        calibrate(q, x, 1, 16)
+        paths[reduce] = tmp_path / f"q{int(reduce)}.onnx"
+        export_qdq(q, x[:1], paths[reduce], 17)
+    assert saturation_risk(paths[True]) is None  # 7-bit weights cannot saturate
+    warning = saturation_risk(paths[False])
+    if cpu_has_vnni() is False:
+        assert warning and "reduce_range: true" in warning
+    else:
+        assert warning is None
