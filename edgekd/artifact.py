@@ -60,11 +60,28 @@ def save_torch(model: nn.Module, folder: Path, *, variant: str, stage: str, pare
     return Artifact(variant, kind, precision, str(folder), stage, parent, chash, meta)
 
 
-def rebuild_float(artifact: Artifact) -> nn.Module:
-    """The float module of a ``torch`` artifact."""
+def rebuild_float(artifact: Artifact, parent: nn.Module | None = None) -> nn.Module:
+    """The float module of a ``torch`` artifact.
+
+    A width-derived (pruned) student is its architecture with the recorded channel plan applied; the
+    architecture comes from its arch spec, or, for a teacher loaded as a trusted pickled module (no
+    spec), from a copy of that ``parent`` module.
+    """
+    import copy
+
     from safetensors.torch import load_file
 
-    model = build_model(artifact.meta["arch"], **artifact.meta["arch_kwargs"])
+    from .pruning import apply_channel_plan
+
+    meta = artifact.meta
+    if meta.get("arch"):
+        model = build_model(meta["arch"], **meta["arch_kwargs"])
+    elif parent is not None:
+        model = copy.deepcopy(parent)
+    else:
+        raise StageError(f"artifact {artifact.variant}: no arch spec to rebuild it from")
+    if "channels" in meta:
+        apply_channel_plan(model, torch.zeros(1, *meta["input_shape"]), meta["channels"])
     load_state(model, load_file(str(Path(artifact.path) / "model.safetensors")), f"artifact {artifact.variant}")
     return model.eval()
 

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from .errors import BudgetError, EdgekdError, RecipeError, TargetError
 
@@ -28,6 +29,21 @@ class Strict(BaseModel):
 
 
 # ---------------------------------------------------------------- data
+class Augment(Strict):
+    """Random training-time augmentation, drawn from the run's seeded generator.
+
+    Any augmentation makes the teacher run online (its outputs change every epoch); without it the
+    teacher's outputs are computed once and cached.
+    """
+
+    shift: int = Field(0, ge=0, le=64, description="random translation by up to this many pixels (zero padded)")
+    hflip: bool = Field(False, description="random horizontal flip (not for digits or text)")
+
+    @property
+    def active(self) -> bool:
+        return self.shift > 0 or self.hflip
+
+
 class DataSpec(Strict):
     """Where training, calibration and evaluation samples come from.
 
@@ -45,6 +61,7 @@ class DataSpec(Strict):
     samples: int = Field(512, ge=16, description="synthetic only: number of samples")
     classes: int = Field(10, ge=2, description="synthetic only: number of classes")
     channels: int = Field(1, ge=1, description="synthetic only: input channels")
+    augment: Augment = Augment()
 
     @field_validator("split")
     @classmethod
@@ -66,6 +83,8 @@ class StudentSpec(Strict):
 
     width: float | None = Field(None, gt=0.0, le=1.0, description="default 0.5 when no arch is given")
     arch: str | None = None
+    init: Literal["pruned", "random"] = Field("pruned", description="width students: keep the teacher's "
+                                              "weights on the kept channels, or re-initialise them")
 
     @model_validator(mode="before")
     @classmethod
@@ -78,22 +97,61 @@ class StudentSpec(Strict):
         return data
 
 
-class DistillLoss(Strict):
-    loss: str = "kd"
-    temperature: float = Field(4.0, gt=0.0)
-    alpha: float = Field(0.7, ge=0.0, le=1.0)
+class LossTerm(BaseModel):
+    """One weighted term of a stage's distillation objective: ``{name: kd, weight: 1, temperature: 4}``.
 
-    @field_validator("loss")
-    @classmethod
-    def _known_loss(cls, v: str) -> str:
+    Keys other than ``name`` and ``weight`` are the loss's own parameters, validated against that
+    loss's ``Params`` model (unknown keys rejected), so ``edgekd list losses`` and the docstrings stay
+    the single description of each loss.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    name: str
+    weight: float = Field(1.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _known_params(self) -> "LossTerm":
         from .losses import LOSSES
 
-        if v not in LOSSES:
-            raise ValueError(f"unknown loss {v!r}; valid: {', '.join(LOSSES.names())}")
-        return v
+        if self.name not in LOSSES:
+            raise ValueError(f"unknown loss {self.name!r}; valid: {', '.join(LOSSES.names())}")
+        params_model = LOSSES.get(self.name).Params
+        try:
+            params_model.model_validate(self.model_extra or {})
+        except ValidationError as err:
+            e = err.errors()[0]
+            key = ".".join(str(p) for p in e["loc"])
+            valid = ", ".join(params_model.model_fields) or "none"
+            raise ValueError(f"loss {self.name!r}, key {key!r}: {e['msg']} (its keys: {valid})") from None
+        return self
+
+    def params(self) -> Any:
+        from .losses import LOSSES
+
+        return LOSSES.get(self.name).Params.model_validate(self.model_extra or {})
 
 
-class DistillConfig(DistillLoss):
+def _loss_terms(value: Any) -> Any:
+    """``loss: kd`` is shorthand for ``loss: [{name: kd}]``; a single mapping is a one-term list."""
+    if isinstance(value, str):
+        return [{"name": value}]
+    if isinstance(value, dict):
+        return [value]
+    return value
+
+
+LossTerms = Annotated[list[LossTerm], Field(min_length=1), BeforeValidator(_loss_terms)]
+
+
+class TrainingConfig(Strict):
+    """What every training stage shares: its objective and its loop."""
+
+    loss: LossTerms = Field(default_factory=lambda: [LossTerm(name="kd")])
+    patience: int | None = Field(None, ge=1, description="stop after this many epochs without a better "
+                                 "validation accuracy (early stopping); none: run every epoch")
+
+
+class DistillConfig(TrainingConfig):
     """Knowledge distillation from the teacher into the student (METHODS.md, Hinton et al.)."""
 
     stage: Literal["distill"]
@@ -102,7 +160,7 @@ class DistillConfig(DistillLoss):
     weight_decay: float = Field(5e-4, ge=0.0)
 
 
-class QuantizeConfig(DistillLoss):
+class QuantizeConfig(TrainingConfig):
     """INT8 quantization through Brevitas: ``qat`` trains with fake quantization against the teacher
     (quantized distillation, Polino et al.) when ``teacher`` is true; ``ptq`` only calibrates."""
 

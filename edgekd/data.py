@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from .config import DataSpec
+from .config import Augment, DataSpec
 from .errors import DataError
 
 
@@ -42,13 +42,35 @@ class Splits:
 
 
 def build_splits(spec: DataSpec) -> Splits:
+    unlabeled = None
     if spec.source == "digits":
         x, y = _digits(spec.image_size)
     elif spec.source == "npz":
-        x, y = _npz(Path(spec.path or ""))
+        x, y, unlabeled = _npz(Path(spec.path or ""))
     else:
         x, y = _synthetic(spec)
-    return _split(x, y, spec)
+    splits = _split(x, y, spec)
+    if unlabeled is None:
+        return splits
+    # Unlabeled samples join the train split with label -1: only label-free losses may train on them.
+    return Splits(torch.cat([splits.x_train, unlabeled]),
+                  torch.cat([splits.y_train, torch.full((len(unlabeled),), -1, dtype=torch.int64)]),
+                  splits.x_val, splits.y_val, splits.x_test, splits.y_test, splits.num_classes)
+
+
+def augment_batch(x: torch.Tensor, spec: Augment, gen: torch.Generator) -> torch.Tensor:
+    """Random shifts (zero padded) and horizontal flips, drawn from ``gen`` so runs repeat exactly."""
+    n, _, h, w = x.shape
+    if spec.shift > 0:
+        s = spec.shift
+        padded = F.pad(x, (s, s, s, s))
+        dy = torch.randint(0, 2 * s + 1, (n,), generator=gen).tolist()
+        dx = torch.randint(0, 2 * s + 1, (n,), generator=gen).tolist()
+        x = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    if spec.hflip:
+        flip = torch.rand(n, generator=gen) < 0.5
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    return x
 
 
 def _digits(size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,16 +83,22 @@ def _digits(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     return x.contiguous(), torch.from_numpy(d.target.astype(np.int64))
 
 
-def _npz(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def _npz(path: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``x``/``y`` (split into train/val/test) and optional ``x_unlabeled`` (added to train only)."""
     if not path.is_file():
         raise DataError(f"{path}: data file not found (data.path)")
     with np.load(path, allow_pickle=False) as arrays:
         if "x" not in arrays or "y" not in arrays:
-            raise DataError(f"{path}: needs arrays 'x' (N,C,H,W float) and 'y' (N int labels); has {list(arrays)}")
+            raise DataError(f"{path}: needs arrays 'x' (N,C,H,W float) and 'y' (N int labels), optionally "
+                            f"'x_unlabeled'; has {list(arrays)}")
         x, y = arrays["x"], arrays["y"]
+        unlabeled = arrays["x_unlabeled"] if "x_unlabeled" in arrays else None
     if x.ndim != 4 or y.ndim != 1 or len(x) != len(y):
         raise DataError(f"{path}: 'x' must be (N,C,H,W) and 'y' (N,); got {x.shape} and {y.shape}")
-    return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.int64))
+    if unlabeled is not None and (unlabeled.ndim != 4 or unlabeled.shape[1:] != x.shape[1:]):
+        raise DataError(f"{path}: 'x_unlabeled' must be (M,{','.join(map(str, x.shape[1:]))}); got {unlabeled.shape}")
+    extra = torch.from_numpy(unlabeled.astype(np.float32)) if unlabeled is not None else None
+    return torch.from_numpy(x.astype(np.float32)), torch.from_numpy(y.astype(np.int64)), extra
 
 
 def _synthetic(spec: DataSpec) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,4 +124,6 @@ def _split(x: torch.Tensor, y: torch.Tensor, spec: DataSpec) -> Splits:
     if any(len(i) == 0 for i in idx):
         raise DataError(f"data: {n} samples are too few for split {spec.split}")
     num_classes = int(y.max()) + 1
+    if int(y.min()) < 0:
+        raise DataError(f"data: labels must be 0..C-1, found {int(y.min())}; put unlabeled images in 'x_unlabeled'")
     return Splits(x[idx[0]], y[idx[0]], x[idx[1]], y[idx[1]], x[idx[2]], y[idx[2]], num_classes)

@@ -12,11 +12,10 @@ import argparse
 import os
 from pathlib import Path
 
-import torch.nn.functional as F
-
 from .config import DataSpec
 from .data import build_splits
 from .fileio import atomic_path, write_json
+from .objective import Objective
 from .training import accuracy, fit
 from .zoo import DigitsCNN
 
@@ -46,7 +45,7 @@ def train_teacher(out: Path, epochs: int = EPOCHS) -> dict[str, float]:
 
     splits = build_splits(DATA)
     model = DigitsCNN(width=1.0, num_classes=splits.num_classes, in_channels=splits.input_shape[0])
-    result = fit(model, splits, lambda s, _t, y: F.cross_entropy(s, y), epochs=epochs, lr=LR,
+    result = fit(model, splits, Objective.cross_entropy(), epochs=epochs, lr=LR,
                  weight_decay=5e-4, batch_size=DATA.batch_size, seed=SEED, label="train teacher")
     metrics = {"val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
                "test_accuracy": accuracy(model, splits.x_test, splits.y_test), "epochs": epochs}

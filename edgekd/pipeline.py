@@ -9,6 +9,7 @@ written last; ``--resume`` reuses every stage whose record matches its config an
 from __future__ import annotations
 
 import shutil
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import torch
 
-from . import __version__
+from . import __version__, distributed
 from .artifact import Artifact, config_hash, read_record, write_record
 from .checkpoint import LoadedCheckpoint, load_checkpoint
 from .config import (Budget, DataSpec, Recipe, Target, dump_recipe, load_budget, load_recipe, load_target,
@@ -106,7 +107,23 @@ def compress(checkpoint: str | Path | None = None, *, arch: str | None = None, r
     if ckpt is not None and not ckpt.is_file():
         raise CheckpointError(f"{ckpt}: checkpoint file not found")
 
-    run_dir = _run_dir(Path(out) if out is not None else None, rec.name, resume, force)
+    ranked = distributed.init_from_env()
+    if distributed.is_main():
+        run_dir = _run_dir(Path(out) if out is not None else None, rec.name, resume, force)
+    else:  # other torchrun ranks train alongside rank 0 but write only to a scratch folder, silently
+        run_dir = Path(tempfile.mkdtemp(prefix=f"edgekd-rank{distributed.rank()}-"))
+        console.quiet = True
+    try:
+        return _compress(rec, ckpt, run_dir, target_objs, budget_obj, trust_checkpoint, dry_run, resume)
+    finally:
+        if ranked:
+            if not distributed.is_main():
+                shutil.rmtree(run_dir, ignore_errors=True)
+            distributed.shutdown()
+
+
+def _compress(rec: Recipe, ckpt: Path | None, run_dir: Path, target_objs: list[Target], budget_obj: Budget | None,
+              trust_checkpoint: bool, dry_run: bool, resume: bool) -> CompressResult:
     write_text(run_dir / "recipe.resolved.yaml", dump_recipe(rec))
     if dry_run:
         return CompressResult(run_dir, None, None)
@@ -119,7 +136,8 @@ def compress(checkpoint: str | Path | None = None, *, arch: str | None = None, r
         {"arch": loaded.arch, "arch_kwargs": {"num_classes": splits.num_classes, "in_channels": splits.input_shape[0]},
          "format": loaded.format, "sha256": loaded.sha256, "trusted": loaded.trusted,
          "metrics": {"test_accuracy_torch": accuracy(loaded.model, splits.x_test, splits.y_test)}})}
-    ctx = StageContext(run_dir, run_dir, rec, splits, loaded.model, {"teacher-fp32": loaded.model})
+    ctx = StageContext(run_dir, run_dir, rec, splits, loaded.model, {"teacher-fp32": loaded.model},
+                       teacher_hash=teacher_hash, trust_checkpoint=trust_checkpoint)
     for p in ctx.teacher.parameters():
         p.requires_grad_(False)
 
@@ -131,10 +149,10 @@ def compress(checkpoint: str | Path | None = None, *, arch: str | None = None, r
         reused = made is not None
         if made is None:
             console.print(f"[bold]stage {i + 1}/{len(rec.stages)}: {spec.stage}[/bold]")
-            if folder.exists():
+            if folder.exists() and not resume:  # on resume a killed stage keeps its per-epoch training state
                 shutil.rmtree(folder)
-            folder.mkdir(parents=True)
-            ctx.stage_dir = folder
+            folder.mkdir(parents=True, exist_ok=True)
+            ctx.stage_dir, ctx.stage_key, ctx.stage_key_path = folder, key, f"stages.{i}"
             made = STAGES.get(spec.stage)(variants, spec, ctx)
             write_record(folder, key, made)
         else:
@@ -144,6 +162,8 @@ def compress(checkpoint: str | Path | None = None, *, arch: str | None = None, r
         for art in made:
             variants[art.variant if art.kind != "onnx" else f"{art.variant}.onnx"] = art
 
+    if not distributed.is_main():
+        return CompressResult(run_dir, None, None)
     models = _publish_models(run_dir, [a for a in variants.values() if a.kind == "onnx"])
     write_json(run_dir / "manifest.json", _manifest(rec, loaded, variants, models, stage_log, run_dir))
     _measure_all(run_dir, models, target_objs, splits)

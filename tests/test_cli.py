@@ -15,7 +15,9 @@ def test_list_each_kind():
     backends = invoke("list", "backends").output
     assert "onnxruntime: available" in backends and "openvino: available" in backends
     assert "tensorrt: unavailable" in backends and "pip install 'edgekd[tensorrt]'" in backends
-    assert "kd: Hinton" in invoke("list", "losses").output
+    losses = invoke("list", "losses").output
+    assert "kd: Vanilla KD: Hinton" in losses and "keys: temperature=4.0, alpha=0.7" in losses
+    assert "pskd: " in losses and "needs: labels" in losses
     assert invoke("list", "plugins").exit_code == 2
 
 

@@ -40,5 +40,13 @@ def list_(what: Annotated[What, typer.Argument(help="recipes, targets, backends 
             from ..losses import LOSSES
 
             for name in LOSSES:
-                doc = (LOSSES.get(name).__doc__ or "").strip().splitlines()[0]
-                out.print(f"{name}: {doc}", highlight=False, markup=False)
+                out.print(_describe_loss(name, LOSSES.get(name)), highlight=False, markup=False)
+
+
+def _describe_loss(name: str, cls: type) -> str:
+    """``name: <paper line>`` then its recipe keys with defaults and what it needs."""
+    summary = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+    keys = ", ".join(f"{k}={'required' if f.is_required() else f.default!r}" for k, f in cls.Params.model_fields.items())
+    needs = [w for w, on in (("a teacher", cls.needs_teacher), ("labels", cls.needs_labels)) if on]
+    return (f"{name}: {summary}\n    keys: {keys or '(none)'}; also weight=1.0\n"
+            f"    needs: {', '.join(needs) or 'neither teacher nor labels'}")

@@ -20,7 +20,6 @@ from ..config import Recipe
 from ..data import Splits
 from ..errors import RecipeError, StageError
 from ..registry import Registry
-from ..training import predict_logits
 
 
 @dataclass
@@ -33,21 +32,28 @@ class StageContext:
     splits: Splits
     teacher: nn.Module
     models: dict[str, nn.Module] = field(default_factory=dict)  # in-memory models by variant
-    _teacher_train_logits: torch.Tensor | None = None
+    teacher_hash: str = ""          # identifies teacher + data: what cached teacher outputs are valid for
+    trust_checkpoint: bool = False  # applies to extra teachers named in a recipe, as to the main one
+    stage_key: str = ""             # hash of this stage's config and inputs (its resume key)
+    stage_key_path: str = "stages"  # where this stage sits in the recipe, for error messages
 
-    def teacher_train_logits(self) -> torch.Tensor:
-        """Teacher logits on the train split, computed once: inputs are not augmented, so they
-        are the same every epoch and for every stage that distils."""
-        if self._teacher_train_logits is None:
-            self._teacher_train_logits = predict_logits(self.teacher, self.splits.x_train)
-        return self._teacher_train_logits
+    def load_extra_teacher(self, checkpoint: str, arch: str | None) -> nn.Module:
+        """Another teacher named in a loss (multi-teacher), loaded as safely as the main one."""
+        from ..checkpoint import load_checkpoint
+
+        model = load_checkpoint(checkpoint, arch, trust=self.trust_checkpoint, num_classes=self.splits.num_classes,
+                                in_channels=self.splits.input_shape[0]).model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model
 
     def model(self, variants: dict[str, Artifact], name: str) -> nn.Module:
         """The torch module of a variant: from memory, else rebuilt from its artifact (resume)."""
         if name not in self.models:
             art = variants[name]
             if art.kind == "torch":
-                self.models[name] = rebuild_float(art)
+                parent = self.model(variants, art.parent) if "channels" in art.meta and not art.meta.get("arch") else None
+                self.models[name] = rebuild_float(art, parent)
             elif art.kind == "torch-int8":
                 self.models[name] = rebuild_int8(art, self.model(variants, art.parent or ""))
             else:

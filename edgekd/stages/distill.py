@@ -1,18 +1,19 @@
-"""The distill stage: train a narrower student against the teacher (METHODS.md, vanilla KD).
+"""The distill stage: train the student against the teacher with the recipe's weighted loss terms.
 
-The student is a ``width``-scaled member of the teacher's family (the teacher's arch spec built with
-``width=...``), or any arch spec given as ``student.arch``. Teacher logits are computed once.
+The student is any arch spec (``student.arch``) or a ``width``-narrowed copy of the teacher made by
+Torch-Pruning (so any CNN family works, not just edgekd's zoo), keeping the teacher's weights on the
+kept channels unless ``student.init: random``.
 """
 
 from __future__ import annotations
 
-from functools import partial
+import torch
 
 from ..artifact import Artifact, config_hash, count_params_macs, save_torch
 from ..checkpoint import build_model
 from ..config import DistillConfig
-from ..errors import RecipeError
-from ..losses import LOSSES
+from ..objective import build_objective
+from ..pruning import channel_plan, uniform_width
 from ..training import accuracy, fit
 from .base import STAGES, StageContext, current
 
@@ -21,29 +22,40 @@ from .base import STAGES, StageContext, current
 def distill(variants: dict[str, Artifact], cfg: DistillConfig, ctx: StageContext) -> list[Artifact]:
     source = current(variants)
     recipe, splits = ctx.recipe, ctx.splits
-    arch, kwargs = _student_arch(source, recipe.student.arch, recipe.student.width)
-    kwargs = {**kwargs, "num_classes": splits.num_classes, "in_channels": splits.input_shape[0]}
-    student = build_model(arch, **kwargs)
-    loss = partial(LOSSES.get(cfg.loss), temperature=cfg.temperature, alpha=cfg.alpha)
-    result = fit(student, splits, lambda s, t, y: loss(s, t, y), epochs=cfg.epochs, lr=cfg.lr,
-                 weight_decay=cfg.weight_decay, batch_size=recipe.data.batch_size, seed=recipe.seed,
-                 label="distill", teacher_logits=ctx.teacher_train_logits())
+    student, arch, kwargs, extra = _make_student(variants, source, ctx)
+    objective, outputs = build_objective(cfg.loss, f"{ctx.stage_key_path}.loss", student, ctx.teacher, splits,
+                                         augmented=recipe.data.augment.active, teacher_key=ctx.teacher_hash,
+                                         load_teacher=ctx.load_extra_teacher)
+    result = fit(student, splits, objective, teacher=outputs, epochs=cfg.epochs, lr=cfg.lr,
+                 weight_decay=cfg.weight_decay, batch_size=recipe.data.batch_size, seed=recipe.seed, label="distill",
+                 patience=cfg.patience, augment=recipe.data.augment, state_path=ctx.stage_dir / "train_state.pt",
+                 state_key=ctx.stage_key)
     params, macs = count_params_macs(student, splits.input_shape)
     metrics = {"val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
+               "stopped_early": result.stopped_early, "resumed_from_epoch": result.resumed_from_epoch,
+               "teacher_outputs": "online" if outputs is not None and outputs.online else
+                                  ("cached" if outputs is not None else "none"),
                "test_accuracy_torch": accuracy(student, splits.x_test, splits.y_test),
                "params": params, "macs": macs, "history": result.history}
     variant = "student-fp32"
     ctx.models[variant] = student
     chash = config_hash(cfg.model_dump(), recipe.student.model_dump(), source.config_hash)
-    return [save_torch(student, ctx.stage_dir / variant, variant=variant, stage="distill",
-                       parent=source.variant, arch=arch, arch_kwargs=kwargs, chash=chash, metrics=metrics)]
+    return [save_torch(student, ctx.stage_dir / variant, variant=variant, stage="distill", parent=source.variant,
+                       arch=arch, arch_kwargs=kwargs, chash=chash, metrics=metrics, extra=extra)]
 
 
-def _student_arch(source: Artifact, arch: str | None, width: float | None) -> tuple[str, dict]:
-    if arch is not None:
-        return arch, {}
-    teacher_arch = source.meta.get("arch")
-    if not teacher_arch:
-        raise RecipeError("student.width derives the student from the teacher's arch, but the teacher "
-                          "has none (a pickled module); give 'student: {arch: ...}'")
-    return teacher_arch, {"width": width}
+def _make_student(variants: dict[str, Artifact], source: Artifact,
+                  ctx: StageContext) -> tuple[torch.nn.Module, str, dict, dict]:
+    """The untrained student, its rebuild recipe (arch, kwargs) and extra artifact metadata."""
+    spec, splits = ctx.recipe.student, ctx.splits
+    kwargs = {"num_classes": splits.num_classes, "in_channels": splits.input_shape[0]}
+    if spec.arch is not None:
+        torch.manual_seed(ctx.recipe.seed)
+        return build_model(spec.arch, **kwargs), spec.arch, kwargs, {}
+    width = spec.width if spec.width is not None else 0.5
+    teacher = ctx.model(variants, source.variant)
+    torch.manual_seed(ctx.recipe.seed)
+    student = uniform_width(teacher, splits.x_train[:1], width, splits.num_classes, keep_weights=spec.init == "pruned")
+    extra = {"channels": channel_plan(student), "input_shape": list(splits.input_shape),
+             "derived": {"from": source.variant, "width": width, "init": spec.init}}
+    return student, source.meta.get("arch") or "", source.meta.get("arch_kwargs", kwargs), extra

@@ -8,11 +8,9 @@ sensible activation scales.
 
 from __future__ import annotations
 
-import torch.nn.functional as F
-
 from ..artifact import Artifact, config_hash, save_torch
 from ..config import QuantizeConfig
-from ..losses import LOSSES
+from ..objective import Objective, build_objective
 from ..quantization import calibrate, quantize_model
 from ..training import accuracy, fit
 from .base import STAGES, StageContext, current, role_of
@@ -29,14 +27,15 @@ def quantize(variants: dict[str, Artifact], cfg: QuantizeConfig, ctx: StageConte
     history: list = []
     if cfg.mode == "qat" and cfg.epochs > 0:
         if cfg.teacher:
-            kd = LOSSES.get(cfg.loss)
-            loss_fn = lambda s, t, y: kd(s, t, y, temperature=cfg.temperature, alpha=cfg.alpha)  # noqa: E731
-            teacher_logits = ctx.teacher_train_logits()
+            objective, outputs = build_objective(cfg.loss, f"{ctx.stage_key_path}.loss", qmodel, ctx.teacher, splits,
+                                                 augmented=recipe.data.augment.active, teacher_key=ctx.teacher_hash,
+                                                 load_teacher=ctx.load_extra_teacher)
         else:
-            loss_fn, teacher_logits = (lambda s, _t, y: F.cross_entropy(s, y)), None
-        result = fit(qmodel, splits, loss_fn, epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                     batch_size=recipe.data.batch_size, seed=recipe.seed, label="quantize (QAT)",
-                     teacher_logits=teacher_logits)
+            objective, outputs = Objective.cross_entropy(), None
+        result = fit(qmodel, splits, objective, teacher=outputs, epochs=cfg.epochs, lr=cfg.lr,
+                     weight_decay=cfg.weight_decay, batch_size=recipe.data.batch_size, seed=recipe.seed,
+                     label="quantize (QAT)", patience=cfg.patience, augment=recipe.data.augment,
+                     state_path=ctx.stage_dir / "train_state.pt", state_key=ctx.stage_key)
         history = result.history
     variant = f"{role_of(source.variant)}-int8"
     ctx.models[variant] = qmodel

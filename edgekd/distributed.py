@@ -1,0 +1,46 @@
+"""torch.distributed for training under ``torchrun``: one process per rank, each reading its shard.
+
+``torchrun --nproc_per_node=N edgekd compress ...`` sets ``WORLD_SIZE``/``RANK``; the pipeline calls
+``init_from_env`` once. gloo on CPU, nccl when training on CUDA. Every rank runs the same stages on the
+same data (so models stay identical: DDP averages gradients, broadcasts BN buffers); only rank 0
+writes the run directory and measures.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch.distributed as dist
+
+
+def init_from_env() -> bool:
+    """Join the process group ``torchrun`` describes; False when not launched by torchrun."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    if not dist.is_initialized():
+        import torch
+
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("EDGEKD_TRAIN_DEVICE") == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
+    return True
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    return dist.get_rank() if active() else 0
+
+
+def world() -> int:
+    return dist.get_world_size() if active() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

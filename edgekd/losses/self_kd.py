@@ -1,0 +1,113 @@
+"""Self-distillation: the model teaches itself, no separate teacher (METHODS.md, "Self-distillation")."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from ..errors import RecipeError
+from ..features import Tap, resolve_module
+from .base import LOSSES, Batch, DistillTerm, Params, SetupInfo, soft_kl, sum_across_ranks, with_labels
+
+
+class PSKDParams(Params):
+    alpha_t: float = Field(0.8, ge=0.0, le=1.0, description="α_T, the final weight of the model's own predictions")
+
+
+@LOSSES.register("pskd")
+class ProgressiveSelfKD(DistillTerm):
+    """PS-KD: Kim et al., "Self-Knowledge Distillation with Progressive Refinement of Targets" (ICCV 2021).
+
+    Target at epoch e: ``(1-α_e)·onehot(y) + α_e·p_{e-1}(x)``, the model's own prediction for that
+    sample in the previous epoch, with ``α_e = α_T·e/E``. Predictions live in an N×C store indexed by
+    sample id (summed across ranks at each epoch's end under DDP, since each rank saw only its shard).
+    """
+
+    Params = PSKDParams
+    needs_teacher = False
+
+    def setup(self, info: SetupInfo) -> None:
+        self.register_buffer("previous", torch.zeros(info.n_train, info.num_classes))
+        self.register_buffer("current", torch.zeros(info.n_train, info.num_classes))
+
+    def forward(self, b: Batch) -> torch.Tensor:
+        y = with_labels(b, self.key)
+        weight = self.params.alpha_t * b.epoch / max(1, b.epochs)
+        onehot = F.one_hot(y, b.logits.shape[1]).to(b.logits.dtype)
+        target = (1 - weight) * onehot + weight * self.previous[b.index] if b.epoch > 0 else onehot
+        self.current[b.index] = F.softmax(b.logits.detach(), dim=1)
+        return -(target * F.log_softmax(b.logits, dim=1)).sum(1).mean()
+
+    def end_epoch(self, distributed: bool) -> None:
+        self.previous.copy_(sum_across_ranks(self.current.clone()))
+        self.current.zero_()
+
+
+class LayeredParams(Params):
+    exits: list[str] = Field(min_length=1, description="student modules that get an auxiliary classifier")
+    temperature: float = Field(3.0, gt=0.0)
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="share of each exit's loss taken from the deepest exit")
+    mutual: float = Field(0.1, ge=0.0, description="weight of the exits' ensemble teaching the final head")
+
+
+@LOSSES.register("layered-self")
+class LayeredSelfKD(DistillTerm):
+    """Layered self-KD: auxiliary classifiers on intermediate stages ("A Layered Self-Supervised
+    Knowledge Distillation Framework for Efficient Multimodal Learning on the Edge"; Zhang et al.,
+    "Be Your Own Teacher").
+
+    Each exit learns from the labels and the deepest head's softened output; the deepest head also
+    learns from the exits' ensemble (``mutual``). Exits live in this loss, so export removes them at
+    zero inference cost.
+    """
+
+    Params = LayeredParams
+    needs_teacher = False
+
+    def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        for i, name in enumerate(self.params.exits):
+            resolve_module(student, name, "the student", f"{self.key}.exits.{i}")
+
+    def student_taps(self) -> list[Tap]:
+        return [Tap(n) for n in self.params.exits]
+
+    def setup(self, info: SetupInfo) -> None:
+        self.heads = nn.ModuleList(_classifier(info.student_features[n], info.num_classes, f"{self.key}.exits")
+                                   for n in self.params.exits)
+
+    def forward(self, b: Batch) -> torch.Tensor:
+        p, y = self.params, with_labels(b, self.key)
+        t = p.temperature
+        final = F.softmax(b.logits.detach() / t, dim=1)
+        exits = [head(b.student_features[n]) for head, n in zip(self.heads, p.exits)]
+        loss = F.cross_entropy(b.logits, y)
+        for logits in exits:
+            loss = loss + (1 - p.alpha) * F.cross_entropy(logits, y) + p.alpha * soft_kl(logits, final, t)
+        ensemble = torch.stack([F.softmax(e.detach() / t, dim=1) for e in exits]).mean(0)
+        return loss + p.mutual * soft_kl(b.logits, ensemble, t)
+
+
+def _classifier(feature: torch.Tensor, num_classes: int, key: str) -> nn.Module:
+    """A small classifier for an intermediate feature: conv-BN-ReLU, pool, linear (or LN, pool, linear)."""
+    if feature.ndim == 4:
+        c = feature.shape[1]
+        return nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))
+    if feature.ndim == 3:
+        return nn.Sequential(_TokenPool(feature.shape[-1]), nn.Linear(feature.shape[-1], num_classes))
+    if feature.ndim == 2:
+        return nn.Linear(feature.shape[1], num_classes)
+    raise RecipeError(f"{key}: cannot attach a classifier to a feature of shape {tuple(feature.shape)}")
+
+
+class _TokenPool(nn.Module):
+    """(N, tokens, C) -> (N, C): LayerNorm then mean over tokens, for ViT-style features."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x).mean(1)

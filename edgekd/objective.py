@@ -1,0 +1,118 @@
+"""A stage's training objective: the recipe's weighted loss terms, bound to the real models.
+
+Built in a fixed order before the first step: terms are created from the recipe, their module names
+resolved against student and teacher (a bad name fails here, with the nearest valid names), teacher
+outputs planned (cached or online), one probe batch run for feature shapes, then each term builds its
+trainable parts. The objective's parameters train with the student and are never exported.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import LossTerm
+from .data import Splits
+from .errors import RecipeError
+from .features import Tap, capture
+from .losses import LOSSES, Batch, DistillTerm, SetupInfo
+from .losses.base import with_labels
+from .progress import console
+from .teacher_outputs import TeacherOutputs
+
+
+class CrossEntropy(DistillTerm):
+    """Plain cross-entropy with the labels: training without a teacher (teacher training, no-KD)."""
+
+    needs_teacher = False
+
+    def forward(self, b: Batch) -> torch.Tensor:
+        return F.cross_entropy(b.logits, with_labels(b, self.key))
+
+
+class Objective(nn.Module):
+    """``Σ weight_i · term_i``; each term's value is kept so a non-finite one can be named."""
+
+    def __init__(self, named: list[tuple[str, float, DistillTerm]]) -> None:
+        super().__init__()
+        self.names = [n for n, _, _ in named]
+        self.weights = [w for _, w, _ in named]
+        self.terms = nn.ModuleList(t for _, _, t in named)
+
+    @classmethod
+    def cross_entropy(cls) -> "Objective":
+        return cls([("ce", 1.0, CrossEntropy(None, "ce"))])
+
+    @property
+    def needs_teacher(self) -> bool:
+        return any(t.needs_teacher for t in self.terms)
+
+    @property
+    def needs_labels(self) -> bool:
+        return any(t.needs_labels for t in self.terms)
+
+    def student_taps(self) -> list[Tap]:
+        return list(dict.fromkeys(tap for t in self.terms for tap in t.student_taps()))
+
+    def teacher_taps(self) -> list[Tap]:
+        return list(dict.fromkeys(tap for t in self.terms for tap in t.teacher_taps()))
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        parts = {name: term(batch) for name, term in zip(self.names, self.terms)}
+        total = sum(w * v for w, v in zip(self.weights, parts.values()))
+        return total, parts
+
+    def after_step(self, parts: dict[str, float], batch: Batch) -> None:
+        for name, term in zip(self.names, self.terms):
+            term.after_step(parts[name], batch)
+
+    def end_epoch(self, distributed: bool) -> None:
+        for term in self.terms:
+            term.end_epoch(distributed)
+
+
+def build_objective(terms: list[LossTerm], key: str, student: nn.Module, teacher: nn.Module | None,
+                    splits: Splits, *, augmented: bool, teacher_key: str,
+                    load_teacher: Callable[[str, str | None], nn.Module] | None = None,
+                    ) -> tuple[Objective, TeacherOutputs | None]:
+    """The objective for ``terms`` (recipe key ``key``) and the teacher outputs it reads."""
+    named: list[tuple[str, float, DistillTerm]] = []
+    extra_teachers: list[nn.Module] = []
+    for i, term in enumerate(terms):
+        cls = LOSSES.get(term.name)
+        params = term.params()
+        loss = cls(params, f"{key}.{i}")
+        if cls.needs_teacher and teacher is None:
+            raise RecipeError(f"{key}.{i}: loss {term.name!r} needs a teacher; this stage has none")
+        for ref in getattr(params, "teachers", []):
+            if extra_teachers:
+                raise RecipeError(f"{key}.{i}: only one multi-teacher term per stage")
+            if load_teacher is None:
+                raise RecipeError(f"{key}.{i}: this stage cannot load extra teachers")
+            extra_teachers.append(load_teacher(ref.checkpoint, ref.arch))
+        loss.bind(student, teacher)
+        name = term.name if all(t.name != term.name for t in terms[:i]) else f"{term.name}#{i}"
+        named.append((name, term.weight, loss))
+    objective = Objective(named)
+
+    outputs = None
+    if objective.needs_teacher and teacher is not None:
+        outputs = TeacherOutputs.prepare([teacher, *extra_teachers], objective.teacher_taps(), splits.x_train,
+                                         augmented=augmented, key=teacher_key)
+        console.print(f"teacher: {outputs.reason}")
+    probe = torch.arange(min(2, len(splits.x_train)))
+    student_feats: dict[str, torch.Tensor] = {}
+    was_training = student.training
+    with torch.no_grad(), capture(student, objective.student_taps(), student_feats):
+        student.eval()(splits.x_train[probe])
+    student.train(was_training)
+    teacher_feats = outputs(probe, splits.x_train[probe])[1] if outputs is not None else {}
+    info = SetupInfo(num_classes=splits.num_classes, n_train=len(splits.x_train), student=student, teacher=teacher,
+                     student_features=student_feats, teacher_features=teacher_feats, train_labels=splits.y_train,
+                     teacher_features_all=(lambda tap: outputs.all_features(tap, splits.x_train)) if outputs else None)
+    for loss in objective.terms:
+        loss.setup(info)
+    return objective, outputs

@@ -1,0 +1,52 @@
+"""Architectures outside edgekd's zoo, for tests: importable as ``--arch tests.models:NAME``.
+
+A residual CNN (coupled channels through an add: Torch-Pruning must follow it) and a tiny ViT (a
+different family, for OFA's CNN<->ViT distillation).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class _Residual(nn.Module):
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+
+
+class ResidualCNN(nn.Module):
+    def __init__(self, num_classes: int = 4, in_channels: int = 1) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.block = _Residual(16)
+        self.down = nn.Sequential(nn.Conv2d(16, 24, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(24), nn.ReLU())
+        self.head = nn.Linear(24, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.down(self.block(self.stem(x))).mean((2, 3)))
+
+
+class TinyViT(nn.Module):
+    """Patch embedding, two transformer encoder layers, mean-pooled tokens, linear head."""
+
+    def __init__(self, num_classes: int = 4, in_channels: int = 1, dim: int = 32, patch: int = 4) -> None:
+        super().__init__()
+        self.embed = nn.Conv2d(in_channels, dim, patch, stride=patch)
+        layer = nn.TransformerEncoderLayer(dim, nhead=2, dim_feedforward=2 * dim, batch_first=True, dropout=0.0)
+        self.blocks = nn.ModuleList(nn.TransformerEncoder(layer, 1, enable_nested_tensor=False) for _ in range(2))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.embed(x).flatten(2).transpose(1, 2)
+        for block in self.blocks:
+            tokens = block(tokens)
+        return self.head(self.norm(tokens).mean(1))
