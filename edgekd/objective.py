@@ -97,6 +97,10 @@ def build_objective(terms: list[LossTerm], key: str, student: nn.Module, teacher
         name = term.name if all(t.name != term.name for t in terms[:i]) else f"{term.name}#{i}"
         named.append((name, term.weight, loss))
     objective = Objective(named)
+    if objective.needs_labels and bool((splits.y_train < 0).any()):
+        needy = ", ".join(sorted({n for n, t in zip(objective.names, objective.terms) if t.needs_labels}))
+        raise RecipeError(f"{key}: the training data has unlabeled samples (x_unlabeled), but {needy} needs labels; "
+                          f"use kd-labelfree, or drop x_unlabeled")
 
     outputs = None
     if objective.needs_teacher and teacher is not None:

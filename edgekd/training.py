@@ -141,7 +141,7 @@ def fit(model: nn.Module, splits: Splits, objective: Objective, *, epochs: int, 
             seconds = time.perf_counter() - began
             val = accuracy(model, splits.x_val, splits.y_val)
             result.history.append({"epoch": epoch + 1, "loss": total / max(1, seen), "val_accuracy": val,
-                                   "seconds": seconds})
+                                   "seconds": seconds, "samples": seen})
             bar.advance(0, status=f"val {val:.3f}")
             if val > result.best_val_accuracy:
                 result.best_val_accuracy, result.best_epoch, since_best = val, epoch + 1, 0
