@@ -1,9 +1,9 @@
 """torch.distributed for training under ``torchrun``: one process per rank, each reading its shard.
 
-``torchrun --nproc_per_node=N edgekd compress ...`` sets ``WORLD_SIZE``/``RANK``; the pipeline calls
-``init_from_env`` once. gloo on CPU, nccl when training on CUDA. Every rank runs the same stages on the
-same data (so models stay identical: DDP averages gradients, broadcasts BN buffers); only rank 0
-writes the run directory and measures.
+``torchrun --nproc_per_node=N -m edgekd compress ...`` sets ``WORLD_SIZE``/``RANK``; the pipeline
+calls ``init_from_env`` once. Training runs on CPU, so the backend is gloo (nccl needs training on
+CUDA, which edgekd does not do yet). Every rank runs the same stages on the same data (so models stay
+identical: DDP averages gradients, broadcasts BN buffers); only rank 0 writes the run and measures.
 """
 
 from __future__ import annotations
@@ -18,10 +18,7 @@ def init_from_env() -> bool:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     if not dist.is_initialized():
-        import torch
-
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("EDGEKD_TRAIN_DEVICE") == "cuda" else "gloo"
-        dist.init_process_group(backend=backend)
+        dist.init_process_group(backend="gloo")
     return True
 
 

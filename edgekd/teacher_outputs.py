@@ -17,6 +17,7 @@ from torch import nn
 from .features import Tap, capture
 
 CACHE_LIMIT_MB = float(os.environ.get("EDGEKD_TEACHER_CACHE_MB", "1024"))
+_LAST: dict[tuple, "TeacherOutputs"] = {}  # the last cache made, so the QAT stage reuses distill's
 
 
 @torch.no_grad()
@@ -33,7 +34,7 @@ class TeacherOutputs:
 
     teachers: list[nn.Module]
     taps: list[Tap]
-    key: str                     # hash of the teachers and the train split: what the cache is valid for
+    key: str                     # hash of the teacher checkpoint, data and seed: what the cache is valid for
     online: bool
     reason: str
     _logits: list[torch.Tensor] = field(default_factory=list)
@@ -50,11 +51,16 @@ class TeacherOutputs:
         if mb > CACHE_LIMIT_MB:
             return cls(teachers, taps, key, True, f"cached outputs would take {mb:.0f} MB "
                        f"(> EDGEKD_TEACHER_CACHE_MB={CACHE_LIMIT_MB:.0f}), so the teacher runs on every batch")
+        memo = (key, tuple(t.key for t in taps), tuple(id(t) for t in teachers), len(x_train))
+        if memo in _LAST:  # the memo holds the teachers, so their ids cannot be reused meanwhile
+            return _LAST[memo]
         out = cls(teachers, taps, key, False, f"inputs are not augmented, so teacher outputs ({mb:.1f} MB) "
                   f"are computed once and reused every epoch")
         parts = [_run(teachers, taps, x_train[i:i + batch_size]) for i in range(0, len(x_train), batch_size)]
         out._logits = [torch.cat([p[0][k] for p in parts]) for k in range(len(teachers))]
         out._features = {k: torch.cat([p[1][k] for p in parts]) for k in parts[0][1]}
+        _LAST.clear()
+        _LAST[memo] = out
         return out
 
     def __call__(self, index: torch.Tensor, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:

@@ -18,6 +18,10 @@ def test_list_each_kind():
     losses = invoke("list", "losses").output
     assert "kd: Vanilla KD: Hinton" in losses and "keys: temperature=4.0, alpha=0.7" in losses
     assert "pskd: " in losses and "needs: labels" in losses
+    from edgekd.losses import LOSSES
+
+    documented = [line.split(":")[0] for line in losses.splitlines() if not line.startswith(" ")]
+    assert documented == LOSSES.names()  # every loss, in registry order, each with a paper line
     assert invoke("list", "plugins").exit_code == 2
 
 

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import edgekd.training as training
 from edgekd.config import Augment, DataSpec, LossTerm

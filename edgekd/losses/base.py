@@ -127,15 +127,6 @@ def ce_or_zero(logits: torch.Tensor, batch: Batch, alpha: float, key: str) -> to
     return F.cross_entropy(logits, with_labels(batch, key)) if alpha < 1.0 else 0.0
 
 
-def pooled(feature: torch.Tensor) -> torch.Tensor:
-    """(N, C, H, W) or (N, tokens, C) or (N, C) -> (N, C): the embedding of a feature map."""
-    if feature.ndim == 4:
-        return feature.mean((2, 3))
-    if feature.ndim == 3:
-        return feature.mean(1)
-    return feature.flatten(1)
-
-
 def sum_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
     """All-reduce (sum) when training under torch.distributed; identity otherwise."""
     import torch.distributed as dist
@@ -143,3 +134,28 @@ def sum_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(tensor)
     return tensor
+
+
+def exit_classifier(feature: torch.Tensor, num_classes: int, key: str) -> nn.Module:
+    """A small classifier on an intermediate feature (layered self-KD exits, OFA branches): conv-BN-ReLU,
+    pool, linear for maps; LayerNorm, token mean, linear for ViT tokens; linear for vectors."""
+    if feature.ndim == 4:
+        c = feature.shape[1]
+        return nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))
+    if feature.ndim == 3:
+        return nn.Sequential(_TokenPool(feature.shape[-1]), nn.Linear(feature.shape[-1], num_classes))
+    if feature.ndim == 2:
+        return nn.Linear(feature.shape[1], num_classes)
+    raise RecipeError(f"{key}: cannot attach a classifier to a feature of shape {tuple(feature.shape)}")
+
+
+class _TokenPool(nn.Module):
+    """(N, tokens, C) -> (N, C): LayerNorm then mean over tokens, for ViT-style features."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x).mean(1)

@@ -9,8 +9,7 @@ from torch import nn
 
 from ..errors import RecipeError
 from ..features import Tap, last_linear, resolve_module
-from .base import LOSSES, Batch, DistillTerm, Params, SetupInfo, pooled, with_labels
-from .self_kd import _classifier
+from .base import LOSSES, Batch, DistillTerm, Params, SetupInfo, exit_classifier, with_labels
 
 
 class PairParams(Params):
@@ -170,7 +169,7 @@ class OneForAllKD(DistillTerm):
         return [Tap(n) for n in self.params.stages]
 
     def setup(self, info: SetupInfo) -> None:
-        self.branches = nn.ModuleList(_classifier(info.student_features[n], info.num_classes, f"{self.key}.stages")
+        self.branches = nn.ModuleList(exit_classifier(info.student_features[n], info.num_classes, f"{self.key}.stages")
                                       for n in self.params.stages)
 
     def ofa(self, logits: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -11,8 +11,7 @@ from torch import nn
 
 from ..errors import RecipeError
 from ..features import Tap, last_linear, resolve_module
-from .base import (LOSSES, Batch, DistillTerm, Params, SetupInfo, SoftParams, ce_or_zero, mix, soft_kl,
-                   with_labels)
+from .base import LOSSES, Batch, DistillTerm, Params, SoftParams, ce_or_zero, mix, soft_kl, with_labels
 
 
 @LOSSES.register("kd")

@@ -7,9 +7,9 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
-from ..errors import RecipeError
 from ..features import Tap, resolve_module
-from .base import LOSSES, Batch, DistillTerm, Params, SetupInfo, soft_kl, sum_across_ranks, with_labels
+from .base import (LOSSES, Batch, DistillTerm, Params, SetupInfo, exit_classifier, soft_kl, sum_across_ranks,
+                   with_labels)
 
 
 class PSKDParams(Params):
@@ -74,7 +74,7 @@ class LayeredSelfKD(DistillTerm):
         return [Tap(n) for n in self.params.exits]
 
     def setup(self, info: SetupInfo) -> None:
-        self.heads = nn.ModuleList(_classifier(info.student_features[n], info.num_classes, f"{self.key}.exits")
+        self.heads = nn.ModuleList(exit_classifier(info.student_features[n], info.num_classes, f"{self.key}.exits")
                                    for n in self.params.exits)
 
     def forward(self, b: Batch) -> torch.Tensor:
@@ -87,27 +87,3 @@ class LayeredSelfKD(DistillTerm):
             loss = loss + (1 - p.alpha) * F.cross_entropy(logits, y) + p.alpha * soft_kl(logits, final, t)
         ensemble = torch.stack([F.softmax(e.detach() / t, dim=1) for e in exits]).mean(0)
         return loss + p.mutual * soft_kl(b.logits, ensemble, t)
-
-
-def _classifier(feature: torch.Tensor, num_classes: int, key: str) -> nn.Module:
-    """A small classifier for an intermediate feature: conv-BN-ReLU, pool, linear (or LN, pool, linear)."""
-    if feature.ndim == 4:
-        c = feature.shape[1]
-        return nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c), nn.ReLU(),
-                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))
-    if feature.ndim == 3:
-        return nn.Sequential(_TokenPool(feature.shape[-1]), nn.Linear(feature.shape[-1], num_classes))
-    if feature.ndim == 2:
-        return nn.Linear(feature.shape[1], num_classes)
-    raise RecipeError(f"{key}: cannot attach a classifier to a feature of shape {tuple(feature.shape)}")
-
-
-class _TokenPool(nn.Module):
-    """(N, tokens, C) -> (N, C): LayerNorm then mean over tokens, for ViT-style features."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(x).mean(1)

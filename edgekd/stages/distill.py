@@ -36,7 +36,8 @@ def distill(variants: dict[str, Artifact], cfg: DistillConfig, ctx: StageContext
                "teacher_outputs": "online" if outputs is not None and outputs.online else
                                   ("cached" if outputs is not None else "none"),
                "test_accuracy_torch": accuracy(student, splits.x_test, splits.y_test),
-               "params": params, "macs": macs, "history": result.history}
+               "params": params, "macs": macs, "history": result.history,
+               "cpu_threads": torch.get_num_threads()}  # CPU results repeat bit for bit at the same count
     variant = "student-fp32"
     ctx.models[variant] = student
     chash = config_hash(cfg.model_dump(), recipe.student.model_dump(), source.config_hash)
