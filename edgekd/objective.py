@@ -8,7 +8,7 @@ trainable parts. The objective's parameters train with the student and are never
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -74,28 +74,40 @@ class Objective(nn.Module):
             term.end_epoch(distributed)
 
 
-def build_objective(terms: list[LossTerm], key: str, student: nn.Module, teacher: nn.Module | None,
-                    splits: Splits, *, augmented: bool, teacher_key: str,
-                    load_teacher: Callable[[str, str | None], nn.Module] | None = None,
-                    ) -> tuple[Objective, TeacherOutputs | None]:
-    """The objective for ``terms`` (recipe key ``key``) and the teacher outputs it reads."""
+def bind_terms(terms: list[LossTerm], key: str, student: nn.Module,
+               teacher: nn.Module | None) -> tuple[list[tuple[str, float, DistillTerm]], list[Any]]:
+    """Create each term and resolve its module names against the real models (raises RecipeError).
+
+    Cheap (no forward pass), so the pipeline also calls it before the first stage runs. Returns the
+    named terms and the extra teachers (``TeacherRef``) a multi-teacher term asks for.
+    """
     named: list[tuple[str, float, DistillTerm]] = []
-    extra_teachers: list[nn.Module] = []
+    refs: list[Any] = []
     for i, term in enumerate(terms):
         cls = LOSSES.get(term.name)
         params = term.params()
         loss = cls(params, f"{key}.{i}")
         if cls.needs_teacher and teacher is None:
             raise RecipeError(f"{key}.{i}: loss {term.name!r} needs a teacher; this stage has none")
-        for ref in getattr(params, "teachers", []):
-            if extra_teachers:
+        if getattr(params, "teachers", None):
+            if refs:
                 raise RecipeError(f"{key}.{i}: only one multi-teacher term per stage")
-            if load_teacher is None:
-                raise RecipeError(f"{key}.{i}: this stage cannot load extra teachers")
-            extra_teachers.append(load_teacher(ref.checkpoint, ref.arch))
+            refs = list(params.teachers)
         loss.bind(student, teacher)
         name = term.name if all(t.name != term.name for t in terms[:i]) else f"{term.name}#{i}"
         named.append((name, term.weight, loss))
+    return named, refs
+
+
+def build_objective(terms: list[LossTerm], key: str, student: nn.Module, teacher: nn.Module | None,
+                    splits: Splits, *, augmented: bool, teacher_key: str,
+                    load_teacher: Callable[[str, str | None], nn.Module] | None = None,
+                    ) -> tuple[Objective, TeacherOutputs | None]:
+    """The objective for ``terms`` (recipe key ``key``) and the teacher outputs it reads."""
+    named, refs = bind_terms(terms, key, student, teacher)
+    if refs and load_teacher is None:
+        raise RecipeError(f"{key}: this stage cannot load the extra teachers multi-teacher names")
+    extra_teachers = [load_teacher(r.checkpoint, r.arch) for r in refs] if refs else []
     objective = Objective(named)
     if objective.needs_labels and bool((splits.y_train < 0).any()):
         needy = ", ".join(sorted({n for n, t in zip(objective.names, objective.terms) if t.needs_labels}))

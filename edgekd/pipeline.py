@@ -20,8 +20,8 @@ import torch
 from . import __version__, distributed
 from .artifact import Artifact, config_hash, read_record, write_record
 from .checkpoint import LoadedCheckpoint, load_checkpoint
-from .config import (Budget, DataSpec, Recipe, Target, dump_recipe, load_budget, load_recipe, load_target,
-                     recipe_with)
+from .config import (Budget, DataSpec, DistillConfig, Recipe, Target, dump_recipe, load_budget, load_recipe,
+                     load_target, recipe_with)
 from .data import Splits, build_splits
 from .errors import CheckpointError, DataError, InputError
 from .fileio import atomic_path, write_json, write_text
@@ -30,6 +30,7 @@ from .measure import BackendPool, measure
 from .progress import console
 from .report import write_report
 from .stages import STAGES, StageContext
+from .stages.distill import check_loss_names
 from .training import accuracy
 
 DEFAULT_RUNS_DIR = Path("runs")
@@ -141,6 +142,10 @@ def _compress(rec: Recipe, ckpt: Path | None, run_dir: Path, target_objs: list[T
     for p in ctx.teacher.parameters():
         p.requires_grad_(False)
 
+    for i, spec in enumerate(rec.stages):  # a wrong module name fails now, not after earlier stages trained
+        if isinstance(spec, DistillConfig):
+            check_loss_names(spec, f"stages.{i}.loss", rec.student, loaded.model, splits.num_classes,
+                             splits.input_shape[0])
     stage_log = []
     for i, spec in enumerate(rec.stages):
         folder = run_dir / "stages" / f"{i:02d}-{spec.stage}"

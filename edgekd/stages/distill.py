@@ -11,8 +11,8 @@ import torch
 
 from ..artifact import Artifact, config_hash, count_params_macs, save_torch
 from ..checkpoint import build_model
-from ..config import DistillConfig
-from ..objective import build_objective
+from ..config import DistillConfig, StudentSpec
+from ..objective import bind_terms, build_objective
 from ..pruning import channel_plan, uniform_width
 from ..training import accuracy, fit
 from .base import STAGES, StageContext, current
@@ -43,6 +43,18 @@ def distill(variants: dict[str, Artifact], cfg: DistillConfig, ctx: StageContext
     chash = config_hash(cfg.model_dump(), recipe.student.model_dump(), source.config_hash)
     return [save_torch(student, ctx.stage_dir / variant, variant=variant, stage="distill", parent=source.variant,
                        arch=arch, arch_kwargs=kwargs, chash=chash, metrics=metrics, extra=extra)]
+
+
+def check_loss_names(cfg: DistillConfig, key: str, recipe_student: StudentSpec, teacher: torch.nn.Module,
+                     num_classes: int, in_channels: int) -> None:
+    """Resolve every module name the stage's losses use, before any stage runs.
+
+    A width student has the teacher's module names (pruning keeps names), so the teacher stands in
+    for it; an arch student is built (cheap, untrained) and checked.
+    """
+    student = teacher if recipe_student.arch is None else build_model(
+        recipe_student.arch, num_classes=num_classes, in_channels=in_channels)
+    bind_terms(cfg.loss, key, student, teacher)
 
 
 def _make_student(variants: dict[str, Artifact], source: Artifact,
