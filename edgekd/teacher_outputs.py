@@ -54,7 +54,7 @@ class TeacherOutputs:
         memo = (key, tuple(t.key for t in taps), tuple(id(t) for t in teachers), len(x_train))
         if memo in _LAST:  # the memo holds the teachers, so their ids cannot be reused meanwhile
             return _LAST[memo]
-        out = cls(teachers, taps, key, False, f"inputs are not augmented, so teacher outputs ({mb:.1f} MB) "
+        out = cls(teachers, taps, key, False, f"inputs are not augmented, so teacher outputs ({mb:.2f} MB) "
                   f"are computed once and reused every epoch")
         parts = [_run(teachers, taps, x_train[i:i + batch_size]) for i in range(0, len(x_train), batch_size)]
         out._logits = [torch.cat([p[0][k] for p in parts]) for k in range(len(teachers))]

@@ -123,7 +123,7 @@ def fit(model: nn.Module, splits: Splits, objective: Objective, *, epochs: int, 
                 batch = Batch(logits=torch.empty(0), labels=splits.y_train[idx] if labeled else None, index=idx,
                               teacher_logits=t_logits, teacher_features=t_feats, epoch=epoch, epochs=epochs)
                 loss, parts = engine(x, batch)
-                values = {name: float(v) for name, v in parts.items()}
+                values = {name: float(v.detach()) for name, v in parts.items()}
                 for name, v in values.items():
                     if not math.isfinite(v):
                         raise StageError(f"{label}: loss term {name!r} became {v} at epoch {epoch + 1} step "

@@ -163,3 +163,19 @@ def test_two_process_ddp_matches_one_process(tiny_teacher, tmp_path):
     rels = {k: float((w1[k] - w2[k]).norm() / (w1[k].norm() + 1e-8)) for k in w1 if k.endswith("weight")}
     print("relative weight differences:", rels)
     assert max(rels.values()) < 0.25, rels
+
+
+def test_quantized_distillation_takes_any_registered_loss(tiny_teacher, tmp_path):
+    """QAT with the teacher attached reads the same loss terms, feature losses included."""
+    recipe = write_yaml(tmp_path / "r.yaml", {
+        "name": "q", "arch": "edgekd:tiny_cnn", "data": TINY_DATA, "student": {"width": 0.5}, "targets": [],
+        "stages": [{"stage": "distill", "epochs": 1, "lr": 0.01},
+                   {"stage": "quantize", "mode": "qat", "epochs": 2, "patience": 1, "calibration_batches": 2,
+                    "reduce_range": True,
+                    "loss": [{"name": "bdkd"}, {"name": "spatial-attention", "pairs": [["features.6", "features.6"]]}]},
+                   {"stage": "export"}]})
+    result = invoke("compress", tiny_teacher, "--recipe", recipe, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "run" / "stages" / "01-quantize" / "stage.json").read_text())
+    assert len(record["artifacts"][0]["meta"]["metrics"]["history"]) >= 1
+    assert (tmp_path / "run" / "models" / "student-int8.onnx").is_file()
