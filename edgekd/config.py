@@ -172,6 +172,10 @@ class QuantizeConfig(TrainingConfig):
     reduce_range: bool = Field(False, description="7-bit weights: avoids int16 saturation in ONNX Runtime's "
                                "int8 kernels on x86 CPUs without VNNI (AVX2, AVX-512 before Cascade Lake)")
     calibration_batches: int = Field(8, ge=1)
+    calibration: Literal["percentile", "minmax", "mse"] = Field(
+        "percentile", description="activation scales: a percentile of |x|, the observed max, or the MSE-optimal clip")
+    percentile: float = Field(99.999, gt=50.0, le=100.0, description="for calibration: percentile")
+    bias_correction: bool = Field(False, description="Brevitas bias correction after calibration")
     epochs: int = Field(3, ge=0)
     lr: float = Field(1e-4, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)

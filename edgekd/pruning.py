@@ -36,11 +36,13 @@ def uniform_width(model: nn.Module, example: torch.Tensor, width: float, num_cla
     for p in student.parameters():  # Torch-Pruning traces through autograd: frozen layers would be skipped
         p.requires_grad_(True)
     if width < 1.0:
-        pruner = tp.pruner.MetaPruner(student, example, importance=tp.importance.MagnitudeImportance(p=1),
-                                      pruning_ratio=1.0 - width,
-                                      ignored_layers=_classifier_layers(student, num_classes))
+        with torch.enable_grad():  # Torch-Pruning traces through autograd, also when called under no_grad
+            pruner = tp.pruner.MetaPruner(student, example, importance=tp.importance.MagnitudeImportance(p=1),
+                                          pruning_ratio=1.0 - width,
+                                          ignored_layers=_classifier_layers(student, num_classes))
         try:
-            pruner.step()
+            with torch.enable_grad():
+                pruner.step()
         except Exception as exc:  # noqa: BLE001 - Torch-Pruning raises plain errors on graphs it cannot trace
             raise StageError(f"student.width: Torch-Pruning could not narrow this model "
                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
@@ -68,7 +70,8 @@ def apply_channel_plan(model: nn.Module, example: torch.Tensor, plan: dict[str, 
 
     for p in model.parameters():
         p.requires_grad_(True)
-    dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
+    with torch.enable_grad():  # the graph is traced through autograd, also when called under no_grad
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
     modules = dict(model.named_modules())
     for name, target in plan.items():
         m = modules.get(name)

@@ -22,8 +22,9 @@ def quantize(variants: dict[str, Artifact], cfg: QuantizeConfig, ctx: StageConte
     splits, recipe = ctx.splits, ctx.recipe
     unsigned_input = bool(splits.x_train.min() >= 0)
     qmodel = quantize_model(ctx.model(variants, source.variant), unsigned_input=unsigned_input,
-                            reduce_range=cfg.reduce_range)
-    calibrate(qmodel, splits.x_train, cfg.calibration_batches, recipe.data.batch_size)
+                            reduce_range=cfg.reduce_range, calibration=cfg.calibration, percentile=cfg.percentile)
+    calibrate(qmodel, splits.x_train, cfg.calibration_batches, recipe.data.batch_size,
+              bias_correction=cfg.bias_correction)
     history: list = []
     if cfg.mode == "qat" and cfg.epochs > 0:
         if cfg.teacher:
@@ -49,4 +50,6 @@ def quantize(variants: dict[str, Artifact], cfg: QuantizeConfig, ctx: StageConte
                        extra={"quantization": {"weights": "int8 per-channel symmetric " + ("[-64,63]" if cfg.reduce_range else "[-128,127]"),
                                                "activations": "int8 per-tensor", "mode": cfg.mode,
                                                "unsigned_input": unsigned_input, "reduce_range": cfg.reduce_range,
+                                               "calibration": cfg.calibration, "percentile": cfg.percentile,
+                                               "bias_correction": cfg.bias_correction,
                                                "teacher": cfg.teacher}})]

@@ -1,0 +1,65 @@
+"""PTQ calibration methods (issue 4, part 1): how activation scales are estimated, end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from edgekd.artifact import Artifact, rebuild_float, rebuild_int8
+from edgekd.errors import StageError
+from edgekd.quantization import _act_quants, calibrate, quantize_model
+from edgekd.zoo import TinyCNN
+
+from .conftest import TINY_DATA, invoke, write_yaml
+
+
+def calibrated_range(method: str, x: torch.Tensor, percentile: float = 99.999) -> tuple[float, float]:
+    """(largest representable value, quantization MSE) of an unsigned activation calibrated on ``x``."""
+    import brevitas.nn as qnn
+    from brevitas.graph.calibrate import calibration_mode
+
+    _, unsigned = _act_quants(method, percentile)
+    q = qnn.QuantIdentity(act_quant=unsigned, return_quant_tensor=True).eval()
+    with torch.no_grad():
+        with calibration_mode(q):
+            q(x)
+        return float(q.act_quant.scale()) * 255, float((q(x).value - x).pow(2).mean())
+
+
+def test_calibration_methods_choose_different_ranges_on_heavy_tailed_data():
+    torch.manual_seed(0)
+    x = torch.randn(32, 1000).mul(1.5).exp()  # log-normal: a long tail of rare large values
+    top = float(x.max())
+    minmax, minmax_err = calibrated_range("minmax", x)
+    p99, _ = calibrated_range("percentile", x, percentile=99.0)
+    mse, mse_err = calibrated_range("mse", x)
+    assert minmax == pytest.approx(top, rel=1e-4)                 # min-max covers the largest value
+    assert p99 == pytest.approx(float(torch.quantile(x.flatten(), 0.99)), rel=0.02)
+    assert mse < minmax and mse_err <= minmax_err                 # MSE clips the tail, and errs less
+
+
+def test_unknown_calibration_is_refused():
+    with pytest.raises(StageError, match="unknown calibration 'kl'; valid: percentile, minmax, mse"):
+        quantize_model(TinyCNN(num_classes=4), calibration="kl")
+
+
+@pytest.mark.parametrize("method", ["minmax", "mse"])
+def test_ptq_with_each_calibration_exports_and_rebuilds_bit_exact(method, tiny_teacher, tmp_path):
+    recipe = write_yaml(tmp_path / "r.yaml", {
+        "name": "p", "arch": "edgekd:tiny_cnn", "data": TINY_DATA, "student": {"width": 0.5}, "targets": [],
+        "stages": [{"stage": "distill", "epochs": 1, "lr": 0.01},
+                   {"stage": "quantize", "mode": "ptq", "calibration": method, "bias_correction": method == "mse",
+                    "calibration_batches": 2, "reduce_range": True},
+                   {"stage": "export"}]})
+    result = invoke("compress", tiny_teacher, "--recipe", recipe, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output  # export's parity check passed against the fake-quant model
+    stages = tmp_path / "run" / "stages"
+    student = Artifact.from_json(json.loads((stages / "00-distill" / "stage.json").read_text())["artifacts"][0])
+    int8 = Artifact.from_json(json.loads((stages / "01-quantize" / "stage.json").read_text())["artifacts"][0])
+    assert int8.meta["quantization"]["calibration"] == method
+    first = rebuild_int8(int8, rebuild_float(student))
+    x = torch.rand(4, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(first(x), rebuild_int8(int8, rebuild_float(student))(x))
