@@ -166,7 +166,7 @@ class QuantizeConfig(TrainingConfig):
 
     stage: Literal["quantize"]
     mode: Literal["qat", "ptq"] = "qat"
-    weight_bits: Literal[8] = 8
+    weight_bits: Literal[8, 4] = Field(8, description="8: W8A8; 4: W4A8 (4-bit weights stored as INT8)")
     act_bits: Literal[8] = 8
     teacher: bool = True
     reduce_range: bool = Field(False, description="7-bit weights: avoids int16 saturation in ONNX Runtime's "

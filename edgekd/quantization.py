@@ -26,16 +26,28 @@ from .errors import StageError
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
-def _weight_quant(reduce_range: bool) -> type:
+def weight_width(bits: int, reduce_range: bool) -> int:
+    """Bits weights really use: ``bits``, or 7 for 8-bit weights with ``reduce_range``."""
+    return 7 if reduce_range and bits == 8 else bits
+
+
+def weight_range(bits: int, reduce_range: bool) -> tuple[int, int]:
+    """The integer range weights take, e.g. [-128, 127], [-64, 63] (reduce_range), [-8, 7] (4-bit)."""
+    width = weight_width(bits, reduce_range)
+    return -(2 ** (width - 1)), 2 ** (width - 1) - 1
+
+
+def _weight_quant(reduce_range: bool, bits: int = 8) -> type:
     from brevitas.quant import Int8WeightPerChannelFloat
 
-    class Int8WeightPerChannelFullRange(Int8WeightPerChannelFloat):
-        """Symmetric per-channel INT8 weights over [-128, 127], zero point 0."""
+    class WeightPerChannelFullRange(Int8WeightPerChannelFloat):
+        """Symmetric per-channel weights over the full signed range (zero point 0), stored as INT8;
+        4-bit weights (W4A8) are INT8 values in [-8, 7]."""
 
         narrow_range = False
-        bit_width = 7 if reduce_range else 8
+        bit_width = weight_width(bits, reduce_range)
 
-    return Int8WeightPerChannelFullRange
+    return WeightPerChannelFullRange
 
 
 CALIBRATIONS = ("percentile", "minmax", "mse")
@@ -64,7 +76,8 @@ def _act_quants(calibration: str, percentile: float) -> tuple[type, type]:
     return SignedAct, UnsignedAct
 
 
-def _layer_maps(reduce_range: bool, signed_act: type, unsigned_act: type) -> tuple[dict, dict, dict]:
+def _layer_maps(reduce_range: bool, weight_bits: int, signed_act: type,
+                unsigned_act: type) -> tuple[dict, dict, dict]:
     from brevitas.graph.quantize import COMPUTE_LAYER_MAP, QUANT_ACT_MAP, QUANT_IDENTITY_MAP
     from brevitas.quant import Int8ActPerTensorFloat, Uint8ActPerTensorFloat
 
@@ -75,7 +88,7 @@ def _layer_maps(reduce_range: bool, signed_act: type, unsigned_act: type) -> tup
                                                  for n, q in v[1].items()}))
                 for k, v in table.items()}
 
-    weight_quant = _weight_quant(reduce_range)
+    weight_quant = _weight_quant(reduce_range, weight_bits)
     compute = with_acts(COMPUTE_LAYER_MAP)
     for layer in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear):
         cls, kwargs = compute[layer]
@@ -101,7 +114,7 @@ def _quant_after(act: type[nn.Module]) -> type[nn.Module]:
 
 
 def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range: bool = False,
-                   calibration: str = "percentile", percentile: float = 99.999) -> nn.Module:
+                   calibration: str = "percentile", percentile: float = 99.999, weight_bits: int = 8) -> nn.Module:
     """A fake-quantized W8A8 copy of ``model`` (the original is left untouched).
 
     ``unsigned_input``: the data is never negative (images in [0, 1]), so the graph input is
@@ -111,6 +124,7 @@ def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range:
     ``reduce_range``: 7-bit weights in [-64, 63] (still stored as INT8), so that u8 x s8 pair sums
     fit int16 on x86 CPUs without VNNI (ONNX Runtime's documented remedy for that saturation).
     ``calibration``: how activation scales are estimated from calibration data (``CALIBRATIONS``).
+    ``weight_bits``: 8 (W8A8) or 4 (W4A8: weights in [-8, 7], still stored and executed as INT8).
     """
     with warnings.catch_warnings():  # "fast_hadamard_transform package not found": unused here
         warnings.simplefilter("ignore", UserWarning)
@@ -126,7 +140,7 @@ def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range:
     if calibration not in CALIBRATIONS:
         raise StageError(f"quantize: unknown calibration {calibration!r}; valid: {', '.join(CALIBRATIONS)}")
     signed_act, unsigned_act = _act_quants(calibration, percentile)
-    compute, acts, identities = _layer_maps(reduce_range, signed_act, unsigned_act)
+    compute, acts, identities = _layer_maps(reduce_range, weight_bits, signed_act, unsigned_act)
     qmodel = quantize(graph, quant_identity_map=identities, compute_layer_map=compute, quant_act_map=acts)
     if unsigned_input:
         _make_inputs_unsigned(qmodel, unsigned_act)

@@ -63,3 +63,31 @@ def test_ptq_with_each_calibration_exports_and_rebuilds_bit_exact(method, tiny_t
     x = torch.rand(4, 1, 16, 16)
     with torch.no_grad():
         assert torch.equal(first(x), rebuild_int8(int8, rebuild_float(student))(x))
+
+
+def test_w4a8_exports_4_bit_weights_that_run_on_both_cpu_backends(tiny_teacher, tmp_path):
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from edgekd.backends import BACKENDS
+    from edgekd.config import load_target
+
+    recipe = write_yaml(tmp_path / "r.yaml", {
+        "name": "w4", "arch": "edgekd:tiny_cnn", "data": TINY_DATA, "student": {"width": 0.5}, "targets": [],
+        "stages": [{"stage": "distill", "epochs": 1, "lr": 0.01},
+                   {"stage": "quantize", "mode": "qat", "weight_bits": 4, "epochs": 1, "calibration_batches": 2},
+                   {"stage": "export", "int8_min_top1_agreement": 0.9}]})
+    result = invoke("compress", tiny_teacher, "--recipe", recipe, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "run" / "models" / "student-int8.onnx"
+    model = onnx.load(str(path))
+    weights = [numpy_helper.to_array(i) for i in model.graph.initializer
+               if i.data_type == onnx.TensorProto.INT8 and numpy_helper.to_array(i).ndim == 4]
+    assert weights and all(w.min() >= -8 and w.max() <= 7 for w in weights)  # 4-bit values in INT8 storage
+    assert any(w.min() < -4 or w.max() > 3 for w in weights)                # and the 4-bit range is used
+    x = np.random.default_rng(0).random((1, 1, 16, 16), dtype=np.float32)
+    for backend in ("onnxruntime", "openvino"):
+        target = load_target(f"cpu-{backend}")
+        compiled = BACKENDS.get(backend)().compile(path, target)
+        assert np.isfinite(compiled(x)).all()

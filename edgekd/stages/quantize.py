@@ -11,7 +11,7 @@ from __future__ import annotations
 from ..artifact import Artifact, config_hash, save_torch
 from ..config import QuantizeConfig
 from ..objective import Objective, build_objective
-from ..quantization import calibrate, quantize_model
+from ..quantization import calibrate, quantize_model, weight_range
 from ..training import accuracy, fit
 from .base import STAGES, StageContext, current, role_of
 
@@ -22,7 +22,8 @@ def quantize(variants: dict[str, Artifact], cfg: QuantizeConfig, ctx: StageConte
     splits, recipe = ctx.splits, ctx.recipe
     unsigned_input = bool(splits.x_train.min() >= 0)
     qmodel = quantize_model(ctx.model(variants, source.variant), unsigned_input=unsigned_input,
-                            reduce_range=cfg.reduce_range, calibration=cfg.calibration, percentile=cfg.percentile)
+                            reduce_range=cfg.reduce_range, calibration=cfg.calibration, percentile=cfg.percentile,
+                            weight_bits=cfg.weight_bits)
     calibrate(qmodel, splits.x_train, cfg.calibration_batches, recipe.data.batch_size,
               bias_correction=cfg.bias_correction)
     history: list = []
@@ -44,12 +45,12 @@ def quantize(variants: dict[str, Artifact], cfg: QuantizeConfig, ctx: StageConte
                "val_accuracy": accuracy(qmodel, splits.x_val, splits.y_val), "history": history,
                **{k: v for k, v in source.meta.get("metrics", {}).items() if k in ("params", "macs")}}
     chash = config_hash(cfg.model_dump(), source.config_hash)
+    lo, hi = weight_range(cfg.weight_bits, cfg.reduce_range)
+    settings = {"weights": f"int{cfg.weight_bits} per-channel symmetric [{lo},{hi}]", "weight_bits": cfg.weight_bits,
+                "activations": "int8 per-tensor", "mode": cfg.mode, "unsigned_input": unsigned_input,
+                "reduce_range": cfg.reduce_range, "calibration": cfg.calibration, "percentile": cfg.percentile,
+                "bias_correction": cfg.bias_correction, "teacher": cfg.teacher}
     return [save_torch(qmodel, ctx.stage_dir / variant, variant=variant, stage="quantize", parent=source.variant,
                        arch=source.meta.get("arch", ""), arch_kwargs=source.meta.get("arch_kwargs", {}),
                        chash=chash, metrics=metrics, kind="torch-int8", precision="int8",
-                       extra={"quantization": {"weights": "int8 per-channel symmetric " + ("[-64,63]" if cfg.reduce_range else "[-128,127]"),
-                                               "activations": "int8 per-tensor", "mode": cfg.mode,
-                                               "unsigned_input": unsigned_input, "reduce_range": cfg.reduce_range,
-                                               "calibration": cfg.calibration, "percentile": cfg.percentile,
-                                               "bias_correction": cfg.bias_correction,
-                                               "teacher": cfg.teacher}})]
+                       extra={"quantization": settings})]
