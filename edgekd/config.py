@@ -160,6 +160,21 @@ class DistillConfig(TrainingConfig):
     weight_decay: float = Field(5e-4, ge=0.0)
 
 
+class LayerOverride(Strict):
+    """A precision for the layers whose names match ``match`` (fnmatch pattern; ``@first`` and ``@last``
+    name the first and last conv/linear layer): other weight bits, or ``float: true`` to keep them in float."""
+
+    match: str
+    weight_bits: Literal[8, 4] | None = None
+    float: bool = False
+
+    @model_validator(mode="after")
+    def _one_choice(self) -> "LayerOverride":
+        if (self.weight_bits is None) == (not self.float):
+            raise ValueError("give either 'weight_bits' (8 or 4) or 'float: true'")
+        return self
+
+
 class QuantizeConfig(TrainingConfig):
     """INT8 quantization through Brevitas: ``qat`` trains with fake quantization against the teacher
     (quantized distillation, Polino et al.) when ``teacher`` is true; ``ptq`` only calibrates."""
@@ -176,6 +191,7 @@ class QuantizeConfig(TrainingConfig):
         "percentile", description="activation scales: a percentile of |x|, the observed max, or the MSE-optimal clip")
     percentile: float = Field(99.999, gt=50.0, le=100.0, description="for calibration: percentile")
     bias_correction: bool = Field(False, description="Brevitas bias correction after calibration")
+    overrides: list[LayerOverride] = Field(default_factory=list, description="per-layer precision, first match wins")
     epochs: int = Field(3, ge=0)
     lr: float = Field(1e-4, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)

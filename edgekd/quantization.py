@@ -113,8 +113,30 @@ def _quant_after(act: type[nn.Module]) -> type[nn.Module]:
     return QuantAfter
 
 
+QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_MARKERS: dict[tuple[type, int | None], type] = {}
+
+
+def _marker(cls: type, bits: int | None) -> type:
+    """A subclass of ``cls`` that marks one layer for its own precision (``None``: keep float).
+
+    Brevitas' graph quantizer picks a layer's quantized replacement by its exact type, so a marked
+    layer can get its own entry in the layer map without touching any other layer.
+    """
+    key = (cls, bits)
+    if key not in _MARKERS:
+        _MARKERS[key] = type(f"{cls.__name__}{'Float' if bits is None else f'W{bits}'}", (cls,), {})
+    return _MARKERS[key]
+
+
+def layer_names(model: nn.Module) -> list[str]:
+    """Names of the layers quantization acts on (convs and linears), in module order."""
+    return [n for n, m in model.named_modules() if isinstance(m, QUANTIZABLE)]
+
+
 def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range: bool = False,
-                   calibration: str = "percentile", percentile: float = 99.999, weight_bits: int = 8) -> nn.Module:
+                   calibration: str = "percentile", percentile: float = 99.999, weight_bits: int = 8,
+                   overrides: dict[str, int | None] | None = None) -> nn.Module:
     """A fake-quantized W8A8 copy of ``model`` (the original is left untouched).
 
     ``unsigned_input``: the data is never negative (images in [0, 1]), so the graph input is
@@ -125,6 +147,8 @@ def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range:
     fit int16 on x86 CPUs without VNNI (ONNX Runtime's documented remedy for that saturation).
     ``calibration``: how activation scales are estimated from calibration data (``CALIBRATIONS``).
     ``weight_bits``: 8 (W8A8) or 4 (W4A8: weights in [-8, 7], still stored and executed as INT8).
+    ``overrides``: layer name -> weight bits for that layer, or ``None`` to keep it in float (its
+    input stays quantized where the previous layer quantizes it; the layer itself runs in float).
     """
     with warnings.catch_warnings():  # "fast_hadamard_transform package not found": unused here
         warnings.simplefilter("ignore", UserWarning)
@@ -141,6 +165,19 @@ def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range:
         raise StageError(f"quantize: unknown calibration {calibration!r}; valid: {', '.join(CALIBRATIONS)}")
     signed_act, unsigned_act = _act_quants(calibration, percentile)
     compute, acts, identities = _layer_maps(reduce_range, weight_bits, signed_act, unsigned_act)
+    modules = dict(graph.named_modules())
+    for name, bits in (overrides or {}).items():
+        layer = modules.get(name)
+        if not isinstance(layer, QUANTIZABLE):
+            raise StageError(f"quantize: override names {name!r}, which is not a conv or linear layer of the "
+                             f"traced model; layers: {', '.join(layer_names(graph)[:8])}")
+        base = type(layer)
+        layer.__class__ = _marker(base, bits)
+        if bits is None:
+            compute[layer.__class__] = None
+        else:
+            cls, kwargs = compute[base]
+            compute[layer.__class__] = (cls, {**kwargs, "weight_quant": _weight_quant(reduce_range, bits)})
     qmodel = quantize(graph, quant_identity_map=identities, compute_layer_map=compute, quant_act_map=acts)
     if unsigned_input:
         _make_inputs_unsigned(qmodel, unsigned_act)
@@ -185,8 +222,20 @@ def export_qdq(qmodel: nn.Module, example: torch.Tensor, path: Path, opset: int)
     export_onnx_qcdq(qmodel, example, export_path=str(path), dynamo=False, opset_version=opset,
                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
     model = onnx.load(str(path))
-    if fold_constant_clips(model):
+    if fold_constant_clips(model) + _initializers_out_of_inputs(model):
         onnx.save(model, str(path))
+
+
+def _initializers_out_of_inputs(model: "onnx.ModelProto") -> int:
+    """Drop graph inputs that are initializers (float layers kept by an override are exported so);
+    as inputs, runtimes treat them as overridable and skip constant folding. Returns how many."""
+    names = {i.name for i in model.graph.initializer}
+    keep = [i for i in model.graph.input if i.name not in names]
+    dropped = len(model.graph.input) - len(keep)
+    if dropped:
+        del model.graph.input[:]
+        model.graph.input.extend(keep)
+    return dropped
 
 
 def fold_constant_clips(model: "onnx.ModelProto") -> int:

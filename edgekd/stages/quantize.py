@@ -8,10 +8,13 @@ sensible activation scales.
 
 from __future__ import annotations
 
+import fnmatch
+
 from ..artifact import Artifact, config_hash, save_torch
-from ..config import QuantizeConfig
+from ..config import LayerOverride, QuantizeConfig
+from ..errors import RecipeError
 from ..objective import Objective, build_objective
-from ..quantization import calibrate, quantize_model, weight_range
+from ..quantization import calibrate, layer_names, quantize_model, weight_range
 from ..training import accuracy, fit
 from .base import STAGES, StageContext, current, role_of
 
@@ -21,9 +24,11 @@ def quantize(variants: dict[str, Artifact], cfg: QuantizeConfig, ctx: StageConte
     source = current(variants)
     splits, recipe = ctx.splits, ctx.recipe
     unsigned_input = bool(splits.x_train.min() >= 0)
-    qmodel = quantize_model(ctx.model(variants, source.variant), unsigned_input=unsigned_input,
-                            reduce_range=cfg.reduce_range, calibration=cfg.calibration, percentile=cfg.percentile,
-                            weight_bits=cfg.weight_bits)
+    float_model = ctx.model(variants, source.variant)
+    overrides = resolve_overrides(cfg.overrides, layer_names(float_model), ctx.stage_key_path)
+    qmodel = quantize_model(float_model, unsigned_input=unsigned_input, reduce_range=cfg.reduce_range,
+                            calibration=cfg.calibration, percentile=cfg.percentile, weight_bits=cfg.weight_bits,
+                            overrides=overrides)
     calibrate(qmodel, splits.x_train, cfg.calibration_batches, recipe.data.batch_size,
               bias_correction=cfg.bias_correction)
     history: list = []
@@ -49,8 +54,26 @@ def quantize(variants: dict[str, Artifact], cfg: QuantizeConfig, ctx: StageConte
     settings = {"weights": f"int{cfg.weight_bits} per-channel symmetric [{lo},{hi}]", "weight_bits": cfg.weight_bits,
                 "activations": "int8 per-tensor", "mode": cfg.mode, "unsigned_input": unsigned_input,
                 "reduce_range": cfg.reduce_range, "calibration": cfg.calibration, "percentile": cfg.percentile,
-                "bias_correction": cfg.bias_correction, "teacher": cfg.teacher}
+                "bias_correction": cfg.bias_correction, "teacher": cfg.teacher, "overrides": overrides}
     return [save_torch(qmodel, ctx.stage_dir / variant, variant=variant, stage="quantize", parent=source.variant,
                        arch=source.meta.get("arch", ""), arch_kwargs=source.meta.get("arch_kwargs", {}),
                        chash=chash, metrics=metrics, kind="torch-int8", precision="int8",
                        extra={"quantization": settings})]
+
+
+def resolve_overrides(rules: list[LayerOverride], layers: list[str], key: str) -> dict[str, int | None]:
+    """Layer name -> weight bits (or None: float) for every layer a rule matches; first match wins.
+
+    A rule that matches no layer is an error naming the layers, so a typo never silently quantizes
+    the layer the user meant to protect.
+    """
+    aliases = {"@first": layers[:1], "@last": layers[-1:]}
+    chosen: dict[str, int | None] = {}
+    for i, rule in enumerate(rules):
+        hits = aliases.get(rule.match) or [n for n in layers if fnmatch.fnmatchcase(n, rule.match)]
+        if not hits:
+            raise RecipeError(f"{key}.overrides.{i}.match: {rule.match!r} matches no conv/linear layer; "
+                              f"layers: {', '.join(layers)} (or @first, @last)")
+        for name in hits:
+            chosen.setdefault(name, None if rule.float else rule.weight_bits)
+    return chosen

@@ -1,4 +1,4 @@
-"""PTQ calibration methods (issue 4, part 1): how activation scales are estimated, end to end."""
+"""Quantize stage modes (issue 4 so far): calibration methods, W4A8, per-layer overrides."""
 
 from __future__ import annotations
 
@@ -91,3 +91,58 @@ def test_w4a8_exports_4_bit_weights_that_run_on_both_cpu_backends(tiny_teacher, 
         target = load_target(f"cpu-{backend}")
         compiled = BACKENDS.get(backend)().compile(path, target)
         assert np.isfinite(compiled(x)).all()
+
+
+def _int8_conv_weights(path) -> dict[str, "np.ndarray"]:
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer
+            if i.data_type == onnx.TensorProto.INT8 and len(i.dims) >= 2}
+
+
+def test_overrides_keep_the_first_layer_at_8_bits_and_the_classifier_in_float(tiny_teacher, tmp_path):
+    import onnx
+
+    recipe = write_yaml(tmp_path / "r.yaml", {
+        "name": "o", "arch": "edgekd:tiny_cnn", "data": TINY_DATA, "student": {"width": 0.5}, "targets": [],
+        "stages": [{"stage": "distill", "epochs": 1, "lr": 0.01},
+                   {"stage": "quantize", "mode": "ptq", "weight_bits": 4, "calibration_batches": 2,
+                    "overrides": [{"match": "@first", "weight_bits": 8}, {"match": "classif*", "float": True}]},
+                   {"stage": "export", "int8_min_top1_agreement": 0.9}]})
+    result = invoke("compress", tiny_teacher, "--recipe", recipe, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    path = tmp_path / "run" / "models" / "student-int8.onnx"
+    weights = _int8_conv_weights(path)
+    assert len(weights) == 2  # two convs quantized, the classifier's weight is not
+    ranges = sorted((int(w.min()), int(w.max())) for w in weights.values())
+    assert any(lo < -8 or hi > 7 for lo, hi in ranges)             # the first conv uses 8 bits
+    assert any(lo >= -8 and hi <= 7 for lo, hi in ranges)          # the other stays at 4
+    graph = onnx.load(str(path)).graph
+    assert [n.op_type for n in graph.node].count("Gemm") == 1
+    assert not {i.name for i in graph.initializer} & {i.name for i in graph.input}  # float weights are constants
+    record = json.loads((tmp_path / "run" / "stages" / "01-quantize" / "stage.json").read_text())
+    assert record["artifacts"][0]["meta"]["quantization"]["overrides"] == {"features.0": 8, "classifier": None}
+
+
+def test_an_override_that_matches_no_layer_is_refused(tiny_teacher, tmp_path):
+    recipe = write_yaml(tmp_path / "r.yaml", {
+        "name": "o", "arch": "edgekd:tiny_cnn", "data": TINY_DATA, "student": {"width": 0.5}, "targets": [],
+        "stages": [{"stage": "quantize", "mode": "ptq", "overrides": [{"match": "head", "float": True}]},
+                   {"stage": "export"}]})
+    result = invoke("compress", tiny_teacher, "--recipe", recipe, "--out", tmp_path / "run")
+    assert result.exit_code == 2
+    assert "stages.0.overrides.0.match: 'head' matches no conv/linear layer; layers: features.0, features.4, " \
+           "classifier" in " ".join(result.output.split())
+
+
+def test_an_override_needs_exactly_one_precision():
+    from pydantic import ValidationError
+
+    from edgekd.config import LayerOverride
+
+    assert LayerOverride(match="a", float=True).weight_bits is None
+    for bad in ({"match": "a"}, {"match": "a", "weight_bits": 8, "float": True}):
+        with pytest.raises(ValidationError, match="either 'weight_bits'"):
+            LayerOverride(**bad)
