@@ -192,6 +192,8 @@ class QuantizeConfig(TrainingConfig):
     percentile: float = Field(99.999, gt=50.0, le=100.0, description="for calibration: percentile")
     bias_correction: bool = Field(False, description="Brevitas bias correction after calibration")
     overrides: list[LayerOverride] = Field(default_factory=list, description="per-layer precision, first match wins")
+    max_accuracy_drop: float | None = Field(None, ge=0.0, le=1.0, description="accuracy-driven mixed precision: "
+                                            "keep the fewest layers in float so validation accuracy drops at most this")
     epochs: int = Field(3, ge=0)
     lr: float = Field(1e-4, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)

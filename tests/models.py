@@ -50,3 +50,24 @@ class TinyViT(nn.Module):
         for block in self.blocks:
             tokens = block(tokens)
         return self.head(self.norm(tokens).mean(1))
+
+
+class DeadChannelNet(nn.Module):
+    """A small CNN whose first conv has a dead channel (zero weights, bias -1: always 0 after ReLU).
+
+    Giving the second conv a huge weight on that dead channel changes nothing in float, but it sets
+    every output channel's per-channel weight scale, so at 4 bits the real weights round to zero: a
+    layer deliberately sensitive to quantization, for testing accuracy-driven mixed precision.
+    """
+
+    def __init__(self, num_classes: int = 4, in_channels: int = 1) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(in_channels, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2))
+        self.classifier = nn.Linear(32, num_classes)
+        with torch.no_grad():  # no gradient reaches a channel that ReLU always zeroes: it stays dead
+            self.features[0].weight[0].zero_()
+            self.features[0].bias[0] = -1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).flatten(1))  # 8 channels x 2 x 2 quadrants

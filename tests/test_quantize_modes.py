@@ -146,3 +146,71 @@ def test_an_override_needs_exactly_one_precision():
     for bad in ({"match": "a"}, {"match": "a", "weight_bits": 8, "float": True}):
         with pytest.raises(ValidationError, match="either 'weight_bits'"):
             LayerOverride(**bad)
+
+
+@pytest.fixture(scope="module")
+def sensitive_model(tmp_path_factory):
+    """DeadChannelNet trained on the tiny data, then given a huge weight on its always-zero channel."""
+    from safetensors.torch import save_file
+
+    from edgekd.config import DataSpec
+    from edgekd.data import build_splits
+    from edgekd.objective import Objective
+    from edgekd.training import accuracy, fit
+
+    from .models import DeadChannelNet
+
+    splits = build_splits(DataSpec(**TINY_DATA))
+    torch.manual_seed(0)
+    model = DeadChannelNet(num_classes=4)
+    fit(model, splits, Objective.cross_entropy(), epochs=8, lr=0.01, weight_decay=0.0, batch_size=32, seed=0,
+        label="sensitive")
+    with torch.no_grad():
+        model.features[3].weight[:, 0] = 500.0  # reads the dead channel (always 0): float output unchanged
+    assert accuracy(model, splits.x_val, splits.y_val) >= 0.9
+    path = tmp_path_factory.mktemp("ckpt") / "sensitive.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def _w4_recipe(path, **quantize) -> "Path":
+    return write_yaml(path, {
+        "name": "mp", "arch": "tests.models:DeadChannelNet", "data": TINY_DATA, "targets": [],
+        "stages": [{"stage": "quantize", "mode": "ptq", "weight_bits": 4, "calibration_batches": 2, **quantize},
+                   {"stage": "export", "int8_min_top1_agreement": 0.9}]})
+
+
+def test_mixed_precision_meets_a_budget_that_plain_w4a8_misses(sensitive_model, tmp_path):
+    plain = invoke("compress", sensitive_model, "--recipe", _w4_recipe(tmp_path / "p.yaml"), "--out", tmp_path / "p")
+    assert plain.exit_code == 0, plain.output
+    metrics = json.loads((tmp_path / "p" / "stages" / "00-quantize" / "stage.json").read_text())["artifacts"][0]["meta"]["metrics"]
+    assert metrics["float_val_accuracy"] - metrics["val_accuracy"] > 0.3  # plain W4A8 misses a 0.05 budget badly
+
+    mixed = invoke("compress", sensitive_model, "--recipe", _w4_recipe(tmp_path / "m.yaml", max_accuracy_drop=0.05),
+                   "--out", tmp_path / "m")
+    assert mixed.exit_code == 0, mixed.output
+    art = json.loads((tmp_path / "m" / "stages" / "00-quantize" / "stage.json").read_text())["artifacts"][0]
+    report = art["meta"]["metrics"]["mixed_precision"]
+    assert report["float_layers"] == ["features.3"]              # the fewest: only the sensitive layer
+    assert report["achieved_drop"] <= 0.05 < report["drop_all_quantized"]
+    assert report["sensitivity"]["features.3"] < min(v for k, v in report["sensitivity"].items() if k != "features.3")
+    assert art["meta"]["quantization"]["overrides"] == {"features.3": None}
+    assert "1 layer(s) kept in float (features.3)" in " ".join(mixed.output.split())
+
+
+def test_search_returns_layers_to_float_by_sensitivity_and_reports_an_unreachable_budget():
+    from edgekd.mixed_precision import search
+
+    cost = {"a": 0.02, "b": 0.10, "c": 0.30}  # each quantized layer's share of the drop
+
+    def drop_of(chosen):
+        return sum(v for k, v in cost.items() if chosen.get(k, 4) is not None)
+
+    result = search(["a", "b", "c"], {}, 0.05, drop_of, "k")
+    assert result.float_layers == ["c", "b"] and result.achieved_drop == pytest.approx(0.02)
+    assert result.sensitivity == pytest.approx({"a": 0.40, "b": 0.32, "c": 0.12})
+    kept = search(["a", "b", "c"], {"c": 8}, 0.5, drop_of, "k")  # already met: nothing changes
+    assert kept.float_layers == [] and kept.overrides == {"c": 8}
+    with pytest.raises(StageError, match=r"k: max_accuracy_drop 0.0100 cannot be met: quantizing everything "
+                                         r"drops 0.4700, and the best with 3 layer\(s\) in float is 0.0500"):
+        search(["a", "b", "c"], {}, 0.01, lambda chosen: drop_of(chosen) + 0.05, "k")

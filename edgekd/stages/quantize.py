@@ -12,7 +12,9 @@ import fnmatch
 
 from ..artifact import Artifact, config_hash, save_torch
 from ..config import LayerOverride, QuantizeConfig
-from ..errors import RecipeError
+from ..errors import RecipeError, StageError
+from ..mixed_precision import search
+from ..progress import console
 from ..objective import Objective, build_objective
 from ..quantization import calibrate, layer_names, quantize_model, weight_range
 from ..training import accuracy, fit
@@ -25,12 +27,28 @@ def quantize(variants: dict[str, Artifact], cfg: QuantizeConfig, ctx: StageConte
     splits, recipe = ctx.splits, ctx.recipe
     unsigned_input = bool(splits.x_train.min() >= 0)
     float_model = ctx.model(variants, source.variant)
-    overrides = resolve_overrides(cfg.overrides, layer_names(float_model), ctx.stage_key_path)
-    qmodel = quantize_model(float_model, unsigned_input=unsigned_input, reduce_range=cfg.reduce_range,
-                            calibration=cfg.calibration, percentile=cfg.percentile, weight_bits=cfg.weight_bits,
-                            overrides=overrides)
-    calibrate(qmodel, splits.x_train, cfg.calibration_batches, recipe.data.batch_size,
-              bias_correction=cfg.bias_correction)
+    layers = layer_names(float_model)
+    overrides = resolve_overrides(cfg.overrides, layers, ctx.stage_key_path)
+
+    def calibrated(chosen: dict[str, int | None]):
+        model = quantize_model(float_model, unsigned_input=unsigned_input, reduce_range=cfg.reduce_range,
+                               calibration=cfg.calibration, percentile=cfg.percentile, weight_bits=cfg.weight_bits,
+                               overrides=chosen)
+        calibrate(model, splits.x_train, cfg.calibration_batches, recipe.data.batch_size,
+                  bias_correction=cfg.bias_correction)
+        return model
+
+    float_val = accuracy(float_model, splits.x_val, splits.y_val)
+    mixed = None
+    if cfg.max_accuracy_drop is not None:
+        mixed = search(layers, overrides, cfg.max_accuracy_drop,
+                       lambda chosen: float_val - accuracy(calibrated(chosen), splits.x_val, splits.y_val),
+                       f"{ctx.stage_key_path}.max_accuracy_drop")
+        overrides = mixed.overrides
+        console.print(f"mixed precision: {len(mixed.float_layers)} layer(s) kept in float "
+                      f"({', '.join(mixed.float_layers) or 'none'}); validation drop {mixed.achieved_drop:.4f} "
+                      f"<= {cfg.max_accuracy_drop}")
+    qmodel = calibrated(overrides)
     history: list = []
     if cfg.mode == "qat" and cfg.epochs > 0:
         if cfg.teacher:
@@ -46,8 +64,13 @@ def quantize(variants: dict[str, Artifact], cfg: QuantizeConfig, ctx: StageConte
         history = result.history
     variant = f"{role_of(source.variant)}-int8"
     ctx.models[variant] = qmodel
+    val = accuracy(qmodel, splits.x_val, splits.y_val)
+    if cfg.max_accuracy_drop is not None and float_val - val > cfg.max_accuracy_drop:
+        raise StageError(f"{ctx.stage_key_path}.max_accuracy_drop: after {cfg.mode} the validation drop is "
+                         f"{float_val - val:.4f} > {cfg.max_accuracy_drop}; not saving a model that misses it")
     metrics = {"test_accuracy_torch": accuracy(qmodel, splits.x_test, splits.y_test),
-               "val_accuracy": accuracy(qmodel, splits.x_val, splits.y_val), "history": history,
+               "val_accuracy": val, "float_val_accuracy": float_val, "history": history,
+               "mixed_precision": mixed.to_json() if mixed is not None else None,
                **{k: v for k, v in source.meta.get("metrics", {}).items() if k in ("params", "macs")}}
     chash = config_hash(cfg.model_dump(), source.config_hash)
     lo, hi = weight_range(cfg.weight_bits, cfg.reduce_range)
