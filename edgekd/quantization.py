@@ -37,7 +37,8 @@ def weight_range(bits: int, reduce_range: bool) -> tuple[int, int]:
     return -(2 ** (width - 1)), 2 ** (width - 1) - 1
 
 
-def _weight_quant(reduce_range: bool, bits: int = 8) -> type:
+def _weight_quant(reduce_range: bool, bits: int = 8, learned: bool = False) -> type:
+    from brevitas.inject.enum import ScalingImplType
     from brevitas.quant import Int8WeightPerChannelFloat
 
     class WeightPerChannelFullRange(Int8WeightPerChannelFloat):
@@ -46,6 +47,8 @@ def _weight_quant(reduce_range: bool, bits: int = 8) -> type:
 
         narrow_range = False
         bit_width = weight_width(bits, reduce_range)
+        # learned: scales start from the weights' statistics, then train with QAT (LSQ-style)
+        scaling_impl_type = ScalingImplType.PARAMETER_FROM_STATS if learned else ScalingImplType.STATS
 
     return WeightPerChannelFullRange
 
@@ -76,8 +79,8 @@ def _act_quants(calibration: str, percentile: float) -> tuple[type, type]:
     return SignedAct, UnsignedAct
 
 
-def _layer_maps(reduce_range: bool, weight_bits: int, signed_act: type,
-                unsigned_act: type) -> tuple[dict, dict, dict]:
+def _layer_maps(reduce_range: bool, weight_bits: int, signed_act: type, unsigned_act: type,
+                learned: bool = False) -> tuple[dict, dict, dict]:
     from brevitas.graph.quantize import COMPUTE_LAYER_MAP, QUANT_ACT_MAP, QUANT_IDENTITY_MAP
     from brevitas.quant import Int8ActPerTensorFloat, Uint8ActPerTensorFloat
 
@@ -88,7 +91,7 @@ def _layer_maps(reduce_range: bool, weight_bits: int, signed_act: type,
                                                  for n, q in v[1].items()}))
                 for k, v in table.items()}
 
-    weight_quant = _weight_quant(reduce_range, weight_bits)
+    weight_quant = _weight_quant(reduce_range, weight_bits, learned)
     compute = with_acts(COMPUTE_LAYER_MAP)
     for layer in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear):
         cls, kwargs = compute[layer]
@@ -136,7 +139,7 @@ def layer_names(model: nn.Module) -> list[str]:
 
 def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range: bool = False,
                    calibration: str = "percentile", percentile: float = 99.999, weight_bits: int = 8,
-                   overrides: dict[str, int | None] | None = None) -> nn.Module:
+                   overrides: dict[str, int | None] | None = None, learned_scales: bool = False) -> nn.Module:
     """A fake-quantized W8A8 copy of ``model`` (the original is left untouched).
 
     ``unsigned_input``: the data is never negative (images in [0, 1]), so the graph input is
@@ -149,6 +152,8 @@ def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range:
     ``weight_bits``: 8 (W8A8) or 4 (W4A8: weights in [-8, 7], still stored and executed as INT8).
     ``overrides``: layer name -> weight bits for that layer, or ``None`` to keep it in float (its
     input stays quantized where the previous layer quantizes it; the layer itself runs in float).
+    ``learned_scales``: weight scales become parameters that QAT trains (activation scales already are:
+    Brevitas initialises them from calibration statistics, then learns them).
     """
     with warnings.catch_warnings():  # "fast_hadamard_transform package not found": unused here
         warnings.simplefilter("ignore", UserWarning)
@@ -164,7 +169,7 @@ def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range:
     if calibration not in CALIBRATIONS:
         raise StageError(f"quantize: unknown calibration {calibration!r}; valid: {', '.join(CALIBRATIONS)}")
     signed_act, unsigned_act = _act_quants(calibration, percentile)
-    compute, acts, identities = _layer_maps(reduce_range, weight_bits, signed_act, unsigned_act)
+    compute, acts, identities = _layer_maps(reduce_range, weight_bits, signed_act, unsigned_act, learned_scales)
     modules = dict(graph.named_modules())
     for name, bits in (overrides or {}).items():
         layer = modules.get(name)
@@ -177,7 +182,7 @@ def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range:
             compute[layer.__class__] = None
         else:
             cls, kwargs = compute[base]
-            compute[layer.__class__] = (cls, {**kwargs, "weight_quant": _weight_quant(reduce_range, bits)})
+            compute[layer.__class__] = (cls, {**kwargs, "weight_quant": _weight_quant(reduce_range, bits, learned_scales)})
     qmodel = quantize(graph, quant_identity_map=identities, compute_layer_map=compute, quant_act_map=acts)
     if unsigned_input:
         _make_inputs_unsigned(qmodel, unsigned_act)

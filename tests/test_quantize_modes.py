@@ -214,3 +214,31 @@ def test_search_returns_layers_to_float_by_sensitivity_and_reports_an_unreachabl
     with pytest.raises(StageError, match=r"k: max_accuracy_drop 0.0100 cannot be met: quantizing everything "
                                          r"drops 0.4700, and the best with 3 layer\(s\) in float is 0.0500"):
         search(["a", "b", "c"], {}, 0.01, lambda chosen: drop_of(chosen) + 0.05, "k")
+
+
+@pytest.mark.parametrize("learned", [True, False])
+def test_learned_scales_move_away_from_the_weight_statistics_during_qat(learned, tiny_teacher, tmp_path):
+    recipe = write_yaml(tmp_path / "r.yaml", {
+        "name": "ls", "arch": "edgekd:tiny_cnn", "data": TINY_DATA, "student": {"width": 0.5}, "targets": [],
+        "stages": [{"stage": "distill", "epochs": 1, "lr": 0.01},
+                   {"stage": "quantize", "mode": "qat", "learned_scales": learned, "epochs": 2, "lr": 0.01,
+                    "calibration_batches": 2, "reduce_range": True},
+                   {"stage": "export"}]})
+    result = invoke("compress", tiny_teacher, "--recipe", recipe, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    stages = tmp_path / "run" / "stages"
+    student = Artifact.from_json(json.loads((stages / "00-distill" / "stage.json").read_text())["artifacts"][0])
+    int8 = Artifact.from_json(json.loads((stages / "01-quantize" / "stage.json").read_text())["artifacts"][0])
+    qmodel = rebuild_int8(int8, rebuild_float(student))
+    conv = dict(qmodel.named_modules())["features.4"]
+    import brevitas.nn as qnn
+
+    from edgekd.quantization import _weight_quant
+
+    reference = qnn.QuantConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding,
+                                bias=False, weight_quant=_weight_quant(reduce_range=True))  # statistics only
+    with torch.no_grad():
+        reference.weight.copy_(conv.weight)
+        from_stats, used = reference.quant_weight().scale.flatten(), conv.quant_weight().scale.flatten()
+    # statistics-based scales follow the trained weights exactly; learned ones were trained away from them
+    assert torch.allclose(used, from_stats, rtol=1e-6) is (not learned)

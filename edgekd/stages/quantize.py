@@ -33,7 +33,7 @@ def quantize(variants: dict[str, Artifact], cfg: QuantizeConfig, ctx: StageConte
     def calibrated(chosen: dict[str, int | None]):
         model = quantize_model(float_model, unsigned_input=unsigned_input, reduce_range=cfg.reduce_range,
                                calibration=cfg.calibration, percentile=cfg.percentile, weight_bits=cfg.weight_bits,
-                               overrides=chosen)
+                               overrides=chosen, learned_scales=cfg.learned_scales)
         calibrate(model, splits.x_train, cfg.calibration_batches, recipe.data.batch_size,
                   bias_correction=cfg.bias_correction)
         return model
@@ -77,7 +77,8 @@ def quantize(variants: dict[str, Artifact], cfg: QuantizeConfig, ctx: StageConte
     settings = {"weights": f"int{cfg.weight_bits} per-channel symmetric [{lo},{hi}]", "weight_bits": cfg.weight_bits,
                 "activations": "int8 per-tensor", "mode": cfg.mode, "unsigned_input": unsigned_input,
                 "reduce_range": cfg.reduce_range, "calibration": cfg.calibration, "percentile": cfg.percentile,
-                "bias_correction": cfg.bias_correction, "teacher": cfg.teacher, "overrides": overrides}
+                "bias_correction": cfg.bias_correction, "teacher": cfg.teacher, "overrides": overrides,
+                "learned_scales": cfg.learned_scales}
     return [save_torch(qmodel, ctx.stage_dir / variant, variant=variant, stage="quantize", parent=source.variant,
                        arch=source.meta.get("arch", ""), arch_kwargs=source.meta.get("arch_kwargs", {}),
                        chash=chash, metrics=metrics, kind="torch-int8", precision="int8",
