@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .backends import BACKENDS, Backend, evaluate_accuracy
+from .backends import BACKENDS, Backend, predict
+from .parity import parity
 from .bench import measure_latency, seeded_input
 from .config import Target
 from .errors import EdgekdError
@@ -31,7 +32,10 @@ class BackendPool:
 
 
 def measure(onnx_path: Path, variant: str, precision: str, target: Target, pool: BackendPool,
-            x_eval: np.ndarray | None = None, y_eval: np.ndarray | None = None) -> dict[str, Any]:
+            x_eval: np.ndarray | None = None, y_eval: np.ndarray | None = None,
+            reference: np.ndarray | None = None) -> dict[str, Any]:
+    """Latency, and with data accuracy; with ``reference`` (the torch model's logits on ``x_eval``) also
+    the parity of this backend's outputs with it: how the runtime's own kernels change the result."""
     backend = pool.get(target.backend)
     result: dict[str, Any] = {"variant": variant, "target": target.name, "backend": target.backend,
                               "device": target.device, "precision": precision, "status": "ok",
@@ -52,8 +56,11 @@ def measure(onnx_path: Path, variant: str, precision: str, target: Target, pool:
             int8_layers=compiled.int8_layers(),
         )
         if x_eval is not None and y_eval is not None:
-            result["accuracy"] = evaluate_accuracy(compiled, x_eval, y_eval)
+            logits = predict(compiled, x_eval)
+            result["accuracy"] = float(np.mean(logits.argmax(1) == y_eval))
             result["eval_samples"] = int(len(x_eval))
+            if reference is not None and reference.shape == logits.shape:
+                result["parity"] = parity(reference, logits)
     except EdgekdError as exc:
         result.update(status="failed", error=str(exc))
     except Exception as exc:  # noqa: BLE001 - a runtime's own error becomes a failed row, not a crash

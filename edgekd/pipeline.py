@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from . import __version__, distributed
@@ -216,5 +217,7 @@ def _measure_all(run_dir: Path, models: dict[str, Artifact], targets: list[Targe
     for target in targets:
         for name, art in models.items():
             console.print(f"measure {name} on {target.name} ({target.backend}, {target.device})")
-            result = measure(run_dir / art.path, name, art.precision, target, pool, x, y)
+            ref = art.meta.get("reference_logits")
+            reference = np.load(ref) if ref and Path(ref).is_file() else None
+            result = measure(run_dir / art.path, name, art.precision, target, pool, x, y, reference)
             write_json(run_dir / "measurements" / f"{name}@{target.name}.json", result)

@@ -77,6 +77,14 @@ def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _fmt_parity(p: dict[str, Any] | None) -> str:
+    """``top-1 agreement / SQNR`` of the backend's outputs against the torch (fake-quant) model."""
+    if not p:
+        return "-"
+    sqnr = "identical" if p["sqnr_db"] is None else f"{p['sqnr_db']:.1f} dB"
+    return f"{p['top1_agreement']:.1%} / {sqnr}"
+
+
 def table_rows(report: dict[str, Any], target: str) -> list[dict[str, str]]:
     """One row per variant for ``target``: the numbers every rendering shows."""
     sizes = {v["name"]: v["size_bytes"] for v in report["variants"]}
@@ -93,6 +101,7 @@ def table_rows(report: dict[str, Any], target: str) -> list[dict[str, str]]:
             "p90 ms": _fmt(lat.get("p90"), ".3f"), "cov": _fmt(lat.get("cov"), ".1%"),
             "speed-up": f"{speedup:.2f}x" if speedup else "-",
             "INT8 layers": f"{layers['int8']}/{layers['total']}" if layers.get("total") else "-",
+            "parity": _fmt_parity(r.get("parity")),
             "status": r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('error') or ''}",
         })
     return out
@@ -110,7 +119,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["| " + " | ".join(row[h] for h in header) + " |" for row in rows]
         lines.append("")
     lines.append("Accuracy: top-1 of the exported ONNX file running on that target over the test split. "
-                 "Latency: batch 1, milliseconds. Speed-up: teacher-fp32 p50 / variant p50 on the same target.")
+                 "Latency: batch 1, milliseconds. Speed-up: teacher-fp32 p50 / variant p50 on the same target. "
+                 "Parity: top-1 agreement / SQNR of this backend's outputs against the torch model "
+                 "(the fake-quantized one for INT8).")
     return "\n".join(lines) + "\n"
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from edgekd.report import SCHEMA
 
 from .conftest import invoke
@@ -110,3 +112,28 @@ def test_force_replaces_only_an_edgekd_run_directory(tiny_teacher, tiny_files, t
     assert invoke("compress", tiny_teacher, "--recipe", tiny_files["recipe"], "--out", run, "--force",
                   "--dry-run").exit_code == 0
     assert not (run / "stale.txt").exists()
+
+
+def test_every_backend_result_carries_its_parity_with_the_torch_model(tiny_run):
+    report = json.loads((tiny_run / "report.json").read_text())
+    for r in report["results"]:
+        p = r["parity"]
+        assert p["samples"] == r["eval_samples"] and 0.0 <= p["top1_agreement"] <= 1.0
+        if r["precision"] == "fp32":  # float kernels: the torch model's answers, to float rounding
+            assert p["top1_agreement"] == 1.0 and p["sqnr_db"] > 40
+        else:  # INT8 kernels against the fake-quantized model (its output is requantized: may match exactly)
+            assert p["top1_agreement"] >= 0.9 and (p["sqnr_db"] is None or p["sqnr_db"] > 10)
+    md = (tiny_run / "report.md").read_text()
+    assert "| INT8 layers | parity | status |" in md and "% / " in md
+
+
+def test_predict_keeps_each_output_although_openvino_reuses_its_buffer(tiny_run, tiny_files):
+    from edgekd.backends import BACKENDS, predict
+    from edgekd.config import load_target
+
+    compiled = BACKENDS.get("openvino")().compile(tiny_run / "models" / "student-fp32.onnx", load_target(tiny_files["ov"]))
+    x = np.random.default_rng(0).random((3, 1, 16, 16), dtype=np.float32)
+    logits = predict(compiled, x)
+    for i in range(3):
+        np.testing.assert_allclose(logits[i], np.asarray(compiled(x[i:i + 1])).ravel(), atol=1e-6)
+    assert not np.allclose(logits[0], logits[2])

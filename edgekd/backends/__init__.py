@@ -2,7 +2,7 @@
 
 from ..errors import TargetError
 from ..registry import Registry
-from .base import Backend, CompiledModel, evaluate_accuracy
+from .base import Backend, CompiledModel, evaluate_accuracy, predict
 from .onnxruntime import OnnxRuntimeBackend
 from .openvino import OpenVINOBackend
 from .tensorrt import TensorRTBackend
@@ -11,4 +11,4 @@ BACKENDS: Registry[type[Backend]] = Registry("backend", TargetError)
 for _cls in (OnnxRuntimeBackend, OpenVINOBackend, TensorRTBackend):
     BACKENDS.register(_cls.name)(_cls)
 
-__all__ = ["BACKENDS", "Backend", "CompiledModel", "evaluate_accuracy"]
+__all__ = ["BACKENDS", "Backend", "CompiledModel", "evaluate_accuracy", "predict"]

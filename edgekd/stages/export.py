@@ -11,7 +11,6 @@ largest difference and SQNR recorded. A failed check fails the stage with the nu
 
 from __future__ import annotations
 
-import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from ..artifact import Artifact, config_hash, count_params_macs, onnx_size_bytes
 from ..config import ExportConfig
 from ..errors import StageError
 from ..fileio import atomic_path
+from ..parity import parity
 from ..quantization import INPUT_NAME, OUTPUT_NAME, export_qdq
 from .base import STAGES, StageContext
 
@@ -48,13 +48,17 @@ def export(variants: dict[str, Artifact], cfg: ExportConfig, ctx: StageContext) 
             except Exception as exc:  # noqa: BLE001 - exporters raise many types for unsupported ops
                 raise StageError(f"export {name}: ONNX export failed at opset {cfg.opset} ({exc})") from None
             check_onnx(tmp, name)
-            parity = compare_with_torch(tmp, model, ctx.splits.x_test[:cfg.parity_samples], art.precision, cfg, name)
+            checked = compare_with_torch(tmp, model, ctx.splits.x_test[:cfg.parity_samples], art.precision, cfg, name)
+        reference = ctx.stage_dir / f"{name}.reference.npy"  # for each backend's parity at measurement
+        with atomic_path(reference) as tmp, torch.no_grad():
+            np.save(tmp, torch.cat([model(ctx.splits.x_test[i:i + 256])
+                                    for i in range(0, len(ctx.splits.x_test), 256)]).numpy())
         metrics = art.meta.get("metrics", {})
         params, macs = metrics.get("params"), metrics.get("macs")
         if params is None:
             params, macs = count_params_macs(model, ctx.splits.input_shape)
         meta = {"source": art.path, "size_bytes": onnx_size_bytes(path), "params": params, "macs": macs,
-                "parity": parity, "input_shape": [1, *ctx.splits.input_shape], "opset": cfg.opset,
+                "parity": checked, "reference_logits": str(reference), "input_shape": [1, *ctx.splits.input_shape], "opset": cfg.opset,
                 "accuracy_torch": metrics.get("test_accuracy_torch")}
         out.append(Artifact(name, "onnx", art.precision, str(path), "export", name,
                             config_hash(cfg.model_dump(), art.config_hash), meta))
@@ -68,11 +72,6 @@ def check_onnx(path: Path, name: str) -> None:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise StageError(f"export {name}: onnx.checker rejected {path.name} ({str(exc).splitlines()[0]})") from None
-
-
-def _sqnr_db(ref: np.ndarray, out: np.ndarray) -> float:
-    noise = float(np.mean((ref - out) ** 2))
-    return math.inf if noise == 0 else 10.0 * math.log10(float(np.mean(ref ** 2)) / noise)
 
 
 def compare_with_torch(path: Path, model: nn.Module, x: torch.Tensor, precision: str, cfg: ExportConfig,
@@ -90,10 +89,8 @@ def compare_with_torch(path: Path, model: nn.Module, x: torch.Tensor, precision:
     got = np.concatenate([sess.run(None, {INPUT_NAME: x[i:i + 1].numpy()})[0] for i in range(len(x))])
     if got.shape != ref.shape:
         raise StageError(f"export {name}: ONNX output shape {got.shape} != torch {ref.shape}")
-    diff = float(np.max(np.abs(got - ref)))
-    agreement = float(np.mean(got.argmax(1) == ref.argmax(1)))
-    result = {"samples": len(x), "max_abs_diff": diff, "top1_agreement": agreement, "sqnr_db": _sqnr_db(ref, got),
-              "reference": "fake-quantized torch model" if precision == "int8" else "torch model"}
+    result = {**parity(ref, got), "reference": "fake-quantized torch model" if precision == "int8" else "torch model"}
+    diff, agreement = result["max_abs_diff"], result["top1_agreement"]
     if precision == "int8":
         if agreement < cfg.int8_min_top1_agreement:
             raise StageError(f"export {name}: ONNX top-1 agrees with the fake-quant model on {agreement:.3f} of "
