@@ -77,6 +77,15 @@ def _fmt(v: float | None, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+def _fmt_int8_layers(layers: dict[str, int], precision: str) -> str:
+    """``n/m``; an INT8 file whose runtime executes most conv/matmul layers in float is flagged."""
+    if not layers.get("total"):
+        return "-"
+    text = f"{layers['int8']}/{layers['total']}"
+    mostly_float = precision == "int8" and 2 * layers["int8"] < layers["total"]
+    return f"{text} MOSTLY FLOAT" if mostly_float else text
+
+
 def _fmt_parity(p: dict[str, Any] | None) -> str:
     """``top-1 agreement / SQNR`` of the backend's outputs against the torch (fake-quant) model."""
     if not p:
@@ -100,7 +109,7 @@ def table_rows(report: dict[str, Any], target: str) -> list[dict[str, str]]:
             "accuracy": _fmt(r["accuracy"], ".4f"), "p50 ms": _fmt(lat.get("p50"), ".3f"),
             "p90 ms": _fmt(lat.get("p90"), ".3f"), "cov": _fmt(lat.get("cov"), ".1%"),
             "speed-up": f"{speedup:.2f}x" if speedup else "-",
-            "INT8 layers": f"{layers['int8']}/{layers['total']}" if layers.get("total") else "-",
+            "INT8 layers": _fmt_int8_layers(layers, r["precision"]),
             "parity": _fmt_parity(r.get("parity")),
             "status": r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('error') or ''}",
         })

@@ -137,3 +137,16 @@ def test_predict_keeps_each_output_although_openvino_reuses_its_buffer(tiny_run,
     for i in range(3):
         np.testing.assert_allclose(logits[i], np.asarray(compiled(x[i:i + 1])).ravel(), atol=1e-6)
     assert not np.allclose(logits[0], logits[2])
+
+
+def test_an_int8_file_running_mostly_in_float_is_flagged_in_the_report():
+    from edgekd.report import table_rows
+
+    def row(variant, precision, int8, total):
+        return {"variant": variant, "target": "t", "precision": precision, "status": "ok", "accuracy": 1.0,
+                "latency_ms": {"p50": 1.0, "p90": 1.0, "cov": 0.0}, "int8_layers": {"int8": int8, "total": total}}
+
+    report = {"variants": [], "results": [row("a-int8", "int8", 1, 5), row("b-int8", "int8", 5, 5),
+                                          row("c-fp32", "fp32", 0, 5)]}
+    cells = [r["INT8 layers"] for r in table_rows(report, "t")]
+    assert cells == ["1/5 MOSTLY FLOAT", "5/5", "0/5"]
