@@ -192,6 +192,9 @@ class QuantizeConfig(TrainingConfig):
     percentile: float = Field(99.999, gt=50.0, le=100.0, description="for calibration: percentile")
     bias_correction: bool = Field(False, description="Brevitas bias correction after calibration")
     overrides: list[LayerOverride] = Field(default_factory=list, description="per-layer precision, first match wins")
+    input_quant: Literal["auto", "signed"] = Field(
+        "auto", description="auto: UINT8 graph input when the data is never negative (best on x86 CPUs without "
+        "VNNI); signed: INT8 symmetric, zero point 0, as TensorRT's explicit quantization requires")
     learned_scales: bool = Field(False, description="qat: train the weight scales too (activation scales always train)")
     max_accuracy_drop: float | None = Field(None, ge=0.0, le=1.0, description="accuracy-driven mixed precision: "
                                             "keep the fewest layers in float so validation accuracy drops at most this")
@@ -282,6 +285,9 @@ class Budget(Strict):
 
     variant: str = "student-int8"
     max_size_mb: float | None = Field(None, gt=0.0)
+    input_quant: Literal["auto", "signed"] = Field(
+        "auto", description="auto: UINT8 graph input when the data is never negative (best on x86 CPUs without "
+        "VNNI); signed: INT8 symmetric, zero point 0, as TensorRT's explicit quantization requires")
     learned_scales: bool = Field(False, description="qat: train the weight scales too (activation scales always train)")
     max_accuracy_drop: float | None = Field(None, ge=0.0, le=1.0)
     min_accuracy: float | None = Field(None, ge=0.0, le=1.0)

@@ -242,3 +242,22 @@ def test_learned_scales_move_away_from_the_weight_statistics_during_qat(learned,
         from_stats, used = reference.quant_weight().scale.flatten(), conv.quant_weight().scale.flatten()
     # statistics-based scales follow the trained weights exactly; learned ones were trained away from them
     assert torch.allclose(used, from_stats, rtol=1e-6) is (not learned)
+
+
+@pytest.mark.parametrize("input_quant,dtype", [("auto", "UINT8"), ("signed", "INT8")])
+def test_graph_input_quantization_is_unsigned_for_cpus_or_signed_for_tensorrt(input_quant, dtype, tiny_teacher,
+                                                                              tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    recipe = write_yaml(tmp_path / "r.yaml", {
+        "name": "iq", "arch": "edgekd:tiny_cnn", "data": TINY_DATA, "student": {"width": 0.5}, "targets": [],
+        "stages": [{"stage": "quantize", "mode": "ptq", "input_quant": input_quant, "calibration_batches": 2},
+                   {"stage": "export"}]})
+    result = invoke("compress", tiny_teacher, "--recipe", recipe, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    graph = onnx.load(str(tmp_path / "run" / "models" / "teacher-int8.onnx")).graph
+    first_q = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "input")
+    zero_point = next(i for i in graph.initializer if i.name == first_q.input[2])
+    assert onnx.TensorProto.DataType.Name(zero_point.data_type) == dtype
+    assert int(numpy_helper.to_array(zero_point)) == 0

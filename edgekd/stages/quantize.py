@@ -25,7 +25,7 @@ from .base import STAGES, StageContext, current, role_of
 def quantize(variants: dict[str, Artifact], cfg: QuantizeConfig, ctx: StageContext) -> list[Artifact]:
     source = current(variants)
     splits, recipe = ctx.splits, ctx.recipe
-    unsigned_input = bool(splits.x_train.min() >= 0)
+    unsigned_input = cfg.input_quant == "auto" and bool(splits.x_train.min() >= 0)
     float_model = ctx.model(variants, source.variant)
     layers = layer_names(float_model)
     overrides = resolve_overrides(cfg.overrides, layers, ctx.stage_key_path)
