@@ -9,7 +9,7 @@ import torch
 
 from edgekd.artifact import Artifact, rebuild_float, rebuild_int8
 from edgekd.errors import StageError
-from edgekd.quantization import _act_quants, calibrate, quantize_model
+from edgekd.quantization import _act_quants, quantize_model
 from edgekd.zoo import TinyCNN
 
 from .conftest import TINY_DATA, invoke, write_yaml

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from torch import nn
 
 from ..artifact import Artifact, rebuild_float, rebuild_int8
