@@ -154,7 +154,7 @@ def load_checkpoint(path: str | Path, arch: str | None, *, trust: bool = False,
             raise CheckpointError(
                 f"{path}: refusing to unpickle objects beyond tensors (unsafe globals: {unsafe}); "
                 f"save a state_dict or .safetensors, or pass --trust-checkpoint if you trust its source") from None
-        obj = _trusted_load(path, exc)
+        obj = _trusted_load(path, exc, trust)
     if isinstance(obj, nn.Module):
         return LoadedCheckpoint(obj, arch, str(path), "pickled-module", True, digest)
     state = _find_state_dict(path, obj)
@@ -162,8 +162,10 @@ def load_checkpoint(path: str | Path, arch: str | None, *, trust: bool = False,
     return LoadedCheckpoint(model, arch, str(path), "state_dict", trust, digest)
 
 
-def _trusted_load(path: Path, first_error: Exception) -> Any:
+def _trusted_load(path: Path, first_error: Exception, trust: bool) -> Any:
     """The one path that may execute code from a checkpoint: only behind --trust-checkpoint."""
+    if not trust:
+        raise CheckpointError(f"{path}: unpickling arbitrary objects needs --trust-checkpoint")
     try:
         return torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001

@@ -41,6 +41,9 @@ class Objective(nn.Module):
         self.names = [n for n, _, _ in named]
         self.weights = [w for _, w, _ in named]
         self.terms = nn.ModuleList(t for _, _, t in named)
+        # fixed once the terms are bound (before this object exists); read on every training step
+        self._student_taps = list(dict.fromkeys(tap for t in self.terms for tap in t.student_taps()))
+        self._teacher_taps = list(dict.fromkeys(tap for t in self.terms for tap in t.teacher_taps()))
 
     @classmethod
     def cross_entropy(cls) -> "Objective":
@@ -55,10 +58,10 @@ class Objective(nn.Module):
         return any(t.needs_labels for t in self.terms)
 
     def student_taps(self) -> list[Tap]:
-        return list(dict.fromkeys(tap for t in self.terms for tap in t.student_taps()))
+        return self._student_taps
 
     def teacher_taps(self) -> list[Tap]:
-        return list(dict.fromkeys(tap for t in self.terms for tap in t.teacher_taps()))
+        return self._teacher_taps
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         parts = {name: term(batch) for name, term in zip(self.names, self.terms)}

@@ -25,6 +25,7 @@ from . import distributed
 from .config import Augment
 from .data import Splits, augment_batch
 from .errors import StageError
+from .features import capture
 from .fileio import atomic_path
 from .losses import Batch
 from .objective import Objective
@@ -59,8 +60,6 @@ class _Trainee(nn.Module):
         self.student, self.objective = student, objective
 
     def forward(self, x: torch.Tensor, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        from .features import capture
-
         with capture(self.student, self.objective.student_taps(), batch.student_features):
             batch.logits = self.student(x)
         return self.objective(batch)

@@ -22,12 +22,16 @@ def invoke(*args: str):
     return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
+def save_model(model: torch.nn.Module, path: Path) -> Path:
+    """``model``'s weights as a safetensors checkpoint (what users hand to ``compress``)."""
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    save_file({k: v.contiguous() for k, v in TinyCNN(num_classes=4).state_dict().items()}, str(path))
-    return path
+    return save_model(TinyCNN(num_classes=4), tmp_path_factory.mktemp("ckpt") / "tiny.safetensors")
 
 
 def write_yaml(path: Path, data: dict) -> Path:

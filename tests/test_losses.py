@@ -242,8 +242,8 @@ def test_nd_rewards_direction_and_norm_toward_the_teacher_class_mean():
 def test_ofa_weights_the_target_class_up():
     ofa = make("ofa", stages=["0"], eps=2.0)
     ofa.setup(setup_info(num_classes=2, student_features={"0": torch.zeros(1, 3)}))
-    nn.init.zeros_(ofa.branches[0].weight)
-    nn.init.zeros_(ofa.branches[0].bias)
+    nn.init.zeros_(ofa.heads[0].weight)
+    nn.init.zeros_(ofa.heads[0].bias)
     s = student_logits([0.0, 0.0])
     b = batch(s, torch.tensor([[LN3, 0.0]]), torch.tensor([0]), student_features={"0": torch.zeros(1, 3)})
     # weights ((p_t + onehot)^2 - onehot) = [1.75² - 1, .25²] = [2.0625, .0625]; -log p_s = ln 2 each;

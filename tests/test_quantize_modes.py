@@ -12,7 +12,7 @@ from edgekd.errors import StageError
 from edgekd.quantization import _act_quants, quantize_model
 from edgekd.zoo import TinyCNN
 
-from .conftest import TINY_DATA, invoke, write_yaml
+from .conftest import TINY_DATA, invoke, save_model, write_yaml
 
 
 def calibrated_range(method: str, x: torch.Tensor, percentile: float = 99.999) -> tuple[float, float]:
@@ -151,8 +151,6 @@ def test_an_override_needs_exactly_one_precision():
 @pytest.fixture(scope="module")
 def sensitive_model(tmp_path_factory):
     """DeadChannelNet trained on the tiny data, then given a huge weight on its always-zero channel."""
-    from safetensors.torch import save_file
-
     from edgekd.config import DataSpec
     from edgekd.data import build_splits
     from edgekd.objective import Objective
@@ -168,9 +166,7 @@ def sensitive_model(tmp_path_factory):
     with torch.no_grad():
         model.features[3].weight[:, 0] = 500.0  # reads the dead channel (always 0): float output unchanged
     assert accuracy(model, splits.x_val, splits.y_val) >= 0.9
-    path = tmp_path_factory.mktemp("ckpt") / "sensitive.safetensors"
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
-    return path
+    return save_model(model, tmp_path_factory.mktemp("ckpt") / "sensitive.safetensors")
 
 
 def _w4_recipe(path, **quantize) -> "Path":

@@ -16,7 +16,7 @@ from edgekd.objective import Objective, build_objective
 from edgekd.teacher_outputs import TeacherOutputs
 from edgekd.zoo import TinyCNN
 
-from .conftest import invoke, write_yaml
+from .conftest import invoke
 from .test_distill import distill_recipe
 
 SPLITS = build_splits(DataSpec(source="synthetic", samples=96, classes=3, image_size=8, batch_size=16))
@@ -89,10 +89,8 @@ def test_a_non_finite_term_stops_training_at_that_step_naming_the_term():
 
 
 def test_nan_training_from_the_cli_exits_1_with_one_line(tiny_teacher, tmp_path):
-    recipe = distill_recipe(tmp_path / "r.yaml", [{"name": "kd"}])
-    data = write_yaml(tmp_path / "r.yaml", {**__import__("yaml").safe_load(recipe.read_text()),
-                                            "stages": [{"stage": "distill", "epochs": 1, "lr": 1e30}, {"stage": "export"}]})
-    result = invoke("compress", tiny_teacher, "--recipe", data, "--out", tmp_path / "run")
+    recipe = distill_recipe(tmp_path / "r.yaml", [{"name": "kd"}], lr=1e30)
+    result = invoke("compress", tiny_teacher, "--recipe", recipe, "--out", tmp_path / "run")
     assert result.exit_code == 1
     assert "loss term 'kd' became" in result.output and "Traceback" not in result.output
 
@@ -101,6 +99,9 @@ def test_teacher_outputs_are_cached_without_augmentation_and_online_with_it(monk
     teacher = TinyCNN(num_classes=3).eval()
     cached = TeacherOutputs.prepare([teacher], [], SPLITS.x_train, augmented=False, key="k")
     assert not cached.online and "computed once" in cached.reason
+    # a later stage (QAT) asking for the same teacher, taps and data gets the same cache, not a recompute
+    assert TeacherOutputs.prepare([teacher], [], SPLITS.x_train, augmented=False, key="k") is cached
+    assert TeacherOutputs.prepare([teacher], [], SPLITS.x_train, augmented=False, key="other") is not cached
     idx = torch.tensor([5, 1, 7])
     logits, _ = cached(idx, torch.zeros(3, 1, 8, 8))  # cache lookup by index: the inputs are not used
     with torch.no_grad():

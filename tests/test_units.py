@@ -15,6 +15,7 @@ from edgekd.data import build_splits
 from edgekd.errors import StageError
 from edgekd.quantization import calibrate, export_qdq, fold_constant_clips, quantize_model
 from edgekd.stages.export import compare_with_torch
+from edgekd.training import predict_logits
 from edgekd.zoo import TinyCNN
 
 CFG = ExportConfig(stage="export")
@@ -30,10 +31,10 @@ def test_fp32_export_parity_passes_for_the_same_model_and_fails_for_another(tmp_
     model, other = TinyCNN(num_classes=4).eval(), TinyCNN(num_classes=4).eval()
     _fp32_onnx(model, tmp_path / "m.onnx")
     x = torch.rand(8, 1, 16, 16)
-    parity = compare_with_torch(tmp_path / "m.onnx", model, x, "fp32", CFG, "m")
+    parity = compare_with_torch(tmp_path / "m.onnx", predict_logits(model, x).numpy(), x, "fp32", CFG, "m")
     assert parity["max_abs_diff"] <= parity["tolerance"]
     with pytest.raises(StageError, match=r"export m: ONNX output differs from torch by .* > "):
-        compare_with_torch(tmp_path / "m.onnx", other, x, "fp32", CFG, "m")
+        compare_with_torch(tmp_path / "m.onnx", predict_logits(other, x).numpy(), x, "fp32", CFG, "m")
 
 
 def test_int8_export_matches_fake_quant_model_and_flags_a_wrong_one(tmp_path):
@@ -43,7 +44,7 @@ def test_int8_export_matches_fake_quant_model_and_flags_a_wrong_one(tmp_path):
     q = quantize_model(model, unsigned_input=True)
     calibrate(q, x, 2, 16)
     export_qdq(q, x[:1], tmp_path / "q.onnx", 17)
-    parity = compare_with_torch(tmp_path / "q.onnx", q, x, "int8", CFG, "q")
+    parity = compare_with_torch(tmp_path / "q.onnx", predict_logits(q, x).numpy(), x, "int8", CFG, "q")
     assert parity["top1_agreement"] == 1.0 and (parity["sqnr_db"] is None or parity["sqnr_db"] > 30)
     ops = {n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -52,7 +53,8 @@ def test_int8_export_matches_fake_quant_model_and_flags_a_wrong_one(tmp_path):
     other = quantize_model(model, unsigned_input=True)
     calibrate(other, x, 2, 16)
     with pytest.raises(StageError, match="top-1 agrees with the fake-quant model"):
-        compare_with_torch(tmp_path / "q.onnx", other, x, "int8", ExportConfig(stage="export", int8_min_top1_agreement=1.0), "q")
+        compare_with_torch(tmp_path / "q.onnx", predict_logits(other, x).numpy(), x, "int8",
+                           ExportConfig(stage="export", int8_min_top1_agreement=1.0), "q")
 
 
 def test_reduce_range_weights_fit_seven_bits_and_no_clip_survives(tmp_path):

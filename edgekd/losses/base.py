@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ..errors import RecipeError
-from ..features import Tap
+from ..features import Tap, resolve_module
 from ..registry import Registry
 
 
@@ -101,6 +101,34 @@ class DistillTerm(nn.Module):
 
 
 LOSSES: Registry[type[DistillTerm]] = Registry("loss", RecipeError)
+
+
+class IntermediateHeads(DistillTerm):
+    """Base of losses that hang a small classifier (``exit_classifier``) on named student modules.
+
+    ``modules_key`` names the recipe key that lists the modules (``exits``, ``stages``); the heads
+    live in ``self.heads``, inside the loss, so export never carries them.
+    """
+
+    modules_key: ClassVar[str]
+
+    @property
+    def module_names(self) -> list[str]:
+        return getattr(self.params, self.modules_key)
+
+    def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
+        for i, name in enumerate(self.module_names):
+            resolve_module(student, name, "the student", f"{self.key}.{self.modules_key}.{i}")
+
+    def student_taps(self) -> list[Tap]:
+        return [Tap(n) for n in self.module_names]
+
+    def setup(self, info: SetupInfo) -> None:
+        self.heads = nn.ModuleList(exit_classifier(info.student_features[n], info.num_classes,
+                                                   f"{self.key}.{self.modules_key}") for n in self.module_names)
+
+    def head_logits(self, b: Batch) -> list[torch.Tensor]:
+        return [head(b.student_features[n]) for head, n in zip(self.heads, self.module_names)]
 
 
 # ---------------------------------------------------------------- shared maths

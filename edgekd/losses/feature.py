@@ -9,7 +9,7 @@ from torch import nn
 
 from ..errors import RecipeError
 from ..features import Tap, last_linear, resolve_module
-from .base import LOSSES, Batch, DistillTerm, Params, SetupInfo, exit_classifier, with_labels
+from .base import LOSSES, Batch, DistillTerm, IntermediateHeads, Params, SetupInfo, with_labels
 
 
 class PairParams(Params):
@@ -149,7 +149,7 @@ class OFAParams(Params):
 
 
 @LOSSES.register("ofa")
-class OneForAllKD(DistillTerm):
+class OneForAllKD(IntermediateHeads):
     """OFA-KD: Hao et al., "One-for-All: Bridge the Gap Between Heterogeneous Architectures in
     Knowledge Distillation" (NeurIPS 2023).
 
@@ -160,17 +160,7 @@ class OneForAllKD(DistillTerm):
     """
 
     Params = OFAParams
-
-    def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        for i, name in enumerate(self.params.stages):
-            resolve_module(student, name, "the student", f"{self.key}.stages.{i}")
-
-    def student_taps(self) -> list[Tap]:
-        return [Tap(n) for n in self.params.stages]
-
-    def setup(self, info: SetupInfo) -> None:
-        self.branches = nn.ModuleList(exit_classifier(info.student_features[n], info.num_classes, f"{self.key}.stages")
-                                      for n in self.params.stages)
+    modules_key = "stages"
 
     def ofa(self, logits: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         t = self.params.temperature
@@ -180,7 +170,8 @@ class OneForAllKD(DistillTerm):
 
     def forward(self, b: Batch) -> torch.Tensor:
         y, teacher = with_labels(b, self.key), b.teacher_logits[0]
+        branches = self.head_logits(b)
         total = self.ofa(b.logits, teacher, y)
-        for branch, name in zip(self.branches, self.params.stages):
-            total = total + self.ofa(branch(b.student_features[name]), teacher, y)
-        return total / (1 + len(self.branches))
+        for logits in branches:
+            total = total + self.ofa(logits, teacher, y)
+        return total / (1 + len(branches))

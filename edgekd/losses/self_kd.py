@@ -5,10 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from pydantic import Field
-from torch import nn
 
-from ..features import Tap, resolve_module
-from .base import (LOSSES, Batch, DistillTerm, Params, SetupInfo, exit_classifier, soft_kl, sum_across_ranks,
+from .base import (LOSSES, Batch, DistillTerm, IntermediateHeads, Params, SetupInfo, soft_kl, sum_across_ranks,
                    with_labels)
 
 
@@ -53,7 +51,7 @@ class LayeredParams(Params):
 
 
 @LOSSES.register("layered-self")
-class LayeredSelfKD(DistillTerm):
+class LayeredSelfKD(IntermediateHeads):
     """Layered self-KD: auxiliary classifiers on intermediate stages ("A Layered Self-Supervised
     Knowledge Distillation Framework for Efficient Multimodal Learning on the Edge"; Zhang et al.,
     "Be Your Own Teacher").
@@ -65,23 +63,13 @@ class LayeredSelfKD(DistillTerm):
 
     Params = LayeredParams
     needs_teacher = False
-
-    def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        for i, name in enumerate(self.params.exits):
-            resolve_module(student, name, "the student", f"{self.key}.exits.{i}")
-
-    def student_taps(self) -> list[Tap]:
-        return [Tap(n) for n in self.params.exits]
-
-    def setup(self, info: SetupInfo) -> None:
-        self.heads = nn.ModuleList(exit_classifier(info.student_features[n], info.num_classes, f"{self.key}.exits")
-                                   for n in self.params.exits)
+    modules_key = "exits"
 
     def forward(self, b: Batch) -> torch.Tensor:
         p, y = self.params, with_labels(b, self.key)
         t = p.temperature
         final = F.softmax(b.logits.detach() / t, dim=1)
-        exits = [head(b.student_features[n]) for head, n in zip(self.heads, p.exits)]
+        exits = self.head_logits(b)
         loss = F.cross_entropy(b.logits, y)
         for logits in exits:
             loss = loss + (1 - p.alpha) * F.cross_entropy(logits, y) + p.alpha * soft_kl(logits, final, t)

@@ -17,7 +17,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from ..artifact import Artifact, config_hash, count_params_macs, onnx_size_bytes
 from ..config import ExportConfig
@@ -25,6 +24,7 @@ from ..errors import StageError
 from ..fileio import atomic_path
 from ..parity import parity
 from ..quantization import INPUT_NAME, OUTPUT_NAME, export_qdq
+from ..training import predict_logits
 from .base import STAGES, StageContext
 
 
@@ -48,11 +48,12 @@ def export(variants: dict[str, Artifact], cfg: ExportConfig, ctx: StageContext) 
             except Exception as exc:  # noqa: BLE001 - exporters raise many types for unsupported ops
                 raise StageError(f"export {name}: ONNX export failed at opset {cfg.opset} ({exc})") from None
             check_onnx(tmp, name)
-            checked = compare_with_torch(tmp, model, ctx.splits.x_test[:cfg.parity_samples], art.precision, cfg, name)
-        reference = ctx.stage_dir / f"{name}.reference.npy"  # for each backend's parity at measurement
-        with atomic_path(reference) as tmp, torch.no_grad():
-            np.save(tmp, torch.cat([model(ctx.splits.x_test[i:i + 256])
-                                    for i in range(0, len(ctx.splits.x_test), 256)]).numpy())
+            logits = predict_logits(model, ctx.splits.x_test).numpy()  # the torch model on the test split
+            n = cfg.parity_samples
+            checked = compare_with_torch(tmp, logits[:n], ctx.splits.x_test[:n], art.precision, cfg, name)
+        reference = ctx.stage_dir / f"{name}.reference.npy"  # kept for each backend's parity at measurement
+        with atomic_path(reference) as tmp:
+            np.save(tmp, logits)
         metrics = art.meta.get("metrics", {})
         params, macs = metrics.get("params"), metrics.get("macs")
         if params is None:
@@ -74,8 +75,9 @@ def check_onnx(path: Path, name: str) -> None:
         raise StageError(f"export {name}: onnx.checker rejected {path.name} ({str(exc).splitlines()[0]})") from None
 
 
-def compare_with_torch(path: Path, model: nn.Module, x: torch.Tensor, precision: str, cfg: ExportConfig,
+def compare_with_torch(path: Path, ref: np.ndarray, x: torch.Tensor, precision: str, cfg: ExportConfig,
                        name: str) -> dict[str, Any]:
+    """The ONNX file's outputs on ``x`` against ``ref``, the torch model's logits on the same ``x``."""
     import onnxruntime as ort
 
     # Optimizations off: ORT then interprets QDQ exactly (DequantizeLinear -> float op -> QuantizeLinear),
@@ -84,8 +86,6 @@ def compare_with_torch(path: Path, model: nn.Module, x: torch.Tensor, precision:
     opts.intra_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    with torch.no_grad():
-        ref = torch.cat([model(x[i:i + 1]) for i in range(len(x))]).numpy()
     got = np.concatenate([sess.run(None, {INPUT_NAME: x[i:i + 1].numpy()})[0] for i in range(len(x))])
     if got.shape != ref.shape:
         raise StageError(f"export {name}: ONNX output shape {got.shape} != torch {ref.shape}")

@@ -9,6 +9,7 @@ sensible activation scales.
 from __future__ import annotations
 
 import fnmatch
+import json
 
 from ..artifact import Artifact, config_hash, save_torch
 from ..config import LayerOverride, QuantizeConfig
@@ -30,12 +31,19 @@ def quantize(variants: dict[str, Artifact], cfg: QuantizeConfig, ctx: StageConte
     layers = layer_names(float_model)
     overrides = resolve_overrides(cfg.overrides, layers, ctx.stage_key_path)
 
+    built: dict[str, object] = {}  # the last model made, by its overrides: the search's final one is reused
+
     def calibrated(chosen: dict[str, int | None]):
+        key = json.dumps(chosen, sort_keys=True)
+        if key in built:
+            return built[key]
         model = quantize_model(float_model, unsigned_input=unsigned_input, reduce_range=cfg.reduce_range,
                                calibration=cfg.calibration, percentile=cfg.percentile, weight_bits=cfg.weight_bits,
                                overrides=chosen, learned_scales=cfg.learned_scales)
         calibrate(model, splits.x_train, cfg.calibration_batches, recipe.data.batch_size,
                   bias_correction=cfg.bias_correction)
+        built.clear()
+        built[key] = model
         return model
 
     float_val = accuracy(float_model, splits.x_val, splits.y_val)
