@@ -5,21 +5,32 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 # torch: a local CPU wheel when this machine has one (far smaller than PyPI's CUDA build), else any torch>=2.6.
 TORCH_SPEC ?= $(or $(firstword $(wildcard /opt/wheels/torch-*+cpu-*.whl)),torch>=2.6)
+# The tests also need torchvision (issue 5's pruning matrix, the torchvision benchmarks). PyPI's torchvision
+# does not import beside that CPU wheel, so pip picks a matching torch+torchvision pair instead (on this
+# machine torch 2.14.1 + torchvision 0.29.1 from local disk: about a minute and 5.5 GB).
 
-.PHONY: venv demo test teacher clean
+.PHONY: venv venv-test demo test teacher clean
 
-$(VENV)/.installed: pyproject.toml
+$(PY):
 	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(PY)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
 	$(PIP) install -q -e ".[dev]"
 	touch $@
 
 venv: $(VENV)/.installed
 
+$(VENV)/.installed-test: pyproject.toml | $(PY)
+	$(PIP) install -q -e ".[dev,vision]"
+	touch $@
+
+venv-test: $(VENV)/.installed-test
+
 demo: venv
 	$(VENV)/bin/edgekd compress --out runs/demo --force
 
-test: venv
+test: venv-test
 	$(PY) -m pytest -q
 
 # Re-train the bundled digits teacher (edgekd/assets); about a minute on 2 cores.

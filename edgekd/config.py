@@ -60,7 +60,8 @@ class DataSpec(Strict):
     seed: int = 0
     samples: int = Field(512, ge=16, description="synthetic only: number of samples")
     classes: int = Field(10, ge=2, description="synthetic only: number of classes")
-    channels: int = Field(1, ge=1, description="synthetic only: input channels")
+    channels: int = Field(1, ge=1, description="synthetic: input channels; digits: the gray image repeated "
+                          "(3 for torchvision/timm models); npz files carry their own")
     augment: Augment = Augment()
 
     @field_validator("split")
@@ -74,6 +75,8 @@ class DataSpec(Strict):
     def _npz_needs_path(self) -> "DataSpec":
         if self.source == "npz" and not self.path:
             raise ValueError("source 'npz' needs 'path' (a .npz file with arrays x and y)")
+        if self.source == "npz" and self.channels != 1:
+            raise ValueError("'channels' does not apply to source 'npz': its x array sets the channels")
         return self
 
 
@@ -192,9 +195,10 @@ class QuantizeConfig(TrainingConfig):
     percentile: float = Field(99.999, gt=50.0, le=100.0, description="for calibration: percentile")
     bias_correction: bool = Field(False, description="Brevitas bias correction after calibration")
     overrides: list[LayerOverride] = Field(default_factory=list, description="per-layer precision, first match wins")
-    input_quant: Literal["auto", "signed"] = Field(
-        "auto", description="auto: UINT8 graph input when the data is never negative (best on x86 CPUs without "
-        "VNNI); signed: INT8 symmetric, zero point 0, as TensorRT's explicit quantization requires")
+    input_quant: Literal["auto", "signed", "unsigned"] = Field(
+        "auto", description="auto: signed when a recipe target runs TensorRT, else UINT8 when the data is never "
+        "negative (best on x86 CPUs without VNNI); signed: INT8 symmetric, zero point 0, as TensorRT's explicit "
+        "quantization requires; unsigned: UINT8 (CPU backends only)")
     learned_scales: bool = Field(False, description="qat: train the weight scales too (activation scales always train)")
     max_accuracy_drop: float | None = Field(None, ge=0.0, le=1.0, description="accuracy-driven mixed precision: "
                                             "keep the fewest layers in float so validation accuracy drops at most this")
@@ -285,10 +289,6 @@ class Budget(Strict):
 
     variant: str = "student-int8"
     max_size_mb: float | None = Field(None, gt=0.0)
-    input_quant: Literal["auto", "signed"] = Field(
-        "auto", description="auto: UINT8 graph input when the data is never negative (best on x86 CPUs without "
-        "VNNI); signed: INT8 symmetric, zero point 0, as TensorRT's explicit quantization requires")
-    learned_scales: bool = Field(False, description="qat: train the weight scales too (activation scales always train)")
     max_accuracy_drop: float | None = Field(None, ge=0.0, le=1.0)
     min_accuracy: float | None = Field(None, ge=0.0, le=1.0)
     max_latency_ms: dict[str, dict[LatencyStat, float]] = {}

@@ -45,6 +45,7 @@ def build_splits(spec: DataSpec) -> Splits:
     unlabeled = None
     if spec.source == "digits":
         x, y = _digits(spec.image_size)
+        x = x.expand(-1, spec.channels, -1, -1).contiguous()
     elif spec.source == "npz":
         x, y, unlabeled = _npz(Path(spec.path or ""))
     else:

@@ -32,6 +32,7 @@ from .progress import console
 from .report import write_report
 from .stages import STAGES, StageContext
 from .stages.distill import check_loss_names
+from .stages.quantize import resolve_input_quant
 from .training import accuracy
 
 DEFAULT_RUNS_DIR = Path("runs")
@@ -104,6 +105,7 @@ def compress(checkpoint: str | Path | None = None, *, arch: str | None = None, r
         changes["targets"] = list(targets)
     rec = recipe_with(rec, **changes) if changes else rec
     target_objs = [load_target(t) for t in rec.targets]
+    rec = resolve_input_quant(rec, target_objs)
     budget_obj = budget if isinstance(budget, Budget) or budget is None else load_budget(budget)
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and not ckpt.is_file():

@@ -15,6 +15,7 @@ OpenVINO and ONNX Runtime and follows TensorRT's explicit-quantization form:
 from __future__ import annotations
 
 import copy
+import logging
 import warnings
 from pathlib import Path
 
@@ -24,6 +25,10 @@ from torch import nn
 from .errors import StageError
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
+
+# Brevitas imports torch.utils.cpp_extension, which warns "No CUDA runtime is found" on every CPU-only
+# run of a CUDA build of torch; edgekd never compiles extensions, so that line is noise to users.
+logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
 def weight_width(bits: int, reduce_range: bool) -> int:

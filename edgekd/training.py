@@ -133,9 +133,10 @@ def fit(model: nn.Module, splits: Splits, objective: Objective, *, epochs: int, 
                 opt.step()
                 sched.step()
                 objective.after_step(values, batch)
-                total += float(loss) * len(idx)
+                step_loss = float(loss.detach())
+                total += step_loss * len(idx)
                 seen += len(idx)
-                bar.advance(status=f"loss {float(loss):.3f}")
+                bar.advance(status=f"loss {step_loss:.3f}")
             objective.end_epoch(world > 1)
             seconds = time.perf_counter() - began
             val = accuracy(model, splits.x_val, splits.y_val)

@@ -43,6 +43,7 @@ def test_top_level_dirs_point_at_the_packaged_builtins():
     ({**GOOD_RECIPE, "stages": [{"stage": "quantize", "mode": "int4"}, {"stage": "export"}]}, ["stages.0.quantize.mode", "'qat'", "'ptq'"]),
     ({**GOOD_RECIPE, "data": {"source": "imagenet"}}, ["data.source", "'digits'", "'npz'"]),
     ({**GOOD_RECIPE, "data": {"source": "npz"}}, ["needs 'path'"]),
+    ({**GOOD_RECIPE, "data": {"source": "npz", "path": "x.npz", "channels": 3}}, ["'channels' does not apply"]),
     ({**GOOD_RECIPE, "data": {"split": [0.5, 0.5, 0.5]}}, ["data.split", "summing to 1"]),
     ({"stages": [{"stage": "export"}]}, ["missing key 'name'"]),
     ({**GOOD_RECIPE, "student": {"width": 0.3, "arch": "edgekd:tiny_cnn"}}, ["give either 'width' or 'arch'"]),
@@ -74,6 +75,8 @@ def test_budget_errors(tmp_path):
         load_budget(write_yaml(tmp_path / "b.yaml", {"max_latency_ms": {"cpu-openvino": {"p95": 1.0}}}))
     with pytest.raises(BudgetError, match="unknown key 'max_size'.*max_size_mb"):
         load_budget(write_yaml(tmp_path / "b2.yaml", {"max_size": 1}))
+    with pytest.raises(BudgetError, match="unknown key 'input_quant'"):  # a quantize key, not a budget's
+        load_budget(write_yaml(tmp_path / "b3.yaml", {"input_quant": "signed"}))
     with pytest.raises(BudgetError, match="file not found"):
         load_budget(tmp_path / "missing.yaml")
 

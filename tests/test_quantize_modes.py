@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -240,14 +241,15 @@ def test_learned_scales_move_away_from_the_weight_statistics_during_qat(learned,
     assert torch.allclose(used, from_stats, rtol=1e-6) is (not learned)
 
 
-@pytest.mark.parametrize("input_quant,dtype", [("auto", "UINT8"), ("signed", "INT8")])
-def test_graph_input_quantization_is_unsigned_for_cpus_or_signed_for_tensorrt(input_quant, dtype, tiny_teacher,
-                                                                              tmp_path):
+@pytest.mark.parametrize("input_quant,targets,dtype", [("auto", [], "UINT8"), ("unsigned", [], "UINT8"),
+                                                      ("signed", [], "INT8"), ("auto", ["gpu-tensorrt"], "INT8")])
+def test_graph_input_quantization_is_unsigned_for_cpus_or_signed_for_tensorrt(input_quant, targets, dtype,
+                                                                              tiny_teacher, tmp_path):
     import onnx
     from onnx import numpy_helper
 
     recipe = write_yaml(tmp_path / "r.yaml", {
-        "name": "iq", "arch": "edgekd:tiny_cnn", "data": TINY_DATA, "student": {"width": 0.5}, "targets": [],
+        "name": "iq", "arch": "edgekd:tiny_cnn", "data": TINY_DATA, "student": {"width": 0.5}, "targets": targets,
         "stages": [{"stage": "quantize", "mode": "ptq", "input_quant": input_quant, "calibration_batches": 2},
                    {"stage": "export"}]})
     result = invoke("compress", tiny_teacher, "--recipe", recipe, "--out", tmp_path / "run")
@@ -257,3 +259,21 @@ def test_graph_input_quantization_is_unsigned_for_cpus_or_signed_for_tensorrt(in
     zero_point = next(i for i in graph.initializer if i.name == first_q.input[2])
     assert onnx.TensorProto.DataType.Name(zero_point.data_type) == dtype
     assert int(numpy_helper.to_array(zero_point)) == 0
+
+
+@pytest.mark.parametrize("targets,centred,expected", [
+    (["gpu-tensorrt"], False, "cannot run on TensorRT (target gpu-tensorrt)"),
+    ([], True, "'unsigned' but the data has negative values")])
+def test_unsigned_graph_input_is_refused_where_it_cannot_work(targets, centred, expected, tiny_teacher, tmp_path):
+    data = TINY_DATA
+    if centred:  # zero-mean inputs, as after the usual normalisation: UINT8 would clip half of them
+        x = np.random.default_rng(0).normal(size=(64, 1, 16, 16)).astype(np.float32)
+        np.savez(tmp_path / "d.npz", x=x, y=np.arange(64) % 4)
+        data = {"source": "npz", "path": str(tmp_path / "d.npz"), "batch_size": 32}
+    recipe = write_yaml(tmp_path / "r.yaml", {
+        "name": "iq", "arch": "edgekd:tiny_cnn", "data": data, "targets": targets,
+        "stages": [{"stage": "quantize", "mode": "ptq", "input_quant": "unsigned", "calibration_batches": 2},
+                   {"stage": "export"}]})
+    result = invoke("compress", tiny_teacher, "--recipe", recipe, "--out", tmp_path / "run")
+    assert result.exit_code == 2, result.output
+    assert "stages.0.input_quant" in result.output and expected in result.output

@@ -89,6 +89,12 @@ def test_data_splits_are_fixed_by_seed_and_disjoint():
     assert not torch.equal(a.y_test, c.y_test)
 
 
+def test_digits_repeat_the_gray_image_for_three_channel_models():
+    gray, rgb = build_splits(DataSpec()), build_splits(DataSpec(channels=3))
+    assert rgb.input_shape == (3, 32, 32)
+    assert all(torch.equal(rgb.x_test[:, c], gray.x_test[:, 0]) for c in range(3))
+
+
 def test_latency_harness_counts_runs_and_orders_percentiles():
     calls = []
     stats = measure_latency(lambda: calls.append(sum(range(200))), LatencySpec(warmup_runs=5, warmup_seconds=0.0, runs=50))

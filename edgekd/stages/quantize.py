@@ -12,7 +12,7 @@ import fnmatch
 import json
 
 from ..artifact import Artifact, config_hash, save_torch
-from ..config import LayerOverride, QuantizeConfig
+from ..config import LayerOverride, QuantizeConfig, Recipe, Target
 from ..errors import RecipeError, StageError
 from ..mixed_precision import search
 from ..progress import console
@@ -22,11 +22,34 @@ from ..training import accuracy, fit
 from .base import STAGES, StageContext, current, role_of
 
 
+def resolve_input_quant(recipe: Recipe, targets: list[Target]) -> Recipe:
+    """Settle ``input_quant: auto`` for TensorRT before any stage runs: its explicit quantization takes
+    only signed INT8 with zero point 0, so a UINT8 graph input would not build there. The choice lands
+    in recipe.resolved.yaml and in the stage's resume key."""
+    trt = [t.name for t in targets if t.backend == "tensorrt"]
+    if not trt:
+        return recipe
+    stages = []
+    for i, spec in enumerate(recipe.stages):
+        if isinstance(spec, QuantizeConfig) and spec.input_quant == "unsigned":
+            raise RecipeError(f"stages.{i}.input_quant: 'unsigned' cannot run on TensorRT (target {trt[0]}); "
+                              "use auto or signed")
+        if isinstance(spec, QuantizeConfig) and spec.input_quant == "auto":
+            console.print(f"quantize: signed INT8 graph input, for TensorRT target(s) {', '.join(trt)}")
+            spec = spec.model_copy(update={"input_quant": "signed"})
+        stages.append(spec)
+    return recipe.model_copy(update={"stages": stages})
+
+
 @STAGES.register("quantize")
 def quantize(variants: dict[str, Artifact], cfg: QuantizeConfig, ctx: StageContext) -> list[Artifact]:
     source = current(variants)
     splits, recipe = ctx.splits, ctx.recipe
-    unsigned_input = cfg.input_quant == "auto" and bool(splits.x_train.min() >= 0)
+    low = float(splits.x_train.min())
+    if cfg.input_quant == "unsigned" and low < 0:
+        raise RecipeError(f"{ctx.stage_key_path}.input_quant: 'unsigned' but the data has negative values "
+                          f"(min {low:.3g}); use auto or signed")
+    unsigned_input = cfg.input_quant == "unsigned" or (cfg.input_quant == "auto" and low >= 0)
     float_model = ctx.model(variants, source.variant)
     layers = layer_names(float_model)
     overrides = resolve_overrides(cfg.overrides, layers, ctx.stage_key_path)
