@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import platform
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -16,7 +16,7 @@ from .backends import BACKENDS, Backend, predict
 from .parity import parity
 from .bench import measure_latency, seeded_input
 from .config import Target
-from .errors import EdgekdError
+from .errors import BackendUnavailable, EdgekdError
 
 
 class BackendPool:
@@ -66,6 +66,25 @@ def measure(onnx_path: Path, variant: str, precision: str, target: Target, pool:
     except Exception as exc:  # noqa: BLE001 - a runtime's own error becomes a failed row, not a crash
         result.update(status="failed", error=f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}")
     return result
+
+
+def latency_probe(target: Target, pool: BackendPool) -> Callable[[Path], float]:
+    """p50 milliseconds of an ONNX file on ``target``, timed by the same harness as every measurement.
+
+    Handed to stages (latency-driven pruning) as a plain function, so they time candidates on the
+    target's own runtime without ever holding a backend.
+    """
+    backend = pool.get(target.backend)
+    ok, why = backend.availability()
+    if not ok:
+        raise BackendUnavailable(f"target {target.name}: backend {target.backend} is unavailable ({why})")
+
+    def p50_ms(path: Path) -> float:
+        compiled = backend.compile(path, target)
+        x = seeded_input(compiled.input_shape)
+        return measure_latency(lambda: compiled(x), target.latency).p50
+
+    return p50_ms
 
 
 def file_precision(onnx_path: Path) -> str:

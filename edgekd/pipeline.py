@@ -21,13 +21,13 @@ import torch
 from . import __version__, distributed
 from .artifact import Artifact, config_hash, read_record, write_record
 from .checkpoint import LoadedCheckpoint, load_checkpoint
-from .config import (Budget, DataSpec, DistillConfig, Recipe, Target, dump_recipe, load_budget, load_recipe,
-                     load_target, recipe_with)
+from .config import (Budget, DataSpec, DistillConfig, PruneConfig, Recipe, StudentSpec, Target, dump_recipe,
+                     load_budget, load_recipe, load_target, recipe_with)
 from .data import Splits, build_splits
 from .errors import CheckpointError, DataError, InputError
 from .fileio import atomic_path, write_json, write_text
 from .gate import Verdict, evaluate_budget
-from .measure import BackendPool, measure
+from .measure import BackendPool, latency_probe, measure
 from .progress import console
 from .report import write_report
 from .stages import STAGES, StageContext
@@ -140,15 +140,25 @@ def _compress(rec: Recipe, ckpt: Path | None, run_dir: Path, target_objs: list[T
         {"arch": loaded.arch, "arch_kwargs": {"num_classes": splits.num_classes, "in_channels": splits.input_shape[0]},
          "format": loaded.format, "sha256": loaded.sha256, "trusted": loaded.trusted,
          "metrics": {"test_accuracy_torch": accuracy(loaded.model, splits.x_test, splits.y_test)}})}
+    pool = BackendPool()
+
+    def latency_probe_for(name: str):
+        target = load_target(name)
+        return latency_probe(target, pool), target.model_dump()
+
     ctx = StageContext(run_dir, run_dir, rec, splits, loaded.model, {"teacher-fp32": loaded.model},
-                       teacher_hash=teacher_hash, trust_checkpoint=trust_checkpoint)
+                       teacher_hash=teacher_hash, trust_checkpoint=trust_checkpoint, latency_probe=latency_probe_for)
     for p in ctx.teacher.parameters():
         p.requires_grad_(False)
 
     for i, spec in enumerate(rec.stages):  # a wrong module name fails now, not after earlier stages trained
+        pruned_before = any(isinstance(s, PruneConfig) for s in rec.stages[:i])
         if isinstance(spec, DistillConfig):
-            check_loss_names(spec, f"stages.{i}.loss", rec.student, loaded.model, splits.num_classes,
-                             splits.input_shape[0])
+            check_loss_names(spec.loss, f"stages.{i}.loss", StudentSpec(width=1.0) if pruned_before else rec.student,
+                             loaded.model, splits.num_classes, splits.input_shape[0])
+        if isinstance(spec, PruneConfig) and spec.recovery.loss:  # a pruned model keeps the teacher's names
+            check_loss_names(spec.recovery.loss, f"stages.{i}.recovery.loss", StudentSpec(width=1.0), loaded.model,
+                             splits.num_classes, splits.input_shape[0])
     stage_log = []
     for i, spec in enumerate(rec.stages):
         folder = run_dir / "stages" / f"{i:02d}-{spec.stage}"
@@ -174,7 +184,7 @@ def _compress(rec: Recipe, ckpt: Path | None, run_dir: Path, target_objs: list[T
         return CompressResult(run_dir, None, None)
     models = _publish_models(run_dir, [a for a in variants.values() if a.kind == "onnx"])
     write_json(run_dir / "manifest.json", _manifest(rec, loaded, variants, models, stage_log, run_dir))
-    _measure_all(run_dir, models, target_objs, splits)
+    _measure_all(run_dir, models, target_objs, splits, pool)
     report = write_report(run_dir)
     verdicts = evaluate_budget(report, budget_obj) if budget_obj is not None else None
     return CompressResult(run_dir, report, verdicts)
@@ -213,8 +223,8 @@ def _manifest(rec: Recipe, loaded: LoadedCheckpoint, variants: dict[str, Artifac
     }
 
 
-def _measure_all(run_dir: Path, models: dict[str, Artifact], targets: list[Target], splits: Splits) -> None:
-    pool = BackendPool()
+def _measure_all(run_dir: Path, models: dict[str, Artifact], targets: list[Target], splits: Splits,
+                 pool: BackendPool) -> None:
     x, y = splits.x_test.numpy(), splits.y_test.numpy()
     for target in targets:
         for name, art in models.items():

@@ -71,3 +71,10 @@ class DeadChannelNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x).flatten(1))  # 8 channels x 2 x 2 quadrants
+
+
+def quarter_digits_cnn(num_classes: int = 4, in_channels: int = 1) -> nn.Module:
+    """edgekd's DigitsCNN at a quarter width (16/32/64/64 channels): BN after every conv, three map scales."""
+    from edgekd.zoo import DigitsCNN
+
+    return DigitsCNN(width=0.25, num_classes=num_classes, in_channels=in_channels)

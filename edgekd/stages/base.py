@@ -2,8 +2,9 @@
 
 A stage is a function ``(variants, config, ctx) -> list[Artifact]``: it reads the variants made so
 far (the last one is the model it works on), writes only inside ``ctx.stage_dir``, and returns the
-new variants. Stages never see backends. Ordering rules live in ``config.Recipe`` (distill ->
-quantize -> export).
+new variants. Stages never see backends (latency-driven pruning times candidates through
+``latency_probe``, a plain function the pipeline hands in). Ordering rules live in ``config.Recipe``
+(prune -> distill -> quantize -> export).
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ class StageContext:
     trust_checkpoint: bool = False  # applies to extra teachers named in a recipe, as to the main one
     stage_key: str = ""             # hash of this stage's config and inputs (its resume key)
     stage_key_path: str = "stages"  # where this stage sits in the recipe, for error messages
+    # target name -> (p50 ms of an ONNX file there, the target's settings): latency-driven pruning's
+    # only window onto a backend, given by the pipeline
+    latency_probe: Callable[[str], tuple[Callable[[Path], float], dict[str, Any]]] | None = None
 
     def load_extra_teacher(self, checkpoint: str, arch: str | None) -> nn.Module:
         """Another teacher named in a loss (multi-teacher), loaded as safely as the main one."""

@@ -2,20 +2,23 @@
 
 The student is any arch spec (``student.arch``) or a ``width``-narrowed copy of the teacher made by
 Torch-Pruning (so any CNN family works, not just edgekd's zoo), keeping the teacher's weights on the
-kept channels unless ``student.init: random``.
+kept channels unless ``student.init: random``. After a ``prune`` stage, the pruned model is the
+student and distillation continues from it (``student:`` is then not used).
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 
 from ..artifact import Artifact, config_hash, count_params_macs, save_torch
 from ..checkpoint import build_model
-from ..config import DistillConfig, StudentSpec
+from ..config import DistillConfig, LossTerm, StudentSpec
 from ..objective import bind_terms, build_objective
 from ..pruning import channel_plan, uniform_width
 from ..training import accuracy, fit
-from .base import STAGES, StageContext, current
+from .base import STAGES, StageContext, current, role_of
 
 
 @STAGES.register("distill")
@@ -41,20 +44,22 @@ def distill(variants: dict[str, Artifact], cfg: DistillConfig, ctx: StageContext
     variant = "student-fp32"
     ctx.models[variant] = student
     chash = config_hash(cfg.model_dump(), recipe.student.model_dump(), source.config_hash)
-    return [save_torch(student, ctx.stage_dir / variant, variant=variant, stage="distill", parent=source.variant,
+    # a continued (pruned) student replaces its source: its lineage points at what that came from
+    parent = source.parent if source.variant == variant else source.variant
+    return [save_torch(student, ctx.stage_dir / variant, variant=variant, stage="distill", parent=parent,
                        arch=arch, arch_kwargs=kwargs, chash=chash, metrics=metrics, extra=extra)]
 
 
-def check_loss_names(cfg: DistillConfig, key: str, recipe_student: StudentSpec, teacher: torch.nn.Module,
+def check_loss_names(terms: list[LossTerm], key: str, recipe_student: StudentSpec, teacher: torch.nn.Module,
                      num_classes: int, in_channels: int) -> None:
-    """Resolve every module name the stage's losses use, before any stage runs.
+    """Resolve every module name a stage's losses use, before any stage runs.
 
-    A width student has the teacher's module names (pruning keeps names), so the teacher stands in
-    for it; an arch student is built (cheap, untrained) and checked.
+    A width (or pruned) student has the teacher's module names (pruning keeps names), so the teacher
+    stands in for it; an arch student is built (cheap, untrained) and checked.
     """
     student = teacher if recipe_student.arch is None else build_model(
         recipe_student.arch, num_classes=num_classes, in_channels=in_channels)
-    bind_terms(cfg.loss, key, student, teacher)
+    bind_terms(terms, key, student, teacher)
 
 
 def _make_student(variants: dict[str, Artifact], source: Artifact,
@@ -62,6 +67,14 @@ def _make_student(variants: dict[str, Artifact], source: Artifact,
     """The untrained student, its rebuild recipe (arch, kwargs) and extra artifact metadata."""
     spec, splits = ctx.recipe.student, ctx.splits
     kwargs = {"num_classes": splits.num_classes, "in_channels": splits.input_shape[0]}
+    if role_of(source.variant) == "student":  # a prune stage made the student: distillation continues it
+        student = copy.deepcopy(ctx.model(variants, source.variant))
+        metrics = source.meta.get("metrics", {})
+        extra = {"channels": source.meta["channels"], "input_shape": source.meta["input_shape"],
+                 "derived": {**source.meta.get("derived", {}), "continued_by": "distill"},
+                 "pruned": {k: metrics.get(k) for k in ("params_before", "macs_before", "params", "macs", "latency")
+                            if k in metrics}}
+        return student, source.meta.get("arch") or "", source.meta.get("arch_kwargs", kwargs), extra
     if spec.arch is not None:
         torch.manual_seed(ctx.recipe.seed)
         return build_model(spec.arch, **kwargs), spec.arch, kwargs, {}

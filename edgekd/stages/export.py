@@ -21,9 +21,10 @@ import torch
 from ..artifact import Artifact, config_hash, count_params_macs, onnx_size_bytes
 from ..config import ExportConfig
 from ..errors import StageError
+from ..exporting import export_fp32
 from ..fileio import atomic_path
 from ..parity import parity
-from ..quantization import INPUT_NAME, OUTPUT_NAME, export_qdq
+from ..quantization import INPUT_NAME, export_qdq
 from ..training import predict_logits
 from .base import STAGES, StageContext
 
@@ -43,8 +44,7 @@ def export(variants: dict[str, Artifact], cfg: ExportConfig, ctx: StageContext) 
                 if art.precision == "int8":
                     export_qdq(model, example, tmp, cfg.opset)
                 else:
-                    torch.onnx.export(model, (example,), str(tmp), dynamo=False, opset_version=cfg.opset,
-                                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
+                    export_fp32(model, example, tmp, cfg.opset)
             except Exception as exc:  # noqa: BLE001 - exporters raise many types for unsupported ops
                 raise StageError(f"export {name}: ONNX export failed at opset {cfg.opset} ({exc})") from None
             check_onnx(tmp, name)

@@ -1,0 +1,229 @@
+"""The prune stage: structured channel pruning of the teacher, then recovery by distillation from it.
+
+Channels are removed through Torch-Pruning's dependency graph (``pruning.prune_channels``); what to
+remove is chosen by one of five methods (``PruneConfig``). The pruned model is fine-tuned against the
+unpruned teacher (``recovery``; default loss ``kd`` plus spatial attention at the last layer of every
+feature-map scale, which needs no channel match), and saved as the ``student-fp32`` variant: its
+architecture spec plus a channel plan, so it reloads without pickled code. A later ``distill`` stage
+continues from it.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import fnmatch
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ..artifact import Artifact, config_hash, count_params_macs, save_torch
+from ..config import LossTerm, PruneConfig, SparseTraining
+from ..errors import RecipeError, StageError
+from ..exporting import export_fp32
+from ..latency_lut import build_table, choose_ratios, table_key
+from ..losses.base import DistillTerm
+from ..objective import CrossEntropy, Objective, build_objective
+from ..progress import console
+from ..pruning import channel_groups, channel_plan, prune_channels
+from ..sparsity import BNScaleL1, scale_groups
+from ..training import accuracy, fit
+from .base import STAGES, StageContext, current
+
+VARIANT = "student-fp32"
+
+
+@STAGES.register("prune")
+def prune(variants: dict[str, Artifact], cfg: PruneConfig, ctx: StageContext) -> list[Artifact]:
+    source = current(variants)
+    splits, recipe, key = ctx.splits, ctx.recipe, ctx.stage_key_path
+    example = splits.x_train[:1]
+    model = copy.deepcopy(ctx.model(variants, source.variant)).eval()
+    params_before, macs_before = count_params_macs(model, splits.input_shape)
+    layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    ignore = sorted({n for i, p in enumerate(cfg.ignore) for n in match_layers(p, layers, f"{key}.ignore.{i}")})
+    groups = channel_groups(model, example, splits.num_classes, _ranking_importance(cfg), ignore)
+    if not groups:
+        raise StageError(f"{key}: this model has no prunable channel group (all ignored or class-score layers)")
+    scales = scale_groups(model, example, [g.root for g in groups])
+    metrics: dict[str, Any] = {"method": cfg.method, "groups": len(groups),
+                               "scale_groups": {s: len(v) for s, v in scales.items()}}
+
+    gradients = _taylor_gradients(splits, recipe.data.batch_size) if cfg.importance == "taylor" else None
+    common = dict(num_classes=splits.num_classes, importance=cfg.importance, round_to=cfg.round_to, ignore=ignore,
+                  gradients=gradients)
+    if cfg.method == "gcp":
+        metrics["sparse_training"] = _sparse_train(model, cfg, ctx)
+        removed: dict[str, tuple[int, int]] = {}
+        for scale, roots in scales.items():  # one |γ| threshold per feature-map scale
+            ratio = cfg.group_ratios.get(scale, cfg.ratio)
+            others = [g.root for g in groups if g.root not in roots]
+            removed.update(prune_channels(model, example, ratio=ratio, global_ranking=True,
+                                          max_layer_ratio=cfg.max_layer_ratio,
+                                          **{**common, "importance": "bn-scale", "ignore": ignore + others}))
+        unknown = set(cfg.group_ratios) - set(scales)
+        if unknown:
+            raise RecipeError(f"{key}.group_ratios: no feature-map scale {sorted(unknown)[0]!r}; "
+                              f"this model's scales: {', '.join(scales)}")
+    elif cfg.method == "latency":
+        model, removed, metrics["latency"] = _latency_driven(model, cfg, ctx, groups, common)
+    elif cfg.method == "groups":
+        ratios = _pattern_ratios(cfg.group_ratios, [g.root for g in groups], f"{key}.group_ratios")
+        removed = prune_channels(model, example, ratio=cfg.ratio, layer_ratios=ratios, **common)
+    else:
+        removed = prune_channels(model, example, ratio=cfg.ratio, global_ranking=cfg.method == "global",
+                                 max_layer_ratio=cfg.max_layer_ratio, **common)
+
+    if not removed and cfg.method != "latency":
+        raise StageError(f"{key}: method {cfg.method!r} removed no channel (importance scores all tied, or every "
+                         f"ratio 0); try importance l1, or method uniform")
+    params, macs = count_params_macs(model, splits.input_shape)
+    metrics.update(pruned_val_accuracy=accuracy(model, splits.x_val, splits.y_val),
+                   params_before=params_before, macs_before=macs_before, params=params, macs=macs,
+                   layers_pruned={n: list(v) for n, v in removed.items()})
+    console.print(f"prune: {len(removed)} layer(s) narrowed; params {params_before} -> {params}, "
+                  f"MACs {macs_before} -> {macs}; accuracy before recovery {metrics['pruned_val_accuracy']:.4f}")
+    metrics["recovery"] = _recover(model, cfg, ctx, scales)
+    metrics.update(val_accuracy=accuracy(model, splits.x_val, splits.y_val),
+                   test_accuracy_torch=accuracy(model, splits.x_test, splits.y_test))
+    if cfg.method == "latency":
+        metrics["latency"]["measured_after_recovery_ms"] = _latency_of(ctx, cfg.latency.target)[0](model)
+    ctx.models[VARIANT] = model
+    chash = config_hash(cfg.model_dump(), source.config_hash)
+    extra = {"channels": channel_plan(model), "input_shape": list(splits.input_shape),
+             "derived": {"from": source.variant, "stage": "prune", "method": cfg.method}}
+    return [save_torch(model, ctx.stage_dir / VARIANT, variant=VARIANT, stage="prune", parent=source.variant,
+                       arch=source.meta.get("arch", ""), arch_kwargs=source.meta.get("arch_kwargs", {}),
+                       chash=chash, metrics=metrics, extra=extra)]
+
+
+def match_layers(pattern: str, layers: list[str], key: str) -> list[str]:
+    """Layers whose names match the fnmatch ``pattern``; a pattern matching none is a RecipeError."""
+    hits = [n for n in layers if fnmatch.fnmatchcase(n, pattern)]
+    if not hits:
+        near = difflib.get_close_matches(pattern, layers, n=4, cutoff=0.3) or layers[:4]
+        raise RecipeError(f"{key}: {pattern!r} matches no conv/linear layer; e.g. {', '.join(near)}")
+    return hits
+
+
+def _pattern_ratios(patterns: dict[str, float], roots: list[str], key: str) -> dict[str, float]:
+    """Root layer -> ratio for the groups the patterns name (first pattern wins)."""
+    chosen: dict[str, float] = {}
+    for pattern, ratio in patterns.items():
+        for name in match_layers(pattern, roots, f"{key}.{pattern}"):
+            chosen.setdefault(name, ratio)
+    return chosen
+
+
+def _ranking_importance(cfg: PruneConfig) -> str:
+    # the latency table ranks by a gradient-free score; Taylor's gradients apply when channels are removed
+    return "l1" if cfg.importance == "taylor" else cfg.importance
+
+
+def _taylor_gradients(splits, batch_size: int):
+    """Accumulate cross-entropy gradients over a few train batches (first-order Taylor importance)."""
+
+    def run(model: nn.Module) -> None:
+        model.eval()
+        for i in range(0, min(len(splits.x_train), 4 * batch_size), batch_size):
+            loss = nn.functional.cross_entropy(model(splits.x_train[i:i + batch_size]),
+                                               splits.y_train[i:i + batch_size].clamp_min(0))
+            loss.backward()
+
+    return run
+
+
+def _sparse_train(model: nn.Module, cfg: PruneConfig, ctx: StageContext) -> dict[str, Any]:
+    """GCP's sparse training: the task loss plus a scheduled L1 penalty on BN scales."""
+    sparse = cfg.sparse or SparseTraining()
+    l1 = BNScaleL1(sparse.l1, sparse.l1_final, sparse.schedule)
+    l1.bind(model, None)
+    if not l1._bns:
+        raise RecipeError(f"{ctx.stage_key_path}.method: 'gcp' needs BatchNorm layers (it penalises their scales); "
+                          "this model has none: use uniform, global or latency")
+    terms: list[tuple[str, float, DistillTerm]] = [("ce", 1.0, CrossEntropy(None, "ce")), ("sparse.l1", 1.0, l1)]
+    result = fit(model, ctx.splits, Objective(terms), epochs=sparse.epochs, lr=sparse.lr,
+                 weight_decay=sparse.weight_decay, batch_size=ctx.recipe.data.batch_size, seed=ctx.recipe.seed,
+                 label="prune (sparse training)", state_path=ctx.stage_dir / "sparse_state.pt",
+                 state_key=ctx.stage_key)
+    gammas = torch.cat([m.weight.detach().abs() for m in l1._bns])
+    return {"epochs": sparse.epochs, "val_accuracy": result.best_val_accuracy,
+            "bn_scale_below_1e-2": float((gammas < 1e-2).float().mean()), "history": result.history}
+
+
+def _latency_of(ctx: StageContext, target: str) -> tuple[Callable[[nn.Module], float], dict[str, Any]]:
+    """(model -> p50 ms on ``target``, the target's settings): each model is exported inside the stage
+    folder and timed by the target's backend."""
+    if ctx.latency_probe is None:
+        raise StageError(f"{ctx.stage_key_path}.latency: this run cannot time models on a target")
+    probe, settings = ctx.latency_probe(target)
+    path = ctx.stage_dir / "latency_probe.onnx"
+    example = ctx.splits.x_test[:1]
+
+    def ms(model: nn.Module) -> float:
+        export_fp32(model, example, path, 17)
+        return probe(path)
+
+    return ms, settings
+
+
+def _latency_driven(model: nn.Module, cfg: PruneConfig, ctx: StageContext, groups, common: dict):
+    """Ratios from the measured latency table; re-chosen (at most twice) against a tighter predicted
+    budget if the pruned model measures over the real one."""
+    goal = cfg.latency
+    example = ctx.splits.x_train[:1]
+    latency_of, target_settings = _latency_of(ctx, goal.target)
+    tkey = table_key(shape_hash(model), target_settings, ctx.splits.input_shape, goal.steps, cfg.round_to,
+                     common["ignore"])
+    table = build_table(model, example, groups, goal.steps, num_classes=ctx.splits.num_classes,
+                        latency_of=latency_of, target=target_settings["name"], key=tkey, round_to=cfg.round_to,
+                        ignore=common["ignore"], log=console.print)
+    budget, attempts, pruned = goal.max_latency_ms, [], model
+    for _ in range(3):
+        choice = choose_ratios(table, groups, budget, f"{ctx.stage_key_path}.latency.max_latency_ms")
+        pruned = copy.deepcopy(model)
+        removed = prune_channels(pruned, example, ratio=0.0, layer_ratios=choice.ratios, **common)
+        measured = latency_of(pruned)
+        attempts.append({"predicted_ms": choice.predicted_ms, "measured_ms": measured, "ratios": choice.ratios,
+                         "importance_removed": choice.importance_removed, "planned_for_ms": budget})
+        console.print(f"prune (latency): predicted {choice.predicted_ms:.3f} ms, measured {measured:.3f} ms "
+                      f"(budget {goal.max_latency_ms} ms on {goal.target})")
+        if measured <= goal.max_latency_ms:
+            break
+        budget *= goal.max_latency_ms / measured  # the table was optimistic: aim lower by the miss
+    result = {"target": target_settings["name"], "budget_ms": goal.max_latency_ms, "base_ms": table.base_ms,
+              "table": table.to_json(), "attempts": attempts, "met": attempts[-1]["measured_ms"] <= goal.max_latency_ms,
+              **{k: attempts[-1][k] for k in ("predicted_ms", "measured_ms", "ratios", "importance_removed")}}
+    return pruned, removed, result
+
+
+def shape_hash(model: nn.Module) -> str:
+    """A hash of the model's tensor shapes: latency tables depend on shapes, not on weight values."""
+    return config_hash(sorted((k, list(v.shape)) for k, v in model.state_dict().items()))
+
+
+def _recover(model: nn.Module, cfg: PruneConfig, ctx: StageContext, scales: dict[str, list[str]]) -> dict[str, Any]:
+    """Fine-tune the pruned model against the unpruned teacher with the recovery loss."""
+    rec = cfg.recovery
+    if rec.epochs == 0:
+        return {"epochs": 0}
+    terms = rec.loss or default_recovery_loss(scales)
+    objective, outputs = build_objective(terms, f"{ctx.stage_key_path}.recovery.loss", model, ctx.teacher,
+                                         ctx.splits, augmented=ctx.recipe.data.augment.active,
+                                         teacher_key=ctx.teacher_hash, load_teacher=ctx.load_extra_teacher)
+    result = fit(model, ctx.splits, objective, teacher=outputs, epochs=rec.epochs, lr=rec.lr,
+                 weight_decay=rec.weight_decay, batch_size=ctx.recipe.data.batch_size, seed=ctx.recipe.seed,
+                 label="prune (recovery)", patience=rec.patience, augment=ctx.recipe.data.augment,
+                 state_path=ctx.stage_dir / "train_state.pt", state_key=ctx.stage_key)
+    return {"epochs": rec.epochs, "loss": [t.model_dump() for t in terms], "val_accuracy": result.best_val_accuracy,
+            "best_epoch": result.best_epoch, "history": result.history}
+
+
+def default_recovery_loss(scales: dict[str, list[str]]) -> list[LossTerm]:
+    """``kd`` plus spatial attention at the last pruned layer of each feature-map scale (maps only)."""
+    pairs = [[roots[-1], roots[-1]] for scale, roots in scales.items() if scale != "1x1"]
+    terms = [LossTerm(name="kd", temperature=4.0, alpha=0.7)]
+    if pairs:
+        terms.append(LossTerm(name="spatial-attention", weight=1.0, pairs=pairs))
+    return terms
