@@ -36,6 +36,7 @@ from .fileio import read_json, write_json
 from .pruning import ChannelGroup, prune_channels
 
 LatencyOf = Callable[[nn.Module], float]  # ms of a float model on the target (exported and timed there)
+TABLE_FORMAT = 2  # bump when how a table is measured changes, so cached tables are not reused
 
 
 @dataclass
@@ -59,7 +60,7 @@ class LatencyTable:
 def table_key(model_hash: str, target: dict, input_shape: tuple[int, ...], steps: list[float],
               round_to: int | None, ignore: list[str]) -> str:
     """What a table is valid for: the model, the target's settings, the machine, the candidate shapes."""
-    return config_hash(model_hash, target, list(input_shape), steps, round_to, sorted(ignore),
+    return config_hash(TABLE_FORMAT, model_hash, target, list(input_shape), steps, round_to, sorted(ignore),
                        platform.machine(), platform.processor(), os.cpu_count())
 
 
@@ -79,7 +80,7 @@ def build_table(model: nn.Module, example: torch.Tensor, groups: list[ChannelGro
         if set(data.get("groups", {})) == {g.root for g in groups}:
             log(f"latency table: reused {cached}")
             return LatencyTable(**data)
-    base = latency_of(model)
+    base = float(np.median([latency_of(model) for _ in range(3)]))  # every row is read against it
     rows: dict[str, list[float]] = {}
     for i, group in enumerate(groups):
         rows[group.root] = []
