@@ -93,6 +93,7 @@ def main() -> None:
                 timings[label].append(p50(path))
 
     base = statistics.median(timings["teacher"])
+    teacher_params, teacher_macs = count_params_macs(teacher, splits.input_shape)
     lat = driven["latency"]
     print(f"\ncpu-openvino, FP32, batch 1; budget {budget_ms:.3f} ms ({args.budget:.0%} of the teacher's p50); "
           f"recovery {args.epochs} epochs; latency = median over {args.rounds} interleaved rounds of p50\n")
@@ -101,8 +102,8 @@ def main() -> None:
     for label, _, info in rows:
         ms = statistics.median(timings[label])
         acc = info["accuracy"] if info else half["teacher_accuracy"]
-        macs = f"{info['macs'] / 1e6:.1f} M" if info else "76.6 M"
-        params = f"{info['params'] / 1e3:.0f} K" if info else "963 K"
+        macs = f"{(info['macs'] if info else teacher_macs) / 1e6:.1f} M"
+        params = f"{(info['params'] if info else teacher_params) / 1e3:.0f} K"
         print(f"| {label} | {macs} | {params} | {acc:.4f} | {ms:.3f} | {base / ms:.2f}x | "
               f"{'yes' if ms <= budget_ms else 'no'} |")
     print(f"\nlatency-driven: predicted {lat['predicted_ms']:.3f} ms, measured by the stage {lat['measured_ms']:.3f} ms "

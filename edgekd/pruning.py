@@ -126,19 +126,22 @@ def prune_channels(model: nn.Module, example: torch.Tensor, *, ratio: float, num
     ``ratio`` is the fraction of channels removed from each prunable group (``global_ranking``: from
     all of them together, ranked on one scale); ``layer_ratios`` overrides it for the groups rooted at
     the named layers. ``ignore`` names layers kept whole (class-score layers always are). ``taylor``
-    importance needs ``gradients(model)``: a forward and backward pass on real data. A layer that would
-    be left with no channels is refused with its name, before anything is removed.
+    importance needs ``gradients(model)``: a forward and backward pass on real data. A global cut that
+    would leave a layer with no channels is refused with its name, before anything is removed.
     """
     import torch_pruning as tp
 
+    if importance == "taylor":  # once, before both the emptied-layer check and the pruner read them
+        if gradients is None:
+            raise StageError("taylor importance needs gradients from training data")
+        model.zero_grad()
+        gradients(model)
     if global_ranking and ratio > 0:
-        _refuse_emptied_groups(model, example, ratio, num_classes, importance, list(ignore), gradients,
-                               max_layer_ratio)
+        _refuse_emptied_groups(model, example, ratio, num_classes, importance, list(ignore), max_layer_ratio)
     modules = dict(model.named_modules())
     _trainable(model)
     with traceable(model) as whole:
         kept = [modules[n] for n in ignore] + _classifier_layers(model, num_classes) + whole
-        names = {m: n for n, m in modules.items()}
         ratios = {modules[n]: r for n, r in (layer_ratios or {}).items()}
         try:
             with torch.enable_grad():  # the graph is traced through autograd, also when called under no_grad
@@ -146,23 +149,10 @@ def prune_channels(model: nn.Module, example: torch.Tensor, *, ratio: float, num
                                               pruning_ratio=ratio, pruning_ratio_dict=ratios or None,
                                               global_pruning=global_ranking, round_to=round_to,
                                               ignored_layers=kept, max_pruning_ratio=max_layer_ratio)
-                if importance == "taylor":
-                    if gradients is None:
-                        raise StageError("taylor importance needs gradients from training data")
-                    model.zero_grad()
-                    gradients(model)
                 groups = list(pruner.step(interactive=True))
-        except StageError:
-            raise
         except Exception as exc:  # noqa: BLE001 - Torch-Pruning raises plain errors on graphs it cannot trace
             raise StageError(f"Torch-Pruning could not prune this model ({_first_line(exc)})") from None
         before = channel_plan(model)
-        for group in groups:  # refuse before the first removal, so a refused model is left intact
-            root = group[0].dep.target.module
-            total = _out_channels(root)
-            if total is not None and len(group[0].idxs) >= total:
-                raise StageError(f"pruning would leave layer {names.get(root, root)!r} with 0 of its {total} "
-                                 f"channels; lower the ratio, set max_layer_ratio, or ignore the layer")
         for group in groups:
             group.prune()
     after = channel_plan(model)
@@ -170,12 +160,10 @@ def prune_channels(model: nn.Module, example: torch.Tensor, *, ratio: float, num
 
 
 def _refuse_emptied_groups(model: nn.Module, example: torch.Tensor, ratio: float, num_classes: int,
-                           importance: Importance, ignore: list[str], gradients, max_layer_ratio: float) -> None:
+                           importance: Importance, ignore: list[str], max_layer_ratio: float) -> None:
     """Global ranking can put a whole layer below the cut; Torch-Pruning then silently skips that
-    group (and removes less than asked). Find such a layer first and refuse by name."""
-    if importance == "taylor":
-        model.zero_grad()
-        gradients(model)
+    group (and removes less than asked). Find such a layer first and refuse by name. (Per-group
+    ratios are below 1, so only the global cut can empty a layer.)"""
     groups = channel_groups(model, example, num_classes, importance, ignore)
     scores = torch.cat([g.importance for g in groups])
     k = int(ratio * len(scores))
