@@ -9,10 +9,12 @@ unpruned teacher, the stage's default loss), each a real ``edgekd compress`` run
 3. uniform at the MACs of (2), the ratio found by bisection, so (2) and (3) cost the same FLOPs.
 
 Latency is then re-measured side by side in this one process: the FP32 ONNX files of the teacher and
-of the three students compiled on OpenVINO, timed in interleaved rounds (median of the rounds' p50s),
-so machine noise hits all of them alike. Accuracy is each file's on OpenVINO (report.json).
+of the three students compiled on OpenVINO, timed in interleaved rounds (the lowest of the rounds' p50s:
+a co-tenant only adds time), so machine noise hits all of them alike. Accuracy is each file's on OpenVINO (report.json). The budget
+is judged twice: in ms, and as a fraction of the teacher's latency in the same rounds (which cancels
+the drift of a shared 2-core machine between the stage's timing and the side-by-side one).
 
-    python benchmarks/prune_latency.py                 # about 4 minutes on 2 cores
+    python benchmarks/prune_latency.py                 # about 6 minutes on 2 cores
     python benchmarks/prune_latency.py --budget 0.4 --epochs 5
 """
 
@@ -21,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import statistics
 import tempfile
 from pathlib import Path
 
@@ -29,13 +30,12 @@ import torch
 
 import edgekd
 from edgekd.artifact import count_params_macs
-from edgekd.backends import BACKENDS
-from edgekd.bench import measure_latency, seeded_input
 from edgekd.checkpoint import load_checkpoint
 from edgekd.config import Recipe, load_target
 from edgekd.data import build_splits
 from edgekd.default import ARCH, DATA, default_teacher
 from edgekd.exporting import export_fp32
+from edgekd.measure import BackendPool, latency_probe
 from edgekd.pruning import prune_channels
 
 TARGET = "cpu-openvino"
@@ -43,27 +43,23 @@ TARGET = "cpu-openvino"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budget", type=float, default=0.45, help="latency budget as a fraction of the teacher's")
+    parser.add_argument("--budget", type=float, default=0.40, help="latency budget as a fraction of the teacher's")
     parser.add_argument("--epochs", type=int, default=10, help="recovery epochs for every prune")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds")
     args = parser.parse_args()
 
     target = load_target(TARGET)
-    backend = BACKENDS.get(target.backend)()
     splits = build_splits(DATA)
     teacher = load_checkpoint(default_teacher(), ARCH, num_classes=10, in_channels=1).model.eval()
     example = splits.x_train[:1]
 
-    def p50(path: Path) -> float:
-        compiled = backend.compile(path, target)
-        x = seeded_input(compiled.input_shape)
-        return measure_latency(lambda: compiled(x), target.latency).p50
+    p50 = latency_probe(target, BackendPool(), windows=1)
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         teacher_onnx = tmp / "teacher.onnx"
         export_fp32(teacher, example, teacher_onnx, 17)
-        budget_ms = args.budget * statistics.median(p50(teacher_onnx) for _ in range(3))
+        budget_ms = args.budget * min(p50(teacher_onnx) for _ in range(3))
 
         def run(name: str, prune: dict) -> dict:
             recipe = Recipe.model_validate({
@@ -92,23 +88,28 @@ def main() -> None:
             for label, path, _ in rows:
                 timings[label].append(p50(path))
 
-    base = statistics.median(timings["teacher"])
+    base = min(timings["teacher"])
     teacher_params, teacher_macs = count_params_macs(teacher, splits.input_shape)
     lat = driven["latency"]
     print(f"\ncpu-openvino, FP32, batch 1; budget {budget_ms:.3f} ms ({args.budget:.0%} of the teacher's p50); "
-          f"recovery {args.epochs} epochs; latency = median over {args.rounds} interleaved rounds of p50\n")
-    print("| model | MACs | params | accuracy (OpenVINO) | p50 ms | speed-up | meets budget |")
-    print("|---|---:|---:|---:|---:|---:|---|")
+          f"recovery {args.epochs} epochs; latency = lowest p50 of {args.rounds} interleaved rounds\n")
+    print("| model | MACs | params | accuracy (OpenVINO) | p50 ms | × teacher | meets budget (ms) | "
+          "meets budget (× teacher) |")
+    print("|---|---:|---:|---:|---:|---:|---|---|")
     for label, _, info in rows:
-        ms = statistics.median(timings[label])
+        ms = min(timings[label])
         acc = info["accuracy"] if info else half["teacher_accuracy"]
         macs = f"{(info['macs'] if info else teacher_macs) / 1e6:.1f} M"
         params = f"{(info['params'] if info else teacher_params) / 1e3:.0f} K"
-        print(f"| {label} | {macs} | {params} | {acc:.4f} | {ms:.3f} | {base / ms:.2f}x | "
-              f"{'yes' if ms <= budget_ms else 'no'} |")
+        print(f"| {label} | {macs} | {params} | {acc:.4f} | {ms:.3f} | {ms / base:.3f} | "
+              f"{'yes' if ms <= budget_ms else 'no'} | {'yes' if ms / base <= args.budget else 'no'} |")
     print(f"\nlatency-driven: predicted {lat['predicted_ms']:.3f} ms, measured by the stage {lat['measured_ms']:.3f} ms "
           f"(after recovery {lat['measured_after_recovery_ms']:.3f} ms); ratios {lat['ratios']}; "
-          f"importance removed {lat['importance_removed']:.1%}; attempts {len(lat['attempts'])}")
+          f"importance removed {lat['importance_removed']:.1%}")
+    for i, a in enumerate(lat["attempts"]):
+        print(f"  attempt {i + 1}{' (kept)' if i == lat['kept_attempt'] else ''}: planned for "
+              f"{a['planned_for_ms']:.3f} ms, predicted {a['predicted_ms']:.3f}, measured {a['measured_ms']:.3f}; "
+              f"{a['ratios']}")
     print(f"latency-driven channels: {driven['channels']}")
     print(f"uniform equal-MACs channels: {equal['channels']}")
 

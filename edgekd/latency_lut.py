@@ -14,7 +14,7 @@ budget. Importance is Torch-Pruning's per-channel score, normalised to mean 1 in
 removing ``k`` channels costs about ``k`` units plus how much more important than average they are.
 
 Tables are cached on disk per target and model hash (``$EDGEKD_CACHE/latency-lut``), since building
-one costs ``groups × steps`` compile-and-time runs.
+one costs ``passes × groups × steps`` compile-and-time runs.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from .fileio import read_json, write_json
 from .pruning import ChannelGroup, prune_channels
 
 LatencyOf = Callable[[nn.Module], float]  # ms of a float model on the target (exported and timed there)
-TABLE_FORMAT = 2  # bump when how a table is measured changes, so cached tables are not reused
+TABLE_FORMAT = 3  # bump when how a table is measured changes, so cached tables are not reused
 
 
 @dataclass
@@ -51,7 +51,10 @@ class LatencyTable:
         return float(np.interp(ratio, [0.0, *self.steps], [self.base_ms, *self.groups[root]]))
 
     def predict(self, ratios: dict[str, float]) -> float:
-        return self.base_ms + sum(self.group_ms(g, r) - self.base_ms for g, r in ratios.items() if g in self.groups)
+        """Additive prediction, bounded below by zero: single-group savings overlap (they share fixed
+        per-call costs), so their plain sum can exceed the whole latency on deep cuts."""
+        total = self.base_ms + sum(self.group_ms(g, r) - self.base_ms for g, r in ratios.items() if g in self.groups)
+        return max(total, 0.0)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -72,7 +75,8 @@ def cache_path(target: str, key: str) -> Path:
 
 def build_table(model: nn.Module, example: torch.Tensor, groups: list[ChannelGroup], steps: list[float], *,
                 num_classes: int, latency_of: LatencyOf, target: str, key: str, round_to: int | None = None,
-                ignore: list[str] = (), log: Callable[[str], None] = lambda _: None) -> LatencyTable:
+                ignore: list[str] = (), passes: int = 2,
+                log: Callable[[str], None] = lambda _: None) -> LatencyTable:
     """Measure (or load from the cache) the table for ``model``'s ``groups`` on ``target``."""
     cached = cache_path(target, key)
     if cached.is_file():
@@ -80,15 +84,19 @@ def build_table(model: nn.Module, example: torch.Tensor, groups: list[ChannelGro
         if set(data.get("groups", {})) == {g.root for g in groups}:
             log(f"latency table: reused {cached}")
             return LatencyTable(**data)
-    base = float(np.median([latency_of(model) for _ in range(3)]))  # every row is read against it
-    rows: dict[str, list[float]] = {}
+    # Interleaved passes, the lowest time kept per cell: on a shared machine a slow episode lasts seconds
+    # and hits whatever is being timed then; a second pass over every cell times it again at another moment.
+    base = float("inf")
+    rows: dict[str, list[float]] = {g.root: [float("inf")] * len(steps) for g in groups}
+    for _ in range(passes):
+        base = min(base, latency_of(model))
+        for group in groups:
+            for j, ratio in enumerate(steps):
+                pruned = copy.deepcopy(model)
+                prune_channels(pruned, example, ratio=0.0, layer_ratios={group.root: ratio}, round_to=round_to,
+                               num_classes=num_classes, ignore=ignore)
+                rows[group.root][j] = min(rows[group.root][j], latency_of(pruned))
     for i, group in enumerate(groups):
-        rows[group.root] = []
-        for ratio in steps:
-            pruned = copy.deepcopy(model)
-            prune_channels(pruned, example, ratio=0.0, layer_ratios={group.root: ratio}, round_to=round_to,
-                           num_classes=num_classes, ignore=ignore)
-            rows[group.root].append(latency_of(pruned))
         log(f"latency table {i + 1}/{len(groups)}: {group.root} "
             + " ".join(f"{r:.2f}:{ms:.3f}" for r, ms in zip(steps, rows[group.root])) + f" ms (base {base:.3f})")
     table = LatencyTable(target, base, list(steps), rows, key)
@@ -114,6 +122,16 @@ class LatencyChoice:
 def choose_ratios(table: LatencyTable, groups: list[ChannelGroup], budget_ms: float, key: str) -> LatencyChoice:
     """The greedy choice described in the module docstring; StageError if even the most pruning the
     table allows is predicted to miss the budget."""
+    choice = _greedy(table, groups, budget_ms)
+    if choice.predicted_ms > budget_ms:
+        raise StageError(f"{key}: the latency budget {budget_ms:.3f} ms cannot be met: the most pruning the "
+                         f"table allows (ratios up to {table.steps[-1]}) is predicted at {choice.predicted_ms:.3f} "
+                         f"ms; raise max_latency_ms or add larger steps")
+    return choice
+
+
+def _greedy(table: LatencyTable, groups: list[ChannelGroup], budget_ms: float) -> LatencyChoice:
+    """Greedy steps until the prediction meets ``budget_ms`` or no step saves anything more."""
     ladder = [0.0, *table.steps]
     level = {g.root: 0 for g in groups}
     by_root = {g.root: g for g in groups}
@@ -134,10 +152,67 @@ def choose_ratios(table: LatencyTable, groups: list[ChannelGroup], budget_ms: fl
             if saved > 0 and score > best_score:
                 best, best_score = root, score
         if best is None:
-            raise StageError(f"{key}: the latency budget {budget_ms:.3f} ms cannot be met: the most pruning the "
-                             f"table allows (ratios up to {ladder[-1]}) is predicted at {predicted:.3f} ms; "
-                             f"raise max_latency_ms or add larger steps")
+            break
         level[best] += 1
         predicted = table.predict(ratios())
     removed = sum(importance_removed(by_root[r], v) for r, v in ratios().items()) / total
     return LatencyChoice(ratios(), predicted, removed, budget_ms)
+
+
+@dataclass
+class Attempt:
+    """One plan, pruned and timed on the target."""
+
+    planned_for_ms: float  # the predicted latency the plan was chosen to meet
+    predicted_ms: float
+    measured_ms: float
+    ratios: dict[str, float]
+    importance_removed: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def search_plan(table: LatencyTable, groups: list[ChannelGroup], budget_ms: float, key: str,
+                measure: Callable[[dict[str, float]], float], max_attempts: int = 4,
+                log: Callable[[str], None] = lambda _: None) -> tuple[list[Attempt], int]:
+    """Plan, prune-and-time, re-plan: the attempts made and the index of the one to keep.
+
+    The first plan aims at the real budget. While every plan has missed, the next aims lower by the
+    factor the last one fell short (``measured saving / predicted saving``); once one plan has met and
+    another missed, the aim is bisected between them, to find the least pruning that still meets.
+    Kept: the met attempt with the least importance removed, else the fastest one. Aims never go below
+    the table's most-pruned prediction, so a noisy miss cannot send the search to an empty model.
+    """
+    floor = _greedy(table, groups, -1.0).predicted_ms  # the lowest prediction any plan reaches
+    aim, missed_aim, met_aim = budget_ms, None, None
+    attempts: list[Attempt] = []
+    for _ in range(max_attempts):
+        try:
+            choice = choose_ratios(table, groups, aim, key)
+        except StageError:
+            if not attempts:
+                raise
+            break
+        if any(a.ratios == choice.ratios for a in attempts):
+            break  # the ladder is discrete: this aim lands on a plan already timed
+        measured = measure(choice.ratios)
+        attempts.append(Attempt(aim, choice.predicted_ms, measured, choice.ratios, choice.importance_removed))
+        log(f"prune (latency): plan for {aim:.3f} ms predicted {choice.predicted_ms:.3f} ms, measured "
+            f"{measured:.3f} ms (budget {budget_ms:.3f} ms)")
+        if measured <= budget_ms:
+            met_aim = aim
+            if missed_aim is None:
+                break  # the first plan met: aiming higher than the budget would be a guess
+        else:
+            missed_aim = aim
+        if met_aim is not None:
+            aim = (met_aim + missed_aim) / 2
+        else:
+            shrink = (table.base_ms - measured) / max(1e-9, table.base_ms - choice.predicted_ms)
+            aim = table.base_ms - (table.base_ms - budget_ms) / min(max(shrink, 0.05), 1.0)
+            aim = max(min(aim, missed_aim - 1e-6), floor)
+    met = [i for i, a in enumerate(attempts) if a.measured_ms <= budget_ms]
+    if met:
+        return attempts, min(met, key=lambda i: attempts[i].importance_removed)
+    return attempts, min(range(len(attempts)), key=lambda i: attempts[i].measured_ms)

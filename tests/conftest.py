@@ -14,7 +14,8 @@ from edgekd.cli import app
 from edgekd.zoo import TinyCNN
 
 TINY_DATA = {"source": "synthetic", "samples": 192, "classes": 4, "image_size": 16, "batch_size": 32}
-FAST_LATENCY = {"warmup_runs": 3, "warmup_seconds": 0.0, "runs": 20}
+FAST_LATENCY = {"warmup_runs": 3, "warmup_seconds": 0.0, "runs": 20, "min_seconds": 0.0, "batch": 2,
+                "throughput_seconds": 0.05}
 
 
 def invoke(*args: str):

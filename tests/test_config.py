@@ -70,8 +70,23 @@ def test_recipe_errors_name_file_key_and_choices(tmp_path, data, needles):
 def test_target_errors(tmp_path):
     with pytest.raises(TargetError, match="unknown backend 'tflite'.*onnxruntime, openvino, tensorrt"):
         load_target(write_yaml(tmp_path / "t1.yaml", {"name": "t", "backend": "tflite"}))
-    with pytest.raises(TargetError, match="'precision_hint' applies to backend 'openvino' only"):
+    with pytest.raises(TargetError, match="t2.yaml: key 'precision_hint' does not apply to backend 'onnxruntime'; "
+                                          "its keys: .*inter_op_threads, spinning"):
         load_target(write_yaml(tmp_path / "t2.yaml", {"name": "t", "backend": "onnxruntime", "precision_hint": "f32"}))
+    with pytest.raises(TargetError, match="keys 'spinning', 'workspace_mb' do not apply to backend 'openvino'"):
+        load_target(write_yaml(tmp_path / "t3.yaml", {"name": "t", "backend": "openvino", "spinning": False,
+                                                      "workspace_mb": 64}))
+    with pytest.raises(TargetError, match="device 'NPU' is not supported by backend 'openvino'; valid: CPU, GPU"):
+        load_target(write_yaml(tmp_path / "t4.yaml", {"name": "t", "backend": "openvino", "device": "NPU"}))
+    with pytest.raises(TargetError, match="device 'GPU' is not supported by backend 'onnxruntime'; valid: CPU, CUDA"):
+        load_target(write_yaml(tmp_path / "t5.yaml", {"name": "t", "backend": "onnxruntime", "device": "GPU"}))
+    with pytest.raises(TargetError, match="key 'precision' does not apply to backend 'onnxruntime'"):
+        load_target(write_yaml(tmp_path / "t6.yaml", {"name": "t", "backend": "onnxruntime", "precision": "int8"}))
+    with pytest.raises(TargetError, match="key 'precision'.*got 'int4'"):
+        load_target(write_yaml(tmp_path / "t7.yaml", {"name": "t", "backend": "tensorrt", "device": "GPU",
+                                                      "precision": "int4"}))
+    assert load_target(write_yaml(tmp_path / "t8.yaml", {"name": "t", "backend": "openvino", "device": "GPU.1",
+                                                         "streams": 2})).streams == 2
     with pytest.raises(TargetError, match="latency.runs"):
         load_target(write_yaml(tmp_path / "t3.yaml", {"name": "t", "backend": "openvino", "latency": {"runs": 0}}))
     with pytest.raises(TargetError, match="not a file and not a built-in target.*cpu-openvino"):

@@ -14,7 +14,7 @@ from torch import nn
 
 from edgekd.artifact import Artifact, rebuild_float
 from edgekd.errors import StageError
-from edgekd.latency_lut import LatencyTable, choose_ratios
+from edgekd.latency_lut import LatencyTable, choose_ratios, search_plan
 from edgekd.pruning import ChannelGroup, apply_channel_plan, channel_plan, prune_channels
 from edgekd.losses.base import Batch
 from edgekd.sparsity import BNScaleL1, l1_rate, scale_groups
@@ -153,6 +153,38 @@ def test_latency_table_predicts_additively_and_the_greedy_choice_buys_ms_cheapes
     assert choice.ratios == {"a": 0.5, "c": 0.5}
     with pytest.raises(StageError, match="k: the latency budget 6.000 ms cannot be met"):
         choose_ratios(table, groups, budget_ms=6.0, key="k")
+
+
+def test_latency_prediction_is_bounded_below_by_zero():
+    table = LatencyTable("t", base_ms=1.0, steps=[0.5], groups={"a": [0.2], "b": [0.3]})
+    assert table.predict({"a": 0.5, "b": 0.5}) == 0.0  # the plain sum, -0.5 ms, is impossible
+
+
+def test_latency_search_aims_lower_after_a_miss_then_bisects_to_the_least_pruning_that_meets():
+    table = LatencyTable("t", base_ms=10.0, steps=[0.25, 0.5, 0.75],
+                         groups={g: [9.5, 9.0, 8.5] for g in "abcd"})
+    groups = [_group(g, [1.0] * 8) for g in "abcd"]
+
+    def measure(ratios):  # the runtime gives back only half of each predicted saving
+        return 10.0 - 0.5 * (10.0 - table.predict(ratios))
+
+    attempts, kept = search_plan(table, groups, budget_ms=8.5, key="k", measure=measure, max_attempts=4)
+    assert attempts[0].planned_for_ms == 8.5 and attempts[0].measured_ms > 8.5  # plan for the budget: missed
+    assert attempts[1].planned_for_ms < attempts[0].planned_for_ms  # aimed lower by the observed shortfall
+    assert attempts[1].measured_ms <= 8.5  # ... and met
+    assert attempts[2].planned_for_ms == pytest.approx((attempts[0].planned_for_ms + attempts[1].planned_for_ms) / 2)
+    met = [a for a in attempts if a.measured_ms <= 8.5]
+    assert met and attempts[kept] in met
+    assert attempts[kept].importance_removed == min(a.importance_removed for a in met)
+    assert all(a.planned_for_ms >= 10.0 - 4 * 1.5 for a in attempts)  # never below the table's floor
+    assert len({tuple(sorted(a.ratios.items())) for a in attempts}) == len(attempts)  # no plan timed twice
+
+
+def test_latency_search_keeps_the_fastest_attempt_when_none_meets():
+    table = LatencyTable("t", base_ms=10.0, steps=[0.5], groups={"a": [8.0], "b": [9.0]})
+    groups = [_group("a", [1.0] * 4), _group("b", [1.0] * 4)]
+    attempts, kept = search_plan(table, groups, 8.0, "k", measure=lambda r: 9.9 - 0.1 * len(r), max_attempts=3)
+    assert attempts[kept].measured_ms == min(a.measured_ms for a in attempts) > 8.0
 
 
 def _prune_recipe(tmp_path, stage: dict, extra_stages: list | None = None, targets: list | None = None,

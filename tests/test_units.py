@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekd.bench import measure_latency, seeded_input
+from edgekd.bench import LatencyStats, measure_latency, peak_rss_mb, reset_peak_rss, seeded_input
 from edgekd.config import DataSpec, ExportConfig, LatencySpec
 from edgekd.data import build_splits
 from edgekd.errors import StageError
@@ -97,12 +97,34 @@ def test_digits_repeat_the_gray_image_for_three_channel_models():
 
 def test_latency_harness_counts_runs_and_orders_percentiles():
     calls = []
-    stats = measure_latency(lambda: calls.append(sum(range(200))), LatencySpec(warmup_runs=5, warmup_seconds=0.0, runs=50))
+    stats = measure_latency(lambda: calls.append(sum(range(200))),
+                            LatencySpec(warmup_runs=5, warmup_seconds=0.0, runs=50, min_seconds=0.0))
     assert stats.runs == 50 and stats.warmup_runs == 5 and len(calls) == 55
-    assert stats.min <= stats.p50 <= stats.p90 <= stats.p99 <= stats.max
+    assert stats.min <= stats.p50 <= stats.p90 <= stats.p95 <= stats.p99 <= stats.max
     assert stats.cov == pytest.approx(stats.std / stats.mean)
     timed = measure_latency(lambda: None, LatencySpec(warmup_runs=1, warmup_seconds=0.05, runs=1, min_seconds=0.05))
     assert timed.warmup_runs > 1 and timed.runs > 1  # warm-up and timing also run by time
+
+
+def test_latency_defaults_follow_the_issue_and_stats_are_exact_on_known_times():
+    spec = LatencySpec()
+    assert (spec.warmup_runs, spec.warmup_seconds, spec.runs, spec.min_seconds) == (10, 0.2, 200, 3.0)
+    stats = LatencyStats.of(list(range(1, 101)), warmup_runs=7)  # 1..100 ms
+    assert (stats.min, stats.max, stats.mean, stats.p50) == (1.0, 100.0, 50.5, 50.5)
+    assert stats.p90 == pytest.approx(90.1) and stats.p95 == pytest.approx(95.05) and stats.p99 == pytest.approx(99.01)
+    assert stats.std == pytest.approx(np.std(np.arange(1, 101), ddof=1)) and stats.cov == pytest.approx(stats.std / 50.5)
+    assert stats.seconds == pytest.approx(5.05) and stats.runs == 100 and stats.warmup_runs == 7
+
+
+def test_peak_rss_is_reset_per_session_and_sees_an_allocation():
+    assert reset_peak_rss()  # Linux: /proc/self/clear_refs takes "5"
+    before = peak_rss_mb()
+    block = np.ones(64 << 20, dtype=np.uint8)  # 64 MB touched
+    grown = peak_rss_mb()
+    del block
+    assert grown - before > 50
+    reset_peak_rss()
+    assert peak_rss_mb() < grown - 50  # the mark fell back to what is resident now
 
 
 def test_seeded_input_is_deterministic_and_not_zero():

@@ -1,4 +1,6 @@
-"""ONNX Runtime, CPU execution provider, with a fixed thread count and sequential execution."""
+"""ONNX Runtime: the CPU execution provider with the target's intra/inter-op threads and spinning, and
+the CUDA and TensorRT execution providers where the installed build has them (``device: CUDA`` or
+``device: TensorRT``; onnxruntime-gpu), each falling back to CPU for the ops it lacks."""
 
 from __future__ import annotations
 
@@ -10,25 +12,42 @@ from typing import Any
 import numpy as np
 
 from ..config import Target
-from ..errors import BackendError
-from .base import Backend, CompiledModel
+from ..errors import BackendError, BackendUnavailable
+from .base import Backend, Capabilities, CompiledModel, batched_onnx
+
+PROVIDERS = {"CPU": ["CPUExecutionProvider"],
+             "CUDA": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+             "TENSORRT": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
 
 INT8_OPS = {"QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul"}
 FLOAT_OPS = {"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
 
 
+def session_options(target: Target) -> Any:
+    """The target's threading as ORT session options (also what ``--emit-native`` translates)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = target.threads
+    opts.inter_op_num_threads = target.inter_op_threads
+    opts.execution_mode = (ort.ExecutionMode.ORT_SEQUENTIAL if target.inter_op_threads == 1
+                           else ort.ExecutionMode.ORT_PARALLEL)
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if target.spinning else "0")
+    opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if target.spinning else "0")
+    return opts
+
+
 class OrtModel(CompiledModel):
-    def __init__(self, path: Path, target: Target) -> None:
+    def __init__(self, path: Path, target: Target, batch: int = 1) -> None:
         import onnxruntime as ort
 
         self._path, self._target = path, target
-        self._opts = ort.SessionOptions()
-        self._opts.intra_op_num_threads = target.threads
-        self._opts.inter_op_num_threads = 1
-        self._opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        self._opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self._opts = session_options(target)
+        providers = PROVIDERS[target.device.upper()]
+        source = str(path) if batch == 1 else batched_onnx(path, batch)
         try:
-            self._sess = ort.InferenceSession(str(path), self._opts, providers=["CPUExecutionProvider"])
+            self._sess = ort.InferenceSession(source, self._opts, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise BackendError(f"onnxruntime could not load {path.name}: {str(exc).splitlines()[0]}") from None
         inp = self._sess.get_inputs()[0]
@@ -44,7 +63,9 @@ class OrtModel(CompiledModel):
         cfg = self._sess.get_session_options()
         return {"onnxruntime": ort.__version__, "providers": self._sess.get_providers(),
                 "intra_op_num_threads": cfg.intra_op_num_threads, "inter_op_num_threads": cfg.inter_op_num_threads,
-                "execution_mode": str(cfg.execution_mode), "graph_optimization_level": str(cfg.graph_optimization_level)}
+                "execution_mode": str(cfg.execution_mode), "graph_optimization_level": str(cfg.graph_optimization_level),
+                "allow_spinning": cfg.get_session_config_entry("session.intra_op.allow_spinning") == "1",
+                "batch": self.input_shape[0]}
 
     def precision(self, variant_precision: str) -> str:
         return variant_precision
@@ -72,7 +93,7 @@ class OrtModel(CompiledModel):
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     pip_extra = ""
-    devices = ("CPU",)
+    capabilities = Capabilities(devices=("CPU", "CUDA", "TENSORRT"), options=("inter_op_threads", "spinning"))
 
     def availability(self) -> tuple[bool, str]:
         try:
@@ -81,10 +102,23 @@ class OnnxRuntimeBackend(Backend):
             return False, f"onnxruntime is not installed ({exc})"
         return True, ort.__version__
 
-    def compile(self, onnx_path: Path, target: Target) -> CompiledModel:
-        if target.device.upper() != "CPU":
-            raise BackendError(f"target {target.name}: onnxruntime device {target.device!r}; valid: CPU")
-        return OrtModel(onnx_path, target)
+    def compile(self, onnx_path: Path, target: Target, batch: int = 1) -> CompiledModel:
+        import onnxruntime as ort
+
+        wanted = PROVIDERS[target.device.upper()][0]
+        if wanted not in ort.get_available_providers():
+            raise BackendUnavailable(f"target {target.name}: this onnxruntime build has no {wanted} "
+                                     f"(has {', '.join(ort.get_available_providers())}; device {target.device} "
+                                     f"needs onnxruntime-gpu and an NVIDIA GPU)")
+        return OrtModel(onnx_path, target, batch)
+
+    def native_command(self, onnx_path: Path, target: Target) -> str:
+        """onnxruntime_perf_test (built from the ONNX Runtime sources; not in the wheel)."""
+        ep = {"CPU": "cpu", "CUDA": "cuda", "TENSORRT": "tensorrt"}[target.device.upper()]
+        spec = target.latency
+        return (f"onnxruntime_perf_test -e {ep} -x {target.threads} -y {target.inter_op_threads} "
+                f"{'' if target.inter_op_threads == 1 else '-P '}-m times -r {spec.runs} -I -o 99 "
+                f"-C 'session.intra_op.allow_spinning|{1 if target.spinning else 0}' {onnx_path}")
 
 
 def cpu_has_vnni() -> bool | None:

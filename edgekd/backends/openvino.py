@@ -1,8 +1,9 @@
-"""OpenVINO on CPU, with threads, one stream, the latency hint and a pinned precision hint.
+"""OpenVINO on CPU or GPU, with the target's threads, streams, pinning, the latency hint and a pinned
+precision hint; compiled blobs cached under ``$EDGEKD_CACHE/openvino`` (OpenVINO's CACHE_DIR).
 
 On AMX / AVX-512-BF16 CPUs OpenVINO runs an FP32 model in bf16 unless told otherwise
-(INT8-NOTES trap 1), so the target's ``precision_hint`` is always passed and the value the compiled
-model reports is what the report shows.
+(INT8-NOTES trap 1), so the target's ``precision_hint`` is passed and the value the compiled model
+reports is what the report shows.
 """
 
 from __future__ import annotations
@@ -14,20 +15,37 @@ import numpy as np
 
 from ..config import Target
 from ..errors import BackendError
-from .base import Backend, CompiledModel
+from .base import Backend, Capabilities, CompiledModel
 
 COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Gemm")
 HINT_TO_PRECISION = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 
 
+def compile_config(target: Target) -> dict[str, Any]:
+    """The target as OpenVINO properties (also what ``--emit-native`` translates)."""
+    config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": target.streams}
+    if target.device.upper().startswith("CPU"):
+        config["INFERENCE_NUM_THREADS"] = target.threads
+        if target.pinning is not None:
+            config["ENABLE_CPU_PINNING"] = target.pinning
+    if target.precision_hint:
+        config["INFERENCE_PRECISION_HINT"] = target.precision_hint
+    if target.cache:
+        from ..default import cache_dir
+
+        config["CACHE_DIR"] = str(cache_dir() / "openvino")
+    return config
+
+
 class OvModel(CompiledModel):
-    def __init__(self, core: Any, path: Path, target: Target) -> None:
-        config: dict[str, Any] = {"INFERENCE_NUM_THREADS": target.threads, "NUM_STREAMS": 1,
-                                  "PERFORMANCE_HINT": "LATENCY"}
-        if target.precision_hint:
-            config["INFERENCE_PRECISION_HINT"] = target.precision_hint
+    def __init__(self, core: Any, path: Path, target: Target, batch: int = 1) -> None:
         try:
-            self._compiled = core.compile_model(core.read_model(str(path)), target.device, config)
+            model = core.read_model(str(path))
+            if batch != 1:
+                shape = model.input(0).get_partial_shape()
+                shape[0] = batch
+                model.reshape({0: shape})
+            self._compiled = core.compile_model(model, target.device, compile_config(target))
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with long text
             raise BackendError(f"openvino could not compile {path.name} for {target.device}: "
                                f"{str(exc).strip().splitlines()[0]}") from None
@@ -42,7 +60,7 @@ class OvModel(CompiledModel):
         import openvino as ov
 
         keys = ("INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE_HINT", "INFERENCE_PRECISION_HINT",
-                "ENABLE_CPU_PINNING", "EXECUTION_DEVICES")
+                "ENABLE_CPU_PINNING", "EXECUTION_DEVICES", "CACHE_DIR")
         out: dict[str, Any] = {"openvino": ov.get_version()}
         for key in keys:
             try:
@@ -50,6 +68,7 @@ class OvModel(CompiledModel):
                 out[key] = value.to_string() if hasattr(value, "to_string") else str(value)
             except RuntimeError:
                 continue
+        out["batch"] = self.input_shape[0]
         return out
 
     def precision(self, variant_precision: str) -> str:
@@ -72,7 +91,7 @@ class OvModel(CompiledModel):
 class OpenVINOBackend(Backend):
     name = "openvino"
     pip_extra = ""
-    devices = ("CPU", "GPU")
+    capabilities = Capabilities(devices=("CPU", "GPU"), options=("precision_hint", "streams", "pinning", "cache"))
 
     def __init__(self) -> None:
         self._core: Any = None
@@ -84,7 +103,7 @@ class OpenVINOBackend(Backend):
             return False, f"openvino is not installed ({exc})"
         return True, ov.get_version()
 
-    def compile(self, onnx_path: Path, target: Target) -> CompiledModel:
+    def compile(self, onnx_path: Path, target: Target, batch: int = 1) -> CompiledModel:
         import openvino as ov
 
         if self._core is None:
@@ -93,4 +112,20 @@ class OpenVINOBackend(Backend):
         if target.device.split(".")[0] not in available:
             raise BackendError(f"target {target.name}: openvino device {target.device!r} not present; "
                                f"here: {', '.join(available)}")
-        return OvModel(self._core, onnx_path, target)
+        return OvModel(self._core, onnx_path, target, batch)
+
+    def native_command(self, onnx_path: Path, target: Target) -> str:
+        """benchmark_app (installed with the openvino wheel), synchronous batch-1 calls like edgekd's."""
+        cfg = compile_config(target)
+        parts = ["benchmark_app", "-m", str(onnx_path), "-d", target.device, "-api", "sync", "-hint", "latency",
+                 "-nstreams", str(target.streams), "-niter", str(target.latency.runs),
+                 "-t", f"{max(1, round(target.latency.min_seconds))}", "-b", "1"]
+        if "INFERENCE_NUM_THREADS" in cfg:
+            parts += ["-nthreads", str(target.threads)]
+        if target.pinning is not None:
+            parts += ["-pin", "YES" if target.pinning else "NO"]
+        if target.precision_hint:
+            parts += ["-infer_precision", target.precision_hint]
+        if target.cache:
+            parts += ["-cdir", cfg["CACHE_DIR"]]
+        return " ".join(parts)

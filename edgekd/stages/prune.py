@@ -22,7 +22,7 @@ from ..artifact import Artifact, config_hash, count_params_macs, save_torch
 from ..config import LossTerm, PruneConfig, SparseTraining
 from ..errors import RecipeError, StageError
 from ..exporting import export_fp32
-from ..latency_lut import build_table, choose_ratios, table_key
+from ..latency_lut import build_table, search_plan, table_key
 from ..losses.base import DistillTerm
 from ..objective import CrossEntropy, Objective, build_objective
 from ..progress import console
@@ -169,8 +169,8 @@ def _latency_of(ctx: StageContext, target: str) -> tuple[Callable[[nn.Module], f
 
 
 def _latency_driven(model: nn.Module, cfg: PruneConfig, ctx: StageContext, groups, common: dict):
-    """Ratios from the measured latency table, the pruned model timed for real; if it misses, the
-    predicted savings are shrunk by the observed factor and the ratios re-chosen (at most twice)."""
+    """Ratios from the measured latency table, each plan pruned and timed for real, re-planned after a
+    miss (``latency_lut.search_plan``)."""
     goal = cfg.latency
     example = ctx.splits.x_train[:1]
     latency_of, target_settings = _latency_of(ctx, goal.target)
@@ -179,37 +179,25 @@ def _latency_driven(model: nn.Module, cfg: PruneConfig, ctx: StageContext, group
     table = build_table(model, example, groups, goal.steps, num_classes=ctx.splits.num_classes,
                         latency_of=latency_of, target=target_settings["name"], key=tkey, round_to=cfg.round_to,
                         ignore=common["ignore"], log=console.print)
-    plan_for, attempts, pruned, removed = goal.max_latency_ms, [], model, {}
-    for _ in range(3):
-        try:
-            choice = choose_ratios(table, groups, plan_for, f"{ctx.stage_key_path}.latency.max_latency_ms")
-        except StageError:
-            if not attempts:
-                raise
-            break  # a re-plan found nothing more to prune: keep the last measured choice
-        if attempts and choice.ratios == attempts[-1]["ratios"]:
-            break
+    pruned: list[tuple[nn.Module, dict]] = []
+
+    def measure(ratios: dict[str, float]) -> float:
         candidate = copy.deepcopy(model)
-        cut = prune_channels(candidate, example, ratio=0.0, layer_ratios=choice.ratios, **common)
-        measured = latency_of(candidate)
-        pruned, removed = candidate, cut
-        attempts.append({"predicted_ms": choice.predicted_ms, "measured_ms": measured, "ratios": choice.ratios,
-                         "importance_removed": choice.importance_removed, "planned_for_ms": plan_for})
-        console.print(f"prune (latency): predicted {choice.predicted_ms:.3f} ms, measured {measured:.3f} ms "
-                      f"(budget {goal.max_latency_ms:.3f} ms on {target_settings['name']})")
-        if measured <= goal.max_latency_ms:
-            break
-        # Single-group savings did not add up (runtimes share part of each saving): shrink every predicted
-        # saving by the factor just observed and plan again for the same real budget.
-        shrink = (table.base_ms - measured) / max(1e-9, table.base_ms - choice.predicted_ms)
-        plan_for = table.base_ms - (table.base_ms - goal.max_latency_ms) / max(shrink, 0.05)
-    if attempts[-1]["measured_ms"] > goal.max_latency_ms:
+        pruned.append((candidate, prune_channels(candidate, example, ratio=0.0, layer_ratios=ratios, **common)))
+        return latency_of(candidate)
+
+    attempts, kept = search_plan(table, groups, goal.max_latency_ms, f"{ctx.stage_key_path}.latency.max_latency_ms",
+                                 measure, goal.attempts, log=console.print)
+    best = attempts[kept]
+    met = best.measured_ms <= goal.max_latency_ms
+    if not met:
         console.print(f"[yellow]prune (latency): the budget {goal.max_latency_ms:.3f} ms was not met; best "
-                      f"measured {min(a['measured_ms'] for a in attempts):.3f} ms[/yellow]")
+                      f"measured {best.measured_ms:.3f} ms[/yellow]")
     result = {"target": target_settings["name"], "budget_ms": goal.max_latency_ms, "base_ms": table.base_ms,
-              "table": table.to_json(), "attempts": attempts, "met": attempts[-1]["measured_ms"] <= goal.max_latency_ms,
-              **{k: attempts[-1][k] for k in ("predicted_ms", "measured_ms", "ratios", "importance_removed")}}
-    return pruned, removed, result
+              "table": table.to_json(), "attempts": [a.to_json() for a in attempts], "kept_attempt": kept,
+              "met": met, **{k: getattr(best, k) for k in ("predicted_ms", "measured_ms", "ratios",
+                                                            "importance_removed")}}
+    return *pruned[kept], result
 
 
 def shape_hash(model: nn.Module) -> str:
