@@ -124,18 +124,10 @@ def read_record(folder: Path, key: str) -> list[Artifact] | None:
     return [Artifact.from_json(a) for a in record["artifacts"]]
 
 
-def onnx_files(path: str | Path) -> list[Path]:
-    """An ONNX model's file and the external-data files it references (INT8-NOTES trap 9)."""
-    import onnx
-
-    path = Path(path)
-    model = onnx.load(str(path), load_external_data=False)
-    external = sorted({e.value for init in model.graph.initializer for e in init.external_data if e.key == "location"})
-    return [path] + [path.parent / f for f in external if (path.parent / f).is_file()]
-
-
 def onnx_size_bytes(path: str | Path) -> int:
     """Bytes on disk of an ONNX model, counting the external-data files it references."""
+    from .onnx_files import onnx_files
+
     return sum(f.stat().st_size for f in onnx_files(path))
 
 

@@ -400,7 +400,7 @@ class Target(Strict):
 
 
 # ---------------------------------------------------------------- budgets
-LatencyStat = Literal["p50", "p90", "p99", "mean"]
+LatencyStat = Literal["p50", "p90", "p95", "p99", "mean", "max"]
 
 
 class Budget(Strict):
@@ -411,6 +411,8 @@ class Budget(Strict):
     max_accuracy_drop: float | None = Field(None, ge=0.0, le=1.0)
     min_accuracy: float | None = Field(None, ge=0.0, le=1.0)
     max_latency_ms: dict[str, dict[LatencyStat, float]] = {}
+    machine_id: str | None = Field(None, description="the fingerprint's machine_id the latency limits were set on; "
+                                                     "gate refuses latencies measured elsewhere")
 
 
 # ---------------------------------------------------------------- loading

@@ -87,7 +87,7 @@ def file_sha256(path: Path) -> str:
 
 def fingerprint(artifact: Path) -> dict[str, Any]:
     """Machine, runtimes and the measured file's SHA-256 (external weights beside it included)."""
-    from .artifact import onnx_files
+    from .onnx_files import onnx_files
 
     files = onnx_files(artifact) if artifact.suffix == ".onnx" else [artifact]
     digest = (file_sha256(files[0]) if len(files) == 1

@@ -59,6 +59,8 @@ def evaluate_budget(report: dict[str, Any], budget: Budget) -> list[Verdict]:
         out.append(_per_target("max_accuracy_drop", rows, drop,
                                lambda t, d: f"{t}: drop vs {BASELINE} " + ("not measured" if d is None else
                                                                            f"{d:+.4f} (max {budget.max_accuracy_drop})")))
+    if budget.max_latency_ms:
+        _same_machine([rows[t] for t in budget.max_latency_ms], budget)
     for target, stats in budget.max_latency_ms.items():
         r = rows[target]
         for stat, limit in stats.items():
@@ -69,6 +71,20 @@ def evaluate_budget(report: dict[str, Any], budget: Budget) -> list[Verdict]:
             got = r["latency_ms"][stat]
             out.append(Verdict(name, got <= limit, f"{target}: {stat} {got:.3f} ms (limit {limit} ms)"))
     return out
+
+
+def _same_machine(rows: list[dict[str, Any]], budget: Budget) -> None:
+    """Latency limits are only meaningful on one machine: refuse rows measured under different
+    fingerprints, or on another machine than the budget's ``machine_id``."""
+    machines = {r["fingerprint"]["machine_id"]: r["fingerprint"] for r in rows if r.get("fingerprint")}
+    if len(machines) > 1:
+        desc = "; ".join(f"{mid} ({fp['cpu']['model']}, {fp['host']})" for mid, fp in machines.items())
+        raise BudgetError(f"budget key 'max_latency_ms': the latencies were measured on different machines ({desc}); "
+                          f"re-measure every target on one machine")
+    if budget.machine_id and machines and budget.machine_id not in machines:
+        (mid, fp), = machines.items()
+        raise BudgetError(f"budget key 'machine_id': the limits were set on machine {budget.machine_id}, the report "
+                          f"was measured on {mid} ({fp['cpu']['model']}); re-measure there or update the budget")
 
 
 def _per_target(name: str, rows: dict[str, dict[str, Any]], check: Any, describe: Any) -> Verdict:

@@ -17,8 +17,8 @@ from .parity import parity
 from .bench import (LatencyStats, measure_latency, peak_rss_mb, reset_peak_rss, rss_mb, seeded_input, throughput,
                     time_calls, warm_up)
 from .fingerprint import fingerprint
-from .config import Target
-from .errors import BackendUnavailable, EdgekdError
+from .config import LatencySpec, Target
+from .errors import BackendUnavailable, EdgekdError, InputError
 
 
 class BackendPool:
@@ -35,8 +35,8 @@ class BackendPool:
 
 def measure(onnx_path: Path, variant: str, precision: str, target: Target, pool: BackendPool,
             x_eval: np.ndarray | None = None, y_eval: np.ndarray | None = None,
-            reference: np.ndarray | None = None) -> dict[str, Any]:
-    """Latency, and with data accuracy; with ``reference`` (the torch model's logits on ``x_eval``) also
+            reference: np.ndarray | None = None, shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """Latency (at the file's input shape, or ``shape``), and with data accuracy; with ``reference`` (the torch model's logits on ``x_eval``) also
     the parity of this backend's outputs with it: how the runtime's own kernels change the result.
 
     The order matters: the peak-RSS mark is reset before compiling, so ``peak_rss_mb`` is the peak while
@@ -57,7 +57,7 @@ def measure(onnx_path: Path, variant: str, precision: str, target: Target, pool:
         reset_peak_rss()
         result["rss_before_mb"] = rss_mb()
         t0 = time.perf_counter()
-        compiled = backend.compile(onnx_path, target)
+        compiled = backend.compile(onnx_path, target, shape)
         result["compile_ms"] = (time.perf_counter() - t0) * 1000.0
         x = seeded_input(compiled.input_shape)
         t0 = time.perf_counter()
@@ -81,13 +81,15 @@ def measure(onnx_path: Path, variant: str, precision: str, target: Target, pool:
             result["warnings"].append(f"latency coefficient of variation {stats.cov:.1%} exceeds {spec.max_cov:.0%}: "
                                       f"the machine was busy or the clock unstable; re-measure before trusting it")
         if spec.batch > 1:
-            result["throughput_batch"] = _batch_throughput(backend, onnx_path, target)
+            result["throughput_batch"] = _batch_throughput(backend, onnx_path, target, compiled.input_shape)
         if x_eval is not None and y_eval is not None:
             logits = predict(compiled, x_eval)
             result["accuracy"] = float(np.mean(logits.argmax(1) == y_eval))
             result["eval_samples"] = int(len(x_eval))
             if reference is not None and reference.shape == logits.shape:
                 result["parity"] = parity(reference, logits)
+    except BackendUnavailable as exc:  # e.g. a CUDA device asked of a CPU-only onnxruntime build
+        result.update(status="unavailable", error=str(exc))
     except EdgekdError as exc:
         result.update(status="failed", error=str(exc))
     except Exception as exc:  # noqa: BLE001 - a runtime's own error becomes a failed row, not a crash
@@ -100,11 +102,11 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
-def _batch_throughput(backend: Backend, onnx_path: Path, target: Target) -> dict[str, Any]:
+def _batch_throughput(backend: Backend, onnx_path: Path, target: Target, shape: tuple[int, ...]) -> dict[str, Any]:
     """Images/s at the target's batch size; a graph that cannot take that batch says why, not fails."""
     batch = target.latency.batch
     try:
-        compiled = backend.compile(onnx_path, target, batch=batch)
+        compiled = backend.compile(onnx_path, target, (batch, *shape[1:]))
         x = seeded_input(compiled.input_shape)
         return {"batch": batch, "ips": throughput(lambda: compiled(x), batch, target.latency.throughput_seconds)}
     except Exception as exc:  # noqa: BLE001 - e.g. a Reshape that bakes batch 1 into the graph
@@ -127,6 +129,7 @@ def latency_probe(target: Target, pool: BackendPool, windows: int = 3) -> Callab
         raise BackendUnavailable(f"target {target.name}: backend {target.backend} is unavailable ({why})")
 
     spec = target.latency.model_copy(update={"min_seconds": 0.0})  # many short windows beat one long one
+    target = target.model_copy(update={"cache": False})  # each candidate is compiled once: no blob to keep
 
     def p50_ms(path: Path) -> float:
         compiled = backend.compile(path, target)
@@ -144,22 +147,40 @@ def file_precision(onnx_path: Path) -> str:
     return "int8" if any(n.op_type in ("QuantizeLinear", "QLinearConv") for n in graph.node) else "fp32"
 
 
-def bench(model: str | Path, targets: list[str], *, warmup: int | None = None,
-          runs: int | None = None) -> list[dict[str, Any]]:
-    """Latency of one ONNX file on each target (no accuracy: a bare file comes with no data)."""
+def bench_targets(targets: list[str], **overrides: Any) -> list[Target]:
+    """Targets by name or path, with command-line overrides (``threads``, or a latency-spec key) applied
+    and re-validated."""
     from .config import load_target
-    from .errors import InputError
+
+    resolved = []
+    for name in targets:
+        t = load_target(name)
+        latency = {k: v for k, v in overrides.items() if k in LatencySpec.model_fields and v is not None}
+        top = {k: v for k, v in overrides.items() if k not in LatencySpec.model_fields and v is not None}
+        data = {**t.model_dump(exclude_unset=True), **top, "latency": {**t.latency.model_dump(), **latency}}
+        resolved.append(Target.model_validate(data))
+    return resolved
+
+
+def bench(model: str | Path, targets: list[str], *, shape: tuple[int, ...] | None = None,
+          **overrides: Any) -> list[dict[str, Any]]:
+    """Latency statistics of one ONNX file on each target (no accuracy: a bare file comes with no data).
+
+    ``overrides``: ``threads`` and any ``LatencySpec`` key (``warmup_runs``, ``runs``, ``min_seconds``,
+    ``batch``), applied to every target."""
+    from .backends.base import resolve_shape
 
     path = Path(model)
     if not path.is_file():
         raise InputError(f"{path}: model file not found")
     if path.suffix != ".onnx":
-        raise InputError(f"{path}: bench takes an exported .onnx file (run 'edgekd compress' to make one)")
-    overrides = {k: v for k, v in (("warmup_runs", warmup), ("runs", runs)) if v is not None}
-    resolved = []
-    for name in targets:
-        t = load_target(name)
-        resolved.append(t.model_copy(update={"latency": t.latency.model_copy(update=overrides)}) if overrides else t)
+        raise InputError(f"{path}: bench takes an .onnx file (run 'edgekd compress' to make one)")
+    resolve_shape(path, shape)  # a wrong --shape or an unsized dynamic input is the user's to fix: exit 2
     precision = file_precision(path)
     pool = BackendPool()
-    return [measure(path, path.stem, precision, t, pool) for t in resolved]
+    return [measure(path, path.stem, precision, t, pool, shape=shape) for t in bench_targets(targets, **overrides)]
+
+
+def native_commands(model: str | Path, targets: list[str], **overrides: Any) -> list[tuple[str, str]]:
+    """(target, the runtime's own benchmark command with the same settings) for each target."""
+    return [(t.name, BACKENDS.get(t.backend)().native_command(Path(model), t)) for t in bench_targets(targets, **overrides)]

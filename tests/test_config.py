@@ -94,8 +94,8 @@ def test_target_errors(tmp_path):
 
 
 def test_budget_errors(tmp_path):
-    with pytest.raises(BudgetError, match="max_latency_ms.cpu-openvino.p95"):
-        load_budget(write_yaml(tmp_path / "b.yaml", {"max_latency_ms": {"cpu-openvino": {"p95": 1.0}}}))
+    with pytest.raises(BudgetError, match="max_latency_ms.cpu-openvino.p75"):
+        load_budget(write_yaml(tmp_path / "b.yaml", {"max_latency_ms": {"cpu-openvino": {"p75": 1.0}}}))
     with pytest.raises(BudgetError, match="unknown key 'max_size'.*max_size_mb"):
         load_budget(write_yaml(tmp_path / "b2.yaml", {"max_size": 1}))
     with pytest.raises(BudgetError, match="unknown key 'input_quant'"):  # a quantize key, not a budget's

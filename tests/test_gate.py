@@ -65,6 +65,24 @@ def test_unknown_variant_or_target_is_bad_input():
         evaluate_budget(_report(), Budget(max_latency_ms={"tpu": {"p50": 1.0}}))
 
 
+def _on_machine(report, machines: dict[str, str]):
+    for r in report["results"]:
+        r["fingerprint"] = {"machine_id": machines[r["target"]], "host": "h", "cpu": {"model": f"cpu-{machines[r['target']]}"}}
+    return report
+
+
+def test_gate_refuses_latencies_measured_on_different_machines():
+    mixed = _on_machine(_report(), {"ort": "aaaa", "ov": "bbbb"})
+    with pytest.raises(BudgetError, match="measured on different machines") as err:
+        evaluate_budget(mixed, Budget(max_latency_ms={"ov": {"p90": 1.0}, "ort": {"p90": 1.0}}))
+    assert "aaaa (cpu-aaaa, h)" in str(err.value) and "bbbb (cpu-bbbb, h)" in str(err.value)
+    assert evaluate_budget(mixed, Budget(max_size_mb=1.0))[0].passed  # no latency line: nothing to compare
+    same = _on_machine(_report(), {"ort": "aaaa", "ov": "aaaa"})
+    assert evaluate_budget(same, Budget(max_latency_ms={"ov": {"p90": 1.0}}, machine_id="aaaa"))[0].passed
+    with pytest.raises(BudgetError, match="'machine_id': the limits were set on machine cccc, .* measured on aaaa"):
+        evaluate_budget(same, Budget(max_latency_ms={"ov": {"p90": 1.0}}, machine_id="cccc"))
+
+
 def test_gate_cli_exit_codes_and_junit(tiny_run, tmp_path):
     report = json.loads((tiny_run / "report.json").read_text())
     size_mb = next(v["size_bytes"] for v in report["variants"] if v["name"] == "student-int8") / (1 << 20)

@@ -117,11 +117,16 @@ def test_latency_defaults_follow_the_issue_and_stats_are_exact_on_known_times():
 
 
 def test_peak_rss_is_reset_per_session_and_sees_an_allocation():
+    import mmap
+
     assert reset_peak_rss()  # Linux: /proc/self/clear_refs takes "5"
     before = peak_rss_mb()
-    block = np.ones(64 << 20, dtype=np.uint8)  # 64 MB touched
+    block = mmap.mmap(-1, 64 << 20)  # anonymous: unmapped (not kept by malloc) when closed
+    page = b"x" * (1 << 20)
+    for _ in range(64):
+        block.write(page)  # touched, so resident
     grown = peak_rss_mb()
-    del block
+    block.close()
     assert grown - before > 50
     reset_peak_rss()
     assert peak_rss_mb() < grown - 50  # the mark fell back to what is resident now

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..config import Target
+from ..errors import InputError
 
 
 @dataclass(frozen=True)
@@ -68,8 +69,8 @@ class Backend(ABC):
         """(True, version) when the runtime can run here, else (False, the reason)."""
 
     @abstractmethod
-    def compile(self, onnx_path: Path, target: Target, batch: int = 1) -> CompiledModel:
-        """Load ``onnx_path`` with the target's settings; ``batch`` > 1 re-shapes a batch-1 file's input."""
+    def compile(self, onnx_path: Path, target: Target, shape: tuple[int, ...] | None = None) -> CompiledModel:
+        """Load ``onnx_path`` with the target's settings, for input ``shape`` (``resolve_shape``)."""
 
     def native_command(self, onnx_path: Path, target: Target) -> str:
         """The runtime's own benchmark tool, invoked with the same settings as ``target`` (``--emit-native``)."""
@@ -90,16 +91,56 @@ def evaluate_accuracy(model: CompiledModel, x: np.ndarray, y: np.ndarray) -> flo
     return float(np.mean(predict(model, x).argmax(1) == y))
 
 
-def batched_onnx(onnx_path: Path, batch: int) -> bytes:
-    """``onnx_path`` re-declared for ``batch`` inputs (a batch-1 export fixes dim 0 to 1): the input and
-    output shapes are rewritten with onnx's own tool and the stale intermediate shapes dropped. A graph
-    that bakes batch 1 into a Reshape still fails when run; the caller reports that as the reason."""
+def graph_input(onnx_path: Path) -> tuple[str, list[int | str]]:
+    """The single graph input's name and declared dims (a symbolic dim as its name). A model with
+    several inputs, or a non-float one, is refused: the harness feeds one seeded float tensor."""
+    import onnx
+
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    weights = {t.name for t in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in weights]
+    if len(inputs) != 1:
+        raise InputError(f"{onnx_path}: edgekd times models with one input; this one has {len(inputs)} "
+                         f"({', '.join(i.name for i in inputs)})")
+    elem = inputs[0].type.tensor_type.elem_type
+    if elem != onnx.TensorProto.FLOAT:
+        raise InputError(f"{onnx_path}: input {inputs[0].name!r} is {onnx.TensorProto.DataType.Name(elem)}; "
+                         f"edgekd feeds FLOAT inputs")
+    return inputs[0].name, [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                            for d in inputs[0].type.tensor_type.shape.dim]
+
+
+def resolve_shape(onnx_path: Path, shape: tuple[int, ...] | None) -> tuple[int, ...]:
+    """The input shape to run: ``shape`` when given (same rank as the file's input), else the file's
+    own, with a symbolic batch dim taken as 1; other symbolic dims need ``shape`` (``--shape``)."""
+    name, dims = graph_input(onnx_path)
+    if shape is not None:
+        if len(shape) != len(dims):
+            raise InputError(f"{onnx_path}: --shape {'x'.join(map(str, shape))} has rank {len(shape)}; input "
+                             f"{name!r} has rank {len(dims)} ({'x'.join(map(str, dims))})")
+        return tuple(shape)
+    resolved = [1 if i == 0 and not isinstance(d, int) else d for i, d in enumerate(dims)]
+    if any(not isinstance(d, int) or d <= 0 for d in resolved):
+        raise InputError(f"{onnx_path}: input {name!r} has dynamic dims ({'x'.join(map(str, dims))}); "
+                         f"pass --shape, e.g. --shape 1x3x224x224")
+    return tuple(resolved)
+
+
+def reshaped_onnx(onnx_path: Path, shape: tuple[int, ...]) -> bytes:
+    """``onnx_path`` with its input declared as ``shape`` and its outputs' batch dim as ``shape[0]``
+    (onnx's own ``update_inputs_outputs_dims``; stale intermediate shapes dropped). Used to time a
+    batch-1 export at batch N, or a dynamic one at a fixed shape. A graph that bakes batch 1 into a
+    Reshape still fails when run; the caller reports that as the reason."""
     import onnx
     from onnx.tools.update_model_dims import update_inputs_outputs_dims
 
     model = onnx.load(str(onnx_path))
-    dims = lambda vi: [batch] + [d.dim_value or d.dim_param for d in vi.type.tensor_type.shape.dim][1:]  # noqa: E731
-    inputs = {i.name: dims(i) for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}}
-    outputs = {o.name: dims(o) for o in model.graph.output}
+    name, _ = graph_input(onnx_path)
+    outputs = {o.name: [shape[0]] + [d.dim_value if d.HasField("dim_value") else (d.dim_param or f"{o.name}_{i}")
+                                     for i, d in enumerate(o.type.tensor_type.shape.dim)][1:]
+               for o in model.graph.output}
     del model.graph.value_info[:]
-    return update_inputs_outputs_dims(model, inputs, outputs).SerializeToString()
+    for vi in [*model.graph.input, *model.graph.output]:  # the tool only fills dims it finds unset
+        for d in vi.type.tensor_type.shape.dim:
+            d.Clear()
+    return update_inputs_outputs_dims(model, {name: list(shape)}, outputs).SerializeToString()

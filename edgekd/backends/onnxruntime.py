@@ -13,7 +13,7 @@ import numpy as np
 
 from ..config import Target
 from ..errors import BackendError, BackendUnavailable
-from .base import Backend, Capabilities, CompiledModel, batched_onnx
+from .base import Backend, Capabilities, CompiledModel, graph_input, reshaped_onnx, resolve_shape
 
 PROVIDERS = {"CPU": ["CPUExecutionProvider"],
              "CUDA": ["CUDAExecutionProvider", "CPUExecutionProvider"],
@@ -39,20 +39,19 @@ def session_options(target: Target) -> Any:
 
 
 class OrtModel(CompiledModel):
-    def __init__(self, path: Path, target: Target, batch: int = 1) -> None:
+    def __init__(self, path: Path, target: Target, shape: tuple[int, ...]) -> None:
         import onnxruntime as ort
 
         self._path, self._target = path, target
         self._opts = session_options(target)
         providers = PROVIDERS[target.device.upper()]
-        source = str(path) if batch == 1 else batched_onnx(path, batch)
+        source = str(path) if list(shape) == graph_input(path)[1] else reshaped_onnx(path, shape)
         try:
             self._sess = ort.InferenceSession(source, self._opts, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise BackendError(f"onnxruntime could not load {path.name}: {str(exc).splitlines()[0]}") from None
-        inp = self._sess.get_inputs()[0]
-        self._input = inp.name
-        self.input_shape = tuple(d if isinstance(d, int) else 1 for d in inp.shape)
+        self._input = self._sess.get_inputs()[0].name
+        self.input_shape = tuple(shape)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self._sess.run(None, {self._input: x})[0]
@@ -100,9 +99,9 @@ class OnnxRuntimeBackend(Backend):
             import onnxruntime as ort
         except ImportError as exc:
             return False, f"onnxruntime is not installed ({exc})"
-        return True, ort.__version__
+        return True, f"{ort.__version__} (providers: {', '.join(ort.get_available_providers())})"
 
-    def compile(self, onnx_path: Path, target: Target, batch: int = 1) -> CompiledModel:
+    def compile(self, onnx_path: Path, target: Target, shape: tuple[int, ...] | None = None) -> CompiledModel:
         import onnxruntime as ort
 
         wanted = PROVIDERS[target.device.upper()][0]
@@ -110,7 +109,7 @@ class OnnxRuntimeBackend(Backend):
             raise BackendUnavailable(f"target {target.name}: this onnxruntime build has no {wanted} "
                                      f"(has {', '.join(ort.get_available_providers())}; device {target.device} "
                                      f"needs onnxruntime-gpu and an NVIDIA GPU)")
-        return OrtModel(onnx_path, target, batch)
+        return OrtModel(onnx_path, target, resolve_shape(onnx_path, shape))
 
     def native_command(self, onnx_path: Path, target: Target) -> str:
         """onnxruntime_perf_test (built from the ONNX Runtime sources; not in the wheel)."""

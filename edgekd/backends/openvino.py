@@ -15,7 +15,7 @@ import numpy as np
 
 from ..config import Target
 from ..errors import BackendError
-from .base import Backend, Capabilities, CompiledModel
+from .base import Backend, Capabilities, CompiledModel, graph_input, resolve_shape
 
 COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Gemm")
 HINT_TO_PRECISION = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
@@ -38,19 +38,19 @@ def compile_config(target: Target) -> dict[str, Any]:
 
 
 class OvModel(CompiledModel):
-    def __init__(self, core: Any, path: Path, target: Target, batch: int = 1) -> None:
+    def __init__(self, core: Any, path: Path, target: Target, shape: tuple[int, ...]) -> None:
         try:
             model = core.read_model(str(path))
-            if batch != 1:
-                shape = model.input(0).get_partial_shape()
-                shape[0] = batch
-                model.reshape({0: shape})
-            self._compiled = core.compile_model(model, target.device, compile_config(target))
+            if list(shape) != graph_input(path)[1]:
+                model.reshape({0: list(shape)})
+            config = compile_config(target)
+            self._cache_dir = config.get("CACHE_DIR")
+            self._compiled = core.compile_model(model, target.device, config)
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with long text
             raise BackendError(f"openvino could not compile {path.name} for {target.device}: "
                                f"{str(exc).strip().splitlines()[0]}") from None
         self._request = self._compiled.create_infer_request()
-        self.input_shape = tuple(self._compiled.input(0).get_shape())
+        self.input_shape = tuple(shape)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         self._request.infer({0: x}, share_inputs=True)
@@ -60,7 +60,7 @@ class OvModel(CompiledModel):
         import openvino as ov
 
         keys = ("INFERENCE_NUM_THREADS", "NUM_STREAMS", "PERFORMANCE_HINT", "INFERENCE_PRECISION_HINT",
-                "ENABLE_CPU_PINNING", "EXECUTION_DEVICES", "CACHE_DIR")
+                "ENABLE_CPU_PINNING", "EXECUTION_DEVICES", "LOADED_FROM_CACHE")
         out: dict[str, Any] = {"openvino": ov.get_version()}
         for key in keys:
             try:
@@ -69,6 +69,7 @@ class OvModel(CompiledModel):
             except RuntimeError:
                 continue
         out["batch"] = self.input_shape[0]
+        out["cache_dir"] = self._cache_dir
         return out
 
     def precision(self, variant_precision: str) -> str:
@@ -101,9 +102,11 @@ class OpenVINOBackend(Backend):
             import openvino as ov
         except ImportError as exc:
             return False, f"openvino is not installed ({exc})"
-        return True, ov.get_version()
+        if self._core is None:
+            self._core = ov.Core()
+        return True, f"{ov.get_version()} (devices: {', '.join(self._core.available_devices)})"
 
-    def compile(self, onnx_path: Path, target: Target, batch: int = 1) -> CompiledModel:
+    def compile(self, onnx_path: Path, target: Target, shape: tuple[int, ...] | None = None) -> CompiledModel:
         import openvino as ov
 
         if self._core is None:
@@ -112,12 +115,16 @@ class OpenVINOBackend(Backend):
         if target.device.split(".")[0] not in available:
             raise BackendError(f"target {target.name}: openvino device {target.device!r} not present; "
                                f"here: {', '.join(available)}")
-        return OvModel(self._core, onnx_path, target, batch)
+        return OvModel(self._core, onnx_path, target, resolve_shape(onnx_path, shape))
 
     def native_command(self, onnx_path: Path, target: Target) -> str:
-        """benchmark_app (installed with the openvino wheel), synchronous batch-1 calls like edgekd's."""
+        """benchmark_app (installed with the openvino wheel), synchronous batch-1 calls like edgekd's.
+
+        benchmark_app refuses ``-nstreams``/``-nthreads``/``-pin`` beside a hint (its UI rule, not
+        OpenVINO's), so the command says ``-hint none`` and sets streams and threads explicitly: what
+        edgekd's latency hint resolves to once they are given."""
         cfg = compile_config(target)
-        parts = ["benchmark_app", "-m", str(onnx_path), "-d", target.device, "-api", "sync", "-hint", "latency",
+        parts = ["benchmark_app", "-m", str(onnx_path), "-d", target.device, "-api", "sync", "-hint", "none",
                  "-nstreams", str(target.streams), "-niter", str(target.latency.runs),
                  "-t", f"{max(1, round(target.latency.min_seconds))}", "-b", "1"]
         if "INFERENCE_NUM_THREADS" in cfg:

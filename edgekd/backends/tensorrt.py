@@ -27,7 +27,7 @@ import numpy as np
 from ..config import Target
 from ..errors import BackendError, BackendUnavailable
 from ..fileio import write_bytes, write_json
-from .base import Backend, Capabilities, CompiledModel, batched_onnx
+from .base import Backend, Capabilities, CompiledModel, graph_input, reshaped_onnx, resolve_shape
 
 COMPUTE_LAYER_WORDS = ("Convolution", "Gemm", "MatrixMultiply", "FullyConnected")
 
@@ -44,11 +44,11 @@ def _gpu_name() -> str:
     return torch.cuda.get_device_name()
 
 
-def engine_key(onnx_bytes: bytes, target: Target, batch: int) -> str:
+def engine_key(onnx_bytes: bytes, target: Target) -> str:
     """What an engine is valid for: the file, the build settings, TensorRT's version and the GPU."""
     import tensorrt as trt
 
-    settings = {"precision": target.precision, "workspace_mb": target.workspace_mb, "batch": batch,
+    settings = {"precision": target.precision, "workspace_mb": target.workspace_mb,
                 "tensorrt": trt.__version__, "gpu": _gpu_name()}
     digest = hashlib.sha256(onnx_bytes)
     digest.update(json.dumps(settings, sort_keys=True).encode())
@@ -87,13 +87,13 @@ def build_engine(onnx_bytes: bytes, name: str, target: Target, logger: Any) -> t
 
 
 class TrtModel(CompiledModel):
-    def __init__(self, path: Path, target: Target, batch: int = 1) -> None:
+    def __init__(self, path: Path, target: Target, shape: tuple[int, ...]) -> None:
         import tensorrt as trt
         import torch
 
         logger = trt.Logger(trt.Logger.WARNING)
-        onnx_bytes = path.read_bytes() if batch == 1 else batched_onnx(path, batch)
-        engine_path = _cache_dir() / f"{path.stem}-{engine_key(onnx_bytes, target, batch)}.engine"
+        onnx_bytes = path.read_bytes() if list(shape) == graph_input(path)[1] else reshaped_onnx(path, shape)
+        engine_path = _cache_dir() / f"{path.stem}-{engine_key(onnx_bytes, target)}.engine"
         self.engine_cached = target.cache and engine_path.is_file() and engine_path.with_suffix(".json").is_file()
         if self.engine_cached:
             plan = engine_path.read_bytes()
@@ -185,11 +185,11 @@ class TensorRTBackend(Backend):
             return False, f"tensorrt {trt.__version__} is installed but no CUDA GPU is visible to torch"
         return True, trt.__version__
 
-    def compile(self, onnx_path: Path, target: Target, batch: int = 1) -> CompiledModel:
+    def compile(self, onnx_path: Path, target: Target, shape: tuple[int, ...] | None = None) -> CompiledModel:
         ok, reason = self.availability()
         if not ok:
             raise BackendUnavailable(reason)
-        return TrtModel(onnx_path, target, batch)
+        return TrtModel(onnx_path, target, resolve_shape(onnx_path, shape))
 
     def native_command(self, onnx_path: Path, target: Target) -> str:
         """trtexec with the same precision, workspace and timing as edgekd's harness."""

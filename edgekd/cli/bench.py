@@ -3,39 +3,92 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.table import Table
 
+from ..errors import InputError
 from .app import app, handle_errors, out
+
+STATS = ("min", "p50", "p90", "p95", "p99", "max", "mean", "std")
+
+
+def parse_shape(text: str | None) -> tuple[int, ...] | None:
+    """``1x3x224x224`` -> (1, 3, 224, 224)."""
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(d) for d in text.lower().split("x"))
+    except ValueError:
+        shape = ()
+    if not shape or any(d <= 0 for d in shape):
+        raise InputError(f"--shape {text!r}: expected positive dims joined by 'x', e.g. 1x3x224x224")
+    return shape
 
 
 @app.command()
 def bench(
-    model: Annotated[Path, typer.Argument(help="An exported .onnx file.")],
+    model: Annotated[Path, typer.Argument(help="An .onnx file (any single-input float model, not only edgekd's).")],
     target: Annotated[Optional[list[str]], typer.Option(help="Target name or YAML path; repeat for several.")] = None,
     warmup: Annotated[Optional[int], typer.Option(min=1, help="Warm-up runs (overrides the target's).")] = None,
-    runs: Annotated[Optional[int], typer.Option(min=1, help="Timed runs (overrides the target's).")] = None,
+    runs: Annotated[Optional[int], typer.Option(min=1, help="Timed runs at least (overrides the target's).")] = None,
+    seconds: Annotated[Optional[float], typer.Option(min=0.0, help="Timed seconds at least (overrides).")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads (overrides the target's).")] = None,
+    batch: Annotated[Optional[int], typer.Option(min=1, help="Batch size for the throughput figure.")] = None,
+    shape: Annotated[Optional[str], typer.Option(help="Input shape, e.g. 1x3x224x224 (needed for dynamic dims).")] = None,
+    emit_native: Annotated[bool, typer.Option("--emit-native", help="Also print the runtime's own benchmark "
+                                              "command (benchmark_app, trtexec, onnxruntime_perf_test) "
+                                              "with the same settings.")] = False,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the measurements here as JSON.")] = None,
 ) -> None:
-    """Measure the latency of one ONNX file on each target (batch 1, seeded random input)."""
+    """Measure one ONNX file on each target: latency statistics, cold start, throughput, memory."""
     from ..fileio import write_json
-    from ..measure import bench as run_bench
+    from ..measure import bench as run_bench, native_commands
 
+    overrides = {"warmup_runs": warmup, "runs": runs, "min_seconds": seconds, "threads": threads, "batch": batch}
+    targets = target or ["cpu-onnxruntime", "cpu-openvino"]
     with handle_errors():
-        results = run_bench(model, target or ["cpu-onnxruntime", "cpu-openvino"], warmup=warmup, runs=runs)
+        if emit_native:
+            for name, command in native_commands(model, targets, **overrides):
+                out.print(f"# {name}\n{command}", highlight=False, markup=False, soft_wrap=True)
+        results = run_bench(model, targets, shape=parse_shape(shape), **overrides)
         if json_path is not None:
             write_json(json_path, results)
-    table = Table(title=f"{model.name}", title_justify="left")
-    for h in ("target", "precision", "p50 ms", "p90 ms", "p99 ms", "mean ms", "cov", "status"):
+    out.print(_stats_table(model.name, results))
+    for r in results:
+        _print_details(r)
+    if any(r["status"] == "failed" for r in results):
+        raise typer.Exit(1)
+
+
+def _stats_table(title: str, results: list[dict[str, Any]]) -> Table:
+    table = Table(title=f"{title}: latency ms, batch 1", title_justify="left")
+    for h in ("target", "precision", *STATS, "cov", "cold", "status"):
         table.add_column(h, justify="left" if h in ("target", "precision", "status") else "right")
     for r in results:
         lat = r["latency_ms"] or {}
-        nums = [f"{lat[k]:.3f}" if k in lat else "-" for k in ("p50", "p90", "p99", "mean")]
+        nums = [f"{lat[k]:.3f}" if k in lat else "-" for k in STATS]
         cov = f"{lat['cov']:.1%}" if "cov" in lat else "-"
+        cold = f"{r['cold_ms']:.2f}" if r.get("cold_ms") is not None else "-"
         status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r['error']}"
-        table.add_row(r["target"], r["precision"], *nums, cov, status)
-    out.print(table)
-    if any(r["status"] == "failed" for r in results):
-        raise typer.Exit(1)
+        table.add_row(r["target"], r["precision"], *nums, cov, cold, status)
+    return table
+
+
+def _print_details(r: dict[str, Any]) -> None:
+    """Throughput, memory, runs, the device time and warnings of one result, in one or two lines."""
+    if r["status"] != "ok":
+        return
+    lat, tb = r["latency_ms"], r.get("throughput_batch") or {}
+    parts = [f"{r['throughput_ips']:.0f} img/s at batch 1"]
+    if tb:
+        parts.append(f"{tb['ips']:.0f} img/s at batch {tb['batch']}" if tb.get("ips")
+                     else f"batch {tb['batch']}: {tb.get('error')}")
+    parts.append(f"peak RSS {r['peak_rss_mb']:.0f} MB (process before compile {r['rss_before_mb']:.0f} MB)")
+    parts.append(f"{lat['runs']} runs in {lat['seconds']:.1f} s after {lat['warmup_runs']} warm-up")
+    if r.get("device_latency_ms"):
+        parts.append(f"GPU compute p50 {r['device_latency_ms']['p50']:.3f} ms")
+    out.print(f"{r['target']}: " + "; ".join(parts), highlight=False, markup=False)
+    for w in r.get("warnings", []):
+        out.print(f"[yellow]{r['target']}: warning: {w}[/yellow]")

@@ -1,0 +1,188 @@
+"""The latency harness on real runtimes (issue 6): full statistics for any ONNX file, shapes and
+batches, cold/throughput/memory, fingerprint, warnings, native commands, and TensorRT on a GPU."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from edgekd.backends import BACKENDS
+from edgekd.config import load_target
+from edgekd.fingerprint import fingerprint, machine
+from edgekd.measure import BackendPool, bench, measure
+
+from .conftest import FAST_LATENCY, invoke, write_yaml
+
+STAT_KEYS = {"min", "mean", "p50", "p90", "p95", "p99", "max", "std", "cov"}
+FAST = ["--runs", "30", "--warmup", "2", "--seconds", "0.1"]
+
+
+class Plain(nn.Module):
+    """A model edgekd did not make: conv, pool, flatten, linear."""
+
+    def __init__(self, baked_batch: bool = False) -> None:
+        super().__init__()
+        self.conv, self.fc, self.baked = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8, 5), baked_batch
+
+    def forward(self, x):
+        x = torch.relu(self.conv(x)).mean((2, 3))
+        return self.fc(x.reshape(1, 8) if self.baked else x)
+
+
+def export_plain(path, dynamic: dict | None = None, baked_batch: bool = False):
+    torch.manual_seed(0)
+    torch.onnx.export(Plain(baked_batch).eval(), torch.randn(1, 3, 16, 16), str(path), dynamo=False, opset_version=17,
+                      input_names=["x"], output_names=["y"], dynamic_axes=dynamic)
+    return path
+
+
+def test_bench_writes_full_statistics_for_a_plain_torch_export(tmp_path):
+    model = export_plain(tmp_path / "plain.onnx", {"x": {0: "n"}, "y": {0: "n"}})
+    out = tmp_path / "bench.json"
+    result = invoke("bench", model, "--target", "cpu-onnxruntime", "--target", "cpu-openvino", *FAST,
+                    "--batch", "4", "--json", out)
+    assert result.exit_code == 0, result.output
+    for header in ("min", "p50", "p95", "p99", "max", "std", "cov", "cold"):
+        assert header in result.output
+    data = json.loads(out.read_text())
+    assert [r["target"] for r in data] == ["cpu-onnxruntime", "cpu-openvino"]
+    sha = hashlib.sha256(model.read_bytes()).hexdigest()
+    for r in data:
+        lat = r["latency_ms"]
+        assert r["status"] == "ok" and STAT_KEYS <= set(lat) and lat["runs"] >= 30 and lat["warmup_runs"] >= 2
+        assert lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"] <= lat["max"]
+        assert r["cold_ms"] > 0 and r["throughput_ips"] == pytest.approx(1000 / lat["mean"])
+        assert r["throughput_batch"]["batch"] == 4 and r["throughput_batch"]["ips"] > 0
+        assert r["peak_rss_mb"] >= r["rss_before_mb"] > 0
+        assert r["fingerprint"]["artifact_sha256"] == sha and r["fingerprint"]["machine_id"] == machine()["machine_id"]
+        assert r["settings"]["latency"]["runs"] == 30 and r["settings"]["batch"] == 1
+    ort, ov = data
+    assert ort["settings"]["intra_op_num_threads"] == 2 and ort["settings"]["inter_op_num_threads"] == 1
+    assert ort["settings"]["allow_spinning"] is True
+    assert ov["settings"]["INFERENCE_NUM_THREADS"] == "2" and ov["settings"]["NUM_STREAMS"] == "1"
+    assert ov["settings"]["INFERENCE_PRECISION_HINT"] == "f32"
+
+
+def test_dynamic_dims_need_a_shape_and_a_wrong_shape_is_bad_input(tmp_path):
+    model = export_plain(tmp_path / "hw.onnx", {"x": {0: "n", 2: "h", 3: "w"}, "y": {0: "n"}})
+    result = invoke("bench", model, "--target", "cpu-onnxruntime", *FAST)
+    assert result.exit_code == 2 and "input 'x' has dynamic dims (nx3xhxw); pass --shape" in result.output
+    assert invoke("bench", model, "--shape", "1x3x16", *FAST).exit_code == 2
+    assert invoke("bench", model, "--shape", "1x3xbig", *FAST).exit_code == 2
+    out = tmp_path / "b.json"
+    result = invoke("bench", model, "--target", "cpu-onnxruntime", "--target", "cpu-openvino", "--shape", "1x3x24x20",
+                    *FAST, "--batch", "1", "--json", out)
+    assert result.exit_code == 0, result.output
+    assert all(r["status"] == "ok" and "throughput_batch" not in r for r in json.loads(out.read_text()))
+
+
+def test_a_batch_1_export_is_reshaped_for_throughput_and_a_baked_batch_says_why(tmp_path):
+    static = export_plain(tmp_path / "static.onnx")
+    assert onnx.load(str(static)).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 1
+    baked = export_plain(tmp_path / "baked.onnx", baked_batch=True)
+    target = load_target("cpu-onnxruntime").model_copy(update={"latency": load_target("cpu-onnxruntime").latency.model_copy(
+        update={**FAST_LATENCY, "batch": 3})})
+    pool = BackendPool()
+    ok = measure(static, "static", "fp32", target, pool)
+    assert ok["status"] == "ok" and ok["throughput_batch"]["ips"] > 0 and ok["throughput_batch"]["batch"] == 3
+    broken = measure(baked, "baked", "fp32", target, pool)
+    assert broken["status"] == "ok" and broken["latency_ms"]["p50"] > 0  # batch 1 still measured
+    assert broken["throughput_batch"]["ips"] is None and broken["throughput_batch"]["error"]
+
+
+def test_noisy_latency_is_flagged_by_the_targets_threshold(tmp_path):
+    model = export_plain(tmp_path / "m.onnx")
+    strict = write_yaml(tmp_path / "strict.yaml", {"name": "strict", "backend": "onnxruntime", "threads": 1,
+                                                   "latency": {**FAST_LATENCY, "max_cov": 1e-9}})
+    lax = write_yaml(tmp_path / "lax.yaml", {"name": "lax", "backend": "onnxruntime", "threads": 1,
+                                             "latency": {**FAST_LATENCY, "max_cov": 100.0}})
+    flagged, calm = bench(model, [str(strict), str(lax)])
+    assert any("coefficient of variation" in w for w in flagged["warnings"])
+    assert calm["warnings"] == []
+    result = invoke("bench", model, "--target", strict)
+    assert "warning: latency coefficient of variation" in result.output
+
+
+def test_emit_native_prints_each_runtimes_own_command_with_the_same_settings(tmp_path):
+    model = export_plain(tmp_path / "m.onnx")
+    result = invoke("bench", model, "--target", "cpu-openvino", "--target", "cpu-onnxruntime", "--target",
+                    "jetson-tensorrt-int8", "--threads", "1", "--emit-native", *FAST)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    app = next(ln for ln in lines if ln.startswith("benchmark_app"))
+    for flag in ("-api sync", "-hint none", "-nstreams 1", "-nthreads 1", "-infer_precision f32", "-niter 30"):
+        assert flag in app
+    perf = next(ln for ln in lines if ln.startswith("onnxruntime_perf_test"))
+    assert "-e cpu -x 1 -y 1" in perf and "-r 30" in perf and str(model) in perf
+    trtexec = next(ln for ln in lines if ln.startswith("trtexec"))
+    assert f"--onnx={model}" in trtexec and "--fp16 --int8" in trtexec and "--memPoolSize=workspace:512M" in trtexec
+
+
+def test_openvino_compiles_into_the_edgekd_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    model = export_plain(tmp_path / "m.onnx")
+    target = load_target("cpu-openvino")
+    first = BACKENDS.get("openvino")().compile(model, target).settings()
+    assert first["cache_dir"] == str(tmp_path / "cache" / "openvino") and first["LOADED_FROM_CACHE"] == "False"
+    assert list((tmp_path / "cache" / "openvino").glob("*.blob"))
+    assert BACKENDS.get("openvino")().compile(model, target).settings()["LOADED_FROM_CACHE"] == "True"
+
+
+def test_onnxruntime_gpu_provider_missing_is_unavailable_with_the_reason(tmp_path):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime build has the CUDA EP: the missing-provider path cannot be shown here")
+    model = export_plain(tmp_path / "m.onnx")
+    cuda = write_yaml(tmp_path / "cuda.yaml", {"name": "ort-cuda", "backend": "onnxruntime", "device": "CUDA",
+                                               "latency": FAST_LATENCY})
+    (row,) = bench(model, [str(cuda)])
+    assert row["status"] == "unavailable" and "no CUDAExecutionProvider" in row["error"]
+
+
+def test_fingerprint_describes_the_machine_and_hashes_external_weights(tmp_path):
+    fp = machine()
+    assert fp["cpu"]["logical_cpus"] >= 1 and {"avx2", "avx512_vnni", "amx_int8", "asimd"} <= set(fp["cpu"]["isa"])
+    assert fp["runtimes"]["onnxruntime"] and fp["runtimes"]["openvino"]
+    model = onnx.load(str(export_plain(tmp_path / "m.onnx")))
+    onnx.save_model(model, str(tmp_path / "ext.onnx"), save_as_external_data=True, location="ext.onnx.data",
+                    size_threshold=0)
+    first = fingerprint(tmp_path / "ext.onnx")["artifact_sha256"]
+    data = (tmp_path / "ext.onnx.data").read_bytes()
+    (tmp_path / "ext.onnx.data").write_bytes(data[:-4] + bytes(4))  # the weights change, the graph file does not
+    assert fingerprint(tmp_path / "ext.onnx")["artifact_sha256"] != first
+
+
+# ---------------------------------------------------------------- TensorRT (GPU machine only)
+def _tensorrt_or_skip():
+    ok, why = BACKENDS.get("tensorrt")().availability()
+    if not ok:
+        pytest.skip(f"TensorRT cannot run here: {why}")
+
+
+def test_tensorrt_builds_caches_and_reports_gpu_compute_apart(tmp_path, monkeypatch):
+    _tensorrt_or_skip()
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    model = export_plain(tmp_path / "m.onnx")
+    fp16 = write_yaml(tmp_path / "t.yaml", {"name": "trt", "backend": "tensorrt", "device": "GPU",
+                                            "precision": "fp16", "latency": FAST_LATENCY})
+    first, second = bench(model, [str(fp16), str(fp16)])
+    assert first["status"] == "ok", first["error"]
+    assert first["settings"]["engine_cached"] is False and second["settings"]["engine_cached"] is True
+    assert list((tmp_path / "cache" / "tensorrt").glob("timing-*.cache"))
+    gpu, host = first["device_latency_ms"], first["latency_ms"]
+    assert 0 < gpu["p50"] <= host["p50"]  # the host's view adds the copies and the synchronisation
+
+
+def test_tensorrt_refuses_a_qdq_file_on_an_fp16_target(tiny_run, tmp_path, monkeypatch):
+    _tensorrt_or_skip()
+    monkeypatch.setenv("EDGEKD_CACHE", str(tmp_path / "cache"))
+    (row,) = bench(tiny_run / "models" / "student-int8.onnx", ["jetson-tensorrt-fp16"], runs=5, min_seconds=0.0)
+    assert row["status"] == "failed" and "is quantized (QDQ)" in row["error"]
+    (row,) = bench(tiny_run / "models" / "student-int8.onnx", ["jetson-tensorrt-int8"], runs=5, min_seconds=0.0)
+    assert row["status"] == "ok" and row["precision"] == "int8" and row["int8_layers"]["int8"] > 0
