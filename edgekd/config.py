@@ -370,6 +370,8 @@ class Target(Strict):
         "fp16", description="TensorRT: fp16 enables FP16 kernels; int8 also runs a QDQ graph's INT8 layers"
     )
     workspace_mb: int = Field(1024, ge=16, description="TensorRT builder workspace")
+    # torch
+    torch_compile: bool = Field(False, description="torch: run the program through torch.compile (else eager)")
 
     @field_validator("backend")
     @classmethod

@@ -17,3 +17,16 @@ def export_fp32(model: nn.Module, example: torch.Tensor, path: Path, opset: int)
         warnings.simplefilter("ignore")
         torch.onnx.export(model.eval(), (example,), str(path), dynamo=False, opset_version=opset,
                           input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
+
+
+def export_program(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """A ``torch.export`` program (``.pt2``) for the torch baseline backend: the model's own graph
+    and weights, reloadable without its class; batch dim left to torch (``Dim.AUTO``) so batch-N
+    throughput can run where the model allows it."""
+    from torch.export import Dim
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pair = torch.cat([example, example])  # a batch-1 sample would make torch specialise the batch dim to 1
+        program = torch.export.export(model.eval(), (pair,), dynamic_shapes=({0: Dim.AUTO},))
+        torch.export.save(program, str(path))

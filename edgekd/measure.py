@@ -44,10 +44,7 @@ def measure(onnx_path: Path, variant: str, precision: str, target: Target, pool:
     call is timed alone (``cold_ms``); the batch-N session for throughput is built after that reading.
     """
     backend = pool.get(target.backend)
-    result: dict[str, Any] = {"variant": variant, "target": target.name, "backend": target.backend,
-                              "device": target.device, "precision": precision, "status": "ok",
-                              "latency_ms": None, "throughput_ips": None, "accuracy": None, "error": None,
-                              "onnx": str(onnx_path), "warnings": []}
+    result = empty_result(variant, precision, target, onnx_path)
     ok, why = backend.availability()
     if not ok:
         return {**result, "status": "unavailable", "error": why}
@@ -95,6 +92,16 @@ def measure(onnx_path: Path, variant: str, precision: str, target: Target, pool:
     except Exception as exc:  # noqa: BLE001 - a runtime's own error becomes a failed row, not a crash
         result.update(status="failed", error=_first_line(exc))
     return result
+
+
+def empty_result(variant: str, precision: str, target: Target, path: Path | None,
+                 unavailable: str | None = None) -> dict[str, Any]:
+    """A measurement row before anything is measured; with ``unavailable``, a row that says why
+    nothing could be (DESIGN.md report.json ``results``)."""
+    return {"variant": variant, "target": target.name, "backend": target.backend, "device": target.device,
+            "precision": precision, "status": "unavailable" if unavailable else "ok", "latency_ms": None,
+            "throughput_ips": None, "accuracy": None, "error": unavailable, "onnx": str(path) if path else None,
+            "warnings": []}
 
 
 def _first_line(exc: BaseException) -> str:
@@ -173,12 +180,17 @@ def bench(model: str | Path, targets: list[str], *, shape: tuple[int, ...] | Non
     path = Path(model)
     if not path.is_file():
         raise InputError(f"{path}: model file not found")
-    if path.suffix != ".onnx":
-        raise InputError(f"{path}: bench takes an .onnx file (run 'edgekd compress' to make one)")
-    resolve_shape(path, shape)  # a wrong --shape or an unsized dynamic input is the user's to fix: exit 2
-    precision = file_precision(path)
+    resolved = bench_targets(targets, **overrides)
+    for t in resolved:
+        suffix = BACKENDS.get(t.backend).file_suffix
+        if path.suffix != suffix:
+            raise InputError(f"{path}: target {t.name} ({t.backend}) runs {suffix} files, not {path.suffix or 'this file'} "
+                             f"(run 'edgekd compress' to make both)")
+    if path.suffix == ".onnx":
+        resolve_shape(path, shape)  # a wrong --shape or an unsized dynamic input is the user's to fix: exit 2
+    precision = file_precision(path) if path.suffix == ".onnx" else "fp32"
     pool = BackendPool()
-    return [measure(path, path.stem, precision, t, pool, shape=shape) for t in bench_targets(targets, **overrides)]
+    return [measure(path, path.stem, precision, t, pool, shape=shape) for t in resolved]
 
 
 def native_commands(model: str | Path, targets: list[str], **overrides: Any) -> list[tuple[str, str]]:

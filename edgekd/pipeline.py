@@ -27,7 +27,8 @@ from .data import Splits, build_splits
 from .errors import CheckpointError, DataError, InputError
 from .fileio import atomic_path, write_json, write_text
 from .gate import Verdict, evaluate_budget
-from .measure import BackendPool, latency_probe, measure
+from .backends import BACKENDS
+from .measure import BackendPool, empty_result, latency_probe, measure
 from .progress import console
 from .report import write_report
 from .stages import STAGES, StageContext
@@ -191,14 +192,21 @@ def _compress(rec: Recipe, ckpt: Path | None, run_dir: Path, target_objs: list[T
 
 
 def _publish_models(run_dir: Path, onnx_artifacts: list[Artifact]) -> dict[str, Artifact]:
-    """Copy each exported file to ``models/<variant>.onnx`` (the run directory's contract)."""
+    """Copy each exported file to ``models/<variant>.onnx`` (the run directory's contract), and its
+    torch.export program, where there is one, to ``models/<variant>.pt2`` (for torch targets)."""
     published = {}
     for art in onnx_artifacts:
         dest = run_dir / "models" / f"{art.variant}.onnx"
         with atomic_path(dest) as tmp:
             shutil.copyfile(art.path, tmp)
+        meta = dict(art.meta)
+        if meta.get("program"):
+            program = run_dir / "models" / f"{art.variant}.pt2"
+            with atomic_path(program) as tmp:
+                shutil.copyfile(meta["program"], tmp)
+            meta["program"] = str(program.relative_to(run_dir))
         published[art.variant] = Artifact(art.variant, art.kind, art.precision, str(dest.relative_to(run_dir)),
-                                          art.stage, art.parent, art.config_hash, art.meta)
+                                          art.stage, art.parent, art.config_hash, meta)
     return published
 
 
@@ -231,5 +239,12 @@ def _measure_all(run_dir: Path, models: dict[str, Artifact], targets: list[Targe
             console.print(f"measure {name} on {target.name} ({target.backend}, {target.device})")
             ref = art.meta.get("reference_logits")
             reference = np.load(ref) if ref and Path(ref).is_file() else None
-            result = measure(run_dir / art.path, name, art.precision, target, pool, x, y, reference)
+            if BACKENDS.get(target.backend).file_suffix == ".pt2":  # the torch baseline runs the program
+                if not art.meta.get("program"):
+                    result = empty_result(name, art.precision, target, None, f"{name} has no torch.export program "
+                                                                             f"(the torch baseline runs FP32 variants)")
+                else:
+                    result = measure(run_dir / art.meta["program"], name, art.precision, target, pool, x, y, reference)
+            else:
+                result = measure(run_dir / art.path, name, art.precision, target, pool, x, y, reference)
             write_json(run_dir / "measurements" / f"{name}@{target.name}.json", result)

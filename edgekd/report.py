@@ -116,6 +116,17 @@ def table_rows(report: dict[str, Any], target: str) -> list[dict[str, str]]:
     return out
 
 
+def measurement_notes(report: dict[str, Any]) -> list[str]:
+    """Where the numbers were measured, and every warning a measurement raised (noisy latency...)."""
+    machines = {r["fingerprint"]["machine_id"]: r["fingerprint"] for r in report["results"] if r.get("fingerprint")}
+    notes = [f"measured on {fp['cpu']['model']} ({fp['cpu']['logical_cpus']} CPUs; machine {mid}; "
+             + ", ".join(f"{k} {v}" for k, v in fp["runtimes"].items()) + ")" for mid, fp in machines.items()]
+    if len(machines) > 1:
+        notes.append("WARNING: these results come from different machines; their latencies are not comparable")
+    notes += [f"{r['variant']} on {r['target']}: {w}" for r in report["results"] for w in r.get("warnings", [])]
+    return notes
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# edgekd report: {report['run']['recipe']}", ""]
     for target in targets_of(report):
@@ -131,6 +142,9 @@ def render_markdown(report: dict[str, Any]) -> str:
                  "Latency: batch 1, milliseconds. Speed-up: teacher-fp32 p50 / variant p50 on the same target. "
                  "Parity: top-1 agreement / SQNR of this backend's outputs against the torch model "
                  "(the fake-quantized one for INT8).")
+    notes = measurement_notes(report)
+    if notes:
+        lines += ["", "## Measurement notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
 
@@ -144,6 +158,9 @@ def render_html(report: dict[str, Any]) -> str:
                      + "".join(f"<th>{html.escape(h)}</th>" for h in rows[0]) + "</tr>")
         parts += ["<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row.values()) + "</tr>" for row in rows]
         parts.append("</table>")
+    notes = measurement_notes(report)
+    if notes:
+        parts.append("<h2>Measurement notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
     return "\n".join(parts) + "\n"
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import numpy as np
 import onnx
 import pytest
 import torch
@@ -13,6 +14,7 @@ from torch import nn
 
 from edgekd.backends import BACKENDS
 from edgekd.config import load_target
+from edgekd.errors import InputError
 from edgekd.fingerprint import fingerprint, machine
 from edgekd.measure import BackendPool, bench, measure
 
@@ -156,6 +158,41 @@ def test_fingerprint_describes_the_machine_and_hashes_external_weights(tmp_path)
     data = (tmp_path / "ext.onnx.data").read_bytes()
     (tmp_path / "ext.onnx.data").write_bytes(data[:-4] + bytes(4))  # the weights change, the graph file does not
     assert fingerprint(tmp_path / "ext.onnx")["artifact_sha256"] != first
+
+
+def test_compress_measures_the_torch_baseline_on_its_exported_programs(tiny_teacher, tiny_files, tmp_path):
+    torch_target = write_yaml(tmp_path / "torch.yaml", {"name": "tiny-torch", "backend": "torch", "threads": 1,
+                                                        "latency": FAST_LATENCY})
+    out = tmp_path / "run"
+    result = invoke("compress", tiny_teacher, "--recipe", tiny_files["recipe"], "--out", out, "--target", torch_target,
+                    "--target", tiny_files["ort"])
+    assert result.exit_code == 0, result.output
+    assert (out / "models" / "teacher-fp32.pt2").is_file() and not (out / "models" / "student-int8.pt2").exists()
+    rows = {(r["variant"], r["target"]): r for r in json.loads((out / "report.json").read_text())["results"]}
+    for variant in ("teacher-fp32", "student-fp32"):
+        on_torch, on_ort = rows[(variant, "tiny-torch")], rows[(variant, "tiny-ort")]
+        assert on_torch["status"] == "ok" and on_torch["settings"]["torch_compile"] is False
+        assert on_torch["accuracy"] == pytest.approx(on_ort["accuracy"], abs=1e-9)  # same graph, same answers
+        assert on_torch["parity"]["top1_agreement"] == 1.0
+    int8 = rows[("student-int8", "tiny-torch")]
+    assert int8["status"] == "unavailable" and "no torch.export program" in int8["error"]
+
+
+def test_torch_compile_runs_the_program_and_matches_eager(tmp_path):
+    from edgekd.exporting import export_program
+
+    torch.manual_seed(0)
+    program = tmp_path / "m.pt2"
+    export_program(Plain().eval(), torch.randn(1, 3, 16, 16), program)
+    eager_t, compiled_t = (load_target(n) for n in ("cpu-torch", "cpu-torch-compile"))
+    backend = BACKENDS.get("torch")()
+    x = torch.rand(1, 3, 16, 16).numpy()
+    eager, compiled = backend.compile(program, eager_t), backend.compile(program, compiled_t)
+    assert compiled.settings()["torch_compile"] is True and compiled.input_shape == (1, 3, 16, 16)
+    assert np.allclose(eager(x), compiled(x), atol=1e-5)
+    assert backend.compile(program, eager_t, (4, 3, 16, 16))(np.repeat(x, 4, 0)).shape == (4, 5)  # batch is dynamic
+    with pytest.raises(InputError, match="runs .pt2"):
+        backend.compile(export_plain(tmp_path / "m.onnx"), eager_t)
 
 
 # ---------------------------------------------------------------- TensorRT (GPU machine only)

@@ -15,6 +15,7 @@ def test_list_each_kind():
     backends = invoke("list", "backends").output
     assert "onnxruntime: available" in backends and "openvino: available" in backends
     assert "tensorrt: unavailable" in backends and "pip install 'edgekd[tensorrt]'" in backends
+    assert "torch: available" in backends and "(providers: " in backends and "(devices: CPU" in backends
     losses = invoke("list", "losses").output
     assert "kd: Vanilla KD: Hinton" in losses and "keys: temperature=4.0, alpha=0.7" in losses
     assert "pskd: " in losses and "needs: labels" in losses
@@ -28,7 +29,8 @@ def test_list_each_kind():
 def test_help_documents_every_option():
     for cmd, options in {"compress": ["--arch", "--recipe", "--target", "--data", "--out", "--budget",
                                       "--trust-checkpoint", "--dry-run", "--resume"],
-                         "bench": ["--target", "--warmup", "--runs", "--json"],
+                         "bench": ["--target", "--warmup", "--runs", "--json", "--seconds", "--threads", "--batch",
+                                   "--shape", "--emit-native"],
                          "report": ["--format"], "gate": ["--budget", "--junit"]}.items():
         out = invoke(cmd, "--help").output
         for opt in options:

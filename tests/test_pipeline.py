@@ -36,9 +36,23 @@ def test_report_json_has_contract_keys_and_backend_measured_accuracy(tiny_run):
         assert {"variant", "target", "backend", "device", "precision", "status", "latency_ms",
                 "throughput_ips", "accuracy", "error"} <= r.keys()
         assert r["status"] == "ok", r["error"]
-        assert {"p50", "p90", "p99", "mean"} <= r["latency_ms"].keys()
+        assert {"min", "mean", "p50", "p90", "p95", "p99", "max", "std", "cov"} <= r["latency_ms"].keys()
+        assert {"cold_ms", "peak_rss_mb", "fingerprint", "settings", "throughput_batch"} <= r.keys()
+        assert r["fingerprint"]["artifact_sha256"] and r["fingerprint"]["machine_id"]
         assert 0.0 <= r["accuracy"] <= 1.0 and r["eval_samples"] > 0
         assert r["latency_ms"]["runs"] >= 20
+
+
+def test_report_says_where_it_was_measured_and_lists_warnings(tiny_run):
+    from edgekd.report import render_markdown
+
+    report = json.loads((tiny_run / "report.json").read_text())
+    machine_id = report["results"][0]["fingerprint"]["machine_id"]
+    report["results"][0]["warnings"] = ["latency coefficient of variation 9.0% exceeds 5%"]
+    md = render_markdown(report)
+    assert "## Measurement notes" in md and f"machine {machine_id}" in md
+    first = report["results"][0]
+    assert f"- {first['variant']} on {first['target']}: latency coefficient of variation 9.0% exceeds 5%" in md
 
 
 def test_int8_student_runs_int8_layers_on_both_backends(tiny_run):

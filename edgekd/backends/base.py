@@ -63,6 +63,7 @@ class Backend(ABC):
     name: str
     pip_extra: str
     capabilities: Capabilities
+    file_suffix: str = ".onnx"  # the exported file this backend runs
 
     @abstractmethod
     def availability(self) -> tuple[bool, str]:

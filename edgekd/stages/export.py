@@ -21,7 +21,8 @@ import torch
 from ..artifact import Artifact, config_hash, count_params_macs, onnx_size_bytes
 from ..config import ExportConfig
 from ..errors import StageError
-from ..exporting import export_fp32
+from ..exporting import export_fp32, export_program
+from ..progress import console
 from ..fileio import atomic_path
 from ..parity import parity
 from ..quantization import INPUT_NAME, export_qdq
@@ -51,6 +52,16 @@ def export(variants: dict[str, Artifact], cfg: ExportConfig, ctx: StageContext) 
             logits = predict_logits(model, ctx.splits.x_test).numpy()  # the torch model on the test split
             n = cfg.parity_samples
             checked = compare_with_torch(tmp, logits[:n], ctx.splits.x_test[:n], art.precision, cfg, name)
+        program = None
+        if art.precision != "int8":  # the torch baseline runs the float graph; INT8 is the runtimes' job
+            program = ctx.stage_dir / f"{name}.pt2"
+            try:
+                with atomic_path(program) as tmp:
+                    export_program(model, example, tmp)
+            except Exception as exc:  # noqa: BLE001 - torch.export raises many types for untraceable code
+                console.print(f"[yellow]export {name}: no torch.export program for the torch baseline "
+                              f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})[/yellow]")
+                program = None
         reference = ctx.stage_dir / f"{name}.reference.npy"  # kept for each backend's parity at measurement
         with atomic_path(reference) as tmp:
             np.save(tmp, logits)
@@ -60,6 +71,7 @@ def export(variants: dict[str, Artifact], cfg: ExportConfig, ctx: StageContext) 
             params, macs = count_params_macs(model, ctx.splits.input_shape)
         meta = {"source": art.path, "size_bytes": onnx_size_bytes(path), "params": params, "macs": macs,
                 "parity": checked, "reference_logits": str(reference), "input_shape": [1, *ctx.splits.input_shape], "opset": cfg.opset,
+                "program": str(program) if program else None,
                 "accuracy_torch": metrics.get("test_accuracy_torch")}
         out.append(Artifact(name, "onnx", art.precision, str(path), "export", name,
                             config_hash(cfg.model_dump(), art.config_hash), meta))

@@ -1,0 +1,100 @@
+"""torch itself, the baseline users compare runtimes against: eager, or ``torch.compile`` where it
+works (``torch_compile: true``; a model it cannot compile fails with the compiler's reason).
+
+It runs ``.pt2`` files (``torch.export`` programs, which ``edgekd compress`` writes beside each FP32
+ONNX file), so it too sees only exported artifacts. ``threads`` sets ``torch.set_num_threads``, which
+is process-wide: a torch target changes it for whatever runs after it in the same process.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import Target
+from ..errors import BackendError, BackendUnavailable, InputError
+from .base import Backend, Capabilities, CompiledModel
+
+
+def program_input_dims(program: Any) -> list[int | str]:
+    """The user input's dims of an exported program (a symbolic dim as its name)."""
+    names = program.graph_signature.user_inputs
+    if len(names) != 1:
+        raise InputError(f"edgekd times models with one input; this program has {len(names)} ({', '.join(names)})")
+    node = next(n for n in program.graph.nodes if n.op == "placeholder" and n.name == names[0])
+    return [int(d) if str(d).lstrip("-").isdigit() else str(d) for d in node.meta["val"].shape]
+
+
+class TorchModel(CompiledModel):
+    def __init__(self, path: Path, target: Target, shape: tuple[int, ...] | None) -> None:
+        import torch
+
+        torch.set_num_threads(target.threads)
+        try:
+            program = torch.export.load(str(path))
+        except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad archive
+            raise BackendError(f"torch could not load {path.name}: {str(exc).strip().splitlines()[0]}") from None
+        dims = program_input_dims(program)
+        if shape is None:
+            shape = tuple(1 if i == 0 and isinstance(d, str) else d for i, d in enumerate(dims))
+            if any(isinstance(d, str) for d in shape):
+                raise InputError(f"{path}: input has dynamic dims ({'x'.join(map(str, dims))}); pass --shape")
+        elif len(shape) != len(dims):
+            raise InputError(f"{path}: --shape has rank {len(shape)}; the program's input has rank {len(dims)}")
+        self.input_shape = tuple(shape)
+        self._device = torch.device("cuda" if target.device.upper() == "CUDA" else "cpu")
+        self._module = program.module().to(self._device)
+        self._compiled = target.torch_compile
+        if self._compiled:
+            self._module = torch.compile(self._module)
+        self._threads = target.threads
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            out = self._module(torch.from_numpy(x).to(self._device))
+        if self._device.type == "cuda":
+            torch.cuda.synchronize()
+        return out.cpu().numpy()
+
+    def settings(self) -> dict[str, Any]:
+        import torch
+
+        return {"torch": torch.__version__, "device": str(self._device), "num_threads": torch.get_num_threads(),
+                "torch_compile": self._compiled, "batch": self.input_shape[0]}
+
+    def precision(self, variant_precision: str) -> str:
+        return variant_precision
+
+    def int8_layers(self) -> dict[str, Any]:
+        return {"int8": 0, "total": None, "note": "torch runs the float graph"}
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    pip_extra = ""
+    file_suffix = ".pt2"
+    capabilities = Capabilities(devices=("CPU", "CUDA"), options=("torch_compile",))
+
+    def availability(self) -> tuple[bool, str]:
+        try:
+            import torch
+        except ImportError as exc:
+            return False, f"torch is not installed ({exc})"
+        return True, f"{torch.__version__} (cuda: {'yes' if torch.cuda.is_available() else 'no'})"
+
+    def compile(self, onnx_path: Path, target: Target, shape: tuple[int, ...] | None = None) -> CompiledModel:
+        import torch
+
+        if target.device.upper() == "CUDA" and not torch.cuda.is_available():
+            raise BackendUnavailable(f"target {target.name}: device CUDA asked but torch sees no CUDA GPU")
+        if onnx_path.suffix != self.file_suffix:
+            raise InputError(f"target {target.name}: the torch backend runs .pt2 (torch.export) files; got {onnx_path.name}")
+        return TorchModel(onnx_path, target, shape)
+
+    def native_command(self, onnx_path: Path, target: Target) -> str:
+        """torch ships no benchmark tool of its own: edgekd's harness is the reference here."""
+        return f"# torch has no native benchmark tool; time {onnx_path.name} with torch.utils.benchmark.Timer"
