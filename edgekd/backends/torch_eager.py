@@ -18,6 +18,14 @@ from ..errors import BackendError, BackendUnavailable, InputError
 from .base import Backend, Capabilities, CompiledModel
 
 
+def cxx_compiler() -> str | None:
+    """The C++ compiler inductor would use on the CPU, if any."""
+    import os
+    import shutil
+
+    return next((c for c in (os.environ.get("CXX"), "g++", "clang++", "c++") if c and shutil.which(c)), None)
+
+
 def program_input_dims(program: Any) -> list[int | str]:
     """The user input's dims of an exported program (a symbolic dim as its name)."""
     names = program.graph_signature.user_inputs
@@ -91,6 +99,9 @@ class TorchBackend(Backend):
 
         if target.device.upper() == "CUDA" and not torch.cuda.is_available():
             raise BackendUnavailable(f"target {target.name}: device CUDA asked but torch sees no CUDA GPU")
+        if target.torch_compile and target.device.upper() == "CPU" and cxx_compiler() is None:
+            raise BackendUnavailable(f"target {target.name}: torch.compile on the CPU needs a C++ compiler "
+                                     f"(g++ or clang++ on PATH, or $CXX); none found")
         if onnx_path.suffix != self.file_suffix:
             raise InputError(f"target {target.name}: the torch backend runs .pt2 (torch.export) files; got {onnx_path.name}")
         return TorchModel(onnx_path, target, shape)
