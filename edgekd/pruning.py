@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import warnings
 from dataclasses import dataclass
 from typing import Callable, Iterator, Literal
 
@@ -37,6 +38,16 @@ def _classifier_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
 
 @contextlib.contextmanager
 def traceable(model: nn.Module) -> Iterator[list[nn.Module]]:
+    """See ``_traceable``; also hushes Torch-Pruning's notice that it found a ViT's ``cls_token`` and
+    ``pos_embed`` (it prunes their last dim with the embedding, which is right for timm's ViTs)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Unwrapped parameters detected")
+        with _traceable(model) as whole:
+            yield whole
+
+
+@contextlib.contextmanager
+def _traceable(model: nn.Module) -> Iterator[list[nn.Module]]:
     """Make ``model`` traceable by Torch-Pruning while the block runs; yields layers that must stay whole.
 
     torchvision's ShuffleNetV2 shuffles channels with a 5-D ``view`` that Torch-Pruning cannot map
@@ -89,6 +100,23 @@ def _importance(kind: Importance):
 def _trainable(model: nn.Module) -> None:
     for p in model.parameters():  # Torch-Pruning traces through autograd: frozen layers would be skipped
         p.requires_grad_(True)
+
+
+def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
+    """``{qkv layer: number of heads}`` for every timm-style attention (a module with a ``qkv`` Linear
+    and an int ``num_heads``): Torch-Pruning then removes the same dims from every head, so the
+    ``reshape(B, N, 3, heads, head_dim)`` still holds."""
+    return {m.qkv: m.num_heads for m in model.modules()
+            if isinstance(getattr(m, "qkv", None), nn.Linear) and isinstance(getattr(m, "num_heads", None), int)}
+
+
+def _sync_attention(model: nn.Module) -> None:
+    """After head dims were removed, the attention modules' own bookkeeping must follow the weights."""
+    for m in model.modules():
+        if isinstance(getattr(m, "qkv", None), nn.Linear) and isinstance(getattr(m, "num_heads", None), int):
+            m.head_dim = m.qkv.out_features // (3 * m.num_heads)
+            if hasattr(m, "attn_dim"):
+                m.attn_dim = m.num_heads * m.head_dim
 
 
 def _first_line(exc: Exception) -> str:
@@ -148,13 +176,15 @@ def prune_channels(model: nn.Module, example: torch.Tensor, *, ratio: float, num
                 pruner = tp.pruner.MetaPruner(model, example, importance=_importance(importance),
                                               pruning_ratio=ratio, pruning_ratio_dict=ratios or None,
                                               global_pruning=global_ranking, round_to=round_to,
-                                              ignored_layers=kept, max_pruning_ratio=max_layer_ratio)
+                                              ignored_layers=kept, max_pruning_ratio=max_layer_ratio,
+                                              num_heads=attention_heads(model), prune_head_dims=True)
                 groups = list(pruner.step(interactive=True))
         except Exception as exc:  # noqa: BLE001 - Torch-Pruning raises plain errors on graphs it cannot trace
             raise StageError(f"Torch-Pruning could not prune this model ({_first_line(exc)})") from None
         before = channel_plan(model)
         for group in groups:
             group.prune()
+        _sync_attention(model)
     after = channel_plan(model)
     return {n: (before[n], after[n]) for n in before if n in after and after[n] != before[n]}
 
@@ -246,5 +276,12 @@ def apply_channel_plan(model: nn.Module, example: torch.Tensor, plan: dict[str, 
             if current < target:
                 raise StageError(f"channel plan wants {target} channels in {name!r}, which has only {current}")
             fn = tp.prune_conv_out_channels if isinstance(m, nn.Conv2d) else tp.prune_linear_out_channels
-            dg.get_pruning_group(m, fn, idxs=list(range(target, current))).prune()
+            heads = attention_heads(model).get(m)
+            if heads:  # the same dims from every head's chunk, as the pruner removed them
+                size, keep = current // heads, target // heads
+                idxs = [h * size + j for h in range(heads) for j in range(keep, size)]
+            else:
+                idxs = list(range(target, current))
+            dg.get_pruning_group(m, fn, idxs=idxs).prune()
+        _sync_attention(model)
     return model

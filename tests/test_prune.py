@@ -57,6 +57,35 @@ def test_torchvision_matrix_prunes_30_percent_and_exports(name, tmp_path):
     assert torch.allclose(got, rebuilt, atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")  # timm's ViT asserts on shapes while traced
+def test_vit_prunes_embedding_and_head_dims_consistently_and_exports(tmp_path):
+    timm = pytest.importorskip("timm", reason="the vision extra (make test installs it)")
+
+    def vit():
+        return timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
+                                 num_classes=10).eval()
+
+    torch.manual_seed(0)
+    model, x = vit(), torch.randn(2, 3, 32, 32)
+    attn = model.blocks[0].attn
+    heads, head_dim, embed = attn.num_heads, attn.head_dim, model.embed_dim
+    removed = prune_channels(model, x[:1], ratio=0.3, num_classes=10)
+    assert removed
+    assert model.patch_embed.proj.out_channels < embed and model.pos_embed.shape[-1] == model.patch_embed.proj.out_channels
+    for block in model.blocks:  # every head keeps the same, smaller, width; the head count is kept
+        a = block.attn
+        assert a.num_heads == heads and a.head_dim < head_dim and a.qkv.out_features == 3 * heads * a.head_dim
+        assert a.proj.in_features == heads * a.head_dim
+    with torch.no_grad():
+        assert model(x).shape == (2, 10)
+    path = tmp_path / "vit.onnx"
+    torch.onnx.export(model, (x[:1],), str(path), dynamo=False, opset_version=17, input_names=["input"])
+    out = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x[:1].numpy()})[0]
+    assert out.shape == (1, 10)
+    got, rebuilt = _outputs_after_rebuild(vit(), model, x)
+    assert torch.allclose(got, rebuilt, atol=1e-5)
+
+
 @pytest.mark.parametrize("importance", ["l1", "l2", "bn-scale", "taylor"])
 @pytest.mark.parametrize("global_ranking", [False, True])
 def test_importance_criteria_follow_the_residual_add(importance, global_ranking):

@@ -6,7 +6,7 @@ from typing import Any
 
 from rich.table import Table
 
-from ..report import table_rows, targets_of
+from ..report import measurement_notes, table_rows, targets_of
 from .app import out
 
 
@@ -20,3 +20,9 @@ def print_report_tables(report: dict[str, Any]) -> None:
         for row in rows:
             table.add_row(*row.values())
         out.print(table)
+    noisy = sum(len(r.get("warnings", [])) for r in report["results"])
+    if noisy:
+        out.print(f"[yellow]{noisy} measurement warning(s), e.g. a coefficient of variation over the target's "
+                  f"max_cov: see 'Measurement notes' in report.md[/yellow]")
+    for note in measurement_notes(report)[:1]:
+        out.print(note, highlight=False, markup=False)
