@@ -82,7 +82,7 @@ def build_engine(onnx_bytes: bytes, name: str, target: Target, logger: Any) -> t
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise BackendError(f"tensorrt could not build an engine for {name} (precision {target.precision})")
-    write_bytes(timing_path, bytes(memoryview(timing.serialize())))
+    write_bytes(timing_path, bytes(memoryview(config.get_timing_cache().serialize())))
     return bytes(memoryview(plan)), quantized
 
 

@@ -11,8 +11,6 @@ continues from it.
 from __future__ import annotations
 
 import copy
-import difflib
-import fnmatch
 from typing import Any, Callable
 
 import torch
@@ -22,6 +20,7 @@ from ..artifact import Artifact, config_hash, count_params_macs, save_torch
 from ..config import LossTerm, PruneConfig, SparseTraining
 from ..errors import RecipeError, StageError
 from ..exporting import export_fp32
+from ..layer_patterns import match_layers
 from ..latency_lut import build_table, search_plan, table_key
 from ..losses.base import DistillTerm
 from ..objective import CrossEntropy, Objective, build_objective
@@ -96,15 +95,6 @@ def prune(variants: dict[str, Artifact], cfg: PruneConfig, ctx: StageContext) ->
     return [save_torch(model, ctx.stage_dir / VARIANT, variant=VARIANT, stage="prune", parent=source.variant,
                        arch=source.meta.get("arch", ""), arch_kwargs=source.meta.get("arch_kwargs", {}),
                        chash=chash, metrics=metrics, extra=extra)]
-
-
-def match_layers(pattern: str, layers: list[str], key: str) -> list[str]:
-    """Layers whose names match the fnmatch ``pattern``; a pattern matching none is a RecipeError."""
-    hits = [n for n in layers if fnmatch.fnmatchcase(n, pattern)]
-    if not hits:
-        near = difflib.get_close_matches(pattern, layers, n=4, cutoff=0.3) or layers[:4]
-        raise RecipeError(f"{key}: {pattern!r} matches no conv/linear layer; e.g. {', '.join(near)}")
-    return hits
 
 
 def _pattern_ratios(patterns: dict[str, float], roots: list[str], key: str) -> dict[str, float]:

@@ -8,11 +8,11 @@ sensible activation scales.
 
 from __future__ import annotations
 
-import fnmatch
 import json
 
 from ..artifact import Artifact, config_hash, save_torch
 from ..config import LayerOverride, QuantizeConfig, Recipe, Target
+from ..layer_patterns import match_layers
 from ..errors import RecipeError, StageError
 from ..mixed_precision import search
 from ..progress import console
@@ -125,10 +125,6 @@ def resolve_overrides(rules: list[LayerOverride], layers: list[str], key: str) -
     aliases = {"@first": layers[:1], "@last": layers[-1:]}
     chosen: dict[str, int | None] = {}
     for i, rule in enumerate(rules):
-        hits = aliases.get(rule.match) or [n for n in layers if fnmatch.fnmatchcase(n, rule.match)]
-        if not hits:
-            raise RecipeError(f"{key}.overrides.{i}.match: {rule.match!r} matches no conv/linear layer; "
-                              f"layers: {', '.join(layers)} (or @first, @last)")
-        for name in hits:
+        for name in match_layers(rule.match, layers, f"{key}.overrides.{i}.match", aliases):
             chosen.setdefault(name, None if rule.float else rule.weight_bits)
     return chosen
