@@ -20,14 +20,28 @@ from .errors import RecipeError
 
 @dataclass(frozen=True)
 class Tap:
-    """One feature to capture: the ``output`` of a module, or its ``input`` (the embedding a head sees)."""
+    """One feature to capture: the ``output`` of a module, or its ``input`` (the embedding a head sees).
+
+    With ``energy_p`` the hook stores ``channel_energy(F, p)`` (N, H, W) instead of F (N, C, H, W): all
+    that spatial attention needs of a teacher map, C times smaller, so the teacher-output cache of a
+    pruning recovery holds a few MB where raw maps took hundreds.
+    """
 
     module: str
     where: Literal["output", "input"] = "output"
+    energy_p: float | None = None
 
     @property
     def key(self) -> str:
-        return self.module if self.where == "output" else f"{self.module}:input"
+        base = self.module if self.where == "output" else f"{self.module}:input"
+        return base if self.energy_p is None else f"{base}|energy{self.energy_p:g}"
+
+
+def channel_energy(feature: torch.Tensor, p: float) -> torch.Tensor:
+    """``mean_c |F|^p`` of an (N, C, H, W) map: the un-normalised spatial attention map, (N, H, W)."""
+    if feature.ndim != 4:
+        raise RecipeError(f"spatial attention needs (N, C, H, W) feature maps, got {tuple(feature.shape)}")
+    return feature.abs().pow(p).mean(1)
 
 
 def resolve_module(model: nn.Module, name: str, role: str, key: str) -> nn.Module:
@@ -55,12 +69,13 @@ def capture(model: nn.Module, taps: list[Tap], store: dict[str, torch.Tensor]) -
     handles = []
     for tap in dict.fromkeys(taps):
         mod = modules[tap.module]
+        keep = (lambda v: v) if tap.energy_p is None else (lambda v, p=tap.energy_p: channel_energy(v, p))
         if tap.where == "output":
             handles.append(mod.register_forward_hook(
-                lambda _m, _i, out, k=tap.key: store.__setitem__(k, _first(out))))
+                lambda _m, _i, out, k=tap.key, f=keep: store.__setitem__(k, f(_first(out)))))
         else:
             handles.append(mod.register_forward_pre_hook(
-                lambda _m, inp, k=tap.key: store.__setitem__(k, _first(inp))))
+                lambda _m, inp, k=tap.key, f=keep: store.__setitem__(k, f(_first(inp)))))
     try:
         yield
     finally:

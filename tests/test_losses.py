@@ -15,7 +15,7 @@ from torch import nn
 
 from edgekd.config import LossTerm
 from edgekd.errors import RecipeError
-from edgekd.features import Tap
+from edgekd.features import Tap, channel_energy
 from edgekd.losses import LOSSES, Batch, SetupInfo
 
 LN3 = math.log(3.0)
@@ -205,13 +205,17 @@ def test_spatial_attention_compares_normalised_maps_across_channel_counts():
     ft = torch.zeros(1, 5, 2, 2)  # another channel count: no adapter needed
     ft[0, :, 1, 1] = 2.0
     fs.requires_grad_(True)
-    b = batch(student_logits([0.0]), None, None, student_features={"a": fs}, teacher_features={"b": ft})
+    (tap,) = sa.teacher_taps()
+    assert tap.key == "b|energy2"  # the teacher map is stored reduced to mean_c |F|^2, (N, H, W)
+    stored = {tap.key: channel_energy(ft, 2.0)}
+    assert stored[tap.key].shape == (1, 2, 2)
+    b = batch(student_logits([0.0]), None, None, student_features={"a": fs}, teacher_features=stored)
     loss = sa(b)
     # a_s = [1, 0, 0, .25]/|.|, a_t = e3: |a_s - a_t|^2 = 2 - 2·.25/sqrt(1 + .0625)
     assert loss.item() == pytest.approx(2 - 0.5 / math.sqrt(1.0625), abs=1e-5)
     loss.backward()
     assert (fs.grad[0, :, 0, 0] > 0).all() and (fs.grad[0, :, 1, 1] < 0).all()  # attention moves to (1,1)
-    same = batch(student_logits([0.0]), None, None, student_features={"a": ft[:, :3] * 7}, teacher_features={"b": ft})
+    same = batch(student_logits([0.0]), None, None, student_features={"a": ft[:, :3] * 7}, teacher_features=stored)
     assert sa(same).item() == pytest.approx(0.0, abs=1e-6)
 
 
@@ -260,3 +264,17 @@ def test_loss_terms_validate_their_own_keys():
         LossTerm(name="kd", temprature=2.0)
     with pytest.raises(ValueError, match="unknown loss 'kdd'; valid: kd, kd-labelfree"):
         LossTerm(name="kdd")
+
+
+def test_teacher_cache_holds_the_reduced_attention_map_not_the_raw_feature():
+    from edgekd.teacher_outputs import TeacherOutputs
+
+    torch.manual_seed(0)
+    teacher = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
+    x = torch.rand(10, 1, 6, 6)
+    teacher(x[:1])
+    raw, reduced = Tap("0"), Tap("0", energy_p=2.0)
+    outputs = TeacherOutputs.prepare([teacher], [raw, reduced], x, augmented=False, key="t")
+    _, feats = outputs(torch.arange(10), x)
+    assert feats[raw.key].shape == (10, 16, 6, 6) and feats[reduced.key].shape == (10, 6, 6)  # 16x smaller
+    assert torch.allclose(feats[reduced.key], feats[raw.key].pow(2).mean(1))

@@ -8,7 +8,7 @@ from pydantic import Field
 from torch import nn
 
 from ..errors import RecipeError
-from ..features import Tap, last_linear, resolve_module
+from ..features import Tap, channel_energy, last_linear, resolve_module
 from .base import LOSSES, Batch, DistillTerm, IntermediateHeads, Params, SetupInfo, with_labels
 
 
@@ -67,11 +67,9 @@ class AttentionParams(PairParams):
     p: float = Field(2.0, gt=0.0, description="exponent of the attention map mean_c |F|^p")
 
 
-def attention_map(feature: torch.Tensor, p: float) -> torch.Tensor:
-    """Spatial attention: channel mean of ``|F|^p``, flattened and L2-normalised per sample."""
-    if feature.ndim != 4:
-        raise RecipeError(f"spatial attention needs (N, C, H, W) feature maps, got {tuple(feature.shape)}")
-    return F.normalize(feature.abs().pow(p).mean(1).flatten(1), dim=1)
+def attention_map(energy: torch.Tensor) -> torch.Tensor:
+    """Spatial attention: a ``channel_energy`` map flattened and L2-normalised per sample."""
+    return F.normalize(energy.flatten(1), dim=1)
 
 
 @LOSSES.register("spatial-attention")
@@ -85,13 +83,17 @@ class SpatialAttention(_Paired):
 
     Params = AttentionParams
 
+    def teacher_taps(self) -> list[Tap]:
+        return [Tap(t, energy_p=self.params.p) for _, t in self.params.pairs]  # the teacher's map, reduced
+
     def forward(self, b: Batch) -> torch.Tensor:
         total = b.logits.new_zeros(())
         for s, t in self.params.pairs:
-            fs, ft = b.student_features[s], b.teacher_features[t]
-            if fs.ndim == 4 and ft.ndim == 4 and fs.shape[-2:] != ft.shape[-2:]:
-                fs = F.interpolate(fs, size=ft.shape[-2:], mode="bilinear", align_corners=False)
-            total = total + (attention_map(fs, self.params.p) - attention_map(ft, self.params.p)).pow(2).sum(1).mean()
+            fs, et = b.student_features[s], b.teacher_features[Tap(t, energy_p=self.params.p).key]
+            if fs.ndim == 4 and fs.shape[-2:] != et.shape[-2:]:
+                fs = F.interpolate(fs, size=et.shape[-2:], mode="bilinear", align_corners=False)
+            es = channel_energy(fs, self.params.p)
+            total = total + (attention_map(es) - attention_map(et)).pow(2).sum(1).mean()
         return total / len(self.params.pairs)
 
 
