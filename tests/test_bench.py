@@ -76,6 +76,9 @@ def test_dynamic_dims_need_a_shape_and_a_wrong_shape_is_bad_input(tmp_path):
     assert result.exit_code == 2 and "input 'x' has dynamic dims (nx3xhxw); pass --shape" in result.output
     assert invoke("bench", model, "--shape", "1x3x16", *FAST).exit_code == 2
     assert invoke("bench", model, "--shape", "1x3xbig", *FAST).exit_code == 2
+    (tmp_path / "damaged.onnx").write_bytes(model.read_bytes()[:50])
+    damaged = invoke("bench", tmp_path / "damaged.onnx", *FAST)
+    assert damaged.exit_code == 2 and "damaged.onnx: not a readable ONNX model" in damaged.output
     out = tmp_path / "b.json"
     result = invoke("bench", model, "--target", "cpu-onnxruntime", "--target", "cpu-openvino", "--shape", "1x3x24x20",
                     *FAST, "--batch", "1", "--json", out)

@@ -97,7 +97,11 @@ def graph_input(onnx_path: Path) -> tuple[str, list[int | str]]:
     several inputs, or a non-float one, is refused: the harness feeds one seeded float tensor."""
     import onnx
 
-    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    try:
+        graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and others on a damaged file
+        raise InputError(f"{onnx_path}: not a readable ONNX model ({type(exc).__name__}: "
+                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'empty'})") from None
     weights = {t.name for t in graph.initializer}
     inputs = [i for i in graph.input if i.name not in weights]
     if len(inputs) != 1:

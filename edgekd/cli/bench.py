@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from ..errors import InputError
@@ -72,7 +73,7 @@ def _stats_table(title: str, results: list[dict[str, Any]]) -> Table:
         cov = f"{lat['cov']:.1%}" if "cov" in lat else "-"
         cold = f"{r['cold_ms']:.2f}" if r.get("cold_ms") is not None else "-"
         status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r['error']}"
-        table.add_row(r["target"], r["precision"], *nums, cov, cold, status)
+        table.add_row(r["target"], r["precision"], *nums, cov, cold, escape(status))
     return table
 
 
@@ -91,4 +92,4 @@ def _print_details(r: dict[str, Any]) -> None:
         parts.append(f"GPU compute p50 {r['device_latency_ms']['p50']:.3f} ms")
     out.print(f"{r['target']}: " + "; ".join(parts), highlight=False, markup=False)
     for w in r.get("warnings", []):
-        out.print(f"[yellow]{r['target']}: warning: {w}[/yellow]")
+        out.print(f"[yellow]{escape(r['target'])}: warning: {escape(w)}[/yellow]")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
 from rich.table import Table
 
 from ..report import measurement_notes, table_rows, targets_of
@@ -18,7 +19,7 @@ def print_report_tables(report: dict[str, Any]) -> None:
         for h in rows[0]:
             table.add_column(h, justify="left" if h in ("variant", "precision", "status") else "right")
         for row in rows:
-            table.add_row(*row.values())
+            table.add_row(*(escape(v) for v in row.values()))
         out.print(table)
     noisy = sum(len(r.get("warnings", [])) for r in report["results"])
     if noisy:
