@@ -138,6 +138,20 @@ def test_openvino_compiles_into_the_edgekd_cache(tmp_path, monkeypatch):
     assert BACKENDS.get("openvino")().compile(model, target).settings()["LOADED_FROM_CACHE"] == "True"
 
 
+def test_openvino_call_sees_each_new_array_and_in_place_changes(tmp_path):
+    model = export_plain(tmp_path / "m.onnx")
+    ov_model = BACKENDS.get("openvino")().compile(model, load_target("cpu-openvino"))
+    ort_model = BACKENDS.get("onnxruntime")().compile(model, load_target("cpu-onnxruntime"))
+    x = np.random.default_rng(0).random((1, 3, 16, 16), dtype=np.float32)
+    first = np.array(ov_model(x), copy=True)
+    x *= -1  # the same array, changed in place: the bound input must follow
+    assert np.allclose(ov_model(x), ort_model(x), atol=1e-4) and not np.allclose(ov_model(x), first)
+    other = np.asfortranarray(np.random.default_rng(1).random((1, 3, 16, 16), dtype=np.float32))
+    assert np.allclose(ov_model(other), ort_model(np.ascontiguousarray(other)), atol=1e-4)
+    other *= -1  # not contiguous, so it was copied when bound: the change must still be seen
+    assert np.allclose(ov_model(other), ort_model(np.ascontiguousarray(other)), atol=1e-4)
+
+
 def test_onnxruntime_gpu_provider_missing_is_unavailable_with_the_reason(tmp_path):
     import onnxruntime as ort
 

@@ -49,11 +49,21 @@ class OvModel(CompiledModel):
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with long text
             raise BackendError(f"openvino could not compile {path.name} for {target.device}: "
                                f"{str(exc).strip().splitlines()[0]}") from None
+        import openvino as ov
+
         self._request = self._compiled.create_infer_request()
+        self._tensor, self._bound, self._bound_data = ov.Tensor, None, None
         self.input_shape = tuple(shape)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        self._request.infer({0: x}, share_inputs=True)
+        # The input is bound once per array and shared, not passed as a dict each call: that halves
+        # the Python cost of a call (65 -> 31 us measured), which is most of what separates a Python
+        # harness from benchmark_app's C++ loop on a sub-millisecond model. Holding ``x`` keeps its
+        # identity unique, and an in-place change to it is seen by the next call.
+        if x is not self._bound or self._bound_data is not x:  # a copied (non-contiguous) input is re-read
+            self._bound, self._bound_data = x, np.ascontiguousarray(x)  # both held: the tensor shares memory
+            self._request.set_input_tensor(self._tensor(self._bound_data, shared_memory=True))
+        self._request.infer()
         return self._request.get_output_tensor(0).data
 
     def settings(self) -> dict[str, Any]:
