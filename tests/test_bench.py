@@ -195,6 +195,20 @@ def test_compress_measures_the_torch_baseline_on_its_exported_programs(tiny_teac
     assert int8["status"] == "unavailable" and "no torch.export program" in int8["error"]
 
 
+def test_bench_takes_a_pt2_program_for_torch_targets_only(tmp_path):
+    from edgekd.exporting import export_program
+
+    program = tmp_path / "m.pt2"
+    export_program(Plain().eval(), torch.randn(1, 3, 16, 16), program)
+    out = tmp_path / "b.json"
+    result = invoke("bench", program, *FAST, "--batch", "3", "--json", out)  # a .pt2 file defaults to cpu-torch
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads(out.read_text())
+    assert row["target"] == "cpu-torch" and row["status"] == "ok" and row["throughput_batch"]["ips"] > 0
+    wrong = invoke("bench", program, "--target", "cpu-openvino", *FAST)
+    assert wrong.exit_code == 2 and "target cpu-openvino (openvino) runs .onnx files, not .pt2" in wrong.output
+
+
 def test_torch_compile_runs_the_program_and_matches_eager(tmp_path):
     from edgekd.backends.torch_eager import cxx_compiler
     from edgekd.exporting import export_program
@@ -213,6 +227,7 @@ def test_torch_compile_runs_the_program_and_matches_eager(tmp_path):
     assert backend.compile(program, eager_t, (4, 3, 16, 16))(np.repeat(x, 4, 0)).shape == (4, 5)  # batch is dynamic
     with pytest.raises(InputError, match="runs .pt2"):
         backend.compile(export_plain(tmp_path / "m.onnx"), eager_t)
+
 
 
 # ---------------------------------------------------------------- TensorRT (GPU machine only)

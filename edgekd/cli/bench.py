@@ -48,7 +48,7 @@ def bench(
     from ..measure import bench as run_bench, native_commands
 
     overrides = {"warmup_runs": warmup, "runs": runs, "min_seconds": seconds, "threads": threads, "batch": batch}
-    targets = target or ["cpu-onnxruntime", "cpu-openvino"]
+    targets = target or (["cpu-torch"] if model.suffix == ".pt2" else ["cpu-onnxruntime", "cpu-openvino"])
     with handle_errors():
         if emit_native:
             for name, command in native_commands(model, targets, **overrides):
