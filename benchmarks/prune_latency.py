@@ -9,10 +9,11 @@ unpruned teacher, the stage's default loss), each a real ``edgekd compress`` run
 3. uniform at the MACs of (2), the ratio found by bisection, so (2) and (3) cost the same FLOPs.
 
 Latency is then re-measured side by side in this one process: the FP32 ONNX files of the teacher and
-of the three students compiled on OpenVINO, timed in interleaved rounds (the lowest of the rounds' p50s:
-a co-tenant only adds time), so machine noise hits all of them alike. Accuracy is each file's on OpenVINO (report.json). The budget
-is judged twice: in ms, and as a fraction of the teacher's latency in the same rounds (which cancels
-the drift of a shared 2-core machine between the stage's timing and the side-by-side one).
+of the three students compiled on OpenVINO, timed in interleaved rounds (the lowest of the rounds'
+p50s: a co-tenant only adds time), so machine noise hits all of them alike. Accuracy is each file's
+on OpenVINO (report.json). The budget is judged twice: in ms, and as a fraction of the teacher's
+latency in the same rounds (which cancels the drift of a shared 2-core machine between the stage's
+timing and the side-by-side one).
 
     python benchmarks/prune_latency.py                 # about 6 minutes on 2 cores
     python benchmarks/prune_latency.py --budget 0.4 --epochs 5

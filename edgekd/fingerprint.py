@@ -33,7 +33,9 @@ def _cpuinfo() -> list[str]:
 def cpu_description() -> dict[str, Any]:
     """CPU model, the ISA flags that decide which kernels run, and core/thread counts."""
     lines = _cpuinfo()
-    field = lambda key: next((ln.split(":", 1)[1].strip() for ln in lines if ln.split(":")[0].strip() == key), None)  # noqa: E731
+    def field(key: str) -> str | None:
+        return next((ln.split(":", 1)[1].strip() for ln in lines if ln.split(":")[0].strip() == key), None)
+
     flags = set((field("flags") or field("Features") or "").split())
     cores = {(ln_p, ln_c) for ln_p, ln_c in zip(
         [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("physical id")],

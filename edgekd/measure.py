@@ -36,8 +36,9 @@ class BackendPool:
 def measure(onnx_path: Path, variant: str, precision: str, target: Target, pool: BackendPool,
             x_eval: np.ndarray | None = None, y_eval: np.ndarray | None = None,
             reference: np.ndarray | None = None, shape: tuple[int, ...] | None = None) -> dict[str, Any]:
-    """Latency (at the file's input shape, or ``shape``), and with data accuracy; with ``reference`` (the torch model's logits on ``x_eval``) also
-    the parity of this backend's outputs with it: how the runtime's own kernels change the result.
+    """Latency (at the file's input shape, or ``shape``), and with data accuracy; with ``reference``
+    (the torch model's logits on ``x_eval``) also the parity of this backend's outputs with it: how
+    the runtime's own kernels change the result.
 
     The order matters: the peak-RSS mark is reset before compiling, so ``peak_rss_mb`` is the peak while
     this session was built and timed (the process's baseline, ``rss_before_mb``, included); the first
