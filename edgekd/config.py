@@ -300,6 +300,8 @@ class ExportConfig(Strict):
     fp32_atol: float = Field(1e-4, gt=0.0)
     fp32_rtol: float = Field(1e-3, ge=0.0)
     int8_min_top1_agreement: float = Field(0.97, ge=0.0, le=1.0)
+    torch_program: bool | None = Field(None, description="also save each FP32 variant as a torch.export "
+                                                         "program (.pt2); default: when a torch target is in the run")
 
 
 StageSpec = Annotated[Union[PruneConfig, DistillConfig, QuantizeConfig, ExportConfig], Field(discriminator="stage")]

@@ -33,6 +33,7 @@ from .progress import console
 from .report import write_report
 from .stages import STAGES, StageContext
 from .stages.distill import check_loss_names
+from .stages.export import resolve_torch_program
 from .stages.quantize import resolve_input_quant
 from .training import accuracy
 
@@ -106,7 +107,7 @@ def compress(checkpoint: str | Path | None = None, *, arch: str | None = None, r
         changes["targets"] = list(targets)
     rec = recipe_with(rec, **changes) if changes else rec
     target_objs = [load_target(t) for t in rec.targets]
-    rec = resolve_input_quant(rec, target_objs)
+    rec = resolve_torch_program(resolve_input_quant(rec, target_objs), target_objs)
     budget_obj = budget if isinstance(budget, Budget) or budget is None else load_budget(budget)
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and not ckpt.is_file():
@@ -239,12 +240,11 @@ def _measure_all(run_dir: Path, models: dict[str, Artifact], targets: list[Targe
             console.print(f"measure {name} on {target.name} ({target.backend}, {target.device})")
             ref = art.meta.get("reference_logits")
             reference = np.load(ref) if ref and Path(ref).is_file() else None
-            if BACKENDS.get(target.backend).file_suffix == ".pt2":  # the torch baseline runs the program
-                if not art.meta.get("program"):
-                    result = empty_result(name, art.precision, target, None, f"{name} has no torch.export program "
-                                                                             f"(the torch baseline runs FP32 variants)")
-                else:
-                    result = measure(run_dir / art.meta["program"], name, art.precision, target, pool, x, y, reference)
+            suffix = BACKENDS.get(target.backend).file_suffix  # the torch baseline runs the .pt2 program
+            path = {".onnx": art.path, ".pt2": art.meta.get("program")}.get(suffix)
+            if path is None:
+                result = empty_result(name, art.precision, target, None, f"{name} has no {suffix} file "
+                                                                         f"(torch programs are made for FP32 variants)")
             else:
-                result = measure(run_dir / art.path, name, art.precision, target, pool, x, y, reference)
+                result = measure(run_dir / path, name, art.precision, target, pool, x, y, reference)
             write_json(run_dir / "measurements" / f"{name}@{target.name}.json", result)

@@ -102,21 +102,24 @@ def _trainable(model: nn.Module) -> None:
         p.requires_grad_(True)
 
 
+def _attentions(model: nn.Module) -> list[nn.Module]:
+    """timm-style attention modules: a ``qkv`` Linear and an int ``num_heads``."""
+    return [m for m in model.modules()
+            if isinstance(getattr(m, "qkv", None), nn.Linear) and isinstance(getattr(m, "num_heads", None), int)]
+
+
 def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
-    """``{qkv layer: number of heads}`` for every timm-style attention (a module with a ``qkv`` Linear
-    and an int ``num_heads``): Torch-Pruning then removes the same dims from every head, so the
-    ``reshape(B, N, 3, heads, head_dim)`` still holds."""
-    return {m.qkv: m.num_heads for m in model.modules()
-            if isinstance(getattr(m, "qkv", None), nn.Linear) and isinstance(getattr(m, "num_heads", None), int)}
+    """``{qkv layer: number of heads}`` for every attention: Torch-Pruning then removes the same dims
+    from every head, so the ``reshape(B, N, 3, heads, head_dim)`` still holds."""
+    return {m.qkv: m.num_heads for m in _attentions(model)}
 
 
 def _sync_attention(model: nn.Module) -> None:
     """After head dims were removed, the attention modules' own bookkeeping must follow the weights."""
-    for m in model.modules():
-        if isinstance(getattr(m, "qkv", None), nn.Linear) and isinstance(getattr(m, "num_heads", None), int):
-            m.head_dim = m.qkv.out_features // (3 * m.num_heads)
-            if hasattr(m, "attn_dim"):
-                m.attn_dim = m.num_heads * m.head_dim
+    for m in _attentions(model):
+        m.head_dim = m.qkv.out_features // (3 * m.num_heads)
+        if hasattr(m, "attn_dim"):
+            m.attn_dim = m.num_heads * m.head_dim
 
 
 def _first_line(exc: Exception) -> str:
@@ -266,6 +269,7 @@ def apply_channel_plan(model: nn.Module, example: torch.Tensor, plan: dict[str, 
     with traceable(model), torch.enable_grad():  # traced through autograd, also when called under no_grad
         dg = tp.DependencyGraph().build_dependency(model, example_inputs=example)
         modules = dict(model.named_modules())
+        qkv_heads = attention_heads(model)
         for name, target in plan.items():
             m = modules.get(name)
             if m is None:
@@ -276,7 +280,7 @@ def apply_channel_plan(model: nn.Module, example: torch.Tensor, plan: dict[str, 
             if current < target:
                 raise StageError(f"channel plan wants {target} channels in {name!r}, which has only {current}")
             fn = tp.prune_conv_out_channels if isinstance(m, nn.Conv2d) else tp.prune_linear_out_channels
-            heads = attention_heads(model).get(m)
+            heads = qkv_heads.get(m)
             if heads:  # the same dims from every head's chunk, as the pruner removed them
                 size, keep = current // heads, target // heads
                 idxs = [h * size + j for h in range(heads) for j in range(keep, size)]

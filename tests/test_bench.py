@@ -192,7 +192,12 @@ def test_compress_measures_the_torch_baseline_on_its_exported_programs(tiny_teac
         assert on_torch["accuracy"] == pytest.approx(on_ort["accuracy"], abs=1e-9)  # same graph, same answers
         assert on_torch["parity"]["top1_agreement"] == 1.0
     int8 = rows[("student-int8", "tiny-torch")]
-    assert int8["status"] == "unavailable" and "no torch.export program" in int8["error"]
+    assert int8["status"] == "unavailable" and "student-int8 has no .pt2 file" in int8["error"]
+
+
+def test_no_torch_program_is_written_when_no_torch_target_runs(tiny_run):
+    assert not list((tiny_run / "models").glob("*.pt2"))  # torch.export costs seconds a variant: only on demand
+    assert "torch_program: false" in (tiny_run / "recipe.resolved.yaml").read_text()
 
 
 def test_bench_takes_a_pt2_program_for_torch_targets_only(tmp_path):

@@ -102,6 +102,12 @@ def graph_input(onnx_path: Path) -> tuple[str, list[int | str]]:
     except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and others on a damaged file
         raise InputError(f"{onnx_path}: not a readable ONNX model ({type(exc).__name__}: "
                          f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'empty'})") from None
+    return _single_input(graph, onnx_path)
+
+
+def _single_input(graph: Any, onnx_path: Path) -> tuple[str, list[int | str]]:
+    import onnx
+
     weights = {t.name for t in graph.initializer}
     inputs = [i for i in graph.input if i.name not in weights]
     if len(inputs) != 1:
@@ -115,20 +121,21 @@ def graph_input(onnx_path: Path) -> tuple[str, list[int | str]]:
                             for d in inputs[0].type.tensor_type.shape.dim]
 
 
-def resolve_shape(onnx_path: Path, shape: tuple[int, ...] | None) -> tuple[int, ...]:
-    """The input shape to run: ``shape`` when given (same rank as the file's input), else the file's
-    own, with a symbolic batch dim taken as 1; other symbolic dims need ``shape`` (``--shape``)."""
+def resolve_shape(onnx_path: Path, shape: tuple[int, ...] | None) -> tuple[tuple[int, ...], bool]:
+    """(the input shape to run, whether the file must be re-declared for it). The shape is ``shape``
+    when given (same rank as the file's input), else the file's own, with a symbolic batch dim taken
+    as 1; other symbolic dims need ``shape`` (``--shape``)."""
     name, dims = graph_input(onnx_path)
     if shape is not None:
         if len(shape) != len(dims):
             raise InputError(f"{onnx_path}: --shape {'x'.join(map(str, shape))} has rank {len(shape)}; input "
                              f"{name!r} has rank {len(dims)} ({'x'.join(map(str, dims))})")
-        return tuple(shape)
+        return tuple(shape), list(shape) != dims
     resolved = [1 if i == 0 and not isinstance(d, int) else d for i, d in enumerate(dims)]
     if any(not isinstance(d, int) or d <= 0 for d in resolved):
         raise InputError(f"{onnx_path}: input {name!r} has dynamic dims ({'x'.join(map(str, dims))}); "
                          f"pass --shape, e.g. --shape 1x3x224x224")
-    return tuple(resolved)
+    return tuple(resolved), resolved != dims
 
 
 def reshaped_onnx(onnx_path: Path, shape: tuple[int, ...]) -> bytes:
@@ -140,7 +147,7 @@ def reshaped_onnx(onnx_path: Path, shape: tuple[int, ...]) -> bytes:
     from onnx.tools.update_model_dims import update_inputs_outputs_dims
 
     model = onnx.load(str(onnx_path))
-    name, _ = graph_input(onnx_path)
+    name, _ = _single_input(model.graph, onnx_path)
     outputs = {o.name: [shape[0]] + [d.dim_value if d.HasField("dim_value") else (d.dim_param or f"{o.name}_{i}")
                                      for i, d in enumerate(o.type.tensor_type.shape.dim)][1:]
                for o in model.graph.output}

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..config import Target
 from ..errors import BackendError, BackendUnavailable
-from .base import Backend, Capabilities, CompiledModel, graph_input, reshaped_onnx, resolve_shape
+from .base import Backend, Capabilities, CompiledModel, reshaped_onnx, resolve_shape
 
 PROVIDERS = {"CPU": ["CPUExecutionProvider"],
              "CUDA": ["CUDAExecutionProvider", "CPUExecutionProvider"],
@@ -39,13 +39,13 @@ def session_options(target: Target) -> Any:
 
 
 class OrtModel(CompiledModel):
-    def __init__(self, path: Path, target: Target, shape: tuple[int, ...]) -> None:
+    def __init__(self, path: Path, target: Target, shape: tuple[int, ...], reshape: bool) -> None:
         import onnxruntime as ort
 
         self._path, self._target = path, target
         self._opts = session_options(target)
         providers = PROVIDERS[target.device.upper()]
-        source = str(path) if list(shape) == graph_input(path)[1] else reshaped_onnx(path, shape)
+        source = reshaped_onnx(path, shape) if reshape else str(path)
         try:
             self._sess = ort.InferenceSession(source, self._opts, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
@@ -109,7 +109,7 @@ class OnnxRuntimeBackend(Backend):
             raise BackendUnavailable(f"target {target.name}: this onnxruntime build has no {wanted} "
                                      f"(has {', '.join(ort.get_available_providers())}; device {target.device} "
                                      f"needs onnxruntime-gpu and an NVIDIA GPU)")
-        return OrtModel(onnx_path, target, resolve_shape(onnx_path, shape))
+        return OrtModel(onnx_path, target, *resolve_shape(onnx_path, shape))
 
     def native_command(self, onnx_path: Path, target: Target) -> str:
         """onnxruntime_perf_test (built from the ONNX Runtime sources; not in the wheel)."""

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..config import Target
 from ..errors import BackendError
-from .base import Backend, Capabilities, CompiledModel, graph_input, resolve_shape
+from .base import Backend, Capabilities, CompiledModel, resolve_shape
 
 COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Gemm")
 HINT_TO_PRECISION = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
@@ -38,10 +38,10 @@ def compile_config(target: Target) -> dict[str, Any]:
 
 
 class OvModel(CompiledModel):
-    def __init__(self, core: Any, path: Path, target: Target, shape: tuple[int, ...]) -> None:
+    def __init__(self, core: Any, path: Path, target: Target, shape: tuple[int, ...], reshape: bool) -> None:
         try:
             model = core.read_model(str(path))
-            if list(shape) != graph_input(path)[1]:
+            if reshape:
                 model.reshape({0: list(shape)})
             config = compile_config(target)
             self._cache_dir = config.get("CACHE_DIR")
@@ -125,7 +125,7 @@ class OpenVINOBackend(Backend):
         if target.device.split(".")[0] not in available:
             raise BackendError(f"target {target.name}: openvino device {target.device!r} not present; "
                                f"here: {', '.join(available)}")
-        return OvModel(self._core, onnx_path, target, resolve_shape(onnx_path, shape))
+        return OvModel(self._core, onnx_path, target, *resolve_shape(onnx_path, shape))
 
     def native_command(self, onnx_path: Path, target: Target) -> str:
         """benchmark_app (installed with the openvino wheel), synchronous batch-1 calls like edgekd's.

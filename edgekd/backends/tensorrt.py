@@ -27,7 +27,7 @@ import numpy as np
 from ..config import Target
 from ..errors import BackendError, BackendUnavailable
 from ..fileio import write_bytes, write_json
-from .base import Backend, Capabilities, CompiledModel, graph_input, reshaped_onnx, resolve_shape
+from .base import Backend, Capabilities, CompiledModel, reshaped_onnx, resolve_shape
 
 COMPUTE_LAYER_WORDS = ("Convolution", "Gemm", "MatrixMultiply", "FullyConnected")
 
@@ -87,12 +87,12 @@ def build_engine(onnx_bytes: bytes, name: str, target: Target, logger: Any) -> t
 
 
 class TrtModel(CompiledModel):
-    def __init__(self, path: Path, target: Target, shape: tuple[int, ...]) -> None:
+    def __init__(self, path: Path, target: Target, shape: tuple[int, ...], reshape: bool) -> None:
         import tensorrt as trt
         import torch
 
         logger = trt.Logger(trt.Logger.WARNING)
-        onnx_bytes = path.read_bytes() if list(shape) == graph_input(path)[1] else reshaped_onnx(path, shape)
+        onnx_bytes = reshaped_onnx(path, shape) if reshape else path.read_bytes()
         engine_path = _cache_dir() / f"{path.stem}-{engine_key(onnx_bytes, target)}.engine"
         self.engine_cached = target.cache and engine_path.is_file() and engine_path.with_suffix(".json").is_file()
         if self.engine_cached:
@@ -189,7 +189,7 @@ class TensorRTBackend(Backend):
         ok, reason = self.availability()
         if not ok:
             raise BackendUnavailable(reason)
-        return TrtModel(onnx_path, target, resolve_shape(onnx_path, shape))
+        return TrtModel(onnx_path, target, *resolve_shape(onnx_path, shape))
 
     def native_command(self, onnx_path: Path, target: Target) -> str:
         """trtexec with the same precision, workspace and timing as edgekd's harness."""

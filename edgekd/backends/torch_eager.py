@@ -57,7 +57,6 @@ class TorchModel(CompiledModel):
         self._compiled = target.torch_compile
         if self._compiled:
             self._module = torch.compile(self._module)
-        self._threads = target.threads
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         import torch

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from ..artifact import Artifact, config_hash, count_params_macs, onnx_size_bytes
-from ..config import ExportConfig
+from ..backends import BACKENDS
+from ..config import ExportConfig, Recipe, Target
 from ..errors import StageError
 from ..exporting import export_fp32, export_program
 from ..progress import console
@@ -28,6 +29,16 @@ from ..parity import parity
 from ..quantization import INPUT_NAME, export_qdq
 from ..training import predict_logits
 from .base import STAGES, StageContext
+
+
+def resolve_torch_program(recipe: Recipe, targets: list[Target]) -> Recipe:
+    """Settle ``torch_program`` before any stage runs: programs are written only when a torch target
+    will run them (a torch.export costs seconds per variant), and the choice lands in
+    recipe.resolved.yaml and in the stage's resume key."""
+    wanted = any(BACKENDS.get(t.backend).file_suffix == ".pt2" for t in targets)
+    stages = [s.model_copy(update={"torch_program": wanted}) if isinstance(s, ExportConfig) and s.torch_program is None
+              else s for s in recipe.stages]
+    return recipe.model_copy(update={"stages": stages})
 
 
 @STAGES.register("export")
@@ -53,7 +64,7 @@ def export(variants: dict[str, Artifact], cfg: ExportConfig, ctx: StageContext) 
             n = cfg.parity_samples
             checked = compare_with_torch(tmp, logits[:n], ctx.splits.x_test[:n], art.precision, cfg, name)
         program = None
-        if art.precision != "int8":  # the torch baseline runs the float graph; INT8 is the runtimes' job
+        if cfg.torch_program and art.precision != "int8":  # the torch baseline runs the float graph
             program = ctx.stage_dir / f"{name}.pt2"
             try:
                 with atomic_path(program) as tmp:
