@@ -4,6 +4,11 @@
 ``--arch``. A pickled whole module or a TorchScript file can run arbitrary code when loaded, so it
 loads only with ``--trust-checkpoint`` (recorded in the manifest); without it the error names the
 unsafe globals found in the file and nothing from the file has executed.
+
+``torch.export`` programs (``.pt2``) come through here too (``load_exported_program``): torch itself
+unpickles parts of such an archive with ``weights_only=False`` (sample inputs, pickled weights and
+constants), so every pickle inside is read as opcodes first and the archive is refused, naming what
+it would import, unless it references only what ``weights_only`` allows or the user trusts it.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+import io
 import pickletools
 import zipfile
 from dataclasses import dataclass
@@ -186,20 +192,90 @@ def _unsafe_globals(path: Path) -> list[str]:
             return torch.serialization.get_unsafe_globals_in_checkpoint(str(path))
         except Exception:  # noqa: BLE001
             return []
-    found: list[str] = []
+    return sorted(pickle_globals(path.read_bytes()))
+
+
+def pickle_globals(data: bytes) -> set[str]:
+    """The globals (``module.name``) a pickle would import, read as opcodes, never executed. A pickle
+    that stops parsing part way still reports what came before the break (the part that would run)."""
+    found: set[str] = set()
     strings: list[str] = []
     try:
-        with open(path, "rb") as f:
-            for op, arg, _ in pickletools.genops(f):
-                if op.name == "GLOBAL":
-                    found.append(str(arg).replace(" ", "."))
-                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
-                    found.append(f"{strings[-2]}.{strings[-1]}")
-                elif isinstance(arg, str):
-                    strings.append(arg)
-    except Exception:  # noqa: BLE001 - a truncated or foreign file: report what was found
+        for op, arg, _ in pickletools.genops(io.BytesIO(data)):
+            if op.name in ("GLOBAL", "INST"):
+                found.add(str(arg).replace(" ", "."))
+            elif op.name == "STACK_GLOBAL":
+                found.add(f"{strings[-2]}.{strings[-1]}" if len(strings) >= 2 else "<computed global>")
+            elif isinstance(arg, str):
+                strings.append(arg)
+    except Exception:  # noqa: BLE001 - raw tensor bytes or a truncated pickle: report what was found
         pass
-    return sorted(set(found))
+    return found
+
+
+def _weights_only_globals() -> set[str]:
+    """What ``torch.load(weights_only=True)`` accepts: torch's built-in allow-list plus the user's
+    ``torch.serialization.add_safe_globals``. Empty if torch moves its private list (then every
+    global is refused: the safe direction)."""
+    from torch import _weights_only_unpickler as wo
+
+    allowed = set(getattr(wo, "_get_allowed_globals", dict)())
+    for g in torch.serialization.get_safe_globals():
+        obj = g[0] if isinstance(g, tuple) else g
+        allowed.add(f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', getattr(obj, '__name__', ''))}")
+    return allowed
+
+
+NATIVE_SUFFIXES = (".so", ".dll", ".dylib", ".pyd")
+
+
+def archive_unsafe_globals(data: bytes, where: str = "") -> list[str]:
+    """Everything in a zip archive (a ``.pt2`` program, a ``torch.save`` file, nested in each other)
+    that could run code when torch opens it: native libraries, and globals beyond ``weights_only``'s
+    allow-list in any member that parses as a pickle. Raw tensor bytes parse as nothing and add nothing."""
+    allowed = _weights_only_globals()
+    unsafe: set[str] = set()
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        for name in zf.namelist():
+            member = zf.read(name)
+            label = f"{where}{name}"
+            if name.lower().endswith(NATIVE_SUFFIXES):
+                unsafe.add(f"native library {label}")
+            elif zipfile.is_zipfile(io.BytesIO(member)):
+                unsafe.update(archive_unsafe_globals(member, f"{label}/"))
+            else:
+                unsafe.update(f"{g} (in {label})" for g in pickle_globals(member) if g not in allowed)
+    return sorted(unsafe)
+
+
+def checked_program_bytes(path: str | Path, *, trust: bool = False) -> bytes:
+    """A ``.pt2`` file's bytes once nothing in them can run code (or the user trusts them), else a
+    ``CheckpointError`` naming what would run."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: program file not found")
+    data = path.read_bytes()
+    if not zipfile.is_zipfile(io.BytesIO(data)):
+        raise CheckpointError(f"{path}: not a torch.export program (.pt2 files are zip archives)")
+    if not trust:
+        unsafe = archive_unsafe_globals(data)
+        if unsafe:
+            shown = ", ".join(unsafe[:5]) + (f" and {len(unsafe) - 5} more" if len(unsafe) > 5 else "")
+            raise CheckpointError(f"{path}: refusing to load a program that can run code when opened ({shown}); "
+                                  f"pass --trust-checkpoint if you trust its source")
+    return data
+
+
+def load_exported_program(path: str | Path, *, trust: bool = False) -> Any:
+    """A ``torch.export`` program (``.pt2``) through the same gate as every checkpoint. The bytes
+    checked are the bytes loaded (read once), so the file cannot change between check and load."""
+    data = checked_program_bytes(path, trust=trust)
+    try:
+        return torch.export.load(io.BytesIO(data))
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad archive
+        text = str(exc).strip()
+        raise CheckpointError(f"{path}: torch could not load this program "
+                              f"({text.splitlines()[0] if text else type(exc).__name__})") from None
 
 
 def _find_state_dict(path: Path, obj: Any) -> dict[str, torch.Tensor]:

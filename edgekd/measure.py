@@ -22,14 +22,16 @@ from .errors import BackendUnavailable, EdgekdError, InputError
 
 
 class BackendPool:
-    """One backend instance per name for a whole run (OpenVINO's Core is costly to create)."""
+    """One backend instance per name for a whole run (OpenVINO's Core is costly to create).
+    ``trust_checkpoint`` is the user's --trust-checkpoint, handed to every backend it makes."""
 
-    def __init__(self) -> None:
+    def __init__(self, trust_checkpoint: bool = False) -> None:
         self._backends: dict[str, Backend] = {}
+        self._trust = trust_checkpoint
 
     def get(self, name: str) -> Backend:
         if name not in self._backends:
-            self._backends[name] = BACKENDS.get(name)()
+            self._backends[name] = BACKENDS.get(name)(trust_checkpoint=self._trust)
         return self._backends[name]
 
 
@@ -171,12 +173,14 @@ def bench_targets(targets: list[str], **overrides: Any) -> list[Target]:
 
 
 def bench(model: str | Path, targets: list[str], *, shape: tuple[int, ...] | None = None,
-          **overrides: Any) -> list[dict[str, Any]]:
+          trust_checkpoint: bool = False, **overrides: Any) -> list[dict[str, Any]]:
     """Latency statistics of one ONNX file on each target (no accuracy: a bare file comes with no data).
 
     ``overrides``: ``threads`` and any ``LatencySpec`` key (``warmup_runs``, ``runs``, ``min_seconds``,
-    ``batch``), applied to every target."""
+    ``batch``), applied to every target. A ``.pt2`` program that could run code when opened is refused
+    (exit 2) before any target loads it, unless ``trust_checkpoint``."""
     from .backends.base import resolve_shape
+    from .checkpoint import checked_program_bytes
 
     path = Path(model)
     if not path.is_file():
@@ -189,8 +193,10 @@ def bench(model: str | Path, targets: list[str], *, shape: tuple[int, ...] | Non
                              f"(run 'edgekd compress' to make both)")
     if path.suffix == ".onnx":
         resolve_shape(path, shape)  # a wrong --shape or an unsized dynamic input is the user's to fix: exit 2
+    elif path.suffix == ".pt2" and not trust_checkpoint:
+        checked_program_bytes(path)  # a refusal is the user's input error (exit 2), not a failed row
     precision = file_precision(path) if path.suffix == ".onnx" else "fp32"
-    pool = BackendPool()
+    pool = BackendPool(trust_checkpoint)
     return [measure(path, path.stem, precision, t, pool, shape=shape) for t in resolved]
 
 

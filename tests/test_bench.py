@@ -214,6 +214,68 @@ def test_bench_takes_a_pt2_program_for_torch_targets_only(tmp_path):
     assert wrong.exit_code == 2 and "target cpu-openvino (openvino) runs .onnx files, not .pt2" in wrong.output
 
 
+class _Planted:
+    """Unpickling this runs ``touch MARKER``: what a hostile .pt2 hides in its pickles."""
+
+    def __init__(self, marker) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def plant_pt2(clean, planted, marker, member_suffix: str) -> None:
+    """Copy the program ``clean`` to ``planted`` with the member ending ``member_suffix`` replaced by a
+    torch.save file whose pickle runs a command."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    torch.save({"x": _Planted(marker)}, buf)
+    with zipfile.ZipFile(clean) as src, zipfile.ZipFile(planted, "w") as dst:
+        names = src.namelist()
+        assert any(n.endswith(member_suffix) for n in names), names
+        for name in names:
+            dst.writestr(name, buf.getvalue() if name.endswith(member_suffix) else src.read(name))
+
+
+def test_bench_refuses_a_planted_pt2_without_running_it(tmp_path):
+    """Issue 14.1: torch.export.load unpickles a program's sample inputs with weights_only=False; a
+    planted one ran code under `edgekd bench`. Now nothing runs and the refusal names the global."""
+    from edgekd.checkpoint import load_exported_program
+    from edgekd.errors import CheckpointError
+    from edgekd.exporting import export_program
+
+    clean, evil, marker = tmp_path / "m.pt2", tmp_path / "evil.pt2", tmp_path / "PWNED"
+    export_program(Plain().eval(), torch.randn(1, 3, 16, 16), clean)
+    plant_pt2(clean, evil, marker, "sample_inputs/model.pt")
+    before = evil.read_bytes()
+
+    result = invoke("bench", evil, *FAST)
+    assert result.exit_code == 2, result.output
+    assert "refusing to load a program that can run code" in result.output and "system" in result.output
+    assert "--trust-checkpoint" in result.output and "Traceback" not in result.output
+    with pytest.raises(CheckpointError, match="system"):
+        bench(evil, ["cpu-torch"])
+    with pytest.raises(CheckpointError, match="system"):  # the backend itself loads only through the gate
+        BACKENDS.get("torch")().compile(evil, load_target("cpu-torch"))
+    assert not marker.exists() and evil.read_bytes() == before
+    assert load_exported_program(clean) is not None  # a program torch.export wrote passes the gate untouched
+
+
+def test_bench_runs_a_planted_pt2_only_with_trust_checkpoint(tmp_path):
+    """The opt-in is explicit: --trust-checkpoint loads what the user vouches for (and so runs it)."""
+    from edgekd.exporting import export_program
+
+    clean, evil, marker = tmp_path / "m.pt2", tmp_path / "evil.pt2", tmp_path / "PWNED"
+    export_program(Plain().eval(), torch.randn(1, 3, 16, 16), clean)
+    plant_pt2(clean, evil, marker, "sample_inputs/model.pt")
+    invoke("bench", evil, *FAST, "--trust-checkpoint")
+    assert marker.exists()
+
+
 def test_torch_compile_runs_the_program_and_matches_eager(tmp_path):
     from edgekd.backends.torch_eager import cxx_compiler
     from edgekd.exporting import export_program

@@ -65,6 +65,11 @@ class Backend(ABC):
     capabilities: Capabilities
     file_suffix: str = ".onnx"  # the exported file this backend runs
 
+    def __init__(self, *, trust_checkpoint: bool = False) -> None:
+        # Whether a file this backend opens may run code from itself (only torch programs can): the
+        # user's --trust-checkpoint, never a target's setting.
+        self.trust_checkpoint = trust_checkpoint
+
     @abstractmethod
     def availability(self) -> tuple[bool, str]:
         """(True, version) when the runtime can run here, else (False, the reason)."""

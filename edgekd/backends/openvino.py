@@ -104,7 +104,8 @@ class OpenVINOBackend(Backend):
     pip_extra = ""
     capabilities = Capabilities(devices=("CPU", "GPU"), options=("precision_hint", "streams", "pinning", "cache"))
 
-    def __init__(self) -> None:
+    def __init__(self, *, trust_checkpoint: bool = False) -> None:
+        super().__init__(trust_checkpoint=trust_checkpoint)
         self._core: Any = None
 
     def availability(self) -> tuple[bool, str]:

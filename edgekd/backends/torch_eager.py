@@ -2,7 +2,9 @@
 works (``torch_compile: true``; a model it cannot compile fails with the compiler's reason).
 
 It runs ``.pt2`` files (``torch.export`` programs, which ``edgekd compress`` writes beside each FP32
-ONNX file), so it too sees only exported artifacts. ``threads`` sets ``torch.set_num_threads``, which
+ONNX file), so it too sees only exported artifacts. A ``.pt2`` archive can carry pickles that torch
+opens with ``weights_only=False``, so programs load only through ``checkpoint.load_exported_program``
+(refused without ``--trust-checkpoint`` when anything in them could run code). ``threads`` sets ``torch.set_num_threads``, which
 is process-wide: a torch target changes it for whatever runs after it in the same process.
 """
 
@@ -14,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ..config import Target
-from ..errors import BackendError, BackendUnavailable, InputError
+from ..errors import BackendUnavailable, InputError
 from .base import Backend, Capabilities, CompiledModel
 
 
@@ -36,14 +38,13 @@ def program_input_dims(program: Any) -> list[int | str]:
 
 
 class TorchModel(CompiledModel):
-    def __init__(self, path: Path, target: Target, shape: tuple[int, ...] | None) -> None:
+    def __init__(self, path: Path, target: Target, shape: tuple[int, ...] | None, trust: bool) -> None:
         import torch
 
+        from ..checkpoint import load_exported_program
+
+        program = load_exported_program(path, trust=trust)
         torch.set_num_threads(target.threads)
-        try:
-            program = torch.export.load(str(path))
-        except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad archive
-            raise BackendError(f"torch could not load {path.name}: {str(exc).strip().splitlines()[0]}") from None
         dims = program_input_dims(program)
         if shape is None:
             shape = tuple(1 if i == 0 and isinstance(d, str) else d for i, d in enumerate(dims))
@@ -103,7 +104,7 @@ class TorchBackend(Backend):
                                      f"(g++ or clang++ on PATH, or $CXX); none found")
         if onnx_path.suffix != self.file_suffix:
             raise InputError(f"target {target.name}: the torch backend runs .pt2 (torch.export) files; got {onnx_path.name}")
-        return TorchModel(onnx_path, target, shape)
+        return TorchModel(onnx_path, target, shape, self.trust_checkpoint)
 
     def native_command(self, onnx_path: Path, target: Target) -> str:
         """torch ships no benchmark tool of its own: edgekd's harness is the reference here."""

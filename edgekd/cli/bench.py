@@ -42,6 +42,8 @@ def bench(
                                               "command (benchmark_app, trtexec, onnxruntime_perf_test) "
                                               "with the same settings.")] = False,
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the measurements here as JSON.")] = None,
+    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Allow a .pt2 program whose "
+                                                   "pickles could run code when torch opens it.")] = False,
 ) -> None:
     """Measure one ONNX file on each target: latency statistics, cold start, throughput, memory."""
     from ..fileio import write_json
@@ -53,7 +55,7 @@ def bench(
         if emit_native:
             for name, command in native_commands(model, targets, **overrides):
                 out.print(f"# {name}\n{command}", highlight=False, markup=False, soft_wrap=True)
-        results = run_bench(model, targets, shape=parse_shape(shape), **overrides)
+        results = run_bench(model, targets, shape=parse_shape(shape), trust_checkpoint=trust_checkpoint, **overrides)
         if json_path is not None:
             write_json(json_path, results)
     out.print(_stats_table(model.name, results))
