@@ -28,9 +28,10 @@ from edgekd.data import build_splits
 from edgekd.default import ARCH, default_teacher
 from edgekd.fileio import atomic_path
 from edgekd.losses import LOSSES
-from edgekd.objective import Objective, build_objective
+from edgekd.train.objective import Objective, build_objective
 from edgekd.pruning import uniform_width
-from edgekd.training import accuracy, fit
+from edgekd.train.evaluate import accuracy
+from edgekd.train.loop import fit
 from edgekd.zoo import TinyCNN
 
 # Module names of DigitsCNN: features.6 / .13 are the ReLU outputs at 16x16 and 8x8, .10 the 8x8 one before.
@@ -95,7 +96,7 @@ def main() -> None:
                                in_channels=splits.input_shape[0]).model.eval().requires_grad_(False)
 
     print(f"second teacher (tiny_cnn) test accuracy "
-          f"{accuracy(load_extra(str(second), 'edgekd:tiny_cnn'), splits.x_test, splits.y_test):.4f}")
+          f"{accuracy(load_extra(str(second), 'edgekd:tiny_cnn'), splits, 'test'):.4f}")
 
     methods = args.methods.split(",")
     rows = []
@@ -103,7 +104,7 @@ def main() -> None:
         accs, epoch_seconds = [], []
         for seed in range(args.seeds):
             torch.manual_seed(seed)
-            student = uniform_width(teacher, splits.x_train[:1], recipe.student.width or 0.5, splits.num_classes,
+            student = uniform_width(teacher, splits.example(1), recipe.student.width or 0.5, splits.num_classes,
                                     keep_weights=init == "pruned")
             terms = [LossTerm.model_validate(json.loads(json.dumps(t).replace("SECOND", str(second))))
                      for t in METHODS[method]]
@@ -117,14 +118,14 @@ def main() -> None:
                          weight_decay=distill_cfg.weight_decay, batch_size=recipe.data.batch_size, seed=seed,
                          label=f"{method} seed {seed}")
             wall = time.perf_counter() - began
-            accs.append(accuracy(student, splits.x_test, splits.y_test))
+            accs.append(accuracy(student, splits, "test"))
             epoch_seconds.append(statistics.median(h["seconds"] for h in result.history))
             print(f"{method:18s} seed {seed}: test {accs[-1]:.4f}, {epoch_seconds[-1]:.2f} s/epoch "
                   f"(wall {wall:.1f} s incl. teacher outputs and validation)", flush=True)
         rows.append((method, accs, statistics.mean(epoch_seconds)))
 
     base = dict((m, s) for m, _, s in rows).get("no-kd")
-    teacher_acc = accuracy(teacher, splits.x_test, splits.y_test)
+    teacher_acc = accuracy(teacher, splits, "test")
     print(f"\nteacher test accuracy {teacher_acc:.4f}; student = default recipe's (width "
           f"{recipe.student.width}, init {init}); {epochs} epochs; seeds 0..{args.seeds - 1}\n")
     print("| method | loss terms | test accuracy (mean ± std) | s/epoch | epoch time vs no-KD |")

@@ -52,7 +52,7 @@ def main() -> None:
     target = load_target(TARGET)
     splits = build_splits(DATA)
     teacher = load_checkpoint(default_teacher(), ARCH, num_classes=10, in_channels=1).model.eval()
-    example = splits.x_train[:1]
+    example = splits.example(1)
 
     p50 = latency_probe(target, BackendPool(), windows=1)
 

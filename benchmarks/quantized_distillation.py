@@ -33,10 +33,11 @@ from edgekd.data import build_splits
 from edgekd.default import ARCH, default_teacher
 from edgekd.errors import StageError
 from edgekd.mixed_precision import search
-from edgekd.objective import Objective, build_objective
+from edgekd.train.objective import Objective, build_objective
 from edgekd.pruning import uniform_width
 from edgekd.quantization import calibrate, export_qdq, layer_names, quantize_model
-from edgekd.training import accuracy, fit
+from edgekd.train.evaluate import accuracy
+from edgekd.train.loop import fit
 
 TARGETS = ("cpu-onnxruntime", "cpu-openvino")
 METHODS = ("ptq", "qat", "qad")  # calibration only; QAT on labels; QAT against the teacher
@@ -68,7 +69,7 @@ def main() -> None:
     teacher = teacher.eval().requires_grad_(False)
     mixed_layers: list[str] = []
     targets = [load_target(t) for t in TARGETS]
-    x_test, y_test = splits.x_test.numpy(), splits.y_test.numpy()
+    x_test, y_test = splits.example(splits.size("test"), "test").numpy(), splits.labels("test").numpy()
     results: dict[tuple[str, int, str], list[float]] = {}
     float_acc: dict[str, list[float]] = {t.name: [] for t in targets}
 
@@ -77,20 +78,20 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         teacher_onnx = Path(tmp) / "teacher.onnx"
-        torch.onnx.export(teacher, (splits.x_test[:1],), str(teacher_onnx), dynamo=False, opset_version=17,
+        torch.onnx.export(teacher, (splits.example(1, "test"),), str(teacher_onnx), dynamo=False, opset_version=17,
                           input_names=["input"], output_names=["logits"])
         teacher_acc = on_backends(teacher_onnx)
         print("float teacher: " + ", ".join(f"{n} {a:.4f}" for n, a in teacher_acc.items()), flush=True)
         for seed in range(args.seeds):
             torch.manual_seed(seed)
-            student = uniform_width(teacher, splits.x_train[:1], recipe.student.width or 0.5, splits.num_classes)
+            student = uniform_width(teacher, splits.example(1), recipe.student.width or 0.5, splits.num_classes)
             kd, outputs = build_objective(distill_cfg.loss, "distill", student, teacher, splits, augmented=False,
                                           teacher_key="bench")
             fit(student, splits, kd, teacher=outputs, epochs=distill_cfg.epochs, lr=distill_cfg.lr,
                 weight_decay=distill_cfg.weight_decay, batch_size=recipe.data.batch_size, seed=seed,
                 label=f"distill seed {seed}")
             fp32 = Path(tmp) / f"fp32-{seed}.onnx"
-            torch.onnx.export(student.eval(), (splits.x_test[:1],), str(fp32), dynamo=False, opset_version=17,
+            torch.onnx.export(student.eval(), (splits.example(1, "test"),), str(fp32), dynamo=False, opset_version=17,
                               input_names=["input"], output_names=["logits"])
             for name, acc in on_backends(fp32).items():
                 float_acc[name].append(acc)
@@ -100,7 +101,7 @@ def main() -> None:
                 for method in METHODS:
                     q = quantize_model(student, unsigned_input=True, reduce_range=quant_cfg.reduce_range,
                                        weight_bits=bits)
-                    calibrate(q, splits.x_train, quant_cfg.calibration_batches, recipe.data.batch_size)
+                    calibrate(q, splits.calibration_loader(quant_cfg.calibration_batches))
                     if method != "ptq":
                         objective, teacher_out = (build_objective(quant_cfg.loss, "quantize", q, teacher, splits,
                                                                   augmented=False, teacher_key="bench")
@@ -109,7 +110,7 @@ def main() -> None:
                             weight_decay=quant_cfg.weight_decay, batch_size=recipe.data.batch_size, seed=seed,
                             label=f"W{bits} {method} seed {seed}")
                     path = Path(tmp) / f"w{bits}-{method}-{seed}.onnx"
-                    export_qdq(q, splits.x_test[:1], path, 17)
+                    export_qdq(q, splits.example(1, "test"), path, 17)
                     for name, acc in on_backends(path).items():
                         results.setdefault((name, bits, method), []).append(acc)
                     print(f"seed {seed} W{bits}A8 {method}: " + ", ".join(
@@ -149,14 +150,14 @@ def _mixed_ptq(student, splits, quant_cfg, batch_size: int, budget: float, path:
     """W4A8 PTQ with the fewest layers in float that keep the validation drop within ``budget``;
     exported to ``path``. Returns the path and "kept/total" (or "budget missed" with the best drop)."""
     layers = layer_names(student)
-    float_val = accuracy(student, splits.x_val, splits.y_val)
+    float_val = accuracy(student, splits, "val")
     made = {}
 
     def drop_of(chosen):
         q = quantize_model(student, unsigned_input=True, weight_bits=4, overrides=chosen)
-        calibrate(q, splits.x_train, quant_cfg.calibration_batches, batch_size)
+        calibrate(q, splits.calibration_loader(quant_cfg.calibration_batches))
         made["model"] = q
-        return float_val - accuracy(q, splits.x_val, splits.y_val)
+        return float_val - accuracy(q, splits, "val")
 
     try:
         result = search(layers, {}, budget, drop_of, "mixed")
@@ -164,7 +165,7 @@ def _mixed_ptq(student, splits, quant_cfg, batch_size: int, budget: float, path:
     except StageError as err:  # the benchmark still reports what the best attempt scored
         label = "budget missed"
         print(f"mixed precision: {err}", flush=True)
-    export_qdq(made["model"], splits.x_test[:1], path, 17)
+    export_qdq(made["model"], splits.example(1, "test"), path, 17)
     return path, label
 
 

@@ -54,22 +54,29 @@ def file_sha256(path: str | Path) -> str:
 
 # ------------------------------------------------------------------ arch specs
 def build_model(spec: str, *, num_classes: int | None = None, in_channels: int | None = None,
-                width: float | None = None) -> nn.Module:
-    """Build an untrained model from an arch spec. Never downloads weights."""
+                width: float | None = None, arch_args: dict[str, Any] | None = None) -> nn.Module:
+    """Build an untrained model from an arch spec, ``arch_args`` passed to its constructor or factory.
+    Never downloads weights. A constructor that rejects its arguments is the user's error (exit 2)."""
     scheme, sep, name = spec.partition(":")
     if not sep or not name:
         raise CheckpointError(f"--arch {spec!r}: expected {ARCH_FORMS}")
-    if scheme == "edgekd":
-        from .zoo import ZOO
+    extra = dict(arch_args or {})
+    try:
+        if scheme == "edgekd":
+            from .zoo import ZOO
 
-        factory = ZOO.get(name)
-        kwargs = {"num_classes": num_classes, "in_channels": in_channels, "width": width}
-        return factory(**{k: v for k, v in kwargs.items() if v is not None})
-    if scheme == "torchvision":
-        return _torchvision(name, num_classes, in_channels, width)
-    if scheme == "timm":
-        return _timm(name, num_classes, in_channels, width)
-    return _factory(spec, scheme, name, num_classes, in_channels, width)
+            factory = ZOO.get(name)
+            kwargs = {"num_classes": num_classes, "in_channels": in_channels, "width": width}
+            return factory(**{k: v for k, v in kwargs.items() if v is not None}, **extra)
+        if scheme == "torchvision":
+            return _torchvision(name, num_classes, in_channels, width, extra)
+        if scheme == "timm":
+            return _timm(name, num_classes, in_channels, width, extra)
+        return _factory(spec, scheme, name, num_classes, in_channels, width, extra)
+    except TypeError as exc:
+        given = ", ".join(f"{k}={v!r}" for k, v in extra.items()) or "none"
+        raise CheckpointError(f"--arch {spec!r}: its constructor rejected the arguments ({exc}); arch_args given: "
+                              f"{given} (set them with arch_args in the recipe or --arch-arg KEY=VALUE)") from None
 
 
 def _no_width(spec: str, width: float | None) -> None:
@@ -77,7 +84,8 @@ def _no_width(spec: str, width: float | None) -> None:
         raise CheckpointError(f"arch {spec!r} takes no width multiplier; give the student as 'student: {{arch: ...}}'")
 
 
-def _torchvision(name: str, num_classes: int | None, in_channels: int | None, width: float | None) -> nn.Module:
+def _torchvision(name: str, num_classes: int | None, in_channels: int | None, width: float | None,
+                 extra: dict[str, Any]) -> nn.Module:
     _no_width(f"torchvision:{name}", width)
     try:
         import torchvision
@@ -87,13 +95,14 @@ def _torchvision(name: str, num_classes: int | None, in_channels: int | None, wi
         raise CheckpointError(f"torchvision:{name} takes 3 input channels, the data has {in_channels}")
     try:
         kwargs = {"num_classes": num_classes} if num_classes else {}
-        return torchvision.models.get_model(name, weights=None, **kwargs)
+        return torchvision.models.get_model(name, weights=None, **kwargs, **extra)
     except ValueError:
         known = ", ".join(sorted(torchvision.models.list_models())[:20])
         raise CheckpointError(f"unknown torchvision model {name!r}; e.g. {known}, ...") from None
 
 
-def _timm(name: str, num_classes: int | None, in_channels: int | None, width: float | None) -> nn.Module:
+def _timm(name: str, num_classes: int | None, in_channels: int | None, width: float | None,
+          extra: dict[str, Any]) -> nn.Module:
     _no_width(f"timm:{name}", width)
     try:
         import timm
@@ -106,11 +115,11 @@ def _timm(name: str, num_classes: int | None, in_channels: int | None, width: fl
         kwargs["num_classes"] = num_classes
     if in_channels:
         kwargs["in_chans"] = in_channels
-    return timm.create_model(name, **kwargs)
+    return timm.create_model(name, **kwargs, **extra)
 
 
 def _factory(spec: str, module: str, attr: str, num_classes: int | None, in_channels: int | None,
-             width: float | None) -> nn.Module:
+             width: float | None, extra: dict[str, Any]) -> nn.Module:
     try:
         factory = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as exc:
@@ -121,15 +130,15 @@ def _factory(spec: str, module: str, attr: str, num_classes: int | None, in_chan
     kwargs = {k: v for k, v in wanted.items() if v is not None and (takes_any or k in params)}
     if width is not None and "width" not in kwargs:
         _no_width(spec, width)
-    model = factory(**kwargs)
+    model = factory(**kwargs, **extra)
     if not isinstance(model, nn.Module):
         raise CheckpointError(f"--arch {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
 
 
 # ------------------------------------------------------------------ loading
-def load_checkpoint(path: str | Path, arch: str | None, *, trust: bool = False,
-                    num_classes: int | None = None, in_channels: int | None = None) -> LoadedCheckpoint:
+def load_checkpoint(path: str | Path, arch: str | None, *, trust: bool = False, num_classes: int | None = None,
+                    in_channels: int | None = None, arch_args: dict[str, Any] | None = None) -> LoadedCheckpoint:
     """Load ``path`` safely; see the module docstring for what needs ``trust``."""
     path = Path(path)
     if not path.is_file():
@@ -143,7 +152,7 @@ def load_checkpoint(path: str | Path, arch: str | None, *, trust: bool = False,
             state = load_file(str(path))
         except SafetensorError as exc:
             raise CheckpointError(f"{path}: not a valid safetensors file ({exc})") from None
-        model = _model_from_state(path, state, arch, num_classes, in_channels)
+        model = _model_from_state(path, state, arch, num_classes, in_channels, arch_args)
         return LoadedCheckpoint(model, arch, str(path), "safetensors", False, digest)
 
     if _is_torchscript(path):
@@ -164,7 +173,7 @@ def load_checkpoint(path: str | Path, arch: str | None, *, trust: bool = False,
     if isinstance(obj, nn.Module):
         return LoadedCheckpoint(obj, arch, str(path), "pickled-module", True, digest)
     state = _find_state_dict(path, obj)
-    model = _model_from_state(path, state, arch, num_classes, in_channels)
+    model = _model_from_state(path, state, arch, num_classes, in_channels, arch_args)
     return LoadedCheckpoint(model, arch, str(path), "state_dict", trust, digest)
 
 
@@ -289,11 +298,11 @@ def _find_state_dict(path: Path, obj: Any) -> dict[str, torch.Tensor]:
     raise CheckpointError(f"{path}: expected a state_dict (name -> tensor), optionally under one of {STATE_DICT_KEYS}")
 
 
-def _model_from_state(path: Path, state: dict[str, torch.Tensor], arch: str | None,
-                      num_classes: int | None, in_channels: int | None) -> nn.Module:
+def _model_from_state(path: Path, state: dict[str, torch.Tensor], arch: str | None, num_classes: int | None,
+                      in_channels: int | None, arch_args: dict[str, Any] | None = None) -> nn.Module:
     if arch is None:
         raise CheckpointError(f"{path}: a state_dict needs --arch ({ARCH_FORMS})")
-    model = build_model(arch, num_classes=num_classes, in_channels=in_channels)
+    model = build_model(arch, num_classes=num_classes, in_channels=in_channels, arch_args=arch_args)
     load_state(model, state, f"{path} with --arch {arch}")
     return model
 

@@ -44,24 +44,67 @@ class Augment(Strict):
         return self.shift > 0 or self.hflip
 
 
+class PreprocessSpec(Strict):
+    """Preprocessing the recipe fixes; every key left out comes from the architecture (timm's
+    pretrained config, torchvision weights' transforms) or else the source."""
+
+    size: int | None = Field(None, ge=8, le=1024, description="model input height = width (after the crop)")
+    resize: int | None = Field(None, ge=8, le=2048, description="resize the shorter side to this, then "
+                               "centre-crop 'size'; omitted: resize straight to 'size'")
+    interpolation: Literal["nearest", "bilinear", "bicubic"] | None = None
+    mean: tuple[float, ...] | None = Field(None, description="per-channel mean subtracted after scaling to [0, 1]")
+    std: tuple[float, ...] | None = Field(None, description="per-channel std divided by")
+    channels: Literal[1, 3] | None = Field(None, description="gray -> RGB repeats, RGB -> gray averages")
+
+    @model_validator(mode="after")
+    def _stats(self) -> "PreprocessSpec":
+        if self.std is not None and any(v <= 0 for v in self.std):
+            raise ValueError("'std' values must be positive")
+        if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
+            raise ValueError("'mean' and 'std' need the same number of channels")
+        return self
+
+
+DATA_SOURCES = ("digits", "synthetic", "npz", "imagefolder", "hf", "factory")
+
+
 class DataSpec(Strict):
-    """Where training, calibration and evaluation samples come from.
+    """Where training, calibration and evaluation samples come from (``edgekd list sources``).
 
     ``digits``: scikit-learn's bundled 8x8 digits, upsampled to ``image_size`` (the embedded default).
-    ``npz``: a file with ``x``/``y`` arrays (NCHW float, int labels), split by ``split`` and ``seed``.
+    ``npz``: a file with ``x_train/y_train`` (+ ``x_val/y_val``, ``x_test/y_test``) used as given, or
+    ``x``/``y`` split by ``split`` and ``seed``; memory-mapped when stored uncompressed.
+    ``imagefolder``: ``path/train``, ``path/val``, optional ``path/test`` (class sub-folders), or one
+    folder of class sub-folders split by ``split``.
+    ``hf``: a Hugging Face dataset saved with ``save_to_disk``, a local parquet/arrow folder, or a name
+    already in the local cache (offline: never downloads).
+    ``factory``: ``path: package.module:function`` returning ``{"train": ds, "val": ds, "test": ds}``
+    of torch datasets whose items are ``(image, label)``.
     ``synthetic``: random class-conditional images, for smoke tests.
     """
 
-    source: Literal["digits", "npz", "synthetic"] = "digits"
+    source: Literal["digits", "synthetic", "npz", "imagefolder", "hf", "factory"] = "digits"
     path: str | None = None
-    image_size: int = Field(32, ge=8, le=512)
+    image_size: int | None = Field(None, ge=8, le=1024, description="digits/synthetic: the generated size "
+                                   "(default 32); other sources: shorthand for preprocess.size")
+    preprocess: PreprocessSpec | None = None
     split: tuple[float, float, float] = (0.7, 0.1, 0.2)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(64, ge=1, le=65536)
     seed: int = 0
     samples: int = Field(512, ge=16, description="synthetic only: number of samples")
     classes: int = Field(10, ge=2, description="synthetic only: number of classes")
-    channels: int = Field(1, ge=1, description="synthetic: input channels; digits: the gray image repeated "
-                          "(3 for torchvision/timm models); npz files carry their own")
+    channels: int = Field(1, ge=1, le=4, description="synthetic: input channels; digits: the gray image repeated "
+                          "(3 for torchvision/timm models); other sources: use preprocess.channels")
+    image_column: str = Field("image", description="hf: the column holding images (or arrays)")
+    label_column: str = Field("label", description="hf: the column holding integer labels")
+    split_names: dict[Literal["train", "val", "test"], str] = Field(
+        default_factory=dict, description="hf: the dataset's split names (default train; validation|val|valid; test)")
+    max_train_samples: int | None = Field(None, ge=1, description="train on a seeded random subset of this size")
+    max_eval_samples: int | None = Field(None, ge=1, description="validate and test on a seeded subset of this size")
+    calibration_samples: int | None = Field(None, ge=1, description="PTQ/QAT calibration samples (default: the "
+                                            "quantize stage's calibration_batches x batch_size)")
+    workers: int | Literal["auto"] = Field("auto", description="DataLoader worker processes; auto: none for "
+                                           "in-memory sources, up to 4 for files that must be decoded")
     augment: Augment = Augment()
 
     @field_validator("split")
@@ -71,13 +114,38 @@ class DataSpec(Strict):
             raise ValueError("must be three positive fractions (train, val, test) summing to 1")
         return v
 
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 0 <= v <= 64:
+            raise ValueError("must be 'auto' or 0..64")
+        return v
+
     @model_validator(mode="after")
-    def _npz_needs_path(self) -> "DataSpec":
-        if self.source == "npz" and not self.path:
-            raise ValueError("source 'npz' needs 'path' (a .npz file with arrays x and y)")
-        if self.source == "npz" and self.channels != 1:
-            raise ValueError("'channels' does not apply to source 'npz': its x array sets the channels")
+    def _source_needs(self) -> "DataSpec":
+        if self.source in ("npz", "imagefolder", "hf", "factory") and not self.path:
+            forms = {"npz": "a .npz file", "imagefolder": "a folder of class folders", "hf": "a saved dataset "
+                     "folder or a cached dataset name", "factory": "package.module:function"}
+            raise ValueError(f"source {self.source!r} needs 'path' ({forms[self.source]})")
+        if self.source not in ("digits", "synthetic") and self.channels != 1:
+            raise ValueError(f"'channels' does not apply to source {self.source!r} (only digits and synthetic); "
+                             f"use 'preprocess: {{channels: 3}}'")
+        if self.image_size is not None and self.preprocess is not None and self.preprocess.size is not None \
+                and self.preprocess.size != self.image_size:
+            raise ValueError("give the size once: 'image_size' or 'preprocess.size'")
         return self
+
+    @property
+    def generated_size(self) -> int:
+        """digits/synthetic: the size images are made at."""
+        return self.image_size or 32
+
+    def preprocess_spec(self) -> PreprocessSpec | None:
+        """The recipe's preprocessing, with ``image_size`` folded in as the size."""
+        if self.image_size is None or self.source in ("digits", "synthetic"):
+            return self.preprocess
+        base = self.preprocess.model_dump() if self.preprocess is not None else {}
+        return PreprocessSpec.model_validate({**base, "size": self.image_size})
 
 
 # ---------------------------------------------------------------- stages
@@ -86,6 +154,7 @@ class StudentSpec(Strict):
 
     width: float | None = Field(None, gt=0.0, le=1.0, description="default 0.5 when no arch is given")
     arch: str | None = None
+    arch_args: dict[str, Any] = Field(default_factory=dict, description="arch students: constructor arguments")
     init: Literal["pruned", "random"] = Field("pruned", description="width students: keep the teacher's "
                                               "weights on the kept channels, or re-initialise them")
 
@@ -304,6 +373,8 @@ class ExportConfig(Strict):
                                                          "program (.pt2); default: when a torch target is in the run")
 
 
+STAGE_CONFIGS: dict[str, type[BaseModel]] = {"prune": PruneConfig, "distill": DistillConfig,
+                                             "quantize": QuantizeConfig, "export": ExportConfig}
 StageSpec = Annotated[Union[PruneConfig, DistillConfig, QuantizeConfig, ExportConfig], Field(discriminator="stage")]
 
 
@@ -312,10 +383,24 @@ class Recipe(Strict):
     description: str = ""
     seed: int = 0
     arch: str | None = Field(None, description="teacher arch spec when --arch is not given")
+    arch_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the arch's "
+                                      "constructor or factory (e.g. {input_size: 28}); also --arch-arg KEY=VALUE")
+    device: str = Field("auto", description="where training runs: auto (CUDA when present), cpu, cuda, cuda:N")
+    amp: Literal["bf16", "fp16", "none"] = Field("bf16", description="CUDA autocast precision for training")
+    checkpoint_every: int | None = Field(None, ge=1, description="also save the training state every this many "
+                                         "steps (not only per epoch), so --resume continues mid-epoch")
     data: DataSpec = DataSpec()
     student: StudentSpec = StudentSpec()
     stages: list[StageSpec]
     targets: list[str] = ["cpu-onnxruntime", "cpu-openvino"]
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        low = v.lower()
+        if low not in ("auto", "cpu", "cuda") and not (low.startswith("cuda:") and low[5:].isdigit()):
+            raise ValueError("must be auto, cpu, cuda or cuda:N")
+        return low
 
     @model_validator(mode="after")
     def _stage_order(self) -> "Recipe":
@@ -443,11 +528,10 @@ _STAGES = object()  # marks "inside the stages list": the next key is a stage ta
 
 def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
     """The pydantic model that validates the mapping at ``loc``, for listing its valid keys."""
-    stage_models = {"distill": DistillConfig, "quantize": QuantizeConfig, "export": ExportConfig}
     current: Any = model
     for part in (p for p in loc if not isinstance(p, int)):
         if current is _STAGES:
-            current = stage_models.get(part)
+            current = STAGE_CONFIGS.get(part)
             continue
         field = current.model_fields.get(part) if current else None
         if field is None:

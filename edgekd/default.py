@@ -9,24 +9,20 @@ Regenerate the bundled file with ``make teacher`` (``python -m edgekd.default``)
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from .config import DataSpec
 from .data import build_splits
-from .fileio import atomic_path, write_json
-from .objective import Objective
-from .training import accuracy, fit
+from .fileio import atomic_path, cache_dir, write_json
+from .train.evaluate import accuracy
+from .train.loop import fit
+from .train.objective import Objective
 from .zoo import DigitsCNN
 
 ARCH = "edgekd:digits_cnn"
 BUNDLED = Path(__file__).parent / "assets" / "digits_cnn_teacher.safetensors"
 DATA = DataSpec(source="digits")
 EPOCHS, LR, SEED = 12, 2e-3, 0
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("EDGEKD_CACHE", Path.home() / ".cache" / "edgekd"))
 
 
 def default_teacher() -> Path:
@@ -48,7 +44,7 @@ def train_teacher(out: Path, epochs: int = EPOCHS) -> dict[str, float]:
     result = fit(model, splits, Objective.cross_entropy(), epochs=epochs, lr=LR,
                  weight_decay=5e-4, batch_size=DATA.batch_size, seed=SEED, label="train teacher")
     metrics = {"val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
-               "test_accuracy": accuracy(model, splits.x_test, splits.y_test), "epochs": epochs}
+               "test_accuracy": accuracy(model, splits, "test"), "epochs": epochs}
     with atomic_path(out) as tmp:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata={"arch": ARCH})
     write_json(out.with_suffix(".json"), {"arch": ARCH, "data": DATA.model_dump(), **metrics})

@@ -51,3 +51,9 @@ def write_json(path: str | os.PathLike[str], data: Any) -> Path:
 
 def read_json(path: str | os.PathLike[str]) -> Any:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def cache_dir() -> Path:
+    """edgekd's cache for things worth keeping across runs (OpenVINO blobs, TensorRT engines, latency
+    tables, a trained default teacher): ``$EDGEKD_CACHE``, default ``~/.cache/edgekd``."""
+    return Path(os.environ.get("EDGEKD_CACHE", Path.home() / ".cache" / "edgekd"))

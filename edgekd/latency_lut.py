@@ -68,7 +68,7 @@ def table_key(model_hash: str, target: dict, input_shape: tuple[int, ...], steps
 
 
 def cache_path(target: str, key: str) -> Path:
-    from .default import cache_dir
+    from .fileio import cache_dir
 
     return cache_dir() / "latency-lut" / f"{target}-{key}.json"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -19,6 +19,10 @@ from .bench import (LatencyStats, measure_latency, peak_rss_mb, reset_peak_rss, 
 from .fingerprint import fingerprint
 from .config import LatencySpec, Target
 from .errors import BackendUnavailable, EdgekdError, InputError
+from .progress import progress_bar
+
+# ``() -> batches of (x, y)`` numpy arrays: the test split a file is scored on, read afresh per call
+EvalData = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
 
 
 class BackendPool:
@@ -36,11 +40,11 @@ class BackendPool:
 
 
 def measure(onnx_path: Path, variant: str, precision: str, target: Target, pool: BackendPool,
-            x_eval: np.ndarray | None = None, y_eval: np.ndarray | None = None,
+            eval_data: EvalData | None = None, eval_samples: int = 0,
             reference: np.ndarray | None = None, shape: tuple[int, ...] | None = None) -> dict[str, Any]:
-    """Latency (at the file's input shape, or ``shape``), and with data accuracy; with ``reference``
-    (the torch model's logits on ``x_eval``) also the parity of this backend's outputs with it: how
-    the runtime's own kernels change the result.
+    """Latency (at the file's input shape, or ``shape``), and with data (``eval_samples`` samples in
+    batches) accuracy; with ``reference`` (the torch model's logits on the same samples) also the
+    parity of this backend's outputs with it: how the runtime's own kernels change the result.
 
     The order matters: the peak-RSS mark is reset before compiling, so ``peak_rss_mb`` is the peak while
     this session was built and timed (the process's baseline, ``rss_before_mb``, included); the first
@@ -82,10 +86,10 @@ def measure(onnx_path: Path, variant: str, precision: str, target: Target, pool:
                                       f"the machine was busy or the clock unstable; re-measure before trusting it")
         if spec.batch > 1:
             result["throughput_batch"] = _batch_throughput(backend, onnx_path, target, compiled.input_shape)
-        if x_eval is not None and y_eval is not None:
-            logits = predict(compiled, x_eval)
-            result["accuracy"] = float(np.mean(logits.argmax(1) == y_eval))
-            result["eval_samples"] = int(len(x_eval))
+        if eval_data is not None:
+            logits, labels = _evaluate(compiled, eval_data, eval_samples, f"evaluate {variant} on {target.name}")
+            result["accuracy"] = float(np.mean(logits.argmax(1) == labels))
+            result["eval_samples"] = int(len(labels))
             if reference is not None and reference.shape == logits.shape:
                 result["parity"] = parity(reference, logits)
     except BackendUnavailable as exc:  # e.g. a CUDA device asked of a CPU-only onnxruntime build
@@ -95,6 +99,17 @@ def measure(onnx_path: Path, variant: str, precision: str, target: Target, pool:
     except Exception as exc:  # noqa: BLE001 - a runtime's own error becomes a failed row, not a crash
         result.update(status="failed", error=_first_line(exc))
     return result
+
+
+def _evaluate(compiled: Any, eval_data: EvalData, total: int, label: str) -> tuple[np.ndarray, np.ndarray]:
+    """The compiled file's logits and the labels over every evaluation batch, with a progress bar."""
+    logits, labels = [], []
+    with progress_bar(label, total) as bar:
+        for x, y in eval_data():
+            logits.append(predict(compiled, x))
+            labels.append(y)
+            bar.advance(len(y))
+    return np.concatenate(logits), np.concatenate(labels)
 
 
 def empty_result(variant: str, precision: str, target: Target, path: Path | None,

@@ -17,13 +17,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 
-from . import __version__, distributed
+from . import __version__
 from .artifact import Artifact, config_hash, read_record, write_record
 from .checkpoint import LoadedCheckpoint, load_checkpoint
 from .config import (Budget, DataSpec, DistillConfig, PruneConfig, Recipe, StudentSpec, Target, dump_recipe,
                      load_budget, load_recipe, load_target, recipe_with)
 from .data import Splits, build_splits
+from .data.transforms import arch_preprocess
 from .errors import CheckpointError, DataError, InputError
 from .fileio import atomic_path, write_json, write_text
 from .gate import Verdict, evaluate_budget
@@ -34,8 +36,11 @@ from .report import write_report
 from .stages import STAGES, StageContext
 from .stages.distill import check_loss_names
 from .stages.export import resolve_torch_program
+from .stages.preflight import preflight
 from .stages.quantize import resolve_input_quant
-from .training import accuracy
+from .train import distributed
+from .train.device import resolve_device
+from .train.evaluate import accuracy
 
 DEFAULT_RUNS_DIR = Path("runs")
 
@@ -47,14 +52,31 @@ class CompressResult:
     verdicts: list[Verdict] | None
 
 
+DATA_FORMS = "digits, synthetic, npz:PATH (or PATH.npz), imagefolder:DIR, hf:PATH|NAME or package.module:factory"
+
+
 def parse_data_spec(spec: str, base: DataSpec) -> DataSpec:
-    """``--data``: ``digits``, ``synthetic``, ``npz:PATH`` or a bare ``PATH.npz``."""
+    """``--data``: ``digits``, ``synthetic``, ``npz:PATH`` or a bare ``PATH.npz``, ``imagefolder:DIR``,
+    ``hf:PATH`` (or a cached dataset name), or ``package.module:factory``. Source-specific keys of the
+    recipe's ``data:`` (batch size, split, preprocess) are kept; its path is replaced."""
     kind, _, rest = spec.partition(":")
     if spec.endswith(".npz") and not rest:
         kind, rest = "npz", spec
-    if kind not in ("digits", "synthetic", "npz") or (kind == "npz" and not rest):
-        raise DataError(f"--data {spec!r}: expected digits, synthetic, npz:PATH or PATH.npz")
-    return DataSpec.model_validate({**base.model_dump(), "source": kind, "path": rest or None})
+    if kind in ("digits", "synthetic") and not rest:
+        source, path = kind, None
+    elif kind in ("npz", "imagefolder", "hf") and rest:
+        source, path = kind, rest
+    elif rest.isidentifier() and all(part.isidentifier() for part in kind.split(".")):
+        source, path = "factory", spec
+    else:
+        raise DataError(f"--data {spec!r}: expected {DATA_FORMS}")
+    data = {**base.model_dump(exclude_unset=True), "source": source, "path": path}
+    if source not in ("digits", "synthetic"):
+        data.pop("channels", None)
+    try:
+        return DataSpec.model_validate(data)
+    except ValidationError as exc:
+        raise DataError(f"--data {spec!r}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
 
 
 def _run_dir(out: Path | None, name: str, resume: bool, force: bool) -> Path:
@@ -73,17 +95,18 @@ def _run_dir(out: Path | None, name: str, resume: bool, force: bool) -> Path:
     return out
 
 
-def _load_teacher(checkpoint: Path | None, arch: str | None, trust: bool, splits: Splits) -> LoadedCheckpoint:
+def _load_teacher(checkpoint: Path | None, arch: str | None, trust: bool, splits: Splits,
+                  arch_args: dict[str, Any]) -> LoadedCheckpoint:
     from .default import ARCH, default_teacher
 
     if checkpoint is None:
         checkpoint, arch = default_teacher(), arch or ARCH
     loaded = load_checkpoint(checkpoint, arch, trust=trust, num_classes=splits.num_classes,
-                             in_channels=splits.input_shape[0])
+                             in_channels=splits.input_shape[0], arch_args=arch_args)
     model = loaded.model.eval()
     try:
         with torch.no_grad():
-            out = model(splits.x_test[:1])
+            out = model(splits.example(1, "test"))
     except Exception as exc:  # noqa: BLE001 - any failure here is a shape/arch mismatch with the data
         raise CheckpointError(f"{checkpoint}: the model does not accept the data's input shape "
                               f"{(1, *splits.input_shape)} ({str(exc).splitlines()[0]})") from None
@@ -93,19 +116,29 @@ def _load_teacher(checkpoint: Path | None, arch: str | None, trust: bool, splits
     return loaded
 
 
-def compress(checkpoint: str | Path | None = None, *, arch: str | None = None, recipe: str | Path | Recipe = "default",
+def compress(checkpoint: str | Path | None = None, *, arch: str | None = None,
+             arch_args: dict[str, Any] | None = None, recipe: str | Path | Recipe = "default",
              targets: list[str] | None = None, data: str | None = None, out: str | Path | None = None,
              budget: str | Path | Budget | None = None, trust_checkpoint: bool = False, dry_run: bool = False,
-             resume: bool = False, force: bool = False) -> CompressResult:
+             resume: bool = False, force: bool = False, device: str | None = None) -> CompressResult:
     rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
     changes: dict[str, Any] = {}
     if arch is not None:
         changes["arch"] = arch
+    if arch_args:
+        changes["arch_args"] = {**rec.arch_args, **arch_args}
+    if device is not None:
+        changes["device"] = device
     if data is not None:
         changes["data"] = parse_data_spec(data, rec.data)
     if targets:
         changes["targets"] = list(targets)
-    rec = recipe_with(rec, **changes) if changes else rec
+    if changes:
+        try:
+            rec = recipe_with(rec, **changes)
+        except ValidationError as exc:
+            e = exc.errors()[0]
+            raise InputError(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}") from None
     target_objs = [load_target(t) for t in rec.targets]
     rec = resolve_torch_program(resolve_input_quant(rec, target_objs), target_objs)
     budget_obj = budget if isinstance(budget, Budget) or budget is None else load_budget(budget)
@@ -113,7 +146,7 @@ def compress(checkpoint: str | Path | None = None, *, arch: str | None = None, r
     if ckpt is not None and not ckpt.is_file():
         raise CheckpointError(f"{ckpt}: checkpoint file not found")
 
-    ranked = distributed.init_from_env()
+    ranked = distributed.init_from_env(rec.device)
     if distributed.is_main():
         run_dir = _run_dir(Path(out) if out is not None else None, rec.name, resume, force)
     else:  # other torchrun ranks train alongside rank 0 but write only to a scratch folder, silently
@@ -134,14 +167,16 @@ def _compress(rec: Recipe, ckpt: Path | None, run_dir: Path, target_objs: list[T
     if dry_run:
         return CompressResult(run_dir, None, None)
 
-    splits = build_splits(rec.data)
-    loaded = _load_teacher(ckpt, rec.arch, trust_checkpoint, splits)
+    device = resolve_device(rec.device, rec.amp)
+    splits = build_splits(rec.data, arch_preprocess(rec.arch if ckpt is not None else None), pin_memory=device.cuda)
+    loaded = _load_teacher(ckpt, rec.arch, trust_checkpoint, splits, rec.arch_args)
     teacher_hash = config_hash(loaded.sha256, rec.data.model_dump(), rec.seed)
     variants: dict[str, Artifact] = {"teacher-fp32": Artifact(
         "teacher-fp32", "torch", "fp32", loaded.path, "input", None, teacher_hash,
-        {"arch": loaded.arch, "arch_kwargs": {"num_classes": splits.num_classes, "in_channels": splits.input_shape[0]},
+        {"arch": loaded.arch, "arch_kwargs": {"num_classes": splits.num_classes, "in_channels": splits.input_shape[0],
+                                              **({"arch_args": rec.arch_args} if rec.arch_args else {})},
          "format": loaded.format, "sha256": loaded.sha256, "trusted": loaded.trusted,
-         "metrics": {"test_accuracy_torch": accuracy(loaded.model, splits.x_test, splits.y_test)}})}
+         "metrics": {"test_accuracy_torch": accuracy(loaded.model, splits, "test")}})}
     pool = BackendPool()
 
     def latency_probe_for(name: str):
@@ -149,7 +184,8 @@ def _compress(rec: Recipe, ckpt: Path | None, run_dir: Path, target_objs: list[T
         return latency_probe(target, pool), target.model_dump()
 
     ctx = StageContext(run_dir, run_dir, rec, splits, loaded.model, {"teacher-fp32": loaded.model},
-                       teacher_hash=teacher_hash, trust_checkpoint=trust_checkpoint, latency_probe=latency_probe_for)
+                       teacher_hash=teacher_hash, trust_checkpoint=trust_checkpoint, latency_probe=latency_probe_for,
+                       device=device)
     for p in ctx.teacher.parameters():
         p.requires_grad_(False)
 
@@ -161,6 +197,8 @@ def _compress(rec: Recipe, ckpt: Path | None, run_dir: Path, target_objs: list[T
         if isinstance(spec, PruneConfig) and spec.recovery.loss:  # a pruned model keeps the teacher's names
             check_loss_names(spec.recovery.loss, f"stages.{i}.recovery.loss", StudentSpec(width=1.0), loaded.model,
                              splits.num_classes, splits.input_shape[0])
+    console.print("preflight: tracing, pruning graph and ONNX export checked on one sample before training")
+    checks = preflight(rec, loaded.model, splits.example(1), splits.num_classes)
     stage_log = []
     for i, spec in enumerate(rec.stages):
         folder = run_dir / "stages" / f"{i:02d}-{spec.stage}"
@@ -185,7 +223,8 @@ def _compress(rec: Recipe, ckpt: Path | None, run_dir: Path, target_objs: list[T
     if not distributed.is_main():
         return CompressResult(run_dir, None, None)
     models = _publish_models(run_dir, [a for a in variants.values() if a.kind == "onnx"])
-    write_json(run_dir / "manifest.json", _manifest(rec, loaded, variants, models, stage_log, run_dir))
+    extra = {"data": splits.describe(), "training_device": device.to_json(), "preflight_seconds": checks}
+    write_json(run_dir / "manifest.json", _manifest(rec, loaded, variants, models, stage_log, run_dir, extra))
     _measure_all(run_dir, models, target_objs, splits, pool)
     report = write_report(run_dir)
     verdicts = evaluate_budget(report, budget_obj) if budget_obj is not None else None
@@ -212,7 +251,7 @@ def _publish_models(run_dir: Path, onnx_artifacts: list[Artifact]) -> dict[str, 
 
 
 def _manifest(rec: Recipe, loaded: LoadedCheckpoint, variants: dict[str, Artifact], models: dict[str, Artifact],
-              stage_log: list[dict[str, Any]], run_dir: Path) -> dict[str, Any]:
+              stage_log: list[dict[str, Any]], run_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
     import onnx
     import onnxruntime
     import openvino
@@ -229,12 +268,15 @@ def _manifest(rec: Recipe, loaded: LoadedCheckpoint, variants: dict[str, Artifac
         "stages": stage_log,
         "artifacts": [a.to_json() for a in variants.values()],
         "models": {name: a.to_json() for name, a in models.items()},
+        **extra,
     }
 
 
 def _measure_all(run_dir: Path, models: dict[str, Artifact], targets: list[Target], splits: Splits,
                  pool: BackendPool) -> None:
-    x, y = splits.x_test.numpy(), splits.y_test.numpy()
+    def test_batches():
+        return splits.arrays("test")
+
     for target in targets:
         for name, art in models.items():
             console.print(f"measure {name} on {target.name} ({target.backend}, {target.device})")
@@ -246,5 +288,6 @@ def _measure_all(run_dir: Path, models: dict[str, Artifact], targets: list[Targe
                 result = empty_result(name, art.precision, target, None, f"{name} has no {suffix} file "
                                                                          f"(torch programs are made for FP32 variants)")
             else:
-                result = measure(run_dir / path, name, art.precision, target, pool, x, y, reference)
+                result = measure(run_dir / path, name, art.precision, target, pool, test_batches,
+                                 splits.size("test"), reference)
             write_json(run_dir / "measurements" / f"{name}@{target.name}.json", result)

@@ -6,7 +6,8 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
 
 console = Console(stderr=True)
 
@@ -14,7 +15,7 @@ console = Console(stderr=True)
 @contextmanager
 def progress_bar(description: str, total: int) -> Iterator["_Bar"]:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TextColumn("{task.fields[status]}"))
+               TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[status]}"))
     with Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task(description, total=total, status="")
         yield _Bar(progress, task)

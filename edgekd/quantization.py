@@ -18,6 +18,7 @@ import copy
 import logging
 import warnings
 from pathlib import Path
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import nn
@@ -207,20 +208,26 @@ def _make_inputs_unsigned(qmodel: nn.Module, unsigned_act: type) -> None:
 
 
 @torch.no_grad()
-def calibrate(qmodel: nn.Module, x: torch.Tensor, batches: int, batch_size: int, bias_correction: bool = False) -> None:
-    """Set activation scales from statistics over ``batches`` batches of ``x``; then, optionally,
-    Brevitas' bias correction (each layer's bias absorbs the mean shift its quantized weights cause)."""
+def calibrate(qmodel: nn.Module, batches: Iterable[Any], bias_correction: bool = False) -> None:
+    """Set activation scales from statistics over ``batches`` (a loader of ``(x, ...)`` or tensors);
+    then, optionally, Brevitas' bias correction (each layer's bias absorbs the mean shift its
+    quantized weights cause)."""
     from brevitas.graph.calibrate import bias_correction_mode, calibration_mode
 
+    device = next((p.device for p in qmodel.parameters()), torch.device("cpu"))
+
+    def inputs() -> Iterator[torch.Tensor]:  # on the model's device: calibration runs where training does
+        for b in batches:
+            yield (b[0] if isinstance(b, (tuple, list)) else b).to(device)
+
     qmodel.eval()
-    n = min(batches, max(1, len(x) // batch_size))
-    with calibration_mode(qmodel):
-        for i in range(n):
-            qmodel(x[i * batch_size:(i + 1) * batch_size])
+    with torch.no_grad(), calibration_mode(qmodel):
+        for x in inputs():
+            qmodel(x)
     if bias_correction:
-        with bias_correction_mode(qmodel):
-            for i in range(n):
-                qmodel(x[i * batch_size:(i + 1) * batch_size])
+        with torch.no_grad(), bias_correction_mode(qmodel):
+            for x in inputs():
+                qmodel(x)
 
 
 def export_qdq(qmodel: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:

@@ -78,3 +78,32 @@ def quarter_digits_cnn(num_classes: int = 4, in_channels: int = 1) -> nn.Module:
     from edgekd.zoo import DigitsCNN
 
     return DigitsCNN(width=0.25, num_classes=num_classes, in_channels=in_channels)
+
+
+class ShapeCheckedCNN(nn.Module):
+    """A third-party style model whose forward checks the input shape in Python: it runs, but torch.fx
+    cannot trace it for quantization (the check branches on a traced value)."""
+
+    def __init__(self, num_classes: int = 4, in_channels: int = 1, input_size: int = 16) -> None:
+        super().__init__()
+        self.input_size = input_size
+        self.conv = nn.Conv2d(in_channels, 8, 3, padding=1)
+        self.head = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-2:] != (self.input_size, self.input_size):
+            raise ValueError(f"expected {self.input_size}x{self.input_size} inputs, got {tuple(x.shape[-2:])}")
+        return self.head(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+class SizedCNN(nn.Module):
+    """A model whose constructor needs an argument edgekd cannot guess (``input_size``)."""
+
+    def __init__(self, input_size: int, num_classes: int = 4, in_channels: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, 8, 3, padding=1)
+        self.head = nn.Linear(8 * (input_size // 2) ** 2, num_classes)
+        self.pool = nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(torch.relu(self.conv(x))).flatten(1))

@@ -13,7 +13,7 @@ from edgekd.default import ARCH, BUNDLED
 from edgekd.checkpoint import load_checkpoint
 from edgekd.config import DataSpec
 from edgekd.data import build_splits
-from edgekd.training import accuracy
+from edgekd.train.evaluate import accuracy
 
 from .conftest import invoke
 
@@ -22,7 +22,7 @@ def test_bundled_teacher_loads_and_is_accurate():
     splits = build_splits(DataSpec())
     loaded = load_checkpoint(BUNDLED, ARCH, num_classes=10, in_channels=1)
     assert sum(p.numel() for p in loaded.model.parameters()) > 900_000
-    assert accuracy(loaded.model, splits.x_test, splits.y_test) >= 0.98
+    assert accuracy(loaded.model, splits, "test") >= 0.98
 
 
 @pytest.mark.slow

@@ -267,14 +267,17 @@ def test_loss_terms_validate_their_own_keys():
 
 
 def test_teacher_cache_holds_the_reduced_attention_map_not_the_raw_feature():
-    from edgekd.teacher_outputs import TeacherOutputs
+    from edgekd.train.teacher_outputs import TeacherOutputs
 
     torch.manual_seed(0)
     teacher = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
     x = torch.rand(10, 1, 6, 6)
     teacher(x[:1])
     raw, reduced = Tap("0"), Tap("0", energy_p=2.0)
-    outputs = TeacherOutputs.prepare([teacher], [raw, reduced], x, augmented=False, key="t")
+    from edgekd.data.build import splits_from_arrays
+
+    splits = splits_from_arrays((x, torch.zeros(10, dtype=torch.int64)), num_classes=3)
+    outputs = TeacherOutputs.prepare([teacher], [raw, reduced], splits, augmented=False, key="t")
     _, feats = outputs(torch.arange(10), x)
     assert feats[raw.key].shape == (10, 16, 6, 6) and feats[reduced.key].shape == (10, 6, 6)  # 16x smaller
     assert torch.allclose(feats[reduced.key], feats[raw.key].pow(2).mean(1))

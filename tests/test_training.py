@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
-import edgekd.training as training
+import edgekd.train.loop as training
 from edgekd.config import Augment, DataSpec, LossTerm
 from edgekd.data import augment_batch, build_splits
 from edgekd.errors import StageError
 from edgekd.losses import Batch, DistillTerm
-from edgekd.objective import Objective, build_objective
-from edgekd.teacher_outputs import TeacherOutputs
+from edgekd.train.objective import Objective, build_objective
+from edgekd.train.teacher_outputs import TeacherOutputs
 from edgekd.zoo import TinyCNN
 
 from .conftest import invoke
@@ -95,25 +95,54 @@ def test_nan_training_from_the_cli_exits_1_with_one_line(tiny_teacher, tmp_path)
     assert "loss term 'kd' became" in result.output and "Traceback" not in result.output
 
 
+def train_inputs(idx) -> torch.Tensor:
+    return torch.stack([SPLITS.train[int(i)][0] for i in idx])
+
+
 def test_teacher_outputs_are_cached_without_augmentation_and_online_with_it(monkeypatch):
     teacher = TinyCNN(num_classes=3).eval()
-    cached = TeacherOutputs.prepare([teacher], [], SPLITS.x_train, augmented=False, key="k")
-    assert not cached.online and "computed once" in cached.reason
+    memo: dict = {}
+    cached = TeacherOutputs.prepare([teacher], [], SPLITS, augmented=False, key="k", memo=memo)
+    assert not cached.online and cached.storage == "memory" and "computed once" in cached.reason
     # a later stage (QAT) asking for the same teacher, taps and data gets the same cache, not a recompute
-    assert TeacherOutputs.prepare([teacher], [], SPLITS.x_train, augmented=False, key="k") is cached
-    assert TeacherOutputs.prepare([teacher], [], SPLITS.x_train, augmented=False, key="other") is not cached
+    assert TeacherOutputs.prepare([teacher], [], SPLITS, augmented=False, key="k", memo=memo) is cached
+    assert TeacherOutputs.prepare([teacher], [], SPLITS, augmented=False, key="other", memo=memo) is not cached
     idx = torch.tensor([5, 1, 7])
     logits, _ = cached(idx, torch.zeros(3, 1, 8, 8))  # cache lookup by index: the inputs are not used
     with torch.no_grad():
-        assert torch.allclose(logits[0], teacher(SPLITS.x_train[idx]), atol=1e-6)
-    online = TeacherOutputs.prepare([teacher], [], SPLITS.x_train, augmented=True, key="k")
+        assert torch.allclose(logits[0], teacher(train_inputs(idx)), atol=1e-6)
+    online = TeacherOutputs.prepare([teacher], [], SPLITS, augmented=True, key="k")
     assert online.online and "augmented" in online.reason
     x = torch.rand(3, 1, 8, 8)
     with torch.no_grad():
         assert torch.allclose(online(idx, x)[0][0], teacher(x))
-    monkeypatch.setattr("edgekd.teacher_outputs.CACHE_LIMIT_MB", 0.0)
-    big = TeacherOutputs.prepare([teacher], [], SPLITS.x_train, augmented=False, key="k")
+    monkeypatch.setenv("EDGEKD_TEACHER_CACHE_MB", "0")
+    big = TeacherOutputs.prepare([teacher], [], SPLITS, augmented=False, key="k")  # no run folder for a disk cache
     assert big.online and "EDGEKD_TEACHER_CACHE_MB" in big.reason
+
+
+def test_teacher_outputs_past_the_memory_limit_go_to_fp16_memmaps_in_the_run(monkeypatch, tmp_path):
+    """Issue 12.5: a large cache lives on disk (fp16, memory-mapped), is looked up by index like the
+    in-memory one, and a second prepare (another stage, or --resume) reuses the files."""
+    from edgekd.features import Tap
+
+    teacher = TinyCNN(num_classes=3).eval()
+    tap = Tap("features", "output")
+    monkeypatch.setenv("EDGEKD_TEACHER_CACHE_MB", "0")
+    disk = TeacherOutputs.prepare([teacher], [tap], SPLITS, augmented=False, key="k", cache_dir=tmp_path)
+    assert disk.storage == "disk" and not disk.online and "memory-mapped fp16" in disk.reason
+    files = sorted(p.name for p in next(tmp_path.iterdir()).iterdir())
+    assert "done.json" in files and any(f.endswith(".f16") for f in files)
+    idx = torch.tensor([9, 0, 4])
+    logits, feats = disk(idx, torch.zeros(3, 1, 8, 8))
+    with torch.no_grad():
+        expected = teacher(train_inputs(idx))
+    assert torch.allclose(logits[0], expected, atol=2e-2, rtol=1e-2)  # fp16 storage
+    assert feats[tap.key].shape[0] == 3
+    stamp = {p.name: p.stat().st_mtime_ns for p in next(tmp_path.iterdir()).iterdir()}
+    again = TeacherOutputs.prepare([teacher], [tap], SPLITS, augmented=False, key="k", cache_dir=tmp_path)
+    assert {p.name: p.stat().st_mtime_ns for p in next(tmp_path.iterdir()).iterdir()} == stamp  # reused, not rewritten
+    assert torch.equal(again(idx, torch.zeros(3, 1, 8, 8))[0][0], logits[0])
 
 
 def test_build_objective_picks_the_teacher_mode_from_augmentation():

@@ -15,7 +15,11 @@ from edgekd.data import build_splits
 from edgekd.errors import StageError
 from edgekd.quantization import calibrate, export_qdq, fold_constant_clips, quantize_model
 from edgekd.stages.export import compare_with_torch
-from edgekd.training import predict_logits
+
+
+def predict_logits(model, x):
+    with torch.no_grad():
+        return model.eval()(x)
 from edgekd.zoo import TinyCNN
 
 CFG = ExportConfig(stage="export")
@@ -42,7 +46,7 @@ def test_int8_export_matches_fake_quant_model_and_flags_a_wrong_one(tmp_path):
     x = torch.rand(32, 1, 16, 16)
     model = TinyCNN(num_classes=4)
     q = quantize_model(model, unsigned_input=True)
-    calibrate(q, x, 2, 16)
+    calibrate(q, x[:32].split(16))
     export_qdq(q, x[:1], tmp_path / "q.onnx", 17)
     parity = compare_with_torch(tmp_path / "q.onnx", predict_logits(q, x).numpy(), x, "int8", CFG, "q")
     assert parity["top1_agreement"] == 1.0 and (parity["sqnr_db"] is None or parity["sqnr_db"] > 30)
@@ -51,7 +55,7 @@ def test_int8_export_matches_fake_quant_model_and_flags_a_wrong_one(tmp_path):
     with torch.no_grad():
         model.classifier.weight.mul_(-1)  # same shapes, different predictions
     other = quantize_model(model, unsigned_input=True)
-    calibrate(other, x, 2, 16)
+    calibrate(other, x[:32].split(16))
     with pytest.raises(StageError, match="top-1 agrees with the fake-quant model"):
         compare_with_torch(tmp_path / "q.onnx", predict_logits(other, x).numpy(), x, "int8",
                            ExportConfig(stage="export", int8_min_top1_agreement=1.0), "q")
@@ -59,7 +63,7 @@ def test_int8_export_matches_fake_quant_model_and_flags_a_wrong_one(tmp_path):
 
 def test_reduce_range_weights_fit_seven_bits_and_no_clip_survives(tmp_path):
     q = quantize_model(TinyCNN(num_classes=4), reduce_range=True)
-    calibrate(q, torch.rand(16, 1, 16, 16), 1, 16)
+    calibrate(q, torch.rand(16, 1, 16, 16)[:16].split(16))
     export_qdq(q, torch.rand(1, 1, 16, 16), tmp_path / "q.onnx", 17)
     graph = onnx.load(str(tmp_path / "q.onnx")).graph
     weights = [numpy_helper.to_array(i) for i in graph.initializer if i.data_type == TensorProto.INT8 and len(i.dims) >= 2]
@@ -83,16 +87,19 @@ def test_fold_constant_clips_folds_only_constant_inputs():
 
 def test_data_splits_are_fixed_by_seed_and_disjoint():
     a, b = build_splits(DataSpec()), build_splits(DataSpec())
-    assert torch.equal(a.x_test, b.x_test) and a.input_shape == (1, 32, 32) and a.num_classes == 10
-    assert len(a.x_train) + len(a.x_val) + len(a.x_test) == 1797
+    assert torch.equal(a.example(400, "test"), b.example(400, "test")) and a.input_shape == (1, 32, 32)
+    assert a.num_classes == 10 and sum(a.size(s) for s in ("train", "val", "test")) == 1797
+    ids = [set(a.set(s).raw_set.index.tolist()) for s in ("train", "val", "test")]
+    assert not (ids[0] & ids[1] or ids[0] & ids[2] or ids[1] & ids[2])
     c = build_splits(DataSpec(seed=1))
-    assert not torch.equal(a.y_test, c.y_test)
+    assert not torch.equal(a.labels("test"), c.labels("test"))
 
 
 def test_digits_repeat_the_gray_image_for_three_channel_models():
     gray, rgb = build_splits(DataSpec()), build_splits(DataSpec(channels=3))
     assert rgb.input_shape == (3, 32, 32)
-    assert all(torch.equal(rgb.x_test[:, c], gray.x_test[:, 0]) for c in range(3))
+    g, r = gray.example(50, "test"), rgb.example(50, "test")
+    assert all(torch.equal(r[:, c], g[:, 0]) for c in range(3))
 
 
 def test_latency_harness_counts_runs_and_orders_percentiles():
@@ -145,7 +152,7 @@ def test_int8_artifact_rebuilds_bit_exact(tmp_path):
     x = torch.rand(16, 1, 16, 16)
     parent = TinyCNN(num_classes=4).eval()
     q = quantize_model(parent, unsigned_input=True, reduce_range=True)
-    calibrate(q, x, 1, 16)
+    calibrate(q, x[:16].split(16))
     q.train()
     F.cross_entropy(q(x), torch.zeros(16, dtype=torch.long)).backward()
     with torch.no_grad():
@@ -166,7 +173,7 @@ def test_ort_warns_about_full_range_weights_exactly_on_cpus_without_vnni(tmp_pat
     paths = {}
     for reduce in (False, True):
         q = quantize_model(TinyCNN(num_classes=4), unsigned_input=True, reduce_range=reduce)
-        calibrate(q, x, 1, 16)
+        calibrate(q, x[:16].split(16))
         paths[reduce] = tmp_path / f"q{int(reduce)}.onnx"
         export_qdq(q, x[:1], paths[reduce], 17)
     assert saturation_risk(paths[True]) is None  # 7-bit weights cannot saturate

@@ -31,7 +31,7 @@ def compile_config(target: Target) -> dict[str, Any]:
     if target.precision_hint:
         config["INFERENCE_PRECISION_HINT"] = target.precision_hint
     if target.cache:
-        from ..default import cache_dir
+        from ..fileio import cache_dir
 
         config["CACHE_DIR"] = str(cache_dir() / "openvino")
     return config

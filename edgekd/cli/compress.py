@@ -3,11 +3,29 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from .app import app, err, handle_errors, out
+
+
+def parse_arch_args(items: list[str]) -> dict[str, Any]:
+    """``--arch-arg input_size=28`` -> ``{"input_size": 28}`` (values read as YAML scalars or lists)."""
+    import yaml
+
+    from ..errors import InputError
+
+    parsed: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise InputError(f"--arch-arg {item!r}: expected KEY=VALUE with KEY a Python identifier")
+        try:
+            parsed[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise InputError(f"--arch-arg {item!r}: VALUE is not a YAML scalar or list") from None
+    return parsed
 
 
 @app.command()
@@ -19,8 +37,13 @@ def compress(
     recipe: Annotated[str, typer.Option(help="Recipe name (built-in, see 'edgekd list recipes') or YAML path.")] = "default",
     target: Annotated[Optional[list[str]], typer.Option(help="Target name or YAML path; repeat for several. "
                       "Default: the recipe's targets.")] = None,
-    data: Annotated[Optional[str], typer.Option(help="Data: digits, synthetic, npz:PATH (arrays x, y). "
+    arch_arg: Annotated[Optional[list[str]], typer.Option("--arch-arg", help="KEY=VALUE passed to the arch's "
+                        "constructor or factory (VALUE read as YAML: 28, true, [1, 2]); repeat for several.")] = None,
+    data: Annotated[Optional[str], typer.Option(help="Data: digits, synthetic, npz:PATH, imagefolder:DIR, "
+                    "hf:PATH|NAME or package.module:factory (see 'edgekd list sources'). "
                     "Default: the recipe's data block.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="Training device: auto, cpu, cuda or cuda:N "
+                      "(default: the recipe's, auto).")] = None,
     out_dir: Annotated[Optional[Path], typer.Option("--out", help="Run directory. Default: runs/<recipe>[N].")] = None,
     budget: Annotated[Optional[Path], typer.Option(help="Budget YAML; after the run, exit 1 if it is violated.")] = None,
     trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Allow a pickled module or "
@@ -35,9 +58,9 @@ def compress(
     from .render import print_report_tables
 
     with handle_errors():
-        result = run_compress(checkpoint, arch=arch, recipe=recipe, targets=target, data=data, out=out_dir,
-                              budget=budget, trust_checkpoint=trust_checkpoint, dry_run=dry_run, resume=resume,
-                              force=force)
+        result = run_compress(checkpoint, arch=arch, arch_args=parse_arch_args(arch_arg or []), recipe=recipe,
+                              targets=target, data=data, out=out_dir, budget=budget, trust_checkpoint=trust_checkpoint,
+                              dry_run=dry_run, resume=resume, force=force, device=device)
     if result.report is None:
         out.print(f"dry run: wrote {result.run_dir / 'recipe.resolved.yaml'}")
         return

@@ -15,10 +15,11 @@ class What(str, enum.Enum):
     targets = "targets"
     backends = "backends"
     losses = "losses"
+    sources = "sources"
 
 
 @app.command("list")
-def list_(what: Annotated[What, typer.Argument(help="recipes, targets, backends or losses.")]) -> None:
+def list_(what: Annotated[What, typer.Argument(help="recipes, targets, backends, losses or data sources.")]) -> None:
     """List built-in recipes, targets, backends (with availability) or distillation losses."""
     from ..config import load_recipe, load_target, RECIPES_DIR, TARGETS_DIR, builtin_names
 
@@ -36,6 +37,12 @@ def list_(what: Annotated[What, typer.Argument(help="recipes, targets, backends 
             for name in BACKENDS:
                 ok, why = BACKENDS.get(name)().availability()
                 out.print(f"{name}: {'available ' + why if ok else 'unavailable: ' + why}", highlight=False, markup=False)
+        elif what is What.sources:
+            from ..data import SOURCES
+
+            for name in SOURCES:
+                doc = " ".join((SOURCES.get(name).__doc__ or "").split())
+                out.print(f"{name}: {doc}", highlight=False, markup=False)
         else:
             from ..losses import LOSSES
 

@@ -16,10 +16,14 @@ from typing import Any, Callable
 from torch import nn
 
 from ..artifact import Artifact, rebuild_float, rebuild_int8
-from ..config import Recipe
+from ..config import LossTerm, Recipe
 from ..data import Splits
 from ..errors import RecipeError, StageError
 from ..registry import Registry
+from ..train.device import CPU, Device
+from ..train.loop import FitResult, fit
+from ..train.objective import Objective, build_objective
+from ..train.teacher_outputs import TeacherOutputs
 
 
 @dataclass
@@ -39,6 +43,28 @@ class StageContext:
     # target name -> (p50 ms of an ONNX file there, the target's settings): latency-driven pruning's
     # only window onto a backend, given by the pipeline
     latency_probe: Callable[[str], tuple[Callable[[Path], float], dict[str, Any]]] | None = None
+    device: Device = CPU            # where training runs (recipe ``device``)
+    # the last teacher-output cache made, so a QAT stage reuses distill's (one run's, never a global)
+    teacher_memo: dict = field(default_factory=dict)
+
+    def objective(self, terms: list[LossTerm], key: str, student: nn.Module,
+                  teacher: bool = True) -> tuple[Objective, TeacherOutputs | None]:
+        """A stage's objective over the run's data and teacher (``teacher=False``: cross-entropy only)."""
+        if not teacher:
+            return Objective.cross_entropy(), None
+        return build_objective(terms, key, student, self.teacher, self.splits,
+                               augmented=self.recipe.data.augment.active, teacher_key=self.teacher_hash,
+                               load_teacher=self.load_extra_teacher, memo=self.teacher_memo,
+                               cache_dir=self.run_dir / "cache", device=self.device)
+
+    def train(self, model: nn.Module, objective: Objective, outputs: TeacherOutputs | None, *, epochs: int,
+              lr: float, weight_decay: float, label: str, patience: int | None = None, augment: bool = True,
+              state_file: str = "train_state.pt") -> FitResult:
+        """The one way a stage trains: the run's data, seed, device, augmentation and resumable state."""
+        return fit(model, self.splits, objective, teacher=outputs, epochs=epochs, lr=lr, weight_decay=weight_decay,
+                   seed=self.recipe.seed, label=label, patience=patience,
+                   augment=self.recipe.data.augment if augment else None, state_path=self.stage_dir / state_file,
+                   state_key=self.stage_key, device=self.device, checkpoint_every=self.recipe.checkpoint_every)
 
     def load_extra_teacher(self, checkpoint: str, arch: str | None) -> nn.Module:
         """Another teacher named in a loss (multi-teacher), loaded as safely as the main one."""

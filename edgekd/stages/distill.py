@@ -15,9 +15,9 @@ import torch
 from ..artifact import Artifact, config_hash, count_params_macs, save_torch
 from ..checkpoint import build_model
 from ..config import DistillConfig, LossTerm, StudentSpec
-from ..objective import bind_terms, build_objective
 from ..pruning import channel_plan, uniform_width
-from ..training import accuracy, fit
+from ..train.evaluate import accuracy
+from ..train.objective import bind_terms
 from .base import STAGES, StageContext, current, role_of
 
 
@@ -26,21 +26,17 @@ def distill(variants: dict[str, Artifact], cfg: DistillConfig, ctx: StageContext
     source = current(variants)
     recipe, splits = ctx.recipe, ctx.splits
     student, arch, kwargs, extra = _make_student(variants, source, ctx)
-    objective, outputs = build_objective(cfg.loss, f"{ctx.stage_key_path}.loss", student, ctx.teacher, splits,
-                                         augmented=recipe.data.augment.active, teacher_key=ctx.teacher_hash,
-                                         load_teacher=ctx.load_extra_teacher)
-    result = fit(student, splits, objective, teacher=outputs, epochs=cfg.epochs, lr=cfg.lr,
-                 weight_decay=cfg.weight_decay, batch_size=recipe.data.batch_size, seed=recipe.seed, label="distill",
-                 patience=cfg.patience, augment=recipe.data.augment, state_path=ctx.stage_dir / "train_state.pt",
-                 state_key=ctx.stage_key)
+    objective, outputs = ctx.objective(cfg.loss, f"{ctx.stage_key_path}.loss", student)
+    result = ctx.train(student, objective, outputs, epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                       label="distill", patience=cfg.patience)
     params, macs = count_params_macs(student, splits.input_shape)
     metrics = {"val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
                "stopped_early": result.stopped_early, "resumed_from_epoch": result.resumed_from_epoch,
                "teacher_outputs": "online" if outputs is not None and outputs.online else
                                   ("cached" if outputs is not None else "none"),
-               "test_accuracy_torch": accuracy(student, splits.x_test, splits.y_test),
+               "test_accuracy_torch": accuracy(student, splits, "test", ctx.device),
                "params": params, "macs": macs, "history": result.history,
-               "cpu_threads": torch.get_num_threads()}  # CPU results repeat bit for bit at the same count
+               "cpu_threads": torch.get_num_threads(), **ctx.device.to_json()}  # CPU results repeat bit for bit at the same count
     variant = "student-fp32"
     ctx.models[variant] = student
     chash = config_hash(cfg.model_dump(), recipe.student.model_dump(), source.config_hash)
@@ -58,7 +54,7 @@ def check_loss_names(terms: list[LossTerm], key: str, recipe_student: StudentSpe
     stands in for it; an arch student is built (cheap, untrained) and checked.
     """
     student = teacher if recipe_student.arch is None else build_model(
-        recipe_student.arch, num_classes=num_classes, in_channels=in_channels)
+        recipe_student.arch, num_classes=num_classes, in_channels=in_channels, arch_args=recipe_student.arch_args)
     bind_terms(terms, key, student, teacher)
 
 
@@ -77,11 +73,13 @@ def _make_student(variants: dict[str, Artifact], source: Artifact,
         return student, source.meta.get("arch") or "", source.meta.get("arch_kwargs", kwargs), extra
     if spec.arch is not None:
         torch.manual_seed(ctx.recipe.seed)
+        if spec.arch_args:
+            kwargs = {**kwargs, "arch_args": spec.arch_args}
         return build_model(spec.arch, **kwargs), spec.arch, kwargs, {}
     width = spec.width if spec.width is not None else 0.5
     teacher = ctx.model(variants, source.variant)
     torch.manual_seed(ctx.recipe.seed)
-    student = uniform_width(teacher, splits.x_train[:1], width, splits.num_classes, keep_weights=spec.init == "pruned")
+    student = uniform_width(teacher, splits.example(1), width, splits.num_classes, keep_weights=spec.init == "pruned")
     extra = {"channels": channel_plan(student), "input_shape": list(splits.input_shape),
              "derived": {"from": source.variant, "width": width, "init": spec.init}}
     return student, source.meta.get("arch") or "", source.meta.get("arch_kwargs", kwargs), extra

@@ -27,7 +27,8 @@ from ..progress import console
 from ..fileio import atomic_path
 from ..parity import parity
 from ..quantization import INPUT_NAME, export_qdq
-from ..training import predict_logits
+from ..onnx_files import write_metadata
+from ..train.evaluate import predict_logits
 from .base import STAGES, StageContext
 
 
@@ -44,7 +45,10 @@ def resolve_torch_program(recipe: Recipe, targets: list[Target]) -> Recipe:
 @STAGES.register("export")
 def export(variants: dict[str, Artifact], cfg: ExportConfig, ctx: StageContext) -> list[Artifact]:
     out: list[Artifact] = []
-    example = ctx.splits.x_test[:1].clone()
+    example = ctx.splits.example(1, "test")
+    parity_x = ctx.splits.example(cfg.parity_samples, "test")
+    deployment = {"preprocess": ctx.splits.preprocess.to_json(), "class_names": ctx.splits.class_names,
+                  "input_shape": [1, *ctx.splits.input_shape]}
     for name, art in variants.items():
         if art.kind == "onnx":
             continue
@@ -59,10 +63,10 @@ def export(variants: dict[str, Artifact], cfg: ExportConfig, ctx: StageContext) 
                     export_fp32(model, example, tmp, cfg.opset)
             except Exception as exc:  # noqa: BLE001 - exporters raise many types for unsupported ops
                 raise StageError(f"export {name}: ONNX export failed at opset {cfg.opset} ({exc})") from None
+            write_metadata(tmp, deployment)  # how to make the inputs the backends were scored on
             check_onnx(tmp, name)
-            logits = predict_logits(model, ctx.splits.x_test).numpy()  # the torch model on the test split
-            n = cfg.parity_samples
-            checked = compare_with_torch(tmp, logits[:n], ctx.splits.x_test[:n], art.precision, cfg, name)
+            logits = predict_logits(model, ctx.splits, "test").numpy()  # the torch model on the test split
+            checked = compare_with_torch(tmp, logits[:len(parity_x)], parity_x, art.precision, cfg, name)
         program = None
         if cfg.torch_program and art.precision != "int8":  # the torch baseline runs the float graph
             program = ctx.stage_dir / f"{name}.pt2"

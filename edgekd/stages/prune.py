@@ -23,11 +23,11 @@ from ..exporting import export_fp32
 from ..layer_patterns import match_layers
 from ..latency_lut import build_table, search_plan, table_key
 from ..losses.base import DistillTerm
-from ..objective import CrossEntropy, Objective, build_objective
 from ..progress import console
 from ..pruning import channel_groups, channel_plan, prune_channels
 from ..sparsity import BNScaleL1, scale_groups
-from ..training import accuracy, fit
+from ..train.evaluate import accuracy
+from ..train.objective import CrossEntropy, Objective
 from .base import STAGES, StageContext, current
 
 VARIANT = "student-fp32"
@@ -37,7 +37,7 @@ VARIANT = "student-fp32"
 def prune(variants: dict[str, Artifact], cfg: PruneConfig, ctx: StageContext) -> list[Artifact]:
     source = current(variants)
     splits, recipe, key = ctx.splits, ctx.recipe, ctx.stage_key_path
-    example = splits.x_train[:1]
+    example = splits.example(1)
     model = copy.deepcopy(ctx.model(variants, source.variant)).eval()
     params_before, macs_before = count_params_macs(model, splits.input_shape)
     layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
@@ -78,14 +78,14 @@ def prune(variants: dict[str, Artifact], cfg: PruneConfig, ctx: StageContext) ->
         raise StageError(f"{key}: method {cfg.method!r} removed no channel (importance scores all tied, or every "
                          f"ratio 0); try importance l1, or method uniform")
     params, macs = count_params_macs(model, splits.input_shape)
-    metrics.update(pruned_val_accuracy=accuracy(model, splits.x_val, splits.y_val),
+    metrics.update(pruned_val_accuracy=accuracy(model, splits, "val"),
                    params_before=params_before, macs_before=macs_before, params=params, macs=macs,
                    layers_pruned={n: list(v) for n, v in removed.items()})
     console.print(f"prune: {len(removed)} layer(s) narrowed; params {params_before} -> {params}, "
                   f"MACs {macs_before} -> {macs}; accuracy before recovery {metrics['pruned_val_accuracy']:.4f}")
     metrics["recovery"] = _recover(model, cfg, ctx, scales)
-    metrics.update(val_accuracy=accuracy(model, splits.x_val, splits.y_val),
-                   test_accuracy_torch=accuracy(model, splits.x_test, splits.y_test))
+    metrics.update(val_accuracy=accuracy(model, splits, "val", ctx.device),
+                   test_accuracy_torch=accuracy(model, splits, "test", ctx.device))
     if cfg.method == "latency":
         metrics["latency"]["measured_after_recovery_ms"] = _latency_of(ctx, cfg.latency.target)[0](model)
     ctx.models[VARIANT] = model
@@ -116,9 +116,8 @@ def _taylor_gradients(splits, batch_size: int):
 
     def run(model: nn.Module) -> None:
         model.eval()
-        for i in range(0, min(len(splits.x_train), 4 * batch_size), batch_size):
-            loss = nn.functional.cross_entropy(model(splits.x_train[i:i + batch_size]),
-                                               splits.y_train[i:i + batch_size].clamp_min(0))
+        for x, y, _ in splits.loader("train", batch_size, limit=4 * batch_size):
+            loss = nn.functional.cross_entropy(model(x), y.clamp_min(0))
             loss.backward()
 
     return run
@@ -133,10 +132,9 @@ def _sparse_train(model: nn.Module, cfg: PruneConfig, ctx: StageContext) -> dict
         raise RecipeError(f"{ctx.stage_key_path}.method: 'gcp' needs BatchNorm layers (it penalises their scales); "
                           "this model has none: use uniform, global or latency")
     terms: list[tuple[str, float, DistillTerm]] = [("ce", 1.0, CrossEntropy(None, "ce")), ("sparse.l1", 1.0, l1)]
-    result = fit(model, ctx.splits, Objective(terms), epochs=sparse.epochs, lr=sparse.lr,
-                 weight_decay=sparse.weight_decay, batch_size=ctx.recipe.data.batch_size, seed=ctx.recipe.seed,
-                 label="prune (sparse training)", state_path=ctx.stage_dir / "sparse_state.pt",
-                 state_key=ctx.stage_key)
+    result = ctx.train(model, Objective(terms), None, epochs=sparse.epochs, lr=sparse.lr,
+                       weight_decay=sparse.weight_decay, label="prune (sparse training)", augment=False,
+                       state_file="sparse_state.pt")
     gammas = torch.cat([m.weight.detach().abs() for m in l1._bns])
     return {"epochs": sparse.epochs, "val_accuracy": result.best_val_accuracy,
             "bn_scale_below_1e-2": float((gammas < 1e-2).float().mean()), "history": result.history}
@@ -149,7 +147,7 @@ def _latency_of(ctx: StageContext, target: str) -> tuple[Callable[[nn.Module], f
         raise StageError(f"{ctx.stage_key_path}.latency: this run cannot time models on a target")
     probe, settings = ctx.latency_probe(target)
     path = ctx.stage_dir / "latency_probe.onnx"
-    example = ctx.splits.x_test[:1]
+    example = ctx.splits.example(1, "test")
 
     def ms(model: nn.Module) -> float:
         export_fp32(model, example, path, 17)
@@ -162,7 +160,7 @@ def _latency_driven(model: nn.Module, cfg: PruneConfig, ctx: StageContext, group
     """Ratios from the measured latency table, each plan pruned and timed for real, re-planned after a
     miss (``latency_lut.search_plan``)."""
     goal = cfg.latency
-    example = ctx.splits.x_train[:1]
+    example = ctx.splits.example(1)
     latency_of, target_settings = _latency_of(ctx, goal.target)
     tkey = table_key(shape_hash(model), target_settings, ctx.splits.input_shape, goal.steps, cfg.round_to,
                      common["ignore"])
@@ -201,13 +199,9 @@ def _recover(model: nn.Module, cfg: PruneConfig, ctx: StageContext, scales: dict
     if rec.epochs == 0:
         return {"epochs": 0}
     terms = rec.loss or default_recovery_loss(scales)
-    objective, outputs = build_objective(terms, f"{ctx.stage_key_path}.recovery.loss", model, ctx.teacher,
-                                         ctx.splits, augmented=ctx.recipe.data.augment.active,
-                                         teacher_key=ctx.teacher_hash, load_teacher=ctx.load_extra_teacher)
-    result = fit(model, ctx.splits, objective, teacher=outputs, epochs=rec.epochs, lr=rec.lr,
-                 weight_decay=rec.weight_decay, batch_size=ctx.recipe.data.batch_size, seed=ctx.recipe.seed,
-                 label="prune (recovery)", patience=rec.patience, augment=ctx.recipe.data.augment,
-                 state_path=ctx.stage_dir / "train_state.pt", state_key=ctx.stage_key)
+    objective, outputs = ctx.objective(terms, f"{ctx.stage_key_path}.recovery.loss", model)
+    result = ctx.train(model, objective, outputs, epochs=rec.epochs, lr=rec.lr, weight_decay=rec.weight_decay,
+                       label="prune (recovery)", patience=rec.patience)
     return {"epochs": rec.epochs, "loss": [t.model_dump() for t in terms], "val_accuracy": result.best_val_accuracy,
             "best_epoch": result.best_epoch, "history": result.history}
 

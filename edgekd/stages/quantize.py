@@ -16,9 +16,8 @@ from ..layer_patterns import match_layers
 from ..errors import RecipeError, StageError
 from ..mixed_precision import search
 from ..progress import console
-from ..objective import Objective, build_objective
 from ..quantization import calibrate, layer_names, quantize_model, weight_range
-from ..training import accuracy, fit
+from ..train.evaluate import accuracy
 from .base import STAGES, StageContext, current, role_of
 
 
@@ -45,7 +44,8 @@ def resolve_input_quant(recipe: Recipe, targets: list[Target]) -> Recipe:
 def quantize(variants: dict[str, Artifact], cfg: QuantizeConfig, ctx: StageContext) -> list[Artifact]:
     source = current(variants)
     splits, recipe = ctx.splits, ctx.recipe
-    low = float(splits.x_train.min())
+    calibration = splits.calibration_loader(cfg.calibration_batches)
+    low = min(float(x.min()) for x, _, _ in calibration)
     if cfg.input_quant == "unsigned" and low < 0:
         raise RecipeError(f"{ctx.stage_key_path}.input_quant: 'unsigned' but the data has negative values "
                           f"(min {low:.3g}); use auto or signed")
@@ -63,17 +63,17 @@ def quantize(variants: dict[str, Artifact], cfg: QuantizeConfig, ctx: StageConte
         model = quantize_model(float_model, unsigned_input=unsigned_input, reduce_range=cfg.reduce_range,
                                calibration=cfg.calibration, percentile=cfg.percentile, weight_bits=cfg.weight_bits,
                                overrides=chosen, learned_scales=cfg.learned_scales)
-        calibrate(model, splits.x_train, cfg.calibration_batches, recipe.data.batch_size,
-                  bias_correction=cfg.bias_correction)
+        calibrate(model.to(ctx.device.torch_device), calibration, bias_correction=cfg.bias_correction)
+        model.to("cpu")
         built.clear()
         built[key] = model
         return model
 
-    float_val = accuracy(float_model, splits.x_val, splits.y_val)
+    float_val = accuracy(float_model, splits, "val")
     mixed = None
     if cfg.max_accuracy_drop is not None:
         mixed = search(layers, overrides, cfg.max_accuracy_drop,
-                       lambda chosen: float_val - accuracy(calibrated(chosen), splits.x_val, splits.y_val),
+                       lambda chosen: float_val - accuracy(calibrated(chosen), splits, "val"),
                        f"{ctx.stage_key_path}.max_accuracy_drop")
         overrides = mixed.overrides
         console.print(f"mixed precision: {len(mixed.float_layers)} layer(s) kept in float "
@@ -82,24 +82,17 @@ def quantize(variants: dict[str, Artifact], cfg: QuantizeConfig, ctx: StageConte
     qmodel = calibrated(overrides)
     history: list = []
     if cfg.mode == "qat" and cfg.epochs > 0:
-        if cfg.teacher:
-            objective, outputs = build_objective(cfg.loss, f"{ctx.stage_key_path}.loss", qmodel, ctx.teacher, splits,
-                                                 augmented=recipe.data.augment.active, teacher_key=ctx.teacher_hash,
-                                                 load_teacher=ctx.load_extra_teacher)
-        else:
-            objective, outputs = Objective.cross_entropy(), None
-        result = fit(qmodel, splits, objective, teacher=outputs, epochs=cfg.epochs, lr=cfg.lr,
-                     weight_decay=cfg.weight_decay, batch_size=recipe.data.batch_size, seed=recipe.seed,
-                     label="quantize (QAT)", patience=cfg.patience, augment=recipe.data.augment,
-                     state_path=ctx.stage_dir / "train_state.pt", state_key=ctx.stage_key)
+        objective, outputs = ctx.objective(cfg.loss, f"{ctx.stage_key_path}.loss", qmodel, teacher=cfg.teacher)
+        result = ctx.train(qmodel, objective, outputs, epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                           label="quantize (QAT)", patience=cfg.patience)
         history = result.history
     variant = f"{role_of(source.variant)}-int8"
     ctx.models[variant] = qmodel
-    val = accuracy(qmodel, splits.x_val, splits.y_val)
+    val = accuracy(qmodel, splits, "val")
     if cfg.max_accuracy_drop is not None and float_val - val > cfg.max_accuracy_drop:
         raise StageError(f"{ctx.stage_key_path}.max_accuracy_drop: after {cfg.mode} the validation drop is "
                          f"{float_val - val:.4f} > {cfg.max_accuracy_drop}; not saving a model that misses it")
-    metrics = {"test_accuracy_torch": accuracy(qmodel, splits.x_test, splits.y_test),
+    metrics = {"test_accuracy_torch": accuracy(qmodel, splits, "test"),
                "val_accuracy": val, "float_val_accuracy": float_val, "history": history,
                "mixed_precision": mixed.to_json() if mixed is not None else None,
                **{k: v for k, v in source.meta.get("metrics", {}).items() if k in ("params", "macs")}}

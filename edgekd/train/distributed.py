@@ -1,9 +1,9 @@
 """torch.distributed for training under ``torchrun``: one process per rank, each reading its shard.
 
 ``torchrun --nproc_per_node=N -m edgekd compress ...`` sets ``WORLD_SIZE``/``RANK``; the pipeline
-calls ``init_from_env`` once. Training runs on CPU, so the backend is gloo (nccl needs training on
-CUDA, which edgekd does not do yet). Every rank runs the same stages on the same data (so models stay
-identical: DDP averages gradients, broadcasts BN buffers); only rank 0 writes the run and measures.
+calls ``init_from_env`` once: nccl when the run trains on CUDA (one GPU per rank, by ``LOCAL_RANK``),
+gloo on the CPU. Every rank runs the same stages on the same data (so models stay identical: DDP
+averages gradients, broadcasts BN buffers); only rank 0 writes the run and measures.
 """
 
 from __future__ import annotations
@@ -13,12 +13,16 @@ import os
 import torch.distributed as dist
 
 
-def init_from_env() -> bool:
-    """Join the process group ``torchrun`` describes; False when not launched by torchrun."""
+def init_from_env(device: str = "cpu") -> bool:
+    """Join the process group ``torchrun`` describes; False when not launched by torchrun. ``device``:
+    the recipe's training device (auto/cuda pick nccl where torch sees a GPU)."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return False
     if not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
+        import torch
+
+        cuda = device != "cpu" and torch.cuda.is_available()
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
     return True
 
 

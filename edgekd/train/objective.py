@@ -14,13 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import LossTerm
-from .data import Splits
-from .errors import RecipeError
-from .features import Tap, capture
-from .losses import LOSSES, Batch, DistillTerm, SetupInfo
-from .losses.base import with_labels
-from .progress import console
+from pathlib import Path
+
+from ..config import LossTerm
+from ..data import Splits
+from ..errors import RecipeError
+from ..features import Tap, capture
+from ..losses import LOSSES, Batch, DistillTerm, SetupInfo
+from ..losses.base import with_labels
+from ..progress import console
+from .device import CPU, Device
 from .teacher_outputs import TeacherOutputs
 
 
@@ -105,33 +108,39 @@ def bind_terms(terms: list[LossTerm], key: str, student: nn.Module,
 def build_objective(terms: list[LossTerm], key: str, student: nn.Module, teacher: nn.Module | None,
                     splits: Splits, *, augmented: bool, teacher_key: str,
                     load_teacher: Callable[[str, str | None], nn.Module] | None = None,
+                    memo: dict | None = None, cache_dir: Path | None = None, device: Device = CPU,
                     ) -> tuple[Objective, TeacherOutputs | None]:
-    """The objective for ``terms`` (recipe key ``key``) and the teacher outputs it reads."""
+    """The objective for ``terms`` (recipe key ``key``) and the teacher outputs it reads (cached in
+    ``memo``, or on disk under ``cache_dir`` when large; computed on ``device``)."""
     named, refs = bind_terms(terms, key, student, teacher)
     if refs and load_teacher is None:
         raise RecipeError(f"{key}: this stage cannot load the extra teachers multi-teacher names")
     extra_teachers = [load_teacher(r.checkpoint, r.arch) for r in refs] if refs else []
     objective = Objective(named)
-    if objective.needs_labels and bool((splits.y_train < 0).any()):
+    if objective.needs_labels and not splits.labeled:
         needy = ", ".join(sorted({n for n, t in zip(objective.names, objective.terms) if t.needs_labels}))
         raise RecipeError(f"{key}: the training data has unlabeled samples (x_unlabeled), but {needy} needs labels; "
                           f"use kd-labelfree, or drop x_unlabeled")
 
     outputs = None
     if objective.needs_teacher and teacher is not None:
-        outputs = TeacherOutputs.prepare([teacher, *extra_teachers], objective.teacher_taps(), splits.x_train,
-                                         augmented=augmented, key=teacher_key)
+        outputs = TeacherOutputs.prepare([teacher, *extra_teachers], objective.teacher_taps(), splits,
+                                         augmented=augmented, key=teacher_key, memo=memo, cache_dir=cache_dir,
+                                         device=device)
         console.print(f"teacher: {outputs.reason}")
-    probe = torch.arange(min(2, len(splits.x_train)))
+    x_probe = splits.example(2)
+    probe = torch.arange(len(x_probe))
     student_feats: dict[str, torch.Tensor] = {}
     was_training = student.training
     with torch.no_grad(), capture(student, objective.student_taps(), student_feats):
-        student.eval()(splits.x_train[probe])
+        student.eval()(x_probe)
     student.train(was_training)
-    teacher_feats = outputs(probe, splits.x_train[probe])[1] if outputs is not None else {}
-    info = SetupInfo(num_classes=splits.num_classes, n_train=len(splits.x_train), student=student, teacher=teacher,
-                     student_features=student_feats, teacher_features=teacher_feats, train_labels=splits.y_train,
-                     teacher_features_all=(lambda tap: outputs.all_features(tap, splits.x_train)) if outputs else None)
+    teacher_feats = ({k: v.float().cpu() for k, v in outputs(probe, x_probe.to(device.torch_device))[1].items()}
+                     if outputs is not None else {})
+    info = SetupInfo(num_classes=splits.num_classes, n_train=splits.size("train"), student=student, teacher=teacher,
+                     student_features=student_feats, teacher_features=teacher_feats,
+                     train_labels=splits.labels("train"),
+                     teacher_features_all=(lambda tap: outputs.all_features(tap, splits)) if outputs else None)
     for loss in objective.terms:
         loss.setup(info)
     return objective, outputs

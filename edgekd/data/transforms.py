@@ -1,0 +1,200 @@
+"""Preprocessing as data: what turns a source's raw sample into the tensor a model sees.
+
+The settings (size, crop, interpolation, mean/std, channels) are resolved once per run, from the
+recipe where it says, else from the architecture (timm's pretrained config, torchvision weights'
+transforms), else from the source, and recorded with every artifact (the manifest, each ONNX file's
+metadata), so a deployment can reproduce exactly the tensors the backends were evaluated on.
+Training-time augmentation is applied per batch in the training loop (``augment_batch``), from the
+run's seeded generator, so a run repeats exactly whatever the number of loader workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..config import Augment, PreprocessSpec
+from ..errors import DataError
+
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Resolved preprocessing: resize the shorter side to ``resize`` (or the whole image to ``size``
+    when ``resize`` is None), centre-crop ``size``, scale to [0, 1], set ``channels``, normalise."""
+
+    size: int | None                 # output height = width; None keeps the source's size
+    resize: int | None               # shorter side before the crop; None: resize straight to size
+    interpolation: str
+    mean: tuple[float, ...] | None
+    std: tuple[float, ...] | None
+    channels: int | None             # 1 or 3; None keeps the source's
+    origin: dict[str, str]           # key -> where the value came from: recipe, architecture or source
+
+    def to_json(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    def __call__(self, raw: Any) -> torch.Tensor:
+        """A raw sample (a PIL image, or a float CHW tensor in [0, 1]) -> the model's input tensor."""
+        x = raw if isinstance(raw, torch.Tensor) else _pil_to_tensor(raw)
+        x = x.to(torch.float32)
+        if x.ndim == 2:
+            x = x.unsqueeze(0)
+        if x.ndim != 3:
+            raise DataError(f"data: a sample has shape {tuple(x.shape)}; expected (C, H, W) or (H, W)")
+        x = self._geometry(x)
+        x = self._channels(x)
+        if self.mean is not None and self.std is not None:
+            mean = torch.tensor(self.mean, dtype=x.dtype).view(-1, 1, 1)
+            std = torch.tensor(self.std, dtype=x.dtype).view(-1, 1, 1)
+            x = (x - mean) / std
+        return x.contiguous()
+
+    def _geometry(self, x: torch.Tensor) -> torch.Tensor:
+        if self.size is None:
+            return x
+        mode = self.interpolation
+        kw = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+        h, w = x.shape[-2:]
+        if self.resize is None:
+            if (h, w) != (self.size, self.size):
+                x = F.interpolate(x[None], size=(self.size, self.size), mode=mode, **kw)[0]
+            return x
+        scale = self.resize / min(h, w)
+        nh, nw = max(self.size, round(h * scale)), max(self.size, round(w * scale))
+        if (nh, nw) != (h, w):
+            x = F.interpolate(x[None], size=(nh, nw), mode=mode, **kw)[0]
+        top, left = (nh - self.size) // 2, (nw - self.size) // 2
+        return x[:, top:top + self.size, left:left + self.size]
+
+    def _channels(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels is None or x.shape[0] == self.channels:
+            return x
+        if x.shape[0] == 1:
+            return x.expand(self.channels, -1, -1)
+        if x.shape[0] == 3 and self.channels == 1:
+            return (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]).unsqueeze(0)
+        raise DataError(f"data: samples have {x.shape[0]} channels; preprocess.channels={self.channels} cannot "
+                        f"be made from them (1 <-> 3 only)")
+
+
+def _pil_to_tensor(image: Any) -> torch.Tensor:
+    """A PIL image (or an HWC/HW uint8 array) as a float CHW tensor in [0, 1]."""
+    import numpy as np
+
+    if hasattr(image, "mode"):
+        if image.mode not in ("L", "RGB"):
+            image = image.convert("RGB")
+        arr = np.asarray(image)
+    else:
+        arr = np.asarray(image)
+    t = torch.from_numpy(np.array(arr, copy=True))
+    t = t.unsqueeze(0) if t.ndim == 2 else t.permute(2, 0, 1)
+    return t.to(torch.float32) / (255.0 if t.dtype == torch.uint8 else 1.0)
+
+
+def arch_preprocess(spec: str | None) -> dict[str, Any]:
+    """Preprocessing an arch spec declares: torchvision weights' transforms, timm's pretrained config;
+    nothing for other specs. Read from the libraries' tables; never downloads anything."""
+    scheme, _, name = (spec or "").partition(":")
+    if scheme == "torchvision":
+        return torchvision_defaults(name)
+    if scheme == "timm":
+        try:
+            import timm
+
+            cfg = timm.get_pretrained_cfg(name)
+        except Exception:  # noqa: BLE001 - no timm, or a name without a config
+            return {}
+        return timm_defaults(cfg.to_dict() if cfg is not None else {})
+    return {}
+
+
+def timm_defaults(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Preprocessing in a timm ``pretrained_cfg`` (input size, crop fraction, interpolation, mean, std)."""
+    if not isinstance(cfg, dict):
+        return {}
+    out: dict[str, Any] = {}
+    size = cfg.get("test_input_size") or cfg.get("input_size")
+    if size and len(size) == 3:
+        out["size"], out["channels"] = int(size[-1]), int(size[0])
+        crop_pct = cfg.get("test_crop_pct") or cfg.get("crop_pct")
+        if crop_pct:
+            out["resize"] = int(round(out["size"] / float(crop_pct)))
+    if cfg.get("interpolation") in INTERPOLATIONS:
+        out["interpolation"] = cfg["interpolation"]
+    if cfg.get("mean") and cfg.get("std"):
+        out["mean"], out["std"] = tuple(map(float, cfg["mean"])), tuple(map(float, cfg["std"]))
+    return out
+
+
+def torchvision_defaults(name: str) -> dict[str, Any]:
+    """Preprocessing of torchvision's weights for model ``name`` (its ``DEFAULT`` weights' transforms:
+    read from the enum, nothing downloaded)."""
+    try:
+        import torchvision
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+    except Exception:  # noqa: BLE001 - no torchvision, or a model without published weights
+        return {}
+    t = weights.transforms()
+    crop, resize = list(getattr(t, "crop_size", [None]))[0], list(getattr(t, "resize_size", [None]))[0]
+    out: dict[str, Any] = {"mean": tuple(map(float, t.mean)), "std": tuple(map(float, t.std)), "channels": 3}
+    if crop:
+        out["size"] = int(crop)
+        if resize:
+            out["resize"] = int(resize)
+    interp = str(getattr(t, "interpolation", "")).split(".")[-1].lower()
+    if interp in INTERPOLATIONS:
+        out["interpolation"] = interp
+    return out
+
+
+def resolve_preprocess(recipe: PreprocessSpec | None, architecture: dict[str, Any],
+                       source: dict[str, Any]) -> Preprocess:
+    """Each key from the recipe if it gives one, else the architecture, else the source."""
+    given = recipe.model_dump(exclude_none=True) if recipe is not None else {}
+    values: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for key in ("size", "resize", "interpolation", "mean", "std", "channels"):
+        for label, layer in (("recipe", given), ("architecture", architecture), ("source", source)):
+            if layer.get(key) is not None:
+                values[key], origin[key] = layer[key], label
+                break
+    if "resize" in values and "size" not in values:
+        raise DataError("data.preprocess.resize needs data.preprocess.size (the centre crop after resizing)")
+    if values.get("resize") is not None and values["resize"] < values["size"]:
+        raise DataError(f"data.preprocess: resize {values['resize']} is smaller than the crop size {values['size']}")
+    if origin.get("resize") != origin.get("size") and origin.get("resize") == "architecture":
+        values.pop("resize")  # the architecture's crop ratio belongs to its own size, not the recipe's
+        origin.pop("resize")
+    mean, std = values.get("mean"), values.get("std")
+    if (mean is None) != (std is None):
+        raise DataError("data.preprocess: give both mean and std, or neither")
+    return Preprocess(size=values.get("size"), resize=values.get("resize"),
+                      interpolation=values.get("interpolation", "bilinear"),
+                      mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None,
+                      channels=values.get("channels"), origin=origin)
+
+
+def augment_batch(x: torch.Tensor, spec: Augment, gen: torch.Generator, fill: torch.Tensor | None = None) -> torch.Tensor:
+    """Random shifts and horizontal flips, drawn from ``gen`` so runs repeat exactly. Shifted-in pixels
+    take ``fill`` (per channel: what black is after normalisation; 0 for unnormalised data)."""
+    n, c, h, w = x.shape
+    if spec.shift > 0:
+        s = spec.shift
+        padded = F.pad(x, (s, s, s, s))
+        if fill is not None:
+            border = torch.ones(1, 1, h, w, dtype=x.dtype)
+            border = 1 - F.pad(border, (s, s, s, s))
+            padded = padded + border * fill.view(1, c, 1, 1).to(x.dtype)
+        dy = torch.randint(0, 2 * s + 1, (n,), generator=gen).tolist()
+        dx = torch.randint(0, 2 * s + 1, (n,), generator=gen).tolist()
+        x = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    if spec.hflip:
+        flip = torch.rand(n, generator=gen) < 0.5
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+    return x

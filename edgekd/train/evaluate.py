@@ -1,0 +1,28 @@
+"""Evaluating a torch model on a split, batch by batch (never a whole split in memory)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..data import Splits
+from .device import CPU, Device
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, splits: Splits, split: str, device: Device = CPU,
+                   limit: int | None = None) -> torch.Tensor:
+    """Logits (CPU, float32) of ``model`` on ``split`` in the split's order (the first ``limit`` samples)."""
+    model.eval()
+    out = []
+    for x, _, _ in splits.loader(split, limit=limit):
+        x = x.to(device.torch_device, non_blocking=True)
+        with device.autocast():
+            out.append(model(x).float().cpu())
+    return torch.cat(out)
+
+
+def accuracy(model: nn.Module, splits: Splits, split: str, device: Device = CPU) -> float:
+    """Top-1 accuracy of ``model`` on ``split``."""
+    logits = predict_logits(model, splits, split, device)
+    return float((logits.argmax(1) == splits.labels(split)).float().mean())

@@ -1,0 +1,159 @@
+"""Teacher outputs for training: cached once when inputs do not change, computed online when they do.
+
+Without augmentation a teacher sees the same train sample every epoch, so its logits and tapped
+features are computed once for the whole split and looked up by sample index; that makes a KD epoch
+cost about what a plain epoch costs. The cache lives in memory while it is small (under
+``EDGEKD_TEACHER_CACHE_MB``, default 1024) and past that in memory-mapped fp16 files under the run
+directory (``cache_dir``), so peak memory does not grow with the dataset; stages of one run (and a
+``--resume``) share it through the memo the run context holds. With augmentation the teacher runs on
+every batch. The choice is made here, automatically, and logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import Splits
+from ..features import Tap, capture
+from ..fileio import atomic_path
+from .device import CPU, Device
+
+
+def cache_limit_mb() -> float:
+    return float(os.environ.get("EDGEKD_TEACHER_CACHE_MB", "1024"))
+
+
+@torch.no_grad()
+def _run(teachers: list[nn.Module], taps: list[Tap], x: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+    feats: dict[str, torch.Tensor] = {}
+    with capture(teachers[0], taps, feats):
+        logits = [t.eval()(x) for t in teachers]
+    return logits, {k: v.detach() for k, v in feats.items()}
+
+
+@dataclass
+class TeacherOutputs:
+    """Logits of each teacher (the run's teacher first) and the main teacher's tapped features."""
+
+    teachers: list[nn.Module]
+    taps: list[Tap]
+    key: str                     # hash of the teacher checkpoint, data and seed: what the cache is valid for
+    online: bool
+    reason: str
+    device: Device = CPU
+    storage: str = "none"        # none (online) | memory | disk
+    _logits: list[Any] = field(default_factory=list)        # tensors, or fp16 memmaps
+    _features: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def prepare(cls, teachers: list[nn.Module], taps: list[Tap], splits: Splits, *, augmented: bool, key: str,
+                memo: dict[tuple, "TeacherOutputs"] | None = None, cache_dir: Path | None = None,
+                device: Device = CPU) -> "TeacherOutputs":
+        for t in teachers:
+            t.to(device.torch_device)
+        if augmented:
+            return cls(teachers, taps, key, True, "inputs are augmented, so the teacher runs on every batch", device)
+        n = splits.size("train")
+        logits, feats = _run(teachers, taps, splits.example(1).to(device.torch_device))
+        per_sample = sum(t.numel() for t in logits) + sum(f.numel() for f in feats.values())
+        mb = per_sample * n * 4 / 2 ** 20
+        memo_key = (key, tuple(t.key for t in taps), tuple(id(t) for t in teachers), n)
+        if memo is not None and memo_key in memo:  # the memo holds the teachers, so their ids cannot be reused
+            return memo[memo_key]
+        on_disk = mb > cache_limit_mb()
+        if on_disk and cache_dir is None:
+            return cls(teachers, taps, key, True, f"cached outputs would take {mb:.0f} MB (> EDGEKD_TEACHER_CACHE_MB="
+                       f"{cache_limit_mb():.0f}) and no run folder holds a disk cache, so the teacher runs on every batch",
+                       device)
+        where = f"memory-mapped fp16 files under {cache_dir} ({mb / 2:.0f} MB)" if on_disk else f"memory ({mb:.2f} MB)"
+        out = cls(teachers, taps, key, False, f"inputs are not augmented, so teacher outputs are computed once into "
+                  f"{where} and reused every epoch", device, "disk" if on_disk else "memory")
+        shapes = {**{f"logits{k}": tuple(t.shape[1:]) for k, t in enumerate(logits)},
+                  **{f"feature:{k}": tuple(v.shape[1:]) for k, v in feats.items()}}
+        if on_disk:
+            out._fill_disk(splits, shapes, cache_dir / f"teacher-{_digest(memo_key[:2], n, shapes)}")
+        else:
+            out._fill_memory(splits, shapes)
+        if memo is not None:
+            memo.clear()
+            memo[memo_key] = out
+        return out
+
+    def _batches(self, splits: Splits):
+        for x, _, idx in splits.loader("train", 256):
+            with self.device.autocast():
+                logits, feats = _run(self.teachers, self.taps, x.to(self.device.torch_device))
+            yield idx, logits, feats
+
+    def _fill_memory(self, splits: Splits, shapes: dict[str, tuple]) -> None:
+        n = splits.size("train")
+        self._logits = [torch.empty(n, *shapes[f"logits{k}"]) for k in range(len(self.teachers))]
+        self._features = {k[8:]: torch.empty(n, *s) for k, s in shapes.items() if k.startswith("feature:")}
+        for idx, logits, feats in self._batches(splits):
+            for k, t in enumerate(logits):
+                self._logits[k][idx] = t.float().cpu()
+            for name, v in feats.items():
+                self._features[name][idx] = v.float().cpu()
+
+    def _fill_disk(self, splits: Splits, shapes: dict[str, tuple], folder: Path) -> None:
+        """fp16 memmaps, one per output; a folder whose ``done.json`` matches is reused as it is (--resume)."""
+        n = splits.size("train")
+        done = folder / "done.json"
+        names = {k: folder / f"{k.replace(':', '_').replace('/', '_')}.f16" for k in shapes}
+        ready = done.is_file() and json.loads(done.read_text()).get("shapes") == {k: list(s) for k, s in shapes.items()}
+        folder.mkdir(parents=True, exist_ok=True)
+        maps = {k: np.memmap(names[k], dtype=np.float16, mode="r" if ready else "w+", shape=(n, *s))
+                for k, s in shapes.items()}
+        if not ready:
+            for idx, logits, feats in self._batches(splits):
+                rows = idx.numpy()
+                for k, t in enumerate(logits):
+                    maps[f"logits{k}"][rows] = t.float().cpu().numpy().astype(np.float16)
+                for name, v in feats.items():
+                    maps[f"feature:{name}"][rows] = v.float().cpu().numpy().astype(np.float16)
+            for m in maps.values():
+                m.flush()
+            with atomic_path(done) as tmp:
+                tmp.write_text(json.dumps({"shapes": {k: list(s) for k, s in shapes.items()}, "samples": n}))
+            maps = {k: np.memmap(names[k], dtype=np.float16, mode="r", shape=(n, *s)) for k, s in shapes.items()}
+        self._logits = [maps[f"logits{k}"] for k in range(len(self.teachers))]
+        self._features = {k[8:]: m for k, m in maps.items() if k.startswith("feature:")}
+
+    def _rows(self, store: Any, index: torch.Tensor) -> torch.Tensor:
+        rows = store[index] if isinstance(store, torch.Tensor) else \
+            torch.from_numpy(np.asarray(store[index.numpy()], dtype=np.float32))
+        return rows.to(self.device.torch_device, non_blocking=True)
+
+    def __call__(self, index: torch.Tensor, x: torch.Tensor) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        """Outputs for train samples ``index`` whose (possibly augmented) inputs are ``x``."""
+        if self.online:
+            return _run(self.teachers, self.taps, x)
+        return [self._rows(t, index) for t in self._logits], {k: self._rows(v, index) for k, v in self._features.items()}
+
+    def all_features(self, tap: Tap, splits: Splits) -> torch.Tensor:
+        """One tapped feature of the main teacher over the whole (unaugmented) train split."""
+        if not self.online and tap.key in self._features:
+            store = self._features[tap.key]
+            return store if isinstance(store, torch.Tensor) else torch.from_numpy(np.asarray(store, dtype=np.float32))
+        parts = []
+        for x, _, _ in splits.loader("train", 256):
+            parts.append(_run(self.teachers[:1], [tap], x.to(self.device.torch_device))[1][tap.key].float().cpu())
+        return torch.cat(parts)
+
+    def to_cpu(self) -> None:
+        """Teachers back on the CPU once training ends (export and measurement run there)."""
+        for t in self.teachers:
+            t.to("cpu")
+
+
+def _digest(key: tuple, n: int, shapes: dict[str, tuple]) -> str:
+    return hashlib.sha256(json.dumps([str(key), n, sorted(shapes.items())]).encode()).hexdigest()[:16]
