@@ -26,12 +26,12 @@ sys.path.insert(0, str(HERE))
 MEAN, STD = (0.1307,), (0.3081,)
 
 
-def recipe(path: Path, target: Path, batch: int) -> Path:
+def recipe(path: Path, target: Path, batch: int, folder: Path) -> Path:
     import yaml
 
     path.write_text(yaml.safe_dump({
         "name": "data-scale", "arch": "edgekd:digits_cnn", "device": "cpu",
-        "data": {"source": "imagefolder", "batch_size": batch,
+        "data": {"source": "imagefolder", "path": str(folder), "batch_size": batch,
                  "preprocess": {"size": 28, "mean": list(MEAN), "std": list(STD)}},
         "student": {"width": 0.5},
         "stages": [{"stage": "distill", "epochs": 1, "lr": 0.003},
@@ -57,8 +57,8 @@ def one_run(folder: Path, out: Path, batch: int) -> None:
     target.write_text(json.dumps({"name": "ort-fast", "backend": "onnxruntime", "threads": 2,
                                   "latency": {"runs": 50, "min_seconds": 0.2, "batch": 1}}))
     began = time.perf_counter()
-    result = compress(ckpt, arch="edgekd:digits_cnn", recipe=str(recipe(out / "r.yaml", target, batch)),
-                      data=f"imagefolder:{folder}", out=out / "run", force=True)
+    result = compress(ckpt, arch="edgekd:digits_cnn", recipe=str(recipe(out / "r.yaml", target, batch, folder)),
+                      out=out / "run", force=True)
     seconds = time.perf_counter() - began
     rows = json.loads((result.run_dir / "report.json").read_text())["results"]
     print(json.dumps({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
