@@ -32,7 +32,7 @@ from edgekd.config import load_recipe, load_target, recipe_with
 from edgekd.data import build_splits
 from edgekd.default import ARCH, default_teacher
 from edgekd.errors import StageError
-from edgekd.mixed_precision import search
+from edgekd.stages.quantize.mixed_precision import search
 from edgekd.train.objective import Objective, build_objective
 from edgekd.pruning import uniform_width
 from edgekd.quantization import calibrate, export_qdq, layer_names, quantize_model

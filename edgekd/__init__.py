@@ -4,8 +4,7 @@ Public API (the CLI only wraps these): ``compress``, ``bench``, ``load_recipe``,
 ``load_budget``, ``build_report``, ``evaluate_budget``.
 """
 
-__version__ = "0.1.0"
-
+from .version import __version__  # noqa: F401
 from .config import load_budget, load_recipe, load_target  # noqa: E402
 from .errors import EdgekdError  # noqa: E402
 

@@ -15,6 +15,7 @@ import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
+from .backends.target import COMMON_TARGET_KEYS, LatencySpec, Target  # noqa: F401  (re-exported)
 from .errors import BudgetError, EdgekdError, RecipeError, TargetError
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
@@ -415,77 +416,8 @@ class Recipe(Strict):
 
 
 # ---------------------------------------------------------------- targets
-class LatencySpec(Strict):
-    """How latency is measured (issue 6): warm-up by count *and* time, then timed runs by count *and*
-    time, each a single synchronous batch-1 call; then throughput at ``batch`` for ``throughput_seconds``."""
-
-    warmup_runs: int = Field(10, ge=1)
-    warmup_seconds: float = Field(0.2, ge=0.0)
-    runs: int = Field(200, ge=1)
-    min_seconds: float = Field(3.0, ge=0.0)
-    batch: int = Field(8, ge=1, description="throughput is also measured at this batch size; 1 measures batch 1 only")
-    throughput_seconds: float = Field(1.0, ge=0.0)
-    max_cov: float = Field(0.05, gt=0.0, description="a coefficient of variation above this is flagged as noisy")
-
-
-COMMON_TARGET_KEYS = ("name", "description", "backend", "device", "threads", "latency")
-
-
-class Target(Strict):
-    """A hardware target: a backend, its device and settings. Keys beyond ``COMMON_TARGET_KEYS`` are
-    backend options; each backend's ``Capabilities`` says which it takes, and which devices and
-    precisions it supports, so a target is refused at load time rather than when it first runs."""
-
-    name: str
-    description: str = ""
-    backend: str
-    device: str = "CPU"
-    threads: int = Field(2, ge=1)
-    latency: LatencySpec = LatencySpec()
-    # onnxruntime
-    inter_op_threads: int = Field(1, ge=1, description="onnxruntime inter-op threads (sequential execution: 1)")
-    spinning: bool = Field(True, description="onnxruntime: worker threads spin between ops (its default)")
-    # openvino
-    precision_hint: Literal["f32", "bf16", "f16"] | None = Field(
-        None, description="OpenVINO INFERENCE_PRECISION_HINT; pinned because AMX CPUs default to bf16"
-    )
-    streams: int = Field(1, ge=1, description="OpenVINO NUM_STREAMS")
-    pinning: bool | None = Field(None, description="OpenVINO ENABLE_CPU_PINNING; None keeps OpenVINO's choice")
-    cache: bool = Field(True, description="OpenVINO CACHE_DIR / TensorRT engine cache under $EDGEKD_CACHE")
-    # tensorrt
-    precision: Literal["fp32", "fp16", "int8"] = Field(
-        "fp16", description="TensorRT: fp16 enables FP16 kernels; int8 also runs a QDQ graph's INT8 layers"
-    )
-    workspace_mb: int = Field(1024, ge=16, description="TensorRT builder workspace")
-    # torch
-    torch_compile: bool = Field(False, description="torch: run the program through torch.compile (else eager)")
-
-    @field_validator("backend")
-    @classmethod
-    def _known_backend(cls, v: str) -> str:
-        from .backends import BACKENDS
-
-        if v not in BACKENDS:
-            raise ValueError(f"unknown backend {v!r}; valid: {', '.join(BACKENDS.names())}")
-        return v
-
-    @model_validator(mode="after")
-    def _backend_supports(self) -> "Target":
-        from .backends import BACKENDS
-
-        caps = BACKENDS.get(self.backend).capabilities
-        foreign = sorted(k for k in self.model_fields_set if k not in COMMON_TARGET_KEYS and k not in caps.options)
-        if foreign:
-            keys = ", ".join(repr(k) for k in foreign)
-            raise ValueError(f"{'key ' + keys + ' does' if len(foreign) == 1 else 'keys ' + keys + ' do'} not apply "
-                             f"to backend '{self.backend}'; its keys: {', '.join(COMMON_TARGET_KEYS + caps.options)}")
-        if self.device.split(".")[0].upper() not in caps.devices:
-            raise ValueError(f"device {self.device!r} is not supported by backend '{self.backend}'; "
-                             f"valid: {', '.join(caps.devices)}")
-        if "precision" in self.model_fields_set and self.precision not in caps.precisions:
-            raise ValueError(f"precision {self.precision!r} is not supported by backend '{self.backend}'; "
-                             f"valid: {', '.join(caps.precisions)}")
-        return self
+# Target and LatencySpec live with the backends that read them (backends/target.py, imported above);
+# loading a target file and checking it against its backend's capabilities is ``load_target`` below.
 
 
 # ---------------------------------------------------------------- budgets
@@ -587,8 +519,16 @@ def load_recipe(name_or_path: str | Path) -> Recipe:
 
 
 def load_target(name_or_path: str | Path) -> Target:
+    from .backends import checked_target
+
     path = _resolve(name_or_path, TARGETS_DIR, TargetError, "target")
-    return _validate(Target, read_yaml(path, TargetError), path, TargetError)
+    data = read_yaml(path, TargetError)
+    try:
+        return checked_target(data)
+    except ValidationError as exc:
+        raise TargetError(_format_validation_error(path, exc, Target)) from None
+    except ValueError as exc:
+        raise TargetError(f"{path}: {exc}") from None
 
 
 def load_budget(path: str | Path) -> Budget:

@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .backends import BACKENDS, Backend, predict
+from .backends import BACKENDS, Backend, checked_target, predict
 from .parity import parity
 from .bench import (LatencyStats, measure_latency, peak_rss_mb, reset_peak_rss, rss_mb, seeded_input, throughput,
                     time_calls, warm_up)
@@ -183,7 +183,10 @@ def bench_targets(targets: list[str], **overrides: Any) -> list[Target]:
         latency = {k: v for k, v in overrides.items() if k in LatencySpec.model_fields and v is not None}
         top = {k: v for k, v in overrides.items() if k not in LatencySpec.model_fields and v is not None}
         data = {**t.model_dump(exclude_unset=True), **top, "latency": {**t.latency.model_dump(), **latency}}
-        resolved.append(Target.model_validate(data))
+        try:
+            resolved.append(checked_target(data))
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError too
+            raise InputError(f"target {t.name}: {str(exc).splitlines()[0]}") from None
     return resolved
 
 

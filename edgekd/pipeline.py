@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
-from . import __version__
+from .version import __version__
 from .artifact import Artifact, config_hash, read_record, write_record
 from .checkpoint import LoadedCheckpoint, load_checkpoint
 from .config import (Budget, DataSpec, DistillConfig, PruneConfig, Recipe, StudentSpec, Target, dump_recipe,

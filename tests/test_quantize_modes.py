@@ -197,7 +197,7 @@ def test_mixed_precision_meets_a_budget_that_plain_w4a8_misses(sensitive_model, 
 
 
 def test_search_returns_layers_to_float_by_sensitivity_and_reports_an_unreachable_budget():
-    from edgekd.mixed_precision import search
+    from edgekd.stages.quantize.mixed_precision import search
 
     cost = {"a": 0.02, "b": 0.10, "c": 0.30}  # each quantized layer's share of the drop
 

@@ -1,5 +1,7 @@
 """Backends by name. Importing this costs nothing: runtimes load inside each backend's methods."""
 
+from typing import Any
+
 from ..errors import TargetError
 from ..registry import Registry
 from .base import Backend, CompiledModel, evaluate_accuracy, predict
@@ -12,4 +14,30 @@ BACKENDS: Registry[type[Backend]] = Registry("backend", TargetError)
 for _cls in (OnnxRuntimeBackend, OpenVINOBackend, TensorRTBackend, TorchBackend):
     BACKENDS.register(_cls.name)(_cls)
 
-__all__ = ["BACKENDS", "Backend", "CompiledModel", "evaluate_accuracy", "predict"]
+from .target import COMMON_TARGET_KEYS, Target  # noqa: E402
+
+
+def checked_target(data: dict[str, Any]) -> Target:
+    """A target validated as a model and against its backend's capabilities (known backend, the option
+    keys it reads, its devices and precisions). Raises pydantic's ValidationError or ValueError with a
+    one-line reason."""
+    backend = data.get("backend") if isinstance(data, dict) else None
+    if isinstance(backend, str) and backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS.names())}")
+    target = Target.model_validate(data)
+    caps = BACKENDS.get(target.backend).capabilities
+    foreign = sorted(k for k in target.model_fields_set if k not in COMMON_TARGET_KEYS and k not in caps.options)
+    if foreign:
+        keys = ", ".join(repr(k) for k in foreign)
+        raise ValueError(f"{'key ' + keys + ' does' if len(foreign) == 1 else 'keys ' + keys + ' do'} not apply "
+                         f"to backend '{target.backend}'; its keys: {', '.join(COMMON_TARGET_KEYS + caps.options)}")
+    if target.device.split(".")[0].upper() not in caps.devices:
+        raise ValueError(f"device {target.device!r} is not supported by backend '{target.backend}'; "
+                         f"valid: {', '.join(caps.devices)}")
+    if "precision" in target.model_fields_set and target.precision not in caps.precisions:
+        raise ValueError(f"precision {target.precision!r} is not supported by backend '{target.backend}'; "
+                         f"valid: {', '.join(caps.precisions)}")
+    return target
+
+
+__all__ = ["BACKENDS", "Backend", "CompiledModel", "Target", "checked_target", "evaluate_accuracy", "predict"]

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from ..config import Target
 from ..errors import InputError
+from .target import Target
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from typing import Any
 
 import numpy as np
 
-from ..config import Target
 from ..errors import BackendError, BackendUnavailable
 from .base import Backend, Capabilities, CompiledModel, reshaped_onnx, resolve_shape
+from .target import Target
 
 PROVIDERS = {"CPU": ["CPUExecutionProvider"],
              "CUDA": ["CUDAExecutionProvider", "CPUExecutionProvider"],

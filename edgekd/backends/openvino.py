@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ..config import Target
 from ..errors import BackendError
 from .base import Backend, Capabilities, CompiledModel, resolve_shape
+from .target import Target
 
 COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Gemm")
 HINT_TO_PRECISION = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}

@@ -24,16 +24,16 @@ from typing import Any
 
 import numpy as np
 
-from ..config import Target
 from ..errors import BackendError, BackendUnavailable
 from ..fileio import write_bytes, write_json
 from .base import Backend, Capabilities, CompiledModel, reshaped_onnx, resolve_shape
+from .target import Target
 
 COMPUTE_LAYER_WORDS = ("Convolution", "Gemm", "MatrixMultiply", "FullyConnected")
 
 
 def _cache_dir() -> Path:
-    from ..default import cache_dir
+    from ..fileio import cache_dir
 
     return cache_dir() / "tensorrt"
 

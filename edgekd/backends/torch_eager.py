@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from ..config import Target
 from ..errors import BackendUnavailable, InputError
 from .base import Backend, Capabilities, CompiledModel
+from .target import Target
 
 
 def cxx_compiler() -> str | None:

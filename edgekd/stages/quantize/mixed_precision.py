@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from .errors import StageError
+from ...errors import StageError
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .losses.base import Batch, DistillTerm, Params
+from ...losses.base import Batch, DistillTerm, Params
 
 Schedule = Literal["constant", "linear", "cosine"]
 

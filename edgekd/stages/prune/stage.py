@@ -16,19 +16,19 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..artifact import Artifact, config_hash, count_params_macs, save_torch
-from ..config import LossTerm, PruneConfig, SparseTraining
-from ..errors import RecipeError, StageError
-from ..exporting import export_fp32
-from ..layer_patterns import match_layers
-from ..latency_lut import build_table, search_plan, table_key
-from ..losses.base import DistillTerm
-from ..progress import console
-from ..pruning import channel_groups, channel_plan, prune_channels
-from ..sparsity import BNScaleL1, scale_groups
-from ..train.evaluate import accuracy
-from ..train.objective import CrossEntropy, Objective
-from .base import STAGES, StageContext, current
+from ...artifact import Artifact, config_hash, count_params_macs, save_torch
+from ...config import LossTerm, PruneConfig, SparseTraining
+from ...errors import RecipeError, StageError
+from ...exporting import export_fp32
+from ...layer_patterns import match_layers
+from ...losses.base import DistillTerm
+from ...progress import console
+from ...pruning import channel_groups, channel_plan, prune_channels
+from ...train.evaluate import accuracy
+from ...train.objective import CrossEntropy, Objective
+from ..base import STAGES, StageContext, current
+from .latency_lut import build_table, search_plan, table_key
+from .sparsity import BNScaleL1, scale_groups
 
 VARIANT = "student-fp32"
 

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import json
 
-from ..artifact import Artifact, config_hash, save_torch
-from ..config import LayerOverride, QuantizeConfig, Recipe, Target
-from ..layer_patterns import match_layers
-from ..errors import RecipeError, StageError
-from ..mixed_precision import search
-from ..progress import console
-from ..quantization import calibrate, layer_names, quantize_model, weight_range
-from ..train.evaluate import accuracy
-from .base import STAGES, StageContext, current, role_of
+from ...artifact import Artifact, config_hash, save_torch
+from ...config import LayerOverride, QuantizeConfig, Recipe, Target
+from ...layer_patterns import match_layers
+from ...errors import RecipeError, StageError
+from ...progress import console
+from ...quantization import calibrate, layer_names, quantize_model, weight_range
+from ...train.evaluate import accuracy
+from ..base import STAGES, StageContext, current, role_of
+from .mixed_precision import search
 
 
 def resolve_input_quant(recipe: Recipe, targets: list[Target]) -> Recipe:

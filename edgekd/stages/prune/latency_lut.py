@@ -30,10 +30,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .artifact import config_hash
-from .errors import StageError
-from .fileio import read_json, write_json
-from .pruning import ChannelGroup, prune_channels
+from ...artifact import config_hash
+from ...errors import StageError
+from ...fileio import read_json, write_json
+from ...pruning import ChannelGroup, prune_channels
 
 LatencyOf = Callable[[nn.Module], float]  # ms of a float model on the target (exported and timed there)
 TABLE_FORMAT = 3  # bump when how a table is measured changes, so cached tables are not reused
@@ -68,7 +68,7 @@ def table_key(model_hash: str, target: dict, input_shape: tuple[int, ...], steps
 
 
 def cache_path(target: str, key: str) -> Path:
-    from .fileio import cache_dir
+    from ...fileio import cache_dir
 
     return cache_dir() / "latency-lut" / f"{target}-{key}.json"
 

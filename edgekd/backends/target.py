@@ -1,0 +1,63 @@
+"""What a target file says: the backend, its device, its options and how latency is measured.
+
+The backends own this model (they are what reads it); ``config.load_target`` validates a file against
+it and then against the named backend's ``Capabilities`` (``backends.checked_target``). Nothing here
+imports a backend, so the backends can import it without a circle.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LatencySpec(_Strict):
+    """How latency is measured (issue 6): warm-up by count *and* time, then timed runs by count *and*
+    time, each a single synchronous batch-1 call; then throughput at ``batch`` for ``throughput_seconds``."""
+
+    warmup_runs: int = Field(10, ge=1)
+    warmup_seconds: float = Field(0.2, ge=0.0)
+    runs: int = Field(200, ge=1)
+    min_seconds: float = Field(3.0, ge=0.0)
+    batch: int = Field(8, ge=1, description="throughput is also measured at this batch size; 1 measures batch 1 only")
+    throughput_seconds: float = Field(1.0, ge=0.0)
+    max_cov: float = Field(0.05, gt=0.0, description="a coefficient of variation above this is flagged as noisy")
+
+
+COMMON_TARGET_KEYS = ("name", "description", "backend", "device", "threads", "latency")
+
+
+class Target(_Strict):
+    """A hardware target: a backend, its device and settings. Keys beyond ``COMMON_TARGET_KEYS`` are
+    backend options; each backend's ``Capabilities`` says which it takes, and which devices and
+    precisions it supports, and ``backends.checked_target`` refuses a target at load time rather than
+    when it first runs."""
+
+    name: str
+    description: str = ""
+    backend: str
+    device: str = "CPU"
+    threads: int = Field(2, ge=1)
+    latency: LatencySpec = LatencySpec()
+    # onnxruntime
+    inter_op_threads: int = Field(1, ge=1, description="onnxruntime inter-op threads (sequential execution: 1)")
+    spinning: bool = Field(True, description="onnxruntime: worker threads spin between ops (its default)")
+    # openvino
+    precision_hint: Literal["f32", "bf16", "f16"] | None = Field(
+        None, description="OpenVINO INFERENCE_PRECISION_HINT; pinned because AMX CPUs default to bf16"
+    )
+    streams: int = Field(1, ge=1, description="OpenVINO NUM_STREAMS")
+    pinning: bool | None = Field(None, description="OpenVINO ENABLE_CPU_PINNING; None keeps OpenVINO's choice")
+    cache: bool = Field(True, description="OpenVINO CACHE_DIR / TensorRT engine cache under $EDGEKD_CACHE")
+    # tensorrt
+    precision: Literal["fp32", "fp16", "int8"] = Field(
+        "fp16", description="TensorRT: fp16 enables FP16 kernels; int8 also runs a QDQ graph's INT8 layers"
+    )
+    workspace_mb: int = Field(1024, ge=16, description="TensorRT builder workspace")
+    # torch
+    torch_compile: bool = Field(False, description="torch: run the program through torch.compile (else eager)")
