@@ -76,7 +76,7 @@ class SampleSet(Dataset):
 
     def __init__(self, raw: RawSet, preprocess: Preprocess, name: str) -> None:
         self.raw_set, self.preprocess, self.name = raw, preprocess, name
-        self._labels = torch.from_numpy(np.asarray(raw.labels, dtype=np.int64))
+        self._labels = torch.from_numpy(np.array(raw.labels, dtype=np.int64))  # a copy: labels are small
 
     def __len__(self) -> int:
         return len(self.raw_set)
