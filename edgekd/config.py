@@ -37,12 +37,23 @@ class Augment(Strict):
     teacher's outputs are computed once and cached.
     """
 
-    shift: int = Field(0, ge=0, le=64, description="random translation by up to this many pixels (zero padded)")
+    shift: int = Field(0, ge=0, le=64, description="random translation by up to this many pixels (the border "
+                       "filled with normalised black)")
     hflip: bool = Field(False, description="random horizontal flip (not for digits or text)")
+    crop_scale: tuple[float, float] | None = Field(None, description="random-resized-crop: the area fraction "
+                                                   "range, e.g. [0.5, 1.0]; the crop is resized back to the input size")
+    crop_ratio: tuple[float, float] = Field((3 / 4, 4 / 3), description="random-resized-crop: aspect ratio range")
+
+    @field_validator("crop_scale", "crop_ratio")
+    @classmethod
+    def _range(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0.0 < v[0] <= v[1]:
+            raise ValueError("must be [low, high] with 0 < low <= high")
+        return v
 
     @property
     def active(self) -> bool:
-        return self.shift > 0 or self.hflip
+        return self.shift > 0 or self.hflip or self.crop_scale is not None
 
 
 class PreprocessSpec(Strict):

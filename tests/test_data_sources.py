@@ -279,3 +279,46 @@ def test_caps_take_seeded_subsets_and_list_sources_names_every_source():
     assert listing.exit_code == 0
     for name in ("digits", "synthetic", "npz", "imagefolder", "hf", "factory"):
         assert f"{name}:" in listing.output
+
+
+def test_random_resized_crop_is_seeded_keeps_the_size_and_changes_the_batch():
+    from edgekd.config import Augment
+    from edgekd.data import augment_batch
+
+    x = torch.rand(6, 3, 16, 16)
+    spec = Augment(crop_scale=(0.3, 0.6), hflip=True)
+    a = augment_batch(x, spec, torch.Generator().manual_seed(0))
+    b = augment_batch(x, spec, torch.Generator().manual_seed(0))
+    c = augment_batch(x, spec, torch.Generator().manual_seed(1))
+    assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, x)
+    with pytest.raises(ValueError, match="0 < low <= high"):
+        Augment(crop_scale=(0.8, 0.2))
+
+
+def test_a_cuda_device_where_torch_sees_none_is_exit_2(tmp_path, ort_target):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU: the refusal cannot be shown here")
+    recipe = quick_recipe(tmp_path / "r.yaml", [ort_target], {"source": "synthetic", "samples": 64, "classes": 4,
+                                                              "image_size": 16, "batch_size": 32})
+    result = invoke("compress", "--recipe", recipe, "--device", "cuda", "--out", tmp_path / "run")
+    assert result.exit_code == 2 and "torch sees no CUDA GPU" in result.output and "Traceback" not in result.output
+
+
+def test_compress_trains_on_cuda_and_exports_from_the_cpu(tmp_path, ort_target):
+    """Issue 12.4: the CUDA path (autocast, channels-last, teacher outputs and QAT on the GPU)."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU here: the CUDA training path runs on a GPU machine only")
+    torch.manual_seed(0)
+    ckpt = save_model(TinyCNN(num_classes=4), tmp_path / "t.safetensors")
+    recipe = write_yaml(tmp_path / "r.yaml", {
+        "name": "cuda", "arch": "edgekd:tiny_cnn", "device": "cuda",
+        "data": {"source": "synthetic", "samples": 256, "classes": 4, "image_size": 16, "batch_size": 32},
+        "stages": [{"stage": "distill", "epochs": 2, "lr": 0.01},
+                   {"stage": "quantize", "mode": "qat", "epochs": 1, "calibration_batches": 2},
+                   {"stage": "export"}], "targets": [str(ort_target)]})
+    result = invoke("compress", ckpt, "--recipe", recipe, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["training_device"]["device"].startswith("cuda")
+    stage = json.loads((tmp_path / "run" / "stages" / "00-distill" / "stage.json").read_text())
+    assert stage["artifacts"][0]["meta"]["metrics"]["device"].startswith("cuda")

@@ -180,10 +180,35 @@ def resolve_preprocess(recipe: PreprocessSpec | None, architecture: dict[str, An
                       channels=values.get("channels"), origin=origin)
 
 
+def _crop_box(h: int, w: int, scale: tuple[float, float], ratio: tuple[float, float],
+              gen: torch.Generator) -> tuple[int, int, int, int]:
+    """torchvision's RandomResizedCrop box (10 tries, then the centre), drawn from ``gen``."""
+    import math
+
+    area = h * w
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * (scale[0] + (scale[1] - scale[0]) * float(torch.rand(1, generator=gen)))
+        aspect = math.exp(log_ratio[0] + (log_ratio[1] - log_ratio[0]) * float(torch.rand(1, generator=gen)))
+        cw, ch = int(round(math.sqrt(target * aspect))), int(round(math.sqrt(target / aspect)))
+        if 0 < cw <= w and 0 < ch <= h:
+            top = int(torch.randint(0, h - ch + 1, (1,), generator=gen))
+            left = int(torch.randint(0, w - cw + 1, (1,), generator=gen))
+            return top, left, ch, cw
+    side = min(h, w)
+    return (h - side) // 2, (w - side) // 2, side, side
+
+
 def augment_batch(x: torch.Tensor, spec: Augment, gen: torch.Generator, fill: torch.Tensor | None = None) -> torch.Tensor:
-    """Random shifts and horizontal flips, drawn from ``gen`` so runs repeat exactly. Shifted-in pixels
-    take ``fill`` (per channel: what black is after normalisation; 0 for unnormalised data)."""
+    """Random-resized crops, shifts and horizontal flips (torchvision.transforms.v2's functional ops),
+    drawn from ``gen`` so runs repeat exactly whatever the loader workers. Shifted-in pixels take
+    ``fill`` (per channel: what black is after normalisation; 0 for unnormalised data)."""
     n, c, h, w = x.shape
+    if spec.crop_scale is not None:
+        from torchvision.transforms.v2 import functional as TF
+
+        boxes = [_crop_box(h, w, spec.crop_scale, spec.crop_ratio, gen) for _ in range(n)]
+        x = torch.stack([TF.resized_crop(x[i], *boxes[i], size=[h, w], antialias=True) for i in range(n)])
     if spec.shift > 0:
         s = spec.shift
         padded = F.pad(x, (s, s, s, s))
