@@ -177,22 +177,19 @@ class Splits:
             order = torch.arange(len(ds))
         if limit is not None:
             order = order[:limit]
-        batches = EpochBatches(order, batch_size or self.batch_size, rank, world, skip)
-        workers = self.workers
-        return DataLoader(ds, batch_sampler=batches, num_workers=workers, collate_fn=collate,
-                          pin_memory=self.pin_memory, persistent_workers=False,
-                          prefetch_factor=4 if workers > 0 else None)
+        return self._loader(ds, EpochBatches(order, batch_size or self.batch_size, rank, world, skip), False)
 
     def epoch_loader(self, batch_size: int | None = None, rank: int = 0, world: int = 1) -> tuple[DataLoader, EpochBatches]:
         """The train loader a training loop keeps for all its epochs: set ``batches.order`` (and
         ``skip``) before each pass. Its workers persist across epochs instead of starting anew."""
-        n = self.size("train")
-        batches = EpochBatches(torch.arange(n), batch_size or self.batch_size, rank, world)
+        batches = EpochBatches(torch.arange(self.size("train")), batch_size or self.batch_size, rank, world)
+        return self._loader(self.train, batches, True), batches
+
+    def _loader(self, ds: SampleSet, batches: EpochBatches, persistent: bool) -> DataLoader:
         workers = self.workers
-        loader = DataLoader(self.train, batch_sampler=batches, num_workers=workers, collate_fn=collate,
-                            pin_memory=self.pin_memory, persistent_workers=workers > 0,
-                            prefetch_factor=4 if workers > 0 else None)
-        return loader, batches
+        return DataLoader(ds, batch_sampler=batches, num_workers=workers, collate_fn=collate,
+                          pin_memory=self.pin_memory, persistent_workers=persistent and workers > 0,
+                          prefetch_factor=4 if workers > 0 else None)
 
     def calibration_loader(self, batches: int) -> DataLoader:
         """The calibration samples: the first ``calibration_samples`` train samples (in the split's
@@ -233,7 +230,7 @@ def seeded_subset(n: int, keep: int | None, seed: int) -> np.ndarray | None:
     return np.sort(perm[:keep])
 
 
-def check_labels(labels: np.ndarray, where: str, num_classes: int | None = None, allow_unlabeled: bool = False) -> np.ndarray:
+def check_labels(labels: np.ndarray, where: str, num_classes: int | None = None) -> np.ndarray:
     """Labels as int64, or a ``DataError`` about the data (not the model): integer, in range."""
     y = np.asarray(labels)
     if y.ndim != 1:
@@ -244,10 +241,9 @@ def check_labels(labels: np.ndarray, where: str, num_classes: int | None = None,
     elif y.dtype.kind not in "iub":
         raise DataError(f"{where}: labels must be integers; got dtype {y.dtype}")
     y = y.astype(np.int64)
-    low = -1 if allow_unlabeled else 0
-    if len(y) and int(y.min()) < low:
-        raise DataError(f"{where}: label {int(y.min())} is negative; labels must be 0..C-1"
-                        + ("" if allow_unlabeled else " (put unlabeled samples in x_unlabeled)"))
+    if len(y) and int(y.min()) < 0:
+        raise DataError(f"{where}: label {int(y.min())} is negative; labels must be 0..C-1 (put unlabeled "
+                        f"samples in x_unlabeled)")
     if num_classes is not None and len(y) and int(y.max()) >= num_classes:
         raise DataError(f"{where}: label {int(y.max())} is out of range for {num_classes} classes (0..{num_classes - 1})")
     return y
