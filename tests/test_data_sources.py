@@ -322,3 +322,24 @@ def test_compress_trains_on_cuda_and_exports_from_the_cpu(tmp_path, ort_target):
     assert manifest["training_device"]["device"].startswith("cuda")
     stage = json.loads((tmp_path / "run" / "stages" / "00-distill" / "stage.json").read_text())
     assert stage["artifacts"][0]["meta"]["metrics"]["device"].startswith("cuda")
+
+
+def test_compress_from_an_npz_with_its_own_splits_scores_its_test_split(tmp_path, ort_target, teacher10):
+    """The npz's own x_test is what every backend is scored on, resized by the recorded preprocessing."""
+    images, labels = digit_images(copies=1)
+    x = images[:, None]  # uint8 (N, 1, 16, 16): scaled to [0, 1] when read
+    np.savez(tmp_path / "d.npz", x_train=x[:1200], y_train=labels[:1200], x_val=x[1200:1500],
+             y_val=labels[1200:1500], x_test=x[1500:1650], y_test=labels[1500:1650])
+    recipe = quick_recipe(tmp_path / "r.yaml", [ort_target], {"batch_size": 64, "image_size": 20})
+    result = invoke("compress", teacher10, "--recipe", recipe, "--data", f"npz:{tmp_path / 'd.npz'}",
+                    "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "run" / "manifest.json").read_text())["data"]
+    assert data["sizes"] == {"train": 1200, "val": 300, "test": 150} and data["splits"]["test"] == "given"
+    meta = read_metadata(tmp_path / "run" / "models" / "student-int8.onnx")
+    assert meta["preprocess"]["size"] == 20 and meta["input_shape"] == [1, 1, 20, 20]
+    graph_input = onnx.load(str(tmp_path / "run" / "models" / "student-fp32.onnx")).graph.input[0]
+    assert [d.dim_value for d in graph_input.type.tensor_type.shape.dim] == [1, 1, 20, 20]
+    for variant in ("teacher-fp32", "student-int8"):
+        row = json.loads((tmp_path / "run" / "measurements" / f"{variant}@fast-ort.json").read_text())
+        assert row["status"] == "ok" and row["eval_samples"] == 150
