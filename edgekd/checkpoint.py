@@ -6,7 +6,7 @@ loads only with ``--trust-checkpoint`` (recorded in the manifest); without it th
 unsafe globals found in the file and nothing from the file has executed.
 
 ``torch.export`` programs (``.pt2``) come through here too (``load_exported_program``): torch itself
-unpickles parts of such an archive with ``weights_only=False`` (sample inputs, pickled weights and
+unpickles parts of such an archive with weights_only switched off (sample inputs, pickled weights and
 constants), so every pickle inside is read as opcodes first and the archive is refused, naming what
 it would import, unless it references only what ``weights_only`` allows or the user trusts it.
 """

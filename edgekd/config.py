@@ -9,7 +9,7 @@ package, so they work from any working directory.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Callable, Literal, Union
 
 import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
@@ -524,9 +524,12 @@ def builtin_names(folder: Path) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml"))
 
 
-def load_recipe(name_or_path: str | Path) -> Recipe:
+def load_recipe(name_or_path: str | Path, patch: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Recipe:
+    """A recipe file, validated; ``patch`` edits the raw mapping first (the CLI's overrides, so a
+    recipe may leave out what the command line gives, e.g. the data path of ``--data``)."""
     path = _resolve(name_or_path, RECIPES_DIR, RecipeError, "recipe")
-    return _validate(Recipe, read_yaml(path, RecipeError), path, RecipeError)
+    raw = read_yaml(path, RecipeError)
+    return _validate(Recipe, patch(raw) if patch is not None else raw, path, RecipeError)
 
 
 def load_target(name_or_path: str | Path) -> Target:

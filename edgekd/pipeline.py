@@ -55,10 +55,11 @@ class CompressResult:
 DATA_FORMS = "digits, synthetic, npz:PATH (or PATH.npz), imagefolder:DIR, hf:PATH|NAME or package.module:factory"
 
 
-def parse_data_spec(spec: str, base: DataSpec) -> DataSpec:
+def parse_data_spec(spec: str, base: dict[str, Any]) -> dict[str, Any]:
     """``--data``: ``digits``, ``synthetic``, ``npz:PATH`` or a bare ``PATH.npz``, ``imagefolder:DIR``,
-    ``hf:PATH`` (or a cached dataset name), or ``package.module:factory``. Source-specific keys of the
-    recipe's ``data:`` (batch size, split, preprocess) are kept; its path is replaced."""
+    ``hf:PATH`` (or a cached dataset name), or ``package.module:factory``, applied to the recipe's
+    raw ``data:`` mapping ``base``: its other keys (batch size, split, preprocess) are kept, its source
+    and path replaced."""
     kind, _, rest = spec.partition(":")
     if spec.endswith(".npz") and not rest:
         kind, rest = "npz", spec
@@ -70,13 +71,14 @@ def parse_data_spec(spec: str, base: DataSpec) -> DataSpec:
         source, path = "factory", spec
     else:
         raise DataError(f"--data {spec!r}: expected {DATA_FORMS}")
-    data = {**base.model_dump(exclude_unset=True), "source": source, "path": path}
+    data = {**base, "source": source, "path": path}
     if source not in ("digits", "synthetic"):
         data.pop("channels", None)
     try:
-        return DataSpec.model_validate(data)
+        DataSpec.model_validate(data)
     except ValidationError as exc:
         raise DataError(f"--data {spec!r}: {exc.errors()[0]['msg'].removeprefix('Value error, ')}") from None
+    return data
 
 
 def _run_dir(out: Path | None, name: str, resume: bool, force: bool) -> Path:
@@ -121,7 +123,12 @@ def compress(checkpoint: str | Path | None = None, *, arch: str | None = None,
              targets: list[str] | None = None, data: str | None = None, out: str | Path | None = None,
              budget: str | Path | Budget | None = None, trust_checkpoint: bool = False, dry_run: bool = False,
              resume: bool = False, force: bool = False, device: str | None = None) -> CompressResult:
-    rec = recipe if isinstance(recipe, Recipe) else load_recipe(recipe)
+    if isinstance(recipe, Recipe):
+        rec = recipe_with(recipe, data=parse_data_spec(data, recipe.data.model_dump(exclude_unset=True))) \
+            if data is not None else recipe
+    else:  # --data edits the file's raw mapping, so the file may leave out what --data gives
+        rec = load_recipe(recipe, (lambda raw: {**raw, "data": parse_data_spec(data, raw.get("data") or {})})
+                          if data is not None else None)
     changes: dict[str, Any] = {}
     if arch is not None:
         changes["arch"] = arch
@@ -129,8 +136,6 @@ def compress(checkpoint: str | Path | None = None, *, arch: str | None = None,
         changes["arch_args"] = {**rec.arch_args, **arch_args}
     if device is not None:
         changes["device"] = device
-    if data is not None:
-        changes["data"] = parse_data_spec(data, rec.data)
     if targets:
         changes["targets"] = list(targets)
     if changes:

@@ -343,3 +343,17 @@ def test_compress_from_an_npz_with_its_own_splits_scores_its_test_split(tmp_path
     for variant in ("teacher-fp32", "student-int8"):
         row = json.loads((tmp_path / "run" / "measurements" / f"{variant}@fast-ort.json").read_text())
         assert row["status"] == "ok" and row["eval_samples"] == 150
+
+
+def test_a_recipe_may_leave_the_data_path_to_the_command_line(tmp_path, ort_target):
+    """--data edits the recipe file's raw data block before it is validated: a recipe written for
+    `--data imagefolder:DIR` names the source and its preprocessing, not the folder."""
+    recipe = quick_recipe(tmp_path / "r.yaml", [ort_target], {"source": "imagefolder", "batch_size": 16,
+                                                              "preprocess": {"size": 24}})
+    without = invoke("compress", "--recipe", recipe, "--out", tmp_path / "a", "--dry-run")
+    assert without.exit_code == 2 and "source 'imagefolder' needs 'path'" in without.output
+    given = invoke("compress", "--recipe", recipe, "--data", f"imagefolder:{tmp_path}", "--out", tmp_path / "b",
+                   "--dry-run")
+    assert given.exit_code == 0, given.output
+    resolved = (tmp_path / "b" / "recipe.resolved.yaml").read_text()
+    assert f"path: {tmp_path}" in resolved and "size: 24" in resolved and "batch_size: 16" in resolved

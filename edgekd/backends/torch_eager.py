@@ -3,7 +3,7 @@ works (``torch_compile: true``; a model it cannot compile fails with the compile
 
 It runs ``.pt2`` files (``torch.export`` programs, which ``edgekd compress`` writes beside each FP32
 ONNX file), so it too sees only exported artifacts. A ``.pt2`` archive can carry pickles that torch
-opens with ``weights_only=False``, so programs load only through ``checkpoint.load_exported_program``
+opens with weights_only switched off, so programs load only through ``checkpoint.load_exported_program``
 (refused without ``--trust-checkpoint`` when anything in them could run code). ``threads`` sets ``torch.set_num_threads``, which
 is process-wide: a torch target changes it for whatever runs after it in the same process.
 """
