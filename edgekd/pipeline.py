@@ -127,8 +127,11 @@ def compress(checkpoint: str | Path | None = None, *, arch: str | None = None,
         rec = recipe_with(recipe, data=parse_data_spec(data, recipe.data.model_dump(exclude_unset=True))) \
             if data is not None else recipe
     else:  # --data edits the file's raw mapping, so the file may leave out what --data gives
-        rec = load_recipe(recipe, (lambda raw: {**raw, "data": parse_data_spec(data, raw.get("data") or {})})
-                          if data is not None else None)
+        def with_data(raw: dict[str, Any]) -> dict[str, Any]:
+            base = raw.get("data")
+            return {**raw, "data": parse_data_spec(data, base if isinstance(base, dict) else {})}
+
+        rec = load_recipe(recipe, with_data if data is not None else None)
     changes: dict[str, Any] = {}
     if arch is not None:
         changes["arch"] = arch
