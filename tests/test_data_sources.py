@@ -357,3 +357,14 @@ def test_a_recipe_may_leave_the_data_path_to_the_command_line(tmp_path, ort_targ
     assert given.exit_code == 0, given.output
     resolved = (tmp_path / "b" / "recipe.resolved.yaml").read_text()
     assert f"path: {tmp_path}" in resolved and "size: 24" in resolved and "batch_size: 16" in resolved
+
+
+def test_mean_and_std_must_match_the_channels(tmp_path):
+    np.savez(tmp_path / "g.npz", x=np.random.rand(40, 1, 8, 8).astype(np.float32), y=np.arange(40) % 2)
+    spec = DataSpec(source="npz", path=str(tmp_path / "g.npz"),
+                    preprocess=PreprocessSpec(mean=(0.5, 0.5, 0.5), std=(0.2, 0.2, 0.2)))
+    with pytest.raises(DataError, match="mean/std have 3 values, the samples 1 channel"):
+        build_splits(spec)
+    rgb = build_splits(spec.model_copy(update={"preprocess": PreprocessSpec(mean=(0.5,) * 3, std=(0.2,) * 3,
+                                                                            channels=3)}))
+    assert rgb.input_shape == (3, 8, 8)

@@ -49,6 +49,9 @@ class Preprocess:
         x = self._geometry(x)
         x = self._channels(x)
         if self.mean is not None and self.std is not None:
+            if len(self.mean) not in (1, x.shape[0]):
+                raise DataError(f"data.preprocess: mean/std have {len(self.mean)} values, the samples "
+                                f"{x.shape[0]} channel(s); set preprocess.channels or give one value per channel")
             mean = torch.tensor(self.mean, dtype=x.dtype).view(-1, 1, 1)
             std = torch.tensor(self.std, dtype=x.dtype).view(-1, 1, 1)
             x = (x - mean) / std
@@ -58,7 +61,9 @@ class Preprocess:
         if self.size is None:
             return x
         mode = self.interpolation
-        kw = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
+        # antialias when shrinking, as torchvision's Resize does: a large photo resized without it is
+        # not the image the architecture's own preprocessing would have produced
+        kw = {"align_corners": False, "antialias": True} if mode in ("bilinear", "bicubic") else {}
         h, w = x.shape[-2:]
         if self.resize is None:
             if (h, w) != (self.size, self.size):
