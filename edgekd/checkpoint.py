@@ -257,7 +257,7 @@ def archive_unsafe_globals(data: bytes, where: str = "") -> list[str]:
     return sorted(unsafe)
 
 
-def checked_program_bytes(path: str | Path, *, trust: bool = False) -> bytes:
+def _checked_program_bytes(path: str | Path, *, trust: bool = False) -> bytes:
     """A ``.pt2`` file's bytes once nothing in them can run code (or the user trusts them), else a
     ``CheckpointError`` naming what would run."""
     path = Path(path)
@@ -278,7 +278,7 @@ def checked_program_bytes(path: str | Path, *, trust: bool = False) -> bytes:
 def load_exported_program(path: str | Path, *, trust: bool = False) -> Any:
     """A ``torch.export`` program (``.pt2``) through the same gate as every checkpoint. The bytes
     checked are the bytes loaded (read once), so the file cannot change between check and load."""
-    data = checked_program_bytes(path, trust=trust)
+    data = _checked_program_bytes(path, trust=trust)
     try:
         return torch.export.load(io.BytesIO(data))
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad archive

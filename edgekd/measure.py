@@ -18,7 +18,7 @@ from .bench import (LatencyStats, measure_latency, peak_rss_mb, reset_peak_rss, 
                     time_calls, warm_up)
 from .fingerprint import fingerprint
 from .config import LatencySpec, Target
-from .errors import BackendUnavailable, EdgekdError, InputError
+from .errors import BackendUnavailable, CheckpointError, EdgekdError, InputError
 from .progress import progress_bar
 
 # ``() -> batches of (x, y)`` numpy arrays: the test split a file is scored on, read afresh per call
@@ -94,6 +94,8 @@ def measure(onnx_path: Path, variant: str, precision: str, target: Target, pool:
                 result["parity"] = parity(reference, logits)
     except BackendUnavailable as exc:  # e.g. a CUDA device asked of a CPU-only onnxruntime build
         result.update(status="unavailable", error=str(exc))
+    except CheckpointError:
+        raise  # a file refused by the loading gate is the user's input (exit 2), not a failed row
     except EdgekdError as exc:
         result.update(status="failed", error=str(exc))
     except Exception as exc:  # noqa: BLE001 - a runtime's own error becomes a failed row, not a crash
@@ -196,9 +198,9 @@ def bench(model: str | Path, targets: list[str], *, shape: tuple[int, ...] | Non
 
     ``overrides``: ``threads`` and any ``LatencySpec`` key (``warmup_runs``, ``runs``, ``min_seconds``,
     ``batch``), applied to every target. A ``.pt2`` program that could run code when opened is refused
-    (exit 2) before any target loads it, unless ``trust_checkpoint``."""
+    (``CheckpointError``, exit 2) by the loading gate the torch backend opens it through, unless
+    ``trust_checkpoint``."""
     from .backends.base import resolve_shape
-    from .checkpoint import checked_program_bytes
 
     path = Path(model)
     if not path.is_file():
@@ -211,8 +213,6 @@ def bench(model: str | Path, targets: list[str], *, shape: tuple[int, ...] | Non
                              f"(run 'edgekd compress' to make both)")
     if path.suffix == ".onnx":
         resolve_shape(path, shape)  # a wrong --shape or an unsized dynamic input is the user's to fix: exit 2
-    elif path.suffix == ".pt2" and not trust_checkpoint:
-        checked_program_bytes(path)  # a refusal is the user's input error (exit 2), not a failed row
     precision = file_precision(path) if path.suffix == ".onnx" else "fp32"
     pool = BackendPool(trust_checkpoint)
     return [measure(path, path.stem, precision, t, pool, shape=shape) for t in resolved]

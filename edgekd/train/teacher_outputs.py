@@ -63,12 +63,12 @@ class TeacherOutputs:
         if augmented:
             return cls(teachers, taps, key, True, "inputs are augmented, so the teacher runs on every batch", device)
         n = splits.size("train")
-        logits, feats = _run(teachers, taps, splits.example(1).to(device.torch_device))
-        per_sample = sum(t.numel() for t in logits) + sum(f.numel() for f in feats.values())
-        mb = per_sample * n * 4 / 2 ** 20
         memo_key = (key, tuple(t.key for t in taps), tuple(id(t) for t in teachers), n)
         if memo is not None and memo_key in memo:  # the memo holds the teachers, so their ids cannot be reused
             return memo[memo_key]
+        logits, feats = _run(teachers, taps, splits.example(1).to(device.torch_device))
+        per_sample = sum(t.numel() for t in logits) + sum(f.numel() for f in feats.values())
+        mb = per_sample * n * 4 / 2 ** 20
         on_disk = mb > cache_limit_mb()
         if on_disk and cache_dir is None:
             return cls(teachers, taps, key, True, f"cached outputs would take {mb:.0f} MB (> EDGEKD_TEACHER_CACHE_MB="
@@ -88,21 +88,26 @@ class TeacherOutputs:
             memo[memo_key] = out
         return out
 
-    def _batches(self, splits: Splits):
+    def _fill(self, splits: Splits, stores: dict[str, Any], to_store: Any) -> None:
+        """Run the teachers once over the train split, writing each output's rows (by sample index)
+        into ``stores`` (keyed like the shapes: ``logits<k>``, ``feature:<tap>``) through ``to_store``."""
         for x, _, idx in splits.loader("train", 256):
             with self.device.autocast():
                 logits, feats = _run(self.teachers, self.taps, x.to(self.device.torch_device))
-            yield idx, logits, feats
+            outputs = {**{f"logits{k}": t for k, t in enumerate(logits)},
+                       **{f"feature:{name}": v for name, v in feats.items()}}
+            for name, value in outputs.items():
+                stores[name][to_store(idx)] = to_store(value.float().cpu())
+
+    def _keep(self, stores: dict[str, Any]) -> None:
+        self._logits = [stores[f"logits{k}"] for k in range(len(self.teachers))]
+        self._features = {k[8:]: v for k, v in stores.items() if k.startswith("feature:")}
 
     def _fill_memory(self, splits: Splits, shapes: dict[str, tuple]) -> None:
         n = splits.size("train")
-        self._logits = [torch.empty(n, *shapes[f"logits{k}"]) for k in range(len(self.teachers))]
-        self._features = {k[8:]: torch.empty(n, *s) for k, s in shapes.items() if k.startswith("feature:")}
-        for idx, logits, feats in self._batches(splits):
-            for k, t in enumerate(logits):
-                self._logits[k][idx] = t.float().cpu()
-            for name, v in feats.items():
-                self._features[name][idx] = v.float().cpu()
+        stores = {k: torch.empty(n, *s) for k, s in shapes.items()}
+        self._fill(splits, stores, lambda t: t)
+        self._keep(stores)
 
     def _fill_disk(self, splits: Splits, shapes: dict[str, tuple], folder: Path) -> None:
         """fp16 memmaps, one per output; a folder whose ``done.json`` matches is reused as it is (--resume)."""
@@ -114,19 +119,13 @@ class TeacherOutputs:
         maps = {k: np.memmap(names[k], dtype=np.float16, mode="r" if ready else "w+", shape=(n, *s))
                 for k, s in shapes.items()}
         if not ready:
-            for idx, logits, feats in self._batches(splits):
-                rows = idx.numpy()
-                for k, t in enumerate(logits):
-                    maps[f"logits{k}"][rows] = t.float().cpu().numpy().astype(np.float16)
-                for name, v in feats.items():
-                    maps[f"feature:{name}"][rows] = v.float().cpu().numpy().astype(np.float16)
+            self._fill(splits, maps, lambda t: t.numpy())  # float32 rows, stored as fp16 by the memmap
             for m in maps.values():
                 m.flush()
             with atomic_path(done) as tmp:
                 tmp.write_text(json.dumps({"shapes": {k: list(s) for k, s in shapes.items()}, "samples": n}))
             maps = {k: np.memmap(names[k], dtype=np.float16, mode="r", shape=(n, *s)) for k, s in shapes.items()}
-        self._logits = [maps[f"logits{k}"] for k in range(len(self.teachers))]
-        self._features = {k[8:]: m for k, m in maps.items() if k.startswith("feature:")}
+        self._keep(maps)
 
     def _rows(self, store: Any, index: torch.Tensor) -> torch.Tensor:
         rows = store[index] if isinstance(store, torch.Tensor) else \
