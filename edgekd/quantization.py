@@ -1,4 +1,4 @@
-"""Brevitas quantization: the only module that imports brevitas.
+"""Brevitas quantization (with ``quant_capture``, the only modules that import brevitas).
 
 Follows the path measured in ../shared/INT8-NOTES.md so that the exported QDQ graph runs INT8 on
 OpenVINO and ONNX Runtime and follows TensorRT's explicit-quantization form:
@@ -24,6 +24,8 @@ import torch
 from torch import nn
 
 from .errors import StageError
+from .quant_capture import (QUANTIZABLE, chunks_as_functions, has_attention, plain_layers, quantizable_attention,
+                            traced)
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
@@ -104,25 +106,39 @@ def _layer_maps(reduce_range: bool, weight_bits: int, signed_act: type, unsigned
         compute[layer] = (cls, {**kwargs, "weight_quant": weight_quant})
     acts = with_acts(QUANT_ACT_MAP)
     for act in (nn.Hardswish, nn.SiLU, nn.GELU):
-        acts[act] = (_quant_after(act), {"act_quant": signed_act, "return_quant_tensor": True})
-    acts[nn.Hardsigmoid] = (_quant_after(nn.Hardsigmoid), {"act_quant": unsigned_act, "return_quant_tensor": True})
+        acts[act] = (_quant_after(act, signed_act), {"act_quant": signed_act, "return_quant_tensor": True})
+    for act in (nn.Hardsigmoid, nn.Sigmoid):
+        acts[act] = (_quant_after(act, signed_act), {"act_quant": unsigned_act, "return_quant_tensor": True})
     return compute, acts, with_acts(QUANT_IDENTITY_MAP)
 
 
-def _quant_after(act: type[nn.Module]) -> type[nn.Module]:
-    """A Brevitas activation that runs ``act`` in float and quantizes its output."""
+def _quant_after(act: type[nn.Module], input_quant: type) -> type[nn.Module]:
+    """A Brevitas activation that quantizes its input, runs ``act`` in float and quantizes its output.
+
+    The input quantizer is what lets runtimes run the conv before it in INT8: ONNX Runtime fuses
+    ``DQ -> Conv -> Q`` only, and a conv feeding a float Hardswish/SiLU/Sigmoid directly has no Q after
+    it (mobilenet_v3: 10 of 52 convs stayed float; efficientnet_b0: 54 of 81). It is the default rather
+    than a keyword because Brevitas' residual alignment rebuilds the module with ``act_quant`` alone.
+    """
     from brevitas.nn.quant_layer import QuantNonLinearActLayer as QuantNLAL
 
+    def plain_init(self: nn.Module) -> None:
+        act.__init__(self)
+
+    # Brevitas injects act_impl by its __init__ signature; some torch activations (Sigmoid) take *args
+    impl = type(act.__name__, (act,), {"__init__": plain_init})
+    default_input_quant = input_quant
+
     class QuantAfter(QuantNLAL):
-        def __init__(self, act_quant=None, input_quant=None, return_quant_tensor: bool = False, **kwargs):
-            super().__init__(act_impl=act, passthrough_act=False, input_quant=input_quant,
+        def __init__(self, act_quant=None, input_quant=default_input_quant, return_quant_tensor: bool = False,
+                     **kwargs):
+            super().__init__(act_impl=impl, passthrough_act=False, input_quant=input_quant,
                              act_quant=act_quant, return_quant_tensor=return_quant_tensor, **kwargs)
 
     QuantAfter.__name__ = f"Quant{act.__name__}"
     return QuantAfter
 
 
-QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _MARKERS: dict[tuple[type, int | None], type] = {}
 
 
@@ -145,7 +161,8 @@ def layer_names(model: nn.Module) -> list[str]:
 
 def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range: bool = False,
                    calibration: str = "percentile", percentile: float = 99.999, weight_bits: int = 8,
-                   overrides: dict[str, int | None] | None = None, learned_scales: bool = False) -> nn.Module:
+                   overrides: dict[str, int | None] | None = None, learned_scales: bool = False,
+                   example: torch.Tensor | None = None) -> nn.Module:
     """A fake-quantized W8A8 copy of ``model`` (the original is left untouched).
 
     ``unsigned_input``: the data is never negative (images in [0, 1]), so the graph input is
@@ -160,18 +177,21 @@ def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range:
     input stays quantized where the previous layer quantizes it; the layer itself runs in float).
     ``learned_scales``: weight scales become parameters that QAT trains (activation scales already are:
     Brevitas initialises them from calibration statistics, then learns them).
+    ``example``: one input at the exported shape; with it, conv subclasses that pad at run time
+    (timm's ``Conv2dSame``) become a fixed pad plus a plain conv, and models whose control flow reads
+    tensor shapes are traced with those shapes' values (``edgekd.quant_capture``).
+
+    The result carries ``quant_mode`` ("graph", or "layerwise" for transformers: ``_layerwise``) and
+    ``kept_float`` (layer name -> why it could not be quantized).
     """
     with warnings.catch_warnings():  # "fast_hadamard_transform package not found": unused here
         warnings.simplefilter("ignore", UserWarning)
-        from brevitas.graph.quantize import preprocess_for_quantize, quantize
+        from brevitas.graph.quantize import quantize
 
     model = copy.deepcopy(model).eval()
-    try:
-        with warnings.catch_warnings():  # torch.fx deprecation noise from Brevitas' tracer backport
-            warnings.simplefilter("ignore", FutureWarning)
-            graph = preprocess_for_quantize(model)
-    except Exception as exc:  # noqa: BLE001 - torch.fx raises many types on untraceable models
-        raise StageError(f"quantize: the model cannot be traced by torch.fx for quantization ({exc})") from None
+    kept_float = plain_layers(model, example, tuple(_MARKERS.values())) if example is not None else {}
+    graph = traced(model, example)
+    chunks_as_functions(graph)
     if calibration not in CALIBRATIONS:
         raise StageError(f"quantize: unknown calibration {calibration!r}; valid: {', '.join(CALIBRATIONS)}")
     signed_act, unsigned_act = _act_quants(calibration, percentile)
@@ -189,9 +209,38 @@ def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range:
         else:
             cls, kwargs = compute[base]
             compute[layer.__class__] = (cls, {**kwargs, "weight_quant": _weight_quant(reduce_range, bits, learned_scales)})
-    qmodel = quantize(graph, quant_identity_map=identities, compute_layer_map=compute, quant_act_map=acts)
+    if has_attention(graph):
+        qmodel = _layerwise(graph, compute, signed_act, unsigned_act)
+    else:  # every activation quantized, residual adds and concats aligned: what CNNs need
+        try:
+            qmodel = quantize(graph, quant_identity_map=identities, compute_layer_map=compute, quant_act_map=acts)
+        except Exception as exc:  # noqa: BLE001 - Brevitas raises plain RuntimeErrors / AssertionErrors
+            raise StageError(f"quantize: Brevitas could not quantize this model ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+        qmodel.quant_mode = "graph"
+    qmodel.kept_float = kept_float
     if unsigned_input:
         _make_inputs_unsigned(qmodel, unsigned_act)
+    return qmodel
+
+
+def _layerwise(graph: nn.Module, compute: dict, signed_act: type, unsigned_act: type) -> nn.Module:
+    """Brevitas' layerwise mode: each conv/linear quantizes its own input (and both attention matmuls
+    theirs), with no alignment across residual adds. Transformers take this path: Brevitas' graph mode
+    cannot align the scales of a ViT's residual stream (it searches for 5 minutes), and their adds and LayerNorms run in float on
+    every runtime anyway; what INT8 buys there is the matmuls, and those all get quantized inputs."""
+    from brevitas.graph.quantize import layerwise_quantize
+
+    layer_map = {layer: None if spec is None else
+                 (spec[0], {**spec[1], "input_quant": signed_act, "return_quant_tensor": False})
+                 for layer, spec in compute.items() if isinstance(layer, type) and issubclass(layer, QUANTIZABLE)}
+    quantizable_attention(graph, signed_act, unsigned_act)
+    try:
+        qmodel = layerwise_quantize(graph, compute_layer_map=layer_map)
+    except Exception as exc:  # noqa: BLE001 - Brevitas raises plain RuntimeErrors / AssertionErrors
+        raise StageError(f"quantize: Brevitas could not quantize this model layerwise ({type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    qmodel.quant_mode = "layerwise"
     return qmodel
 
 

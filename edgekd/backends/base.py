@@ -26,6 +26,8 @@ class Capabilities:
     devices: tuple[str, ...]
     options: tuple[str, ...] = ()
     precisions: tuple[str, ...] = ()
+    # (device, INT8 QDQ layout of edgekd.int8_layouts) where a device's kernels want another than s8s8
+    int8_layouts: tuple[tuple[str, str], ...] = ()
 
 
 class CompiledModel(ABC):
@@ -69,6 +71,10 @@ class Backend(ABC):
         # Whether a file this backend opens may run code from itself (only torch programs can): the
         # user's --trust-checkpoint, never a target's setting.
         self.trust_checkpoint = trust_checkpoint
+
+    def int8_layout(self, target: "Target") -> str:
+        """The INT8 file layout this backend runs at full speed on ``target``'s device."""
+        return dict(self.capabilities.int8_layouts).get(target.device.upper().split(".")[0], "s8s8")
 
     @abstractmethod
     def availability(self) -> tuple[bool, str]:

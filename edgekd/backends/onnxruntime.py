@@ -19,7 +19,8 @@ PROVIDERS = {"CPU": ["CPUExecutionProvider"],
              "CUDA": ["CUDAExecutionProvider", "CPUExecutionProvider"],
              "TENSORRT": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]}
 
-INT8_OPS = {"QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul"}
+INT8_OPS = {"QLinearConv", "QGemm", "QLinearMatMul", "ConvInteger", "MatMulInteger", "DynamicQuantizeMatMul",
+            "MatMulIntegerToFloat"}  # the last: INT8 inputs, float output (a matmul with no Q after it)
 FLOAT_OPS = {"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
 
 
@@ -80,10 +81,14 @@ class OrtModel(CompiledModel):
             opts.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
             opts.log_severity_level = 3
             ort.InferenceSession(str(self._path), opts, providers=["CPUExecutionProvider"])
-            ops = Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
+            optimized = onnx.load(opts.optimized_model_filepath).graph
+        ops = Counter(n.op_type for n in optimized.node)
         int8 = sum(v for k, v in ops.items() if k in INT8_OPS)
         total = int8 + sum(v for k, v in ops.items() if k in FLOAT_OPS)
         result = {"int8": int8, "total": total, "ops": {k: v for k, v in ops.items() if k in INT8_OPS | FLOAT_OPS}}
+        if int8:  # a QDQ file: say why each layer ORT left in float was not fused
+            floats = [n.name for n in optimized.node if n.op_type in FLOAT_OPS]
+            result["float_layers"] = float_layer_causes(onnx.load(str(self._path)).graph, floats)
         if int8 and (warning := saturation_risk(self._path)):
             result["warning"] = warning
         return result
@@ -92,7 +97,8 @@ class OrtModel(CompiledModel):
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     pip_extra = ""
-    capabilities = Capabilities(devices=("CPU", "CUDA", "TENSORRT"), options=("inter_op_threads", "spinning"))
+    capabilities = Capabilities(devices=("CPU", "CUDA", "TENSORRT"), options=("inter_op_threads", "spinning"),
+                                int8_layouts=(("CPU", "u8s8"), ("CUDA", "u8s8")))
 
     def availability(self) -> tuple[bool, str]:
         try:
@@ -118,6 +124,47 @@ class OnnxRuntimeBackend(Backend):
         return (f"onnxruntime_perf_test -e {ep} -x {target.threads} -y {target.inter_op_threads} "
                 f"{'' if target.inter_op_threads == 1 else '-P '}-m times -r {spec.runs} -I -o 99 "
                 f"-C 'session.intra_op.allow_spinning|{1 if target.spinning else 0}' {onnx_path}")
+
+
+def float_layer_causes(graph: Any, names: list[str]) -> dict[str, str]:
+    """Layer name -> why ONNX Runtime's QDQ fusion (``DQ -> op -> Q``, equal activation types) left it in
+    float, read off the file's own graph; names ORT made up for fused nodes are matched by prefix."""
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    zero_type = {i.name: i.data_type for i in graph.initializer}
+    by_name = {n.name: n for n in graph.node}
+
+    def activation_type(qdq: Any) -> str:
+        code = zero_type.get(qdq.input[2]) if len(qdq.input) > 2 else None
+        return {2: "uint8", 3: "int8"}.get(code, "?")
+
+    causes = {}
+    for name in names:
+        node = by_name.get(name) or next((n for k, n in by_name.items() if name.startswith(k) and k), None)
+        if node is None:
+            causes[name] = "not in the file (made by ORT's optimizer)"
+            continue
+        source = producer.get(node.input[0])
+        after = readers.get(node.output[0], [])
+        quants = [n for n in after if n.op_type == "QuantizeLinear"]
+        if source is None or source.op_type != "DequantizeLinear":
+            causes[name] = f"its input comes from {source.op_type if source else 'the graph input'} in float, not a DequantizeLinear"
+        elif (len(after) == 1 and after[0].op_type in ("Relu", "Clip")
+              and any(n.op_type == "QuantizeLinear" for n in readers.get(after[0].output[0], []))):
+            causes[name] = (f"a {after[0].op_type} before its QuantizeLinear that ORT cannot fold: that quantizer's "
+                            f"zero point is not its range's minimum (a signed range after a ReLU)")
+        elif not quants:
+            chain = ", ".join(sorted({n.op_type for n in after})) or "the graph output"
+            causes[name] = f"its output goes to {chain} with no QuantizeLinear right after it"
+        elif activation_type(source) != activation_type(quants[0]):
+            causes[name] = (f"{activation_type(source)} input but {activation_type(quants[0])} output: ORT fuses only "
+                            f"equal activation types (use the u8s8 layout)")
+        else:
+            causes[name] = "left in float by ORT's fusions"
+    return causes
 
 
 def cpu_has_vnni() -> bool | None:

@@ -62,7 +62,8 @@ def quantize(variants: dict[str, Artifact], cfg: QuantizeConfig, ctx: StageConte
             return built[key]
         model = quantize_model(float_model, unsigned_input=unsigned_input, reduce_range=cfg.reduce_range,
                                calibration=cfg.calibration, percentile=cfg.percentile, weight_bits=cfg.weight_bits,
-                               overrides=chosen, learned_scales=cfg.learned_scales)
+                               overrides=chosen, learned_scales=cfg.learned_scales,
+                               example=splits.example(1, "test"))
         calibrate(model.to(ctx.device.torch_device), calibration, bias_correction=cfg.bias_correction)
         model.to("cpu")
         built.clear()
@@ -102,7 +103,9 @@ def quantize(variants: dict[str, Artifact], cfg: QuantizeConfig, ctx: StageConte
                 "activations": "int8 per-tensor", "mode": cfg.mode, "unsigned_input": unsigned_input,
                 "reduce_range": cfg.reduce_range, "calibration": cfg.calibration, "percentile": cfg.percentile,
                 "bias_correction": cfg.bias_correction, "teacher": cfg.teacher, "overrides": overrides,
-                "learned_scales": cfg.learned_scales}
+                "learned_scales": cfg.learned_scales, "quant_mode": getattr(qmodel, "quant_mode", "graph"),
+                # layers no INT8 form could be found for (name -> why); named in the report
+                "float_layers": getattr(qmodel, "kept_float", {})}
     return [save_torch(qmodel, ctx.stage_dir / variant, variant=variant, stage="quantize", parent=source.variant,
                        arch=source.meta.get("arch", ""), arch_kwargs=source.meta.get("arch_kwargs", {}),
                        chash=chash, metrics=metrics, kind="torch-int8", precision="int8",

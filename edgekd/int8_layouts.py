@@ -1,0 +1,77 @@
+"""INT8 QDQ layouts: the activation type each runtime's INT8 kernels want, from one fake-quantized model.
+
+Brevitas exports the layout TensorRT's explicit quantization requires and OpenVINO runs at full speed:
+``s8s8``, symmetric INT8 activations (zero point 0) and INT8 weights. ONNX Runtime's CPU QDQ fusions
+(``ConvNodeGroupSelector`` and friends) turn ``DQ -> Conv -> Q`` into ``QLinearConv`` only when the
+conv's input and output activations have the *same* type, and its x86 kernels are built around
+``u8 x s8``: a conv reading a signed residual sum and writing an unsigned ReLU output stays in float
+(37 of 52 convs of mobilenet_v2, INT8-NOTES trap 10). Its own quantizer (``quantize_static``) therefore
+uses UINT8 activations everywhere: the ``u8s8`` layout.
+
+The two layouts are the *same* quantization: a symmetric INT8 activation with scale s is the UINT8 one
+with scale s and zero point 128 (q_u8 = q_s8 + 128, dequantized (q_u8 - 128) * s), so ``u8s8`` is
+written from the ``s8s8`` file by shifting activation zero points, with no new rounding. No library pass
+does this shift (ORT's quantizer picks types before it places nodes, from float data), hence the few
+lines here; the graph walking uses ``onnxruntime.quantization``'s ``ONNXModel``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+# layout -> what it is; the s8s8 file is the variant's main file (models/<variant>.onnx)
+LAYOUTS = {"s8s8": "symmetric INT8 activations and weights (TensorRT, OpenVINO)",
+           "u8s8": "UINT8 activations (zero point 128), INT8 weights (ONNX Runtime CPU)"}
+DEFAULT_LAYOUT = "s8s8"
+
+
+def layout_path(path: Path, layout: str) -> Path:
+    """Where the ``layout`` file of the INT8 file ``path`` lives: beside it, ``<stem>.<layout>.onnx``."""
+    return path if layout == DEFAULT_LAYOUT else path.with_name(f"{path.stem}.{layout}{path.suffix}")
+
+
+def write_u8s8(src: Path, dst: Path) -> int:
+    """Write ``src`` (an s8s8 QDQ file) to ``dst`` with every INT8 activation made UINT8; returns how many
+    activation quantizers changed. Weights (INT8 initializers read only by ``DequantizeLinear``) and
+    INT32 biases are untouched: only a ``QuantizeLinear`` quantizes an activation."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+    from onnxruntime.quantization.onnx_model import ONNXModel
+
+    model = ONNXModel(onnx.load(str(src)))
+    readers = model.input_name_to_nodes()
+    shifted: dict[str, str] = {}
+
+    def unsigned(zero_point: str) -> str:
+        """The UINT8 twin of an INT8 zero point (or Clip bound) initializer, made once."""
+        if zero_point not in shifted:
+            values = numpy_helper.to_array(model.get_initializer(zero_point)).astype(np.int16) + 128
+            shifted[zero_point] = f"{zero_point}_u8"
+            model.add_initializer(numpy_helper.from_array(values.astype(np.uint8), shifted[zero_point]))
+        return shifted[zero_point]
+
+    changed = 0
+    for quant in [n for n in model.nodes() if n.op_type == "QuantizeLinear"]:
+        zero = model.get_initializer(quant.input[2]) if len(quant.input) > 2 else None
+        if zero is None or zero.data_type != TensorProto.INT8:
+            continue
+        quant.input[2] = unsigned(quant.input[2])
+        changed += 1
+        pending = list(readers.get(quant.output[0], []))
+        while pending:  # the quantized tensor's readers: DequantizeLinear, or a Clip (QCDQ) then DQs
+            node = pending.pop()
+            if node.op_type == "DequantizeLinear":
+                node.input[2] = unsigned(node.input[2])
+            elif node.op_type == "Clip":
+                for k in (1, 2):
+                    if len(node.input) > k and node.input[k]:
+                        node.input[k] = unsigned(node.input[k])
+                pending += readers.get(node.output[0], [])
+            else:
+                raise ValueError(f"{src.name}: a quantized tensor is read by {node.op_type} {node.name!r}, "
+                                 f"not by DequantizeLinear: not a QDQ graph edgekd wrote")
+    model.remove_unused_constant()
+    onnx.save(model.model, str(dst))
+    return changed

@@ -1,0 +1,207 @@
+"""Capturing a model as a torch.fx graph Brevitas can quantize whole: plain layers, tracing, attention.
+
+Brevitas quantizes what it recognises by exact class in a traced graph. Checkpoints people have carry
+layers it does not recognise (timm's ``Conv2dSame`` and ``BatchNormAct2d``), control flow on tensor
+shapes that symbolic tracing cannot follow (timm's ViT), and attention written as one
+``F.scaled_dot_product_attention`` call whose two matmuls no layer map reaches. This module turns
+each into what Brevitas and the runtimes' INT8 fusions know, checking numerically that the model
+still computes the same thing at the exported shape.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .errors import StageError
+
+QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+PLAIN_NORMS = (nn.BatchNorm2d,)  # subclasses are made plain so that BatchNorm merges into the conv
+
+
+def plain_layers(model: nn.Module, example: torch.Tensor, markers: tuple[type, ...] = ()) -> dict[str, str]:
+    """Make every conv/linear/BatchNorm a plain torch layer that Brevitas' layer maps know; returns the
+    layers that could not be made so (name -> why), which then stay in float.
+
+    Brevitas picks a layer's quantized replacement by its exact class, so a subclass is never quantized,
+    and one whose forward() pads from the input's shape (timm's ``Conv2dSame``, EfficientNet-PyTorch's
+    dynamic-padding convs) also breaks symbolic tracing. A subclass that keeps its base's forward() only
+    changes class; one with its own forward() is replaced, when at the ``example``'s shape it computes
+    the same output, by ``ZeroPad2d(p) + conv`` (p = 0 or TensorFlow's "SAME" padding; the exported file
+    has a fixed shape, so the padding is fixed too) or, for a norm, by ``norm + its children`` (timm's
+    ``BatchNormAct2d``: norm, drop, act). ``markers``: edgekd's own subclasses, left alone.
+    """
+    plain = QUANTIZABLE + PLAIN_NORMS
+    subclassed = {name: m for name, m in model.named_modules()
+                  if isinstance(m, plain) and type(m) not in plain and type(m) not in markers}
+    inputs: dict[str, torch.Tensor] = {}
+    hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: inputs.setdefault(name, args[0].detach()))
+             for name, m in subclassed.items()]
+    try:
+        with torch.no_grad():
+            model(example.to(next(model.parameters()).device))
+    finally:
+        for h in hooks:
+            h.remove()
+    kept: dict[str, str] = {}
+    for name, layer in subclassed.items():
+        base = next(c for c in type(layer).__mro__ if c in plain)
+        if type(layer).forward is base.forward:
+            layer.__class__ = base
+            continue
+        replacement = None
+        if name in inputs:
+            maker = _norm_then_children if base in PLAIN_NORMS else _padded_conv
+            replacement = maker(layer, base, inputs[name])
+        if replacement is None:
+            kept[name] = f"{type(layer).__name__} has its own forward(), not a padded {base.__name__}"
+            continue
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, replacement)
+    return kept
+
+
+def _same_output(candidate: nn.Module, want: torch.Tensor, x: torch.Tensor) -> bool:
+    with torch.no_grad():
+        got = candidate.eval()(x)
+    return got.shape == want.shape and torch.allclose(got, want, atol=1e-5, rtol=1e-4)
+
+
+def _norm_then_children(layer: nn.Module, base: type, x: torch.Tensor) -> nn.Module | None:
+    """``base`` norm + ``layer``'s child modules in order, if that computes ``layer(x)``, else None.
+    The plain norm then merges into the conv before it."""
+    norm = base(layer.num_features, layer.eps, layer.momentum, layer.affine, layer.track_running_stats,
+                device=x.device)
+    norm.load_state_dict({k: v for k, v in layer.state_dict().items() if "." not in k})
+    candidate = nn.Sequential(norm, *layer.children())
+    with torch.no_grad():
+        want = layer(x)
+    return candidate if _same_output(candidate, want, x) else None
+
+
+def _padded_conv(layer: nn.Module, base: type, x: torch.Tensor) -> nn.Module | None:
+    """``ZeroPad(p) + base conv`` with ``layer``'s weights if it computes ``layer(x)``, else None."""
+    if base is not nn.Conv2d:
+        return None
+    with torch.no_grad():
+        want = layer(x)
+    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
+    ih, iw = x.shape[-2:]
+
+    def same(size: int, k: int, s: int, d: int) -> int:
+        return max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
+
+    ph, pw = same(ih, kh, sh, dh), same(iw, kw, sw, dw)
+    for pad in ((pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), (0, 0, 0, 0)):
+        conv = nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
+                         layer.dilation, layer.groups, layer.bias is not None, layer.padding_mode,
+                         device=layer.weight.device)
+        conv.weight, conv.bias = layer.weight, layer.bias
+        candidate = nn.Sequential(nn.ZeroPad2d(pad), conv) if any(pad) else conv
+        if _same_output(candidate, want, x):
+            return candidate
+    return None
+
+
+def traced(model: nn.Module, example: torch.Tensor | None) -> nn.Module:
+    """Brevitas' preprocessing (BatchNorm merged, functional calls made modules) on a torch.fx graph of
+    ``model``: symbolic tracing, or, where the model's control flow reads tensor shapes (timm's ViT
+    position embeddings), Brevitas' value tracer, which records the shapes of ``example`` as constants."""
+    from brevitas.fx import value_trace
+    from brevitas.graph.quantize import preprocess_for_quantize
+
+    with warnings.catch_warnings():  # torch.fx deprecation noise from Brevitas' tracer backport
+        warnings.simplefilter("ignore", FutureWarning)
+        try:
+            return preprocess_for_quantize(model)
+        except Exception as exc:  # noqa: BLE001 - torch.fx raises many types on untraceable models
+            symbolic_error = exc
+        if example is not None:
+            first = next(iter(inspect.signature(model.forward).parameters))
+            try:
+                return preprocess_for_quantize(value_trace(model, value_args={first: example}), trace_model=False)
+            except Exception:  # noqa: BLE001 - report the symbolic tracer's error: it names the cause
+                pass
+    raise StageError(f"quantize: the model cannot be traced by torch.fx for quantization ({symbolic_error})")
+
+
+def has_attention(graph: Any) -> bool:
+    """Whether ``graph`` computes attention (a transformer): those take Brevitas' layerwise mode, since
+    its graph mode searches residual alignments that a ViT never satisfies (5 minutes, then an error)."""
+    return any((n.op == "call_function" and n.target is F.scaled_dot_product_attention) or
+               (n.op == "call_module" and isinstance(graph.get_submodule(n.target), nn.MultiheadAttention))
+               for n in graph.graph.nodes)
+
+
+def _default_of(value: Any) -> Any:
+    """A traced argument's value where the trace fixes it: a forward() parameter left at its default
+    (timm passes ``attn_mask``/``is_causal`` through from its own defaults) is that default."""
+    if getattr(value, "op", None) == "placeholder":  # torch.fx's Node or Brevitas' backported one
+        return value.args[0] if value.args else value
+    return value
+
+
+class QuantAttention(nn.Module):
+    """``softmax(q k^T * scale) v`` with INT8 inputs to both matmuls (the probabilities unsigned), the
+    form ORT fuses into ``QLinearMatMul``/``MatMulIntegerToFloat`` and OpenVINO runs in INT8."""
+
+    def __init__(self, signed_act: type, unsigned_act: type, scale: float | None) -> None:
+        import brevitas.nn as qnn
+
+        super().__init__()
+        self.scale = scale
+        self.q_quant = qnn.QuantIdentity(act_quant=signed_act)
+        self.k_quant = qnn.QuantIdentity(act_quant=signed_act)
+        self.v_quant = qnn.QuantIdentity(act_quant=signed_act)
+        self.attn_quant = qnn.QuantIdentity(act_quant=unsigned_act)
+
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        scale = q.shape[-1] ** -0.5 if self.scale is None else self.scale
+        attn = torch.softmax(self.q_quant(q * scale) @ self.k_quant(k.transpose(-2, -1)), dim=-1)
+        return self.attn_quant(attn) @ self.v_quant(v)
+
+
+def quantizable_attention(graph: Any, signed_act: type, unsigned_act: type) -> int:
+    """Replace each plain ``F.scaled_dot_product_attention`` call (no mask, not causal, no dropout) in
+    ``graph`` by a ``QuantAttention``; returns how many. Calls with a mask keep their float matmuls."""
+    done = 0
+    for node in list(graph.graph.nodes):
+        if node.op != "call_function" or node.target is not F.scaled_dot_product_attention:
+            continue
+        extra = {k: _default_of(v) for k, v in
+                 {**dict(zip(("attn_mask", "dropout_p", "is_causal"), node.args[3:])), **node.kwargs}.items()}
+        if extra.get("attn_mask") is not None or extra.get("dropout_p", 0.0) or extra.get("is_causal", False):
+            continue
+        name = f"attention_{done}"
+        graph.add_submodule(name, QuantAttention(signed_act, unsigned_act, extra.get("scale")))
+        with graph.graph.inserting_after(node):
+            new = graph.graph.call_module(name, tuple(node.args[:3]))
+        node.replace_all_uses_with(new)
+        graph.graph.erase_node(node)
+        done += 1
+    graph.recompile()
+    return done
+
+
+
+def chunks_as_functions(graph: Any) -> int:
+    """``x.chunk(...)`` method calls as ``torch.chunk(x, ...)``: Brevitas' quantized tensors have no
+    ``chunk`` method (shufflenet failed with "'IntQuantTensor' object has no attribute 'chunk'"), while
+    the function falls back to float pieces that Brevitas quantizes again before the next layer.
+    Returns how many were rewritten."""
+    done = 0
+    for node in list(graph.graph.nodes):
+        if node.op == "call_method" and node.target == "chunk":
+            with graph.graph.inserting_after(node):
+                new = graph.graph.call_function(torch.chunk, node.args, node.kwargs)
+            node.replace_all_uses_with(new)
+            graph.graph.erase_node(node)
+            done += 1
+    graph.recompile()
+    return done

@@ -1,0 +1,124 @@
+"""The u8s8 layout: the same quantization as the s8s8 file, in the form ONNX Runtime's QDQ fusions take."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from edgekd.backends import BACKENDS
+from edgekd.backends.target import Target
+from edgekd.int8_layouts import layout_path, write_u8s8
+from edgekd.quantization import calibrate, export_qdq, quantize_model
+
+
+class InvertedResidual(nn.Module):
+    """A MobileNetV3-like block: expand (Hardswish), depthwise (ReLU), project, residual add."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
+        self.expand = nn.Sequential(nn.Conv2d(16, 32, 1), nn.BatchNorm2d(32), nn.Hardswish())
+        self.depthwise = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, groups=32), nn.BatchNorm2d(32), nn.ReLU())
+        self.project = nn.Sequential(nn.Conv2d(32, 16, 1), nn.BatchNorm2d(16))
+        self.tail = nn.Sequential(nn.Conv2d(16, 24, 3, stride=2, padding=1), nn.BatchNorm2d(24), nn.ReLU())
+        self.head = nn.Linear(24, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        x = x + self.project(self.depthwise(self.expand(x)))
+        return self.head(self.tail(x).mean((2, 3)))
+
+
+def exported(tmp_path):
+    torch.manual_seed(0)
+    model = InvertedResidual().eval()
+    for m in model.modules():  # non-trivial BatchNorm statistics, so signed sums really occur
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.rand(16, 3, 16, 16)
+    qmodel = quantize_model(model, unsigned_input=True, example=x[:1])
+    calibrate(qmodel, x.split(8))
+    path = tmp_path / "block.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_qdq(qmodel, x[:1], path, 17)
+    u8 = layout_path(path, "u8s8")
+    changed = write_u8s8(path, u8)
+    return path, u8, changed, x
+
+
+def run_exact(path, x):
+    """ORT with graph optimizations off: QDQ interpreted op by op, no INT8 kernels."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return np.concatenate([sess.run(None, {"input": x[i:i + 1].numpy()})[0] for i in range(len(x))])
+
+
+def test_u8s8_file_computes_exactly_what_the_s8s8_file_computes(tmp_path):
+    path, u8, changed, x = exported(tmp_path)
+    assert u8.name == "block.u8s8.onnx"
+    assert changed > 0
+    np.testing.assert_array_equal(run_exact(path, x), run_exact(u8, x))
+    graph = onnx.load(str(u8)).graph
+    types = {i.name: i.data_type for i in graph.initializer}
+    assert {types[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear"} == {onnx.TensorProto.UINT8}
+    weights = [i for i in graph.initializer if len(i.dims) >= 2]
+    assert weights and all(i.data_type == onnx.TensorProto.INT8 for i in weights)  # weights stay s8
+
+
+def test_onnx_runtime_runs_every_conv_int8_only_in_the_u8s8_layout(tmp_path):
+    """mobilenet_v2: convs reading a signed residual sum and writing an unsigned ReLU6 output stay float
+    on ORT in the s8s8 layout (INT8-NOTES trap 10); in u8s8 every conv and the classifier run INT8."""
+    torchvision = pytest.importorskip("torchvision", reason="torchvision is the 'vision' extra")
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 32, 32)
+    qmodel = quantize_model(torchvision.models.mobilenet_v2(num_classes=10).eval(), unsigned_input=True,
+                            example=x[:1])
+    calibrate(qmodel, x.split(4))
+    path = tmp_path / "mobilenet_v2.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_qdq(qmodel, x[:1], path, 17)
+    write_u8s8(path, layout_path(path, "u8s8"))
+    target = Target(name="ort", backend="onnxruntime", threads=1)
+    backend = BACKENDS.get("onnxruntime")()
+    s8_counts = backend.compile(path, target).int8_layers()
+    u8_counts = backend.compile(layout_path(path, "u8s8"), target).int8_layers()
+    assert u8_counts["int8"] == u8_counts["total"] == 53, u8_counts
+    assert s8_counts["int8"] <= 0.8 * s8_counts["total"], s8_counts
+
+
+def test_a_float_activation_after_a_conv_gets_its_input_quantized(tmp_path):
+    """Without a quantizer between a conv and its Hardswish, ORT keeps the conv float (no Q to fuse)."""
+    path, _, _, _ = exported(tmp_path)
+    graph = onnx.load(str(path)).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    hardswish = next(n for n in graph.node if n.op_type == "HardSwish")
+    assert producer[hardswish.input[0]].op_type == "DequantizeLinear"
+
+
+def test_onnx_runtime_names_each_float_layer_and_why_it_was_not_fused(tmp_path):
+    """The s8s8 mobilenet_v2 on ORT: the layers left in float are named, with the mixed activation types."""
+    torchvision = pytest.importorskip("torchvision", reason="torchvision is the 'vision' extra")
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 32, 32)
+    qmodel = quantize_model(torchvision.models.mobilenet_v2(num_classes=10).eval(), unsigned_input=True)
+    calibrate(qmodel, x.split(4))
+    path = tmp_path / "mobilenet_v2.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_qdq(qmodel, x[:1], path, 17)
+    counts = BACKENDS.get("onnxruntime")().compile(path, Target(name="ort", backend="onnxruntime")).int8_layers()
+    floats = counts["float_layers"]
+    assert len(floats) == counts["total"] - counts["int8"] > 0
+    causes = {"mixed types": "equal activation types", "relu kept": "cannot fold"}
+    assert all(any(c in why for c in causes.values()) for why in floats.values()), floats
+    assert any(causes["mixed types"] in why for why in floats.values())
