@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from .backends import BACKENDS, Backend, checked_target, predict
+from .int8_verdict import judge
 from .parity import parity
 from .bench import (LatencyStats, measure_latency, peak_rss_mb, reset_peak_rss, rss_mb, seeded_input, throughput,
                     time_calls, warm_up)
@@ -215,7 +216,8 @@ def bench(model: str | Path, targets: list[str], *, shape: tuple[int, ...] | Non
         resolve_shape(path, shape)  # a wrong --shape or an unsized dynamic input is the user's to fix: exit 2
     precision = file_precision(path) if path.suffix == ".onnx" else "fp32"
     pool = BackendPool(trust_checkpoint)
-    return [measure(path, path.stem, precision, t, pool, shape=shape) for t in resolved]
+    # a bare file has no FP32 twin to be timed against; whether it runs in INT8 is still judged
+    return [judge(measure(path, path.stem, precision, t, pool, shape=shape), None, None) for t in resolved]
 
 
 def native_commands(model: str | Path, targets: list[str], **overrides: Any) -> list[tuple[str, str]]:

@@ -29,6 +29,8 @@ from .data.transforms import arch_preprocess
 from .errors import CheckpointError, DataError, InputError
 from .fileio import atomic_path, write_json, write_text
 from .gate import Verdict, evaluate_budget
+from .int8_layouts import layout_path
+from .int8_verdict import fp32_counterpart, judge, time_against_fp32
 from .backends import BACKENDS
 from .measure import BackendPool, empty_result, latency_probe, measure
 from .progress import console
@@ -248,6 +250,13 @@ def _publish_models(run_dir: Path, onnx_artifacts: list[Artifact]) -> dict[str, 
         with atomic_path(dest) as tmp:
             shutil.copyfile(art.path, tmp)
         meta = dict(art.meta)
+        layouts = {}
+        for layout, source in meta.get("layouts", {}).items():  # each runtime's INT8 file, beside the main one
+            copy = layout_path(dest, layout)
+            with atomic_path(copy) as tmp:
+                shutil.copyfile(source, tmp)
+            layouts[layout] = str(copy.relative_to(run_dir))
+        meta["layouts"] = layouts
         if meta.get("program"):
             program = run_dir / "models" / f"{art.variant}.pt2"
             with atomic_path(program) as tmp:
@@ -286,16 +295,39 @@ def _measure_all(run_dir: Path, models: dict[str, Artifact], targets: list[Targe
         return splits.arrays("test")
 
     for target in targets:
+        results, files = {}, {}
         for name, art in models.items():
             console.print(f"measure {name} on {target.name} ({target.backend}, {target.device})")
             ref = art.meta.get("reference_logits")
             reference = np.load(ref) if ref and Path(ref).is_file() else None
             suffix = BACKENDS.get(target.backend).file_suffix  # the torch baseline runs the .pt2 program
-            path = {".onnx": art.path, ".pt2": art.meta.get("program")}.get(suffix)
+            onnx_file = art.meta.get("layouts", {}).get(pool.get(target.backend).int8_layout(target), art.path)
+            path = {".onnx": onnx_file, ".pt2": art.meta.get("program")}.get(suffix)
             if path is None:
                 result = empty_result(name, art.precision, target, None, f"{name} has no {suffix} file "
                                                                          f"(torch programs are made for FP32 variants)")
             else:
-                result = measure(run_dir / path, name, art.precision, target, pool, test_batches,
+                files[name] = run_dir / path
+                result = measure(files[name], name, art.precision, target, pool, test_batches,
                                  splits.size("test"), reference)
+            results[name] = result
+        for name, result in results.items():
+            result = judge(result, _versus_fp32(name, results, files, target, pool), target.latency.int8_max_ratio)
             write_json(run_dir / "measurements" / f"{name}@{target.name}.json", result)
+
+
+def _versus_fp32(name: str, results: dict[str, dict[str, Any]], files: dict[str, Path], target: Target,
+                 pool: BackendPool) -> dict[str, Any] | None:
+    """An ok INT8 row's latency against its FP32 variant's file, timed interleaved on ``target``."""
+    row = results[name]
+    fp32 = fp32_counterpart(name, list(results))
+    if row["status"] != "ok" or row["precision"] != "int8" or fp32 is None or results[fp32]["status"] != "ok":
+        return None
+    backend = pool.get(target.backend)
+    console.print(f"time {name} against {fp32} on {target.name} (interleaved)")
+    try:
+        return time_against_fp32(lambda p: backend.compile(p, target), files[name], files[fp32],
+                                 min(target.latency.runs, 100))
+    except Exception as exc:  # noqa: BLE001 - the row's own measurement stands; say why no ratio
+        row["warnings"].append(f"no interleaved INT8/FP32 timing ({type(exc).__name__}: {exc})")
+        return None

@@ -37,6 +37,7 @@ def build_report(run_dir: Path) -> dict[str, Any]:
             "accuracy": measured[0]["accuracy"] if measured else None,
             "accuracy_target": measured[0]["target"] if measured else None,
             "accuracy_torch": meta.get("accuracy_torch"), "parity": meta.get("parity"),
+            "kept_float": meta.get("kept_float", {}),
         })
     order = {name: i for i, name in enumerate(manifest["models"])}
     results.sort(key=lambda r: (r["target"], order.get(r["variant"], len(order))))
@@ -123,6 +124,8 @@ def measurement_notes(report: dict[str, Any]) -> list[str]:
              + ", ".join(f"{k} {v}" for k, v in fp["runtimes"].items()) + ")" for mid, fp in machines.items()]
     if len(machines) > 1:
         notes.append("WARNING: these results come from different machines; their latencies are not comparable")
+    notes += [f"{v['name']}: layer {layer} kept in float ({why})" for v in report["variants"]
+              for layer, why in (v.get("kept_float") or {}).items()]
     notes += [f"{r['variant']} on {r['target']}: {w}" for r in report["results"] for w in r.get("warnings", [])]
     return notes
 

@@ -14,8 +14,10 @@ from edgekd.cli import app
 from edgekd.zoo import TinyCNN
 
 TINY_DATA = {"source": "synthetic", "samples": 192, "classes": 4, "image_size": 16, "batch_size": 32}
+# int8_max_ratio off: on a 16x16 toy per-op overhead makes INT8 slower than FP32 (0.020 vs 0.013 ms), and
+# these targets serve tests of other things; the verdict has its own tests (test_int8_verdict.py)
 FAST_LATENCY = {"warmup_runs": 3, "warmup_seconds": 0.0, "runs": 20, "min_seconds": 0.0, "batch": 2,
-                "throughput_seconds": 0.05}
+                "throughput_seconds": 0.05, "int8_max_ratio": None}
 
 
 def invoke(*args: str):

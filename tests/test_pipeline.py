@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from edgekd.report import SCHEMA
 
@@ -82,7 +83,9 @@ def test_int8_weights_are_stored_as_int8_and_export_parity_recorded(tiny_run):
     manifest = json.loads((tiny_run / "manifest.json").read_text())
     models = manifest["models"]
     assert models["student-fp32"]["meta"]["parity"]["max_abs_diff"] <= models["student-fp32"]["meta"]["parity"]["tolerance"]
-    assert models["student-int8"]["meta"]["parity"]["top1_agreement"] >= 0.97
+    int8_parity = models["student-int8"]["meta"]["parity"]
+    assert int8_parity["top1_agreement_decisive"] >= 0.97 and int8_parity["decisive_samples"] >= int8_parity["samples"] // 2
+    assert "top1_agreement" in int8_parity and int8_parity["tie_margin"] >= 0
     assert manifest["checkpoint"]["trusted_checkpoint"] is False
 
 
@@ -164,3 +167,33 @@ def test_an_int8_file_running_mostly_in_float_is_flagged_in_the_report():
                                           row("c-fp32", "fp32", 0, 5)]}
     cells = [r["INT8 layers"] for r in table_rows(report, "t")]
     assert cells == ["1/5 MOSTLY FLOAT", "5/5", "0/5"]
+
+
+def test_each_runtime_measures_its_own_int8_layout(tiny_run):
+    import onnx
+
+    manifest = json.loads((tiny_run / "manifest.json").read_text())
+    meta = manifest["models"]["student-int8"]["meta"]
+    assert meta["layouts"] == {"u8s8": "models/student-int8.u8s8.onnx"}
+    assert meta["parity"]["u8s8"]["top1_agreement"] >= 0.97
+    assert manifest["models"]["student-fp32"]["meta"]["layouts"] == {}
+    ort_row = json.loads((tiny_run / "measurements" / "student-int8@tiny-ort.json").read_text())
+    ov_row = json.loads((tiny_run / "measurements" / "student-int8@tiny-ov.json").read_text())
+    assert ort_row["onnx"].endswith("models/student-int8.u8s8.onnx")
+    assert ov_row["onnx"].endswith("models/student-int8.onnx")
+    graph = onnx.load(ort_row["onnx"]).graph
+    zero_points = {i.name: i.data_type for i in graph.initializer}
+    activation_types = {zero_points[n.input[2]] for n in graph.node if n.op_type == "QuantizeLinear"}
+    assert activation_types == {onnx.TensorProto.UINT8}
+
+
+def test_int8_rows_are_timed_interleaved_against_their_fp32_variant(tiny_run):
+    from edgekd.int8_verdict import judge
+
+    for target in ("tiny-ort", "tiny-ov"):
+        row = json.loads((tiny_run / "measurements" / f"student-int8@{target}.json").read_text())
+        versus = row["int8_vs_fp32"]
+        assert versus["pairs"] == 20 and versus["ratio"] == pytest.approx(versus["p50_ms"] / versus["fp32_p50_ms"])
+        assert "int8_vs_fp32" not in json.loads((tiny_run / "measurements" / f"student-fp32@{target}.json").read_text())
+        judged = judge(row, versus, 1.0)  # what the default target (int8_max_ratio 1.0) would have said
+        assert (judged["status"] == "failed") == (versus["ratio"] > 1.0)

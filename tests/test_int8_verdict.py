@@ -1,0 +1,78 @@
+"""An INT8 row is ``ok`` only when its runtime runs it in INT8 and it is faster than its FP32 file."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from edgekd.int8_verdict import fp32_counterpart, interleaved_ratio, judge
+
+
+def int8_row(int8: int, total: int, **layers) -> dict:
+    return {"variant": "student-int8", "backend": "onnxruntime", "precision": "int8", "status": "ok", "error": None,
+            "warnings": [], "int8_layers": {"int8": int8, "total": total, **layers}}
+
+
+def test_a_row_running_mostly_in_float_is_failed_with_its_float_layers_and_their_causes():
+    row = judge(int8_row(20, 54, float_layers={"/features.0.0/Conv": "its output goes to HardSwish with no "
+                                                                       "QuantizeLinear right after it"}), None, None)
+    assert row["status"] == "failed"
+    assert "runs mostly in float on onnxruntime: 20/54" in row["error"]
+    assert "/features.0.0/Conv: its output goes to HardSwish" in row["error"]
+
+
+def test_a_few_float_layers_are_a_warning_and_all_int8_is_ok():
+    partly = judge(int8_row(50, 54, float_layers={"fc": "left in float by ORT's fusions"}), None, None)
+    assert partly["status"] == "ok" and partly["warnings"] == ["4 of 54 conv/matmul layers run in float (fc: left in "
+                                                               "float by ORT's fusions)"]
+    assert judge(int8_row(54, 54), None, None) == {**int8_row(54, 54)}
+
+
+@pytest.mark.parametrize("ratio, status", [(0.6, "ok"), (0.99, "ok"), (1.4, "failed")])
+def test_an_int8_row_slower_than_its_fp32_file_is_failed(ratio, status):
+    versus = {"ratio": ratio, "p50_ms": ratio * 2.0, "fp32_p50_ms": 2.0, "pairs": 100}
+    row = judge(int8_row(54, 54), versus, 1.0)
+    assert row["status"] == status and row["int8_vs_fp32"] == versus
+    if status == "failed":
+        assert "slower than its FP32 file" in row["error"] and "ratio 1.40 > latency.int8_max_ratio 1.0" in row["error"]
+    assert judge(int8_row(54, 54), versus, None)["status"] == "ok"  # null: not checked
+
+
+def test_fp32_rows_and_failed_rows_are_left_as_they_are():
+    fp32 = {**int8_row(0, 54), "precision": "fp32"}
+    assert judge(fp32, None, 1.0) == fp32
+    failed = {**int8_row(0, 54), "status": "failed", "error": "onnxruntime could not load it"}
+    assert judge(failed, None, 1.0) == failed
+
+
+def test_the_fp32_counterpart_is_the_same_role_else_the_teacher():
+    names = ["teacher-fp32", "student-fp32", "student-int8", "teacher-int8"]
+    assert fp32_counterpart("student-int8", names) == "student-fp32"
+    assert fp32_counterpart("teacher-int8", names) == "teacher-fp32"
+    assert fp32_counterpart("pruned-int8", ["teacher-fp32", "pruned-int8"]) == "teacher-fp32"
+    assert fp32_counterpart("student-int8", ["student-int8"]) is None
+
+
+def test_interleaved_timing_tells_a_slower_call_from_a_faster_one():
+    result = interleaved_ratio(lambda: time.sleep(0.004), lambda: time.sleep(0.001), runs=15)
+    assert result["ratio"] > 1.5 and result["pairs"] == 15
+    assert result["p50_ms"] > result["fp32_p50_ms"]
+
+
+def test_near_tied_samples_do_not_decide_the_export_agreement():
+    import numpy as np
+
+    from edgekd.parity import decisive_agreement
+
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(100, 10)).astype(np.float32)
+    output = reference + rng.normal(scale=1e-3, size=reference.shape).astype(np.float32)
+    reference[:10, :2] = [5.0, 5.0 + 1e-6]  # ten exact near-ties ...
+    output[:10, :2] = [5.0 + 1e-6, 5.0]     # ... each flipped by noise far below the outputs' difference
+    result = decisive_agreement(reference, output)
+    assert result["decisive_samples"] <= 90 and result["top1_agreement_decisive"] == 1.0
+    assert float(np.mean(output.argmax(1) == reference.argmax(1))) <= 0.9  # what plain agreement says
+    wrong = output.copy()
+    wrong[50:60] = wrong[50:60, ::-1] * 3  # clearly different answers on decisive samples still count
+    assert decisive_agreement(reference, wrong)["top1_agreement_decisive"] < 0.95
