@@ -229,14 +229,28 @@ def _layerwise(graph: nn.Module, compute: dict, signed_act: type, unsigned_act: 
     theirs), with no alignment across residual adds. Transformers take this path: Brevitas' graph mode
     cannot align the scales of a ViT's residual stream (it searches for 5 minutes), and their adds and LayerNorms run in float on
     every runtime anyway; what INT8 buys there is the matmuls, and those all get quantized inputs."""
+    import brevitas.nn as qnn
     from brevitas.graph.quantize import layerwise_quantize
+    from brevitas.quant import Int32Bias
 
+    # convs (a ViT's patch embedding) also quantize their output: a conv with no Q after it stays float on ORT
     layer_map = {layer: None if spec is None else
-                 (spec[0], {**spec[1], "input_quant": signed_act, "return_quant_tensor": False})
+                 (spec[0], {**spec[1], "input_quant": signed_act, "return_quant_tensor": False,
+                            **({} if issubclass(layer, nn.Linear) else {"output_quant": signed_act})})
                  for layer, spec in compute.items() if isinstance(layer, type) and issubclass(layer, QUANTIZABLE)}
     quantizable_attention(graph, signed_act, unsigned_act)
+    # nn.MultiheadAttention (torchvision's ViT) uses its projections' weights functionally: Brevitas'
+    # QuantMultiheadAttention quantizes them and both attention matmuls, and its inner layers are left to it
+    weight_quant = compute[nn.Linear][1]["weight_quant"] if compute.get(nn.Linear) else None
+    layer_map[nn.MultiheadAttention] = (qnn.QuantMultiheadAttention, {
+        "in_proj_input_quant": signed_act, "in_proj_weight_quant": weight_quant, "in_proj_bias_quant": Int32Bias,
+        "attn_output_weights_quant": unsigned_act, "q_scaled_quant": signed_act, "k_transposed_quant": signed_act,
+        "v_quant": signed_act, "out_proj_input_quant": signed_act, "out_proj_weight_quant": weight_quant,
+        "out_proj_bias_quant": Int32Bias, "return_quant_tensor": False})
+    inside_attention = [f"{name}.{child}" for name, m in graph.named_modules()
+                        if isinstance(m, nn.MultiheadAttention) for child, _ in m.named_children()]
     try:
-        qmodel = layerwise_quantize(graph, compute_layer_map=layer_map)
+        qmodel = layerwise_quantize(graph, compute_layer_map=layer_map, name_blacklist=inside_attention)
     except Exception as exc:  # noqa: BLE001 - Brevitas raises plain RuntimeErrors / AssertionErrors
         raise StageError(f"quantize: Brevitas could not quantize this model layerwise ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from None

@@ -21,6 +21,7 @@ from edgekd.quantization import calibrate, export_qdq, quantize_model
 TORCHVISION = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0",
                "regnet_x_400mf", "shufflenet_v2_x1_0", "convnext_tiny"]
 TIMM = ["tf_efficientnet_lite0", "vit_tiny_patch16_224"]
+SMALL_TORCHVISION_VIT = "vit (torchvision, nn.MultiheadAttention)"  # vit_b_16's code at 2 layers, width 32
 SIZE = 32
 MIN_INT8_FRACTION = 0.95
 # (model, runtime) -> (the fraction reached, the cause ORT names for its float layers). shufflenet's
@@ -36,6 +37,11 @@ def build(name: str) -> torch.nn.Module:
         extra = {"img_size": SIZE, "patch_size": 8} if name.startswith("vit") else {}
         return timm.create_model(name, pretrained=False, num_classes=10, **extra).eval()
     torchvision = pytest.importorskip("torchvision", reason="torchvision is the 'vision' extra")
+    if name == SMALL_TORCHVISION_VIT:
+        from torchvision.models.vision_transformer import VisionTransformer
+
+        return VisionTransformer(image_size=SIZE, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32,
+                                 mlp_dim=64, num_classes=10).eval()
     return getattr(torchvision.models, name)(num_classes=10).eval()
 
 
@@ -43,7 +49,7 @@ def int8_file(name: str, tmp_path: Path) -> Path:
     x = torch.rand(8, 3, SIZE, SIZE)
     qmodel = quantize_model(build(name), unsigned_input=True, example=x[:1])
     calibrate(qmodel, x.split(4))
-    path = tmp_path / f"{name}.onnx"
+    path = tmp_path / f"{name.split()[0]}.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         export_qdq(qmodel, x[:1], path, 17)
@@ -51,7 +57,7 @@ def int8_file(name: str, tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", TORCHVISION + TIMM)
+@pytest.mark.parametrize("name", TORCHVISION + TIMM + [SMALL_TORCHVISION_VIT])
 def test_every_conv_and_matmul_runs_int8_on_both_cpu_runtimes(name, tmp_path):
     path = int8_file(name, tmp_path)
     for backend, layout in (("onnxruntime", "u8s8"), ("openvino", "s8s8")):
