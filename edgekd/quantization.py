@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from .errors import StageError
-from .quant_capture import (QUANTIZABLE, chunks_as_functions, has_attention, plain_layers, quantizable_attention,
-                            traced)
+from .quant_capture import (QUANTIZABLE, chunks_as_functions, drop_identities, has_attention, plain_layers,
+                            quantizable_attention, traced)
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
@@ -192,6 +192,7 @@ def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range:
     kept_float = plain_layers(model, example, tuple(_MARKERS.values())) if example is not None else {}
     graph = traced(model, example)
     chunks_as_functions(graph)
+    drop_identities(graph)
     if calibration not in CALIBRATIONS:
         raise StageError(f"quantize: unknown calibration {calibration!r}; valid: {', '.join(CALIBRATIONS)}")
     signed_act, unsigned_act = _act_quants(calibration, percentile)

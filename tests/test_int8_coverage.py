@@ -110,3 +110,32 @@ def test_conv_subclasses_are_quantized_or_named_with_the_reason(tmp_path):
     weights = [i for i in onnx.load(str(path)).graph.initializer if len(i.dims) >= 2]
     int8 = [i for i in weights if i.data_type == onnx.TensorProto.INT8]
     assert len(int8) == 3  # the SAME-padded conv, the plain conv and the classifier; ScaledConv's stays float
+
+
+def test_relu6_keeps_its_ceiling_through_capture():
+    """Brevitas' default turns ReLU6 into ReLU, which changes any model whose activations exceed 6."""
+    from edgekd.quant_capture import traced
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU6(), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 14 * 14, 4)).eval()
+    with torch.no_grad():
+        model[0].weight.mul_(30.0)  # pre-activations far above 6
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        assert float(model[0](x).max()) > 6.0
+        assert torch.allclose(traced(model, x[:1])(x), model(x), atol=1e-5)
+
+
+def test_identity_between_a_conv_and_its_activation_adds_no_requantization():
+    """timm leaves nn.Identity in drop/SE slots; with it kept, Brevitas requantized each conv's output
+    right before its activation quantized it again (an extra Q/DQ pair per block on ORT)."""
+    torch.manual_seed(0)
+    block = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Identity(), torch.nn.ReLU(),
+                                torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 8 * 8, 4)).eval()
+    qmodel = quantize_model(block, unsigned_input=True, example=torch.rand(1, 3, 8, 8))
+    modules = [n.target for n in qmodel.graph.nodes if n.op == "call_module"]
+    assert not [m for m in modules if type(qmodel.get_submodule(m)) is torch.nn.Identity]
+    # each conv feeds its QuantReLU directly (the classifier's own output quantizer aside)
+    assert not {"_0_output_quant", "_3_output_quant"} & set(modules), modules

@@ -1,0 +1,291 @@
+"""INT8 on the architectures people deploy (issue 13): edgekd's INT8 against each runtime's own quantizer.
+
+For each model (random weights, 10 classes, 1x3xSxS; torchvision's, timm's tf_efficientnet_lite0 and
+torchvision's vit_b_16) one FP32 ONNX file is exported, then quantized three ways from it with the same
+calibration images:
+- edgekd: the quantize stage's PTQ (``quantize_model`` + ``calibrate``) and the export stage's files,
+  the s8s8 file for OpenVINO and the u8s8 file for ONNX Runtime (``edgekd.int8_layouts``);
+- OpenVINO's anchor: NNCF's ``nncf.quantize`` of the FP32 file;
+- ONNX Runtime's anchor: ``quantize_static`` (QDQ, QUInt8 activations, per-channel QInt8 weights).
+Per runtime the FP32 file, edgekd's INT8 and the anchor are timed interleaved (``--rounds`` rounds of
+``--seconds`` windows each, the lowest p50 kept: a co-tenant only adds time), at batch 1 with the
+built-in targets' threads. It prints p50s, the ratio edgekd / anchor (goal <= 1.05), INT8 layer counts
+as each runtime reports them, and each INT8 file's SQNR against the FP32 file's outputs.
+
+With ``--accuracy`` it also scores, on MNIST's 10 000 test images, the three INT8 versions of torchvision
+models trained on MNIST at 64x64 (resnet18 is benchmarks/pareto.py's teacher; the others are trained here
+for ``--epochs`` on 10 000 images and cached under runs/bench-zoo/) on the runtime that runs them: the
+same weights, so any difference is the quantizer's.
+
+    pip install 'edgekd[anchors]'                     # nncf is a benchmark-only extra
+    python benchmarks/int8_zoo.py                     # every model at 224x224: about 40 minutes on 2 cores
+    python benchmarks/int8_zoo.py --models resnet18 mobilenet_v3_small --size 160 --rounds 2
+    python benchmarks/int8_zoo.py --models none --accuracy
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+TORCHVISION = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0",
+               "regnet_x_400mf", "shufflenet_v2_x1_0", "convnext_tiny", "vit_b_16"]
+TIMM = ["tf_efficientnet_lite0"]
+
+
+def build(name: str, size: int) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if name in TIMM:
+        import timm
+
+        return timm.create_model(name, pretrained=False, num_classes=10).eval()
+    import torchvision
+
+    extra = {"image_size": size} if name.startswith("vit") else {}
+    return getattr(torchvision.models, name)(num_classes=10, **extra).eval()
+
+
+def edgekd_int8(model: torch.nn.Module, calibration: torch.Tensor, path: Path) -> tuple[Path, Path, float]:
+    """The quantize stage's PTQ and the export stage's two files; returns (s8s8, u8s8, seconds)."""
+    from edgekd.int8_layouts import layout_path, write_u8s8
+    from edgekd.quantization import calibrate, export_qdq, quantize_model
+
+    began = time.perf_counter()
+    # the stage's input_quant: auto (unsigned when the data is never negative)
+    qmodel = quantize_model(model, unsigned_input=bool(calibration.min() >= 0), example=calibration[:1])
+    calibrate(qmodel, calibration.split(8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_qdq(qmodel, calibration[:1], path, 17)
+    write_u8s8(path, layout_path(path, "u8s8"))
+    return path, layout_path(path, "u8s8"), time.perf_counter() - began
+
+
+def quantize_static_anchor(fp32: Path, out: Path, batches: list) -> Path:
+    """ORT's quantize_static (benchmarks/pareto.py's settings); where ORT's own pre-processing (symbolic
+    shape inference) fails on the file, as on vit_b_16's Reshape, the FP32 file is quantized as is."""
+    from pareto import ort_quantize_static
+
+    try:
+        return ort_quantize_static(fp32, out, batches)
+    except AssertionError:
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self._it = ({"input": x[i:i + 1].numpy()} for x, _, _ in batches for i in range(len(x)))
+
+            def get_next(self):
+                return next(self._it, None)
+
+        print(f"{fp32.name}: quant_pre_process failed; quantize_static without it", flush=True)
+        quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, per_channel=True)
+        return out
+
+
+def sqnr_db(reference: np.ndarray, output: np.ndarray) -> float:
+    noise = float(np.mean((reference - output) ** 2))
+    return float("inf") if noise == 0 else 10 * np.log10(float(np.mean(reference ** 2)) / noise)
+
+
+def zoo_row(name: str, size: int, calibration: torch.Tensor, held_out: np.ndarray, rounds: int, seconds: float,
+            tmp: Path) -> dict:
+    from pareto import nncf_ptq
+
+    from edgekd.backends.base import predict
+    from edgekd.backends.openvino import OvModel
+    from edgekd.bench import measure_latency, seeded_input
+    from edgekd.config import load_target
+    from edgekd.measure import BackendPool
+
+    model = build(name, size)
+    fp32 = tmp / f"{name}.fp32.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, calibration[:1], str(fp32), input_names=["input"], output_names=["logits"],
+                          dynamo=False, opset_version=17)
+    s8, u8, edgekd_s = edgekd_int8(model, calibration, tmp / f"{name}.int8.onnx")
+    batches = [(calibration[i:i + 8], None, None) for i in range(0, len(calibration), 8)]
+    began = time.perf_counter()
+    qs = quantize_static_anchor(fp32, tmp / f"{name}.quantize_static.onnx", batches)
+    qs_s = time.perf_counter() - began
+    began = time.perf_counter()
+    nn_xml = nncf_ptq(fp32, tmp / f"{name}.nncf.xml", batches)
+    nncf_s = time.perf_counter() - began
+
+    import openvino as ov
+
+    ort_t, ov_t = load_target("cpu-onnxruntime"), load_target("cpu-openvino")
+    pool, core = BackendPool(), ov.Core()
+    shape = (1, 3, size, size)
+    groups = {
+        "onnxruntime": {"fp32": pool.get("onnxruntime").compile(fp32, ort_t),
+                        "edgekd": pool.get("onnxruntime").compile(u8, ort_t),
+                        "anchor": pool.get("onnxruntime").compile(qs, ort_t)},
+        "openvino": {"fp32": OvModel(core, fp32, ov_t, shape, False), "edgekd": OvModel(core, s8, ov_t, shape, False),
+                     "anchor": OvModel(core, nn_xml, ov_t, shape, False)},
+    }
+    spec = ort_t.latency.model_copy(update={"min_seconds": seconds, "runs": 20})
+    x = seeded_input(shape)
+    row = {"model": name, "quantize_s": {"edgekd": edgekd_s, "quantize_static": qs_s, "nncf": nncf_s}}
+    for runtime, compiled in groups.items():  # one runtime at a time: two thread pools would fight
+        p50 = {k: float("inf") for k in compiled}
+        for _ in range(rounds):
+            for k, c in compiled.items():
+                p50[k] = min(p50[k], measure_latency(lambda c=c: c(x), spec).p50)
+        outputs = {k: np.concatenate([predict(c, held_out[i:i + 1]) for i in range(len(held_out))])
+                   for k, c in compiled.items()}
+        row[runtime] = {"p50": p50, "layers": {k: compiled[k].int8_layers() for k in ("edgekd", "anchor")},
+                        "sqnr": {k: sqnr_db(outputs["fp32"], outputs[k]) for k in ("edgekd", "anchor")}}
+    return row
+
+
+def print_zoo(rows: list[dict], size: int, rounds: int) -> None:
+    print(f"\n{size}x{size}, batch 1, 2 threads; {rounds} interleaved rounds per runtime, lowest p50; "
+          f"ratio = edgekd / anchor (lower is better; goal <= 1.05)\n")
+    print("| model | OpenVINO: edgekd / NNCF | ORT: edgekd / quantize_static | p50 ms OV edgekd, NNCF, FP32 "
+          "| p50 ms ORT edgekd, q_static, FP32 | INT8 layers OV edgekd / NNCF | INT8 layers ORT edgekd / q_static "
+          "| SQNR dB vs FP32 (OV e/a, ORT e/a) |")
+    print("|---|---:|---:|---|---|---|---|---|")
+    for r in rows:
+        ov, ort = r["openvino"], r["onnxruntime"]
+
+        def ms(g: dict) -> str:
+            return ", ".join(f"{g['p50'][k]:.2f}" for k in ("edgekd", "anchor", "fp32"))
+
+        def layers(g: dict) -> str:
+            return " / ".join(f"{g['layers'][k].get('int8')}/{g['layers'][k].get('total')}" for k in ("edgekd", "anchor"))
+
+        sq = ", ".join(f"{g['sqnr'][k]:.1f}" for g in (ov, ort) for k in ("edgekd", "anchor"))
+        print(f"| {r['model']} | {ov['p50']['edgekd'] / ov['p50']['anchor']:.2f} | "
+              f"{ort['p50']['edgekd'] / ort['p50']['anchor']:.2f} | {ms(ov)} | {ms(ort)} | {layers(ov)} | "
+              f"{layers(ort)} | {sq} |", flush=True)
+
+
+ACCURACY_MODELS = ("resnet18", "mobilenet_v3_small", "efficientnet_b0")
+
+
+def trained(name: str, splits, epochs: int) -> torch.nn.Module:
+    """torchvision ``name`` (10 classes) trained on MNIST with cross-entropy; cached under runs/bench-zoo/
+    (resnet18 is benchmarks/pareto.py's teacher, shared)."""
+    import torchvision
+    from safetensors.torch import load_file, save_file
+
+    from edgekd.train.evaluate import accuracy
+    from edgekd.train.loop import fit
+    from edgekd.train.objective import Objective
+
+    cache = Path("runs/bench-pareto/resnet18_mnist64.safetensors") if name == "resnet18" else \
+        Path(f"runs/bench-zoo/{name}_mnist64.safetensors")
+    model = getattr(torchvision.models, name)(num_classes=10)
+    if cache.is_file():
+        model.load_state_dict(load_file(str(cache)))
+        return model.eval()
+    torch.manual_seed(0)
+    began = time.perf_counter()
+    fit(model, splits, Objective.cross_entropy(), epochs=epochs, lr=1e-3, weight_decay=5e-4, seed=0, label=name)
+    print(f"{name}: {splits.size('train')} MNIST train images, {epochs} epochs, {time.perf_counter() - began:.0f} s; "
+          f"val {accuracy(model, splits, 'val'):.4f}", flush=True)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(cache))
+    return model.eval()
+
+
+def accuracy_table(models: list[str], calibration_images: int, epochs: int) -> None:
+    """The three INT8 versions of each trained model, scored on MNIST's test set by their runtimes."""
+    from mnist_data import ensure_imagefolder
+    from pareto import SIZE, data_spec, nncf_ptq, ort_quantize_static
+
+    from edgekd.backends.base import predict
+    from edgekd.backends.openvino import OvModel
+    from edgekd.config import load_target
+    from edgekd.data import build_splits
+    from edgekd.measure import BackendPool
+
+    import openvino as ov
+
+    splits = build_splits(data_spec(ensure_imagefolder(Path("runs/bench-mnist/mnist")), 10000))
+    calibration = torch.cat([x for x, _, _ in splits.loader("train", limit=calibration_images)])
+    test = list(splits.arrays("test"))
+    labels = np.concatenate([y for _, y in test])
+    ort_t, ov_t = load_target("cpu-onnxruntime"), load_target("cpu-openvino")
+    pool, core = BackendPool(), ov.Core()
+    shape = (1, *calibration.shape[1:])
+    print(f"\nMNIST at {SIZE}x{SIZE} (normalized: signed inputs); PTQ with the same {len(calibration)} train images; "
+          f"accuracy on the {len(labels)} test images, run by each runtime\n")
+    print("| model | ORT FP32 | ORT edgekd INT8 | ORT quantize_static | OV FP32 | OV edgekd INT8 | OV NNCF PTQ |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name in models:
+        model = trained(name, splits, epochs)
+        with tempfile.TemporaryDirectory() as tmp_name:
+            tmp = Path(tmp_name)
+            fp32 = tmp / f"{name}.fp32.onnx"
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(model, calibration[:1], str(fp32), input_names=["input"], output_names=["logits"],
+                                  dynamo=False, opset_version=17)
+            s8, u8, _ = edgekd_int8(model, calibration, tmp / f"{name}.int8.onnx")
+            batches = [(calibration[i:i + 8], None, None) for i in range(0, len(calibration), 8)]
+            qs = ort_quantize_static(fp32, tmp / f"{name}.quantize_static.onnx", batches)
+            nn_xml = nncf_ptq(fp32, tmp / f"{name}.nncf.xml", batches)
+            files = [pool.get("onnxruntime").compile(fp32, ort_t), pool.get("onnxruntime").compile(u8, ort_t),
+                     pool.get("onnxruntime").compile(qs, ort_t), OvModel(core, fp32, ov_t, shape, False),
+                     OvModel(core, s8, ov_t, shape, False), OvModel(core, nn_xml, ov_t, shape, False)]
+            cells = []
+            for compiled in files:
+                logits = np.concatenate([predict(compiled, x) for x, _ in test])
+                cells.append(f"{float(np.mean(logits.argmax(1) == labels)):.4f}")
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=TORCHVISION[:-1] + TIMM + ["vit_b_16"],
+                        help="model names, or 'none' for the accuracy table only")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--calibration", type=int, default=64, help="random calibration images (speed rows)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=1.0, help="timed seconds per window")
+    parser.add_argument("--accuracy", nargs="*", default=None, metavar="MODEL",
+                        help=f"also the MNIST accuracy table (default models: {', '.join(ACCURACY_MODELS)})")
+    parser.add_argument("--epochs", type=int, default=1, help="MNIST training epochs of an uncached model")
+    args = parser.parse_args()
+
+    from edgekd.fingerprint import machine
+
+    cpu = machine()["cpu"]
+    print(f"machine: {cpu['model']} ({cpu['usable_cpus']} usable CPUs), ISA: "
+          f"{', '.join(k for k, v in cpu['isa'].items() if v)}", flush=True)
+    torch.manual_seed(1)
+    calibration = torch.rand(args.calibration, 3, args.size, args.size)
+    held_out = np.random.default_rng(2).random((16, 3, args.size, args.size), dtype=np.float32)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in [m for m in args.models if m != "none"]:
+            began = time.perf_counter()
+            try:
+                rows.append(zoo_row(name, args.size, calibration, held_out, args.rounds, args.seconds, Path(tmp)))
+            except Exception as exc:  # noqa: BLE001 - one model's failure is a row, not the end of the run
+                print(f"{name}: FAILED ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})",
+                      flush=True)
+                continue
+            print(f"{name}: done in {time.perf_counter() - began:.0f} s", flush=True)
+            print_zoo(rows[-1:], args.size, args.rounds)
+    if rows:
+        print_zoo(rows, args.size, args.rounds)
+    if args.accuracy is not None:
+        accuracy_table(args.accuracy or list(ACCURACY_MODELS), 300, args.epochs)
+
+
+if __name__ == "__main__":
+    main()
