@@ -105,7 +105,8 @@ def _layer_maps(reduce_range: bool, weight_bits: int, signed_act: type, unsigned
         cls, kwargs = compute[layer]
         compute[layer] = (cls, {**kwargs, "weight_quant": weight_quant})
     acts = with_acts(QUANT_ACT_MAP)
-    for act in (nn.Hardswish, nn.SiLU, nn.GELU):
+    acts[nn.SiLU] = (_quant_silu(signed_act, unsigned_act), {"return_quant_tensor": True})
+    for act in (nn.Hardswish, nn.GELU):
         acts[act] = (_quant_after(act, signed_act), {"act_quant": signed_act, "return_quant_tensor": True})
     for act in (nn.Hardsigmoid, nn.Sigmoid):
         acts[act] = (_quant_after(act, signed_act), {"act_quant": unsigned_act, "return_quant_tensor": True})
@@ -140,6 +141,33 @@ def _quant_after(act: type[nn.Module], input_quant: type) -> type[nn.Module]:
 
 
 _MARKERS: dict[tuple[type, int | None], type] = {}
+
+
+def _quant_silu(signed_act: type, unsigned_act: type) -> type[nn.Module]:
+    """SiLU as ``x * sigmoid(x)`` with ``x``, the sigmoid's output and the product each quantized.
+
+    Quantized as one activation, SiLU exports as DQ -> float Sigmoid -> float Mul -> Q, which ONNX
+    Runtime runs in float on whole feature maps (efficientnet_b0: 49 of each, 1.35x slower than
+    quantize_static); in this form it runs ``QLinearSigmoid`` + ``QLinearMul`` as ORT's own quantizer
+    gets, and OpenVINO runs the same graph in INT8 as well.
+    """
+    import brevitas.nn as qnn
+
+    sigmoid = _quant_after(nn.Sigmoid, None)
+
+    class QuantSiLU(nn.Module):
+        def __init__(self, return_quant_tensor: bool = True, **kwargs) -> None:
+            super().__init__()
+            # not named input_quant/act_quant: Brevitas' graph passes read those names as quant proxies
+            self.x_quant = qnn.QuantIdentity(act_quant=signed_act, return_quant_tensor=True)
+            self.gate = sigmoid(act_quant=unsigned_act, return_quant_tensor=True)
+            self.product_quant = qnn.QuantIdentity(act_quant=signed_act, return_quant_tensor=return_quant_tensor)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.x_quant(x)
+            return self.product_quant(x * self.gate(x))
+
+    return QuantSiLU
 
 
 def _marker(cls: type, bits: int | None) -> type:

@@ -122,3 +122,28 @@ def test_onnx_runtime_names_each_float_layer_and_why_it_was_not_fused(tmp_path):
     causes = {"mixed types": "equal activation types", "relu kept": "cannot fold"}
     assert all(any(c in why for c in causes.values()) for why in floats.values()), floats
     assert any(causes["mixed types"] in why for why in floats.values())
+
+
+def test_silu_runs_as_int8_sigmoid_and_mul_on_onnx_runtime(tmp_path):
+    """SiLU quantized as one activation ran as float Sigmoid + Mul between a DQ and a Q on ORT."""
+    import collections
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.SiLU(), nn.Conv2d(8, 8, 3, padding=1), nn.SiLU(),
+                          nn.Flatten(), nn.Linear(8 * 8 * 8, 4)).eval()
+    x = torch.rand(8, 3, 8, 8)
+    qmodel = quantize_model(model, unsigned_input=True, example=x[:1])
+    calibrate(qmodel, x.split(4))
+    path = tmp_path / "silu.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_qdq(qmodel, x[:1], path, 17)
+    u8 = layout_path(path, "u8s8")
+    write_u8s8(path, u8)
+    np.testing.assert_array_equal(run_exact(path, x), run_exact(u8, x))
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "silu.opt.onnx")
+    ort.InferenceSession(str(u8), opts, providers=["CPUExecutionProvider"])
+    ops = collections.Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
+    assert ops["QLinearSigmoid"] == 2 and ops["QLinearMul"] == 2 and ops["QLinearConv"] == 2, ops
+    assert not ops["Sigmoid"] and not ops["Mul"], ops
