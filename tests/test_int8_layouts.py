@@ -43,15 +43,20 @@ def exported(tmp_path):
             m.running_mean.uniform_(-0.5, 0.5)
             m.running_var.uniform_(0.5, 2.0)
     x = torch.rand(16, 3, 16, 16)
+    path, u8, changed = int8_files(model, x, tmp_path / "block.onnx")
+    return path, u8, changed, x
+
+
+def int8_files(model: nn.Module, x: torch.Tensor, path):
+    """PTQ of ``model`` on ``x`` and both INT8 layouts, as the quantize and export stages make them:
+    (s8s8 path, u8s8 path, activation quantizers the u8s8 file changed)."""
     qmodel = quantize_model(model, unsigned_input=True, example=x[:1])
     calibrate(qmodel, x.split(8))
-    path = tmp_path / "block.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         export_qdq(qmodel, x[:1], path, 17)
     u8 = layout_path(path, "u8s8")
-    changed = write_u8s8(path, u8)
-    return path, u8, changed, x
+    return path, u8, write_u8s8(path, u8)
 
 
 def run_exact(path, x):
@@ -132,14 +137,7 @@ def test_silu_runs_as_int8_sigmoid_and_mul_on_onnx_runtime(tmp_path):
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.SiLU(), nn.Conv2d(8, 8, 3, padding=1), nn.SiLU(),
                           nn.Flatten(), nn.Linear(8 * 8 * 8, 4)).eval()
     x = torch.rand(8, 3, 8, 8)
-    qmodel = quantize_model(model, unsigned_input=True, example=x[:1])
-    calibrate(qmodel, x.split(4))
-    path = tmp_path / "silu.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        export_qdq(qmodel, x[:1], path, 17)
-    u8 = layout_path(path, "u8s8")
-    write_u8s8(path, u8)
+    path, u8, _ = int8_files(model, x, tmp_path / "silu.onnx")
     np.testing.assert_array_equal(run_exact(path, x), run_exact(u8, x))
     opts = ort.SessionOptions()
     opts.optimized_model_filepath = str(tmp_path / "silu.opt.onnx")
