@@ -70,6 +70,16 @@ def edgekd_int8(model: torch.nn.Module, calibration: torch.Tensor, path: Path) -
     return path, layout_path(path, "u8s8"), time.perf_counter() - began
 
 
+def the_fp32_file(model: torch.nn.Module, calibration: torch.Tensor, path: Path) -> tuple[Path, list]:
+    """The FP32 ONNX file every quantizer starts from, and the calibration images as the anchors'
+    loaders give them (batches of ``(x, label, index)``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, calibration[:1], str(path), input_names=["input"], output_names=["logits"],
+                          dynamo=False, opset_version=17)
+    return path, [(calibration[i:i + 8], None, None) for i in range(0, len(calibration), 8)]
+
+
 def quantize_static_anchor(fp32: Path, out: Path, batches: list) -> Path:
     """ORT's quantize_static (benchmarks/pareto.py's settings); where ORT's own pre-processing (symbolic
     shape inference) fails on the file, as on vit_b_16's Reshape, the FP32 file is quantized as is."""
@@ -109,13 +119,8 @@ def zoo_row(name: str, size: int, calibration: torch.Tensor, held_out: np.ndarra
     from edgekd.measure import BackendPool
 
     model = build(name, size)
-    fp32 = tmp / f"{name}.fp32.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, calibration[:1], str(fp32), input_names=["input"], output_names=["logits"],
-                          dynamo=False, opset_version=17)
+    fp32, batches = the_fp32_file(model, calibration, tmp / f"{name}.fp32.onnx")
     s8, u8, edgekd_s = edgekd_int8(model, calibration, tmp / f"{name}.int8.onnx")
-    batches = [(calibration[i:i + 8], None, None) for i in range(0, len(calibration), 8)]
     began = time.perf_counter()
     qs = quantize_static_anchor(fp32, tmp / f"{name}.quantize_static.onnx", batches)
     qs_s = time.perf_counter() - began
@@ -229,13 +234,8 @@ def accuracy_table(models: list[str], calibration_images: int, epochs: int) -> N
         model = trained(name, splits, epochs)
         with tempfile.TemporaryDirectory() as tmp_name:
             tmp = Path(tmp_name)
-            fp32 = tmp / f"{name}.fp32.onnx"
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(model, calibration[:1], str(fp32), input_names=["input"], output_names=["logits"],
-                                  dynamo=False, opset_version=17)
+            fp32, batches = the_fp32_file(model, calibration, tmp / f"{name}.fp32.onnx")
             s8, u8, _ = edgekd_int8(model, calibration, tmp / f"{name}.int8.onnx")
-            batches = [(calibration[i:i + 8], None, None) for i in range(0, len(calibration), 8)]
             qs = ort_quantize_static(fp32, tmp / f"{name}.quantize_static.onnx", batches)
             nn_xml = nncf_ptq(fp32, tmp / f"{name}.nncf.xml", batches)
             files = [pool.get("onnxruntime").compile(fp32, ort_t), pool.get("onnxruntime").compile(u8, ort_t),
