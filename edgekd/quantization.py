@@ -26,6 +26,7 @@ from torch import nn
 from .errors import StageError
 from .quant_capture import (QUANTIZABLE, chunks_as_functions, drop_identities, has_attention, plain_layers,
                             quantizable_attention, traced)
+from .quant_signs import pieces_keep_sign
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
@@ -242,7 +243,8 @@ def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range:
         qmodel = _layerwise(graph, compute, signed_act, unsigned_act)
     else:  # every activation quantized, residual adds and concats aligned: what CNNs need
         try:
-            qmodel = quantize(graph, quant_identity_map=identities, compute_layer_map=compute, quant_act_map=acts)
+            with pieces_keep_sign():
+                qmodel = quantize(graph, quant_identity_map=identities, compute_layer_map=compute, quant_act_map=acts)
         except Exception as exc:  # noqa: BLE001 - Brevitas raises plain RuntimeErrors / AssertionErrors
             raise StageError(f"quantize: Brevitas could not quantize this model ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
