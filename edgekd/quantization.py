@@ -23,10 +23,11 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import nn
 
+from .brevitas_rules import brevitas_rules
 from .errors import StageError
+from .onnx_folds import fold_constant_clips, fold_pads_into_convs, initializers_out_of_inputs
 from .quant_capture import (QUANTIZABLE, chunks_as_functions, drop_identities, has_attention, plain_layers,
                             quantizable_attention, traced)
-from .quant_signs import pieces_keep_sign
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
@@ -243,7 +244,7 @@ def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range:
         qmodel = _layerwise(graph, compute, signed_act, unsigned_act)
     else:  # every activation quantized, residual adds and concats aligned: what CNNs need
         try:
-            with pieces_keep_sign():
+            with brevitas_rules():
                 qmodel = quantize(graph, quant_identity_map=identities, compute_layer_map=compute, quant_act_map=acts)
         except Exception as exc:  # noqa: BLE001 - Brevitas raises plain RuntimeErrors / AssertionErrors
             raise StageError(f"quantize: Brevitas could not quantize this model ({type(exc).__name__}: "
@@ -333,49 +334,5 @@ def export_qdq(qmodel: nn.Module, example: torch.Tensor, path: Path, opset: int)
     export_onnx_qcdq(qmodel, example, export_path=str(path), dynamo=False, opset_version=opset,
                      input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
     model = onnx.load(str(path))
-    if fold_constant_clips(model) + _initializers_out_of_inputs(model):
+    if fold_constant_clips(model) + initializers_out_of_inputs(model) + fold_pads_into_convs(model):
         onnx.save(model, str(path))
-
-
-def _initializers_out_of_inputs(model: "onnx.ModelProto") -> int:
-    """Drop graph inputs that are initializers (float layers kept by an override are exported so);
-    as inputs, runtimes treat them as overridable and skip constant folding. Returns how many."""
-    names = {i.name for i in model.graph.initializer}
-    keep = [i for i in model.graph.input if i.name not in names]
-    dropped = len(model.graph.input) - len(keep)
-    if dropped:
-        del model.graph.input[:]
-        model.graph.input.extend(keep)
-    return dropped
-
-
-def fold_constant_clips(model: "onnx.ModelProto") -> int:
-    """Replace every ``Clip`` whose inputs are all initializers by its clipped initializer.
-
-    Brevitas exports sub-8-bit or narrow-range weights as ``int8 -> Clip -> DequantizeLinear``;
-    OpenVINO does not fold that Clip and then runs the conv in float (INT8-NOTES trap 5). No
-    library pass does this one fold without also rewriting the graph for one runtime (ORT's
-    offline optimizer does), hence these few lines. Returns how many Clips were folded.
-    """
-    import numpy as np
-    from onnx import numpy_helper
-
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    folded = []
-    for node in graph.node:
-        if node.op_type != "Clip" or not all(not name or name in inits for name in node.input):
-            continue
-        def const(k: int) -> "np.ndarray | None":
-            return numpy_helper.to_array(inits[node.input[k]]) if len(node.input) > k and node.input[k] else None
-
-        data, lo, hi = const(0), const(1), const(2)
-        clipped = np.clip(data, data.min() if lo is None else lo, data.max() if hi is None else hi)
-        graph.initializer.append(numpy_helper.from_array(clipped.astype(data.dtype), node.output[0]))
-        folded.append(node)
-    for node in folded:
-        graph.node.remove(node)
-    used = {name for n in graph.node for name in n.input} | {o.name for o in graph.output}
-    for init in [i for i in graph.initializer if i.name not in used]:
-        graph.initializer.remove(init)
-    return len(folded)

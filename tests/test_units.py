@@ -13,7 +13,8 @@ from edgekd.bench import LatencyStats, measure_latency, peak_rss_mb, reset_peak_
 from edgekd.config import DataSpec, ExportConfig, LatencySpec
 from edgekd.data import build_splits
 from edgekd.errors import StageError
-from edgekd.quantization import calibrate, export_qdq, fold_constant_clips, quantize_model
+from edgekd.onnx_folds import fold_constant_clips
+from edgekd.quantization import calibrate, export_qdq, quantize_model
 from edgekd.stages.export import compare_with_torch
 
 

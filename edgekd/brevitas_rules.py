@@ -1,5 +1,7 @@
-"""Telling Brevitas' graph quantizer that tensor pieces keep the sign of the tensor they come from.
+"""What Brevitas' graph quantizer should know about ops that keep values: pieces keep the sign of the
+tensor they come from, and zero padding keeps both the sign and the quantization grid.
 
+**Signs.** 
 Brevitas picks a requantizer's sign from what feeds it: the output of a ReLU, or of a reshape, concat or
 add of such outputs, is unsigned. It does not follow ``torch.chunk`` / ``torch.split`` pieces nor
 ``.contiguous()``, so shufflenet's concats (``cat(x1, branch(x2))`` with ``x1`` a chunk of the previous
@@ -9,12 +11,23 @@ quantizer after it starts its range at zero, so 13 of shufflenet_v2's 57 convs s
 ran 1.2x slower than ``quantize_static``'s.
 
 The decision lives in one Brevitas function, ``quantize_impl.are_inputs_unsigned``, looked up by name at
-each call. ``pieces_keep_sign()`` puts an extended one in its place for the duration of one
-``quantize()`` call and restores the original afterwards: slicing, chunking and making contiguous pass the
+each call; an extended one takes its place: slicing, chunking and making contiguous pass the
 question on to the tensor they read, sizes (the arguments of a ``view``) are not asked about, everything
 else is still Brevitas' own answer. The alternative, a
 pass that flips quantizers to unsigned after Brevitas built them, would have to rebuild scaling modules
 that Brevitas shares between aligned inputs.
+
+**Zero padding.** timm's ``Conv2dSame`` becomes ``ZeroPad2d`` + ``Conv2d`` (``quant_capture``); Brevitas
+does not count the pad among the modules that keep a tensor on its grid, so it requantized its output
+before the conv: ``DQ -> Pad -> Q -> DQ -> Conv``, a Pad ONNX Runtime runs in float on the largest
+activations of tf_efficientnet_lite0 (1.54x slower than ``quantize_static``'s file, whose FP32 export
+had already folded the pads into the convs). Padding with zeros keeps every value on its grid (zero is on
+every grid) and the sign; Brevitas' own ``F.pad`` handler already keeps the scale. With the pads in its
+precision- and sign-preserving lists the export is ``DQ -> Pad -> Conv``, which
+``onnx_folds.fold_pads_into_convs`` turns into ``DQ -> Conv`` with asymmetric ``pads``.
+
+``brevitas_rules()`` sets both for the duration of one ``quantize()`` call (Brevitas reads these names
+from its module at each call) and always restores the originals.
 """
 
 from __future__ import annotations
@@ -26,10 +39,12 @@ from types import SimpleNamespace
 from typing import Any
 
 import torch
+from torch import nn
 
 # functions and methods whose output holds (part of) one input's values, unchanged
 PIECE_FUNCTIONS = (torch.chunk, torch.split, torch.tensor_split, torch.unbind, torch.narrow)
 PIECE_METHODS = ("chunk", "split", "tensor_split", "unbind", "narrow", "contiguous")
+ZERO_PADS = (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d)
 SHAPE_ARITHMETIC = (operator.getitem, operator.floordiv, operator.mul, operator.add, operator.sub,
                     operator.truediv)
 
@@ -87,14 +102,19 @@ def extended(original: Any) -> Any:
 
 
 @contextlib.contextmanager
-def pieces_keep_sign() -> Iterator[None]:
+def brevitas_rules() -> Iterator[None]:
     """Within this block, Brevitas' graph quantizer sees chunks, splits and ``.contiguous()`` as keeping
-    the sign of what they read (see the module docstring); the original is always restored."""
+    the sign of what they read, and zero pads as keeping sign and grid (see the module docstring);
+    the originals are always restored."""
     from brevitas.graph import quantize_impl
 
-    original = quantize_impl.are_inputs_unsigned
-    quantize_impl.are_inputs_unsigned = extended(original)
+    originals = {name: getattr(quantize_impl, name)
+                 for name in ("are_inputs_unsigned", "PRECISION_PRESERVING_MODULES", "SIGN_PRESERVING_MODULES")}
+    quantize_impl.are_inputs_unsigned = extended(originals["are_inputs_unsigned"])
+    quantize_impl.PRECISION_PRESERVING_MODULES = (*originals["PRECISION_PRESERVING_MODULES"], *ZERO_PADS)
+    quantize_impl.SIGN_PRESERVING_MODULES = (*originals["SIGN_PRESERVING_MODULES"], *ZERO_PADS)
     try:
         yield
     finally:
-        quantize_impl.are_inputs_unsigned = original
+        for name, value in originals.items():
+            setattr(quantize_impl, name, value)

@@ -1,0 +1,104 @@
+"""Chunks, splits and sizes do not make Brevitas' requantizers signed; zero pads need no requantizer and fold into the conv (edgekd.brevitas_rules, edgekd.onnx_folds)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from edgekd.brevitas_rules import brevitas_rules
+from edgekd.quantization import quantize_model
+
+
+class ShuffleBlocks(nn.Module):
+    """Two shufflenet units: ``cat(x1, branch(x2))`` of ReLU outputs, a channel shuffle written with
+    ``x.size()`` and ``.contiguous()``, and the next unit's ``chunk``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU())
+        self.branches = nn.ModuleList(nn.Sequential(nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                                                    nn.ReLU()) for _ in range(2))
+        self.head = nn.Linear(16, 10)
+
+    @staticmethod
+    def shuffle(x: torch.Tensor) -> torch.Tensor:
+        b, c, h, w = x.size()
+        x = x.view(b, 2, c // 2, h, w)
+        return torch.transpose(x, 1, 2).contiguous().view(b, c, h, w)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for branch in self.branches:
+            x1, x2 = x.chunk(2, dim=1)
+            x = self.shuffle(torch.cat((x1, branch(x2)), dim=1))
+        return self.head(x.mean((2, 3)))
+
+
+def test_concats_of_relu_outputs_read_through_chunks_get_unsigned_quantizers():
+    torch.manual_seed(0)
+    qmodel = quantize_model(ShuffleBlocks().eval(), unsigned_input=True, example=torch.rand(1, 3, 8, 8))
+    concat_quants = {n: m for n, m in qmodel.named_modules() if n.startswith("cat") and n.endswith("_quant") and "." not in n}
+    assert concat_quants, "the second unit's concat has its own requantizer"
+    assert {n: m.act_quant.is_signed for n, m in concat_quants.items()} == dict.fromkeys(concat_quants, False)
+
+
+def test_brevitas_gets_its_own_sign_rule_back_even_when_quantizing_fails():
+    from brevitas.graph import quantize_impl
+
+    original = quantize_impl.are_inputs_unsigned
+    with pytest.raises(RuntimeError, match="inside"):
+        with brevitas_rules():
+            assert quantize_impl.are_inputs_unsigned is not original
+            raise RuntimeError("inside")
+    assert quantize_impl.are_inputs_unsigned is original
+
+
+def test_a_same_padded_conv_exports_as_one_int8_conv_with_asymmetric_pads(tmp_path):
+    """ZeroPad2d + Conv2d (what timm's Conv2dSame becomes): no requantizer after the pad, the pad folded
+    into the conv, the file computing what the fake-quant model computes, every conv INT8 on ORT."""
+    import warnings
+
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+
+    from edgekd.backends import BACKENDS
+    from edgekd.backends.target import Target
+    from edgekd.int8_layouts import layout_path, write_u8s8
+    from edgekd.quantization import calibrate, export_qdq
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU6(), nn.ZeroPad2d((0, 1, 0, 1)),
+                          nn.Conv2d(8, 8, 3, stride=2, groups=8), nn.ReLU6(), nn.Conv2d(8, 16, 1), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
+    x = torch.rand(16, 3, 16, 16)
+    qmodel = quantize_model(model, unsigned_input=True, example=x[:1])
+    assert "_3_input_quant" not in dict(qmodel.named_children()), "no requantizer between the pad and its conv"
+    calibrate(qmodel, x.split(8))
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_qdq(qmodel, x[:1], path, 17)
+    graph = onnx.load(str(path)).graph
+    assert "Pad" not in {n.op_type for n in graph.node}
+    pads = [list(a.ints) for n in graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "pads"]
+    assert [0, 0, 1, 1] in pads
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = qmodel(x[:1]).numpy()
+    np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x[:1].numpy()})[0], expected,
+                               atol=1e-4)
+    write_u8s8(path, layout_path(path, "u8s8"))
+    target = Target(name="onnxruntime", backend="onnxruntime", threads=1)
+    counts = BACKENDS.get("onnxruntime")().compile(layout_path(path, "u8s8"), target).int8_layers()
+    assert counts["int8"] == counts["total"] == 4, counts
+
+
+def test_brevitas_gets_its_lists_back_after_the_block():
+    from brevitas.graph import quantize_impl
+
+    before = (quantize_impl.PRECISION_PRESERVING_MODULES, quantize_impl.SIGN_PRESERVING_MODULES)
+    with brevitas_rules():
+        assert nn.ZeroPad2d in quantize_impl.PRECISION_PRESERVING_MODULES
+    assert (quantize_impl.PRECISION_PRESERVING_MODULES, quantize_impl.SIGN_PRESERVING_MODULES) == before
