@@ -105,23 +105,66 @@ def rebuild_int8(artifact: Artifact, float_parent: nn.Module) -> nn.Module:
     return qmodel.eval()
 
 
+IN_RUN = "run:"  # a path recorded relative to its run directory: "run:stages/01-quantize/model"
+
+
+def in_run(value: Any, root: Path) -> Any:
+    """``value`` with every path inside ``root`` written as ``run:<relative path>``: a moved run
+    directory still finds its files, and a copy uses its own, not the original's."""
+    if isinstance(value, dict):
+        return {k: in_run(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [in_run(v, root) for v in value]
+    if isinstance(value, str) and value.startswith(str(root) + "/"):
+        return IN_RUN + value[len(str(root)) + 1:]
+    return value
+
+
+def _absolute(value: Any, root: Path) -> Any:
+    if isinstance(value, dict):
+        return {k: _absolute(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_absolute(v, root) for v in value]
+    if isinstance(value, str) and value.startswith(IN_RUN):
+        return str(root / value[len(IN_RUN):])
+    return value
+
+
 def write_record(folder: Path, key: str, artifacts: list[Artifact]) -> None:
     """Mark a stage finished: written last, so its presence means every output is complete.
 
     ``key`` hashes the stage's config and its inputs; ``--resume`` reuses the stage only if it matches.
+    Paths inside the run directory (``folder/../..``) are recorded relative to it.
     """
-    write_json(folder / "stage.json", {"key": key, "artifacts": [a.to_json() for a in artifacts]})
+    root = folder.resolve().parent.parent
+    write_json(folder / "stage.json", {"key": key, "artifacts": [in_run(a.to_json(), root) for a in artifacts]})
 
 
-def read_record(folder: Path, key: str) -> list[Artifact] | None:
-    """The finished stage's artifacts if it ran with the same config and inputs, else None."""
+def read_record(folder: Path, key: str) -> tuple[list[Artifact] | None, str]:
+    """The finished stage's artifacts if it ran with the same config and inputs (else None), and why
+    it cannot be reused ("" when it can)."""
     path = folder / "stage.json"
     if not path.is_file():
-        return None
-    record = read_json(path)
+        return None, "not finished"
+    try:
+        record = read_json(path)
+    except ValueError:
+        return None, "its stage.json is unreadable"
     if record.get("key") != key:
-        return None
-    return [Artifact.from_json(a) for a in record["artifacts"]]
+        return None, "its config or inputs changed (checkpoint, data, teachers, recipe or edgekd version)"
+    artifacts = stage_artifacts(folder, record)
+    gone = [a.path for a in artifacts if a.stage != "input" and not Path(a.path).exists()]
+    if gone:
+        return None, f"its output {gone[0]} is missing"
+    return artifacts, ""
+
+
+def stage_artifacts(folder: Path, record: dict[str, Any] | None = None) -> list[Artifact]:
+    """A finished stage's artifacts as recorded in its ``stage.json``, with paths inside the run
+    directory made absolute again (for this directory, wherever it now is)."""
+    record = read_json(folder / "stage.json") if record is None else record
+    root = folder.resolve().parent.parent
+    return [Artifact.from_json(_absolute(a, root)) for a in record["artifacts"]]
 
 
 def onnx_size_bytes(path: str | Path) -> int:

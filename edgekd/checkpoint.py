@@ -9,6 +9,11 @@ unsafe globals found in the file and nothing from the file has executed.
 unpickles parts of such an archive with weights_only switched off (sample inputs, pickled weights and
 constants), so every pickle inside is read as opcodes first and the archive is refused, naming what
 it would import, unless it references only what ``weights_only`` allows or the user trusts it.
+
+Narrower than trust: ``--allow-global mod.Class`` adds named classes to what ``weights_only`` accepts
+(importing ``mod``, which the user vouches for), and ``--expect-sha256`` checks the file's bytes before
+anything is deserialised. Pickle-based formats are refused on torch older than ``SAFE_TORCH`` (2.10:
+CVE-2026-24747 let a crafted file escape ``weights_only`` before it), whatever the flags.
 """
 
 from __future__ import annotations
@@ -27,6 +32,47 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
+
+SAFE_TORCH = (2, 10)
+
+
+@dataclass(frozen=True)
+class LoadPolicy:
+    """What the user allows a loaded file: full trust (may run code), a few named globals, and the
+    SHA-256 the file must have (checked before deserialising)."""
+
+    trust: bool = False
+    allow_globals: tuple[str, ...] = ()
+    expect_sha256: str | None = None
+
+
+def check_torch_is_safe(path: Path, version: str | None = None) -> None:
+    """Refuse to unpickle anything on a torch whose ``weights_only`` loader is known to be escapable."""
+    version = version or torch.__version__
+    parts = tuple(int(p) for p in version.split("+")[0].split(".")[:2] if p.isdigit())
+    if parts < SAFE_TORCH:
+        raise CheckpointError(f"{path}: torch {version} cannot unpickle files safely (weights_only is escapable "
+                              f"before {'.'.join(map(str, SAFE_TORCH))}, CVE-2026-24747); upgrade torch or give "
+                              f"a .safetensors file")
+
+
+def check_sha256(path: Path, digest: str, expected: str | None) -> None:
+    if expected is not None and digest.lower() != expected.strip().lower():
+        raise CheckpointError(f"{path}: SHA-256 is {digest}, not the expected {expected.strip().lower()} "
+                              f"(--expect-sha256); refusing to open it")
+
+
+def allowed_objects(names: tuple[str, ...]) -> list[Any]:
+    """The classes/functions ``--allow-global`` names (``module.Name``), imported."""
+    found = []
+    for name in names:
+        module, _, attr = name.rpartition(".")
+        try:
+            found.append(getattr(importlib.import_module(module), attr))
+        except (ImportError, AttributeError, ValueError):
+            raise CheckpointError(f"--allow-global {name}: no such importable global (give module.Name)") from None
+    return found
+
 
 ARCH_FORMS = "edgekd:NAME, torchvision:NAME, timm:NAME or package.module:factory"
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "weights")
@@ -138,12 +184,16 @@ def _factory(spec: str, module: str, attr: str, num_classes: int | None, in_chan
 
 # ------------------------------------------------------------------ loading
 def load_checkpoint(path: str | Path, arch: str | None, *, trust: bool = False, num_classes: int | None = None,
-                    in_channels: int | None = None, arch_args: dict[str, Any] | None = None) -> LoadedCheckpoint:
-    """Load ``path`` safely; see the module docstring for what needs ``trust``."""
+                    in_channels: int | None = None, arch_args: dict[str, Any] | None = None,
+                    policy: LoadPolicy | None = None) -> LoadedCheckpoint:
+    """Load ``path`` safely; see the module docstring for what needs ``trust`` (or ``policy``)."""
     path = Path(path)
+    policy = policy or LoadPolicy(trust=trust)
+    trust = policy.trust
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint file not found")
     digest = file_sha256(path)
+    check_sha256(path, digest, policy.expect_sha256)
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -155,20 +205,26 @@ def load_checkpoint(path: str | Path, arch: str | None, *, trust: bool = False, 
         model = _model_from_state(path, state, arch, num_classes, in_channels, arch_args)
         return LoadedCheckpoint(model, arch, str(path), "safetensors", False, digest)
 
+    check_torch_is_safe(path)
     if _is_torchscript(path):
         if not trust:
             raise CheckpointError(
                 f"{path}: a TorchScript file runs code when loaded; pass --trust-checkpoint if you trust its source")
+        warn_trusted(path)
         return LoadedCheckpoint(torch.jit.load(str(path), map_location="cpu"), arch, str(path), "torchscript", True, digest)
 
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(allowed_objects(policy.allow_globals)):
+            obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except CheckpointError:
+        raise
     except Exception as exc:  # noqa: BLE001 - torch raises several types for unsafe or foreign pickles
         if not trust:
             unsafe = ", ".join(_unsafe_globals(path)) or "unknown"
             raise CheckpointError(
-                f"{path}: refusing to unpickle objects beyond tensors (unsafe globals: {unsafe}); "
-                f"save a state_dict or .safetensors, or pass --trust-checkpoint if you trust its source") from None
+                f"{path}: refusing to unpickle objects beyond tensors (unsafe globals: {unsafe}); save a state_dict "
+                f"or .safetensors, allow named classes with --allow-global module.Name, or pass --trust-checkpoint "
+                f"if you trust its source") from None
         obj = _trusted_load(path, exc, trust)
     if isinstance(obj, nn.Module):
         return LoadedCheckpoint(obj, arch, str(path), "pickled-module", True, digest)
@@ -181,10 +237,20 @@ def _trusted_load(path: Path, first_error: Exception, trust: bool) -> Any:
     """The one path that may execute code from a checkpoint: only behind --trust-checkpoint."""
     if not trust:
         raise CheckpointError(f"{path}: unpickling arbitrary objects needs --trust-checkpoint")
+    warn_trusted(path)
     try:
         return torch.load(str(path), map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001
         raise CheckpointError(f"{path}: cannot load even as a trusted pickle ({exc}; first: {first_error})") from None
+
+
+def warn_trusted(path: Path) -> None:
+    """Say, every time, that a file is being opened in the mode that can run its code."""
+    from .progress import console
+
+    console.print(f"[yellow]warning:[/yellow] --trust-checkpoint: opening {path} with code execution allowed "
+                  f"(a pickle or TorchScript file can run anything); use it only for files you made or verified",
+                  highlight=False)
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -257,17 +323,22 @@ def archive_unsafe_globals(data: bytes, where: str = "") -> list[str]:
     return sorted(unsafe)
 
 
-def _checked_program_bytes(path: str | Path, *, trust: bool = False) -> bytes:
+def _checked_program_bytes(path: str | Path, *, trust: bool = False, policy: LoadPolicy | None = None) -> bytes:
     """A ``.pt2`` file's bytes once nothing in them can run code (or the user trusts them), else a
     ``CheckpointError`` naming what would run."""
     path = Path(path)
+    policy = policy or LoadPolicy(trust=trust)
     if not path.is_file():
         raise CheckpointError(f"{path}: program file not found")
     data = path.read_bytes()
+    check_sha256(path, hashlib.sha256(data).hexdigest(), policy.expect_sha256)
+    check_torch_is_safe(path)
     if not zipfile.is_zipfile(io.BytesIO(data)):
         raise CheckpointError(f"{path}: not a torch.export program (.pt2 files are zip archives)")
-    if not trust:
-        unsafe = archive_unsafe_globals(data)
+    if policy.trust:
+        warn_trusted(path)
+    else:
+        unsafe = [u for u in archive_unsafe_globals(data) if u.split(" (in ")[0] not in policy.allow_globals]
         if unsafe:
             shown = ", ".join(unsafe[:5]) + (f" and {len(unsafe) - 5} more" if len(unsafe) > 5 else "")
             raise CheckpointError(f"{path}: refusing to load a program that can run code when opened ({shown}); "
@@ -275,12 +346,14 @@ def _checked_program_bytes(path: str | Path, *, trust: bool = False) -> bytes:
     return data
 
 
-def load_exported_program(path: str | Path, *, trust: bool = False) -> Any:
+def load_exported_program(path: str | Path, *, trust: bool = False, policy: LoadPolicy | None = None) -> Any:
     """A ``torch.export`` program (``.pt2``) through the same gate as every checkpoint. The bytes
     checked are the bytes loaded (read once), so the file cannot change between check and load."""
-    data = _checked_program_bytes(path, trust=trust)
+    policy = policy or LoadPolicy(trust=trust)
+    data = _checked_program_bytes(path, policy=policy)
     try:
-        return torch.export.load(io.BytesIO(data))
+        with torch.serialization.safe_globals(allowed_objects(policy.allow_globals)):
+            return torch.export.load(io.BytesIO(data))
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad archive
         text = str(exc).strip()
         raise CheckpointError(f"{path}: torch could not load this program "

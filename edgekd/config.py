@@ -367,6 +367,9 @@ class QuantizeConfig(TrainingConfig):
     learned_scales: bool = Field(False, description="qat: train the weight scales too (activation scales always train)")
     max_accuracy_drop: float | None = Field(None, ge=0.0, le=1.0, description="accuracy-driven mixed precision: "
                                             "keep the fewest layers in float so validation accuracy drops at most this")
+    fail_drop: float | None = Field(0.10, ge=0.0, le=1.0, description="the stage fails, saving nothing, when the "
+                                    "INT8 model's validation accuracy is more than this below the float model's "
+                                    "(a QAT at a bad learning rate collapsed 0.52 -> 0.11 and shipped); null: never")
     epochs: int = Field(3, ge=0)
     lr: float = Field(1e-4, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
@@ -486,12 +489,35 @@ def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] |
     return current if isinstance(current, type) else None
 
 
+MAX_YAML_BYTES = 1 << 20   # a recipe, target or budget is a page of text
+MAX_YAML_ALIASES = 64      # anchors reused a few times are fine; a 1.3 KB "billion laughs" made a 226 MB error
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` (no executable tags) that refuses documents with more than
+    ``MAX_YAML_ALIASES`` aliases: nested aliases expand exponentially when anything walks the data."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            self.aliases_seen = getattr(self, "aliases_seen", 0) + 1
+            if self.aliases_seen > MAX_YAML_ALIASES:
+                raise yaml.YAMLError(f"more than {MAX_YAML_ALIASES} aliases (*name); write the values out")
+        return super().compose_node(parent, index)
+
+
 def read_yaml(path: Path, error: type[EdgekdError]) -> dict[str, Any]:
-    """Read a YAML mapping safely (no executable tags), or raise ``error`` naming the file."""
+    """Read a YAML mapping safely (no executable tags, bounded size and aliases), or raise ``error``
+    naming the file."""
     if not path.is_file():
         raise error(f"{path}: file not found")
+    if path.stat().st_size > MAX_YAML_BYTES:
+        raise error(f"{path}: {path.stat().st_size} bytes; a YAML file edgekd reads is at most {MAX_YAML_BYTES}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text (byte {exc.start}); is this a YAML file?") from None
+    try:
+        data = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" line {where.line + 1}" if where is not None else ""

@@ -6,8 +6,10 @@ file it finds.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,11 +28,52 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     os.close(fd)
     tmp_path = Path(tmp)
     try:
-        yield tmp_path
+        try:
+            yield tmp_path
+        except Exception as exc:  # writers report a full disk in their own words (torch: "enforce fail at ...")
+            raise disk_full(final, exc) or exc
+        if tmp_path.is_file():  # mkstemp makes 0600; the result gets what open() would have given it
+            os.chmod(tmp_path, 0o666 & ~current_umask())
         os.replace(tmp_path, final)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+DISK_FULL_MARGIN = 16 << 20  # bytes: below this much free space a failed write is read as a full disk
+
+
+def disk_full(path: Path, exc: BaseException) -> "InputError | None":
+    """The one-line error (exit 2) for a write to ``path`` that failed because its disk is full: ENOSPC
+    itself, or any writer's failure while the filesystem has almost no space left; None otherwise."""
+    from .errors import InputError
+
+    if isinstance(exc, InputError):
+        return None
+    try:
+        free = shutil.disk_usage(path.parent).free
+    except OSError:
+        free = None
+    if getattr(exc, "errno", None) == errno.ENOSPC or (free is not None and free < DISK_FULL_MARGIN):
+        left = f"{free / (1 << 20):.1f} MB free" if free is not None else "no space left"
+        return InputError(f"{path}: the disk is full ({left}); nothing was half-written; free space or choose "
+                          f"another --out, then rerun with --resume")
+    return None
+
+
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (``/proc/self/status``);
+    elsewhere by setting and restoring it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> Path:

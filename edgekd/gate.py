@@ -126,4 +126,16 @@ def ci_annotations(verdicts: list[Verdict]) -> list[str]:
     """GitHub Actions ``::error::`` lines for violated budgets (printed only under Actions)."""
     if not os.environ.get("GITHUB_ACTIONS"):
         return []
-    return [f"::error title=edgekd budget {v.name}::{v.message}" for v in verdicts if not v.passed]
+    return [f"::error title={escape_property('edgekd budget ' + v.name)}::{escape_data(v.message)}"
+            for v in verdicts if not v.passed]
+
+
+def escape_data(text: str) -> str:
+    """A workflow command's message, escaped as GitHub's runner unescapes it: a newline in a target or
+    variant name would otherwise end the command and start another (``::add-mask::``, ``::stop-commands::``)."""
+    return text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+
+
+def escape_property(text: str) -> str:
+    """A workflow command's property value (``title=``): the message escapes plus ``:`` and ``,``."""
+    return escape_data(text).replace(":", "%3A").replace(",", "%2C")

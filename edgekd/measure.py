@@ -12,14 +12,14 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 
-from .backends import BACKENDS, Backend, checked_target, predict
+from .backends import BACKENDS, Backend, check_runs_here, checked_target, predict
 from .int8_verdict import judge
 from .parity import parity
 from .bench import (LatencyStats, measure_latency, peak_rss_mb, reset_peak_rss, rss_mb, seeded_input, throughput,
                     time_calls, warm_up)
-from .fingerprint import fingerprint
+from .fingerprint import file_sha256 as fingerprint_sha256, fingerprint
 from .config import LatencySpec, Target
-from .errors import BackendUnavailable, CheckpointError, EdgekdError, InputError
+from .errors import BackendError, BackendUnavailable, CheckpointError, EdgekdError, InputError
 from .progress import progress_bar
 
 # ``() -> batches of (x, y)`` numpy arrays: the test split a file is scored on, read afresh per call
@@ -28,15 +28,16 @@ EvalData = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
 
 class BackendPool:
     """One backend instance per name for a whole run (OpenVINO's Core is costly to create).
-    ``trust_checkpoint`` is the user's --trust-checkpoint, handed to every backend it makes."""
+    ``trust_checkpoint`` / ``allow_globals`` are the user's --trust-checkpoint / --allow-global, handed
+    to every backend it makes."""
 
-    def __init__(self, trust_checkpoint: bool = False) -> None:
+    def __init__(self, trust_checkpoint: bool = False, allow_globals: tuple[str, ...] = ()) -> None:
         self._backends: dict[str, Backend] = {}
-        self._trust = trust_checkpoint
+        self._trust, self._allow = trust_checkpoint, tuple(allow_globals)
 
     def get(self, name: str) -> Backend:
         if name not in self._backends:
-            self._backends[name] = BACKENDS.get(name)(trust_checkpoint=self._trust)
+            self._backends[name] = BACKENDS.get(name)(trust_checkpoint=self._trust, allow_globals=self._allow)
         return self._backends[name]
 
 
@@ -89,6 +90,9 @@ def measure(onnx_path: Path, variant: str, precision: str, target: Target, pool:
             result["throughput_batch"] = _batch_throughput(backend, onnx_path, target, compiled.input_shape)
         if eval_data is not None:
             logits, labels = _evaluate(compiled, eval_data, eval_samples, f"evaluate {variant} on {target.name}")
+            bad = int(np.sum(~np.isfinite(logits).all(axis=1)))
+            if bad:  # argmax of NaN is 0: an "accuracy" from such outputs would be a lie
+                raise BackendError(f"{target.name} computed NaN/Inf logits for {bad} of {len(logits)} test samples")
             result["accuracy"] = float(np.mean(logits.argmax(1) == labels))
             result["eval_samples"] = int(len(labels))
             if reference is not None and reference.shape == logits.shape:
@@ -187,25 +191,31 @@ def bench_targets(targets: list[str], **overrides: Any) -> list[Target]:
         top = {k: v for k, v in overrides.items() if k not in LatencySpec.model_fields and v is not None}
         data = {**t.model_dump(exclude_unset=True), **top, "latency": {**t.latency.model_dump(), **latency}}
         try:
-            resolved.append(checked_target(data))
+            target = checked_target(data)
         except ValueError as exc:  # pydantic's ValidationError is a ValueError too
             raise InputError(f"target {t.name}: {str(exc).splitlines()[0]}") from None
+        resolved.append(check_runs_here(target))
     return resolved
 
 
 def bench(model: str | Path, targets: list[str], *, shape: tuple[int, ...] | None = None,
-          trust_checkpoint: bool = False, **overrides: Any) -> list[dict[str, Any]]:
+          trust_checkpoint: bool = False, allow_globals: tuple[str, ...] = (), expect_sha256: str | None = None,
+          **overrides: Any) -> list[dict[str, Any]]:
     """Latency statistics of one ONNX file on each target (no accuracy: a bare file comes with no data).
 
     ``overrides``: ``threads`` and any ``LatencySpec`` key (``warmup_runs``, ``runs``, ``min_seconds``,
     ``batch``), applied to every target. A ``.pt2`` program that could run code when opened is refused
     (``CheckpointError``, exit 2) by the loading gate the torch backend opens it through, unless
-    ``trust_checkpoint``."""
+    ``trust_checkpoint`` (or its globals are named in ``allow_globals``). ``expect_sha256``: the file's
+    bytes are checked before anything opens it."""
     from .backends.base import resolve_shape
+    from .checkpoint import check_sha256
 
     path = Path(model)
     if not path.is_file():
         raise InputError(f"{path}: model file not found")
+    if expect_sha256 is not None:
+        check_sha256(path, fingerprint_sha256(path), expect_sha256)
     resolved = bench_targets(targets, **overrides)
     for t in resolved:
         suffix = BACKENDS.get(t.backend).file_suffix
@@ -215,7 +225,7 @@ def bench(model: str | Path, targets: list[str], *, shape: tuple[int, ...] | Non
     if path.suffix == ".onnx":
         resolve_shape(path, shape)  # a wrong --shape or an unsized dynamic input is the user's to fix: exit 2
     precision = file_precision(path) if path.suffix == ".onnx" else "fp32"
-    pool = BackendPool(trust_checkpoint)
+    pool = BackendPool(trust_checkpoint, allow_globals)
     # a bare file has no FP32 twin to be timed against; whether it runs in INT8 is still judged
     return [judge(measure(path, path.stem, precision, t, pool, shape=shape), None, None) for t in resolved]
 

@@ -9,6 +9,7 @@ written last; ``--resume`` reuses every stage whose record matches its config an
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -20,21 +21,23 @@ import torch
 from pydantic import ValidationError
 
 from .version import __version__
-from .artifact import Artifact, config_hash, read_record, write_record
-from .checkpoint import LoadedCheckpoint, load_checkpoint
+from .artifact import Artifact, config_hash, in_run, read_record, write_record
+from .checkpoint import LoadedCheckpoint, LoadPolicy, load_checkpoint
 from .config import (Budget, DataSpec, DistillConfig, PruneConfig, Recipe, StudentSpec, Target, dump_recipe,
                      load_budget, load_recipe, load_target, recipe_with)
 from .data import Splits, build_splits
 from .data.transforms import arch_preprocess
 from .errors import CheckpointError, DataError, InputError
-from .fileio import atomic_path, write_json, write_text
+from .fileio import atomic_path, read_json, write_json, write_text
 from .gate import Verdict, evaluate_budget
 from .int8_layouts import layout_path
 from .int8_verdict import fp32_counterpart, judge, time_against_fp32
-from .backends import BACKENDS
+from .backends import BACKENDS, check_runs_here
 from .measure import BackendPool, empty_result, latency_probe, measure
 from .progress import console
 from .report import write_report
+from .rundir import (LOCK_NAME, RunLock, check_free_space, content_sha256, empty_except_lock, input_hashes,
+                     remove_temporaries)
 from .stages import STAGES, StageContext
 from .stages.distill import check_loss_names
 from .stages.export import resolve_torch_program
@@ -83,30 +86,49 @@ def parse_data_spec(spec: str, base: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _run_dir(out: Path | None, name: str, resume: bool, force: bool) -> Path:
+def _run_dir(out: Path | None, name: str, resume: bool, force: bool) -> tuple[Path, RunLock]:
+    """The run directory (absolute), locked for this run: refused while another run holds it, emptied
+    under the lock for ``--force``, cleared of a killed run's temporaries for ``--resume``."""
     if out is None:
         out, n = DEFAULT_RUNS_DIR / name, 2
         while out.exists() and not resume:
             out, n = DEFAULT_RUNS_DIR / f"{name}{n}", n + 1
-    if out.exists() and any(out.iterdir()) and not resume:
+    out = out.resolve()
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: --out must be a directory; this is a file")
+    existing = out.exists() and any(p.name != LOCK_NAME for p in out.iterdir())
+    if existing and not resume:
         if not force:
             raise InputError(f"{out}: run directory exists; pass --resume to continue it, --force to replace it, "
                              f"or another --out")
         if not (out / "recipe.resolved.yaml").is_file():
             raise InputError(f"{out}: --force replaces only an edgekd run directory (no recipe.resolved.yaml here)")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
+    lock = RunLock(out).acquire()
+    try:
+        if existing and not resume:
+            empty_except_lock(out)
+        elif resume:
+            remove_temporaries(out)
+    except BaseException:
+        lock.release()
+        raise
+    return out, lock
 
 
-def _load_teacher(checkpoint: Path | None, arch: str | None, trust: bool, splits: Splits,
+def _load_teacher(checkpoint: Path | None, arch: str | None, policy: LoadPolicy, splits: Splits,
                   arch_args: dict[str, Any]) -> LoadedCheckpoint:
     from .default import ARCH, default_teacher
 
     if checkpoint is None:
         checkpoint, arch = default_teacher(), arch or ARCH
-    loaded = load_checkpoint(checkpoint, arch, trust=trust, num_classes=splits.num_classes,
-                             in_channels=splits.input_shape[0], arch_args=arch_args)
+    try:
+        loaded = load_checkpoint(checkpoint, arch, policy=policy, num_classes=splits.num_classes,
+                                 in_channels=splits.input_shape[0], arch_args=arch_args)
+    except CheckpointError as exc:
+        suspect = _labels_with_gaps(splits)
+        if suspect and "shape mismatch" in str(exc):  # a stray label is the data's fault, not the checkpoint's
+            raise DataError(suspect) from None
+        raise
     model = loaded.model.eval()
     try:
         with torch.no_grad():
@@ -120,11 +142,23 @@ def _load_teacher(checkpoint: Path | None, arch: str | None, trust: bool, splits
     return loaded
 
 
+def _labels_with_gaps(splits: Splits) -> str | None:
+    """A message about the data when its class count (the largest label + 1) is not backed by its labels:
+    label 99 among 0..3 makes 100 "classes" and any 4-class checkpoint look wrong."""
+    used = sorted(set(torch.cat([splits.labels(s) for s in ("train", "val", "test")]).tolist()))
+    if len(used) >= splits.num_classes:
+        return None
+    below = f"0..{used[-2]}" if len(used) > 1 else "none"
+    return (f"data: label {used[-1]} is out of range of the other labels ({below}, {len(used)} distinct values): "
+            f"the data then has {splits.num_classes} classes, more than the model was trained for; fix that label")
+
+
 def compress(checkpoint: str | Path | None = None, *, arch: str | None = None,
              arch_args: dict[str, Any] | None = None, recipe: str | Path | Recipe = "default",
              targets: list[str] | None = None, data: str | None = None, out: str | Path | None = None,
              budget: str | Path | Budget | None = None, trust_checkpoint: bool = False, dry_run: bool = False,
-             resume: bool = False, force: bool = False, device: str | None = None) -> CompressResult:
+             resume: bool = False, force: bool = False, device: str | None = None,
+             allow_globals: tuple[str, ...] = (), expect_sha256: str | None = None) -> CompressResult:
     if isinstance(recipe, Recipe):
         rec = recipe_with(recipe, data=parse_data_spec(data, recipe.data.model_dump(exclude_unset=True))) \
             if data is not None else recipe
@@ -149,7 +183,7 @@ def compress(checkpoint: str | Path | None = None, *, arch: str | None = None,
         except ValidationError as exc:
             e = exc.errors()[0]
             raise InputError(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}") from None
-    target_objs = [load_target(t) for t in rec.targets]
+    target_objs = [check_runs_here(load_target(t)) for t in rec.targets]
     rec = resolve_torch_program(resolve_input_quant(rec, target_objs), target_objs)
     budget_obj = budget if isinstance(budget, Budget) or budget is None else load_budget(budget)
     ckpt = Path(checkpoint) if checkpoint is not None else None
@@ -157,14 +191,18 @@ def compress(checkpoint: str | Path | None = None, *, arch: str | None = None,
         raise CheckpointError(f"{ckpt}: checkpoint file not found")
 
     ranked = distributed.init_from_env(rec.device)
+    lock = None
     if distributed.is_main():
-        run_dir = _run_dir(Path(out) if out is not None else None, rec.name, resume, force)
+        run_dir, lock = _run_dir(Path(out) if out is not None else None, rec.name, resume, force)
     else:  # other torchrun ranks train alongside rank 0 but write only to a scratch folder, silently
         run_dir = Path(tempfile.mkdtemp(prefix=f"edgekd-rank{distributed.rank()}-"))
         console.quiet = True
     try:
-        return _compress(rec, ckpt, run_dir, target_objs, budget_obj, trust_checkpoint, dry_run, resume)
+        policy = LoadPolicy(trust=trust_checkpoint, allow_globals=tuple(allow_globals), expect_sha256=expect_sha256)
+        return _compress(rec, ckpt, run_dir, target_objs, budget_obj, policy, dry_run, resume)
     finally:
+        if lock is not None:
+            lock.release()
         if ranked:
             if not distributed.is_main():
                 shutil.rmtree(run_dir, ignore_errors=True)
@@ -172,15 +210,17 @@ def compress(checkpoint: str | Path | None = None, *, arch: str | None = None,
 
 
 def _compress(rec: Recipe, ckpt: Path | None, run_dir: Path, target_objs: list[Target], budget_obj: Budget | None,
-              trust_checkpoint: bool, dry_run: bool, resume: bool) -> CompressResult:
+              policy: LoadPolicy, dry_run: bool, resume: bool) -> CompressResult:
+    started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     write_text(run_dir / "recipe.resolved.yaml", dump_recipe(rec))
-    if dry_run:
-        return CompressResult(run_dir, None, None)
 
     device = resolve_device(rec.device, rec.amp)
     splits = build_splits(rec.data, arch_preprocess(rec.arch if ckpt is not None else None), pin_memory=device.cuda)
-    loaded = _load_teacher(ckpt, rec.arch, trust_checkpoint, splits, rec.arch_args)
-    teacher_hash = config_hash(loaded.sha256, rec.data.model_dump(), rec.seed)
+    loaded = _load_teacher(ckpt, rec.arch, policy, splits, rec.arch_args)
+    check_free_space(run_dir, sum(p.numel() * p.element_size() for p in loaded.model.parameters()), len(rec.stages))
+    inputs = {"checkpoint": loaded.sha256, **input_hashes(rec.data.path, [path for path, _ in extra_teachers(rec)])}
+    # every stage key descends from this one: a changed checkpoint, data file or extra teacher re-runs them
+    teacher_hash = config_hash(inputs, rec.data.model_dump(), rec.seed)
     variants: dict[str, Artifact] = {"teacher-fp32": Artifact(
         "teacher-fp32", "torch", "fp32", loaded.path, "input", None, teacher_hash,
         {"arch": loaded.arch, "arch_kwargs": {"num_classes": splits.num_classes, "in_channels": splits.input_shape[0],
@@ -194,7 +234,8 @@ def _compress(rec: Recipe, ckpt: Path | None, run_dir: Path, target_objs: list[T
         return latency_probe(target, pool), target.model_dump()
 
     ctx = StageContext(run_dir, run_dir, rec, splits, loaded.model, {"teacher-fp32": loaded.model},
-                       teacher_hash=teacher_hash, trust_checkpoint=trust_checkpoint, latency_probe=latency_probe_for,
+                       teacher_hash=teacher_hash, trust_checkpoint=policy.trust, allow_globals=policy.allow_globals,
+                       latency_probe=latency_probe_for,
                        device=device)
     for p in ctx.teacher.parameters():
         p.requires_grad_(False)
@@ -207,16 +248,28 @@ def _compress(rec: Recipe, ckpt: Path | None, run_dir: Path, target_objs: list[T
         if isinstance(spec, PruneConfig) and spec.recovery.loss:  # a pruned model keeps the teacher's names
             check_loss_names(spec.recovery.loss, f"stages.{i}.recovery.loss", StudentSpec(width=1.0), loaded.model,
                              splits.num_classes, splits.input_shape[0])
+    for path, arch in extra_teachers(rec):  # found before the first stage trains, not after distillation
+        if not Path(path).is_file():
+            raise CheckpointError(f"{path}: teacher checkpoint file not found (a multi-teacher loss's teachers:)")
+        ctx.load_extra_teacher(path, arch)
     console.print("preflight: tracing, pruning graph and ONNX export checked on one sample before training")
     checks = preflight(rec, loaded.model, splits.example(1), splits.num_classes)
+    if dry_run:  # every input opened and checked, the stages preflighted; nothing trained or written
+        console.print("dry run: checkpoint, teachers, data, targets and stages checked; nothing trained")
+        return CompressResult(run_dir, None, None)
+    for stale in ("report.json", "report.md", "report.html", "tradeoff.png"):  # from an earlier, finished try
+        (run_dir / stale).unlink(missing_ok=True)
+    if (run_dir / "manifest.json").is_file():  # until this try completes, report and gate refuse the run
+        write_json(run_dir / "manifest.json", {**read_json(run_dir / "manifest.json"), "status": "running"})
     stage_log = []
     for i, spec in enumerate(rec.stages):
         folder = run_dir / "stages" / f"{i:02d}-{spec.stage}"
         key = config_hash(spec.model_dump(), [a.config_hash for a in variants.values()], __version__)
-        made = read_record(folder, key) if resume else None
+        made, why = read_record(folder, key) if resume else (None, "")
         reused = made is not None
         if made is None:
-            console.print(f"[bold]stage {i + 1}/{len(rec.stages)}: {spec.stage}[/bold]")
+            again = f" (again: {why})" if resume and why != "not finished" else ""
+            console.print(f"[bold]stage {i + 1}/{len(rec.stages)}: {spec.stage}[/bold]{again}")
             if folder.exists() and not resume:  # on resume a killed stage keeps its per-epoch training state
                 shutil.rmtree(folder)
             folder.mkdir(parents=True, exist_ok=True)
@@ -233,12 +286,38 @@ def _compress(rec: Recipe, ckpt: Path | None, run_dir: Path, target_objs: list[T
     if not distributed.is_main():
         return CompressResult(run_dir, None, None)
     models = _publish_models(run_dir, [a for a in variants.values() if a.kind == "onnx"])
-    extra = {"data": splits.describe(), "training_device": device.to_json(), "preflight_seconds": checks}
-    write_json(run_dir / "manifest.json", _manifest(rec, loaded, variants, models, stage_log, run_dir, extra))
+    extra = {"data": splits.describe(), "training_device": device.to_json(), "preflight_seconds": checks,
+             "inputs": inputs, "seed": rec.seed, "command": sys.argv, "started": started,
+             "load_policy": {"trust_checkpoint": policy.trust, "allow_globals": list(policy.allow_globals),
+                             "expected_sha256": policy.expect_sha256}}
+    manifest = _manifest(rec, loaded, variants, models, stage_log, run_dir, extra)
+    write_json(run_dir / "manifest.json", {**manifest, "status": "measuring"})
     _measure_all(run_dir, models, target_objs, splits, pool)
+    outputs = {str(p.relative_to(run_dir)): content_sha256(p)
+               for folder in ("models", "measurements") for p in sorted((run_dir / folder).glob("*")) if p.is_file()}
+    write_json(run_dir / "manifest.json", {**manifest, "outputs": outputs, "status": "complete",
+                                           "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     report = write_report(run_dir)
     verdicts = evaluate_budget(report, budget_obj) if budget_obj is not None else None
     return CompressResult(run_dir, report, verdicts)
+
+
+def extra_teachers(rec: Recipe) -> list[tuple[str, str | None]]:
+    """The (checkpoint, arch) of every extra teacher the recipe's losses name."""
+    found: list[tuple[str, str | None]] = []
+
+    def walk(raw: Any) -> None:
+        if isinstance(raw, dict):
+            if isinstance(raw.get("checkpoint"), str):
+                found.append((raw["checkpoint"], raw.get("arch")))
+            for value in raw.values():
+                walk(value)
+        elif isinstance(raw, list):
+            for value in raw:
+                walk(value)
+
+    walk(rec.model_dump())
+    return found
 
 
 def _publish_models(run_dir: Path, onnx_artifacts: list[Artifact]) -> dict[str, Artifact]:
@@ -283,7 +362,7 @@ def _manifest(rec: Recipe, loaded: LoadedCheckpoint, variants: dict[str, Artifac
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__,
                      "onnxruntime": onnxruntime.__version__, "openvino": openvino.get_version()},
         "stages": stage_log,
-        "artifacts": [a.to_json() for a in variants.values()],
+        "artifacts": [in_run(a.to_json(), run_dir) for a in variants.values()],
         "models": {name: a.to_json() for name, a in models.items()},
         **extra,
     }

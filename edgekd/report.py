@@ -27,6 +27,10 @@ def build_report(run_dir: Path) -> dict[str, Any]:
         results = [read_json(p) for p in sorted((run_dir / "measurements").glob("*.json"))]
     except ValueError as exc:
         raise ReportError(f"{run_dir}: unreadable JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("status") != "complete":
+        status = manifest.get("status") if isinstance(manifest, dict) else None
+        raise ReportError(f"{run_dir}: the run did not finish (manifest.json status {status!r}, not 'complete'): "
+                          f"its measurements may be missing; finish it with 'edgekd compress --resume'")
     variants = []
     for name, art in manifest["models"].items():
         meta = art["meta"]
@@ -45,12 +49,25 @@ def build_report(run_dir: Path) -> dict[str, Any]:
         r.pop("host", None)
     return {"schema": SCHEMA, "run": {"recipe": manifest["recipe"], "created": manifest["created"],
                                       "edgekd": manifest["edgekd"], "checkpoint": manifest["checkpoint"],
-                                      "versions": manifest["versions"]},
+                                      "versions": manifest["versions"], "status": manifest["status"]},
             "variants": variants, "results": results}
+
+
+# what gate and the renderings read from each row of report.json
+ROW_KEYS = {"variants": ("name", "precision", "size_bytes", "accuracy"),
+            "results": ("variant", "target", "precision", "status", "latency_ms", "accuracy")}
 
 
 def load_report(path: Path) -> dict[str, Any]:
     """A report.json, from a run directory or the file itself, checked against the schema."""
+    if path.is_dir() and (path / "manifest.json").is_file():
+        try:
+            status = read_json(path / "manifest.json").get("status")
+        except (ValueError, AttributeError):
+            status = None
+        if status != "complete":
+            raise ReportError(f"{path}: the run did not finish (manifest.json status {status!r}, not 'complete'); "
+                              f"its measurements may be missing; finish it with 'edgekd compress --resume'")
     path = path / "report.json" if path.is_dir() else path
     if not path.is_file():
         raise ReportError(f"{path}: report.json not found (run 'edgekd compress' or 'edgekd report RUN_DIR')")
@@ -63,6 +80,16 @@ def load_report(path: Path) -> dict[str, Any]:
     for key in ("variants", "results"):
         if not isinstance(report.get(key), list):
             raise ReportError(f"{path}: key '{key}' must be a list")
+    for key, required in ROW_KEYS.items():  # a hand-edited or truncated file is bad input (2), not a bug (3)
+        for i, row in enumerate(report[key]):
+            missing = [k for k in required if not isinstance(row, dict) or k not in row]
+            if missing:
+                raise ReportError(f"{path}: {key}[{i}] lacks key '{missing[0]}' (each row needs "
+                                  f"{', '.join(required)}); rebuild it with 'edgekd report RUN_DIR'")
+    status = report["run"].get("status") if isinstance(report.get("run"), dict) else None
+    if status != "complete":
+        raise ReportError(f"{path}: the run is not finished (status {status!r}); its rows may be missing, "
+                          f"so report and gate refuse it: rerun 'edgekd compress --resume'")
     return report
 
 

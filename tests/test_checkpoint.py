@@ -47,7 +47,7 @@ def test_trusted_pickled_module_loads_and_is_recorded(tmp_path, tiny_files):
     ckpt = tmp_path / "module.pt"
     torch.save(TinyCNN(num_classes=4), ckpt)
     refused = invoke("compress", ckpt, "--recipe", tiny_files["recipe"], "--out", tmp_path / "a", "--dry-run")
-    assert refused.exit_code == 0  # dry run validates config only; the load happens when work starts
+    assert refused.exit_code == 2 and "--trust-checkpoint" in refused.output  # --dry-run opens the checkpoint too
     out = tmp_path / "b"
     result = invoke("compress", ckpt, "--recipe", tiny_files["recipe"], "--out", out, "--trust-checkpoint",
                     "--target", tiny_files["ort"])

@@ -345,18 +345,20 @@ def test_compress_from_an_npz_with_its_own_splits_scores_its_test_split(tmp_path
         assert row["status"] == "ok" and row["eval_samples"] == 150
 
 
-def test_a_recipe_may_leave_the_data_path_to_the_command_line(tmp_path, ort_target):
+def test_a_recipe_may_leave_the_data_path_to_the_command_line(tmp_path, ort_target, teacher10):
     """--data edits the recipe file's raw data block before it is validated: a recipe written for
     `--data imagefolder:DIR` names the source and its preprocessing, not the folder."""
     recipe = quick_recipe(tmp_path / "r.yaml", [ort_target], {"source": "imagefolder", "batch_size": 16,
                                                               "preprocess": {"size": 24}})
     without = invoke("compress", "--recipe", recipe, "--out", tmp_path / "a", "--dry-run")
     assert without.exit_code == 2 and "source 'imagefolder' needs 'path'" in without.output
-    given = invoke("compress", "--recipe", recipe, "--data", f"imagefolder:{tmp_path}", "--out", tmp_path / "b",
-                   "--dry-run")
+    images, labels = digit_images(copies=1)
+    write_imagefolder(tmp_path / "img", images[:400], labels[:400])  # --dry-run opens the data, so it must exist
+    given = invoke("compress", teacher10, "--recipe", recipe, "--data", f"imagefolder:{tmp_path / 'img'}", "--out",
+                   tmp_path / "b", "--dry-run")
     assert given.exit_code == 0, given.output
     resolved = (tmp_path / "b" / "recipe.resolved.yaml").read_text()
-    assert f"path: {tmp_path}" in resolved and "size: 24" in resolved and "batch_size: 16" in resolved
+    assert f"path: {tmp_path / 'img'}" in resolved and "size: 24" in resolved and "batch_size: 16" in resolved
 
 
 def test_mean_and_std_must_match_the_channels(tmp_path):

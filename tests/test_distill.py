@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from edgekd.artifact import Artifact, rebuild_float
+from edgekd.artifact import Artifact, rebuild_float, stage_artifacts
 from edgekd.losses import LOSSES
 
 from .conftest import TINY_DATA, invoke, save_model, write_yaml
@@ -89,8 +89,7 @@ def test_width_student_of_a_residual_cnn_via_torch_pruning_reloads_from_its_arti
     recipe = distill_recipe(tmp_path / "r.yaml", [{"name": "kd"}], arch="tests.models:ResidualCNN")
     result = invoke("compress", residual_teacher, "--recipe", recipe, "--out", tmp_path / "run")
     assert result.exit_code == 0, result.output
-    record = json.loads((tmp_path / "run" / "stages" / "00-distill" / "stage.json").read_text())
-    art = Artifact.from_json(record["artifacts"][0])
+    art = stage_artifacts(tmp_path / "run" / "stages" / "00-distill")[0]
     # the residual add couples stem, block.conv2 and down's input: all halved together
     assert art.meta["channels"]["stem.0"] == 8 and art.meta["channels"]["block.conv2"] == 8
     assert art.meta["channels"]["down.0"] == 12 and art.meta["channels"]["head"] == 4
@@ -149,9 +148,8 @@ def test_two_process_ddp_matches_one_process(tiny_teacher, tmp_path):
     assert ddp.returncode == 0, ddp.stderr[-3000:]
 
     def student(run: str) -> tuple[dict, dict]:
-        record = json.loads((tmp_path / run / "stages" / "00-distill" / "stage.json").read_text())
-        art = record["artifacts"][0]
-        return art["meta"]["metrics"], load_file(str(Path(art["path"]) / "model.safetensors"))
+        art = stage_artifacts(tmp_path / run / "stages" / "00-distill")[0]
+        return art.meta["metrics"], load_file(str(Path(art.path) / "model.safetensors"))
 
     (m1, w1), (m2, w2) = student("one"), student("two")
     assert set(scratch.glob("edgekd-rank1-*")) == before  # rank 1's scratch run was removed

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgekd.artifact import Artifact, rebuild_float
+from edgekd.artifact import Artifact, rebuild_float, stage_artifacts
 from edgekd.errors import StageError
 from edgekd.stages.prune.latency_lut import LatencyTable, choose_ratios, search_plan
 from edgekd.pruning import ChannelGroup, apply_channel_plan, channel_plan, prune_channels
@@ -227,8 +227,7 @@ def test_prune_stage_recovers_by_distillation_and_reloads_without_the_class(tiny
     recipe = _prune_recipe(tmp_path, {"ratio": 0.5, "recovery": {"epochs": 2, "lr": 0.01}})
     result = invoke("compress", tiny_teacher, "--recipe", recipe, "--out", tmp_path / "run")
     assert result.exit_code == 0, result.output
-    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
-    art = Artifact(**next(a for a in manifest["artifacts"] if a["variant"] == "student-fp32"))
+    art = next(a for a in stage_artifacts(tmp_path / "run" / "stages" / "00-prune") if a.variant == "student-fp32")
     m = art.meta["metrics"]
     assert m["params"] < m["params_before"] and m["macs"] < m["macs_before"]
     assert art.meta["channels"]["features.0"] == 8 and art.meta["channels"]["features.4"] == 16

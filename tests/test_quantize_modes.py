@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from edgekd.artifact import Artifact, rebuild_float, rebuild_int8
+from edgekd.artifact import Artifact, rebuild_float, rebuild_int8, stage_artifacts
 from edgekd.errors import StageError
 from edgekd.quantization import _act_quants, quantize_model
 from edgekd.zoo import TinyCNN
@@ -57,8 +57,8 @@ def test_ptq_with_each_calibration_exports_and_rebuilds_bit_exact(method, tiny_t
     result = invoke("compress", tiny_teacher, "--recipe", recipe, "--out", tmp_path / "run")
     assert result.exit_code == 0, result.output  # export's parity check passed against the fake-quant model
     stages = tmp_path / "run" / "stages"
-    student = Artifact.from_json(json.loads((stages / "00-distill" / "stage.json").read_text())["artifacts"][0])
-    int8 = Artifact.from_json(json.loads((stages / "01-quantize" / "stage.json").read_text())["artifacts"][0])
+    student = stage_artifacts(stages / "00-distill")[0]
+    int8 = stage_artifacts(stages / "01-quantize")[0]
     assert int8.meta["quantization"]["calibration"] == method
     first = rebuild_int8(int8, rebuild_float(student))
     x = torch.rand(4, 1, 16, 16)
@@ -180,9 +180,10 @@ def _w4_recipe(path, **quantize) -> "Path":
 
 def test_mixed_precision_meets_a_budget_that_plain_w4a8_misses(sensitive_model, tmp_path):
     plain = invoke("compress", sensitive_model, "--recipe", _w4_recipe(tmp_path / "p.yaml"), "--out", tmp_path / "p")
-    assert plain.exit_code == 0, plain.output
-    metrics = json.loads((tmp_path / "p" / "stages" / "00-quantize" / "stage.json").read_text())["artifacts"][0]["meta"]["metrics"]
-    assert metrics["float_val_accuracy"] - metrics["val_accuracy"] > 0.3  # plain W4A8 misses a 0.05 budget badly
+    # plain W4A8 collapses (a drop far beyond 0.05): the stage refuses to save it (fail_drop, default 0.10)
+    assert plain.exit_code == 1 and "stages.0.fail_drop" in plain.output, plain.output
+    assert float(plain.output.split("validation accuracy is ")[1].split(",")[0]) < 0.7
+    assert not (tmp_path / "p" / "stages" / "00-quantize" / "stage.json").exists()
 
     mixed = invoke("compress", sensitive_model, "--recipe", _w4_recipe(tmp_path / "m.yaml", max_accuracy_drop=0.05),
                    "--out", tmp_path / "m")
@@ -225,8 +226,8 @@ def test_learned_scales_move_away_from_the_weight_statistics_during_qat(learned,
     result = invoke("compress", tiny_teacher, "--recipe", recipe, "--out", tmp_path / "run")
     assert result.exit_code == 0, result.output
     stages = tmp_path / "run" / "stages"
-    student = Artifact.from_json(json.loads((stages / "00-distill" / "stage.json").read_text())["artifacts"][0])
-    int8 = Artifact.from_json(json.loads((stages / "01-quantize" / "stage.json").read_text())["artifacts"][0])
+    student = stage_artifacts(stages / "00-distill")[0]
+    int8 = stage_artifacts(stages / "01-quantize")[0]
     qmodel = rebuild_int8(int8, rebuild_float(student))
     conv = dict(qmodel.named_modules())["features.4"]
     import brevitas.nn as qnn

@@ -45,7 +45,7 @@ def test_a_killed_run_resumes_after_its_last_epoch_with_the_same_result(tmp_path
     reference, _ = train(epochs=4)
     state = tmp_path / "train_state.pt"
     calls = []
-    real_accuracy = training.accuracy
+    real_accuracy = training.checked_accuracy
 
     def dies_in_epoch_3(*a):
         calls.append(1)
@@ -53,10 +53,10 @@ def test_a_killed_run_resumes_after_its_last_epoch_with_the_same_result(tmp_path
             raise KeyboardInterrupt  # killed while validating epoch 3: epochs 1-2 are saved
         return real_accuracy(*a)
 
-    monkeypatch.setattr(training, "accuracy", dies_in_epoch_3)
+    monkeypatch.setattr(training, "checked_accuracy", dies_in_epoch_3)
     with pytest.raises(KeyboardInterrupt):
         train(epochs=4, state_path=state, state_key="k")
-    monkeypatch.setattr(training, "accuracy", real_accuracy)
+    monkeypatch.setattr(training, "checked_accuracy", real_accuracy)
     assert torch.load(state, weights_only=True)["epoch"] == 2
     resumed, result = train(epochs=4, state_path=state, state_key="k")
     assert result.resumed_from_epoch == 2 and [h["epoch"] for h in result.history] == [1, 2, 3, 4]
@@ -166,7 +166,7 @@ def test_augmentation_is_seeded_and_changes_the_batch():
 def test_compress_resume_continues_a_killed_distill_stage(tiny_teacher, tmp_path, monkeypatch):
     recipe = distill_recipe(tmp_path / "r.yaml", [{"name": "kd"}], epochs=3)
     assert invoke("compress", tiny_teacher, "--recipe", recipe, "--out", tmp_path / "ref").exit_code == 0
-    real_accuracy, calls = training.accuracy, []
+    real_accuracy, calls = training.checked_accuracy, []
 
     def dies_in_epoch_2(*a):
         calls.append(1)
@@ -174,18 +174,19 @@ def test_compress_resume_continues_a_killed_distill_stage(tiny_teacher, tmp_path
             raise KeyboardInterrupt
         return real_accuracy(*a)
 
-    monkeypatch.setattr(training, "accuracy", dies_in_epoch_2)
+    monkeypatch.setattr(training, "checked_accuracy", dies_in_epoch_2)
     killed = invoke("compress", tiny_teacher, "--recipe", recipe, "--out", tmp_path / "run")
     assert killed.exit_code == 130 and "interrupted" in killed.output
-    monkeypatch.setattr(training, "accuracy", real_accuracy)
+    monkeypatch.setattr(training, "checked_accuracy", real_accuracy)
     result = invoke("compress", tiny_teacher, "--recipe", recipe, "--out", tmp_path / "run", "--resume")
     assert result.exit_code == 0, result.output
     assert "distill: resuming after epoch 1/3" in result.output
 
     def weights(run):
-        stage = json.loads((tmp_path / run / "stages" / "00-distill" / "stage.json").read_text())
         from safetensors.torch import load_file
-        return load_file(stage["artifacts"][0]["path"] + "/model.safetensors")
+
+        from edgekd.artifact import stage_artifacts
+        return load_file(stage_artifacts(tmp_path / run / "stages" / "00-distill")[0].path + "/model.safetensors")
 
     ref, got = weights("ref"), weights("run")
     assert all(torch.equal(ref[k], got[k]) for k in ref)

@@ -1,5 +1,6 @@
 """Backends by name. Importing this costs nothing: runtimes load inside each backend's methods."""
 
+import os
 from typing import Any
 
 from ..errors import TargetError
@@ -40,4 +41,16 @@ def checked_target(data: dict[str, Any]) -> Target:
     return target
 
 
-__all__ = ["BACKENDS", "Backend", "CompiledModel", "Target", "checked_target", "evaluate_accuracy", "predict"]
+def check_runs_here(target: Target) -> Target:
+    """Refuse (exit 2) a target that asks for more CPU threads than this machine has: ``threads: 100000``
+    was accepted and measured an oversubscribed runtime. Checked when a target is about to run, not when
+    it is listed (a built-in ARM target's 4 threads are right on its device)."""
+    cpus = os.cpu_count() or 1
+    if target.threads > cpus:
+        raise TargetError(f"target {target.name}: threads {target.threads} exceeds the {cpus} CPUs of this machine; "
+                          f"set threads to at most {cpus}")
+    return target
+
+
+__all__ = ["BACKENDS", "Backend", "CompiledModel", "Target", "check_runs_here", "checked_target", "evaluate_accuracy",
+           "predict"]

@@ -67,10 +67,11 @@ class Backend(ABC):
     capabilities: Capabilities
     file_suffix: str = ".onnx"  # the exported file this backend runs
 
-    def __init__(self, *, trust_checkpoint: bool = False) -> None:
+    def __init__(self, *, trust_checkpoint: bool = False, allow_globals: tuple[str, ...] = ()) -> None:
         # Whether a file this backend opens may run code from itself (only torch programs can): the
-        # user's --trust-checkpoint, never a target's setting.
+        # user's --trust-checkpoint / --allow-global, never a target's setting.
         self.trust_checkpoint = trust_checkpoint
+        self.allow_globals = tuple(allow_globals)
 
     def int8_layout(self, target: "Target") -> str:
         """The INT8 file layout this backend runs at full speed on ``target``'s device."""

@@ -104,8 +104,8 @@ class OpenVINOBackend(Backend):
     pip_extra = ""
     capabilities = Capabilities(devices=("CPU", "GPU"), options=("precision_hint", "streams", "pinning", "cache"))
 
-    def __init__(self, *, trust_checkpoint: bool = False) -> None:
-        super().__init__(trust_checkpoint=trust_checkpoint)
+    def __init__(self, *, trust_checkpoint: bool = False, allow_globals: tuple[str, ...] = ()) -> None:
+        super().__init__(trust_checkpoint=trust_checkpoint, allow_globals=allow_globals)
         self._core: Any = None
 
     def availability(self) -> tuple[bool, str]:

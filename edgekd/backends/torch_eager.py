@@ -38,12 +38,13 @@ def program_input_dims(program: Any) -> list[int | str]:
 
 
 class TorchModel(CompiledModel):
-    def __init__(self, path: Path, target: Target, shape: tuple[int, ...] | None, trust: bool) -> None:
+    def __init__(self, path: Path, target: Target, shape: tuple[int, ...] | None, trust: bool,
+                 allow_globals: tuple[str, ...] = ()) -> None:
         import torch
 
-        from ..checkpoint import load_exported_program
+        from ..checkpoint import LoadPolicy, load_exported_program
 
-        program = load_exported_program(path, trust=trust)
+        program = load_exported_program(path, policy=LoadPolicy(trust=trust, allow_globals=allow_globals))
         torch.set_num_threads(target.threads)
         dims = program_input_dims(program)
         if shape is None:
@@ -104,7 +105,7 @@ class TorchBackend(Backend):
                                      f"(g++ or clang++ on PATH, or $CXX); none found")
         if onnx_path.suffix != self.file_suffix:
             raise InputError(f"target {target.name}: the torch backend runs .pt2 (torch.export) files; got {onnx_path.name}")
-        return TorchModel(onnx_path, target, shape, self.trust_checkpoint)
+        return TorchModel(onnx_path, target, shape, self.trust_checkpoint, self.allow_globals)
 
     def native_command(self, onnx_path: Path, target: Target) -> str:
         """torch ships no benchmark tool of its own: edgekd's harness is the reference here."""

@@ -1,11 +1,13 @@
 """The Typer application: each command parses, calls one API function, renders.
 
-User mistakes and failed work end with one line on stderr and exit code 2 or 1 (DESIGN.md); set
-``EDGEKD_DEBUG=1`` to see the traceback of an unexpected error.
+Every command exits by one table (``EXIT_CODES``, in the README): 0 ok, 1 the work or a budget failed,
+2 bad input, 3 an internal error (a bug: one line, the traceback under ``EDGEKD_DEBUG=1``), 130
+interrupted. A CI job can so tell a slower model (1) from a broken file (2) from a broken tool (3).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from contextlib import contextmanager
@@ -16,6 +18,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..errors import EdgekdError
+
+EXIT_CODES = {0: "ok: the work ran and every budget was met", 1: "the work failed or a budget was violated",
+              2: "bad input: a file, key, flag or run directory is wrong (nothing was changed)",
+              3: "internal error: a bug in edgekd (set EDGEKD_DEBUG=1 for the traceback)", 130: "interrupted"}
+INTERNAL_ERROR = 3
 
 app = typer.Typer(name="edgekd", help="Compress a trained PyTorch model to fit an edge device, measure it on "
                   "each target, report the trade-off, and gate CI on budgets.",
@@ -31,17 +38,35 @@ def handle_errors() -> Iterator[None]:
     try:
         yield
     except EdgekdError as exc:
-        err.print(f"[red]edgekd: error:[/red] {escape(str(exc))}", highlight=False)
+        err.print(f"[red]edgekd: error:[/red] {escape(one_line(str(exc)))}", highlight=False)
         raise typer.Exit(exc.exit_code) from None
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise_internal(exc)
+        err.print(f"edgekd: error: {exc.filename or 'a file'}: the disk is full; free space or choose another --out, "
+                  f"then rerun with --resume", highlight=False, markup=False)
+        raise typer.Exit(2) from None
     except KeyboardInterrupt:
         err.print("edgekd: interrupted")
         raise typer.Exit(130) from None
     except Exception as exc:  # noqa: BLE001
-        if os.environ.get("EDGEKD_DEBUG"):
-            raise
-        err.print(f"edgekd: internal error: {type(exc).__name__}: {exc} (set EDGEKD_DEBUG=1 for the traceback)",
-                  highlight=False, markup=False)
-        raise typer.Exit(1) from None
+        raise_internal(exc)
+
+
+def one_line(text: str) -> str:
+    """A message as one line: names users chose (a target's, a file's) may hold newlines, and a line
+    starting ``::`` in a CI log is a workflow command (``::add-mask::``, ``::stop-commands::``)."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
+def raise_internal(exc: Exception) -> None:
+    """A bug: one line and exit 3, or the traceback under ``EDGEKD_DEBUG=1``."""
+    if os.environ.get("EDGEKD_DEBUG"):
+        raise exc
+    first = one_line(str(exc).splitlines()[0][:500] if str(exc) else "")
+    err.print(f"edgekd: internal error: {type(exc).__name__}: {first} (set EDGEKD_DEBUG=1 for the traceback)",
+              highlight=False, markup=False)
+    raise typer.Exit(INTERNAL_ERROR) from None
 
 
 def main() -> None:

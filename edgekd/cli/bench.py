@@ -44,6 +44,10 @@ def bench(
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the measurements here as JSON.")] = None,
     trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Allow a .pt2 program whose "
                                                    "pickles could run code when torch opens it.")] = False,
+    allow_global: Annotated[Optional[list[str]], typer.Option("--allow-global", help="module.Name a .pt2 program "
+                            "may reference beyond torch's safe list (narrower than --trust-checkpoint); repeat.")] = None,
+    expect_sha256: Annotated[Optional[str], typer.Option("--expect-sha256", help="Refuse MODEL unless its bytes "
+                             "have this SHA-256 (checked before it is opened).")] = None,
 ) -> None:
     """Measure one ONNX file on each target: latency statistics, cold start, throughput, memory."""
     from ..fileio import write_json
@@ -55,14 +59,15 @@ def bench(
         if emit_native:
             for name, command in native_commands(model, targets, **overrides):
                 out.print(f"# {name}\n{command}", highlight=False, markup=False, soft_wrap=True)
-        results = run_bench(model, targets, shape=parse_shape(shape), trust_checkpoint=trust_checkpoint, **overrides)
+        results = run_bench(model, targets, shape=parse_shape(shape), trust_checkpoint=trust_checkpoint,
+                            allow_globals=tuple(allow_global or ()), expect_sha256=expect_sha256, **overrides)
         if json_path is not None:
             write_json(json_path, results)
     out.print(_stats_table(model.name, results))
     for r in results:
         _print_details(r)
-    if any(r["status"] == "failed" for r in results):
-        raise typer.Exit(1)
+    if any(r["status"] == "failed" for r in results) or not any(r["status"] == "ok" for r in results):
+        raise typer.Exit(1)  # a failed row, or no target could measure at all: nothing to trust
 
 
 def _stats_table(title: str, results: list[dict[str, Any]]) -> Table:

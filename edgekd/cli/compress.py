@@ -48,7 +48,13 @@ def compress(
     budget: Annotated[Optional[Path], typer.Option(help="Budget YAML; after the run, exit 1 if it is violated.")] = None,
     trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Allow a pickled module or "
                                 "TorchScript checkpoint, which runs code when loaded. Recorded in the manifest.")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Validate everything, write recipe.resolved.yaml, stop.")] = False,
+    allow_global: Annotated[Optional[list[str]], typer.Option("--allow-global", help="module.Name a pickled "
+                            "state dict may reference beyond torch's safe list (narrower than --trust-checkpoint); "
+                            "repeat.")] = None,
+    expect_sha256: Annotated[Optional[str], typer.Option("--expect-sha256", help="Refuse CHECKPOINT unless its "
+                             "bytes have this SHA-256 (checked before it is opened).")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Open and check every input (checkpoint, teachers, data, "
+                       "targets) and preflight the stages; write recipe.resolved.yaml; train nothing.")] = False,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last finished stage.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing run directory at --out.")] = False,
 ) -> None:
@@ -60,6 +66,7 @@ def compress(
     with handle_errors():
         result = run_compress(checkpoint, arch=arch, arch_args=parse_arch_args(arch_arg or []), recipe=recipe,
                               targets=target, data=data, out=out_dir, budget=budget, trust_checkpoint=trust_checkpoint,
+                              allow_globals=tuple(allow_global or ()), expect_sha256=expect_sha256,
                               dry_run=dry_run, resume=resume, force=force, device=device)
     if result.report is None:
         out.print(f"dry run: wrote {result.run_dir / 'recipe.resolved.yaml'}")

@@ -82,7 +82,10 @@ class SampleSet(Dataset):
         return len(self.raw_set)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
-        return self.preprocess(self.raw_set.raw(int(i))), int(self._labels[i]), int(i)
+        x = self.preprocess(self.raw_set.raw(int(i)))
+        if x.is_floating_point() and not torch.isfinite(x).all():  # one NaN pixel poisons training and parity
+            raise DataError(f"data: {self.name} sample {int(i)} holds NaN or Inf values; clean the data")
+        return x, int(self._labels[i]), int(i)
 
     @property
     def labels(self) -> torch.Tensor:

@@ -38,6 +38,7 @@ class StageContext:
     models: dict[str, nn.Module] = field(default_factory=dict)  # in-memory models by variant
     teacher_hash: str = ""          # identifies teacher + data: what cached teacher outputs are valid for
     trust_checkpoint: bool = False  # applies to extra teachers named in a recipe, as to the main one
+    allow_globals: tuple[str, ...] = ()  # likewise --allow-global
     stage_key: str = ""             # hash of this stage's config and inputs (its resume key)
     stage_key_path: str = "stages"  # where this stage sits in the recipe, for error messages
     # target name -> (p50 ms of an ONNX file there, the target's settings): latency-driven pruning's
@@ -68,9 +69,10 @@ class StageContext:
 
     def load_extra_teacher(self, checkpoint: str, arch: str | None) -> nn.Module:
         """Another teacher named in a loss (multi-teacher), loaded as safely as the main one."""
-        from ..checkpoint import load_checkpoint
+        from ..checkpoint import LoadPolicy, load_checkpoint
 
-        model = load_checkpoint(checkpoint, arch, trust=self.trust_checkpoint, num_classes=self.splits.num_classes,
+        policy = LoadPolicy(trust=self.trust_checkpoint, allow_globals=self.allow_globals)
+        model = load_checkpoint(checkpoint, arch, policy=policy, num_classes=self.splits.num_classes,
                                 in_channels=self.splits.input_shape[0]).model.eval()
         for p in model.parameters():
             p.requires_grad_(False)

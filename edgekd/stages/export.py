@@ -131,6 +131,10 @@ def compare_with_torch(path: Path, ref: np.ndarray, x: torch.Tensor, precision: 
     got = np.concatenate([sess.run(None, {INPUT_NAME: x[i:i + 1].numpy()})[0] for i in range(len(x))])
     if got.shape != ref.shape:
         raise StageError(f"export {name}: ONNX output shape {got.shape} != torch {ref.shape}")
+    for what, logits in (("the ONNX file", got), ("the torch model", ref)):
+        if not np.isfinite(logits).all():  # NaN compares as nothing: it must fail, not pass as max |diff| nan
+            raise StageError(f"export {name}: {what} computed NaN/Inf logits on {int((~np.isfinite(logits)).any(1).sum())} "
+                             f"of {len(logits)} check samples")
     result = {**parity(ref, got), "reference": "fake-quantized torch model" if precision == "int8" else "torch model"}
     diff = result["max_abs_diff"]
     if precision == "int8":

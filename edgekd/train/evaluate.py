@@ -12,13 +12,23 @@ from .device import CPU, Device
 @torch.no_grad()
 def predict_logits(model: nn.Module, splits: Splits, split: str, device: Device = CPU,
                    limit: int | None = None) -> torch.Tensor:
-    """Logits (CPU, float32) of ``model`` on ``split`` in the split's order (the first ``limit`` samples)."""
+    """Logits (CPU, float32) of ``model`` on ``split`` in the split's order (the first ``limit`` samples).
+
+    Runs on ``device`` wherever the model is kept: training hands models back on the CPU, and the stages
+    then score them on the run's device (on a GPU machine this crashed with "Input type
+    (CUDABFloat16Type) and weight type (torch.FloatTensor) should be the same"); the model goes back to
+    where it was."""
     model.eval()
+    home = next((p.device for p in model.parameters()), device.torch_device)
+    model.to(device.torch_device)
     out = []
-    for x, _, _ in splits.loader(split, limit=limit):
-        x = x.to(device.torch_device, non_blocking=True)
-        with device.autocast():
-            out.append(model(x).float().cpu())
+    try:
+        for x, _, _ in splits.loader(split, limit=limit):
+            x = x.to(device.torch_device, non_blocking=True)
+            with device.autocast():
+                out.append(model(x).float().cpu())
+    finally:
+        model.to(home)
     return torch.cat(out)
 
 

@@ -35,7 +35,7 @@ from ..losses import Batch
 from ..progress import console, progress_bar
 from . import distributed
 from .device import CPU, Device
-from .evaluate import accuracy
+from .evaluate import predict_logits
 from .objective import Objective
 from .teacher_outputs import TeacherOutputs
 
@@ -174,7 +174,7 @@ def fit(model: nn.Module, splits: Splits, objective: Objective, *, epochs: int, 
                     save(epoch, step + 1, epoch_gen, (total, seen))
             objective.end_epoch(world > 1)
             seconds = time.perf_counter() - began
-            val = accuracy(model, splits, "val", device)
+            val = checked_accuracy(model, splits, device, f"{label}: after epoch {epoch + 1} (lr={lr})")
             result.history.append({"epoch": epoch + 1, "loss": total / max(1, seen), "val_accuracy": val,
                                    "seconds": seconds, "samples": seen})
             bar.advance(0, status=f"val {val:.3f}")
@@ -192,6 +192,17 @@ def fit(model: nn.Module, splits: Splits, objective: Objective, *, epochs: int, 
         teacher.to_cpu()
     model.eval()
     return result
+
+
+def checked_accuracy(model: nn.Module, splits: Splits, device: Device, where: str) -> float:
+    """Validation accuracy, refusing a diverged model: a step at ``lr: 1e30`` leaves finite losses behind
+    it but weights near 1e30 whose outputs overflow; saving such a model as a finished stage is a lie."""
+    logits = predict_logits(model, splits, "val", device)
+    broken = next((n for n, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+    if broken is not None or not torch.isfinite(logits).all():
+        what = f"weight {broken!r}" if broken else "its validation outputs"
+        raise StageError(f"{where}: training diverged: {what} became NaN/Inf; lower the learning rate")
+    return float((logits.argmax(1) == splits.labels("val")).float().mean())
 
 
 def _save_state(path: Path, state: dict) -> None:

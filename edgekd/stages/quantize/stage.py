@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from ...artifact import Artifact, config_hash, save_torch
 from ...config import LayerOverride, QuantizeConfig, Recipe, Target
 from ...layer_patterns import match_layers
@@ -89,7 +91,16 @@ def quantize(variants: dict[str, Artifact], cfg: QuantizeConfig, ctx: StageConte
         history = result.history
     variant = f"{role_of(source.variant)}-int8"
     ctx.models[variant] = qmodel
+    nonfinite = [n for n, t in [*qmodel.named_parameters(), *qmodel.named_buffers()] if not torch.isfinite(t).all()]
+    if nonfinite:  # a NaN observer range or scale makes every later number meaningless
+        raise StageError(f"{ctx.stage_key_path}: after {cfg.mode} {nonfinite[0]} holds NaN/Inf "
+                         f"({len(nonfinite)} tensor(s) in all); check the calibration data and the learning rate")
     val = accuracy(qmodel, splits, "val")
+    if cfg.fail_drop is not None and float_val - val > cfg.fail_drop:
+        raise StageError(f"{ctx.stage_key_path}.fail_drop: after {cfg.mode} the INT8 model's validation accuracy is "
+                         f"{val:.4f}, {float_val - val:.4f} below the float model's {float_val:.4f} (more than "
+                         f"{cfg.fail_drop}); not saving it. Lower lr, calibrate on more batches, or keep layers in "
+                         f"float (overrides, max_accuracy_drop)")
     if cfg.max_accuracy_drop is not None and float_val - val > cfg.max_accuracy_drop:
         raise StageError(f"{ctx.stage_key_path}.max_accuracy_drop: after {cfg.mode} the validation drop is "
                          f"{float_val - val:.4f} > {cfg.max_accuracy_drop}; not saving a model that misses it")
