@@ -20,6 +20,7 @@ from .errors import BudgetError, EdgekdError, RecipeError, TargetError
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 RECIPES_DIR = BUILTIN_DIR / "recipes"
+MAX_EPOCHS = 10_000  # a bound that catches a typo (epochs: 1e9 as 1000000000) without limiting real schedules
 TARGETS_DIR = BUILTIN_DIR / "targets"
 
 STAGE_ORDER = ("prune", "distill", "quantize", "export")
@@ -239,7 +240,7 @@ class DistillConfig(TrainingConfig):
     """Knowledge distillation from the teacher into the student (METHODS.md, Hinton et al.)."""
 
     stage: Literal["distill"]
-    epochs: int = Field(15, ge=1)
+    epochs: int = Field(15, ge=1, le=MAX_EPOCHS)
     lr: float = Field(3e-3, gt=0.0)
     weight_decay: float = Field(5e-4, ge=0.0)
 
@@ -248,7 +249,7 @@ class SparseTraining(Strict):
     """Group channel pruning's sparse training: task loss + ``rate · Σ|γ|`` over BN scales, the rate
     moving from ``l1`` to ``l1_final`` over the epochs (``schedule``)."""
 
-    epochs: int = Field(5, ge=1)
+    epochs: int = Field(5, ge=1, le=MAX_EPOCHS)
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
     l1: float = Field(1e-4, ge=0.0, description="penalty rate at the start")
@@ -261,7 +262,7 @@ class Recovery(Strict):
     attention at the last pruned layer of every feature-map scale (no channel match needed)."""
 
     loss: LossTerms | None = None
-    epochs: int = Field(5, ge=0)
+    epochs: int = Field(5, ge=0, le=MAX_EPOCHS)
     lr: float = Field(1e-3, gt=0.0)
     weight_decay: float = Field(5e-4, ge=0.0)
     patience: int | None = Field(None, ge=1)
@@ -370,7 +371,7 @@ class QuantizeConfig(TrainingConfig):
     fail_drop: float | None = Field(0.10, ge=0.0, le=1.0, description="the stage fails, saving nothing, when the "
                                     "INT8 model's validation accuracy is more than this below the float model's "
                                     "(a QAT at a bad learning rate collapsed 0.52 -> 0.11 and shipped); null: never")
-    epochs: int = Field(3, ge=0)
+    epochs: int = Field(3, ge=0, le=MAX_EPOCHS)
     lr: float = Field(1e-4, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
 

@@ -346,12 +346,22 @@ def _publish_models(run_dir: Path, onnx_artifacts: list[Artifact]) -> dict[str, 
     return published
 
 
+def installed_versions(packages: tuple[str, ...]) -> dict[str, str | None]:
+    """Each package's installed version, read from its metadata (importing openvino only to ask its
+    version cost a second, and failed a run on a machine whose targets never use it); None if absent."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str | None] = {}
+    for name in packages:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
 def _manifest(rec: Recipe, loaded: LoadedCheckpoint, variants: dict[str, Artifact], models: dict[str, Artifact],
               stage_log: list[dict[str, Any]], run_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
-    import onnx
-    import onnxruntime
-    import openvino
-
     return {
         "schema": "edgekd.manifest/1",
         "edgekd": __version__,
@@ -359,8 +369,7 @@ def _manifest(rec: Recipe, loaded: LoadedCheckpoint, variants: dict[str, Artifac
         "recipe": rec.name,
         "checkpoint": {"path": loaded.path, "sha256": loaded.sha256, "format": loaded.format,
                        "arch": loaded.arch, "trusted_checkpoint": loaded.trusted},
-        "versions": {"torch": torch.__version__, "onnx": onnx.__version__,
-                     "onnxruntime": onnxruntime.__version__, "openvino": openvino.get_version()},
+        "versions": installed_versions(("torch", "onnx", "onnxruntime", "openvino", "brevitas")),
         "stages": stage_log,
         "artifacts": [in_run(a.to_json(), run_dir) for a in variants.values()],
         "models": {name: a.to_json() for name, a in models.items()},
