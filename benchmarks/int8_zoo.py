@@ -54,14 +54,17 @@ def build(name: str, size: int) -> torch.nn.Module:
     return getattr(torchvision.models, name)(num_classes=10, **extra).eval()
 
 
-def edgekd_int8(model: torch.nn.Module, calibration: torch.Tensor, path: Path) -> tuple[Path, Path, float]:
-    """The quantize stage's PTQ and the export stage's two files; returns (s8s8, u8s8, seconds)."""
+def edgekd_int8(model: torch.nn.Module, calibration: torch.Tensor, path: Path,
+                hardswish: str = "fused") -> tuple[Path, Path, float]:
+    """The quantize stage's PTQ and the export stage's two files; returns (s8s8, u8s8, seconds).
+    ``hardswish``: what the stage's ``auto`` picks for the recipe's targets (split: ORT-only recipes)."""
     from edgekd.int8_layouts import layout_path, write_u8s8
     from edgekd.quantization import calibrate, export_qdq, quantize_model
 
     began = time.perf_counter()
     # the stage's input_quant: auto (unsigned when the data is never negative)
-    qmodel = quantize_model(model, unsigned_input=bool(calibration.min() >= 0), example=calibration[:1])
+    qmodel = quantize_model(model, unsigned_input=bool(calibration.min() >= 0), example=calibration[:1],
+                            hardswish=hardswish)
     calibrate(qmodel, calibration.split(8))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -121,6 +124,8 @@ def zoo_row(name: str, size: int, calibration: torch.Tensor, held_out: np.ndarra
     model = build(name, size)
     fp32, batches = the_fp32_file(model, calibration, tmp / f"{name}.fp32.onnx")
     s8, u8, edgekd_s = edgekd_int8(model, calibration, tmp / f"{name}.int8.onnx")
+    if any(isinstance(m, torch.nn.Hardswish) for m in model.modules()):  # an ORT-only recipe splits Hardswish
+        _, u8, _ = edgekd_int8(model, calibration, tmp / f"{name}.int8-ort.onnx", hardswish="split")
     began = time.perf_counter()
     qs = quantize_static_anchor(fp32, tmp / f"{name}.quantize_static.onnx", batches)
     qs_s = time.perf_counter() - began

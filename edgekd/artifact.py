@@ -96,7 +96,7 @@ def rebuild_int8(artifact: Artifact, float_parent: nn.Module) -> nn.Module:
     qmodel = quantize_model(float_parent, unsigned_input=q["unsigned_input"], reduce_range=q["reduce_range"],
                             calibration=q.get("calibration", "percentile"), percentile=q.get("percentile", 99.999),
                             weight_bits=q.get("weight_bits", 8), overrides=q.get("overrides"),
-                            learned_scales=q.get("learned_scales", False))
+                            learned_scales=q.get("learned_scales", False), hardswish=q.get("hardswish", "fused"))
     state = load_file(str(Path(artifact.path) / "model.safetensors"))
     missing, unexpected = qmodel.load_state_dict(state, strict=False)
     if unexpected or any(not k.endswith(("zero_point", "counter", "buffer")) for k in missing):

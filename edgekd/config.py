@@ -366,6 +366,10 @@ class QuantizeConfig(TrainingConfig):
         "negative (best on x86 CPUs without VNNI); signed: INT8 symmetric, zero point 0, as TensorRT's explicit "
         "quantization requires; unsigned: UINT8 (CPU backends only)")
     learned_scales: bool = Field(False, description="qat: train the weight scales too (activation scales always train)")
+    hardswish: Literal["auto", "fused", "split"] = Field(
+        "auto", description="fused: one quantized Hardswish (OpenVINO's fastest); split: x * hardsigmoid(x) with the "
+        "product quantized, which ONNX Runtime runs as QLinearMul (its fastest; OpenVINO 1.3-1.8x slower on "
+        "mobilenet_v3); auto: split when every target runs ONNX Runtime, else fused")
     max_accuracy_drop: float | None = Field(None, ge=0.0, le=1.0, description="accuracy-driven mixed precision: "
                                             "keep the fewest layers in float so validation accuracy drops at most this")
     fail_drop: float | None = Field(0.10, ge=0.0, le=1.0, description="the stage fails, saving nothing, when the "

@@ -42,7 +42,7 @@ from .stages import STAGES, StageContext
 from .stages.distill import check_loss_names
 from .stages.export import resolve_torch_program
 from .stages.preflight import preflight
-from .stages.quantize import resolve_input_quant
+from .stages.quantize import resolve_hardswish, resolve_input_quant
 from .train import distributed
 from .train.device import resolve_device
 from .train.evaluate import accuracy
@@ -184,7 +184,7 @@ def compress(checkpoint: str | Path | None = None, *, arch: str | None = None,
             e = exc.errors()[0]
             raise InputError(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}") from None
     target_objs = [check_runs_here(load_target(t)) for t in rec.targets]
-    rec = resolve_torch_program(resolve_input_quant(rec, target_objs), target_objs)
+    rec = resolve_torch_program(resolve_hardswish(resolve_input_quant(rec, target_objs), target_objs), target_objs)
     budget_obj = budget if isinstance(budget, Budget) or budget is None else load_budget(budget)
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if ckpt is not None and not ckpt.is_file():

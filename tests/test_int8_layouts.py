@@ -47,10 +47,10 @@ def exported(tmp_path):
     return path, u8, changed, x
 
 
-def int8_files(model: nn.Module, x: torch.Tensor, path):
+def int8_files(model: nn.Module, x: torch.Tensor, path, **quant):
     """PTQ of ``model`` on ``x`` and both INT8 layouts, as the quantize and export stages make them:
     (s8s8 path, u8s8 path, activation quantizers the u8s8 file changed)."""
-    qmodel = quantize_model(model, unsigned_input=True, example=x[:1])
+    qmodel = quantize_model(model, unsigned_input=True, example=x[:1], **quant)
     calibrate(qmodel, x.split(8))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -129,19 +129,36 @@ def test_onnx_runtime_names_each_float_layer_and_why_it_was_not_fused(tmp_path):
     assert any(causes["mixed types"] in why for why in floats.values())
 
 
-def test_silu_runs_as_int8_sigmoid_and_mul_on_onnx_runtime(tmp_path):
-    """SiLU quantized as one activation ran as float Sigmoid + Mul between a DQ and a Q on ORT."""
+@pytest.mark.parametrize("act, gate_op", [(nn.SiLU, "QLinearSigmoid"), (nn.Hardswish, "HardSigmoid")])
+def test_silu_and_hardswish_run_their_product_as_int8_mul_on_onnx_runtime(tmp_path, act, gate_op):
+    """Quantized as one activation, SiLU ran as float Sigmoid + Mul between a DQ and a Q on ORT, and
+    Hardswish as ORT's float HardSigmoid + Mul; split, the product is a QLinearMul (as quantize_static's).
+    (Hardswish is split for ONNX-Runtime-only recipes: ``hardswish: auto``.)"""
     import collections
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.SiLU(), nn.Conv2d(8, 8, 3, padding=1), nn.SiLU(),
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), act(), nn.Conv2d(8, 8, 3, padding=1), act(),
                           nn.Flatten(), nn.Linear(8 * 8 * 8, 4)).eval()
     x = torch.rand(8, 3, 8, 8)
-    path, u8, _ = int8_files(model, x, tmp_path / "silu.onnx")
+    path, u8, _ = int8_files(model, x, tmp_path / f"{act.__name__}.onnx", hardswish="split")
     np.testing.assert_array_equal(run_exact(path, x), run_exact(u8, x))
     opts = ort.SessionOptions()
-    opts.optimized_model_filepath = str(tmp_path / "silu.opt.onnx")
+    opts.optimized_model_filepath = str(tmp_path / f"{act.__name__}.opt.onnx")
     ort.InferenceSession(str(u8), opts, providers=["CPUExecutionProvider"])
     ops = collections.Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
-    assert ops["QLinearSigmoid"] == 2 and ops["QLinearMul"] == 2 and ops["QLinearConv"] == 2, ops
-    assert not ops["Sigmoid"] and not ops["Mul"], ops
+    assert ops[gate_op] == 2 and ops["QLinearMul"] == 2 and ops["QLinearConv"] == 2, ops
+    assert not ops["Sigmoid"] and not ops["Mul"] and not ops["HardSwish"], ops
+
+
+def test_hardswish_is_split_only_for_recipes_whose_targets_all_run_onnx_runtime():
+    from edgekd.backends.target import Target as T
+    from edgekd.config import load_recipe
+    from edgekd.stages.quantize import resolve_hardswish
+
+    recipe = load_recipe("default")
+    ort, ov = T(name="o", backend="onnxruntime"), T(name="v", backend="openvino")
+
+    def chosen(targets):
+        return {s.hardswish for s in resolve_hardswish(recipe, targets).stages if s.stage == "quantize"}
+
+    assert chosen([ort]) == {"split"} and chosen([ort, ov]) == {"fused"} and chosen([ov]) == {"fused"}

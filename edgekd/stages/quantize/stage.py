@@ -23,6 +23,16 @@ from ..base import STAGES, StageContext, current, role_of
 from .mixed_precision import search
 
 
+def resolve_hardswish(recipe: Recipe, targets: list[Target]) -> Recipe:
+    """Settle ``hardswish: auto`` from the recipe's targets: split only when ONNX Runtime runs every
+    target, since the split form costs OpenVINO what it gains ONNX Runtime (benchmarks/int8_zoo.py).
+    The choice lands in recipe.resolved.yaml and in the stage's resume key."""
+    only_ort = bool(targets) and all(t.backend == "onnxruntime" for t in targets)
+    stages = [spec.model_copy(update={"hardswish": "split" if only_ort else "fused"})
+              if isinstance(spec, QuantizeConfig) and spec.hardswish == "auto" else spec for spec in recipe.stages]
+    return recipe.model_copy(update={"stages": stages})
+
+
 def resolve_input_quant(recipe: Recipe, targets: list[Target]) -> Recipe:
     """Settle ``input_quant: auto`` for TensorRT before any stage runs: its explicit quantization takes
     only signed INT8 with zero point 0, so a UINT8 graph input would not build there. The choice lands
@@ -64,7 +74,7 @@ def quantize(variants: dict[str, Artifact], cfg: QuantizeConfig, ctx: StageConte
             return built[key]
         model = quantize_model(float_model, unsigned_input=unsigned_input, reduce_range=cfg.reduce_range,
                                calibration=cfg.calibration, percentile=cfg.percentile, weight_bits=cfg.weight_bits,
-                               overrides=chosen, learned_scales=cfg.learned_scales,
+                               overrides=chosen, learned_scales=cfg.learned_scales, hardswish=cfg.hardswish,
                                example=splits.example(1, "test"))
         calibrate(model.to(ctx.device.torch_device), calibration, bias_correction=cfg.bias_correction)
         model.to("cpu")
@@ -114,7 +124,7 @@ def quantize(variants: dict[str, Artifact], cfg: QuantizeConfig, ctx: StageConte
                 "activations": "int8 per-tensor", "mode": cfg.mode, "unsigned_input": unsigned_input,
                 "reduce_range": cfg.reduce_range, "calibration": cfg.calibration, "percentile": cfg.percentile,
                 "bias_correction": cfg.bias_correction, "teacher": cfg.teacher, "overrides": overrides,
-                "learned_scales": cfg.learned_scales, "quant_mode": getattr(qmodel, "quant_mode", "graph"),
+                "learned_scales": cfg.learned_scales, "hardswish": cfg.hardswish, "quant_mode": getattr(qmodel, "quant_mode", "graph"),
                 # layers no INT8 form could be found for (name -> why); named in the report
                 "float_layers": getattr(qmodel, "kept_float", {})}
     return [save_torch(qmodel, ctx.stage_dir / variant, variant=variant, stage="quantize", parent=source.variant,
