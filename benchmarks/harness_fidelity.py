@@ -35,10 +35,19 @@ def benchmark_app_median(command: str) -> float:
     exe = Path(sys.executable).parent / "benchmark_app"
     argv[0] = str(exe) if exe.exists() else (shutil.which("benchmark_app") or argv[0])
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    match = re.search(r"Median:\s+([\d.]+)\s*ms", out)
+    return median_ms(out)
+
+
+UNIT_MS = {"ns": 1e-6, "us": 1e-3, "µs": 1e-3, "μs": 1e-3, "ms": 1.0, "s": 1e3, "sec": 1e3}
+
+
+def median_ms(output: str) -> float:
+    """benchmark_app's median latency in ms, whatever unit it printed: on fast models it switches from
+    "Median: 0.31 ms" to "Median: 310.50 us" (this script crashed on that: no 'Median: ... ms' line)."""
+    match = re.search(r"Median:\s+([\d.]+(?:[eE][-+]?\d+)?)\s*(ns|us|µs|μs|ms|sec|s)\b", output)
     if match is None:
-        raise RuntimeError(f"no 'Median:' line in benchmark_app's output:\n{out[-2000:]}")
-    return float(match.group(1))
+        raise RuntimeError(f"no 'Median:' line in benchmark_app's output:\n{output[-2000:]}")
+    return float(match.group(1)) * UNIT_MS[match.group(2)]
 
 
 def main() -> None:

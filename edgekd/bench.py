@@ -30,6 +30,8 @@ class LatencyStats:
     max: float
     std: float
     cov: float
+    mad: float      # median absolute deviation, ms
+    spread: float   # 1.4826 * mad / p50: the coefficient of variation a normal sample would have, robust
     runs: int
     warmup_runs: int
     seconds: float
@@ -40,9 +42,12 @@ class LatencyStats:
         mean = float(ms.mean())
         std = float(ms.std(ddof=1)) if len(ms) > 1 else 0.0
         p50, p90, p95, p99 = (float(v) for v in np.percentile(ms, [50, 90, 95, 99]))
+        # one 4.5 ms stall among 9 481 calls of 0.30 ms made cov 19-116% while p50 and p90 held still:
+        # the noise verdict reads the MAD instead, which such outliers do not move
+        mad = float(np.median(np.abs(ms - p50)))
         return cls(min=float(ms.min()), mean=mean, p50=p50, p90=p90, p95=p95, p99=p99, max=float(ms.max()),
-                   std=std, cov=std / mean if mean else 0.0, runs=len(ms), warmup_runs=warmup_runs,
-                   seconds=float(ms.sum()) / 1000.0)
+                   std=std, cov=std / mean if mean else 0.0, mad=mad, spread=1.4826 * mad / p50 if p50 else 0.0,
+                   runs=len(ms), warmup_runs=warmup_runs, seconds=float(ms.sum()) / 1000.0)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -454,6 +454,21 @@ class Budget(Strict):
     max_latency_ms: dict[str, dict[LatencyStat, float]] = {}
     machine_id: str | None = Field(None, description="the fingerprint's machine_id the latency limits were set on; "
                                                      "gate refuses latencies measured elsewhere")
+    # relative budgets: both sides measured in the same run on the same machine, so they survive a new runner
+    max_latency_ratio: dict[str, float] = Field(
+        {}, description="target -> the variant's p50 divided by teacher-fp32's p50 on that target in the same run "
+                        "must be at most this (0.33: at least 3x faster)")
+    max_size_ratio: float | None = Field(None, gt=0.0, description="the variant's size on disk / teacher-fp32's")
+    variants: list["Budget"] = Field([], description="budgets of further variants in the same file, each with its "
+                                                     "own 'variant' and lines")
+
+    @field_validator("max_latency_ratio")
+    @classmethod
+    def _positive_ratios(cls, ratios: dict[str, float]) -> dict[str, float]:
+        bad = [t for t, r in ratios.items() if not r > 0]
+        if bad:
+            raise ValueError(f"max_latency_ratio.{bad[0]} must be > 0")
+        return ratios
 
 
 # ---------------------------------------------------------------- loading

@@ -30,20 +30,36 @@ class Verdict:
 
 
 def evaluate_budget(report: dict[str, Any], budget: Budget) -> list[Verdict]:
+    """Every line of ``budget`` and of its further ``variants``; lines of those are named
+    ``<variant>:<line>`` so one JUnit file tells them apart."""
+    out = _evaluate_one(report, budget)
+    for extra in budget.variants:
+        out += [Verdict(f"{extra.variant}:{v.name}", v.passed, v.message) for v in evaluate_budget(report, extra)]
+    return out
+
+
+def _evaluate_one(report: dict[str, Any], budget: Budget) -> list[Verdict]:
     variants = {v["name"]: v for v in report["variants"]}
     if budget.variant not in variants:
         raise BudgetError(f"budget key 'variant': {budget.variant!r} is not in the report; valid: {', '.join(variants)}")
     rows = {r["target"]: r for r in report["results"] if r["variant"] == budget.variant}
-    unknown = [t for t in budget.max_latency_ms if t not in rows]
-    if unknown:
-        raise BudgetError(f"budget key 'max_latency_ms.{unknown[0]}': no such target in the report; "
-                          f"valid: {', '.join(targets_of(report))}")
+    for key, limits in (("max_latency_ms", budget.max_latency_ms), ("max_latency_ratio", budget.max_latency_ratio)):
+        unknown = [t for t in limits if t not in rows]
+        if unknown:
+            raise BudgetError(f"budget key '{key}.{unknown[0]}': no such target in the report; "
+                              f"valid: {', '.join(targets_of(report))}")
     v = variants[budget.variant]
     out: list[Verdict] = []
     if budget.max_size_mb is not None:
         size = v["size_bytes"] / MB
         out.append(Verdict("max_size_mb", size <= budget.max_size_mb,
                            f"{budget.variant} is {size:.3f} MB (limit {budget.max_size_mb} MB)"))
+    if budget.max_size_ratio is not None:
+        if BASELINE not in variants:
+            raise BudgetError(f"budget key 'max_size_ratio': the report has no {BASELINE} to compare with")
+        ratio = v["size_bytes"] / variants[BASELINE]["size_bytes"]
+        out.append(Verdict("max_size_ratio", ratio <= budget.max_size_ratio,
+                           f"{budget.variant} is {ratio:.3f}x the size of {BASELINE} (limit {budget.max_size_ratio}x)"))
     if budget.min_accuracy is not None:
         out.append(_per_target("min_accuracy", rows, lambda r: (r["accuracy"], r["accuracy"] >= budget.min_accuracy),
                                lambda t, acc: f"{t}: accuracy {acc:.4f} (min {budget.min_accuracy})"))
@@ -70,6 +86,17 @@ def evaluate_budget(report: dict[str, Any], budget: Budget) -> list[Verdict]:
                 continue
             got = r["latency_ms"][stat]
             out.append(Verdict(name, got <= limit, f"{target}: {stat} {got:.3f} ms (limit {limit} ms)"))
+    base_rows = {r["target"]: r for r in report["results"] if r["variant"] == BASELINE}
+    for target, limit in budget.max_latency_ratio.items():
+        name, r, b = f"max_latency_ratio.{target}", rows[target], base_rows.get(target)
+        if r["status"] != "ok" or b is None or b["status"] != "ok":
+            why = f"{budget.variant} {r['status']}" if r["status"] != "ok" else f"{BASELINE} not measured ok"
+            out.append(Verdict(name, False, f"{target}: {why}"))
+            continue
+        ratio = r["latency_ms"]["p50"] / b["latency_ms"]["p50"]
+        out.append(Verdict(name, ratio <= limit, f"{target}: p50 {r['latency_ms']['p50']:.3f} ms is {ratio:.3f}x "
+                                                 f"{BASELINE}'s {b['latency_ms']['p50']:.3f} ms in the same run "
+                                                 f"(limit {limit}x)"))
     return out
 
 
@@ -128,6 +155,28 @@ def ci_annotations(verdicts: list[Verdict]) -> list[str]:
         return []
     return [f"::error title={escape_property('edgekd budget ' + v.name)}::{escape_data(v.message)}"
             for v in verdicts if not v.passed]
+
+
+def step_summary(verdicts: list[Verdict], source: str) -> str:
+    """The verdicts as a Markdown table for ``$GITHUB_STEP_SUMMARY`` (the job's summary page)."""
+    met = sum(v.passed for v in verdicts)
+    lines = [f"### edgekd gate: {met}/{len(verdicts)} budget lines met ({source})", "",
+             "| | budget line | result |", "|---|---|---|"]
+    for v in verdicts:
+        cell = v.message.replace("|", "\\|").replace("\n", " ")
+        lines.append(f"| {'✅' if v.passed else '❌'} | `{v.name}` | {cell} |")
+    return "\n".join(lines) + "\n\n"
+
+
+def append_step_summary(verdicts: list[Verdict], source: str) -> Path | None:
+    """Under GitHub Actions, append the table to the file ``$GITHUB_STEP_SUMMARY`` names (appending is
+    that file's contract: other steps write there too); returns it, or None elsewhere."""
+    target = os.environ.get("GITHUB_STEP_SUMMARY")
+    if not os.environ.get("GITHUB_ACTIONS") or not target:
+        return None
+    with open(target, "a", encoding="utf-8") as f:
+        f.write(step_summary(verdicts, source))
+    return Path(target)
 
 
 def escape_data(text: str) -> str:

@@ -83,7 +83,11 @@ def measure(onnx_path: Path, variant: str, precision: str, target: Target, pool:
         )
         if device_times:
             result["device_latency_ms"] = LatencyStats.of(device_times).to_json()
-        if stats.cov > spec.max_cov:
+        if stats.spread > spec.max_spread:
+            result["warnings"].append(f"latency spread (1.4826 x MAD / median) {stats.spread:.1%} exceeds "
+                                      f"{spec.max_spread:.0%}: the machine was busy or the clock unstable; "
+                                      f"re-measure before trusting it")
+        if spec.max_cov is not None and stats.cov > spec.max_cov:
             result["warnings"].append(f"latency coefficient of variation {stats.cov:.1%} exceeds {spec.max_cov:.0%}: "
                                       f"the machine was busy or the clock unstable; re-measure before trusting it")
         if spec.batch > 1:

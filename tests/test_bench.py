@@ -103,14 +103,27 @@ def test_a_batch_1_export_is_reshaped_for_throughput_and_a_baked_batch_says_why(
 def test_noisy_latency_is_flagged_by_the_targets_threshold(tmp_path):
     model = export_plain(tmp_path / "m.onnx")
     strict = write_yaml(tmp_path / "strict.yaml", {"name": "strict", "backend": "onnxruntime", "threads": 1,
-                                                   "latency": {**FAST_LATENCY, "max_cov": 1e-9}})
+                                                   "latency": {**FAST_LATENCY, "max_spread": 1e-9, "max_cov": 1e-9}})
     lax = write_yaml(tmp_path / "lax.yaml", {"name": "lax", "backend": "onnxruntime", "threads": 1,
-                                             "latency": {**FAST_LATENCY, "max_cov": 100.0}})
+                                             "latency": {**FAST_LATENCY, "max_spread": 100.0}})
     flagged, calm = bench(model, [str(strict), str(lax)])
-    assert any("coefficient of variation" in w for w in flagged["warnings"])
+    assert any("spread (1.4826 x MAD / median)" in w for w in flagged["warnings"])
+    assert any("coefficient of variation" in w for w in flagged["warnings"])  # only where max_cov is set
     assert calm["warnings"] == []
     result = invoke("bench", model, "--target", strict)
-    assert "warning: latency coefficient of variation" in result.output
+    assert "warning: latency spread" in result.output
+
+
+def test_one_stall_among_thousands_of_calls_is_not_noise():
+    """The demo's case: 9 481 calls of ~0.30 ms and one of 4.5 ms. cov is large; the robust spread is not."""
+    from edgekd.bench import LatencyStats
+
+    times = 0.30 + 0.003 * np.random.default_rng(0).standard_normal(9481)
+    times[5000] = 4.5
+    stats = LatencyStats.of(times)
+    assert stats.cov > 0.05 and stats.spread < 0.02 and abs(stats.p90 / stats.p50 - 1) < 0.02
+    wild = LatencyStats.of(0.30 * np.random.default_rng(1).lognormal(0, 0.3, 2000))  # an unstable machine
+    assert wild.spread > 0.2
 
 
 def test_emit_native_prints_each_runtimes_own_command_with_the_same_settings(tmp_path):
@@ -325,3 +338,18 @@ def test_tensorrt_refuses_a_qdq_file_on_an_fp16_target(tiny_run, tmp_path, monke
     assert row["status"] == "failed" and "is quantized (QDQ)" in row["error"]
     (row,) = bench(tiny_run / "models" / "student-int8.onnx", ["jetson-tensorrt-int8"], runs=5, min_seconds=0.0)
     assert row["status"] == "ok" and row["precision"] == "int8" and row["int8_layers"]["int8"] > 0
+
+
+def test_harness_fidelity_reads_benchmark_apps_median_in_any_unit():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / "harness_fidelity.py"
+    spec = importlib.util.spec_from_file_location("harness_fidelity", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.median_ms("[ INFO ]    Median:     310.50 us\n") == pytest.approx(0.3105)
+    assert module.median_ms("Median:        4.25 ms") == pytest.approx(4.25)
+    assert module.median_ms("Median: 1.5 s") == pytest.approx(1500.0)
+    with pytest.raises(RuntimeError, match="no 'Median:' line"):
+        module.median_ms("Average: 3 ms")

@@ -113,3 +113,44 @@ def test_compress_with_budget_exits_1_when_violated(tiny_teacher, tiny_files, tm
                     "--target", tiny_files["ort"], "--budget", budget)
     assert result.exit_code == 1 and "FAIL max_size_mb" in result.output
     assert (tmp_path / "run" / "report.json").is_file()
+
+
+def test_relative_budgets_compare_with_the_teacher_measured_in_the_same_run():
+    """max_latency_ratio / max_size_ratio: both sides from one run, so they survive a change of runner."""
+    report = _report()  # student-int8: p50 0.27 vs teacher 0.9 on ort (0.30x), 0.18 vs 0.9 on ov (0.20x)
+    met = evaluate_budget(report, Budget(max_latency_ratio={"ort": 0.33, "ov": 0.25}, max_size_ratio=0.1))
+    assert [v.name for v in met] == ["max_size_ratio", "max_latency_ratio.ort", "max_latency_ratio.ov"]
+    assert all(v.passed for v in met), met
+    assert "0.300x teacher-fp32's 0.900 ms in the same run" in met[1].message
+    missed = evaluate_budget(report, Budget(max_latency_ratio={"ort": 0.25}, max_size_ratio=0.05))
+    assert [v.name for v in missed if not v.passed] == ["max_size_ratio", "max_latency_ratio.ort"]
+    failed_row = evaluate_budget(_report(ov_status="failed"), Budget(max_latency_ratio={"ov": 10.0}))
+    assert not failed_row[0].passed and "failed" in failed_row[0].message
+    with pytest.raises(BudgetError, match="max_latency_ratio.gpu': no such target"):
+        evaluate_budget(report, Budget(max_latency_ratio={"gpu": 0.5}))
+
+
+def test_one_budget_file_holds_several_variants():
+    budget = Budget(variant="student-int8", max_size_mb=0.5,
+                    variants=[Budget(variant="teacher-fp32", max_size_mb=1.0), Budget(variant="teacher-fp32",
+                                                                                     min_accuracy=0.9)])
+    verdicts = evaluate_budget(_report(), budget)
+    assert [v.name for v in verdicts] == ["max_size_mb", "teacher-fp32:max_size_mb", "teacher-fp32:min_accuracy"]
+    assert [v.passed for v in verdicts] == [True, False, True]
+    assert exit_code(verdicts) == 1
+
+
+def test_under_github_actions_gate_appends_its_table_to_the_step_summary(tiny_run, tmp_path, monkeypatch):
+    summary = tmp_path / "summary.md"
+    summary.write_text("earlier step\n")
+    monkeypatch.setenv("GITHUB_ACTIONS", "true")
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    budget = write_yaml(tmp_path / "b.yaml", {"max_size_mb": 1e-6, "max_latency_ratio": {"tiny-ort": 100.0}})
+    result = invoke("gate", tiny_run, "--budget", budget)
+    assert result.exit_code == 1
+    text = summary.read_text()
+    assert text.startswith("earlier step\n") and "### edgekd gate: 1/2 budget lines met" in text
+    assert "| ❌ | `max_size_mb` |" in text and "| ✅ | `max_latency_ratio.tiny-ort` |" in text
+    monkeypatch.delenv("GITHUB_ACTIONS")
+    invoke("gate", tiny_run, "--budget", budget)
+    assert summary.read_text() == text  # outside Actions nothing is written

@@ -26,7 +26,10 @@ class LatencySpec(_Strict):
     min_seconds: float = Field(3.0, ge=0.0)
     batch: int = Field(8, ge=1, description="throughput is also measured at this batch size; 1 measures batch 1 only")
     throughput_seconds: float = Field(1.0, ge=0.0)
-    max_cov: float = Field(0.05, gt=0.0, description="a coefficient of variation above this is flagged as noisy")
+    max_spread: float = Field(0.05, gt=0.0, description="a robust spread (1.4826 x MAD / median) above this is "
+                              "flagged as noisy: the machine really was unstable, not one stall among thousands")
+    max_cov: float | None = Field(None, gt=0.0, description="also flag a coefficient of variation above this "
+                                  "(std / mean: one outlier moves it); null: not checked")
     int8_max_ratio: float | None = Field(
         1.0, gt=0.0, description="an INT8 variant whose p50, timed interleaved with its FP32 file, is above this "
                                  "times that file's p50 is failed (slower than FP32: of no use here); null: not checked")

@@ -19,7 +19,7 @@ def gate(
 ) -> None:
     """Check a run against a budget. Exit 0: every budget met; 1: a budget violated; 2: bad input."""
     from ..config import load_budget
-    from ..gate import ci_annotations, evaluate_budget, exit_code, write_junit
+    from ..gate import append_step_summary, ci_annotations, evaluate_budget, exit_code, write_junit
     from ..report import load_report
 
     with handle_errors():
@@ -31,6 +31,8 @@ def gate(
         (out if v.passed else err).print(f"{'PASS' if v.passed else 'FAIL'} {v.name}: {v.message}", highlight=False)
     for line in ci_annotations(verdicts):
         print(line)
+    with handle_errors():
+        append_step_summary(verdicts, str(run_dir))
     code = exit_code(verdicts)
     out.print(f"{len(verdicts) - sum(not v.passed for v in verdicts)}/{len(verdicts)} budget lines met")
     raise typer.Exit(code)
