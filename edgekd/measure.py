@@ -71,11 +71,13 @@ def measure(onnx_path: Path, variant: str, precision: str, target: Target, pool:
         result["cold_ms"] = (time.perf_counter() - t0) * 1000.0
         warm = warm_up(lambda: compiled(x), spec.warmup_runs, spec.warmup_seconds)
         compiled.reset_device_times()
-        stats = LatencyStats.of(time_calls(lambda: compiled(x), spec.runs, spec.min_seconds), warm)
+        times = time_calls(lambda: compiled(x), spec.runs, spec.min_seconds)
+        stats = LatencyStats.of(times, warm)
         device_times = compiled.device_times_ms()
         result.update(
             precision=compiled.precision(precision),
             latency_ms=stats.to_json(),
+            latency_samples_ms=kept_samples(times),
             throughput_ips=1000.0 / stats.mean if stats.mean else None,
             peak_rss_mb=peak_rss_mb(),
             settings={**compiled.settings(), "latency": spec.model_dump()},
@@ -110,6 +112,18 @@ def measure(onnx_path: Path, variant: str, precision: str, target: Target, pool:
     except Exception as exc:  # noqa: BLE001 - a runtime's own error becomes a failed row, not a crash
         result.update(status="failed", error=_first_line(exc))
     return result
+
+
+MAX_KEPT_SAMPLES = 1000
+
+
+def kept_samples(times_ms: list[float] | np.ndarray, keep: int = MAX_KEPT_SAMPLES) -> list[float]:
+    """Up to ``keep`` of the timed calls, evenly spaced and in time order (so that drift and runs of slow
+    calls stay visible): what ``edgekd baseline`` stores and ``gate --baseline`` resamples."""
+    ms = np.asarray(times_ms, dtype=np.float64)
+    if len(ms) > keep:
+        ms = ms[np.linspace(0, len(ms) - 1, keep).round().astype(int)]
+    return [round(float(t), 6) for t in ms]
 
 
 def _evaluate(compiled: Any, eval_data: EvalData, total: int, label: str) -> tuple[np.ndarray, np.ndarray]:

@@ -1,6 +1,6 @@
 """The CLI package: importing it registers every command on ``app``."""
 
 from .app import app, main
-from . import bench, compress, gate, listing, report  # noqa: E402,F401  (registers the commands)
+from . import baseline, bench, compress, gate, listing, report  # noqa: E402,F401  (registers the commands)
 
 __all__ = ["app", "main"]

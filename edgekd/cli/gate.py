@@ -13,20 +13,34 @@ from .app import app, err, handle_errors, out
 @app.command()
 def gate(
     run_dir: Annotated[Path, typer.Argument(help="A run directory (or its report.json).")],
-    budget: Annotated[Path, typer.Option(help="Budget YAML: variant, max_size_mb, max_accuracy_drop, "
-                      "min_accuracy, max_latency_ms.")],
+    budget: Annotated[Optional[Path], typer.Option(help="Budget YAML: variant, max_size_mb, max_accuracy_drop, "
+                      "min_accuracy, max_latency_ms, max_latency_ratio, max_size_ratio, variants.")] = None,
+    baseline: Annotated[Optional[Path], typer.Option(help="A baseline from 'edgekd baseline save': fail on size "
+                        "growth, accuracy drop, or latency slower beyond --min-effect and the measured noise.")] = None,
+    min_effect: Annotated[float, typer.Option(min=0.0, help="Baseline: the smallest latency slowdown that fails "
+                          "(0.05: 5%).")] = 0.05,
+    accuracy_tolerance: Annotated[float, typer.Option(min=0.0, help="Baseline: allowed absolute accuracy drop.")] = 0.005,
+    size_tolerance: Annotated[float, typer.Option(min=0.0, help="Baseline: allowed relative size growth.")] = 0.01,
     junit: Annotated[Optional[Path], typer.Option(help="Write a JUnit XML file, one testcase per budget line.")] = None,
 ) -> None:
-    """Check a run against a budget. Exit 0: every budget met; 1: a budget violated; 2: bad input."""
+    """Check a run against a budget and/or a baseline. Exit 0: all met; 1: one violated; 2: bad input."""
+    from ..baseline import Tolerances, compare_with_baseline, load_baseline
     from ..config import load_budget
     from ..gate import append_step_summary, ci_annotations, evaluate_budget, exit_code, write_junit
+    from ..errors import BudgetError
     from ..report import load_report
 
     with handle_errors():
-        budget_obj = load_budget(budget)
-        verdicts = evaluate_budget(load_report(run_dir), budget_obj)
+        if budget is None and baseline is None:
+            raise BudgetError("gate needs --budget FILE, --baseline FILE, or both")
+        report = load_report(run_dir)
+        budget_obj = load_budget(budget) if budget is not None else None
+        verdicts = evaluate_budget(report, budget_obj) if budget_obj is not None else []
+        if baseline is not None:
+            verdicts += compare_with_baseline(report, load_baseline(baseline),
+                                              Tolerances(min_effect, accuracy_tolerance, size_tolerance))
         if junit is not None:
-            write_junit(verdicts, budget_obj.variant, junit)
+            write_junit(verdicts, budget_obj.variant if budget_obj is not None else "baseline", junit)
     for v in verdicts:
         (out if v.passed else err).print(f"{'PASS' if v.passed else 'FAIL'} {v.name}: {v.message}", highlight=False)
     for line in ci_annotations(verdicts):

@@ -1,0 +1,83 @@
+"""How often ``gate --baseline`` flags a true 10% slowdown, and how often an unchanged model (issue 15).
+
+One FP32 ONNX file of torchvision's resnet18 (random weights) at 112x112, and the same network at
+118x118 (11% more pixels: about 10% more work). Each trial measures, on cpu-onnxruntime with the
+target's own settings: the baseline file, the same file again, and the slower file, one after another
+(as CI would: a baseline run, later another run). Each later measurement is judged against the
+baseline with edgekd's rule (ratio of medians above 1 + min_effect, 95% moving-block bootstrap interval
+above 1). Prints the detection rate, the false-alarm rate and the ratios seen.
+
+    python benchmarks/gate_power.py --trials 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def export(size: int, path: Path) -> Path:
+    import torchvision
+
+    from edgekd.exporting import export_fp32
+
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_fp32(model, torch.rand(1, 3, size, size), path, 17)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trials", type=int, default=20)
+    parser.add_argument("--min-effect", type=float, default=0.05)
+    parser.add_argument("--seconds", type=float, default=1.0, help="timed seconds per measurement")
+    args = parser.parse_args()
+
+    from edgekd.baseline import median_ratio_interval
+    from edgekd.fingerprint import machine
+    from edgekd.measure import BackendPool, bench_targets, measure
+
+    tmp = Path(tempfile.mkdtemp(prefix="gate-power-"))
+    base_file, slow_file = export(112, tmp / "base.onnx"), export(118, tmp / "slow.onnx")
+    (target,) = bench_targets(["cpu-onnxruntime"], min_seconds=args.seconds, batch=1)
+    pool = BackendPool()
+
+    def samples(path: Path) -> np.ndarray:
+        return np.asarray(measure(path, path.stem, "fp32", target, pool)["latency_samples_ms"])
+
+    def flagged(new: np.ndarray, old: np.ndarray) -> tuple[bool, float, float, float]:
+        ratio, lo, hi = median_ratio_interval(new, old)
+        return ratio > 1 + args.min_effect and lo > 1.0, ratio, lo, hi
+
+    caught, alarms, rows = 0, 0, []
+    for trial in range(args.trials):
+        old, same, slow = samples(base_file), samples(base_file), samples(slow_file)
+        a = flagged(same, old)
+        c = flagged(slow, old)
+        alarms += a[0]
+        caught += c[0]
+        rows.append((trial, a, c))
+        print(f"trial {trial + 1}: unchanged ratio {a[1]:.3f} [{a[2]:.3f}, {a[3]:.3f}] {'FLAGGED' if a[0] else 'ok'}; "
+              f"10% slower ratio {c[1]:.3f} [{c[2]:.3f}, {c[3]:.3f}] {'caught' if c[0] else 'MISSED'}", flush=True)
+    m = machine()
+    isa = ", ".join(k for k, on in m["cpu"]["isa"].items() if on)
+    print(f"\nmachine: {m['cpu']['model']} ({m['cpu']['usable_cpus']} usable CPUs), ISA: {isa}")
+    print(f"min_effect {args.min_effect:.0%}, {args.seconds:.1f} s per measurement, {args.trials} trials")
+    print(f"true 10% slowdowns caught: {caught}/{args.trials} ({caught / args.trials:.0%}; goal >= 95%)")
+    print(f"false alarms on the unchanged file: {alarms}/{args.trials} ({alarms / args.trials:.0%}; goal <= 5%)")
+    slow_ratios = [c[1] for _, _, c in rows]
+    same_ratios = [a[1] for _, a, _ in rows]
+    print(f"ratios, unchanged: {min(same_ratios):.3f}-{max(same_ratios):.3f}; slower: "
+          f"{min(slow_ratios):.3f}-{max(slow_ratios):.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Baselines: what a later run is compared with, and the regression verdicts ``gate --baseline`` gives.
+
+A baseline is written only by ``edgekd baseline save`` (never by ``gate``): per variant x target the
+size, accuracy, latency statistics, up to 1 000 raw timing samples and the machine's fingerprint.
+
+Latency is judged on the ratio of medians, new / baseline, with a 95% interval from a moving-block
+bootstrap of both sample sets (blocks of consecutive calls, so that runs of slow calls, which a shared
+machine produces, widen the interval instead of being shuffled away as an i.i.d. bootstrap would). A
+regression needs both: the ratio above ``1 + min_effect`` (default 5%, what a user would call slower)
+and the interval's lower end above 1 (beyond the measured noise). A baseline measured on another
+machine is not compared in milliseconds: each variant's p50 relative to teacher-fp32's in the same run
+is compared instead, and the verdict says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import ReportError
+from .fileio import read_json, write_json
+from .gate import BASELINE, Verdict
+
+SCHEMA = "edgekd.baseline/1"
+RESAMPLES = 2000
+BLOCKS = 20  # blocks per sample set in the moving-block bootstrap
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    min_effect: float = 0.05          # latency: the smallest slowdown worth failing a build for
+    accuracy_drop: float = 0.005      # absolute, per target
+    size_growth: float = 0.01         # relative
+
+
+def baseline_of(report: dict[str, Any]) -> dict[str, Any]:
+    """The baseline document of a finished run's report."""
+    sizes = {v["name"]: v["size_bytes"] for v in report["variants"]}
+    rows = []
+    for r in report["results"]:
+        if r["status"] != "ok":
+            continue
+        rows.append({"variant": r["variant"], "target": r["target"], "size_bytes": sizes.get(r["variant"]),
+                     "accuracy": r.get("accuracy"), "latency_ms": r.get("latency_ms"),
+                     "latency_samples_ms": r.get("latency_samples_ms") or [],
+                     "machine_id": (r.get("fingerprint") or {}).get("machine_id")})
+    return {"schema": SCHEMA, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "run": report.get("run", {}), "rows": rows}
+
+
+def save_baseline(report: dict[str, Any], path: Path) -> Path:
+    return write_json(path, baseline_of(report))
+
+
+def load_baseline(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ReportError(f"{path}: baseline file not found (write one with 'edgekd baseline save RUN_DIR')")
+    try:
+        data = read_json(path)
+    except ValueError as exc:
+        raise ReportError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("rows"), list):
+        raise ReportError(f"{path}: not an edgekd baseline (key 'schema' must be {SCHEMA!r}, 'rows' a list)")
+    for i, row in enumerate(data["rows"]):
+        missing = [k for k in ("variant", "target", "latency_ms", "latency_samples_ms") if k not in row]
+        if missing:
+            raise ReportError(f"{path}: rows[{i}] lacks key '{missing[0]}'")
+    return data
+
+
+def median_ratio_interval(new: np.ndarray, old: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
+    """median(new) / median(old) and its 95% moving-block bootstrap interval."""
+    rng = np.random.default_rng(seed)
+
+    def medians(x: np.ndarray) -> np.ndarray:
+        block = max(1, len(x) // BLOCKS)
+        starts = rng.integers(0, len(x) - block + 1, size=(RESAMPLES, max(1, len(x) // block)))
+        picks = (starts[:, :, None] + np.arange(block)).reshape(RESAMPLES, -1)
+        return np.median(x[picks], axis=1)
+
+    ratios = medians(new) / medians(old)
+    lo, hi = np.percentile(ratios, [2.5, 97.5])
+    return float(np.median(new) / np.median(old)), float(lo), float(hi)
+
+
+def compare_with_baseline(report: dict[str, Any], baseline: dict[str, Any],
+                          tolerances: Tolerances = Tolerances()) -> list[Verdict]:
+    """One verdict per variant x target the two share: size, accuracy and latency regressions."""
+    old = {(r["variant"], r["target"]): r for r in baseline["rows"]}
+    sizes = {v["name"]: v["size_bytes"] for v in report["variants"]}
+    new = {(r["variant"], r["target"]): r for r in report["results"]}
+    shared = [k for k in new if k in old]
+    if not shared:
+        raise ReportError("the baseline shares no variant x target with this run; valid pairs in the baseline: "
+                          + ", ".join(f"{v}@{t}" for v, t in list(old)[:6]))
+    out: list[Verdict] = []
+    for variant in dict.fromkeys(v for v, _ in shared):
+        before = next(old[k]["size_bytes"] for k in shared if k[0] == variant)
+        if before and sizes.get(variant):
+            growth = sizes[variant] / before - 1
+            out.append(Verdict(f"baseline.size.{variant}", growth <= tolerances.size_growth,
+                               f"{variant}: {sizes[variant]} bytes vs {before} ({growth:+.1%}; "
+                               f"allowed +{tolerances.size_growth:.0%})"))
+    for variant, target in shared:
+        r, b = new[(variant, target)], old[(variant, target)]
+        name = f"baseline.{variant}@{target}"
+        if r["status"] != "ok":
+            out.append(Verdict(f"{name}.latency", False, f"{variant}@{target}: {r['status']} ({r.get('error')})"))
+            continue
+        if r.get("accuracy") is not None and b.get("accuracy") is not None:
+            drop = b["accuracy"] - r["accuracy"]
+            out.append(Verdict(f"{name}.accuracy", drop <= tolerances.accuracy_drop + 1e-12,
+                               f"{variant}@{target}: accuracy {r['accuracy']:.4f} vs {b['accuracy']:.4f} "
+                               f"({-drop:+.4f}; allowed -{tolerances.accuracy_drop})"))
+        out.append(_latency_verdict(name, report, baseline, r, b, tolerances))
+    return out
+
+
+def _latency_verdict(name: str, report: dict[str, Any], baseline: dict[str, Any], r: dict[str, Any],
+                     b: dict[str, Any], tol: Tolerances) -> Verdict:
+    where = f"{r['variant']}@{r['target']}"
+    machine_now = (r.get("fingerprint") or {}).get("machine_id")
+    if machine_now != b.get("machine_id"):
+        # another machine: milliseconds do not compare; the speed relative to the teacher in each run does
+        teacher_now = next((x for x in report["results"] if x["variant"] == BASELINE and x["target"] == r["target"]
+                            and x["status"] == "ok"), None)
+        teacher_then = next((x for x in baseline["rows"] if x["variant"] == BASELINE and x["target"] == r["target"]),
+                            None)
+        if teacher_now is None or teacher_then is None or r["variant"] == BASELINE:
+            return Verdict(f"{name}.latency", True, f"{where}: not compared: the baseline was measured on machine "
+                                                    f"{b.get('machine_id')}, this run on {machine_now}, and there is "
+                                                    f"no {BASELINE} row in both to compare ratios with")
+        now = r["latency_ms"]["p50"] / teacher_now["latency_ms"]["p50"]
+        then = b["latency_ms"]["p50"] / teacher_then["latency_ms"]["p50"]
+        change = now / then
+        return Verdict(f"{name}.latency", change <= 1 + tol.min_effect,
+                       f"{where}: judged by ratios (baseline from machine {b.get('machine_id')}, this run "
+                       f"{machine_now}): {now:.3f}x {BASELINE} vs {then:.3f}x then, change {change:.3f} "
+                       f"(allowed {1 + tol.min_effect:.2f})")
+    samples_now = np.asarray(r.get("latency_samples_ms") or [], dtype=np.float64)
+    samples_then = np.asarray(b.get("latency_samples_ms") or [], dtype=np.float64)
+    if len(samples_now) < 20 or len(samples_then) < 20:
+        return Verdict(f"{name}.latency", False, f"{where}: too few timing samples to compare "
+                                                 f"({len(samples_now)} now, {len(samples_then)} in the baseline)")
+    ratio, lo, hi = median_ratio_interval(samples_now, samples_then)
+    slower = ratio > 1 + tol.min_effect and lo > 1.0
+    verdict = "SLOWER" if slower else ("within noise" if lo <= 1.0 <= hi else "changed, below the minimum effect")
+    return Verdict(f"{name}.latency", not slower,
+                   f"{where}: median {np.median(samples_now):.4f} ms vs {np.median(samples_then):.4f} ms, ratio "
+                   f"{ratio:.3f} (95% interval {lo:.3f}-{hi:.3f}; fails above {1 + tol.min_effect:.2f} with the "
+                   f"interval above 1): {verdict}")

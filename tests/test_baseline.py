@@ -1,0 +1,76 @@
+"""Baselines (issue 15.1): saved only by 'edgekd baseline save', judged by 'gate --baseline'."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from edgekd.baseline import Tolerances, compare_with_baseline, median_ratio_interval
+
+from .conftest import invoke
+
+
+def test_the_interval_catches_a_ten_percent_slowdown_and_not_the_noise():
+    rng = np.random.default_rng(0)
+    base = 1.0 + 0.03 * rng.standard_normal(1000)
+    same = 1.0 + 0.03 * rng.standard_normal(1000)
+    slower = 1.1 + 0.03 * rng.standard_normal(1000)
+    ratio, lo, hi = median_ratio_interval(same, base)
+    assert lo <= 1.0 <= hi and abs(ratio - 1) < 0.01
+    ratio, lo, hi = median_ratio_interval(slower, base)
+    assert 1.08 < ratio < 1.12 and lo > 1.05
+
+
+def test_a_baseline_round_trip_passes_and_a_slower_run_fails_with_its_ratio_and_interval(tiny_run, tmp_path):
+    saved = invoke("baseline", "save", tiny_run, "--out", tmp_path / "base.json")
+    assert saved.exit_code == 0, saved.output
+    base = json.loads((tmp_path / "base.json").read_text())
+    assert base["schema"] == "edgekd.baseline/1" and all(len(r["latency_samples_ms"]) >= 20 for r in base["rows"])
+    same = invoke("gate", tiny_run, "--baseline", tmp_path / "base.json")
+    assert same.exit_code == 0, same.output
+    assert "within noise" in same.output and "baseline.size.student-int8" in same.output
+
+    slow = tmp_path / "slow"  # the same run, its student-int8 timings 40% slower on every target
+    shutil.copytree(tiny_run, slow)
+    for path in (slow / "measurements").glob("student-int8@*.json"):
+        row = json.loads(path.read_text())
+        row["latency_samples_ms"] = [t * 1.4 for t in row["latency_samples_ms"]]
+        path.write_text(json.dumps(row))
+    assert invoke("report", slow).exit_code == 0
+    failed = invoke("gate", slow, "--baseline", tmp_path / "base.json")
+    assert failed.exit_code == 1
+    line = next(x for x in failed.output.splitlines() if x.startswith("FAIL baseline.student-int8@"))
+    assert "ratio 1.400 (95% interval" in line and "SLOWER" in line
+
+
+def test_a_baseline_from_another_machine_is_judged_by_ratios_to_the_teacher(tiny_run, tmp_path):
+    invoke("baseline", "save", tiny_run, "--out", tmp_path / "base.json")
+    base = json.loads((tmp_path / "base.json").read_text())
+    for row in base["rows"]:
+        row["machine_id"] = "elsewhere"
+    (tmp_path / "base.json").write_text(json.dumps(base))
+    result = invoke("gate", tiny_run, "--baseline", tmp_path / "base.json")
+    assert result.exit_code == 0 and "judged by ratios (baseline from machine elsewhere" in result.output
+
+
+def test_gate_needs_a_budget_or_a_baseline_and_never_writes_one(tiny_run, tmp_path):
+    result = invoke("gate", tiny_run)
+    assert result.exit_code == 2 and "--budget FILE, --baseline FILE, or both" in result.output
+    assert not (tiny_run / "baseline.json").exists()
+
+
+def test_size_growth_and_accuracy_drop_against_the_baseline():
+    report = {"variants": [{"name": "s", "size_bytes": 1100}],
+              "results": [{"variant": "s", "target": "t", "status": "ok", "accuracy": 0.90,
+                           "latency_ms": {"p50": 1.0}, "latency_samples_ms": [1.0] * 50, "fingerprint": {"machine_id": "m"}}]}
+    base = {"rows": [{"variant": "s", "target": "t", "size_bytes": 1000, "accuracy": 0.95, "machine_id": "m",
+                      "latency_ms": {"p50": 1.0}, "latency_samples_ms": [1.0] * 50}]}
+    verdicts = {v.name: v for v in compare_with_baseline(report, base, Tolerances())}
+    assert not verdicts["baseline.size.s"].passed and "+10.0%" in verdicts["baseline.size.s"].message
+    assert not verdicts["baseline.s@t.accuracy"].passed and verdicts["baseline.s@t.latency"].passed
+    loose = {v.name: v.passed for v in compare_with_baseline(report, base, Tolerances(0.05, 0.1, 0.2))}
+    assert all(loose.values())
+
