@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 
 from .errors import ReportError
-from .fileio import read_json, write_json
+from .fileio import write_json
 from .gate import BASELINE, Verdict
+from .report import read_document
 
 SCHEMA = "edgekd.baseline/1"
 RESAMPLES = 2000
@@ -57,12 +58,7 @@ def save_baseline(report: dict[str, Any], path: Path) -> Path:
 
 
 def load_baseline(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ReportError(f"{path}: baseline file not found (write one with 'edgekd baseline save RUN_DIR')")
-    try:
-        data = read_json(path)
-    except ValueError as exc:
-        raise ReportError(f"{path}: not valid JSON ({exc})") from None
+    data = read_document(path, "baseline file not found (write one with 'edgekd baseline save RUN_DIR')")
     if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("rows"), list):
         raise ReportError(f"{path}: not an edgekd baseline (key 'schema' must be {SCHEMA!r}, 'rows' a list)")
     for i, row in enumerate(data["rows"]):

@@ -58,6 +58,16 @@ ROW_KEYS = {"variants": ("name", "precision", "size_bytes", "accuracy"),
             "results": ("variant", "target", "precision", "status", "latency_ms", "accuracy")}
 
 
+def read_document(path: Path, missing: str) -> Any:
+    """A JSON file edgekd wrote (report, baseline), or a ReportError (exit 2) saying what is wrong."""
+    if not path.is_file():
+        raise ReportError(f"{path}: {missing}")
+    try:
+        return read_json(path)
+    except ValueError as exc:
+        raise ReportError(f"{path}: not valid JSON ({exc})") from None
+
+
 def load_report(path: Path) -> dict[str, Any]:
     """A report.json, from a run directory or the file itself, checked against the schema."""
     if path.is_dir() and (path / "manifest.json").is_file():
@@ -69,12 +79,7 @@ def load_report(path: Path) -> dict[str, Any]:
             raise ReportError(f"{path}: the run did not finish (manifest.json status {status!r}, not 'complete'); "
                               f"its measurements may be missing; finish it with 'edgekd compress --resume'")
     path = path / "report.json" if path.is_dir() else path
-    if not path.is_file():
-        raise ReportError(f"{path}: report.json not found (run 'edgekd compress' or 'edgekd report RUN_DIR')")
-    try:
-        report = read_json(path)
-    except ValueError as exc:
-        raise ReportError(f"{path}: not valid JSON ({exc})") from None
+    report = read_document(path, "report.json not found (run 'edgekd compress' or 'edgekd report RUN_DIR')")
     if not isinstance(report, dict) or report.get("schema") != SCHEMA:
         raise ReportError(f"{path}: key 'schema' must be {SCHEMA!r}")
     for key in ("variants", "results"):
