@@ -7,6 +7,10 @@ target's own settings: the baseline file, the same file again, and the slower fi
 baseline with edgekd's rule (ratio of medians above 1 + min_effect, 95% moving-block bootstrap interval
 above 1). Prints the detection rate, the false-alarm rate and the ratios seen.
 
+``--relative`` judges instead what drift cancels out of: each "run" times the variant interleaved call by
+call with a fixed reference file (the teacher, resnet18 at 128x128, which a PR does not change), and the
+gate compares that ratio with the baseline run's ratio (flag above 1 + min_effect).
+
     python benchmarks/gate_power.py --trials 20
 """
 
@@ -39,6 +43,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--min-effect", type=float, default=0.05)
     parser.add_argument("--seconds", type=float, default=1.0, help="timed seconds per measurement")
+    parser.add_argument("--relative", action="store_true", help="judge ratios to a reference timed interleaved")
+    parser.add_argument("--pairs", type=int, default=300, help="--relative: interleaved call pairs per run")
     args = parser.parse_args()
 
     from edgekd.baseline import median_ratio_interval
@@ -49,6 +55,10 @@ def main() -> None:
     base_file, slow_file = export(112, tmp / "base.onnx"), export(118, tmp / "slow.onnx")
     (target,) = bench_targets(["cpu-onnxruntime"], min_seconds=args.seconds, batch=1)
     pool = BackendPool()
+
+    if args.relative:
+        relative(args, base_file, slow_file, export(128, tmp / "teacher.onnx"), target, pool)
+        return
 
     def samples(path: Path) -> np.ndarray:
         return np.asarray(measure(path, path.stem, "fp32", target, pool)["latency_samples_ms"])
@@ -77,6 +87,40 @@ def main() -> None:
     same_ratios = [a[1] for _, a, _ in rows]
     print(f"ratios, unchanged: {min(same_ratios):.3f}-{max(same_ratios):.3f}; slower: "
           f"{min(slow_ratios):.3f}-{max(slow_ratios):.3f}")
+
+
+def relative(args: argparse.Namespace, base_file: Path, slow_file: Path, teacher_file: Path, target, pool) -> None:
+    from edgekd.bench import seeded_input
+    from edgekd.fingerprint import machine
+    from edgekd.int8_verdict import interleaved_ratio
+
+    backend = pool.get(target.backend)
+    teacher, base, slow = (backend.compile(p, target) for p in (teacher_file, base_file, slow_file))
+    xs = {id(m): seeded_input(m.input_shape) for m in (teacher, base, slow)}
+
+    def run(model) -> float:  # one CI run: the variant against the unchanged teacher, interleaved
+        return interleaved_ratio(lambda: model(xs[id(model)]), lambda: teacher(xs[id(teacher)]), args.pairs)["ratio"]
+
+    caught = alarms = 0
+    changes_same, changes_slow = [], []
+    for trial in range(args.trials):
+        then, same, slower = run(base), run(base), run(slow)
+        a, c = same / then, slower / then
+        alarms += a > 1 + args.min_effect
+        caught += c > 1 + args.min_effect
+        changes_same.append(a)
+        changes_slow.append(c)
+        print(f"trial {trial + 1}: unchanged {a:.3f} {'FLAGGED' if a > 1 + args.min_effect else 'ok'}; "
+              f"10% slower {c:.3f} {'caught' if c > 1 + args.min_effect else 'MISSED'}", flush=True)
+    m = machine()
+    isa = ", ".join(k for k, on in m["cpu"]["isa"].items() if on)
+    print(f"\nmachine: {m['cpu']['model']} ({m['cpu']['usable_cpus']} usable CPUs), ISA: {isa}")
+    print(f"relative to a reference timed interleaved, {args.pairs} pairs per run, min_effect {args.min_effect:.0%}, "
+          f"{args.trials} trials")
+    print(f"true 10% slowdowns caught: {caught}/{args.trials} ({caught / args.trials:.0%}; goal >= 95%)")
+    print(f"false alarms on the unchanged file: {alarms}/{args.trials} ({alarms / args.trials:.0%}; goal <= 5%)")
+    print(f"change, unchanged: {min(changes_same):.3f}-{max(changes_same):.3f}; slower: "
+          f"{min(changes_slow):.3f}-{max(changes_slow):.3f}")
 
 
 if __name__ == "__main__":

@@ -76,3 +76,23 @@ def test_report_rerenders_from_files_only(tiny_run, tmp_path):
     assert invoke("report", copy, "--format", "html").exit_code == 0
     assert "<table>" in (copy / "report.html").read_text() and (copy / "tradeoff.png").stat().st_size > 1000
     assert invoke("report", tmp_path / "nope").exit_code == 2
+
+
+def test_compare_prints_two_runs_side_by_side(tiny_run, tmp_path):
+    import json as _json
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run, other)
+    report = _json.loads((other / "report.json").read_text())
+    for r in report["results"]:
+        if r["variant"] == "student-int8" and r["status"] == "ok":
+            r["latency_ms"]["p50"] *= 2  # B's student-int8 twice as slow
+    (other / "report.json").write_text(_json.dumps(report))
+    result = invoke("compare", tiny_run, other)
+    assert result.exit_code == 0, result.output
+    rows = [line for line in result.output.splitlines() if "student-int8" in line]
+    assert rows and all("2.000" in line for line in rows)
+    teacher = [line for line in result.output.splitlines() if "teacher-fp32" in line]
+    assert teacher and all("1.000" in line for line in teacher)
+    missing = invoke("compare", tiny_run, tmp_path / "nowhere")
+    assert missing.exit_code == 2

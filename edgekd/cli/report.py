@@ -39,3 +39,33 @@ def report(
         out.print(str(run_dir / "report.html"))
     else:
         print((run_dir / "report.md").read_text(encoding="utf-8"), end="")
+
+
+@app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="The first run directory (e.g. main's).")],
+    run_b: Annotated[Path, typer.Argument(help="The second run directory (e.g. the change's).")],
+) -> None:
+    """Print two runs side by side: size, accuracy and p50 per variant x target, and B / A."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from ..compare import compare_rows
+    from ..report import load_report
+
+    with handle_errors():
+        rows = compare_rows(load_report(run_a), load_report(run_b))
+    table = Table(title=f"A: {run_a}   B: {run_b}", title_justify="left")
+    for h in ("variant", "target", "size A", "size B", "acc A", "acc B", "p50 A ms", "p50 B ms", "B/A p50", "note"):
+        table.add_column(h, justify="left" if h in ("variant", "target", "note") else "right")
+
+    def f(v: float | None, spec: str) -> str:
+        return "-" if v is None else format(v, spec)
+
+    for r in rows:
+        note = [] if r["same_machine"] else ["measured on different machines"]
+        note += [f"{side}: {r['status_' + side.lower()]}" for side in ("A", "B") if r["status_" + side.lower()] != "ok"]
+        table.add_row(r["variant"], r["target"], f(r["size_a"], "d"), f(r["size_b"], "d"), f(r["accuracy_a"], ".4f"),
+                      f(r["accuracy_b"], ".4f"), f(r["p50_ms_a"], ".3f"), f(r["p50_ms_b"], ".3f"),
+                      f(r["p50_ratio"], ".3f"), escape("; ".join(note)))
+    out.print(table)
