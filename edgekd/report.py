@@ -7,10 +7,12 @@ So ``edgekd report`` and ``edgekd gate`` run on a CPU-only CI box against a run 
 
 from __future__ import annotations
 
+import base64
 import html
 from pathlib import Path
 from typing import Any
 
+from .attribution import attribution, attribution_html, attribution_markdown
 from .errors import ReportError
 from .fileio import atomic_path, read_json, write_json, write_text
 
@@ -47,10 +49,12 @@ def build_report(run_dir: Path) -> dict[str, Any]:
     results.sort(key=lambda r: (r["target"], order.get(r["variant"], len(order))))
     for r in results:
         r.pop("host", None)
-    return {"schema": SCHEMA, "run": {"recipe": manifest["recipe"], "created": manifest["created"],
-                                      "edgekd": manifest["edgekd"], "checkpoint": manifest["checkpoint"],
-                                      "versions": manifest["versions"], "status": manifest["status"]},
-            "variants": variants, "results": results}
+    report = {"schema": SCHEMA, "run": {"recipe": manifest["recipe"], "created": manifest["created"],
+                                        "edgekd": manifest["edgekd"], "checkpoint": manifest["checkpoint"],
+                                        "versions": manifest["versions"], "status": manifest["status"]},
+              "variants": variants, "results": results}
+    report["attribution"] = attribution(run_dir, report, manifest)
+    return report
 
 
 # what gate and the renderings read from each row of report.json
@@ -177,26 +181,45 @@ def render_markdown(report: dict[str, Any]) -> str:
                  "Latency: batch 1, milliseconds. Speed-up: teacher-fp32 p50 / variant p50 on the same target. "
                  "Parity: top-1 agreement / SQNR of this backend's outputs against the torch model "
                  "(the fake-quantized one for INT8).")
+    if report.get("attribution"):
+        lines += [""] + attribution_markdown(report["attribution"])
     notes = measurement_notes(report)
     if notes:
         lines += ["", "## Measurement notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
 
 
-def render_html(report: dict[str, Any]) -> str:
+def render_html(report: dict[str, Any], plot_png: bytes | None = None) -> str:
+    """One self-contained page (the plot inlined as a data URI), so CI can upload it as one artifact."""
+    image = (f"<img alt='accuracy against latency per target' width='720' src='data:image/png;base64,"
+             f"{base64.b64encode(plot_png).decode('ascii')}'>" if plot_png else "")
     parts = [f"<!doctype html><meta charset='utf-8'><title>edgekd report</title>"
              f"<style>body{{font-family:sans-serif}}td,th{{padding:2px 8px;text-align:right}}</style>"
-             f"<h1>edgekd report: {html.escape(report['run']['recipe'])}</h1><img src='tradeoff.png' width='720'>"]
+             f"<h1>edgekd report: {html.escape(report['run']['recipe'])}</h1>{image}"]
     for target in targets_of(report):
         rows = table_rows(report, target)
         parts.append(f"<h2>{html.escape(target)}</h2><table><tr>"
                      + "".join(f"<th>{html.escape(h)}</th>" for h in rows[0]) + "</tr>")
         parts += ["<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row.values()) + "</tr>" for row in rows]
         parts.append("</table>")
+    if report.get("attribution"):
+        parts.append(attribution_html(report["attribution"]))
     notes = measurement_notes(report)
     if notes:
         parts.append("<h2>Measurement notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
     return "\n".join(parts) + "\n"
+
+
+def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows no other row beats on both p50 latency and accuracy (ok rows with both), fastest first."""
+    ok = sorted((r for r in rows if r["status"] == "ok" and r.get("accuracy") is not None
+                 and (r.get("latency_ms") or {}).get("p50") is not None),
+                key=lambda r: (r["latency_ms"]["p50"], -r["accuracy"]))
+    front: list[dict[str, Any]] = []
+    for r in ok:
+        if not front or r["accuracy"] > front[-1]["accuracy"]:
+            front.append(r)
+    return front
 
 
 def render_plot(report: dict[str, Any], path: Path) -> None:
@@ -210,12 +233,18 @@ def render_plot(report: dict[str, Any], path: Path) -> None:
     sizes = {v["name"]: v["size_bytes"] for v in report["variants"]}
     fig, axes = plt.subplots(1, len(targets), figsize=(5 * len(targets), 4), squeeze=False)
     for ax, target in zip(axes[0], targets):
+        front = pareto_front([r for r in report["results"] if r["target"] == target])
+        if len(front) > 1:
+            ax.plot([r["latency_ms"]["p50"] for r in front], [r["accuracy"] for r in front], "k--", lw=0.8,
+                    alpha=0.5, label="Pareto front")
+            ax.legend(fontsize=7, loc="lower right")
         for r in report["results"]:
             if r["target"] != target or r["status"] != "ok" or r["accuracy"] is None:
                 continue
             x, y = r["latency_ms"]["p50"], r["accuracy"]
             ax.scatter([x], [y], s=40 + 400 * sizes.get(r["variant"], 0) / max(sizes.values() or [1]), alpha=0.6)
-            ax.annotate(f"{r['variant']} ({r['precision']})", (x, y), fontsize=8, xytext=(4, 4),
+            mark = " *" if r in front else ""
+            ax.annotate(f"{r['variant']} ({r['precision']}){mark}", (x, y), fontsize=8, xytext=(4, 4),
                         textcoords="offset points")
         ax.set(title=target, xlabel="p50 latency (ms, batch 1)", ylabel="top-1 accuracy on target")
         ax.grid(alpha=0.3)
@@ -230,5 +259,5 @@ def write_report(run_dir: Path) -> dict[str, Any]:
     write_json(run_dir / "report.json", report)
     write_text(run_dir / "report.md", render_markdown(report))
     render_plot(report, run_dir / "tradeoff.png")
-    write_text(run_dir / "report.html", render_html(report))
+    write_text(run_dir / "report.html", render_html(report, (run_dir / "tradeoff.png").read_bytes()))
     return report

@@ -198,3 +198,35 @@ def test_int8_rows_are_timed_interleaved_against_their_fp32_variant(tiny_run):
         assert "int8_vs_fp32" not in json.loads((tiny_run / "measurements" / f"student-fp32@{target}.json").read_text())
         judged = judge(row, versus, 1.0)  # what the default target (int8_max_ratio 1.0) would have said
         assert (judged["status"] == "failed") == (versus["ratio"] > 1.0)
+
+
+def test_the_report_says_what_each_stage_did_and_stands_alone(tiny_run):
+    """Issue 15.4/15.6: stage attribution in report.json/.md/.html; the HTML inlines its plot."""
+    report = json.loads((tiny_run / "report.json").read_text())
+    torch_steps = report["attribution"]["torch"]
+    assert [s["stage"] for s in torch_steps] == ["teacher", "distill", "quantize"]
+    distill, quantize = torch_steps[1], torch_steps[2]
+    assert distill["change"] == pytest.approx(distill["test_accuracy_torch"] - torch_steps[0]["test_accuracy_torch"])
+    assert quantize["change"] == pytest.approx(quantize["test_accuracy_torch"] - distill["test_accuracy_torch"])
+    for target, steps in report["attribution"]["targets"].items():
+        assert [(s["from"], s["to"], s["stages"]) for s in steps] == [
+            ("teacher-fp32", "student-fp32", ["distill"]), ("student-fp32", "student-int8", ["quantize"])]
+        rows = {r["variant"]: r for r in report["results"] if r["target"] == target}
+        assert steps[1]["p50_ratio"] == pytest.approx(rows["student-int8"]["latency_ms"]["p50"]
+                                                      / rows["student-fp32"]["latency_ms"]["p50"])
+    md = (tiny_run / "report.md").read_text()
+    assert "## What each stage did" in md and "| teacher-fp32 -> student-fp32 | distill |" in md
+    page = (tiny_run / "report.html").read_text()
+    assert "src='data:image/png;base64," in page and "tradeoff.png" not in page
+    assert "<h2>What each stage did</h2>" in page
+
+
+def test_the_pareto_front_keeps_only_rows_nothing_beats():
+    from edgekd.report import pareto_front
+
+    def row(name, p50, acc, status="ok"):
+        return {"variant": name, "status": status, "accuracy": acc, "latency_ms": {"p50": p50}}
+
+    rows = [row("a", 1.0, 0.90), row("b", 2.0, 0.95), row("c", 3.0, 0.93), row("d", 0.5, 0.80),
+            row("e", 0.4, 0.99, status="failed")]
+    assert [r["variant"] for r in pareto_front(rows)] == ["d", "a", "b"]
