@@ -144,7 +144,7 @@ def table_rows(report: dict[str, Any], target: str) -> list[dict[str, str]]:
         out.append({
             "variant": r["variant"], "precision": r["precision"], "size": _fmt_size(sizes.get(r["variant"], 0)),
             "accuracy": _fmt(r["accuracy"], ".4f"), "p50 ms": _fmt(lat.get("p50"), ".3f"),
-            "p90 ms": _fmt(lat.get("p90"), ".3f"), "cov": _fmt(lat.get("cov"), ".1%"),
+            "p90 ms": _fmt(lat.get("p90"), ".3f"), "spread": _fmt(lat.get("spread"), ".1%"),
             "speed-up": f"{speedup:.2f}x" if speedup else "-",
             "INT8 layers": _fmt_int8_layers(layers, r["precision"]),
             "parity": _fmt_parity(r.get("parity")),
@@ -178,7 +178,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["| " + " | ".join(row[h] for h in header) + " |" for row in rows]
         lines.append("")
     lines.append("Accuracy: top-1 of the exported ONNX file running on that target over the test split. "
-                 "Latency: batch 1, milliseconds. Speed-up: teacher-fp32 p50 / variant p50 on the same target. "
+                 "Latency: batch 1, milliseconds; spread: 1.4826 x MAD / median of the timed calls. "
+                 "Speed-up: teacher-fp32 p50 / variant p50 on the same target. "
                  "Parity: top-1 agreement / SQNR of this backend's outputs against the torch model "
                  "(the fake-quantized one for INT8).")
     if report.get("attribution"):
@@ -246,7 +247,8 @@ def render_plot(report: dict[str, Any], path: Path) -> None:
             mark = " *" if r in front else ""
             ax.annotate(f"{r['variant']} ({r['precision']}){mark}", (x, y), fontsize=8, xytext=(4, 4),
                         textcoords="offset points")
-        ax.set(title=target, xlabel="p50 latency (ms, batch 1)", ylabel="top-1 accuracy on target")
+        ax.set(title=f"{target}  (* on the Pareto front)", xlabel="p50 latency (ms, batch 1)",
+               ylabel="top-1 accuracy on target")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:
