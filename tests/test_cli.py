@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
-from .conftest import invoke
+from .conftest import invoke, write_yaml
 
 
 def test_list_each_kind():
@@ -96,3 +97,30 @@ def test_compare_prints_two_runs_side_by_side(tiny_run, tmp_path):
     assert teacher and all("1.000" in line for line in teacher)
     missing = invoke("compare", tiny_run, tmp_path / "nowhere")
     assert missing.exit_code == 2
+
+
+def test_the_example_workflow_parses_and_its_edgekd_commands_run(tiny_teacher, tiny_files, tmp_path, monkeypatch):
+    """examples/github-actions.yml: valid YAML, and each of its edgekd steps, run here with the tiny files
+    in place of the user's, does what the comments say (compress ok; gate against a fresh baseline)."""
+    import os
+    import shlex
+
+    import yaml
+
+    workflow = yaml.safe_load((Path(__file__).parents[1] / "examples" / "github-actions.yml").read_text())
+    steps = workflow["jobs"]["compress-and-gate"]["steps"]
+    commands = [s["run"] for s in steps if str(s.get("run", "")).startswith("edgekd ")]
+    assert [c.split()[1] for c in commands] == ["compress", "gate"]
+    assert set(workflow["env"]) == {"CHECKPOINT", "RECIPE", "BUDGET", "BASELINE"}
+    monkeypatch.chdir(tmp_path)
+    env = {"CHECKPOINT": str(tiny_teacher), "RECIPE": str(tiny_files["recipe"]),
+           "BUDGET": str(write_yaml(tmp_path / "budget.yaml", {"max_size_ratio": 1.0})),
+           "BASELINE": str(tmp_path / "baseline.json")}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    compress = invoke(*shlex.split(os.path.expandvars(commands[0]))[1:])
+    assert compress.exit_code == 0, compress.output
+    assert invoke("baseline", "save", "run", "--out", env["BASELINE"]).exit_code == 0
+    gate = invoke(*shlex.split(os.path.expandvars(commands[1]))[1:])
+    assert gate.exit_code == 0, gate.output
+    assert (tmp_path / "run" / "gate.xml").is_file()
