@@ -9,7 +9,7 @@ TORCH_SPEC ?= $(or $(firstword $(wildcard /opt/wheels/torch-*+cpu-*.whl)),torch>
 # does not import beside that CPU wheel, so pip picks a matching torch+torchvision pair instead (on this
 # machine torch 2.14.1 + torchvision 0.29.1 from local disk: about a minute and 5.5 GB).
 
-.PHONY: venv venv-test demo test teacher clean
+.PHONY: browser venv venv-test demo test teacher clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,7 +30,13 @@ venv-test: $(VENV)/.installed-test
 demo: venv
 	$(VENV)/bin/edgekd compress --out runs/demo --force
 
-test: venv-test
+# Headless Chromium checks report.html as a browser shows it (tests/test_report_browser.py): Debian's
+# package, installed where apt-get may run; elsewhere that test skips and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get install -y -q chromium >/dev/null 2>&1 \
+		|| echo "note: could not install chromium; the browser check of report.html will be skipped")
+
+test: venv-test browser
 	$(PY) -m pytest -q
 
 # Re-train the bundled digits teacher (edgekd/assets); about a minute on 2 cores.
