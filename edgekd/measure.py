@@ -117,6 +117,17 @@ def measure(onnx_path: Path, variant: str, precision: str, target: Target, pool:
 MAX_KEPT_SAMPLES = 1000
 
 
+def add_repeats(rows: list[dict[str, Any]], timings: list[list[dict[str, Any]]]) -> None:
+    """Fold the later repeats' latency into each row (same order): ``repeats.p50_ms`` lists every repeat's
+    p50 (the row's own first), ``repeats.spread`` is (max - min) / median of them: the drift between
+    measurements, which the spread within one cannot show (benchmarks/gate_power.py)."""
+    for i, row in enumerate(rows):
+        if row["status"] != "ok":
+            continue
+        p50s = [row["latency_ms"]["p50"]] + [t[i]["latency_ms"]["p50"] for t in timings if t[i]["status"] == "ok"]
+        row["repeats"] = {"p50_ms": p50s, "spread": (max(p50s) - min(p50s)) / float(np.median(p50s))}
+
+
 def kept_samples(times_ms: list[float] | np.ndarray, keep: int = MAX_KEPT_SAMPLES) -> list[float]:
     """Up to ``keep`` of the timed calls, evenly spaced and in time order (so that drift and runs of slow
     calls stay visible): what ``edgekd baseline`` stores and ``gate --baseline`` resamples."""
@@ -245,7 +256,12 @@ def bench(model: str | Path, targets: list[str], *, shape: tuple[int, ...] | Non
     precision = file_precision(path) if path.suffix == ".onnx" else "fp32"
     pool = BackendPool(trust_checkpoint, allow_globals)
     # a bare file has no FP32 twin to be timed against; whether it runs in INT8 is still judged
-    return [judge(measure(path, path.stem, precision, t, pool, shape=shape), None, None) for t in resolved]
+    rows = [judge(measure(path, path.stem, precision, t, pool, shape=shape), None, None) for t in resolved]
+    repeats = max(t.latency.repeats for t in resolved)
+    if repeats > 1:  # rounds over the targets, so a slow spell of the machine lands on all of them
+        add_repeats(rows, [[measure(path, path.stem, precision, t, pool, shape=shape) for t in resolved]
+                           for _ in range(repeats - 1)])
+    return rows
 
 
 def native_commands(model: str | Path, targets: list[str], **overrides: Any) -> list[tuple[str, str]]:

@@ -33,7 +33,7 @@ from .gate import Verdict, evaluate_budget
 from .int8_layouts import layout_path
 from .int8_verdict import fp32_counterpart, judge, time_against_fp32
 from .backends import BACKENDS, check_runs_here
-from .measure import BackendPool, empty_result, latency_probe, measure
+from .measure import BackendPool, add_repeats, empty_result, latency_probe, measure
 from .progress import console
 from .report import write_report
 from .rundir import (LOCK_NAME, RunLock, check_free_space, content_sha256, empty_except_lock, input_hashes,
@@ -399,6 +399,10 @@ def _measure_all(run_dir: Path, models: dict[str, Artifact], targets: list[Targe
                 result = measure(files[name], name, art.precision, target, pool, test_batches,
                                  splits.size("test"), reference)
             results[name] = result
+        if target.latency.repeats > 1:  # latency only, in rounds over the variants
+            timed = [n for n in results if n in files]
+            add_repeats([results[n] for n in timed], [[measure(files[n], n, results[n]["precision"], target, pool)
+                                                       for n in timed] for _ in range(target.latency.repeats - 1)])
         for name, result in results.items():
             result = judge(result, _versus_fp32(name, results, files, target, pool), target.latency.int8_max_ratio)
             write_json(run_dir / "measurements" / f"{name}@{target.name}.json", result)

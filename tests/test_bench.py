@@ -353,3 +353,17 @@ def test_harness_fidelity_reads_benchmark_apps_median_in_any_unit():
     assert module.median_ms("Median: 1.5 s") == pytest.approx(1500.0)
     with pytest.raises(RuntimeError, match="no 'Median:' line"):
         module.median_ms("Average: 3 ms")
+
+
+def test_repeats_time_the_file_again_in_rounds_and_report_the_spread_between_them(tmp_path):
+    """Issue 15.3: the drift *between* measurements (what a regression gate is up against) made visible."""
+    model = export_plain(tmp_path / "m.onnx")
+    out = tmp_path / "r.json"
+    result = invoke("bench", model, "--target", "cpu-onnxruntime", "--target", "cpu-openvino", "--runs", "20",
+                    "--seconds", "0", "--repeats", "3", "--json", out)
+    assert result.exit_code == 0, result.output
+    for row in json.loads(out.read_text()):
+        rep = row["repeats"]
+        assert len(rep["p50_ms"]) == 3 and rep["p50_ms"][0] == row["latency_ms"]["p50"]
+        assert rep["spread"] == pytest.approx((max(rep["p50_ms"]) - min(rep["p50_ms"])) / np.median(rep["p50_ms"]))
+    assert "p50 of 3 repeats" in result.output

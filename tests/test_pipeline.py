@@ -9,7 +9,7 @@ import pytest
 
 from edgekd.report import SCHEMA
 
-from .conftest import invoke
+from .conftest import FAST_LATENCY, invoke, write_yaml
 
 VARIANTS = ["teacher-fp32", "student-fp32", "student-int8"]
 
@@ -230,3 +230,14 @@ def test_the_pareto_front_keeps_only_rows_nothing_beats():
     rows = [row("a", 1.0, 0.90), row("b", 2.0, 0.95), row("c", 3.0, 0.93), row("d", 0.5, 0.80),
             row("e", 0.4, 0.99, status="failed")]
     assert [r["variant"] for r in pareto_front(rows)] == ["d", "a", "b"]
+
+
+def test_compress_repeats_latency_in_rounds_over_the_variants(tiny_teacher, tiny_files, tmp_path):
+    target = write_yaml(tmp_path / "t.yaml", {"name": "rep-ort", "backend": "onnxruntime", "threads": 1,
+                                              "latency": {**FAST_LATENCY, "repeats": 2}})
+    result = invoke("compress", tiny_teacher, "--recipe", tiny_files["recipe"], "--target", target,
+                    "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(p.read_text()) for p in (tmp_path / "run" / "measurements").glob("*.json")]
+    assert len(rows) == 3 and all(len(r["repeats"]["p50_ms"]) == 2 for r in rows)
+    assert all(r["repeats"]["p50_ms"][0] == r["latency_ms"]["p50"] for r in rows)

@@ -26,6 +26,8 @@ class LatencySpec(_Strict):
     min_seconds: float = Field(3.0, ge=0.0)
     batch: int = Field(8, ge=1, description="throughput is also measured at this batch size; 1 measures batch 1 only")
     throughput_seconds: float = Field(1.0, ge=0.0)
+    repeats: int = Field(1, ge=1, le=100, description="time every file this many times, interleaved across the "
+                         "variants (or targets); each row keeps every repeat's p50 and the spread between them")
     max_spread: float = Field(0.05, gt=0.0, description="a robust spread (1.4826 x MAD / median) above this is "
                               "flagged as noisy: the machine really was unstable, not one stall among thousands")
     max_cov: float | None = Field(None, gt=0.0, description="also flag a coefficient of variation above this "

@@ -37,6 +37,8 @@ def bench(
     seconds: Annotated[Optional[float], typer.Option(min=0.0, help="Timed seconds at least (overrides).")] = None,
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads (overrides the target's).")] = None,
     batch: Annotated[Optional[int], typer.Option(min=1, help="Batch size for the throughput figure.")] = None,
+    repeats: Annotated[Optional[int], typer.Option(min=1, max=100, help="Time the file this many times in rounds "
+                       "over the targets; report every repeat's p50 and their spread.")] = None,
     shape: Annotated[Optional[str], typer.Option(help="Input shape, e.g. 1x3x224x224 (needed for dynamic dims).")] = None,
     emit_native: Annotated[bool, typer.Option("--emit-native", help="Also print the runtime's own benchmark "
                                               "command (benchmark_app, trtexec, onnxruntime_perf_test) "
@@ -53,7 +55,8 @@ def bench(
     from ..fileio import write_json
     from ..measure import bench as run_bench, native_commands
 
-    overrides = {"warmup_runs": warmup, "runs": runs, "min_seconds": seconds, "threads": threads, "batch": batch}
+    overrides = {"warmup_runs": warmup, "runs": runs, "min_seconds": seconds, "threads": threads, "batch": batch,
+                 "repeats": repeats}
     targets = target or (["cpu-torch"] if model.suffix == ".pt2" else ["cpu-onnxruntime", "cpu-openvino"])
     with handle_errors():
         if emit_native:
@@ -97,6 +100,9 @@ def _print_details(r: dict[str, Any]) -> None:
     parts.append(f"{lat['runs']} runs in {lat['seconds']:.1f} s after {lat['warmup_runs']} warm-up")
     if r.get("device_latency_ms"):
         parts.append(f"GPU compute p50 {r['device_latency_ms']['p50']:.3f} ms")
+    if r.get("repeats"):
+        p50s = ", ".join(f"{p:.3f}" for p in r["repeats"]["p50_ms"])
+        parts.append(f"p50 of {len(r['repeats']['p50_ms'])} repeats {p50s} ms (spread {r['repeats']['spread']:.1%})")
     out.print(f"{r['target']}: " + "; ".join(parts), highlight=False, markup=False)
     for w in r.get("warnings", []):
         out.print(f"[yellow]{escape(r['target'])}: warning: {escape(w)}[/yellow]")
