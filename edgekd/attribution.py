@@ -21,7 +21,7 @@ def torch_steps(run_dir: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]
     teacher = next((a for a in manifest["artifacts"] if a["variant"] == "teacher-fp32"), None)
     start = ((teacher or {}).get("meta") or {}).get("metrics", {}).get("test_accuracy_torch")
     steps = [{"stage": "teacher", "variant": "teacher-fp32", "test_accuracy_torch": start, "change": None}]
-    previous = {"fp32": start, "int8": start}
+    last_float = start  # quantize starts from the last float model too
     for entry in manifest.get("stages", []):
         record = Path(run_dir) / entry["folder"] / "stage.json"
         if entry["stage"] == "export" or not record.is_file():
@@ -29,13 +29,13 @@ def torch_steps(run_dir: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]
         for art in read_json(record)["artifacts"]:
             metrics = (art.get("meta") or {}).get("metrics", {})
             acc = metrics.get("test_accuracy_torch")
-            before = previous["fp32"]  # quantize starts from the last float model too
             step = {"stage": entry["stage"], "variant": art["variant"], "test_accuracy_torch": acc,
-                    "change": acc - before if acc is not None and before is not None else None}
+                    "change": acc - last_float if acc is not None and last_float is not None else None}
             if entry["stage"] == "prune" and metrics.get("pruned_val_accuracy") is not None:
                 step["val_accuracy_before_recovery"] = metrics["pruned_val_accuracy"]
             steps.append(step)
-            previous[art.get("precision", "fp32")] = acc
+            if art.get("precision", "fp32") == "fp32":
+                last_float = acc
     return steps
 
 

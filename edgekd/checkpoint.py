@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from .errors import CheckpointError
+from .fingerprint import file_sha256
 
 SAFE_TORCH = (2, 10)
 
@@ -88,14 +89,6 @@ class LoadedCheckpoint:
     format: str  # safetensors | state_dict | pickled-module | torchscript
     trusted: bool
     sha256: str
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ------------------------------------------------------------------ arch specs

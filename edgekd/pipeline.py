@@ -103,6 +103,10 @@ def _run_dir(out: Path | None, name: str, resume: bool, force: bool) -> tuple[Pa
                              f"or another --out")
         if not (out / "recipe.resolved.yaml").is_file():
             raise InputError(f"{out}: --force replaces only an edgekd run directory (no recipe.resolved.yaml here)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file on the way, no permission, a read-only filesystem: the user's --out
+        raise InputError(f"{out}: --out cannot be created here ({exc.strerror}); choose another --out") from None
     lock = RunLock(out).acquire()
     try:
         if existing and not resume:

@@ -40,6 +40,10 @@ def handle_errors() -> Iterator[None]:
     except EdgekdError as exc:
         err.print(f"[red]edgekd: error:[/red] {escape(one_line(str(exc)))}", highlight=False)
         raise typer.Exit(exc.exit_code) from None
+    except PermissionError as exc:  # an --out or input the user cannot write or read: their input (2), not a bug
+        err.print(f"edgekd: error: {exc.filename or 'a file'}: permission denied; choose a path you can write "
+                  f"(or read)", highlight=False, markup=False)
+        raise typer.Exit(2) from None
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
             raise_internal(exc)

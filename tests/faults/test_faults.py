@@ -444,3 +444,17 @@ def test_a_qat_killed_between_epochs_resumes_to_the_same_weights_bit_for_bit(tmp
 
     ref, got = weights("ref"), weights("run")
     assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref)
+
+
+def test_an_out_directory_the_user_cannot_write_is_exit_2(tmp_path, target, tiny_teacher):
+    if os.geteuid() == 0:  # root writes anywhere: point --out below a file instead, which no one can create
+        blocker = tmp_path / "file"
+        blocker.write_text("x")
+        out = blocker / "run"
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        out = locked / "run"
+    result = invoke("compress", tiny_teacher, "--recipe", recipe(tmp_path / "r.yaml", target), "--out", out)
+    assert result.exit_code == 2, result.output
+    one_line_error(result.output)
