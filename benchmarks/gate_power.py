@@ -7,6 +7,10 @@ target's own settings: the baseline file, the same file again, and the slower fi
 baseline with edgekd's rule (ratio of medians above 1 + min_effect, 95% moving-block bootstrap interval
 above 1). Prints the detection rate, the false-alarm rate and the ratios seen.
 
+``--repeats N`` makes each "run" N measurements of its file, as ``--repeats`` / ``latency.repeats`` does,
+and judges with the rule the gate uses then: the ratio of the repeats' p50s with a Welch t interval on
+their logarithms, so that drift between measurements is inside the interval.
+
 ``--relative`` judges instead what drift cancels out of: each "run" times the variant interleaved call by
 call with a fixed reference file (the teacher, resnet18 at 128x128, which a PR does not change), and the
 gate compares that ratio with the baseline run's ratio (flag above 1 + min_effect).
@@ -43,11 +47,12 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20)
     parser.add_argument("--min-effect", type=float, default=0.05)
     parser.add_argument("--seconds", type=float, default=1.0, help="timed seconds per measurement")
+    parser.add_argument("--repeats", type=int, default=1, help="measurements per run (>= 3: the repeats rule)")
     parser.add_argument("--relative", action="store_true", help="judge ratios to a reference timed interleaved")
     parser.add_argument("--pairs", type=int, default=300, help="--relative: interleaved call pairs per run")
     args = parser.parse_args()
 
-    from edgekd.baseline import median_ratio_interval
+    from edgekd.baseline import median_ratio_interval, repeats_ratio_interval
     from edgekd.fingerprint import machine
     from edgekd.measure import BackendPool, bench_targets, measure
 
@@ -60,11 +65,15 @@ def main() -> None:
         relative(args, base_file, slow_file, export(128, tmp / "teacher.onnx"), target, pool)
         return
 
-    def samples(path: Path) -> np.ndarray:
-        return np.asarray(measure(path, path.stem, "fp32", target, pool)["latency_samples_ms"])
+    def samples(path: Path):  # one run: its calls (one measurement) or its repeats' p50s
+        rows = [measure(path, path.stem, "fp32", target, pool) for _ in range(args.repeats)]
+        if args.repeats >= 3:
+            return [row["latency_ms"]["p50"] for row in rows]
+        return np.asarray(rows[0]["latency_samples_ms"])
 
-    def flagged(new: np.ndarray, old: np.ndarray) -> tuple[bool, float, float, float]:
-        ratio, lo, hi = median_ratio_interval(new, old)
+    def flagged(new, old) -> tuple[bool, float, float, float]:
+        rule = repeats_ratio_interval if args.repeats >= 3 else median_ratio_interval
+        ratio, lo, hi = rule(new, old)
         return ratio > 1 + args.min_effect and lo > 1.0, ratio, lo, hi
 
     caught, alarms, rows = 0, 0, []
@@ -80,7 +89,8 @@ def main() -> None:
     m = machine()
     isa = ", ".join(k for k, on in m["cpu"]["isa"].items() if on)
     print(f"\nmachine: {m['cpu']['model']} ({m['cpu']['usable_cpus']} usable CPUs), ISA: {isa}")
-    print(f"min_effect {args.min_effect:.0%}, {args.seconds:.1f} s per measurement, {args.trials} trials")
+    rule = f"{args.repeats} repeats per run, Welch t on log p50s" if args.repeats >= 3 else "one measurement per run"
+    print(f"min_effect {args.min_effect:.0%}, {args.seconds:.1f} s per measurement, {rule}, {args.trials} trials")
     print(f"true 10% slowdowns caught: {caught}/{args.trials} ({caught / args.trials:.0%}; goal >= 95%)")
     print(f"false alarms on the unchanged file: {alarms}/{args.trials} ({alarms / args.trials:.0%}; goal <= 5%)")
     slow_ratios = [c[1] for _, _, c in rows]

@@ -3,9 +3,13 @@
 A baseline is written only by ``edgekd baseline save`` (never by ``gate``): per variant x target the
 size, accuracy, latency statistics, up to 1 000 raw timing samples and the machine's fingerprint.
 
-Latency is judged on the ratio of medians, new / baseline, with a 95% interval from a moving-block
-bootstrap of both sample sets (blocks of consecutive calls, so that runs of slow calls, which a shared
-machine produces, widen the interval instead of being shuffled away as an i.i.d. bootstrap would). A
+Latency is judged on a ratio new / baseline with a 95% interval. When both runs timed each file several
+times (``latency.repeats`` / ``--repeats`` >= 3), the ratio is that of the repeats' p50s (geometric means)
+and the interval a Welch t interval on their logarithms: the scatter between whole measurements holds the
+machine's drift, which is what makes a shared runner's second measurement differ from its first. With one
+measurement a side, the ratio is that of the medians of the stored calls with a moving-block bootstrap
+interval (blocks of consecutive calls, so that runs of slow calls widen it instead of being shuffled away
+as an i.i.d. bootstrap would); the verdict then says that drift between measurements is not in it. A
 regression needs both: the ratio above ``1 + min_effect`` (default 5%, what a user would call slower)
 and the interval's lower end above 1 (beyond the measured noise). A baseline measured on another
 machine is not compared in milliseconds: each variant's p50 relative to teacher-fp32's in the same run
@@ -29,6 +33,7 @@ from .report import read_document
 SCHEMA = "edgekd.baseline/1"
 RESAMPLES = 2000
 BLOCKS = 20  # blocks per sample set in the moving-block bootstrap
+MIN_REPEATS = 3  # repeats on both sides before the interval comes from the scatter between them
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,7 @@ def baseline_of(report: dict[str, Any]) -> dict[str, Any]:
         rows.append({"variant": r["variant"], "target": r["target"], "size_bytes": sizes.get(r["variant"]),
                      "accuracy": r.get("accuracy"), "latency_ms": r.get("latency_ms"),
                      "latency_samples_ms": r.get("latency_samples_ms") or [],
+                     "repeats_p50_ms": (r.get("repeats") or {}).get("p50_ms") or [],
                      "machine_id": (r.get("fingerprint") or {}).get("machine_id")})
     return {"schema": SCHEMA, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "run": report.get("run", {}), "rows": rows}
@@ -81,6 +87,25 @@ def median_ratio_interval(new: np.ndarray, old: np.ndarray, seed: int = 0) -> tu
     ratios = medians(new) / medians(old)
     lo, hi = np.percentile(ratios, [2.5, 97.5])
     return float(np.median(new) / np.median(old)), float(lo), float(hi)
+
+
+def repeats_ratio_interval(new: list[float], old: list[float]) -> tuple[float, float, float]:
+    """Geometric-mean ratio of the repeats' p50s, new / old, and its 95% Welch t interval (on logs).
+
+    Each repeat is a whole measurement, so the scatter between repeats holds the machine's drift between
+    measurements, which an interval from the calls of one measurement cannot see (gate_power.py measured
+    the same file 0.63x-1.55x of itself minutes apart, every time with a tight within-measurement interval).
+    """
+    from scipy import stats
+
+    a, b = np.log(np.asarray(new, dtype=np.float64)), np.log(np.asarray(old, dtype=np.float64))
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    diff, se = a.mean() - b.mean(), float(np.sqrt(va + vb))
+    if se == 0.0:
+        return float(np.exp(diff)), float(np.exp(diff)), float(np.exp(diff))
+    dof = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    half = float(stats.t.ppf(0.975, dof)) * se
+    return float(np.exp(diff)), float(np.exp(diff - half)), float(np.exp(diff + half))
 
 
 def compare_with_baseline(report: dict[str, Any], baseline: dict[str, Any],
@@ -137,15 +162,30 @@ def _latency_verdict(name: str, report: dict[str, Any], baseline: dict[str, Any]
                        f"{where}: judged by ratios (baseline from machine {b.get('machine_id')}, this run "
                        f"{machine_now}): {now:.3f}x {BASELINE} vs {then:.3f}x then, change {change:.3f} "
                        f"(allowed {1 + tol.min_effect:.2f})")
-    samples_now = np.asarray(r.get("latency_samples_ms") or [], dtype=np.float64)
-    samples_then = np.asarray(b.get("latency_samples_ms") or [], dtype=np.float64)
-    if len(samples_now) < 20 or len(samples_then) < 20:
-        return Verdict(f"{name}.latency", False, f"{where}: too few timing samples to compare "
-                                                 f"({len(samples_now)} now, {len(samples_then)} in the baseline)")
-    ratio, lo, hi = median_ratio_interval(samples_now, samples_then)
+    repeats_now = (r.get("repeats") or {}).get("p50_ms") or []
+    repeats_then = b.get("repeats_p50_ms") or []
+    if len(repeats_now) >= MIN_REPEATS and len(repeats_then) >= MIN_REPEATS:
+        ratio, lo, hi = repeats_ratio_interval(repeats_now, repeats_then)
+        basis = f"{len(repeats_now)} and {len(repeats_then)} repeats"
+    else:
+        ratio, lo, hi, basis = _samples_interval(r, b) or (0.0, 0.0, 0.0, "")
+        if not basis:
+            return Verdict(f"{name}.latency", False, f"{where}: too few timing samples to compare "
+                                                     f"({len(r.get('latency_samples_ms') or [])} now, "
+                                                     f"{len(b.get('latency_samples_ms') or [])} in the baseline)")
     slower = ratio > 1 + tol.min_effect and lo > 1.0
     verdict = "SLOWER" if slower else ("within noise" if lo <= 1.0 <= hi else "changed, below the minimum effect")
     return Verdict(f"{name}.latency", not slower,
-                   f"{where}: median {np.median(samples_now):.4f} ms vs {np.median(samples_then):.4f} ms, ratio "
-                   f"{ratio:.3f} (95% interval {lo:.3f}-{hi:.3f}; fails above {1 + tol.min_effect:.2f} with the "
-                   f"interval above 1): {verdict}")
+                   f"{where}: p50 {r['latency_ms']['p50']:.4f} ms vs {b['latency_ms']['p50']:.4f} ms, ratio "
+                   f"{ratio:.3f} (95% interval {lo:.3f}-{hi:.3f} from {basis}; fails above {1 + tol.min_effect:.2f} "
+                   f"with the interval above 1): {verdict}")
+
+
+def _samples_interval(r: dict[str, Any], b: dict[str, Any]) -> tuple[float, float, float, str] | None:
+    """Ratio of medians of one measurement's calls each, with its block-bootstrap interval (None: too few)."""
+    samples_now = np.asarray(r.get("latency_samples_ms") or [], dtype=np.float64)
+    samples_then = np.asarray(b.get("latency_samples_ms") or [], dtype=np.float64)
+    if len(samples_now) < 20 or len(samples_then) < 20:
+        return None
+    ratio, lo, hi = median_ratio_interval(samples_now, samples_then)
+    return ratio, lo, hi, "the calls of one measurement each: drift between measurements is not in it, --repeats puts it in"

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edgekd.baseline import Tolerances, compare_with_baseline, median_ratio_interval
 
-from .conftest import invoke
+from .conftest import FAST_LATENCY, TINY_DATA, invoke, write_yaml
 
 
 def test_the_interval_catches_a_ten_percent_slowdown_and_not_the_noise():
@@ -74,3 +75,42 @@ def test_size_growth_and_accuracy_drop_against_the_baseline():
     loose = {v.name: v.passed for v in compare_with_baseline(report, base, Tolerances(0.05, 0.1, 0.2))}
     assert all(loose.values())
 
+
+
+def _measured_run(teacher, tmp_path, name: str, student_width: float, target: Path) -> Path:
+    """A real compress run on 64x64 inputs whose student is TinyCNN at ``student_width``."""
+    recipe = {"name": name, "arch": "edgekd:tiny_cnn", "data": {**TINY_DATA, "image_size": 64},
+              "student": {"arch": "edgekd:tiny_cnn", "arch_args": {"width": student_width}},
+              "stages": [{"stage": "distill", "epochs": 1, "lr": 0.01},
+                         {"stage": "quantize", "mode": "ptq", "calibration_batches": 2}, {"stage": "export"}],
+              "targets": [str(target)]}
+    out = tmp_path / name
+    result = invoke("compress", teacher, "--recipe", write_yaml(tmp_path / f"{name}.yaml", recipe), "--out", out)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_a_second_run_of_the_same_files_passes_and_a_wider_student_fails_with_ratio_and_interval(tiny_teacher,
+                                                                                                 tmp_path):
+    """Issue 15's Done-when, measured for real: repeats put the drift between runs into the interval."""
+    target = write_yaml(tmp_path / "ort.yaml", {"name": "ort-repeats", "backend": "onnxruntime", "threads": 1,
+                                                "latency": {**FAST_LATENCY, "runs": 50, "repeats": 5}})
+    first = _measured_run(tiny_teacher, tmp_path, "first", 0.5, target)
+    assert invoke("baseline", "save", first, "--out", tmp_path / "base.json").exit_code == 0
+    assert all(len(r["repeats_p50_ms"]) == 5 for r in json.loads((tmp_path / "base.json").read_text())["rows"])
+
+    again = tmp_path / "again"  # the same files measured again: resume re-times every variant
+    shutil.copytree(first, again)
+    resumed = invoke("compress", tiny_teacher, "--recipe", tmp_path / "first.yaml", "--out", again, "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    same = invoke("gate", again, "--baseline", tmp_path / "base.json")
+    assert same.exit_code == 0, same.output
+    assert "from 5 and 5 repeats" in same.output
+
+    wider = _measured_run(tiny_teacher, tmp_path, "wider", 4.0, target)  # 64x the student's conv work
+    failed = invoke("gate", wider, "--baseline", tmp_path / "base.json")
+    assert failed.exit_code == 1, failed.output
+    line = next(x for x in failed.output.splitlines() if x.startswith("FAIL baseline.student-fp32@ort-repeats.latency"))
+    assert "(95% interval" in line and "from 5 and 5 repeats" in line and "SLOWER" in line
+    assert "FAIL baseline.size.student-fp32" in failed.output  # and it grew
+    assert "PASS baseline.teacher-fp32@ort-repeats.latency" in failed.output
