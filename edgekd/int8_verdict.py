@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .bench import seeded_input, time_calls, warm_up
+from .bench import time_calls, warm_up
 
 MOSTLY_FLOAT = 0.5     # below this fraction of INT8 conv/matmul layers the row is failed
 MOSTLY_INT8 = 0.95     # below this (and above MOSTLY_FLOAT) the float layers are a warning
@@ -51,9 +51,11 @@ def interleaved_ratio(run_a: Callable[[], Any], run_b: Callable[[], Any], runs: 
 def time_against_fp32(compile_file: Callable[[Path], Any], int8_path: Path, fp32_path: Path,
                       runs: int) -> dict[str, float]:
     """The INT8 file against its FP32 file on one target: both compiled, timed interleaved at batch 1."""
+    from .backends.inputs import feed_for
+
     int8, fp32 = compile_file(int8_path), compile_file(fp32_path)
-    x = seeded_input(int8.input_shape)
-    return interleaved_ratio(lambda: int8(x), lambda: fp32(x), runs)
+    x = feed_for(int8, int8_path)  # the same arrays for both: the files take the same inputs
+    return interleaved_ratio(lambda: int8.run(x), lambda: fp32.run(x), runs)
 
 
 def judge(row: dict[str, Any], versus_fp32: dict[str, Any] | None, max_ratio: float | None) -> dict[str, Any]:

@@ -13,10 +13,10 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from .backends import BACKENDS, Backend, check_runs_here, checked_target, predict
+from .backends.inputs import FeedSpec, ShapeRequest, feed_for, with_batch
 from .int8_verdict import judge
 from .parity import parity
-from .bench import (LatencyStats, measure_latency, peak_rss_mb, reset_peak_rss, rss_mb, seeded_input, throughput,
-                    time_calls, warm_up)
+from .bench import LatencyStats, measure_latency, peak_rss_mb, reset_peak_rss, rss_mb, throughput, time_calls, warm_up
 from .fingerprint import file_sha256 as fingerprint_sha256, fingerprint
 from .config import LatencySpec, Target
 from .errors import BackendError, BackendUnavailable, CheckpointError, EdgekdError, InputError
@@ -43,8 +43,9 @@ class BackendPool:
 
 def measure(onnx_path: Path, variant: str, precision: str, target: Target, pool: BackendPool,
             eval_data: EvalData | None = None, eval_samples: int = 0,
-            reference: np.ndarray | None = None, shape: tuple[int, ...] | None = None) -> dict[str, Any]:
-    """Latency (at the file's input shape, or ``shape``), and with data (``eval_samples`` samples in
+            reference: np.ndarray | None = None, shape: ShapeRequest = None,
+            feed: FeedSpec | None = None) -> dict[str, Any]:
+    """Latency (at the file's input shapes, or ``shape``; inputs made by ``feed_for``), and with data (``eval_samples`` samples in
     batches) accuracy; with ``reference`` (the torch model's logits on the same samples) also the
     parity of this backend's outputs with it: how the runtime's own kernels change the result.
 
@@ -65,13 +66,13 @@ def measure(onnx_path: Path, variant: str, precision: str, target: Target, pool:
         t0 = time.perf_counter()
         compiled = backend.compile(onnx_path, target, shape)
         result["compile_ms"] = (time.perf_counter() - t0) * 1000.0
-        x = seeded_input(compiled.input_shape)
+        inputs = feed_for(compiled, onnx_path, feed)
         t0 = time.perf_counter()
-        compiled(x)
+        compiled.run(inputs)
         result["cold_ms"] = (time.perf_counter() - t0) * 1000.0
-        warm = warm_up(lambda: compiled(x), spec.warmup_runs, spec.warmup_seconds)
+        warm = warm_up(lambda: compiled.run(inputs), spec.warmup_runs, spec.warmup_seconds)
         compiled.reset_device_times()
-        times = time_calls(lambda: compiled(x), spec.runs, spec.min_seconds)
+        times = time_calls(lambda: compiled.run(inputs), spec.runs, spec.min_seconds)
         stats = LatencyStats.of(times, warm)
         device_times = compiled.device_times_ms()
         result.update(
@@ -81,6 +82,7 @@ def measure(onnx_path: Path, variant: str, precision: str, target: Target, pool:
             throughput_ips=1000.0 / stats.mean if stats.mean else None,
             peak_rss_mb=peak_rss_mb(),
             settings={**compiled.settings(), "latency": spec.model_dump()},
+            input_shapes={n: list(v) for n, v in compiled.input_shapes.items()},
             int8_layers=compiled.int8_layers(),
         )
         if device_times:
@@ -93,7 +95,7 @@ def measure(onnx_path: Path, variant: str, precision: str, target: Target, pool:
             result["warnings"].append(f"latency coefficient of variation {stats.cov:.1%} exceeds {spec.max_cov:.0%}: "
                                       f"the machine was busy or the clock unstable; re-measure before trusting it")
         if spec.batch > 1:
-            result["throughput_batch"] = _batch_throughput(backend, onnx_path, target, compiled.input_shape)
+            result["throughput_batch"] = _batch_throughput(backend, onnx_path, target, compiled.input_shapes, feed)
         if eval_data is not None:
             logits, labels = _evaluate(compiled, eval_data, eval_samples, f"evaluate {variant} on {target.name}")
             bad = int(np.sum(~np.isfinite(logits).all(axis=1)))
@@ -163,13 +165,14 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
-def _batch_throughput(backend: Backend, onnx_path: Path, target: Target, shape: tuple[int, ...]) -> dict[str, Any]:
-    """Images/s at the target's batch size; a graph that cannot take that batch says why, not fails."""
+def _batch_throughput(backend: Backend, onnx_path: Path, target: Target, shapes: dict[str, tuple[int, ...]],
+                      feed: FeedSpec | None) -> dict[str, Any]:
+    """Samples/s at the target's batch size; a graph that cannot take that batch says why, not fails."""
     batch = target.latency.batch
     try:
-        compiled = backend.compile(onnx_path, target, (batch, *shape[1:]))
-        x = seeded_input(compiled.input_shape)
-        return {"batch": batch, "ips": throughput(lambda: compiled(x), batch, target.latency.throughput_seconds)}
+        compiled = backend.compile(onnx_path, target, with_batch(shapes, batch))
+        inputs = feed_for(compiled, onnx_path, feed)
+        return {"batch": batch, "ips": throughput(lambda: compiled.run(inputs), batch, target.latency.throughput_seconds)}
     except Exception as exc:  # noqa: BLE001 - e.g. a Reshape that bakes batch 1 into the graph
         return {"batch": batch, "ips": None, "error": str(exc) if isinstance(exc, EdgekdError) else _first_line(exc)}
 
@@ -194,8 +197,8 @@ def latency_probe(target: Target, pool: BackendPool, windows: int = 3) -> Callab
 
     def p50_ms(path: Path) -> float:
         compiled = backend.compile(path, target)
-        x = seeded_input(compiled.input_shape)
-        return min(measure_latency(lambda: compiled(x), spec).p50 for _ in range(windows))
+        inputs = feed_for(compiled, path)
+        return min(measure_latency(lambda: compiled.run(inputs), spec).p50 for _ in range(windows))
 
     return p50_ms
 
@@ -227,17 +230,20 @@ def bench_targets(targets: list[str], **overrides: Any) -> list[Target]:
     return resolved
 
 
-def bench(model: str | Path, targets: list[str], *, shape: tuple[int, ...] | None = None,
-          trust_checkpoint: bool = False, allow_globals: tuple[str, ...] = (), expect_sha256: str | None = None,
-          **overrides: Any) -> list[dict[str, Any]]:
-    """Latency statistics of one ONNX file on each target (no accuracy: a bare file comes with no data).
+def bench(model: str | Path, targets: list[str], *, shape: ShapeRequest = None, seqs: list[int] | None = None,
+          feed: FeedSpec | None = None, trust_checkpoint: bool = False, allow_globals: tuple[str, ...] = (),
+          expect_sha256: str | None = None, **overrides: Any) -> list[dict[str, Any]]:
+    """Latency statistics of one model file on each target (no accuracy: a bare file comes with no data).
 
-    ``overrides``: ``threads`` and any ``LatencySpec`` key (``warmup_runs``, ``runs``, ``min_seconds``,
-    ``batch``), applied to every target. A ``.pt2`` program that could run code when opened is refused
-    (``CheckpointError``, exit 2) by the loading gate the torch backend opens it through, unless
-    ``trust_checkpoint`` (or its globals are named in ``allow_globals``). ``expect_sha256``: the file's
-    bytes are checked before anything opens it."""
-    from .backends.base import resolve_shape
+    Any ONNX file: several inputs, integer ones, dynamic axes (``shape`` per input name, or ``seqs``:
+    one row per sequence length, each filling every dynamic non-batch axis); inputs made by
+    ``backends.inputs.feed_for`` (ids inside the file's vocabulary, masks of ones) or the user's
+    (``feed.arrays``). ``overrides``: ``threads`` and any ``LatencySpec`` key (``warmup_runs``, ``runs``,
+    ``min_seconds``, ``batch``), applied to every target. A ``.pt2`` program that could run code when
+    opened is refused (``CheckpointError``, exit 2) by the loading gate the torch backend opens it
+    through, unless ``trust_checkpoint`` (or its globals are named in ``allow_globals``).
+    ``expect_sha256``: the file's bytes are checked before anything opens it."""
+    from .backends.inputs import graph_inputs, make_feed, resolve_shapes
     from .checkpoint import check_sha256
 
     path = Path(model)
@@ -251,17 +257,43 @@ def bench(model: str | Path, targets: list[str], *, shape: tuple[int, ...] | Non
         if path.suffix != suffix:
             raise InputError(f"{path}: target {t.name} ({t.backend}) runs {suffix} files, not {path.suffix or 'this file'} "
                              f"(run 'edgekd compress' to make both)")
-    if path.suffix == ".onnx":
-        resolve_shape(path, shape)  # a wrong --shape or an unsized dynamic input is the user's to fix: exit 2
+    if seqs and path.suffix != ".onnx":
+        raise InputError(f"{path}: --seq sweeps ONNX files with a dynamic sequence axis")
+    lengths: list[int | None] = list(seqs) if seqs else [None]
+    shapes_at: dict[int | None, ShapeRequest] = {}
+    for seq in lengths:
+        if path.suffix == ".onnx":  # a wrong --shape, an unsized dynamic input, ids of unknown range: exit 2
+            inputs = graph_inputs(path)
+            wanted = (feed or FeedSpec()).shapes(shape)
+            shapes, _ = resolve_shapes(path, wanted, seq, inputs)
+            make_feed(inputs, shapes, vocab=_vocab(path), vocab_default=(feed or FeedSpec()).vocab,
+                      arrays=(feed or FeedSpec()).arrays)
+            shapes_at[seq] = shapes
+        else:
+            shapes_at[seq] = shape
     precision = file_precision(path) if path.suffix == ".onnx" else "fp32"
     pool = BackendPool(trust_checkpoint, allow_globals)
+
+    def one_round() -> list[dict[str, Any]]:
+        rows = []
+        for seq in lengths:
+            for t in resolved:
+                row = measure(path, path.stem, precision, t, pool, shape=shapes_at[seq], feed=feed)
+                rows.append({**row, "seq": seq} if seq is not None else row)
+        return rows
+
     # a bare file has no FP32 twin to be timed against; whether it runs in INT8 is still judged
-    rows = [judge(measure(path, path.stem, precision, t, pool, shape=shape), None, None) for t in resolved]
+    rows = [judge(r, None, None) for r in one_round()]
     repeats = max(t.latency.repeats for t in resolved)
-    if repeats > 1:  # rounds over the targets, so a slow spell of the machine lands on all of them
-        add_repeats(rows, [[measure(path, path.stem, precision, t, pool, shape=shape) for t in resolved]
-                           for _ in range(repeats - 1)])
+    if repeats > 1:  # rounds over the lengths and targets, so a slow spell of the machine lands on all
+        add_repeats(rows, [one_round() for _ in range(repeats - 1)])
     return rows
+
+
+def _vocab(path: Path) -> dict[str, int]:
+    from .backends.inputs import read_graph, vocab_sizes
+
+    return vocab_sizes(read_graph(path))
 
 
 def native_commands(model: str | Path, targets: list[str], **overrides: Any) -> list[tuple[str, str]]:

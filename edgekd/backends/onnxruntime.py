@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendError, BackendUnavailable
-from .base import Backend, Capabilities, CompiledModel, reshaped_onnx, resolve_shape
+from .base import Backend, Capabilities, CompiledModel
+from .inputs import ShapeRequest, graph_inputs, reshaped_onnx, resolve_shapes
 from .target import Target
 
 PROVIDERS = {"CPU": ["CPUExecutionProvider"],
@@ -40,22 +41,27 @@ def session_options(target: Target) -> Any:
 
 
 class OrtModel(CompiledModel):
-    def __init__(self, path: Path, target: Target, shape: tuple[int, ...], reshape: bool) -> None:
+    def __init__(self, path: Path, target: Target, shapes: dict[str, tuple[int, ...]], reshape: bool) -> None:
         import onnxruntime as ort
 
         self._path, self._target = path, target
         self._opts = session_options(target)
         providers = PROVIDERS[target.device.upper()]
-        source = reshaped_onnx(path, shape) if reshape else str(path)
+        # ORT takes dynamic axes as they come: a re-declared file only for a batch-1 export run at batch N
+        source = reshaped_onnx(path, shapes) if reshape and _static_dims_change(path, shapes) else str(path)
         try:
             self._sess = ort.InferenceSession(source, self._opts, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
             raise BackendError(f"onnxruntime could not load {path.name}: {str(exc).splitlines()[0]}") from None
-        self._input = self._sess.get_inputs()[0].name
-        self.input_shape = tuple(shape)
+        self.inputs = graph_inputs(path)
+        self.input_shapes = dict(shapes)
+        self._input = self.inputs[0].name
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return self._sess.run(None, {self._input: x})[0]
+
+    def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        return self._sess.run(None, feed)[0]
 
     def settings(self) -> dict[str, Any]:
         import onnxruntime as ort
@@ -65,7 +71,7 @@ class OrtModel(CompiledModel):
                 "intra_op_num_threads": cfg.intra_op_num_threads, "inter_op_num_threads": cfg.inter_op_num_threads,
                 "execution_mode": str(cfg.execution_mode), "graph_optimization_level": str(cfg.graph_optimization_level),
                 "allow_spinning": cfg.get_session_config_entry("session.intra_op.allow_spinning") == "1",
-                "batch": self.input_shape[0]}
+                "batch": self.input_shape[0], "input_shapes": {n: list(v) for n, v in self.input_shapes.items()}}
 
     def precision(self, variant_precision: str) -> str:
         return variant_precision
@@ -107,7 +113,7 @@ class OnnxRuntimeBackend(Backend):
             return False, f"onnxruntime is not installed ({exc})"
         return True, f"{ort.__version__} (providers: {', '.join(ort.get_available_providers())})"
 
-    def compile(self, onnx_path: Path, target: Target, shape: tuple[int, ...] | None = None) -> CompiledModel:
+    def compile(self, onnx_path: Path, target: Target, shape: ShapeRequest = None) -> CompiledModel:
         import onnxruntime as ort
 
         wanted = PROVIDERS[target.device.upper()][0]
@@ -115,7 +121,7 @@ class OnnxRuntimeBackend(Backend):
             raise BackendUnavailable(f"target {target.name}: this onnxruntime build has no {wanted} "
                                      f"(has {', '.join(ort.get_available_providers())}; device {target.device} "
                                      f"needs onnxruntime-gpu and an NVIDIA GPU)")
-        return OrtModel(onnx_path, target, *resolve_shape(onnx_path, shape))
+        return OrtModel(onnx_path, target, *resolve_shapes(onnx_path, shape))
 
     def native_command(self, onnx_path: Path, target: Target) -> str:
         """onnxruntime_perf_test (built from the ONNX Runtime sources; not in the wheel)."""
@@ -124,6 +130,13 @@ class OnnxRuntimeBackend(Backend):
         return (f"onnxruntime_perf_test -e {ep} -x {target.threads} -y {target.inter_op_threads} "
                 f"{'' if target.inter_op_threads == 1 else '-P '}-m times -r {spec.runs} -I -o 99 "
                 f"-C 'session.intra_op.allow_spinning|{1 if target.spinning else 0}' {onnx_path}")
+
+
+def _static_dims_change(path: Path, shapes: dict[str, tuple[int, ...]]) -> bool:
+    """Whether a shape asked for differs from a fixed dim the file declares (symbolic dims ORT binds
+    at run time)."""
+    return any(isinstance(d, int) and d > 0 and d != want
+               for i in graph_inputs(path) for d, want in zip(i.dims, shapes.get(i.name, i.dims)))
 
 
 def float_layer_causes(graph: Any, names: list[str]) -> dict[str, str]:

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import BackendError
-from .base import Backend, Capabilities, CompiledModel, resolve_shape
+from .base import Backend, Capabilities, CompiledModel
+from .inputs import ShapeRequest, graph_inputs, resolve_shapes
 from .target import Target
 
 COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Gemm")
@@ -38,11 +39,12 @@ def compile_config(target: Target) -> dict[str, Any]:
 
 
 class OvModel(CompiledModel):
-    def __init__(self, core: Any, path: Path, target: Target, shape: tuple[int, ...], reshape: bool) -> None:
+    def __init__(self, core: Any, path: Path, target: Target, shapes: dict[str, tuple[int, ...]],
+                 reshape: bool) -> None:
         try:
             model = core.read_model(str(path))
-            if reshape:
-                model.reshape({0: list(shape)})
+            if reshape:  # compiled for the shapes that are timed: OpenVINO's CPU plugin is fastest static
+                model.reshape({n: list(s) for n, s in shapes.items()})
             config = compile_config(target)
             self._cache_dir = config.get("CACHE_DIR")
             self._compiled = core.compile_model(model, target.device, config)
@@ -53,7 +55,10 @@ class OvModel(CompiledModel):
 
         self._request = self._compiled.create_infer_request()
         self._tensor, self._bound, self._bound_data = ov.Tensor, None, None
-        self.input_shape = tuple(shape)
+        self._bound_feed_key: dict[str, np.ndarray] | None = None  # the feed bound (identity)
+        self._bound_feed: dict[str, np.ndarray] = {}                # its arrays, held: tensors share them
+        self.inputs = graph_inputs(path)
+        self.input_shapes = dict(shapes)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         # The input is bound once per array and shared, not passed as a dict each call: that halves
@@ -63,6 +68,17 @@ class OvModel(CompiledModel):
         if x is not self._bound or self._bound_data is not x:  # a copied (non-contiguous) input is re-read
             self._bound, self._bound_data = x, np.ascontiguousarray(x)  # both held: the tensor shares memory
             self._request.set_input_tensor(self._tensor(self._bound_data, shared_memory=True))
+        self._request.infer()
+        return self._request.get_output_tensor(0).data
+
+    def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        if len(feed) == 1:
+            return self(next(iter(feed.values())))
+        if feed is not self._bound_feed_key:  # bound once per feed, as for one input (shared memory)
+            self._bound_feed = {n: np.ascontiguousarray(a) for n, a in feed.items()}
+            for name, array in self._bound_feed.items():
+                self._request.set_tensor(name, self._tensor(array, shared_memory=True))
+            self._bound_feed_key = feed
         self._request.infer()
         return self._request.get_output_tensor(0).data
 
@@ -79,6 +95,7 @@ class OvModel(CompiledModel):
             except RuntimeError:
                 continue
         out["batch"] = self.input_shape[0]
+        out["input_shapes"] = {n: list(v) for n, v in self.input_shapes.items()}
         out["cache_dir"] = self._cache_dir
         return out
 
@@ -117,7 +134,7 @@ class OpenVINOBackend(Backend):
             self._core = ov.Core()
         return True, f"{ov.get_version()} (devices: {', '.join(self._core.available_devices)})"
 
-    def compile(self, onnx_path: Path, target: Target, shape: tuple[int, ...] | None = None) -> CompiledModel:
+    def compile(self, onnx_path: Path, target: Target, shape: ShapeRequest = None) -> CompiledModel:
         import openvino as ov
 
         if self._core is None:
@@ -126,7 +143,7 @@ class OpenVINOBackend(Backend):
         if target.device.split(".")[0] not in available:
             raise BackendError(f"target {target.name}: openvino device {target.device!r} not present; "
                                f"here: {', '.join(available)}")
-        return OvModel(self._core, onnx_path, target, *resolve_shape(onnx_path, shape))
+        return OvModel(self._core, onnx_path, target, *resolve_shapes(onnx_path, shape))
 
     def native_command(self, onnx_path: Path, target: Target) -> str:
         """benchmark_app (installed with the openvino wheel), synchronous batch-1 calls like edgekd's.

@@ -26,7 +26,8 @@ import numpy as np
 
 from ..errors import BackendError, BackendUnavailable
 from ..fileio import write_bytes, write_json
-from .base import Backend, Capabilities, CompiledModel, reshaped_onnx, resolve_shape
+from .base import Backend, Capabilities, CompiledModel
+from .inputs import ShapeRequest, graph_inputs, reshaped_onnx, resolve_shapes
 from .target import Target
 
 COMPUTE_LAYER_WORDS = ("Convolution", "Gemm", "MatrixMultiply", "FullyConnected")
@@ -87,12 +88,12 @@ def build_engine(onnx_bytes: bytes, name: str, target: Target, logger: Any) -> t
 
 
 class TrtModel(CompiledModel):
-    def __init__(self, path: Path, target: Target, shape: tuple[int, ...], reshape: bool) -> None:
+    def __init__(self, path: Path, target: Target, shapes: dict[str, tuple[int, ...]], reshape: bool) -> None:
         import tensorrt as trt
         import torch
 
         logger = trt.Logger(trt.Logger.WARNING)
-        onnx_bytes = reshaped_onnx(path, shape) if reshape else path.read_bytes()
+        onnx_bytes = reshaped_onnx(path, shapes) if reshape else path.read_bytes()
         engine_path = _cache_dir() / f"{path.stem}-{engine_key(onnx_bytes, target)}.engine"
         self.engine_cached = target.cache and engine_path.is_file() and engine_path.with_suffix(".json").is_file()
         if self.engine_cached:
@@ -109,26 +110,36 @@ class TrtModel(CompiledModel):
             raise BackendError(f"tensorrt could not load the engine for {path.name} ({engine_path})")
         self._context = self._engine.create_execution_context()
         self._stream = torch.cuda.Stream()
+        torch_types = {trt.DataType.FLOAT: torch.float32, trt.DataType.HALF: torch.float16,
+                       trt.DataType.INT64: torch.int64, trt.DataType.INT32: torch.int32, trt.DataType.BOOL: torch.bool}
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
-        self._input = next(n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+        in_names = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self._output = next(n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
-        for n in (self._input, self._output):
-            if self._engine.get_tensor_dtype(n) != trt.DataType.FLOAT:
+        for n in [*in_names, self._output]:
+            if torch_types.get(self._engine.get_tensor_dtype(n)) is None or (
+                    n == self._output and self._engine.get_tensor_dtype(n) != trt.DataType.FLOAT):
                 raise BackendError(f"tensorrt: {path.name} tensor {n!r} is {self._engine.get_tensor_dtype(n)}; "
-                                   f"edgekd feeds and reads float32")
-        self.input_shape = tuple(self._engine.get_tensor_shape(self._input))
-        self._in = torch.empty(self.input_shape, dtype=torch.float32, device="cuda")
+                                   f"edgekd feeds float/int/bool inputs and reads a float32 output")
+        self.inputs = graph_inputs(path)
+        self.input_shapes = {n: tuple(self._engine.get_tensor_shape(n)) for n in in_names}
+        self._ins = {n: torch.empty(self.input_shapes[n], dtype=torch_types[self._engine.get_tensor_dtype(n)],
+                                    device="cuda") for n in in_names}
         self._out = torch.empty(tuple(self._engine.get_tensor_shape(self._output)), dtype=torch.float32, device="cuda")
         self._host_out = torch.empty(self._out.shape, dtype=torch.float32).pin_memory()
-        self._context.set_tensor_address(self._input, self._in.data_ptr())
+        for n, tensor in self._ins.items():
+            self._context.set_tensor_address(n, tensor.data_ptr())
         self._context.set_tensor_address(self._output, self._out.data_ptr())
         self._events: list[tuple[Any, Any]] = []
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.run({self.inputs[0].name: x})
+
+    def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
         import torch
 
         with torch.cuda.stream(self._stream):
-            self._in.copy_(torch.from_numpy(x), non_blocking=False)
+            for name, array in feed.items():
+                self._ins[name].copy_(torch.from_numpy(np.ascontiguousarray(array)), non_blocking=False)
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record(self._stream)
             if not self._context.execute_async_v3(self._stream.cuda_stream):
@@ -185,11 +196,11 @@ class TensorRTBackend(Backend):
             return False, f"tensorrt {trt.__version__} is installed but no CUDA GPU is visible to torch"
         return True, trt.__version__
 
-    def compile(self, onnx_path: Path, target: Target, shape: tuple[int, ...] | None = None) -> CompiledModel:
+    def compile(self, onnx_path: Path, target: Target, shape: ShapeRequest = None) -> CompiledModel:
         ok, reason = self.availability()
         if not ok:
             raise BackendUnavailable(reason)
-        return TrtModel(onnx_path, target, *resolve_shape(onnx_path, shape))
+        return TrtModel(onnx_path, target, *resolve_shapes(onnx_path, shape))
 
     def native_command(self, onnx_path: Path, target: Target) -> str:
         """trtexec with the same precision, workspace and timing as edgekd's harness."""

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import BackendUnavailable, InputError
 from .base import Backend, Capabilities, CompiledModel
+from .inputs import GraphInput, ShapeRequest
 from .target import Target
 
 
@@ -53,7 +54,8 @@ class TorchModel(CompiledModel):
                 raise InputError(f"{path}: input has dynamic dims ({'x'.join(map(str, dims))}); pass --shape")
         elif len(shape) != len(dims):
             raise InputError(f"{path}: --shape has rank {len(shape)}; the program's input has rank {len(dims)}")
-        self.input_shape = tuple(shape)
+        self.inputs = [GraphInput(program.graph_signature.user_inputs[0], "float32", tuple(dims))]
+        self.input_shapes = {self.inputs[0].name: tuple(shape)}
         self._device = torch.device("cuda" if target.device.upper() == "CUDA" else "cpu")
         self._module = program.module().to(self._device)
         self._compiled = target.torch_compile
@@ -95,7 +97,7 @@ class TorchBackend(Backend):
             return False, f"torch is not installed ({exc})"
         return True, f"{torch.__version__} (cuda: {'yes' if torch.cuda.is_available() else 'no'})"
 
-    def compile(self, onnx_path: Path, target: Target, shape: tuple[int, ...] | None = None) -> CompiledModel:
+    def compile(self, onnx_path: Path, target: Target, shape: ShapeRequest = None) -> CompiledModel:
         import torch
 
         if target.device.upper() == "CUDA" and not torch.cuda.is_available():
@@ -105,6 +107,10 @@ class TorchBackend(Backend):
                                      f"(g++ or clang++ on PATH, or $CXX); none found")
         if onnx_path.suffix != self.file_suffix:
             raise InputError(f"target {target.name}: the torch backend runs .pt2 (torch.export) files; got {onnx_path.name}")
+        if isinstance(shape, dict):  # programs here take one input: a named shape is that input's
+            if len(shape) != 1:
+                raise InputError(f"target {target.name}: a torch program takes one input; got shapes for {', '.join(shape)}")
+            shape = next(iter(shape.values()))
         return TorchModel(onnx_path, target, shape, self.trust_checkpoint, self.allow_globals)
 
     def native_command(self, onnx_path: Path, target: Target) -> str:

@@ -9,28 +9,30 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..backends.inputs import FeedSpec, parse_shape_options
 from ..errors import InputError
 from .app import app, handle_errors, out
 
 STATS = ("min", "p50", "p90", "p95", "p99", "max", "mean", "std")
 
 
-def parse_shape(text: str | None) -> tuple[int, ...] | None:
-    """``1x3x224x224`` -> (1, 3, 224, 224)."""
+def parse_seqs(text: str | None) -> list[int] | None:
+    """``32,64,128`` -> [32, 64, 128]."""
     if text is None:
         return None
     try:
-        shape = tuple(int(d) for d in text.lower().split("x"))
+        seqs = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        shape = ()
-    if not shape or any(d <= 0 for d in shape):
-        raise InputError(f"--shape {text!r}: expected positive dims joined by 'x', e.g. 1x3x224x224")
-    return shape
+        seqs = []
+    if not seqs or any(v <= 0 for v in seqs):
+        raise InputError(f"--seq {text!r}: expected positive lengths joined by ',', e.g. 32,64,128")
+    return seqs
 
 
 @app.command()
 def bench(
-    model: Annotated[Path, typer.Argument(help="An .onnx file (any single-input float model, not only edgekd's).")],
+    model: Annotated[Path, typer.Argument(help="An .onnx file (any model: several inputs, integer ones, dynamic "
+                                                "axes), or a .pt2 program for a torch target.")],
     target: Annotated[Optional[list[str]], typer.Option(help="Target name or YAML path; repeat for several.")] = None,
     warmup: Annotated[Optional[int], typer.Option(min=1, help="Warm-up runs (overrides the target's).")] = None,
     runs: Annotated[Optional[int], typer.Option(min=1, help="Timed runs at least (overrides the target's).")] = None,
@@ -39,7 +41,14 @@ def bench(
     batch: Annotated[Optional[int], typer.Option(min=1, help="Batch size for the throughput figure.")] = None,
     repeats: Annotated[Optional[int], typer.Option(min=1, max=100, help="Time the file this many times in rounds "
                        "over the targets; report every repeat's p50 and their spread.")] = None,
-    shape: Annotated[Optional[str], typer.Option(help="Input shape, e.g. 1x3x224x224 (needed for dynamic dims).")] = None,
+    shape: Annotated[Optional[list[str]], typer.Option(help="Input shape, e.g. 1x3x224x224, or per input "
+                     "input_ids=1x128 (repeat); needed for dynamic dims that --seq does not fill.")] = None,
+    seq: Annotated[Optional[str], typer.Option(help="Sequence lengths to sweep, e.g. 32,64,128: every dynamic "
+                   "non-batch axis takes each in turn; one row per length and target.")] = None,
+    inputs: Annotated[Optional[Path], typer.Option("--inputs", help="An .npz of arrays named like the model's "
+                      "inputs, fed as they are (their shapes win).")] = None,
+    tokenizer: Annotated[Optional[Path], typer.Option(help="A local tokenizer directory: ids are drawn inside its "
+                         "vocabulary where the file has no embedding table to read it from.")] = None,
     emit_native: Annotated[bool, typer.Option("--emit-native", help="Also print the runtime's own benchmark "
                                               "command (benchmark_app, trtexec, onnxruntime_perf_test) "
                                               "with the same settings.")] = False,
@@ -62,7 +71,9 @@ def bench(
         if emit_native:
             for name, command in native_commands(model, targets, **overrides):
                 out.print(f"# {name}\n{command}", highlight=False, markup=False, soft_wrap=True)
-        results = run_bench(model, targets, shape=parse_shape(shape), trust_checkpoint=trust_checkpoint,
+        feed = _feed_spec(model, inputs, tokenizer)
+        results = run_bench(model, targets, shape=parse_shape_options(shape), seqs=parse_seqs(seq), feed=feed,
+                            trust_checkpoint=trust_checkpoint,
                             allow_globals=tuple(allow_global or ()), expect_sha256=expect_sha256, **overrides)
         if json_path is not None:
             write_json(json_path, results)
@@ -73,9 +84,19 @@ def bench(
         raise typer.Exit(1)  # a failed row, or no target could measure at all: nothing to trust
 
 
+def _feed_spec(model: Path, arrays: Path | None, tokenizer: Path | None) -> FeedSpec | None:
+    from ..backends.inputs import graph_inputs, load_arrays, tokenizer_vocab
+
+    if arrays is None and tokenizer is None:
+        return None
+    return FeedSpec(arrays=load_arrays(arrays, graph_inputs(model)) if arrays is not None else None,
+                    vocab=tokenizer_vocab(tokenizer) if tokenizer is not None else None)
+
+
 def _stats_table(title: str, results: list[dict[str, Any]]) -> Table:
     table = Table(title=f"{title}: latency ms, batch 1", title_justify="left")
-    for h in ("target", "precision", *STATS, "cov", "cold", "status"):
+    sweep = any(r.get("seq") is not None for r in results)
+    for h in ("target", *(("seq",) if sweep else ()), "precision", *STATS, "cov", "cold", "status"):
         table.add_column(h, justify="left" if h in ("target", "precision", "status") else "right")
     for r in results:
         lat = r["latency_ms"] or {}
@@ -83,7 +104,8 @@ def _stats_table(title: str, results: list[dict[str, Any]]) -> Table:
         cov = f"{lat['cov']:.1%}" if "cov" in lat else "-"
         cold = f"{r['cold_ms']:.2f}" if r.get("cold_ms") is not None else "-"
         status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r['error']}"
-        table.add_row(r["target"], r["precision"], *nums, cov, cold, escape(status))
+        seq_cell = (str(r.get("seq")),) if sweep else ()
+        table.add_row(r["target"], *seq_cell, r["precision"], *nums, cov, cold, escape(status))
     return table
 
 
@@ -92,9 +114,11 @@ def _print_details(r: dict[str, Any]) -> None:
     if r["status"] != "ok":
         return
     lat, tb = r["latency_ms"], r.get("throughput_batch") or {}
-    parts = [f"{r['throughput_ips']:.0f} img/s at batch 1"]
+    where = r["target"] + (f" seq {r['seq']}" if r.get("seq") is not None else "")
+    unit = "img/s" if len(r.get("input_shapes") or {}) <= 1 else "samples/s"
+    parts = [f"{r['throughput_ips']:.0f} {unit} at batch 1"]
     if tb:
-        parts.append(f"{tb['ips']:.0f} img/s at batch {tb['batch']}" if tb.get("ips")
+        parts.append(f"{tb['ips']:.0f} {unit} at batch {tb['batch']}" if tb.get("ips")
                      else f"batch {tb['batch']}: {tb.get('error')}")
     parts.append(f"peak RSS {r['peak_rss_mb']:.0f} MB (process before compile {r['rss_before_mb']:.0f} MB)")
     parts.append(f"{lat['runs']} runs in {lat['seconds']:.1f} s after {lat['warmup_runs']} warm-up")
@@ -103,6 +127,8 @@ def _print_details(r: dict[str, Any]) -> None:
     if r.get("repeats"):
         p50s = ", ".join(f"{p:.3f}" for p in r["repeats"]["p50_ms"])
         parts.append(f"p50 of {len(r['repeats']['p50_ms'])} repeats {p50s} ms (spread {r['repeats']['spread']:.1%})")
-    out.print(f"{r['target']}: " + "; ".join(parts), highlight=False, markup=False)
+    if len(r.get("input_shapes") or {}) > 1:
+        parts.append("inputs " + ", ".join(f"{n} {'x'.join(map(str, v))}" for n, v in r["input_shapes"].items()))
+    out.print(f"{where}: " + "; ".join(parts), highlight=False, markup=False)
     for w in r.get("warnings", []):
         out.print(f"[yellow]{escape(r['target'])}: warning: {escape(w)}[/yellow]")
