@@ -175,9 +175,16 @@ def onnx_size_bytes(path: str | Path) -> int:
 
 
 def count_params_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
-    """Parameters and multiply-accumulates at batch 1, counted by Torch-Pruning's op counter."""
+    """Parameters and multiply-accumulates at batch 1, counted by Torch-Pruning's op counter. A text
+    model (packed (3, S) samples, ``edgekd.text``) is counted on token ids of zeros and a mask of ones."""
     import torch_pruning as tp
 
+    from .text import PACKED_INPUTS
+
+    example = torch.zeros(1, *input_shape)
+    if len(input_shape) == 2 and input_shape[0] == len(PACKED_INPUTS) and hasattr(model, "task"):
+        example = example.long()
+        example[:, 1] = 1
     with torch.no_grad():
-        macs, params = tp.utils.count_ops_and_params(model.eval(), torch.zeros(1, *input_shape))
+        macs, params = tp.utils.count_ops_and_params(model.eval(), example)
     return int(params), int(macs)

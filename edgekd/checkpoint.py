@@ -75,7 +75,7 @@ def allowed_objects(names: tuple[str, ...]) -> list[Any]:
     return found
 
 
-ARCH_FORMS = "edgekd:NAME, torchvision:NAME, timm:NAME or package.module:factory"
+ARCH_FORMS = "edgekd:NAME, torchvision:NAME, timm:NAME, hf:DIR or package.module:factory"
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "weights")
 
 
@@ -111,6 +111,11 @@ def build_model(spec: str, *, num_classes: int | None = None, in_channels: int |
             return _torchvision(name, num_classes, in_channels, width, extra)
         if scheme == "timm":
             return _timm(name, num_classes, in_channels, width, extra)
+        if scheme == "hf":  # a local Hugging Face folder: its config only (weights come from the artifact)
+            from .text.models import build_hf
+
+            _no_width(spec, width)
+            return build_hf(name, num_classes, **extra)
         return _factory(spec, scheme, name, num_classes, in_channels, width, extra)
     except TypeError as exc:
         given = ", ".join(f"{k}={v!r}" for k, v in extra.items()) or "none"
@@ -176,6 +181,26 @@ def _factory(spec: str, module: str, attr: str, num_classes: int | None, in_chan
 
 
 # ------------------------------------------------------------------ loading
+def load_hf_checkpoint(directory: Path, arch: str, *, task: str, num_classes: int | None,
+                       policy: LoadPolicy | None = None) -> LoadedCheckpoint:
+    """A Hugging Face model folder (``--arch hf:DIR``), loaded offline by transformers; safetensors
+    only unless ``--trust-checkpoint`` (``text.models.load_hf``). The hash covers every file in it."""
+    from .rundir import content_sha256
+    from .text.models import load_hf
+
+    policy = policy or LoadPolicy()
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: an hf: checkpoint is a folder (config.json + *.safetensors)")
+    digest = content_sha256(directory)
+    check_sha256(directory, digest, policy.expect_sha256)
+    has_safetensors = any(directory.glob("*.safetensors"))
+    if not has_safetensors and policy.trust:
+        warn_trusted(directory)
+    model = load_hf(directory, task, num_classes if task == "classification" else None, trust=policy.trust)
+    return LoadedCheckpoint(model, arch, str(directory), "hf-safetensors" if has_safetensors else "hf-pickle",
+                            not has_safetensors, digest)
+
+
 def load_checkpoint(path: str | Path, arch: str | None, *, trust: bool = False, num_classes: int | None = None,
                     in_channels: int | None = None, arch_args: dict[str, Any] | None = None,
                     policy: LoadPolicy | None = None) -> LoadedCheckpoint:

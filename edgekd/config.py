@@ -94,9 +94,11 @@ class DataSpec(Strict):
     ``factory``: ``path: package.module:function`` returning ``{"train": ds, "val": ds, "test": ds}``
     of torch datasets whose items are ``(image, label)``.
     ``synthetic``: random class-conditional images, for smoke tests.
+    ``text``: a .csv/.jsonl file (``text_column``, optional ``label_column``) or a save_to_disk folder,
+    tokenized with ``tokenizer`` (default: the hf: checkpoint's folder) to ``max_length`` tokens.
     """
 
-    source: Literal["digits", "synthetic", "npz", "imagefolder", "hf", "factory"] = "digits"
+    source: Literal["digits", "synthetic", "npz", "imagefolder", "hf", "factory", "text"] = "digits"
     path: str | None = None
     image_size: int | None = Field(None, ge=8, le=1024, description="digits/synthetic: the generated size "
                                    "(default 32); other sources: shorthand for preprocess.size")
@@ -109,7 +111,10 @@ class DataSpec(Strict):
     channels: int = Field(1, ge=1, le=4, description="synthetic: input channels; digits: the gray image repeated "
                           "(3 for torchvision/timm models); other sources: use preprocess.channels")
     image_column: str = Field("image", description="hf: the column holding images (or arrays)")
-    label_column: str = Field("label", description="hf: the column holding integer labels")
+    label_column: str = Field("label", description="hf, text: the column holding labels")
+    text_column: str = Field("text", description="text: the column holding the text")
+    max_length: int = Field(128, ge=2, le=8192, description="text: tokens per sample (padded, truncated)")
+    tokenizer: str | None = Field(None, description="text: a local tokenizer folder (default: the hf: checkpoint's)")
     split_names: dict[Literal["train", "val", "test"], str] = Field(
         default_factory=dict, description="hf: the dataset's split names (default train; validation|val|valid; test)")
     max_train_samples: int | None = Field(None, ge=1, description="train on a seeded random subset of this size")
@@ -136,9 +141,10 @@ class DataSpec(Strict):
 
     @model_validator(mode="after")
     def _source_needs(self) -> "DataSpec":
-        if self.source in ("npz", "imagefolder", "hf", "factory") and not self.path:
+        if self.source in ("npz", "imagefolder", "hf", "factory", "text") and not self.path:
             forms = {"npz": "a .npz file", "imagefolder": "a folder of class folders", "hf": "a saved dataset "
-                     "folder or a cached dataset name", "factory": "package.module:function"}
+                     "folder or a cached dataset name", "factory": "package.module:function",
+                     "text": "a .csv/.jsonl file or a save_to_disk folder"}
             raise ValueError(f"source {self.source!r} needs 'path' ({forms[self.source]})")
         if self.source not in ("digits", "synthetic") and self.channels != 1:
             raise ValueError(f"'channels' does not apply to source {self.source!r} (only digits and synthetic); "
@@ -170,14 +176,18 @@ class StudentSpec(Strict):
     arch_args: dict[str, Any] = Field(default_factory=dict, description="arch students: constructor arguments")
     init: Literal["pruned", "random"] = Field("pruned", description="width students: keep the teacher's "
                                               "weights on the kept channels, or re-initialise them")
+    layers: list[int] | Literal["alternate"] | None = Field(
+        None, description="hf: text teachers: keep these transformer layers (indices), or every other one "
+                          "('alternate', as DistilBERT), initialised from the teacher's")
 
     @model_validator(mode="before")
     @classmethod
     def _one_of(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            if data.get("arch") is not None and data.get("width") is not None:
-                raise ValueError("give either 'width' or 'arch', not both")
-            if data.get("arch") is None and data.get("width") is None:
+            given = [k for k in ("width", "arch", "layers") if data.get(k) is not None]
+            if len(given) > 1:
+                raise ValueError(f"give one of 'width', 'arch' or 'layers', not {' and '.join(given)}")
+            if not given:
                 data = {**data, "width": 0.5}
         return data
 
@@ -390,6 +400,8 @@ class ExportConfig(Strict):
     fp32_atol: float = Field(1e-4, gt=0.0)
     fp32_rtol: float = Field(1e-3, ge=0.0)
     int8_min_top1_agreement: float = Field(0.97, ge=0.0, le=1.0)
+    int8_min_cosine: float = Field(0.99, ge=0.0, le=1.0, description="embedding models: the INT8 file's mean "
+                                   "cosine similarity to the fake-quantized torch model's embeddings")
     torch_program: bool | None = Field(None, description="also save each FP32 variant as a torch.export "
                                                          "program (.pt2); default: when a torch target is in the run")
 
@@ -406,6 +418,9 @@ class Recipe(Strict):
     arch: str | None = Field(None, description="teacher arch spec when --arch is not given")
     arch_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the arch's "
                                       "constructor or factory (e.g. {input_size: 28}); also --arch-arg KEY=VALUE")
+    task: Literal["classification", "embedding"] = Field(
+        "classification", description="hf: text models: class logits (sequence classification, scored by accuracy) "
+                                      "or mean-pooled sentence embeddings (scored against the teacher's)")
     device: str = Field("auto", description="where training runs: auto (CUDA when present), cpu, cuda, cuda:N")
     amp: Literal["bf16", "fp16", "none"] = Field("bf16", description="CUDA autocast precision for training")
     checkpoint_every: int | None = Field(None, ge=1, description="also save the training state every this many "

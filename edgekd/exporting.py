@@ -12,11 +12,15 @@ from .quantization import INPUT_NAME, OUTPUT_NAME
 
 
 def export_fp32(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
-    """TorchScript exporter (``dynamo=False``, INT8-NOTES trap 4), batch 1, named input and output."""
+    """TorchScript exporter (``dynamo=False``, INT8-NOTES trap 4), batch 1, named input and output; a
+    text model with its three named inputs and dynamic batch and sequence axes (``text.export_signature``)."""
+    from .text import export_signature
+
+    args, names, axes = export_signature(example, INPUT_NAME, OUTPUT_NAME)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), (example,), str(path), dynamo=False, opset_version=opset,
-                          input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
+        torch.onnx.export(model.eval(), args, str(path), dynamo=False, opset_version=opset,
+                          input_names=names, output_names=[OUTPUT_NAME], dynamic_axes=axes)
 
 
 def export_program(model: nn.Module, example: torch.Tensor, path: Path) -> None:

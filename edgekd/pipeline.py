@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from .version import __version__
 from .artifact import Artifact, config_hash, in_run, read_record, write_record
-from .checkpoint import LoadedCheckpoint, LoadPolicy, load_checkpoint
+from .checkpoint import LoadedCheckpoint, LoadPolicy, load_checkpoint, load_hf_checkpoint
 from .config import (Budget, DataSpec, DistillConfig, PruneConfig, Recipe, StudentSpec, Target, dump_recipe,
                      load_budget, load_recipe, load_target, recipe_with)
 from .data import Splits, build_splits
@@ -45,7 +45,7 @@ from .stages.preflight import preflight
 from .stages.quantize import resolve_hardswish, resolve_input_quant
 from .train import distributed
 from .train.device import resolve_device
-from .train.evaluate import accuracy
+from .train.evaluate import accuracy, predict_logits
 
 DEFAULT_RUNS_DIR = Path("runs")
 
@@ -125,6 +125,10 @@ def _load_teacher(checkpoint: Path | None, arch: str | None, policy: LoadPolicy,
 
     if checkpoint is None:
         checkpoint, arch = default_teacher(), arch or ARCH
+    if is_hf(arch):
+        task = arch_args.get("task", "classification")
+        loaded = load_hf_checkpoint(checkpoint, arch, task=task, num_classes=splits.num_classes, policy=policy)
+        return _checked_teacher(loaded, checkpoint, splits, embedding=task == "embedding")
     try:
         loaded = load_checkpoint(checkpoint, arch, policy=policy, num_classes=splits.num_classes,
                                  in_channels=splits.input_shape[0], arch_args=arch_args)
@@ -133,6 +137,17 @@ def _load_teacher(checkpoint: Path | None, arch: str | None, policy: LoadPolicy,
         if suspect and "shape mismatch" in str(exc):  # a stray label is the data's fault, not the checkpoint's
             raise DataError(suspect) from None
         raise
+    return _checked_teacher(loaded, checkpoint, splits)
+
+
+def is_hf(arch: str | None) -> bool:
+    return bool(arch) and arch.startswith("hf:")
+
+
+def _checked_teacher(loaded: LoadedCheckpoint, checkpoint: Path, splits: Splits,
+                     embedding: bool = False) -> LoadedCheckpoint:
+    """The teacher run on one test sample: it must take the data's inputs and (unless it outputs
+    embeddings) give one logit per class."""
     model = loaded.model.eval()
     try:
         with torch.no_grad():
@@ -140,7 +155,7 @@ def _load_teacher(checkpoint: Path | None, arch: str | None, policy: LoadPolicy,
     except Exception as exc:  # noqa: BLE001 - any failure here is a shape/arch mismatch with the data
         raise CheckpointError(f"{checkpoint}: the model does not accept the data's input shape "
                               f"{(1, *splits.input_shape)} ({str(exc).splitlines()[0]})") from None
-    if out.ndim != 2 or out.shape[1] != splits.num_classes:
+    if out.ndim != 2 or (out.shape[1] != splits.num_classes and not embedding):
         raise CheckpointError(f"{checkpoint}: the model outputs shape {tuple(out.shape)}, but the data has "
                               f"{splits.num_classes} classes")
     return loaded
@@ -191,7 +206,14 @@ def compress(checkpoint: str | Path | None = None, *, arch: str | None = None,
     rec = resolve_torch_program(resolve_hardswish(resolve_input_quant(rec, target_objs), target_objs), target_objs)
     budget_obj = budget if isinstance(budget, Budget) or budget is None else load_budget(budget)
     ckpt = Path(checkpoint) if checkpoint is not None else None
-    if ckpt is not None and not ckpt.is_file():
+    if is_hf(rec.arch):  # a Hugging Face folder is the checkpoint itself
+        folder = Path(rec.arch[3:])
+        if ckpt is not None and ckpt.resolve() != folder.resolve():
+            raise InputError(f"{ckpt}: with --arch {rec.arch} the checkpoint is that folder; leave CHECKPOINT out")
+        ckpt = folder
+        if rec.data.source == "text" and rec.data.tokenizer is None:  # its own tokenizer, unless told otherwise
+            rec = recipe_with(rec, data=rec.data.model_copy(update={"tokenizer": str(folder)}))
+    elif ckpt is not None and not ckpt.is_file():
         raise CheckpointError(f"{ckpt}: checkpoint file not found")
 
     ranked = distributed.init_from_env(rec.device)
@@ -220,7 +242,10 @@ def _compress(rec: Recipe, ckpt: Path | None, run_dir: Path, target_objs: list[T
 
     device = resolve_device(rec.device, rec.amp)
     splits = build_splits(rec.data, arch_preprocess(rec.arch if ckpt is not None else None), pin_memory=device.cuda)
-    loaded = _load_teacher(ckpt, rec.arch, policy, splits, rec.arch_args)
+    arch_args = {**rec.arch_args, "task": rec.task} if is_hf(rec.arch) else rec.arch_args  # rebuilds need the task
+    loaded = _load_teacher(ckpt, rec.arch, policy, splits, arch_args)
+    if is_hf(rec.arch) and rec.task == "embedding":  # every model is scored against the teacher's embeddings
+        splits.embedding_targets = {s: predict_logits(loaded.model, splits, s, device) for s in ("val", "test")}
     check_free_space(run_dir, sum(p.numel() * p.element_size() for p in loaded.model.parameters()), len(rec.stages))
     inputs = {"checkpoint": loaded.sha256, **input_hashes(rec.data.path, [path for path, _ in extra_teachers(rec)])}
     # every stage key descends from this one: a changed checkpoint, data file or extra teacher re-runs them
@@ -228,7 +253,7 @@ def _compress(rec: Recipe, ckpt: Path | None, run_dir: Path, target_objs: list[T
     variants: dict[str, Artifact] = {"teacher-fp32": Artifact(
         "teacher-fp32", "torch", "fp32", loaded.path, "input", None, teacher_hash,
         {"arch": loaded.arch, "arch_kwargs": {"num_classes": splits.num_classes, "in_channels": splits.input_shape[0],
-                                              **({"arch_args": rec.arch_args} if rec.arch_args else {})},
+                                              **({"arch_args": arch_args} if arch_args else {})},
          "format": loaded.format, "sha256": loaded.sha256, "trusted": loaded.trusted,
          "metrics": {"test_accuracy_torch": accuracy(loaded.model, splits, "test")}})}
     pool = BackendPool()
@@ -386,6 +411,9 @@ def _measure_all(run_dir: Path, models: dict[str, Artifact], targets: list[Targe
     def test_batches():
         return splits.arrays("test")
 
+    seq = getattr(splits.preprocess, "max_length", None)  # text: latency at the recipe's sequence length
+    targets_by_split = splits.embedding_targets or {}
+    teacher_embeddings = targets_by_split["test"].numpy() if "test" in targets_by_split else None
     for target in targets:
         results, files = {}, {}
         for name, art in models.items():
@@ -401,19 +429,19 @@ def _measure_all(run_dir: Path, models: dict[str, Artifact], targets: list[Targe
             else:
                 files[name] = run_dir / path
                 result = measure(files[name], name, art.precision, target, pool, test_batches,
-                                 splits.size("test"), reference)
+                                 splits.size("test"), reference, seq=seq, embedding_reference=teacher_embeddings)
             results[name] = result
         if target.latency.repeats > 1:  # latency only, in rounds over the variants
             timed = [n for n in results if n in files]
-            add_repeats([results[n] for n in timed], [[measure(files[n], n, results[n]["precision"], target, pool)
+            add_repeats([results[n] for n in timed], [[measure(files[n], n, results[n]["precision"], target, pool, seq=seq)
                                                        for n in timed] for _ in range(target.latency.repeats - 1)])
         for name, result in results.items():
-            result = judge(result, _versus_fp32(name, results, files, target, pool), target.latency.int8_max_ratio)
+            result = judge(result, _versus_fp32(name, results, files, target, pool, seq), target.latency.int8_max_ratio)
             write_json(run_dir / "measurements" / f"{name}@{target.name}.json", result)
 
 
 def _versus_fp32(name: str, results: dict[str, dict[str, Any]], files: dict[str, Path], target: Target,
-                 pool: BackendPool) -> dict[str, Any] | None:
+                 pool: BackendPool, seq: int | None = None) -> dict[str, Any] | None:
     """An ok INT8 row's latency against its FP32 variant's file, timed interleaved on ``target``."""
     row = results[name]
     fp32 = fp32_counterpart(name, list(results))
@@ -422,7 +450,10 @@ def _versus_fp32(name: str, results: dict[str, dict[str, Any]], files: dict[str,
     backend = pool.get(target.backend)
     console.print(f"time {name} against {fp32} on {target.name} (interleaved)")
     try:
-        return time_against_fp32(lambda p: backend.compile(p, target), files[name], files[fp32],
+        from .backends.inputs import resolve_shapes
+
+        return time_against_fp32(lambda p: backend.compile(p, target, resolve_shapes(p, None, seq)[0] if seq else None),
+                                 files[name], files[fp32],
                                  min(target.latency.runs, 100))
     except Exception as exc:  # noqa: BLE001 - the row's own measurement stands; say why no ratio
         row["warnings"].append(f"no interleaved INT8/FP32 timing ({type(exc).__name__}: {exc})")

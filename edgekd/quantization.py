@@ -226,11 +226,17 @@ def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range:
         warnings.simplefilter("ignore", UserWarning)
         from brevitas.graph.quantize import quantize
 
+    from .text.models import TextModel
+
     model = copy.deepcopy(model).eval()
-    kept_float = plain_layers(model, example, tuple(_MARKERS.values())) if example is not None else {}
-    graph = traced(model, example)
-    chunks_as_functions(graph)
-    drop_identities(graph)
+    # Hugging Face encoders are not traceable by torch.fx (their forward reads shapes and branches on
+    # them): they are quantized as modules, layerwise, with no graph to rewrite
+    text = isinstance(model, TextModel)
+    kept_float = plain_layers(model, example, tuple(_MARKERS.values())) if example is not None and not text else {}
+    graph = model if text else traced(model, example)
+    if not text:
+        chunks_as_functions(graph)
+        drop_identities(graph)
     if calibration not in CALIBRATIONS:
         raise StageError(f"quantize: unknown calibration {calibration!r}; valid: {', '.join(CALIBRATIONS)}")
     signed_act, unsigned_act = _act_quants(calibration, percentile)
@@ -251,8 +257,8 @@ def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range:
         else:
             cls, kwargs = compute[base]
             compute[layer.__class__] = (cls, {**kwargs, "weight_quant": _weight_quant(reduce_range, bits, learned_scales)})
-    if has_attention(graph):
-        qmodel = _layerwise(graph, compute, signed_act, unsigned_act)
+    if text or has_attention(graph):
+        qmodel = _layerwise(graph, compute, signed_act, unsigned_act, traced_graph=not text)
     else:  # every activation quantized, residual adds and concats aligned: what CNNs need
         try:
             with brevitas_rules():
@@ -262,12 +268,13 @@ def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range:
                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
         qmodel.quant_mode = "graph"
     qmodel.kept_float = kept_float
-    if unsigned_input:
+    if unsigned_input and not text:  # token ids feed embeddings, not quantizers
         _make_inputs_unsigned(qmodel, unsigned_act)
     return qmodel
 
 
-def _layerwise(graph: nn.Module, compute: dict, signed_act: type, unsigned_act: type) -> nn.Module:
+def _layerwise(graph: nn.Module, compute: dict, signed_act: type, unsigned_act: type,
+               traced_graph: bool = True) -> nn.Module:
     """Brevitas' layerwise mode: each conv/linear quantizes its own input (and both attention matmuls
     theirs), with no alignment across residual adds. Transformers take this path: Brevitas' graph mode
     cannot align the scales of a ViT's residual stream (it searches for 5 minutes), and their adds and LayerNorms run in float on
@@ -281,7 +288,8 @@ def _layerwise(graph: nn.Module, compute: dict, signed_act: type, unsigned_act: 
                  (spec[0], {**spec[1], "input_quant": signed_act, "return_quant_tensor": False,
                             **({} if issubclass(layer, nn.Linear) else {"output_quant": signed_act})})
                  for layer, spec in compute.items() if isinstance(layer, type) and issubclass(layer, QUANTIZABLE)}
-    quantizable_attention(graph, signed_act, unsigned_act)
+    if traced_graph:  # F.scaled_dot_product_attention calls can be found only in a traced graph
+        quantizable_attention(graph, signed_act, unsigned_act)
     # nn.MultiheadAttention (torchvision's ViT) uses its projections' weights functionally: Brevitas'
     # QuantMultiheadAttention quantizes them and both attention matmuls, and its inner layers are left to it
     weight_quant = compute[nn.Linear][1]["weight_quant"] if compute.get(nn.Linear) else None
@@ -341,9 +349,12 @@ def export_qdq(qmodel: nn.Module, example: torch.Tensor, path: Path, opset: int)
     import onnx
     from brevitas.export import export_onnx_qcdq
 
+    from .text import export_signature
+
     qmodel.eval()
-    export_onnx_qcdq(qmodel, example, export_path=str(path), dynamo=False, opset_version=opset,
-                     input_names=[INPUT_NAME], output_names=[OUTPUT_NAME])
+    args, names, axes = export_signature(example, INPUT_NAME, OUTPUT_NAME)
+    export_onnx_qcdq(qmodel, args if len(args) > 1 else example, export_path=str(path), dynamo=False,
+                     opset_version=opset, input_names=names, output_names=[OUTPUT_NAME], dynamic_axes=axes)
     model = onnx.load(str(path))
     if fold_constant_clips(model) + initializers_out_of_inputs(model) + fold_pads_into_convs(model):
         onnx.save(model, str(path))

@@ -54,7 +54,7 @@ def test_top_level_dirs_point_at_the_packaged_builtins():
     ({**GOOD_RECIPE, "data": {"source": "npz", "path": "x.npz", "channels": 3}}, ["'channels' does not apply"]),
     ({**GOOD_RECIPE, "data": {"split": [0.5, 0.5, 0.5]}}, ["data.split", "summing to 1"]),
     ({"stages": [{"stage": "export"}]}, ["missing key 'name'"]),
-    ({**GOOD_RECIPE, "student": {"width": 0.3, "arch": "edgekd:tiny_cnn"}}, ["give either 'width' or 'arch'"]),
+    ({**GOOD_RECIPE, "student": {"width": 0.3, "arch": "edgekd:tiny_cnn"}}, ["give one of 'width', 'arch' or 'layers', not width and arch"]),
     ({**GOOD_RECIPE, "student": {"widht": 0.3}}, ["unknown key 'student.widht'", "width, arch"]),
 ])
 def test_recipe_errors_name_file_key_and_choices(tmp_path, data, needles):

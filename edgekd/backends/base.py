@@ -111,7 +111,11 @@ def predict(model: CompiledModel, x: np.ndarray) -> np.ndarray:
     Each output is copied: a runtime may hand back a view of its output buffer (OpenVINO's infer
     request does), which the next call overwrites.
     """
-    return np.concatenate([np.array(model(x[i:i + 1]), copy=True).reshape(1, -1) for i in range(len(x))])
+    from ..text import packed_feed
+
+    names = [i.name for i in model.inputs]
+    return np.concatenate([np.array(model.run(packed_feed(x[i:i + 1], names)), copy=True).reshape(1, -1)
+                           for i in range(len(x))])
 
 
 def evaluate_accuracy(model: CompiledModel, x: np.ndarray, y: np.ndarray) -> float:

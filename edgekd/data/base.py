@@ -141,6 +141,9 @@ class Splits:
     class_names: list[str] | None = None
     calibration_size: int | None = None
     provenance: dict[str, Any] = field(default_factory=dict)  # where each split came from, for the manifest
+    # an embedding run (text): the teacher's embeddings of the val and test samples, what every model's
+    # "accuracy" is scored against (mean cosine similarity); None for classification
+    embedding_targets: dict[str, torch.Tensor] | None = None
     _shape: tuple[int, ...] | None = None
 
     def set(self, split: str) -> SampleSet:

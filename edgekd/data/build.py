@@ -97,7 +97,12 @@ def build_splits(spec: DataSpec, architecture: dict[str, Any] | None = None, *, 
     if generated and spec.preprocess is not None:
         raise DataError(f"data.preprocess: source {spec.source!r} makes its own images at 'image_size'; "
                         f"preprocess applies to npz, imagefolder, hf and factory data")
-    preprocess = resolve_preprocess(spec.preprocess_spec(), {} if generated else (architecture or {}), {})
+    if spec.source == "text":  # tokenized already: the tokenizer is the preprocessing
+        from ..text.data import TokenPreprocess
+
+        preprocess: Any = TokenPreprocess(str(spec.tokenizer), spec.max_length, spec.text_column)
+    else:
+        preprocess = resolve_preprocess(spec.preprocess_spec(), {} if generated else (architecture or {}), {})
     sets = {s: SampleSet(raw[s], preprocess, s) for s in ("train", "val", "test")}
     workers = auto_workers(src.decoded) if spec.workers == "auto" else int(spec.workers)
     splits = Splits(sets["train"], sets["val"], sets["test"], num_classes, preprocess, batch_size=spec.batch_size,

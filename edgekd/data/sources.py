@@ -370,3 +370,31 @@ def factory(spec: DataSpec) -> SourceData:
     classes = getattr(made["train"], "classes", None)
     return SourceData(sets, num_classes=len(classes) if classes else None,
                       class_names=[str(c) for c in classes] if classes else None, decoded=True)
+
+
+# ---------------------------------------------------------------- text
+@SOURCES.register("text")
+def text(spec: DataSpec) -> SourceData:
+    """Text for Hugging Face encoders (``edgekd.text.data``): a .csv/.jsonl file or a save_to_disk folder,
+    tokenized with ``data.tokenizer`` (default: the ``hf:`` checkpoint's folder) to ``max_length``."""
+    from ..text.data import TokenSet, label_ids, read_rows, tokenize
+
+    if not spec.tokenizer:
+        raise DataError("data.tokenizer: text data needs a tokenizer folder (the hf: checkpoint's own is used "
+                        "when the teacher is one)")
+    parts = read_rows(Path(spec.path or ""), spec.text_column, spec.label_column)
+    labeled = all(labels is not None for _, labels in parts.values())
+    names: list[str] | None = None
+    sets: dict[str, RawSet] = {}
+    for split in ("train", "val", "test"):  # train first: its labels name the classes
+        if split not in parts:
+            continue
+        texts, labels = parts[split]
+        if labeled:
+            y, names = label_ids(labels, names)
+        else:
+            y = np.zeros(len(texts), dtype=np.int64)
+        sets[split] = TokenSet(tokenize(texts, spec.tokenizer, spec.max_length), y)
+    notes = [] if labeled else ["no label column: every label is 0 (the embedding task and label-free losses)"]
+    return SourceData(sets, num_classes=(len(names) if names else None) if labeled else 1, class_names=names,
+                      notes=notes)

@@ -45,6 +45,7 @@ class Batch:
     teacher_features: dict[str, torch.Tensor] = field(default_factory=dict)   # main teacher, by Tap.key
     epoch: int = 0                             # 0-based
     epochs: int = 1
+    attention_mask: torch.Tensor | None = None  # text: (N, S), 0 for padding tokens; None for images
 
     @property
     def progress(self) -> float:

@@ -76,6 +76,16 @@ def _make_student(variants: dict[str, Artifact], source: Artifact,
         if spec.arch_args:
             kwargs = {**kwargs, "arch_args": spec.arch_args}
         return build_model(spec.arch, **kwargs), spec.arch, kwargs, {}
+    if spec.layers is not None:  # a text teacher's layers, every other one or those named
+        from ..text.models import drop_layers, encoder_layers
+
+        teacher = ctx.model(variants, source.variant)
+        depth = len(encoder_layers(teacher)[1])
+        keep = list(range(0, depth, 2)) if spec.layers == "alternate" else list(spec.layers)
+        student = drop_layers(teacher, keep).requires_grad_(True)  # the teacher's copy was frozen
+        kwargs = source.meta.get("arch_kwargs", kwargs)
+        kwargs = {**kwargs, "arch_args": {**kwargs.get("arch_args", {}), "layers": keep}}
+        return student, source.meta.get("arch") or "", kwargs, {"derived": {"from": source.variant, "layers": keep}}
     width = spec.width if spec.width is not None else 0.5
     teacher = ctx.model(variants, source.variant)
     torch.manual_seed(ctx.recipe.seed)

@@ -28,7 +28,8 @@ from ..progress import console
 from ..fileio import atomic_path
 from ..int8_layouts import DEFAULT_LAYOUT, LAYOUTS, layout_path, write_u8s8
 from ..parity import decisive_agreement, parity
-from ..quantization import INPUT_NAME, export_qdq
+from ..quantization import export_qdq
+from ..text import packed_feed
 from ..onnx_files import write_metadata
 from ..train.evaluate import predict_logits
 from .base import STAGES, StageContext
@@ -49,6 +50,7 @@ def export(variants: dict[str, Artifact], cfg: ExportConfig, ctx: StageContext) 
     out: list[Artifact] = []
     example = ctx.splits.example(1, "test")
     parity_x = ctx.splits.example(cfg.parity_samples, "test")
+    embedding = ctx.splits.embedding_targets is not None  # outputs are sentence embeddings, not logits
     deployment = {"preprocess": ctx.splits.preprocess.to_json(), "class_names": ctx.splits.class_names,
                   "input_shape": [1, *ctx.splits.input_shape]}
     for name, art in variants.items():
@@ -68,7 +70,7 @@ def export(variants: dict[str, Artifact], cfg: ExportConfig, ctx: StageContext) 
             write_metadata(tmp, deployment)  # how to make the inputs the backends were scored on
             check_onnx(tmp, name)
             logits = predict_logits(model, ctx.splits, "test").numpy()  # the torch model on the test split
-            checked = compare_with_torch(tmp, logits[:len(parity_x)], parity_x, art.precision, cfg, name)
+            checked = compare_with_torch(tmp, logits[:len(parity_x)], parity_x, art.precision, cfg, name, embedding)
         layouts = {}
         if art.precision == "int8":  # each runtime's INT8 layout, from the same file, each parity-checked
             for layout in LAYOUTS:
@@ -79,7 +81,7 @@ def export(variants: dict[str, Artifact], cfg: ExportConfig, ctx: StageContext) 
                     write_u8s8(path, tmp)
                     check_onnx(tmp, f"{name} ({layout})")
                     checked[layout] = compare_with_torch(tmp, logits[:len(parity_x)], parity_x, art.precision, cfg,
-                                                         f"{name} ({layout})")
+                                                         f"{name} ({layout})", embedding)
         program = None
         if cfg.torch_program and art.precision != "int8":  # the torch baseline runs the float graph
             program = ctx.stage_dir / f"{name}.pt2"
@@ -118,8 +120,9 @@ def check_onnx(path: Path, name: str) -> None:
 
 
 def compare_with_torch(path: Path, ref: np.ndarray, x: torch.Tensor, precision: str, cfg: ExportConfig,
-                       name: str) -> dict[str, Any]:
-    """The ONNX file's outputs on ``x`` against ``ref``, the torch model's logits on the same ``x``."""
+                       name: str, embedding: bool = False) -> dict[str, Any]:
+    """The ONNX file's outputs on ``x`` against ``ref``, the torch model's logits on the same ``x``
+    (for ``embedding`` outputs, an INT8 file is judged by the cosine similarity of the two)."""
     import onnxruntime as ort
 
     # Optimizations off: ORT then interprets QDQ exactly (DequantizeLinear -> float op -> QuantizeLinear),
@@ -128,7 +131,8 @@ def compare_with_torch(path: Path, ref: np.ndarray, x: torch.Tensor, precision: 
     opts.intra_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    got = np.concatenate([sess.run(None, {INPUT_NAME: x[i:i + 1].numpy()})[0] for i in range(len(x))])
+    names = [i.name for i in sess.get_inputs()]
+    got = np.concatenate([sess.run(None, packed_feed(x[i:i + 1].numpy(), names))[0] for i in range(len(x))])
     if got.shape != ref.shape:
         raise StageError(f"export {name}: ONNX output shape {got.shape} != torch {ref.shape}")
     for what, logits in (("the ONNX file", got), ("the torch model", ref)):
@@ -137,7 +141,14 @@ def compare_with_torch(path: Path, ref: np.ndarray, x: torch.Tensor, precision: 
                              f"of {len(logits)} check samples")
     result = {**parity(ref, got), "reference": "fake-quantized torch model" if precision == "int8" else "torch model"}
     diff = result["max_abs_diff"]
-    if precision == "int8":
+    if precision == "int8" and embedding:
+        cos = float(np.mean(np.sum(got * ref, 1) / np.maximum(np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1),
+                                                              1e-12)))
+        result["cosine"] = cos
+        if cos < cfg.int8_min_cosine:
+            raise StageError(f"export {name}: ONNX embeddings have mean cosine {cos:.4f} to the fake-quant model's, "
+                             f"below int8_min_cosine={cfg.int8_min_cosine} (max |diff| {diff:.4g})")
+    elif precision == "int8":
         result.update(decisive_agreement(ref, got))
         judged, decisive = result["top1_agreement_decisive"], result["decisive_samples"]
         if decisive < len(x) // 2:

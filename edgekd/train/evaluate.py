@@ -33,6 +33,14 @@ def predict_logits(model: nn.Module, splits: Splits, split: str, device: Device 
 
 
 def accuracy(model: nn.Module, splits: Splits, split: str, device: Device = CPU) -> float:
-    """Top-1 accuracy of ``model`` on ``split``."""
-    logits = predict_logits(model, splits, split, device)
-    return float((logits.argmax(1) == splits.labels(split)).float().mean())
+    """The model's score on ``split``: top-1 accuracy, or for an embedding run (``splits.embedding_targets``)
+    the mean cosine similarity of its embeddings to the teacher's."""
+    return score_outputs(predict_logits(model, splits, split, device), splits, split)
+
+
+def score_outputs(outputs: torch.Tensor, splits: Splits, split: str) -> float:
+    """Top-1 accuracy of logits, or mean cosine to the teacher's embeddings on an embedding run."""
+    targets = (splits.embedding_targets or {}).get(split)
+    if targets is not None:
+        return float(torch.nn.functional.cosine_similarity(outputs.float(), targets.float(), dim=1).mean())
+    return float((outputs.argmax(1) == splits.labels(split)).float().mean())

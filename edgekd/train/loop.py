@@ -35,7 +35,7 @@ from ..losses import Batch
 from ..progress import console, progress_bar
 from . import distributed
 from .device import CPU, Device
-from .evaluate import predict_logits
+from .evaluate import predict_logits, score_outputs
 from .objective import Objective
 from .teacher_outputs import TeacherOutputs
 
@@ -48,6 +48,11 @@ class FitResult:
     stopped_early: bool = False
     resumed_from_epoch: int = 0
     resumed_from_step: int = 0
+
+
+def packed_mask(x: torch.Tensor) -> torch.Tensor | None:
+    """A text batch's attention mask (packed (N, 3, S) int64 samples, ``edgekd.text``); None for images."""
+    return x[:, 1] if x.dtype == torch.int64 and x.dim() == 3 and x.shape[1] == 3 else None
 
 
 class _Trainee(nn.Module):
@@ -66,7 +71,7 @@ class _Trainee(nn.Module):
 def _fill(splits: Splits) -> torch.Tensor | None:
     """What a black pixel becomes after the run's normalisation: the fill for shifted-in borders."""
     p = splits.preprocess
-    if p.mean is None or p.std is None:
+    if getattr(p, "mean", None) is None or getattr(p, "std", None) is None:  # text: no pixels to fill
         return None
     return -torch.tensor(p.mean) / torch.tensor(p.std)
 
@@ -146,12 +151,14 @@ def fit(model: nn.Module, splits: Splits, objective: Objective, *, epochs: int, 
             for step, (x, y, idx) in enumerate(loader, start=skip):
                 if augment is not None and augment.active:
                     x = augment_batch(x, augment, aug_gen, fill)
-                x = x.to(dev, non_blocking=True, memory_format=device.memory_format)
+                x = x.to(dev, non_blocking=True, memory_format=device.memory_format if x.dim() == 4
+                         else torch.contiguous_format)  # channels_last is for image batches only
                 y = y.to(dev, non_blocking=True)
                 with device.autocast():
                     t_logits, t_feats = teacher(idx, x) if teacher is not None else ([], {})
                     batch = Batch(logits=torch.empty(0), labels=y if labeled else None, index=idx,
-                                  teacher_logits=t_logits, teacher_features=t_feats, epoch=epoch, epochs=epochs)
+                                  teacher_logits=t_logits, teacher_features=t_feats, epoch=epoch, epochs=epochs,
+                                  attention_mask=packed_mask(x))
                     loss, parts = engine(x, batch)
                 values = {name: float(v.detach()) for name, v in parts.items()}
                 for name, v in values.items():
@@ -205,7 +212,7 @@ def checked_accuracy(model: nn.Module, splits: Splits, device: Device, where: st
     if broken is not None or not torch.isfinite(logits).all():
         what = f"weight {broken!r}" if broken else "its validation outputs"
         raise StageError(f"{where}: training diverged: {what} became NaN/Inf; lower the learning rate")
-    return float((logits.argmax(1) == splits.labels("val")).float().mean())
+    return score_outputs(logits, splits, "val")
 
 
 def _save_state(path: Path, state: dict) -> None:

@@ -1,0 +1,257 @@
+"""Hugging Face text encoders (issue 16): hf:DIR checkpoints, text data, layer-dropped students, the
+transformer losses, and compress end to end for both tasks on ONNX Runtime and OpenVINO."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from .conftest import FAST_LATENCY, invoke, write_yaml
+from .text_models import bert_folder, reviews
+
+transformers = pytest.importorskip("transformers", reason="the text extra (pip install 'edgekd[text]') is not installed")
+
+from edgekd.config import DataSpec  # noqa: E402
+from edgekd.errors import CheckpointError, DataError  # noqa: E402
+from edgekd.losses import LOSSES, Batch, SetupInfo  # noqa: E402
+from edgekd.text.models import drop_layers, load_hf  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def bert(tmp_path_factory) -> Path:
+    return bert_folder(tmp_path_factory.mktemp("hf") / "bert")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return reviews(tmp_path_factory.mktemp("text") / "reviews.jsonl")
+
+
+def packed(n: int = 4, seq: int = 10, vocab: int = 30) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(5, vocab, (n, seq), generator=g)
+    mask = torch.ones(n, seq, dtype=torch.long)
+    mask[0, 6:] = 0  # one padded sample
+    return torch.stack([ids, mask, torch.zeros_like(ids)], 1)
+
+
+# ---------------------------------------------------------------- checkpoints and students
+def test_an_hf_folder_loads_offline_for_both_tasks(bert):
+    classifier = load_hf(bert, "classification", num_labels=3)
+    assert classifier(packed()).shape == (4, 3)
+    encoder = load_hf(bert, "embedding")
+    emb = encoder(packed())
+    assert emb.shape == (4, 32)
+    # mean pooling leaves padding out: the padded sample's embedding is that of its first 6 tokens
+    x = packed()
+    alone = encoder(x[:1, :, :6])
+    assert torch.allclose(emb[:1], alone, atol=1e-5)
+
+
+def test_pickled_weights_need_trust(bert, tmp_path):
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    (folder / "config.json").write_text((bert / "config.json").read_text())
+    (folder / "pytorch_model.bin").write_bytes(b"not even a pickle")
+    with pytest.raises(CheckpointError, match="pickled weights can run code when loaded"):
+        load_hf(folder, "classification")
+
+
+def test_dropping_layers_keeps_the_teachers_weights_on_every_other_layer(bert):
+    teacher = load_hf(bert, "classification")
+    student = drop_layers(teacher)
+    layers_t, layers_s = teacher.backbone.bert.encoder.layer, student.backbone.bert.encoder.layer
+    assert len(layers_s) == 2 and student.config.num_hidden_layers == 2 and len(layers_t) == 4
+    assert torch.equal(layers_s[1].attention.self.query.weight, layers_t[2].attention.self.query.weight)
+    assert layers_s[1].attention.self.query.weight.data_ptr() != layers_t[2].attention.self.query.weight.data_ptr()
+    assert student(packed()).shape == (4, 2)
+
+
+# ---------------------------------------------------------------- text data
+def test_text_data_is_tokenized_to_max_length_with_string_labels_mapped(bert, tmp_path):
+    from edgekd.data.build import build_splits
+
+    path = tmp_path / "mood.csv"
+    path.write_text("sentence,mood\n" + "the film was good,pos\nawful food,neg\n" * 20, encoding="utf-8")
+    splits = build_splits(DataSpec(source="text", path=str(path), text_column="sentence", label_column="mood",
+                                   tokenizer=str(bert), max_length=12))
+    x, y, _ = splits.train[0]
+    assert x.dtype == torch.int64 and x.shape == (3, 12)
+    assert splits.num_classes == 2 and splits.class_names == ["neg", "pos"]
+    assert int(x[1].sum()) < 12 and int(x[1, 0]) == 1  # a mask: ones for the tokens, zeros for the padding
+
+
+def test_text_data_errors_name_the_column(bert, tmp_path):
+    from edgekd.data.build import build_splits
+
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"body": "hello"}\n', encoding="utf-8")
+    with pytest.raises(DataError, match="no column 'text'; columns: body"):
+        build_splits(DataSpec(source="text", path=str(path), tokenizer=str(bert)))
+
+
+# ---------------------------------------------------------------- losses
+def _qkv_info(student, teacher, x, taps_s, taps_t):
+    from edgekd.features import capture
+
+    fs, ft = {}, {}
+    with capture(student, taps_s, fs):
+        logits = student(x)
+    with torch.no_grad(), capture(teacher, taps_t, ft):
+        t_logits = teacher(x)
+    return logits, t_logits, fs, ft
+
+
+@pytest.mark.parametrize("name, params", [
+    ("minilm", {}),
+    ("minilm-v2", {"relation_heads": 8}),
+])
+def test_minilm_losses_are_zero_for_the_teacher_itself_and_train_a_student(bert, name, params):
+    teacher = load_hf(bert, "embedding").eval()
+    student = drop_layers(teacher).train()
+    block_t, block_s = "backbone.encoder.layer.3.attention.self", "backbone.encoder.layer.1.attention.self"
+    cls = LOSSES.get(name)
+    loss = cls(cls.Params(student=block_s, teacher=block_t, **params), f"test.{name}")
+    loss.bind(student, teacher)
+    x = packed()
+    logits, t_logits, fs, ft = _qkv_info(student, teacher, x, loss.student_taps(), loss.teacher_taps())
+    loss.setup(SetupInfo(num_classes=1, n_train=4, student=student, teacher=teacher, student_features=fs,
+                         teacher_features=ft, train_labels=None))
+    value = loss(Batch(logits=logits, labels=None, index=torch.arange(4), teacher_logits=[t_logits],
+                       student_features=fs, teacher_features=ft, attention_mask=x[:, 1]))
+    assert value.item() > 1e-4
+    value.backward()
+    assert student.backbone.encoder.layer[1].attention.self.query.weight.grad.abs().sum() > 0
+    # the teacher against itself: nothing to transfer
+    self_loss = cls(cls.Params(student=block_t, teacher=block_t, **params), f"test.{name}")
+    self_loss.bind(teacher, teacher)
+    _, _, f1, f2 = _qkv_info(teacher, teacher, x, self_loss.student_taps(), self_loss.teacher_taps())
+    zero = self_loss(Batch(logits=t_logits, labels=None, index=torch.arange(4), teacher_logits=[t_logits],
+                           student_features=f1, teacher_features=f2, attention_mask=x[:, 1]))
+    assert abs(zero.item()) < 1e-6
+
+
+def test_minilm_v2_needs_no_matching_heads_but_minilm_does(tmp_path):
+    from edgekd.errors import RecipeError
+
+    teacher = load_hf(bert_folder(tmp_path / "t", heads=4), "embedding")
+    student = load_hf(bert_folder(tmp_path / "s", layers=2, heads=2), "embedding")
+    blocks = {"student": "backbone.encoder.layer.1.attention.self", "teacher": "backbone.encoder.layer.3.attention.self"}
+    x = packed()
+    v1 = LOSSES.get("minilm")(LOSSES.get("minilm").Params(**blocks), "test.minilm")
+    v1.bind(student, teacher)
+    _, _, fs, ft = _qkv_info(student, teacher, x, v1.student_taps(), v1.teacher_taps())
+    info = SetupInfo(num_classes=1, n_train=4, student=student, teacher=teacher, student_features=fs,
+                     teacher_features=ft, train_labels=None)
+    with pytest.raises(RecipeError, match="needs equal head counts \\(student 2, teacher 4\\); use minilm-v2"):
+        v1.setup(info)
+    v2 = LOSSES.get("minilm-v2")(LOSSES.get("minilm-v2").Params(relation_heads=4, **blocks), "test.minilm-v2")
+    v2.bind(student, teacher)
+    v2.setup(info)
+    assert v2(Batch(logits=torch.zeros(4, 32), labels=None, index=torch.arange(4), teacher_logits=[],
+                    student_features=fs, teacher_features=ft)).item() > 0
+
+
+def test_tinybert_hidden_projects_and_ignores_padding():
+    cls = LOSSES.get("tinybert-hidden")
+    loss = cls(cls.Params(pairs=[("s", "t")]), "test.tinybert")
+    fs, ft = {"s": torch.randn(2, 5, 8)}, {"t": torch.randn(2, 5, 16)}
+    loss.setup(SetupInfo(num_classes=1, n_train=2, student=torch.nn.Identity(), teacher=None, student_features=fs,
+                         teacher_features=ft, train_labels=None))
+    mask = torch.ones(2, 5, dtype=torch.long)
+    mask[:, 3:] = 0
+    b = Batch(logits=torch.zeros(2, 1), labels=None, index=torch.arange(2), teacher_logits=[], student_features=fs,
+              teacher_features=ft, attention_mask=mask)
+    before = loss(b).item()
+    ft["t"][:, 3:] += 100.0  # padding positions: no effect
+    assert abs(loss(b).item() - before) < 1e-5
+    ft["t"][:, 0] += 100.0
+    assert loss(b).item() > before + 1.0
+
+
+def test_embedding_cosine_is_zero_for_the_same_direction():
+    cls = LOSSES.get("embedding-cosine")
+    loss = cls(cls.Params(), "test.cos")
+    e = torch.randn(3, 8)
+    assert loss(Batch(logits=2 * e, labels=None, index=torch.arange(3), teacher_logits=[e])).item() < 1e-6
+    assert loss(Batch(logits=-e, labels=None, index=torch.arange(3), teacher_logits=[e])).item() == pytest.approx(2.0)
+
+
+def test_list_losses_describes_the_text_losses():
+    result = invoke("list", "losses")
+    assert result.exit_code == 0
+    for name in ("minilm", "minilm-v2", "tinybert-hidden", "embedding-cosine"):
+        assert name in result.output
+
+
+# ---------------------------------------------------------------- compress end to end
+def _text_recipe(tmp_path: Path, bert: Path, corpus: Path, task: str, loss: list[dict], quantize: dict) -> Path:
+    ort = write_yaml(tmp_path / "ort.yaml", {"name": "text-ort", "backend": "onnxruntime", "threads": 1,
+                                             "latency": FAST_LATENCY})
+    ov = write_yaml(tmp_path / "ov.yaml", {"name": "text-ov", "backend": "openvino", "threads": 1,
+                                           "precision_hint": "f32", "latency": FAST_LATENCY})
+    recipe = {"name": f"text-{task}", "arch": f"hf:{bert}", "task": task,
+              "data": {"source": "text", "path": str(corpus), "max_length": 16, "batch_size": 32,
+                       **({} if task == "classification" else {"label_column": "none"})},
+              "student": {"layers": "alternate"},
+              "stages": [{"stage": "distill", "epochs": 2, "lr": 0.002, "loss": loss},
+                         {"stage": "quantize", **quantize}, {"stage": "export"}],
+              "targets": [str(ort), str(ov)]}
+    return write_yaml(tmp_path / "recipe.yaml", recipe)
+
+
+def _rows(run: Path) -> dict[tuple[str, str], dict]:
+    report = json.loads((run / "report.json").read_text())
+    return {(r["variant"], r["target"]): r for r in report["results"]}
+
+
+def test_compress_a_text_classifier_minilm_qat_export_on_both_runtimes(bert, corpus, tmp_path):
+    blocks = {"student": "backbone.bert.encoder.layer.1.attention.self",
+              "teacher": "backbone.bert.encoder.layer.3.attention.self"}
+    recipe = _text_recipe(tmp_path, bert, corpus, "classification",
+                          [{"name": "kd", "weight": 1.0}, {"name": "minilm", "weight": 1.0, **blocks}],
+                          {"mode": "qat", "epochs": 1, "calibration_batches": 2, "lr": 0.0005})
+    run = tmp_path / "run"
+    result = invoke("compress", "--recipe", recipe, "--out", run)
+    assert result.exit_code == 0, result.output
+    rows = _rows(run)
+    for target in ("text-ort", "text-ov"):
+        int8 = rows[("student-int8", target)]
+        assert int8["status"] == "ok" and int8["precision"] == "int8"
+        assert int8["int8_layers"]["int8"] >= 0.7 * int8["int8_layers"]["total"]  # every Linear; attention matmuls float
+        assert int8["input_shapes"]["input_ids"] == [1, 16]  # timed at the recipe's sequence length
+        assert 0.0 <= int8["accuracy"] <= 1.0 and int8["eval_samples"] == 48
+    import onnx
+
+    graph = onnx.load(str(run / "models" / "student-int8.onnx")).graph
+    assert [i.name for i in graph.input] == ["input_ids", "attention_mask", "token_type_ids"]
+    assert graph.input[0].type.tensor_type.shape.dim[1].dim_param == "sequence"  # dynamic axes kept
+    # report and gate read a text run as any other
+    budget = write_yaml(tmp_path / "budget.yaml", {"max_size_mb": 5, "variant": "student-int8"})
+    assert invoke("gate", run, "--budget", budget).exit_code == 0
+
+
+def test_compress_a_sentence_encoder_without_labels_minilm_v2_ptq(bert, tmp_path):
+    corpus = reviews(tmp_path / "unlabelled.jsonl", labels=False)
+    blocks = {"student": "backbone.encoder.layer.1.attention.self", "teacher": "backbone.encoder.layer.3.attention.self"}
+    recipe = _text_recipe(tmp_path, bert, corpus, "embedding",
+                          [{"name": "embedding-cosine", "weight": 1.0},
+                           {"name": "minilm-v2", "weight": 1.0, "relation_heads": 4, **blocks}],
+                          {"mode": "ptq", "calibration_batches": 2})
+    run = tmp_path / "run"
+    result = invoke("compress", "--recipe", recipe, "--out", run)
+    assert result.exit_code == 0, result.output
+    rows = _rows(run)
+    for target in ("text-ort", "text-ov"):
+        teacher, int8 = rows[("teacher-fp32", target)], rows[("student-int8", target)]
+        assert teacher["embedding"]["cosine_to_teacher"] == pytest.approx(1.0, abs=1e-5)
+        assert int8["accuracy"] == int8["embedding"]["cosine_to_teacher"] and int8["accuracy"] > 0.5
+        assert -1.0 <= int8["embedding"]["spearman"] <= 1.0 and int8["embedding"]["pairs"] == 48 * 47 // 2
+        assert int8["int8_layers"]["int8"] > 0
+    out = np.load(run / "stages" / "03-export" / "student-int8.reference.npy") if (
+        run / "stages" / "03-export").is_dir() else None
+    assert out is None or out.shape[1] == 32  # the file outputs embeddings, not class logits
