@@ -75,3 +75,78 @@ def write_u8s8(src: Path, dst: Path) -> int:
     model.remove_unused_constant()
     onnx.save(model.model, str(dst))
     return changed
+
+
+DYNAMIC_LAYOUT = "dynamic"
+DYNAMIC_NOTE = ("INT8 weights as trained, activations quantized per call (ONNX Runtime's dynamic "
+                "MatMulInteger kernels, its fast path for transformers on CPU)")
+
+
+def write_dynamic(src: Path, dst: Path) -> int:
+    """Write ``src`` (an s8s8 QDQ file of a transformer) as ONNX Runtime's dynamic-quantization layout:
+    returns how many MatMuls that made integer.
+
+    ONNX Runtime's static QDQ MatMul fusion leaves a BERT's query/key/value projections in float (its
+    own ``quantize_static`` file too: 12 of 24 MatMuls INT8, and slower than FP32 on this CPU), while
+    ``quantize_dynamic`` makes all 24 ``DynamicQuantizeMatMul`` and runs 1.7x faster than either. So for
+    ORT the activation quantizers come out (each ``Q -> DQ`` pair on an activation is dropped) and the
+    weights go back to float values that lie exactly on their trained INT8 grid; ONNX Runtime's own
+    ``quantize_dynamic`` (per channel, symmetric INT8: scale = max|w| / 127, as Brevitas' weights
+    have) then re-quantizes them to the same integers. Activation scales learned in QAT do not carry
+    over (ORT measures each call's range), which is what this runtime's fast kernels do; accuracy is
+    measured on the file, per target."""
+    import tempfile
+
+    import onnx
+    from onnx import numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from .onnx_folds import fold_weight_transposes
+
+    model = onnx.load(str(src))
+    fold_weight_transposes(model)  # quantize_dynamic quantizes a MatMul whose weight is an initializer
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    rename: dict[str, str] = {}
+    drop = []
+    for dq in [n for n in graph.node if n.op_type == "DequantizeLinear"]:
+        source = producer.get(dq.input[0])
+        if source is not None and source.op_type == "QuantizeLinear":  # an activation: the pair goes
+            rename[dq.output[0]] = source.input[0]
+            drop += [dq, source]
+        elif dq.input[0] in inits:  # a weight: its float value on the INT8 grid
+            q = numpy_helper.to_array(inits[dq.input[0]]).astype(np.float64)
+            scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float64)
+            zero = numpy_helper.to_array(inits[dq.input[2]]).astype(np.float64) if len(dq.input) > 2 else 0.0
+            axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+            if scale.ndim == 1 and q.ndim > 1:
+                shape = [1] * q.ndim
+                shape[axis] = -1
+                scale, zero = scale.reshape(shape), np.reshape(zero, shape) if np.ndim(zero) else zero
+            name = f"{dq.output[0]}_float"
+            graph.initializer.append(numpy_helper.from_array(((q - zero) * scale).astype(np.float32), name))
+            rename[dq.output[0]] = name
+            drop.append(dq)
+    dropped = {id(n) for n in drop}
+    keep = [n for n in graph.node if id(n) not in dropped]
+    del graph.node[:]
+    graph.node.extend(keep)
+    for node in graph.node:
+        for k, name in enumerate(node.input):
+            while name in rename:
+                name = rename[name]
+            node.input[k] = name
+    for out in graph.output:
+        if out.name in rename:  # never a graph output here; kept safe
+            raise ValueError(f"{src.name}: a graph output is a DequantizeLinear")
+    used = {i for n in graph.node for i in n.input}
+    kept_inits = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(kept_inits)
+    with tempfile.TemporaryDirectory(prefix="edgekd-dynamic-") as tmp:
+        floated = Path(tmp) / "float.onnx"
+        onnx.save(model, str(floated))
+        quantize_dynamic(str(floated), str(dst), weight_type=QuantType.QInt8, per_channel=True,
+                         op_types_to_quantize=["MatMul"])
+    return sum(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in onnx.load(str(dst)).graph.node)

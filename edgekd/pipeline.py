@@ -421,7 +421,8 @@ def _measure_all(run_dir: Path, models: dict[str, Artifact], targets: list[Targe
             ref = art.meta.get("reference_logits")
             reference = np.load(ref) if ref and Path(ref).is_file() else None
             suffix = BACKENDS.get(target.backend).file_suffix  # the torch baseline runs the .pt2 program
-            onnx_file = art.meta.get("layouts", {}).get(pool.get(target.backend).int8_layout(target), art.path)
+            written = art.meta.get("layouts", {})
+            onnx_file = next((written[k] for k in pool.get(target.backend).int8_layouts(target) if k in written), art.path)
             path = {".onnx": onnx_file, ".pt2": art.meta.get("program")}.get(suffix)
             if path is None:
                 result = empty_result(name, art.precision, target, None, f"{name} has no {suffix} file "

@@ -225,6 +225,14 @@ def test_compress_a_text_classifier_minilm_qat_export_on_both_runtimes(bert, cor
         assert int8["int8_layers"]["int8"] >= 0.7 * int8["int8_layers"]["total"]  # every Linear; attention matmuls float
         assert int8["input_shapes"]["input_ids"] == [1, 16]  # timed at the recipe's sequence length
         assert 0.0 <= int8["accuracy"] <= 1.0 and int8["eval_samples"] == 48
+    # ONNX Runtime runs the dynamic layout (every Linear an integer MatMul), OpenVINO the QDQ file
+    assert rows[("student-int8", "text-ort")]["onnx"].endswith("student-int8.dynamic.onnx")
+    assert rows[("student-int8", "text-ov")]["onnx"].endswith("student-int8.onnx")
+    ops = rows[("student-int8", "text-ort")]["int8_layers"]["ops"]
+    integer = ("DynamicQuantizeMatMul", "MatMulInteger", "MatMulIntegerToFloat")
+    assert sum(ops.get(k, 0) for k in integer) == 14  # 12 in the layers, pooler, head; attention matmuls float
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["models"]["student-int8"]["meta"]["parity"]["dynamic"]["top1_agreement"] >= 0.9
     import onnx
 
     graph = onnx.load(str(run / "models" / "student-int8.onnx")).graph

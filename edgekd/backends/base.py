@@ -27,7 +27,7 @@ class Capabilities:
     devices: tuple[str, ...]
     options: tuple[str, ...] = ()
     precisions: tuple[str, ...] = ()
-    # (device, INT8 QDQ layout of edgekd.int8_layouts) where a device's kernels want another than s8s8
+    # (device, INT8 layout of edgekd.int8_layouts), best first, where a device's kernels want another than s8s8
     int8_layouts: tuple[tuple[str, str], ...] = ()
 
 
@@ -87,9 +87,11 @@ class Backend(ABC):
         self.trust_checkpoint = trust_checkpoint
         self.allow_globals = tuple(allow_globals)
 
-    def int8_layout(self, target: "Target") -> str:
-        """The INT8 file layout this backend runs at full speed on ``target``'s device."""
-        return dict(self.capabilities.int8_layouts).get(target.device.upper().split(".")[0], "s8s8")
+    def int8_layouts(self, target: "Target") -> list[str]:
+        """The INT8 file layouts this backend runs at full speed on ``target``'s device, best first
+        (``s8s8``, the main file, last): a variant is measured in the first one it was written in."""
+        device = target.device.upper().split(".")[0]
+        return [layout for d, layout in self.capabilities.int8_layouts if d == device] + ["s8s8"]
 
     @abstractmethod
     def availability(self) -> tuple[bool, str]:

@@ -104,7 +104,8 @@ class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     pip_extra = ""
     capabilities = Capabilities(devices=("CPU", "CUDA", "TENSORRT"), options=("inter_op_threads", "spinning"),
-                                int8_layouts=(("CPU", "u8s8"), ("CUDA", "u8s8")))
+                                # transformers: the dynamic layout where written (export writes it for text models)
+                                int8_layouts=(("CPU", "dynamic"), ("CPU", "u8s8"), ("CUDA", "u8s8")))
 
     def availability(self) -> tuple[bool, str]:
         try:

@@ -26,10 +26,11 @@ from ..errors import StageError
 from ..exporting import export_fp32, export_program
 from ..progress import console
 from ..fileio import atomic_path
-from ..int8_layouts import DEFAULT_LAYOUT, LAYOUTS, layout_path, write_u8s8
+from ..int8_layouts import DYNAMIC_LAYOUT, layout_path, write_dynamic, write_u8s8
 from ..parity import decisive_agreement, parity
 from ..quantization import export_qdq
 from ..text import packed_feed
+from ..text.models import TextModel
 from ..onnx_files import write_metadata
 from ..train.evaluate import predict_logits
 from .base import STAGES, StageContext
@@ -73,12 +74,13 @@ def export(variants: dict[str, Artifact], cfg: ExportConfig, ctx: StageContext) 
             checked = compare_with_torch(tmp, logits[:len(parity_x)], parity_x, art.precision, cfg, name, embedding)
         layouts = {}
         if art.precision == "int8":  # each runtime's INT8 layout, from the same file, each parity-checked
-            for layout in LAYOUTS:
-                if layout == DEFAULT_LAYOUT:
-                    continue
+            writers = {"u8s8": write_u8s8}
+            if isinstance(model, TextModel):
+                writers[DYNAMIC_LAYOUT] = write_dynamic  # ONNX Runtime runs transformers fastest so
+            for layout, write in writers.items():
                 layouts[layout] = layout_path(path, layout)
                 with atomic_path(layouts[layout]) as tmp:
-                    write_u8s8(path, tmp)
+                    write(path, tmp)
                     check_onnx(tmp, f"{name} ({layout})")
                     checked[layout] = compare_with_torch(tmp, logits[:len(parity_x)], parity_x, art.precision, cfg,
                                                          f"{name} ({layout})", embedding)
