@@ -263,3 +263,28 @@ def test_compress_a_sentence_encoder_without_labels_minilm_v2_ptq(bert, tmp_path
     out = np.load(run / "stages" / "03-export" / "student-int8.reference.npy") if (
         run / "stages" / "03-export").is_dir() else None
     assert out is None or out.shape[1] == 32  # the file outputs embeddings, not class logits
+
+
+def test_a_loss_naming_a_layer_the_student_dropped_fails_before_training(bert, corpus, tmp_path):
+    blocks = {"student": "backbone.bert.encoder.layer.3.attention.self",  # the 2-layer student has 0 and 1
+              "teacher": "backbone.bert.encoder.layer.3.attention.self"}
+    recipe = _text_recipe(tmp_path, bert, corpus, "classification", [{"name": "minilm", **blocks}],
+                          {"mode": "ptq", "calibration_batches": 1})
+    result = invoke("compress", "--recipe", recipe, "--out", tmp_path / "run")
+    assert result.exit_code == 2
+    assert "stages.0.loss.0.student: the student has no module 'backbone.bert.encoder.layer.3.attention.self'" \
+        in result.output
+    assert not (tmp_path / "run" / "stages").exists() or not any((tmp_path / "run" / "stages").iterdir())
+
+
+def test_a_save_to_disk_folder_keeps_its_splits(bert, tmp_path):
+    datasets = pytest.importorskip("datasets", reason="the data extra is not installed")
+    from edgekd.data.build import build_splits
+
+    rows = {"text": ["good day", "bad film", "nice room", "awful food"] * 10, "label": [1, 0, 1, 0] * 10}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows),
+                          "test": datasets.Dataset.from_dict({k: v[:8] for k, v in rows.items()})}
+                         ).save_to_disk(str(tmp_path / "saved"))
+    splits = build_splits(DataSpec(source="text", path=str(tmp_path / "saved"), tokenizer=str(bert), max_length=8))
+    assert splits.size("test") == 8 and splits.provenance["splits"]["test"] == "given"
+    assert splits.size("train") + splits.size("val") == 40

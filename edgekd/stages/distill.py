@@ -46,15 +46,25 @@ def distill(variants: dict[str, Artifact], cfg: DistillConfig, ctx: StageContext
                        arch=arch, arch_kwargs=kwargs, chash=chash, metrics=metrics, extra=extra)]
 
 
+def kept_layers(spec: StudentSpec, depth: int) -> list[int]:
+    """The teacher layers a ``layers`` student keeps: every other one from the first, or those listed."""
+    return list(range(0, depth, 2)) if spec.layers == "alternate" else list(spec.layers or [])
+
+
 def check_loss_names(terms: list[LossTerm], key: str, recipe_student: StudentSpec, teacher: torch.nn.Module,
                      num_classes: int, in_channels: int) -> None:
     """Resolve every module name a stage's losses use, before any stage runs.
 
     A width (or pruned) student has the teacher's module names (pruning keeps names), so the teacher
-    stands in for it; an arch student is built (cheap, untrained) and checked.
+    stands in for it; an arch or layer-dropped student is built (cheap) and checked.
     """
-    student = teacher if recipe_student.arch is None else build_model(
-        recipe_student.arch, num_classes=num_classes, in_channels=in_channels, arch_args=recipe_student.arch_args)
+    if recipe_student.layers is not None:  # a layer-dropped text student: fewer blocks than the teacher
+        from ..text.models import drop_layers, encoder_layers
+
+        student = drop_layers(teacher, kept_layers(recipe_student, len(encoder_layers(teacher)[1])))
+    else:
+        student = teacher if recipe_student.arch is None else build_model(
+            recipe_student.arch, num_classes=num_classes, in_channels=in_channels, arch_args=recipe_student.arch_args)
     bind_terms(terms, key, student, teacher)
 
 
@@ -80,8 +90,7 @@ def _make_student(variants: dict[str, Artifact], source: Artifact,
         from ..text.models import drop_layers, encoder_layers
 
         teacher = ctx.model(variants, source.variant)
-        depth = len(encoder_layers(teacher)[1])
-        keep = list(range(0, depth, 2)) if spec.layers == "alternate" else list(spec.layers)
+        keep = kept_layers(spec, len(encoder_layers(teacher)[1]))
         student = drop_layers(teacher, keep).requires_grad_(True)  # the teacher's copy was frozen
         kwargs = source.meta.get("arch_kwargs", kwargs)
         kwargs = {**kwargs, "arch_args": {**kwargs.get("arch_args", {}), "layers": keep}}
