@@ -81,7 +81,7 @@ def rebuild_float(artifact: Artifact, parent: nn.Module | None = None) -> nn.Mod
     else:
         raise StageError(f"artifact {artifact.variant}: no arch spec to rebuild it from")
     if "channels" in meta:
-        apply_channel_plan(model, torch.zeros(1, *meta["input_shape"]), meta["channels"])
+        apply_channel_plan(model, example_input(model, meta["input_shape"]), meta["channels"])
     load_state(model, load_file(str(Path(artifact.path) / "model.safetensors")), f"artifact {artifact.variant}")
     return model.eval()
 
@@ -174,17 +174,24 @@ def onnx_size_bytes(path: str | Path) -> int:
     return sum(f.stat().st_size for f in onnx_files(path))
 
 
-def count_params_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
-    """Parameters and multiply-accumulates at batch 1, counted by Torch-Pruning's op counter. A text
-    model (packed (3, S) samples, ``edgekd.text``) is counted on token ids of zeros and a mask of ones."""
-    import torch_pruning as tp
-
-    from .text import PACKED_INPUTS
+def example_input(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> torch.Tensor:
+    """A batch-1 input of ``input_shape`` for shape-only work (tracing, counting, re-applying a channel
+    plan): zeros, or for a text model (packed (3, S) samples, ``edgekd.text``) token ids of zeros with
+    a mask of ones."""
+    from .text.models import TextModel
 
     example = torch.zeros(1, *input_shape)
-    if len(input_shape) == 2 and input_shape[0] == len(PACKED_INPUTS) and hasattr(model, "task"):
+    if isinstance(model, TextModel):
         example = example.long()
         example[:, 1] = 1
+    return example
+
+
+def count_params_macs(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[int, int]:
+    """Parameters and multiply-accumulates at batch 1, counted by Torch-Pruning's op counter."""
+    import torch_pruning as tp
+
+    example = example_input(model, input_shape)
     with torch.no_grad():
         macs, params = tp.utils.count_ops_and_params(model.eval(), example)
     return int(params), int(macs)

@@ -108,10 +108,22 @@ def _attentions(model: nn.Module) -> list[nn.Module]:
             if isinstance(getattr(m, "qkv", None), nn.Linear) and isinstance(getattr(m, "num_heads", None), int)]
 
 
+def _split_attentions(model: nn.Module) -> list[nn.Module]:
+    """Hugging Face BERT-style self-attention: ``query``/``key``/``value`` Linears and an int
+    ``num_attention_heads`` (``attention_head_size`` and ``all_head_size`` its bookkeeping)."""
+    return [m for m in model.modules()
+            if all(isinstance(getattr(m, p, None), nn.Linear) for p in ("query", "key", "value"))
+            and isinstance(getattr(m, "num_attention_heads", None), int)]
+
+
 def attention_heads(model: nn.Module) -> dict[nn.Module, int]:
     """``{qkv layer: number of heads}`` for every attention: Torch-Pruning then removes the same dims
-    from every head, so the ``reshape(B, N, 3, heads, head_dim)`` still holds."""
-    return {m.qkv: m.num_heads for m in _attentions(model)}
+    from every head, so the ``reshape(B, N, 3, heads, head_dim)`` still holds (and a BERT's separate
+    query/key/value keep their heads)."""
+    heads = {m.qkv: m.num_heads for m in _attentions(model)}
+    for m in _split_attentions(model):
+        heads.update({getattr(m, p): m.num_attention_heads for p in ("query", "key", "value")})
+    return heads
 
 
 def _sync_attention(model: nn.Module) -> None:
@@ -120,6 +132,16 @@ def _sync_attention(model: nn.Module) -> None:
         m.head_dim = m.qkv.out_features // (3 * m.num_heads)
         if hasattr(m, "attn_dim"):
             m.attn_dim = m.num_heads * m.head_dim
+    for m in _split_attentions(model):
+        m.attention_head_size = m.query.out_features // m.num_attention_heads
+        m.all_head_size = m.query.out_features
+        if hasattr(m, "scaling"):  # newer transformers keep the 1/sqrt(d) factor as an attribute
+            m.scaling = m.attention_head_size ** -0.5
+    config = getattr(model, "config", None)
+    embeddings = next((m for n, m in model.named_modules() if isinstance(m, nn.Embedding)
+                       and n.endswith("word_embeddings")), None)
+    if config is not None and embeddings is not None and hasattr(config, "hidden_size"):
+        config.hidden_size = embeddings.embedding_dim  # what rebuilding from the config must make
 
 
 def _first_line(exc: Exception) -> str:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from .conftest import FAST_LATENCY, invoke, write_yaml
 from .text_models import bert_folder, reviews
@@ -288,3 +289,28 @@ def test_a_save_to_disk_folder_keeps_its_splits(bert, tmp_path):
     splits = build_splits(DataSpec(source="text", path=str(tmp_path / "saved"), tokenizer=str(bert), max_length=8))
     assert splits.size("test") == 8 and splits.provenance["splits"]["test"] == "given"
     assert splits.size("train") + splits.size("val") == 40
+
+
+def test_a_narrower_text_student_keeps_its_heads_and_rebuilds_from_its_artifact(bert, corpus, tmp_path):
+    """student.width on a BERT: Torch-Pruning removes the same dims from every head of query/key/value
+    (and the hidden size with them); the saved student rebuilds from the folder's config and its plan."""
+    from edgekd.artifact import Artifact, rebuild_float
+    from edgekd.text.models import load_hf as load
+
+    blocks = {"student": "backbone.bert.encoder.layer.3.attention.self",
+              "teacher": "backbone.bert.encoder.layer.3.attention.self"}
+    recipe = _text_recipe(tmp_path, bert, corpus, "classification", [{"name": "kd"}, {"name": "minilm", **blocks}],
+                          {"mode": "ptq", "calibration_batches": 1})
+    write_yaml(recipe, {**yaml.safe_load(recipe.read_text()), "student": {"width": 0.5}})
+    run = tmp_path / "run"
+    result = invoke("compress", "--recipe", recipe, "--out", run)
+    assert result.exit_code == 0, result.output
+    record = json.loads((run / "stages" / "00-distill" / "stage.json").read_text())["artifacts"][0]
+    record["path"] = str(run / record["path"].removeprefix("run:"))
+    student = rebuild_float(Artifact.from_json(record))
+    attention = student.backbone.bert.encoder.layer[0].attention.self
+    assert attention.query.out_features == 16 and attention.num_attention_heads == 4
+    assert attention.attention_head_size == 4 and student.config.hidden_size == 16
+    x = packed()
+    teacher = load(bert, "classification")
+    assert student(x).shape == teacher(x).shape == (4, 2)
