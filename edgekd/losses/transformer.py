@@ -19,6 +19,7 @@ from torch import nn
 from ..errors import RecipeError
 from ..features import Tap, resolve_module
 from .base import LOSSES, Batch, DistillTerm, Params, SetupInfo
+from .feature import _Paired
 
 PROJECTIONS = ("query", "key", "value")
 
@@ -159,13 +160,8 @@ class MiniLMv2(_AttentionBlocks):
         return total / len(self.params.relations)
 
 
-class HiddenParams(Params):
-    pairs: list[tuple[str, str]] = Field(min_length=1, description="[student layer, teacher layer] module pairs "
-                                         "whose (N, S, D) outputs are matched")
-
-
 @LOSSES.register("tinybert-hidden")
-class TinyBERTHidden(DistillTerm):
+class TinyBERTHidden(_Paired):
     """TinyBERT's hidden-state loss: Jiao et al., "TinyBERT: Distilling BERT for Natural Language
     Understanding" (Findings of EMNLP 2020).
 
@@ -173,19 +169,7 @@ class TinyBERTHidden(DistillTerm):
     the teacher's (kept in this loss, dropped at export); padding tokens left out when the mask is known.
     """
 
-    Params = HiddenParams
-    needs_labels = False
-
-    def bind(self, student: nn.Module, teacher: nn.Module | None) -> None:
-        for i, (s, t) in enumerate(self.params.pairs):
-            resolve_module(student, s, "the student", f"{self.key}.pairs.{i}.0")
-            resolve_module(teacher, t, "the teacher", f"{self.key}.pairs.{i}.1")
-
-    def student_taps(self) -> list[Tap]:
-        return [Tap(s) for s, _ in self.params.pairs]
-
-    def teacher_taps(self) -> list[Tap]:
-        return [Tap(t) for _, t in self.params.pairs]
+    needs_labels = False  # pairs: [student layer, teacher layer] modules whose (N, S, D) outputs are matched
 
     def setup(self, info: SetupInfo) -> None:
         self.projections = nn.ModuleList(
