@@ -122,7 +122,12 @@ def teacher_folder(folder: Path, data: Path, epochs: int, max_length: int) -> Pa
     wordpiece = BertWordPieceTokenizer(lowercase=True)
     wordpiece.train_from_iterator(texts, vocab_size=4000, min_frequency=2)
     wordpiece.save_model(str(folder))
-    tokenizer = transformers.BertTokenizerFast(vocab_file=str(folder / "vocab.txt"), do_lower_case=True)
+    vocab = (folder / "vocab.txt").read_text(encoding="utf-8").splitlines()
+    # transformers 5 takes the vocabulary itself (a vocab_file argument is ignored there), 4.x the file
+    takes_vocab = "vocab" in inspect.signature(transformers.BertTokenizerFast.__init__).parameters
+    tokenizer = (transformers.BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+                 if takes_vocab else transformers.BertTokenizerFast(vocab_file=str(folder / "vocab.txt"),
+                                                                    do_lower_case=True))
     tokenizer.save_pretrained(folder)
     splits = build_splits(DataSpec(source="text", path=str(data), tokenizer=str(folder), max_length=max_length,
                                    batch_size=32))

@@ -314,3 +314,17 @@ def test_a_narrower_text_student_keeps_its_heads_and_rebuilds_from_its_artifact(
     x = packed()
     teacher = load(bert, "classification")
     assert student(x).shape == teacher(x).shape == (4, 2)
+
+
+def test_a_tokenizer_that_does_not_know_the_text_is_refused(tmp_path):
+    from edgekd.data.build import build_splits
+
+    from .text_models import wordpiece
+
+    folder = tmp_path / "tok"
+    folder.mkdir()
+    wordpiece(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the"], folder).save_pretrained(folder)
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"text": "the quick brown fox", "label": 0}\n' * 30, encoding="utf-8")
+    with pytest.raises(DataError, match="75% of the text's tokens are unknown to it \\(vocabulary of 6\\)"):
+        build_splits(DataSpec(source="text", path=str(path), tokenizer=str(folder)))

@@ -19,14 +19,26 @@ def bert_folder(root: Path, layers: int = 4, heads: int = 4, hidden: int = 32) -
 
     root.mkdir(parents=True, exist_ok=True)
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + GOOD + BAD + FILLER
-    (root / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    transformers.BertTokenizerFast(vocab_file=str(root / "vocab.txt"), do_lower_case=True).save_pretrained(root)
+    wordpiece(vocab, root).save_pretrained(root)
     config = transformers.BertConfig(vocab_size=len(vocab), hidden_size=hidden, num_hidden_layers=layers,
                                      num_attention_heads=heads, intermediate_size=2 * hidden,
                                      max_position_embeddings=64, num_labels=2)
     torch.manual_seed(0)
     transformers.BertForSequenceClassification(config).save_pretrained(root)
     return root
+
+
+def wordpiece(vocab: list[str], root: Path):
+    """A BERT WordPiece tokenizer of ``vocab``: transformers 5 takes the vocabulary itself, 4.x a file
+    (given to 5 as ``vocab_file`` it is silently ignored, leaving 5 special tokens)."""
+    import inspect
+
+    import transformers
+
+    if "vocab" in inspect.signature(transformers.BertTokenizerFast.__init__).parameters:
+        return transformers.BertTokenizerFast(vocab={w: i for i, w in enumerate(vocab)}, do_lower_case=True)
+    (root / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
+    return transformers.BertTokenizerFast(vocab_file=str(root / "vocab.txt"), do_lower_case=True)
 
 
 def reviews(path: Path, n: int = 240, labels: bool = True) -> Path:

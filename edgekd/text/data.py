@@ -125,9 +125,28 @@ def tokenize(texts: list[str], tokenizer_dir: str, max_length: int) -> np.ndarra
         raise DataError(f"data.tokenizer {tokenizer_dir}: no tokenizer there ({str(exc).splitlines()[0][:160]})") from None
     enc = tok(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="np")
     ids = enc["input_ids"].astype(np.int64)
+    check_vocabulary(ids, enc.get("attention_mask"), tok, tokenizer_dir)
     mask = enc.get("attention_mask", np.ones_like(ids)).astype(np.int64)
     types = enc.get("token_type_ids", np.zeros_like(ids)).astype(np.int64)
     return np.stack([ids, mask, types], axis=1)
+
+
+MAX_UNKNOWN = 0.5  # a tokenizer that knows fewer than half of the text's tokens does not fit it
+
+
+def check_vocabulary(ids: np.ndarray, mask: np.ndarray | None, tok: Any, where: str) -> None:
+    """Refuse a tokenizer that maps most of the text to its unknown token: every model trained on such
+    inputs sees nothing (a tokenizer built with a vocabulary argument its transformers version ignores
+    knows only its 5 special tokens, and a BERT trained on that output predicted the majority class)."""
+    unk = getattr(tok, "unk_token_id", None)
+    if unk is None:
+        return
+    special = set(getattr(tok, "all_special_ids", [])) - {unk}
+    real = (mask.astype(bool) if mask is not None else np.ones_like(ids, dtype=bool)) & ~np.isin(ids, list(special))
+    share = float((ids[real] == unk).mean()) if real.any() else 0.0
+    if share > MAX_UNKNOWN:
+        raise DataError(f"data.tokenizer {where}: {share:.0%} of the text's tokens are unknown to it (vocabulary of "
+                        f"{len(tok)}); it does not fit this text")
 
 
 def label_ids(labels: list[Any], names: list[str] | None) -> tuple[np.ndarray, list[str] | None]:
