@@ -93,9 +93,14 @@ def measure(onnx_path: Path, variant: str, precision: str, target: Target, pool:
         )
         if device_times:
             result["device_latency_ms"] = LatencyStats.of(device_times).to_json()
-        if stats.spread > spec.max_spread:
+        if stats.drift_p50 is not None and (stats.drift_p50 > spec.max_drift or stats.drift_p90 > 2 * spec.max_drift):
+            result["warnings"].append(f"latency drifted while measured: the p50 of consecutive blocks of calls moved "
+                                      f"{stats.drift_p50:.1%} (p90 {stats.drift_p90:.1%}; limits {spec.max_drift:.0%} "
+                                      f"and {2 * spec.max_drift:.0%}): the machine was busy or the clock unstable; "
+                                      f"re-measure before trusting it")
+        if spec.max_spread is not None and stats.spread > spec.max_spread:
             result["warnings"].append(f"latency spread (1.4826 x MAD / median) {stats.spread:.1%} exceeds "
-                                      f"{spec.max_spread:.0%}: the machine was busy or the clock unstable; "
+                                      f"{spec.max_spread:.0%}: calls scattered so widely that one p50 says little; "
                                       f"re-measure before trusting it")
         if spec.max_cov is not None and stats.cov > spec.max_cov:
             result["warnings"].append(f"latency coefficient of variation {stats.cov:.1%} exceeds {spec.max_cov:.0%}: "

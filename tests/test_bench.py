@@ -103,15 +103,18 @@ def test_a_batch_1_export_is_reshaped_for_throughput_and_a_baked_batch_says_why(
 def test_noisy_latency_is_flagged_by_the_targets_threshold(tmp_path):
     model = export_plain(tmp_path / "m.onnx")
     strict = write_yaml(tmp_path / "strict.yaml", {"name": "strict", "backend": "onnxruntime", "threads": 1,
-                                                   "latency": {**FAST_LATENCY, "max_spread": 1e-9, "max_cov": 1e-9}})
+                                                   "latency": {**FAST_LATENCY, "runs": 60, "max_drift": 1e-9,
+                                                               "max_spread": 1e-9, "max_cov": 1e-9}})
     lax = write_yaml(tmp_path / "lax.yaml", {"name": "lax", "backend": "onnxruntime", "threads": 1,
-                                             "latency": {**FAST_LATENCY, "max_spread": 100.0}})
+                                             "latency": {**FAST_LATENCY, "runs": 60, "max_drift": 100.0,
+                                                         "max_spread": 100.0}})
     flagged, calm = bench(model, [str(strict), str(lax)])
+    assert any("drifted while measured" in w for w in flagged["warnings"])
     assert any("spread (1.4826 x MAD / median)" in w for w in flagged["warnings"])
     assert any("coefficient of variation" in w for w in flagged["warnings"])  # only where max_cov is set
     assert calm["warnings"] == []
     result = invoke("bench", model, "--target", strict)
-    assert "warning: latency spread" in result.output
+    assert "warning: latency drifted while measured" in result.output
 
 
 def test_one_stall_among_thousands_of_calls_is_not_noise():
@@ -122,8 +125,23 @@ def test_one_stall_among_thousands_of_calls_is_not_noise():
     times[5000] = 4.5
     stats = LatencyStats.of(times)
     assert stats.cov > 0.05 and stats.spread < 0.02 and abs(stats.p90 / stats.p50 - 1) < 0.02
+    assert stats.drift_p50 < 0.01 and stats.drift_p90 < 0.01  # p50 and p90 stable: no noise warning
     wild = LatencyStats.of(0.30 * np.random.default_rng(1).lognormal(0, 0.3, 2000))  # an unstable machine
     assert wild.spread > 0.2
+
+
+def test_jittery_but_stationary_calls_do_not_drift_and_a_slow_stretch_does():
+    """Sub-ms calls scatter 5-10% on a quiet machine without their p50 moving; a co-tenant that slows a
+    stretch of the calls moves the p50 of that block."""
+    from edgekd.bench import LatencyStats
+
+    jitter = 0.30 * np.random.default_rng(2).lognormal(0, 0.08, 10000)
+    calm = LatencyStats.of(jitter)
+    assert calm.spread > 0.05 and calm.drift_p50 < 0.02 and calm.drift_p90 < 0.04
+    busy = jitter.copy()
+    busy[6000:8000] *= 1.15
+    moved = LatencyStats.of(busy)
+    assert moved.drift_p50 > 0.10 and moved.spread < 0.15
 
 
 def test_emit_native_prints_each_runtimes_own_command_with_the_same_settings(tmp_path):

@@ -28,8 +28,12 @@ class LatencySpec(_Strict):
     throughput_seconds: float = Field(1.0, ge=0.0)
     repeats: int = Field(1, ge=1, le=100, description="time every file this many times, interleaved across the "
                          "variants (or targets); each row keeps every repeat's p50 and the spread between them")
-    max_spread: float = Field(0.05, gt=0.0, description="a robust spread (1.4826 x MAD / median) above this is "
-                              "flagged as noisy: the machine really was unstable, not one stall among thousands")
+    max_drift: float = Field(0.05, gt=0.0, description="flag a measurement whose p50 moved more than this between "
+                             "five consecutive blocks of its calls (or its p90 more than twice this): the machine "
+                             "really was unstable while it was measured; one stall among thousands moves neither")
+    max_spread: float | None = Field(0.25, gt=0.0, description="also flag a robust per-call spread (1.4826 x MAD / "
+                                     "median) above this: calls so scattered that one p50 says little; sub-ms calls "
+                                     "jitter 5-10% on a quiet machine (null: not checked)")
     max_cov: float | None = Field(None, gt=0.0, description="also flag a coefficient of variation above this "
                                   "(std / mean: one outlier moves it); null: not checked")
     int8_max_ratio: float | None = Field(

@@ -23,7 +23,7 @@ def print_report_tables(report: dict[str, Any]) -> None:
         out.print(table)
     noisy = sum(len(r.get("warnings", [])) for r in report["results"])
     if noisy:
-        out.print(f"[yellow]{noisy} measurement warning(s), e.g. a latency spread over the target's "
-                  f"max_spread: see 'Measurement notes' in report.md[/yellow]")
+        out.print(f"[yellow]{noisy} measurement warning(s), e.g. latency that drifted while it was measured: "
+                  f"see 'Measurement notes' in report.md[/yellow]")
     for note in measurement_notes(report)[:1]:
         out.print(note, highlight=False, markup=False)
