@@ -328,3 +328,16 @@ def test_a_tokenizer_that_does_not_know_the_text_is_refused(tmp_path):
     path.write_text('{"text": "the quick brown fox", "label": 0}\n' * 30, encoding="utf-8")
     with pytest.raises(DataError, match="75% of the text's tokens are unknown to it \\(vocabulary of 6\\)"):
         build_splits(DataSpec(source="text", path=str(path), tokenizer=str(folder)))
+
+
+def test_any_hf_architecture_can_be_the_student(bert, corpus, tmp_path):
+    """student.arch: hf:OTHER_DIR builds that folder's architecture (its config, fresh weights)."""
+    small = bert_folder(tmp_path / "small", layers=1, heads=2, hidden=16)
+    recipe = _text_recipe(tmp_path, bert, corpus, "classification", [{"name": "kd"}],
+                          {"mode": "ptq", "calibration_batches": 1})
+    write_yaml(recipe, {**yaml.safe_load(recipe.read_text()), "student": {"arch": f"hf:{small}"}})
+    run = tmp_path / "run"
+    result = invoke("compress", "--recipe", recipe, "--out", run)
+    assert result.exit_code == 0, result.output
+    sizes = {v["name"]: v["size_bytes"] for v in json.loads((run / "report.json").read_text())["variants"]}
+    assert sizes["student-fp32"] < sizes["teacher-fp32"] / 2
