@@ -16,7 +16,6 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, InputError
-from . import PACKED_INPUTS
 
 Task = Literal["classification", "embedding"]
 
@@ -124,10 +123,6 @@ def drop_layers(teacher: TextModel, keep: list[int] | None = None) -> TextModel:
         if isinstance(getattr(student.config, attr, None), list):
             setattr(student.config, attr, [getattr(student.config, attr)[i] for i in keep])
     return student
-
-
-def input_names() -> tuple[str, ...]:
-    return PACKED_INPUTS
 
 
 def build_hf(directory: str, num_classes: int | None, task: Task = "classification",
