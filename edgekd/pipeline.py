@@ -27,7 +27,7 @@ from .config import (Budget, DataSpec, DistillConfig, PruneConfig, Recipe, Stude
                      load_budget, load_recipe, load_target, recipe_with)
 from .data import Splits, build_splits
 from .data.transforms import arch_preprocess
-from .errors import CheckpointError, DataError, InputError
+from .errors import CheckpointError, DataError, InputError, RecipeError
 from .fileio import atomic_path, read_json, write_json, write_text
 from .gate import Verdict, evaluate_budget
 from .int8_layouts import layout_path
@@ -138,6 +138,24 @@ def _load_teacher(checkpoint: Path | None, arch: str | None, policy: LoadPolicy,
             raise DataError(suspect) from None
         raise
     return _checked_teacher(loaded, checkpoint, splits)
+
+
+EMBEDDING_LOSSES = ("embedding-cosine", "minilm", "minilm-v2", "tinybert-hidden", "hint")
+
+
+def _check_embedding_losses(spec: Any, i: int) -> None:
+    """An embedding run's models output embeddings, not class logits, and its data has no labels: a logit
+    loss there (``kd``, the default) would soften embedding dimensions as if they were classes."""
+    trains = [("loss", getattr(spec, "loss", None))] if getattr(spec, "mode", "qat") == "qat" else []
+    recovery = getattr(spec, "recovery", None)
+    if recovery is not None and recovery.loss:
+        trains.append(("recovery.loss", recovery.loss))
+    for where, terms in trains:
+        for j, term in enumerate(terms or []):
+            if term.name not in EMBEDDING_LOSSES:
+                raise RecipeError(f"stages.{i}.{where}.{j}: {term.name!r} matches class logits; an embedding run "
+                                  f"trains with {', '.join(EMBEDDING_LOSSES)} (e.g. loss: [{{name: "
+                                  f"embedding-cosine}}])")
 
 
 def is_hf(arch: str | None) -> bool:
@@ -277,6 +295,8 @@ def _compress(rec: Recipe, ckpt: Path | None, run_dir: Path, target_objs: list[T
         if isinstance(spec, PruneConfig) and spec.recovery.loss:  # a pruned model keeps the teacher's names
             check_loss_names(spec.recovery.loss, f"stages.{i}.recovery.loss", StudentSpec(width=1.0), loaded.model,
                              splits.num_classes, splits.input_shape[0])
+        if splits.embedding_targets is not None:
+            _check_embedding_losses(spec, i)
     for path, arch in extra_teachers(rec):  # found before the first stage trains, not after distillation
         if not Path(path).is_file():
             raise CheckpointError(f"{path}: teacher checkpoint file not found (a multi-teacher loss's teachers:)")

@@ -55,11 +55,15 @@ def onnx_linear_layers(path: Path) -> int:
     return sum(n.op_type in ("Gemm", "MatMul") for n in onnx.load(str(path)).graph.node)
 
 
+# transformer losses need attention blocks: their compress runs (BERT students) are in tests/test_text.py
+TEXT_LOSSES = {"minilm", "minilm-v2", "tinybert-hidden", "embedding-cosine"}
+
+
 def test_every_registered_loss_has_an_end_to_end_case():
-    assert sorted(LOSS_TERMS) == sorted(LOSSES.names())
+    assert sorted([*LOSS_TERMS, *TEXT_LOSSES]) == sorted(LOSSES.names())
 
 
-@pytest.mark.parametrize("name", LOSSES.names())
+@pytest.mark.parametrize("name", [n for n in LOSSES.names() if n not in TEXT_LOSSES])
 def test_each_loss_trains_and_exports_without_its_auxiliary_parts(name, tiny_teacher, residual_teacher, tmp_path):
     params = json.loads(json.dumps(LOSS_TERMS[name]).replace("RESIDUAL", str(residual_teacher)))
     recipe = distill_recipe(tmp_path / "r.yaml", [{"name": name, **params}])

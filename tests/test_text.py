@@ -199,7 +199,7 @@ def _text_recipe(tmp_path: Path, bert: Path, corpus: Path, task: str, loss: list
               "data": {"source": "text", "path": str(corpus), "max_length": 16, "batch_size": 32,
                        **({} if task == "classification" else {"label_column": "none"})},
               "student": {"layers": "alternate"},
-              "stages": [{"stage": "distill", "epochs": 2, "lr": 0.002, "loss": loss},
+              "stages": [{"stage": "distill", "epochs": 3, "lr": 0.002, "loss": loss},
                          {"stage": "quantize", **quantize}, {"stage": "export"}],
               "targets": [str(ort), str(ov)]}
     return write_yaml(tmp_path / "recipe.yaml", recipe)
@@ -214,7 +214,11 @@ def test_compress_a_text_classifier_minilm_qat_export_on_both_runtimes(bert, cor
     blocks = {"student": "backbone.bert.encoder.layer.1.attention.self",
               "teacher": "backbone.bert.encoder.layer.3.attention.self"}
     recipe = _text_recipe(tmp_path, bert, corpus, "classification",
-                          [{"name": "kd", "weight": 1.0}, {"name": "minilm", "weight": 1.0, **blocks}],
+                          # mostly the labels (alpha 0.2): a random-weight teacher gives near-tied logits, and a
+                          # student that only copied them would have no decisive samples to compare files on
+                          [{"name": "kd", "weight": 1.0, "alpha": 0.2}, {"name": "minilm", "weight": 1.0, **blocks},
+                           {"name": "tinybert-hidden", "weight": 0.1,
+                            "pairs": [["backbone.bert.encoder.layer.1", "backbone.bert.encoder.layer.3"]]}],
                           {"mode": "qat", "epochs": 1, "calibration_batches": 2, "lr": 0.0005})
     run = tmp_path / "run"
     result = invoke("compress", "--recipe", recipe, "--out", run)
@@ -244,13 +248,14 @@ def test_compress_a_text_classifier_minilm_qat_export_on_both_runtimes(bert, cor
     assert invoke("gate", run, "--budget", budget).exit_code == 0
 
 
-def test_compress_a_sentence_encoder_without_labels_minilm_v2_ptq(bert, tmp_path):
+def test_compress_a_sentence_encoder_without_labels_minilm_v2_qat(bert, tmp_path):
     corpus = reviews(tmp_path / "unlabelled.jsonl", labels=False)
     blocks = {"student": "backbone.encoder.layer.1.attention.self", "teacher": "backbone.encoder.layer.3.attention.self"}
     recipe = _text_recipe(tmp_path, bert, corpus, "embedding",
                           [{"name": "embedding-cosine", "weight": 1.0},
                            {"name": "minilm-v2", "weight": 1.0, "relation_heads": 4, **blocks}],
-                          {"mode": "ptq", "calibration_batches": 2})
+                          {"mode": "qat", "epochs": 1, "calibration_batches": 2, "lr": 0.0005,
+                           "loss": [{"name": "embedding-cosine"}]})
     run = tmp_path / "run"
     result = invoke("compress", "--recipe", recipe, "--out", run)
     assert result.exit_code == 0, result.output
@@ -341,3 +346,12 @@ def test_any_hf_architecture_can_be_the_student(bert, corpus, tmp_path):
     assert result.exit_code == 0, result.output
     sizes = {v["name"]: v["size_bytes"] for v in json.loads((run / "report.json").read_text())["variants"]}
     assert sizes["student-fp32"] < sizes["teacher-fp32"] / 2
+
+
+def test_an_embedding_run_refuses_a_logit_loss(bert, tmp_path):
+    corpus = reviews(tmp_path / "unlabelled.jsonl", labels=False)
+    recipe = _text_recipe(tmp_path, bert, corpus, "embedding", [{"name": "embedding-cosine"}],
+                          {"mode": "qat", "epochs": 1, "calibration_batches": 1})  # QAT's default loss: kd
+    result = invoke("compress", "--recipe", recipe, "--out", tmp_path / "run")
+    assert result.exit_code == 2
+    assert "stages.1.loss.0: 'kd' matches class logits; an embedding run trains with embedding-cosine" in result.output
