@@ -236,11 +236,16 @@ def latency_probe(target: Target, pool: BackendPool, windows: int = 3) -> Callab
 
 
 def file_precision(onnx_path: Path) -> str:
-    """``int8`` for a QDQ graph, else ``fp32``."""
+    """``int8`` for a QDQ graph, or a dynamically quantized one (ONNX Runtime's ``quantize_dynamic``, edgekd's
+    ``dynamic`` layout), else ``fp32``."""
     import onnx
 
     graph = onnx.load(str(onnx_path), load_external_data=False).graph
-    return "int8" if any(n.op_type in ("QuantizeLinear", "QLinearConv") for n in graph.node) else "fp32"
+    return "int8" if any(n.op_type in INT8_FILE_OPS for n in graph.node) else "fp32"
+
+
+INT8_FILE_OPS = ("QuantizeLinear", "QLinearConv", "QLinearMatMul", "DynamicQuantizeLinear", "MatMulInteger",
+                 "ConvInteger", "DynamicQuantizeMatMul", "MatMulIntegerToFloat")
 
 
 def bench_targets(targets: list[str], **overrides: Any) -> list[Target]:

@@ -123,3 +123,17 @@ def test_seq_on_a_fixed_file_is_refused(tmp_path):
     path = export_plain(tmp_path / "plain.onnx")
     result = invoke("bench", path, "--target", "cpu-onnxruntime", "--seq", "32")
     assert result.exit_code == 2 and "--seq needs a dynamic sequence axis" in result.output
+
+
+def test_a_dynamically_quantized_file_is_benched_as_int8(bert_onnx, tmp_path):
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from edgekd.measure import file_precision
+
+    dynamic = tmp_path / "dynamic.onnx"
+    quantize_dynamic(str(bert_onnx), str(dynamic), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])
+    assert file_precision(bert_onnx) == "fp32" and file_precision(dynamic) == "int8"
+    result = invoke("bench", dynamic, "--target", "cpu-onnxruntime", "--runs", "3", "--seconds", "0", "--warmup",
+                    "1", "--batch", "1", "--seq", "16", "--json", tmp_path / "rows.json")
+    row = json.loads((tmp_path / "rows.json").read_text())[0]
+    assert result.exit_code == 0 and row["precision"] == "int8" and row["int8_layers"]["int8"] > 0
