@@ -280,7 +280,7 @@ def bench(model: str | Path, targets: list[str], *, shape: ShapeRequest = None, 
     opened is refused (``CheckpointError``, exit 2) by the loading gate the torch backend opens it
     through, unless ``trust_checkpoint`` (or its globals are named in ``allow_globals``).
     ``expect_sha256``: the file's bytes are checked before anything opens it."""
-    from .backends.inputs import graph_inputs, make_feed, resolve_shapes
+    from .backends.inputs import inputs_of, make_feed, read_graph, resolve_shapes, vocab_sizes
     from .checkpoint import check_sha256
 
     path = Path(model)
@@ -297,17 +297,13 @@ def bench(model: str | Path, targets: list[str], *, shape: ShapeRequest = None, 
     if seqs and path.suffix != ".onnx":
         raise InputError(f"{path}: --seq sweeps ONNX files with a dynamic sequence axis")
     lengths: list[int | None] = list(seqs) if seqs else [None]
-    shapes_at: dict[int | None, ShapeRequest] = {}
-    for seq in lengths:
-        if path.suffix == ".onnx":  # a wrong --shape, an unsized dynamic input, ids of unknown range: exit 2
-            inputs = graph_inputs(path)
-            wanted = (feed or FeedSpec()).shapes(shape)
-            shapes, _ = resolve_shapes(path, wanted, seq, inputs)
-            make_feed(inputs, shapes, vocab=_vocab(path), vocab_default=(feed or FeedSpec()).vocab,
-                      arrays=(feed or FeedSpec()).arrays)
-            shapes_at[seq] = shapes
-        else:
-            shapes_at[seq] = shape
+    shapes_at: dict[int | None, ShapeRequest] = {seq: shape for seq in lengths}
+    if path.suffix == ".onnx":  # a wrong --shape, an unsized dynamic input, ids of unknown range: exit 2
+        graph, spec = read_graph(path), feed or FeedSpec()
+        inputs, vocab = inputs_of(graph, path), vocab_sizes(graph)
+        for seq in lengths:
+            shapes_at[seq] = resolve_shapes(path, spec.shapes(shape), seq, inputs)[0]
+            make_feed(inputs, shapes_at[seq], vocab=vocab, vocab_default=spec.vocab, arrays=spec.arrays)
     precision = file_precision(path) if path.suffix == ".onnx" else "fp32"
     pool = BackendPool(trust_checkpoint, allow_globals)
 
@@ -325,12 +321,6 @@ def bench(model: str | Path, targets: list[str], *, shape: ShapeRequest = None, 
     if repeats > 1:  # rounds over the lengths and targets, so a slow spell of the machine lands on all
         add_repeats(rows, [one_round() for _ in range(repeats - 1)])
     return rows
-
-
-def _vocab(path: Path) -> dict[str, int]:
-    from .backends.inputs import read_graph, vocab_sizes
-
-    return vocab_sizes(read_graph(path))
 
 
 def native_commands(model: str | Path, targets: list[str], **overrides: Any) -> list[tuple[str, str]]:
