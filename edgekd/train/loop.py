@@ -52,7 +52,9 @@ class FitResult:
 
 def packed_mask(x: torch.Tensor) -> torch.Tensor | None:
     """A text batch's attention mask (packed (N, 3, S) int64 samples, ``edgekd.text``); None for images."""
-    return x[:, 1] if x.dtype == torch.int64 and x.dim() == 3 and x.shape[1] == 3 else None
+    from ..text import PACKED_INPUTS, is_packed
+
+    return x[:, PACKED_INPUTS.index("attention_mask")] if is_packed(x) else None
 
 
 class _Trainee(nn.Module):
