@@ -246,12 +246,12 @@ def load_arrays(path: Path, inputs: list[GraphInput]) -> dict[str, np.ndarray]:
 
 def tokenizer_vocab(path: Path) -> int:
     """The vocabulary size of a local tokenizer directory (transformers, offline)."""
+    from ..text.hub import pretrained
+
     try:
-        from transformers import AutoTokenizer
-    except ImportError:
-        raise InputError("--tokenizer needs transformers (pip install 'edgekd[text]')") from None
-    try:
-        return len(AutoTokenizer.from_pretrained(str(path), local_files_only=True))
+        return len(pretrained("AutoTokenizer", path))
+    except InputError:
+        raise
     except Exception as exc:  # noqa: BLE001 - transformers raises OSError/ValueError for a wrong folder
         raise InputError(f"--tokenizer {path}: not a tokenizer directory ({str(exc).splitlines()[0][:160]})") from None
 

@@ -73,7 +73,20 @@ def raise_internal(exc: Exception) -> None:
     raise typer.Exit(INTERNAL_ERROR) from None
 
 
+def detach_stdin() -> None:
+    """No edgekd command reads standard input, so none lets a library read it either: a library that
+    asks a question there (transformers' "run this folder's code? [y/N]") gets end-of-file, and a
+    ``y`` piped into edgekd answers nothing. Both the Python object and descriptor 0 point at /dev/null."""
+    fd = os.open(os.devnull, os.O_RDONLY)
+    try:
+        os.dup2(fd, 0)
+    finally:
+        os.close(fd)
+    sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115 - lives as long as the process
+
+
 def main() -> None:
+    detach_stdin()
     app(prog_name="edgekd")
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import DataError
+from ..errors import DataError, InputError
 
 
 @dataclass
@@ -115,12 +115,12 @@ def _saved_dataset(path: Path, text_column: str, label_column: str) -> dict[str,
 
 def tokenize(texts: list[str], tokenizer_dir: str, max_length: int) -> np.ndarray:
     """Packed (N, 3, max_length) int64 token tensors, padded and truncated by the tokenizer itself."""
+    from .hub import pretrained
+
     try:
-        from transformers import AutoTokenizer
-    except ImportError:
-        raise DataError("text data needs transformers (pip install 'edgekd[text]')") from None
-    try:
-        tok = AutoTokenizer.from_pretrained(tokenizer_dir, local_files_only=True)
+        tok = pretrained("AutoTokenizer", tokenizer_dir)
+    except InputError:
+        raise
     except Exception as exc:  # noqa: BLE001 - OSError/ValueError for a folder without tokenizer files
         raise DataError(f"data.tokenizer {tokenizer_dir}: no tokenizer there ({str(exc).splitlines()[0][:160]})") from None
     enc = tok(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="np")

@@ -2,8 +2,8 @@
 made by dropping layers (DistilBERT's every-other-layer initialisation).
 
 Loading is offline (``local_files_only``; nothing is downloaded) and safetensors-only unless the user
-passes ``--trust-checkpoint`` (a ``pytorch_model.bin`` is a pickle). ``trust_remote_code`` is never set:
-a model folder's own Python is not run.
+passes ``--trust-checkpoint`` (a ``pytorch_model.bin`` is a pickle). Every load goes through ``hub``,
+which pins ``trust_remote_code=False``: a model folder's own Python is not run.
 """
 
 from __future__ import annotations
@@ -16,20 +16,9 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, InputError
+from .hub import from_config, pretrained
 
 Task = Literal["classification", "embedding"]
-
-
-def transformers_module():
-    """transformers, with its load reports and progress bars off: a checkpoint whose classifier is new
-    (an embedding run of a classification folder) is expected here, and edgekd prints its own progress."""
-    try:
-        import transformers
-    except ImportError:
-        raise InputError("hf: checkpoints need transformers (pip install 'edgekd[text]')") from None
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    return transformers
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -71,7 +60,6 @@ class TextModel(nn.Module):
 
 def load_hf(directory: Path, task: Task, num_labels: int | None = None, trust: bool = False) -> TextModel:
     """A local model folder (config.json + weights) as a ``TextModel``; never downloads."""
-    transformers = transformers_module()
     if not (directory / "config.json").is_file():
         raise InputError(f"hf:{directory}: no config.json there (a Hugging Face model folder, e.g. from "
                          f"save_pretrained, is expected)")
@@ -83,16 +71,15 @@ def load_hf(directory: Path, task: Task, num_labels: int | None = None, trust: b
                               f"if you trust this folder")
     if not has_safetensors and not pickles:
         raise InputError(f"hf:{directory}: no weights (*.safetensors) in the folder")
-    kwargs = {"local_files_only": True, "trust_remote_code": False, "use_safetensors": has_safetensors}
     try:
-        config = transformers.AutoConfig.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
+        config = pretrained("AutoConfig", directory)
         if task == "classification":
             if num_labels is not None:
                 config.num_labels = num_labels
-            backbone = transformers.AutoModelForSequenceClassification.from_pretrained(
-                str(directory), config=config, ignore_mismatched_sizes=True, **kwargs)
+            backbone = pretrained("AutoModelForSequenceClassification", directory, config=config,
+                                  ignore_mismatched_sizes=True, use_safetensors=has_safetensors)
         else:
-            backbone = transformers.AutoModel.from_pretrained(str(directory), config=config, **kwargs)
+            backbone = pretrained("AutoModel", directory, config=config, use_safetensors=has_safetensors)
     except (OSError, ValueError, KeyError) as exc:
         raise InputError(f"hf:{directory}: transformers could not load it ({str(exc).strip().splitlines()[0][:200]})") from None
     backbone.config.use_cache = False
@@ -129,17 +116,16 @@ def build_hf(directory: str, num_classes: int | None, task: Task = "classificati
              layers: list[int] | None = None) -> TextModel:
     """An untrained ``TextModel`` of the folder's architecture (its config.json only, no weights), with
     only ``layers`` kept: how edgekd rebuilds its own text artifacts before loading their weights."""
-    transformers = transformers_module()
     path = Path(directory)
     if not (path / "config.json").is_file():
         raise InputError(f"hf:{directory}: no config.json there")
-    config = transformers.AutoConfig.from_pretrained(str(path), local_files_only=True, trust_remote_code=False)
+    config = pretrained("AutoConfig", path)
     if task == "classification":
         if num_classes:
             config.num_labels = num_classes
-        backbone = transformers.AutoModelForSequenceClassification.from_config(config)
+        backbone = from_config("AutoModelForSequenceClassification", config)
     else:
-        backbone = transformers.AutoModel.from_config(config)
+        backbone = from_config("AutoModel", config)
     backbone.config.use_cache = False
     model = TextModel(backbone.eval(), task)
     if layers is not None:
