@@ -6,9 +6,13 @@ loads only with ``--trust-checkpoint`` (recorded in the manifest); without it th
 unsafe globals found in the file and nothing from the file has executed.
 
 ``torch.export`` programs (``.pt2``) come through here too (``load_exported_program``): torch itself
-unpickles parts of such an archive with weights_only switched off (sample inputs, pickled weights and
-constants), so every pickle inside is read as opcodes first and the archive is refused, naming what
-it would import, unless it references only what ``weights_only`` allows or the user trusts it.
+opens parts of such an archive with weights_only switched off (sample inputs, ``use_pickle`` weights and
+constants, legacy ``.pt`` members) or with plain ``pickle.loads`` (opaque constants). A scanner of ours
+was always one trick behind (six of ten crafted archives ran code past it), so torch enforces the rule:
+without trust the program is loaded under ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` (torch's own switch, which
+turns every ``torch.load`` into ``weights_only=True`` whatever its caller asked), and an archive whose
+constants torch would open outside ``torch.load`` (opaque or TorchBind objects) is refused. The opcode
+scanner stays as a second line that names the offending globals in the error.
 
 Narrower than trust: ``--allow-global mod.Class`` adds named classes to what ``weights_only`` accepts
 (importing ``mod``, which the user vouches for), and ``--expect-sha256`` checks the file's bytes before
@@ -22,11 +26,14 @@ import hashlib
 import importlib
 import inspect
 import io
+import json
+import os
 import pickletools
 import zipfile
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -289,16 +296,18 @@ def _unsafe_globals(path: Path) -> list[str]:
 
 
 def pickle_globals(data: bytes) -> set[str]:
-    """The globals (``module.name``) a pickle would import, read as opcodes, never executed. A pickle
-    that stops parsing part way still reports what came before the break (the part that would run)."""
+    """The globals (``module.name``) a pickle would import, read as opcodes, never executed: a second
+    line that *names* what a refused file would import. It is not the rule (torch's ``weights_only``
+    is): a STACK_GLOBAL is paired with the last two strings pushed, which a crafted pickle can fool, and
+    one it cannot pair is left out rather than guessed (random tensor bytes parse as such opcodes)."""
     found: set[str] = set()
     strings: list[str] = []
     try:
         for op, arg, _ in pickletools.genops(io.BytesIO(data)):
             if op.name in ("GLOBAL", "INST"):
                 found.add(str(arg).replace(" ", "."))
-            elif op.name == "STACK_GLOBAL":
-                found.add(f"{strings[-2]}.{strings[-1]}" if len(strings) >= 2 else "<computed global>")
+            elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                found.add(f"{strings[-2]}.{strings[-1]}")
             elif isinstance(arg, str):
                 strings.append(arg)
     except Exception:  # noqa: BLE001 - raw tensor bytes or a truncated pickle: report what was found
@@ -336,6 +345,8 @@ def archive_unsafe_globals(data: bytes, where: str = "") -> list[str]:
                 unsafe.add(f"native library {label}")
             elif zipfile.is_zipfile(io.BytesIO(member)):
                 unsafe.update(archive_unsafe_globals(member, f"{label}/"))
+            elif where and not name.endswith(".pkl"):  # inside a torch.save zip only data.pkl is a pickle
+                continue
             else:
                 unsafe.update(f"{g} (in {label})" for g in pickle_globals(member) if g not in allowed)
     return sorted(unsafe)
@@ -369,13 +380,75 @@ def load_exported_program(path: str | Path, *, trust: bool = False, policy: Load
     checked are the bytes loaded (read once), so the file cannot change between check and load."""
     policy = policy or LoadPolicy(trust=trust)
     data = _checked_program_bytes(path, policy=policy)
+    if not policy.trust:
+        refuse_non_torch_load_constants(path, data)
     try:
         with torch.serialization.safe_globals(allowed_objects(policy.allow_globals)):
-            return torch.export.load(io.BytesIO(data))
+            with (nullcontext() if policy.trust else weights_only_everywhere(path)):
+                return torch.export.load(io.BytesIO(data))
+    except CheckpointError:
+        raise
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad archive
         text = str(exc).strip()
-        raise CheckpointError(f"{path}: torch could not load this program "
-                              f"({text.splitlines()[0] if text else type(exc).__name__})") from None
+        first = text.splitlines()[0] if text else type(exc).__name__
+        if not policy.trust and ("weights_only" in text.lower() or "Weights only load failed" in text):
+            raise CheckpointError(f"{path}: refusing to load a program that can run code when opened (torch's "
+                                  f"weights_only loader refused a member: {first[:200]}); pass --trust-checkpoint "
+                                  f"if you trust its source") from None
+        raise CheckpointError(f"{path}: torch could not load this program ({first[:300]})") from None
+
+
+@contextmanager
+def weights_only_everywhere(path: Path | str) -> Iterator[None]:
+    """While torch opens an untrusted archive: every ``torch.load`` is ``weights_only=True`` (torch's
+    ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` overrides a caller's ``weights_only=False``), and plain
+    ``pickle.load``/``loads`` refuse. The variables are put back afterwards; loads are not concurrent
+    in edgekd (one program is opened at a time), which is what makes a process-wide switch safe here."""
+    import pickle
+
+    def refuse(*_: Any, **__: Any) -> Any:
+        raise CheckpointError(f"{path}: refusing to load a program that holds a plain pickle (it can run code "
+                              f"when opened); pass --trust-checkpoint if you trust its source")
+
+    saved_env = {k: os.environ.get(k) for k in ("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD")}
+    saved_pickle = (pickle.load, pickle.loads)
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    os.environ.pop("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", None)
+    pickle.load, pickle.loads = refuse, refuse
+    try:
+        yield
+    finally:
+        pickle.load, pickle.loads = saved_pickle
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def refuse_non_torch_load_constants(path: Path | str, data: bytes) -> None:
+    """Refuse an archive with constants torch opens outside ``torch.load`` (where weights_only cannot
+    reach): opaque objects (``pickle.loads``) and TorchBind objects (``torch._C._pickle_load_obj``).
+    Read from the archive's own constants configs, the JSON torch reads to choose how to open each one;
+    a path of a kind this torch does not name as a tensor is refused too (the safe direction)."""
+    try:
+        from torch.export.pt2_archive.constants import TENSOR_CONSTANT_FILENAME_PREFIX as tensor_prefix
+    except ImportError:  # torch moved its names: refuse any constant that is not plainly a tensor file
+        tensor_prefix = "tensor_"
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        for name in zf.namelist():
+            if not name.endswith("constants_config.json"):
+                continue
+            try:
+                config = json.loads(zf.read(name)).get("config", {})
+                kinds = [str(meta.get("path_name", "")) for meta in config.values()]
+            except (ValueError, AttributeError):
+                raise CheckpointError(f"{path}: {name} is not a valid constants config") from None
+            odd = [k for k in kinds if not k.startswith(tensor_prefix)]
+            if odd:
+                raise CheckpointError(f"{path}: refusing to load a program with constants torch opens as plain "
+                                      f"pickles or TorchBind objects ({', '.join(odd[:3])} in {name}); pass "
+                                      f"--trust-checkpoint if you trust its source")
 
 
 def _find_state_dict(path: Path, obj: Any) -> dict[str, torch.Tensor]:

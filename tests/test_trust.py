@@ -120,3 +120,161 @@ def test_the_command_line_reads_nothing_from_stdin():
              "import os; print(repr(sys.stdin.read()), repr(os.read(0, 10)))")
     out = subprocess.run([sys.executable, "-c", probe], input="y\n", capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "'' b''", out.stdout + out.stderr
+
+
+# ---------------------------------------------------------------- torch.export programs (.pt2)
+class Planted:
+    """Unpickling this runs a shell command that touches ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def _unicode(text: str) -> bytes:
+    data = text.encode()
+    return b"X" + len(data).to_bytes(4, "little") + data  # BINUNICODE
+
+
+def memo_stack_global(marker: Path) -> bytes:
+    """A pickle whose STACK_GLOBAL takes ``os``/``system`` from the memo while decoy strings
+    (``collections``, ``OrderedDict``) were the last ones pushed: an opcode scanner that pairs the last
+    two strings reads a harmless global."""
+    return (b"\x80\x04" + _unicode("os") + b"\x940" + _unicode("system") + b"\x940"
+            + _unicode("collections") + b"0" + _unicode("OrderedDict") + b"0"
+            + b"h\x00h\x01\x93" + _unicode(f"touch {marker}") + b"\x85R.")
+
+
+def payloads(marker: Path) -> dict[str, bytes]:
+    """Ways to encode "run a command" that torch opens: its zip format, its legacy format (several
+    pickles back to back), plain pickles at protocols 0 and 2, and the memo trick."""
+    import io
+    import pickle
+
+    import torch
+
+    zipped, legacy = io.BytesIO(), io.BytesIO()
+    torch.save({"x": Planted(marker)}, zipped)
+    torch.save({"x": Planted(marker)}, legacy, _use_new_zipfile_serialization=False)
+    return {"torch.save zip": zipped.getvalue(), "torch.save legacy stream": legacy.getvalue(),
+            "pickle protocol 0": pickle.dumps(Planted(marker), protocol=0),
+            "pickle protocol 2": pickle.dumps(Planted(marker), protocol=2),
+            "STACK_GLOBAL from the memo behind decoys": memo_stack_global(marker)}
+
+
+CARRIERS = ("use_pickle weight", "use_pickle constant", "sample inputs", "legacy weights file",
+            "legacy constants file", "opaque constant", "custom object constant")
+
+
+def plant(clean: Path, planted: Path, carrier: str, payload: bytes) -> None:
+    """Copy the program ``clean`` to ``planted`` with ``payload`` where ``carrier`` says torch reads it."""
+    import zipfile
+
+    with zipfile.ZipFile(clean) as src:
+        members = {n: src.read(n) for n in src.namelist()}
+    root = next(n for n in members if n.endswith("archive_format")).rsplit("archive_format", 1)[0]
+    weights_cfg, constants_cfg = f"{root}data/weights/model_weights_config.json", \
+        f"{root}data/constants/model_constants_config.json"
+    if carrier == "use_pickle weight":
+        config = json.loads(members[weights_cfg])
+        name = next(iter(config["config"]))
+        config["config"][name]["use_pickle"] = True
+        members[weights_cfg] = json.dumps(config).encode()
+        members[f"{root}data/weights/{config['config'][name]['path_name']}"] = payload
+    elif carrier == "sample inputs":
+        members[f"{root}data/sample_inputs/model.pt"] = payload
+    elif carrier == "legacy weights file":
+        members[f"{root}data/weights/model.pt"] = payload
+    elif carrier == "legacy constants file":
+        members[f"{root}data/constants/model.pt"] = payload
+    else:
+        path_name = {"use_pickle constant": "tensor_0", "opaque constant": "opaque_obj_0",
+                     "custom object constant": "custom_obj_0"}[carrier]
+        config = json.loads(members[constants_cfg])
+        a_weight = next(iter(json.loads(members[weights_cfg])["config"].values()))
+        config["config"]["planted"] = {"path_name": path_name, "is_param": False,
+                                       "use_pickle": carrier == "use_pickle constant",
+                                       "tensor_meta": a_weight["tensor_meta"]}
+        members[constants_cfg] = json.dumps(config).encode()
+        # torch first maps every listed constant as float32 storage: a size that is no multiple of 4
+        # fails that before the object is opened (pickle ignores bytes after its STOP)
+        members[f"{root}data/constants/{path_name}"] = payload + b"\0" * (-len(payload) % 8)
+    with zipfile.ZipFile(planted, "w") as dst:
+        for name, data in members.items():
+            dst.writestr(name, data)
+
+
+@pytest.fixture(scope="module")
+def clean_program(tmp_path_factory) -> Path:
+    import torch
+
+    from edgekd.exporting import export_program
+
+    path = tmp_path_factory.mktemp("pt2") / "clean.pt2"
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
+    export_program(model, torch.randn(1, 3, 8, 8), path)
+    return path
+
+
+@pytest.mark.parametrize("scanner", ["with the opcode scanner", "torch alone (scanner switched off)"])
+@pytest.mark.parametrize("carrier", CARRIERS)
+def test_no_planted_program_runs_code_without_trust(tmp_path, clean_program, carrier, scanner, monkeypatch):
+    """Every carrier torch reads x every encoding of a command: the load is refused (exit 2 from bench,
+    CheckpointError from the gate every torch target goes through) and the marker never appears; also
+    with the opcode scanner switched off, since it is only the second line."""
+    from edgekd import checkpoint
+    from edgekd.checkpoint import load_exported_program
+    from edgekd.errors import CheckpointError
+
+    from .conftest import invoke
+
+    if scanner.startswith("torch alone"):
+        monkeypatch.setattr(checkpoint, "archive_unsafe_globals", lambda data, where="": [])
+    marker = tmp_path / "PWNED"
+    for label, payload in payloads(marker).items():
+        evil = tmp_path / f"{label.replace(' ', '_')}.pt2"
+        plant(clean_program, evil, carrier, payload)
+        before = evil.read_bytes()
+        with pytest.raises(CheckpointError, match="--trust-checkpoint|could not load"):
+            load_exported_program(evil)
+        result = invoke("bench", evil, "--target", "cpu-torch", "--runs", "3", "--warmup", "1")
+        assert not marker.exists(), f"{carrier} / {label} ran its command"
+        assert result.exit_code == 2 and "Traceback" not in result.output, (label, result.output)
+        assert evil.read_bytes() == before
+
+
+def test_a_pickled_tensor_weight_still_loads_and_the_switch_is_put_back(tmp_path, clean_program):
+    """Refusing code is not refusing pickles: a ``use_pickle`` weight holding a plain tensor is what
+    weights_only accepts, so the program loads; the forcing variable is gone afterwards."""
+    import io
+
+    import torch
+
+    from edgekd.checkpoint import load_exported_program
+
+    buf = io.BytesIO()
+    torch.save(torch.nn.Parameter(torch.full((4, 3, 3, 3), 0.5)), buf)
+    ok = tmp_path / "pickled_tensor.pt2"
+    plant(clean_program, ok, "use_pickle weight", buf.getvalue())
+    program = load_exported_program(ok)
+    assert torch.equal(program.state_dict["0.weight"], torch.full((4, 3, 3, 3), 0.5))
+    assert "TORCH_FORCE_WEIGHTS_ONLY_LOAD" not in os.environ
+    import pickle
+
+    assert pickle.loads(pickle.dumps([1, 2])) == [1, 2]
+
+
+def test_a_planted_program_runs_only_with_trust(tmp_path, clean_program):
+    from edgekd.checkpoint import load_exported_program
+
+    marker = tmp_path / "PWNED"
+    evil = tmp_path / "evil.pt2"
+    plant(clean_program, evil, "opaque constant", payloads(marker)["pickle protocol 2"])
+    error = ""
+    try:
+        load_exported_program(evil, trust=True)
+    except Exception as exc:  # noqa: BLE001 - the planted constant need not make a valid program; it ran already
+        error = str(exc)
+    assert marker.exists(), error
