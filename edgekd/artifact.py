@@ -12,7 +12,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -130,19 +130,22 @@ def _absolute(value: Any, root: Path) -> Any:
     return value
 
 
-def write_record(folder: Path, key: str, artifacts: list[Artifact]) -> None:
+def write_record(folder: Path, key: str, artifacts: list[Artifact], reads: dict[str, Any] | None = None) -> None:
     """Mark a stage finished: written last, so its presence means every output is complete.
 
-    ``key`` hashes the stage's config and its inputs; ``--resume`` reuses the stage only if it matches.
+    ``key`` hashes the stage's config and its inputs, ``reads`` what else it read while it ran (recipe
+    fields, targets' settings, each hashed); ``--resume`` reuses the stage only if both still hold.
     Paths inside the run directory (``folder/../..``) are recorded relative to it.
     """
     root = folder.resolve().parent.parent
-    write_json(folder / "stage.json", {"key": key, "artifacts": [in_run(a.to_json(), root) for a in artifacts]})
+    write_json(folder / "stage.json", {"key": key, "reads": reads or {},
+                                       "artifacts": [in_run(a.to_json(), root) for a in artifacts]})
 
 
-def read_record(folder: Path, key: str) -> tuple[list[Artifact] | None, str]:
-    """The finished stage's artifacts if it ran with the same config and inputs (else None), and why
-    it cannot be reused ("" when it can)."""
+def read_record(folder: Path, key: str,
+                reads_changed: Callable[[dict[str, Any]], str | None] | None = None) -> tuple[list[Artifact] | None, str]:
+    """The finished stage's artifacts if it ran with the same config and inputs and everything it read
+    still holds (``reads_changed`` says why not), else None; and why it cannot be reused ("" when it can)."""
     path = folder / "stage.json"
     if not path.is_file():
         return None, "not finished"
@@ -150,8 +153,13 @@ def read_record(folder: Path, key: str) -> tuple[list[Artifact] | None, str]:
         record = read_json(path)
     except ValueError:
         return None, "its stage.json is unreadable"
-    if record.get("key") != key:
+    if not isinstance(record, dict) or record.get("key") != key:
         return None, "its config or inputs changed (checkpoint, data, teachers, recipe or edgekd version)"
+    if not isinstance(record.get("reads"), dict):
+        return None, "its record predates resume keys from what a stage reads"
+    changed = reads_changed(record["reads"]) if reads_changed is not None else None
+    if changed:
+        return None, changed
     artifacts = stage_artifacts(folder, record)
     gone = [a.path for a in artifacts if a.stage != "input" and not Path(a.path).exists()]
     if gone:

@@ -63,15 +63,69 @@ def save_baseline(report: dict[str, Any], path: Path) -> Path:
     return write_json(path, baseline_of(report))
 
 
+def _row_model() -> Any:
+    """The schema of a baseline row: what ``baseline_of`` writes, with every number finite and every
+    size and time positive (NaN, zero or negative timings made any run "within noise")."""
+    from typing import Annotated, Optional
+
+    from pydantic import BaseModel, ConfigDict, Field
+
+    Positive = Annotated[float, Field(gt=0.0)]
+
+    class Latency(BaseModel):
+        model_config = ConfigDict(extra="allow", allow_inf_nan=False)
+        p50: Positive
+
+    class Row(BaseModel):
+        model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+        variant: str
+        target: str
+        size_bytes: Optional[Annotated[int, Field(gt=0)]] = None
+        accuracy: Optional[Annotated[float, Field(ge=0.0, le=1.0)]] = None
+        latency_ms: Latency
+        latency_samples_ms: list[Positive]
+        repeats_p50_ms: list[Positive] = []
+        machine_id: Optional[str] = None
+
+    return Row
+
+
 def load_baseline(path: Path) -> dict[str, Any]:
+    """A baseline file checked against its schema (exit 2 naming the first bad key)."""
+    from pydantic import ValidationError
+
     data = read_document(path, "baseline file not found (write one with 'edgekd baseline save RUN_DIR')")
     if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("rows"), list):
         raise ReportError(f"{path}: not an edgekd baseline (key 'schema' must be {SCHEMA!r}, 'rows' a list)")
+    if not data["rows"]:
+        raise ReportError(f"{path}: key 'rows' is empty; save a baseline from a run with measured rows")
+    row_model = _row_model()
     for i, row in enumerate(data["rows"]):
-        missing = [k for k in ("variant", "target", "latency_ms", "latency_samples_ms") if k not in row]
-        if missing:
-            raise ReportError(f"{path}: rows[{i}] lacks key '{missing[0]}'")
+        try:
+            row_model.model_validate(row)
+        except ValidationError as exc:
+            e = exc.errors()[0]
+            where = ".".join(str(p) for p in e["loc"])
+            raise ReportError(f"{path}: rows[{i}].{where}: {e['msg']} (got {str(e.get('input'))[:40]}); write "
+                              f"baselines with 'edgekd baseline save'") from None
+    if not isinstance(data.get("run", {}), dict):
+        raise ReportError(f"{path}: key 'run' must be a mapping")
     return data
+
+
+def provenance_notes(report: dict[str, Any], baseline: dict[str, Any]) -> list[str]:
+    """What differs between the run that made the baseline and this one (recipe, checkpoint, edgekd):
+    a regression verdict against another recipe's or model's numbers is legal, but the user is told."""
+    now, then = report.get("run", {}) or {}, baseline.get("run", {}) or {}
+    notes = []
+    if then.get("recipe") != now.get("recipe"):
+        notes.append(f"the baseline was made by recipe {then.get('recipe')!r}, this run by {now.get('recipe')!r}")
+    sha = lambda run: (run.get("checkpoint") or {}).get("sha256") if isinstance(run.get("checkpoint"), dict) else None  # noqa: E731
+    if sha(then) != sha(now):
+        notes.append("the baseline was made from another checkpoint (its SHA-256 differs)")
+    if then.get("edgekd") != now.get("edgekd"):
+        notes.append(f"the baseline was made by edgekd {then.get('edgekd')}, this run by {now.get('edgekd')}")
+    return notes
 
 
 def median_ratio_interval(new: np.ndarray, old: np.ndarray, seed: int = 0) -> tuple[float, float, float]:
@@ -118,6 +172,10 @@ def compare_with_baseline(report: dict[str, Any], baseline: dict[str, Any],
     if not shared:
         raise ReportError("the baseline shares no variant x target with this run; valid pairs in the baseline: "
                           + ", ".join(f"{v}@{t}" for v, t in list(old)[:6]))
+    uncovered = [f"{v}@{t}" for v, t in new if (v, t) not in old and new[(v, t)]["status"] == "ok"]
+    if uncovered:  # judging only the rows both have would pass a run on its teacher alone
+        raise ReportError(f"the baseline has no row for {', '.join(uncovered[:4])} of this run; save a baseline "
+                          f"from a run with the same variants and targets")
     out: list[Verdict] = []
     for variant in dict.fromkeys(v for v, _ in shared):
         before = next(old[k]["size_bytes"] for k in shared if k[0] == variant)

@@ -273,7 +273,7 @@ def warn_trusted(path: Path) -> None:
     """Say, every time, that a file is being opened in the mode that can run its code."""
     from .progress import console
 
-    console.print(f"[yellow]warning:[/yellow] --trust-checkpoint: opening {path} with code execution allowed "
+    console.print(f"warning: --trust-checkpoint: opening {path} with code execution allowed "
                   f"(a pickle or TorchScript file can run anything); use it only for files you made or verified",
                   highlight=False)
 

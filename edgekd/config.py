@@ -9,14 +9,15 @@ package, so they work from any working directory.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal, Union
+from typing import Annotated, Any, Callable, ClassVar, Literal, Union
 
 import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
-from .backends.target import COMMON_TARGET_KEYS, LatencySpec, Target  # noqa: F401  (re-exported)
+from .backends.target import COMMON_TARGET_KEYS, FileName, LatencySpec, Target  # noqa: F401  (re-exported)
 from .errors import BudgetError, EdgekdError, RecipeError, TargetError
+from .limits import LIMITS
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 RECIPES_DIR = BUILTIN_DIR / "recipes"
@@ -27,7 +28,8 @@ STAGE_ORDER = ("prune", "distill", "quantize", "export")
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinity are never a meaningful setting or limit (a NaN budget line passed everything)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 # ---------------------------------------------------------------- data
@@ -412,7 +414,7 @@ StageSpec = Annotated[Union[PruneConfig, DistillConfig, QuantizeConfig, ExportCo
 
 
 class Recipe(Strict):
-    name: str
+    name: FileName
     description: str = ""
     seed: int = 0
     arch: str | None = Field(None, description="teacher arch spec when --arch is not given")
@@ -466,7 +468,7 @@ class Budget(Strict):
     max_size_mb: float | None = Field(None, gt=0.0)
     max_accuracy_drop: float | None = Field(None, ge=0.0, le=1.0)
     min_accuracy: float | None = Field(None, ge=0.0, le=1.0)
-    max_latency_ms: dict[str, dict[LatencyStat, float]] = {}
+    max_latency_ms: dict[str, dict[LatencyStat, Annotated[float, Field(gt=0.0)]]] = {}
     machine_id: str | None = Field(None, description="the fingerprint's machine_id the latency limits were set on; "
                                                      "gate refuses latencies measured elsewhere")
     # relative budgets: both sides measured in the same run on the same machine, so they survive a new runner
@@ -484,6 +486,16 @@ class Budget(Strict):
         if bad:
             raise ValueError(f"max_latency_ratio.{bad[0]} must be > 0")
         return ratios
+
+    LIMITS: ClassVar[tuple[str, ...]] = ("max_size_mb", "max_accuracy_drop", "min_accuracy", "max_latency_ms", "max_latency_ratio",
+              "max_size_ratio")
+
+    @model_validator(mode="after")
+    def _has_a_limit(self) -> "Budget":
+        """A budget that limits nothing would pass every run ("0/0 lines met")."""
+        if not any(getattr(b, k) not in (None, {}) for b in (self, *self.variants) for k in self.LIMITS):
+            raise ValueError(f"the budget sets no limit; give at least one of {', '.join(self.LIMITS)}")
+        return self
 
 
 # ---------------------------------------------------------------- loading
@@ -524,8 +536,8 @@ def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] |
     return current if isinstance(current, type) else None
 
 
-MAX_YAML_BYTES = 1 << 20   # a recipe, target or budget is a page of text
-MAX_YAML_ALIASES = 64      # anchors reused a few times are fine; a 1.3 KB "billion laughs" made a 226 MB error
+MAX_YAML_BYTES = LIMITS.yaml_bytes       # a recipe, target or budget is a page of text
+MAX_YAML_ALIASES = LIMITS.yaml_aliases   # anchors reused a few times are fine; a 1.3 KB "billion laughs" made a 226 MB error
 
 
 class _BoundedLoader(yaml.SafeLoader):
@@ -538,6 +550,25 @@ class _BoundedLoader(yaml.SafeLoader):
             if self.aliases_seen > MAX_YAML_ALIASES:
                 raise yaml.YAMLError(f"more than {MAX_YAML_ALIASES} aliases (*name); write the values out")
         return super().compose_node(parent, index)
+
+    def get_single_node(self) -> Any:
+        """The document's node graph, refused if expanding its aliases makes more than ``yaml_nodes``
+        nodes (64 aliases nested 33 deep still made 2^33): counted on the graph, shared nodes once each."""
+        node = super().get_single_node()
+        sizes: dict[int, int] = {}
+
+        def expanded(n: Any) -> int:
+            if id(n) not in sizes:
+                sizes[id(n)] = 1  # a node that contains itself counts once (the constructor handles cycles)
+                children = ([c for pair in n.value for c in pair] if isinstance(n, yaml.MappingNode)
+                            else list(n.value) if isinstance(n, yaml.SequenceNode) else [])
+                sizes[id(n)] = min(1 + sum(expanded(c) for c in children), LIMITS.yaml_nodes + 1)
+            return sizes[id(n)]
+
+        if node is not None and expanded(node) > LIMITS.yaml_nodes:
+            raise yaml.YAMLError(f"the document expands to more than {LIMITS.yaml_nodes} values (aliases "
+                                 f"repeat what they point to); write it out plainly")
+        return node
 
 
 def read_yaml(path: Path, error: type[EdgekdError]) -> dict[str, Any]:
@@ -553,6 +584,8 @@ def read_yaml(path: Path, error: type[EdgekdError]) -> dict[str, Any]:
         raise error(f"{path}: not UTF-8 text (byte {exc.start}); is this a YAML file?") from None
     try:
         data = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise error(f"{path}: nested too deeply to read as YAML") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" line {where.line + 1}" if where is not None else ""

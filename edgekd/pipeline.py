@@ -27,6 +27,7 @@ from .config import (Budget, DataSpec, DistillConfig, PruneConfig, Recipe, Stude
                      load_budget, load_recipe, load_target, recipe_with)
 from .data import Splits, build_splits
 from .data.transforms import arch_preprocess
+from .environment import check_environment
 from .errors import CheckpointError, DataError, InputError, RecipeError
 from .fileio import atomic_path, read_json, write_json, write_text
 from .gate import Verdict, evaluate_budget
@@ -34,11 +35,12 @@ from .int8_layouts import layout_path
 from .int8_verdict import fp32_counterpart, judge, time_against_fp32
 from .backends import BACKENDS, check_runs_here
 from .measure import BackendPool, add_repeats, empty_result, latency_probe, measure
+from .names import checked_file_name
 from .progress import console
 from .report import write_report
-from .rundir import (LOCK_NAME, RunLock, check_free_space, content_sha256, empty_except_lock, input_hashes,
-                     remove_temporaries)
+from .rundir import RunDirectory, check_free_space, input_hashes, output_hashes, remove_stale
 from .stages import STAGES, StageContext
+from .stages.base import RecipeReads, recipe_field_hashes
 from .stages.distill import check_loss_names
 from .stages.export import resolve_torch_program
 from .stages.preflight import preflight
@@ -55,6 +57,7 @@ class CompressResult:
     run_dir: Path
     report: dict[str, Any] | None
     verdicts: list[Verdict] | None
+    wrote_recipe: bool = False  # a dry run: whether it wrote recipe.resolved.yaml (never into an existing run)
 
 
 DATA_FORMS = "digits, synthetic, npz:PATH (or PATH.npz), imagefolder:DIR, hf:PATH|NAME or package.module:factory"
@@ -86,37 +89,14 @@ def parse_data_spec(spec: str, base: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _run_dir(out: Path | None, name: str, resume: bool, force: bool) -> tuple[Path, RunLock]:
-    """The run directory (absolute), locked for this run: refused while another run holds it, emptied
-    under the lock for ``--force``, cleared of a killed run's temporaries for ``--resume``."""
-    if out is None:
-        out, n = DEFAULT_RUNS_DIR / name, 2
-        while out.exists() and not resume:
-            out, n = DEFAULT_RUNS_DIR / f"{name}{n}", n + 1
-    out = out.resolve()
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: --out must be a directory; this is a file")
-    existing = out.exists() and any(p.name != LOCK_NAME for p in out.iterdir())
-    if existing and not resume:
-        if not force:
-            raise InputError(f"{out}: run directory exists; pass --resume to continue it, --force to replace it, "
-                             f"or another --out")
-        if not (out / "recipe.resolved.yaml").is_file():
-            raise InputError(f"{out}: --force replaces only an edgekd run directory (no recipe.resolved.yaml here)")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a file on the way, no permission, a read-only filesystem: the user's --out
-        raise InputError(f"{out}: --out cannot be created here ({exc.strerror}); choose another --out") from None
-    lock = RunLock(out).acquire()
-    try:
-        if existing and not resume:
-            empty_except_lock(out)
-        elif resume:
-            remove_temporaries(out)
-    except BaseException:
-        lock.release()
-        raise
-    return out, lock
+def _run_dir_path(out: Path | None, name: str, resume: bool) -> Path:
+    """``--out``, or ``runs/<recipe name>`` (numbered past existing ones unless resuming)."""
+    if out is not None:
+        return out
+    out, n = DEFAULT_RUNS_DIR / name, 2
+    while out.exists() and not resume:
+        out, n = DEFAULT_RUNS_DIR / f"{name}{n}", n + 1
+    return out
 
 
 def _load_teacher(checkpoint: Path | None, arch: str | None, policy: LoadPolicy, splits: Splits,
@@ -234,29 +214,34 @@ def compress(checkpoint: str | Path | None = None, *, arch: str | None = None,
     elif ckpt is not None and not ckpt.is_file():
         raise CheckpointError(f"{ckpt}: checkpoint file not found")
 
+    check_environment()
     ranked = distributed.init_from_env(rec.device)
-    lock = None
+    run = None
     if distributed.is_main():
-        run_dir, lock = _run_dir(Path(out) if out is not None else None, rec.name, resume, force)
+        run = RunDirectory.open(_run_dir_path(Path(out) if out is not None else None, rec.name, resume), resume, force)
+        run_dir = run.path
     else:  # other torchrun ranks train alongside rank 0 but write only to a scratch folder, silently
         run_dir = Path(tempfile.mkdtemp(prefix=f"edgekd-rank{distributed.rank()}-"))
         console.quiet = True
     try:
         policy = LoadPolicy(trust=trust_checkpoint, allow_globals=tuple(allow_globals), expect_sha256=expect_sha256)
-        return _compress(rec, ckpt, run_dir, target_objs, budget_obj, policy, dry_run, resume)
+        return _compress(rec, ckpt, run_dir, run, target_objs, budget_obj, policy, dry_run, resume)
+    except BaseException:
+        if run is not None:
+            run.abandon()
+        raise
     finally:
-        if lock is not None:
-            lock.release()
+        if run is not None:
+            run.release()
         if ranked:
             if not distributed.is_main():
                 shutil.rmtree(run_dir, ignore_errors=True)
             distributed.shutdown()
 
 
-def _compress(rec: Recipe, ckpt: Path | None, run_dir: Path, target_objs: list[Target], budget_obj: Budget | None,
-              policy: LoadPolicy, dry_run: bool, resume: bool) -> CompressResult:
+def _compress(rec: Recipe, ckpt: Path | None, run_dir: Path, run: RunDirectory | None, target_objs: list[Target],
+              budget_obj: Budget | None, policy: LoadPolicy, dry_run: bool, resume: bool) -> CompressResult:
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    write_text(run_dir / "recipe.resolved.yaml", dump_recipe(rec))
 
     device = resolve_device(rec.device, rec.amp)
     splits = build_splits(rec.data, arch_preprocess(rec.arch if ckpt is not None else None), pin_memory=device.cuda)
@@ -267,7 +252,8 @@ def _compress(rec: Recipe, ckpt: Path | None, run_dir: Path, target_objs: list[T
     check_free_space(run_dir, sum(p.numel() * p.element_size() for p in loaded.model.parameters()), len(rec.stages))
     inputs = {"checkpoint": loaded.sha256, **input_hashes(rec.data.path, [path for path, _ in extra_teachers(rec)])}
     # every stage key descends from this one: a changed checkpoint, data file or extra teacher re-runs them
-    teacher_hash = config_hash(inputs, rec.data.model_dump(), rec.seed)
+    # the teacher is what _load_teacher read: the checkpoint's bytes, its arch spec and arguments, the data
+    teacher_hash = config_hash(inputs, rec.data.model_dump(), rec.seed, rec.arch, arch_args, rec.task)
     variants: dict[str, Artifact] = {"teacher-fp32": Artifact(
         "teacher-fp32", "torch", "fp32", loaded.path, "input", None, teacher_hash,
         {"arch": loaded.arch, "arch_kwargs": {"num_classes": splits.num_classes, "in_channels": splits.input_shape[0],
@@ -304,27 +290,38 @@ def _compress(rec: Recipe, ckpt: Path | None, run_dir: Path, target_objs: list[T
     console.print("preflight: tracing, pruning graph and ONNX export checked on one sample before training")
     checks = preflight(rec, loaded.model, splits.example(1), splits.num_classes)
     if dry_run:  # every input opened and checked, the stages preflighted; nothing trained or written
-        console.print("dry run: checkpoint, teachers, data, targets and stages checked; nothing trained")
-        return CompressResult(run_dir, None, None)
+        splits.check_every_sample()
+        wrote = run.dry_run(dump_recipe(rec)) if run is not None else False
+        console.print("dry run: checkpoint, teachers, data, targets and stages checked; nothing trained"
+                      + ("" if wrote else f"; {run_dir} is an existing run and was left as it was"))
+        return CompressResult(run_dir, None, None, wrote)
+    if run is not None:  # only now, every input checked: --force empties, --resume tidies, the recipe is recorded
+        run.start(dump_recipe(rec))
     for stale in ("report.json", "report.md", "report.html", "tradeoff.png"):  # from an earlier, finished try
         (run_dir / stale).unlink(missing_ok=True)
     if (run_dir / "manifest.json").is_file():  # until this try completes, report and gate refuse the run
         write_json(run_dir / "manifest.json", {**read_json(run_dir / "manifest.json"), "status": "running"})
     stage_log = []
+    whole_recipe = config_hash(rec.model_dump(mode="json", exclude={"name", "description", "targets"}))
     for i, spec in enumerate(rec.stages):
         folder = run_dir / "stages" / f"{i:02d}-{spec.stage}"
         key = config_hash(spec.model_dump(), [a.config_hash for a in variants.values()], __version__)
-        made, why = read_record(folder, key) if resume else (None, "")
+        made, why = read_record(folder, key, lambda reads: changed_reads(reads, rec)) if resume else (None, "")
         reused = made is not None
         if made is None:
             again = f" (again: {why})" if resume and why != "not finished" else ""
-            console.print(f"[bold]stage {i + 1}/{len(rec.stages)}: {spec.stage}[/bold]{again}")
-            if folder.exists() and not resume:  # on resume a killed stage keeps its per-epoch training state
+            console.print(f"stage {i + 1}/{len(rec.stages)}: {spec.stage}{again}", style="bold")
+            if folder.exists() and (not resume or why != "not finished"):  # a killed stage keeps its training state
                 shutil.rmtree(folder)
             folder.mkdir(parents=True, exist_ok=True)
-            ctx.stage_dir, ctx.stage_key, ctx.stage_key_path = folder, key, f"stages.{i}"
+            # a killed stage's training state resumes only under the very same recipe (its reads are not
+            # known until it finishes)
+            ctx.stage_dir, ctx.stage_key, ctx.stage_key_path = folder, config_hash(key, whole_recipe), f"stages.{i}"
+            ctx.recipe, probed = RecipeReads(rec), {}
+            ctx.latency_probe = recorded_probe(latency_probe_for, probed)
             made = STAGES.get(spec.stage)(variants, spec, ctx)
-            write_record(folder, key, made)
+            write_record(folder, key, made, {"recipe": recipe_field_hashes(rec, ctx.recipe.read_fields()),
+                                             "targets": probed})
         else:
             console.print(f"stage {i + 1}/{len(rec.stages)}: {spec.stage} (resumed from {folder})")
         stage_log.append({"stage": spec.stage, "folder": str(folder.relative_to(run_dir)), "reused": reused,
@@ -334,7 +331,12 @@ def _compress(rec: Recipe, ckpt: Path | None, run_dir: Path, target_objs: list[T
 
     if not distributed.is_main():
         return CompressResult(run_dir, None, None)
-    models = _publish_models(run_dir, [a for a in variants.values() if a.kind == "onnx"])
+    onnx_variants = [a for a in variants.values() if a.kind == "onnx"]
+    # --resume: files of variants and targets this recipe no longer makes go, or report and gate would show them
+    remove_stale(run_dir / "models", lambda f: f.split(".", 1)[0] in {a.variant for a in onnx_variants})
+    remove_stale(run_dir / "measurements",
+                 lambda f: f in {f"{a.variant}@{t.name}.json" for a in onnx_variants for t in target_objs})
+    models = _publish_models(run_dir, onnx_variants)
     extra = {"data": splits.describe(), "training_device": device.to_json(), "preflight_seconds": checks,
              "inputs": inputs, "seed": rec.seed, "command": sys.argv, "started": started,
              "load_policy": {"trust_checkpoint": policy.trust, "allow_globals": list(policy.allow_globals),
@@ -342,13 +344,38 @@ def _compress(rec: Recipe, ckpt: Path | None, run_dir: Path, target_objs: list[T
     manifest = _manifest(rec, loaded, variants, models, stage_log, run_dir, extra)
     write_json(run_dir / "manifest.json", {**manifest, "status": "measuring"})
     _measure_all(run_dir, models, target_objs, splits, pool)
-    outputs = {str(p.relative_to(run_dir)): content_sha256(p)
-               for folder in ("models", "measurements") for p in sorted((run_dir / folder).glob("*")) if p.is_file()}
-    write_json(run_dir / "manifest.json", {**manifest, "outputs": outputs, "status": "complete",
+    write_json(run_dir / "manifest.json", {**manifest, "outputs": output_hashes(run_dir), "status": "complete",
                                            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     report = write_report(run_dir)
     verdicts = evaluate_budget(report, budget_obj) if budget_obj is not None else None
     return CompressResult(run_dir, report, verdicts)
+
+
+def recorded_probe(probe_for: Any, probed: dict[str, str]) -> Any:
+    """``latency_probe`` that notes a hash of each target's settings it handed a stage."""
+    def probe(name: str):
+        timed, settings = probe_for(name)
+        probed[name] = config_hash(settings)
+        return timed, settings
+
+    return probe
+
+
+def changed_reads(reads: dict[str, Any], rec: Recipe) -> str | None:
+    """Why a finished stage's recorded reads no longer hold (a recipe field or a target's settings it
+    read has another value now), or None when they all do."""
+    now = recipe_field_hashes(rec, list(reads.get("recipe", {})))
+    for name, digest in reads.get("recipe", {}).items():
+        if now[name] != digest:
+            return f"recipe '{name}' changed since it ran"
+    for name, digest in reads.get("targets", {}).items():
+        try:
+            current = config_hash(load_target(name).model_dump())
+        except InputError:
+            return f"target {name} it timed on is gone"
+        if current != digest:
+            return f"target {name} it timed on changed"
+    return None
 
 
 def extra_teachers(rec: Recipe) -> list[tuple[str, str | None]]:
@@ -458,7 +485,8 @@ def _measure_all(run_dir: Path, models: dict[str, Artifact], targets: list[Targe
                                                        for n in timed] for _ in range(target.latency.repeats - 1)])
         for name, result in results.items():
             result = judge(result, _versus_fp32(name, results, files, target, pool, seq), target.latency.int8_max_ratio)
-            write_json(run_dir / "measurements" / f"{name}@{target.name}.json", result)
+            write_json(run_dir / "measurements" / checked_file_name(f"{name}@{target.name}.json", "measurement of"),
+                       result)
 
 
 def _versus_fp32(name: str, results: dict[str, dict[str, Any]], files: dict[str, Path], target: Target,

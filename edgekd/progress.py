@@ -5,11 +5,13 @@ from __future__ import annotations
 from contextlib import contextmanager
 from typing import Iterator
 
-from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
-console = Console(stderr=True, soft_wrap=True)  # a message is one line in a log, never cut mid-phrase
+from .names import plain_console
+
+# every message one line, never cut mid-phrase, and never read as markup or a control sequence
+console = plain_console(stderr=True, soft_wrap=True)
 
 
 @contextmanager

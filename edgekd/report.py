@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +22,14 @@ MB = 1 << 20
 
 
 def build_report(run_dir: Path) -> dict[str, Any]:
-    manifest_path = run_dir / "manifest.json"
-    if not manifest_path.is_file():
-        raise ReportError(f"{run_dir}: not a finished edgekd run (no manifest.json)")
+    """The report of a finished run whose models and measurements are the bytes it recorded."""
+    from .rundir import verified_manifest
+
+    manifest = verified_manifest(run_dir, rebuilding_report=True)
     try:
-        manifest = read_json(manifest_path)
         results = [read_json(p) for p in sorted((run_dir / "measurements").glob("*.json"))]
     except ValueError as exc:
         raise ReportError(f"{run_dir}: unreadable JSON ({exc})") from None
-    if not isinstance(manifest, dict) or manifest.get("status") != "complete":
-        status = manifest.get("status") if isinstance(manifest, dict) else None
-        raise ReportError(f"{run_dir}: the run did not finish (manifest.json status {status!r}, not 'complete'): "
-                          f"its measurements may be missing; finish it with 'edgekd compress --resume'")
     variants = []
     for name, art in manifest["models"].items():
         meta = art["meta"]
@@ -62,6 +59,27 @@ ROW_KEYS = {"variants": ("name", "precision", "size_bytes", "accuracy"),
             "results": ("variant", "target", "precision", "status", "latency_ms", "accuracy")}
 
 
+def _number(v: Any, low: float = 0.0, high: float = math.inf, *, strict_low: bool = False) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            and (v > low if strict_low else v >= low) and v <= high)
+
+
+def _latency(v: Any) -> bool:
+    return v is None or isinstance(v, dict) and all(_number(x, strict_low=True) for x in v.values() if x is not None)
+
+
+ROW_TYPES: dict[str, dict[str, tuple[Any, str]]] = {
+    "variants": {"name": (lambda v: isinstance(v, str), "a string"),
+                 "size_bytes": (lambda v: _number(v, strict_low=True) and float(v).is_integer(), "a positive integer"),
+                 "accuracy": (lambda v: v is None or _number(v, 0.0, 1.0), "null or a number in [0, 1]")},
+    "results": {"variant": (lambda v: isinstance(v, str), "a string"),
+                "target": (lambda v: isinstance(v, str), "a string"),
+                "status": (lambda v: v in ("ok", "failed", "unavailable"), "ok, failed or unavailable"),
+                "latency_ms": (_latency, "null or a mapping of positive finite milliseconds"),
+                "accuracy": (lambda v: v is None or _number(v, 0.0, 1.0), "null or a number in [0, 1]")},
+}
+
+
 def read_document(path: Path, missing: str) -> Any:
     """A JSON file edgekd wrote (report, baseline), or a ReportError (exit 2) saying what is wrong."""
     if not path.is_file():
@@ -73,15 +91,13 @@ def read_document(path: Path, missing: str) -> Any:
 
 
 def load_report(path: Path) -> dict[str, Any]:
-    """A report.json, from a run directory or the file itself, checked against the schema."""
-    if path.is_dir() and (path / "manifest.json").is_file():
-        try:
-            status = read_json(path / "manifest.json").get("status")
-        except (ValueError, AttributeError):
-            status = None
-        if status != "complete":
-            raise ReportError(f"{path}: the run did not finish (manifest.json status {status!r}, not 'complete'); "
-                              f"its measurements may be missing; finish it with 'edgekd compress --resume'")
+    """A finished run's report.json (given the run directory or the file inside it), after the run's
+    manifest vouches for every file it made (``rundir.verified_manifest``), checked against the schema."""
+    from .rundir import verified_manifest
+
+    if not path.exists():
+        raise ReportError(f"{path}: not found (give a run directory made by 'edgekd compress')")
+    verified_manifest(path if path.is_dir() else path.parent)
     path = path / "report.json" if path.is_dir() else path
     report = read_document(path, "report.json not found (run 'edgekd compress' or 'edgekd report RUN_DIR')")
     if not isinstance(report, dict) or report.get("schema") != SCHEMA:
@@ -95,6 +111,11 @@ def load_report(path: Path) -> dict[str, Any]:
             if missing:
                 raise ReportError(f"{path}: {key}[{i}] lacks key '{missing[0]}' (each row needs "
                                   f"{', '.join(required)}); rebuild it with 'edgekd report RUN_DIR'")
+    for key, checks in ROW_TYPES.items():  # wrong-typed values are bad input too, never a crash in gate's arithmetic
+        for i, row in enumerate(report[key]):
+            for field, (ok, what) in checks.items():
+                if not ok(row.get(field)):
+                    raise ReportError(f"{path}: {key}[{i}].{field} is {row.get(field)!r}; it must be {what}")
     status = report["run"].get("status") if isinstance(report.get("run"), dict) else None
     if status != "complete":
         raise ReportError(f"{path}: the run is not finished (status {status!r}); its rows may be missing, "
@@ -262,4 +283,7 @@ def write_report(run_dir: Path) -> dict[str, Any]:
     write_text(run_dir / "report.md", render_markdown(report))
     render_plot(report, run_dir / "tradeoff.png")
     write_text(run_dir / "report.html", render_html(report, (run_dir / "tradeoff.png").read_bytes()))
+    from .rundir import record_report
+
+    record_report(run_dir)
     return report

@@ -11,7 +11,7 @@ import pytest
 
 from edgekd.baseline import Tolerances, compare_with_baseline, median_ratio_interval
 
-from .conftest import FAST_LATENCY, TINY_DATA, invoke, write_yaml
+from .conftest import FAST_LATENCY, TINY_DATA, invoke, reseal, write_yaml
 
 
 def test_the_interval_catches_a_ten_percent_slowdown_and_not_the_noise():
@@ -40,6 +40,8 @@ def test_a_baseline_round_trip_passes_and_a_slower_run_fails_with_its_ratio_and_
         row = json.loads(path.read_text())
         row["latency_samples_ms"] = [t * 1.4 for t in row["latency_samples_ms"]]
         path.write_text(json.dumps(row))
+    assert invoke("report", slow).exit_code == 2  # changed after the run completed: refused
+    reseal(slow)  # stands in for a run that measured these timings
     assert invoke("report", slow).exit_code == 0
     failed = invoke("gate", slow, "--baseline", tmp_path / "base.json")
     assert failed.exit_code == 1

@@ -6,7 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
-from .conftest import invoke, write_yaml
+from .conftest import invoke, reseal, write_yaml
 
 
 def test_list_each_kind():
@@ -89,6 +89,8 @@ def test_compare_prints_two_runs_side_by_side(tiny_run, tmp_path):
         if r["variant"] == "student-int8" and r["status"] == "ok":
             r["latency_ms"]["p50"] *= 2  # B's student-int8 twice as slow
     (other / "report.json").write_text(_json.dumps(report))
+    assert invoke("compare", tiny_run, other).exit_code == 2  # an edited run is refused ...
+    reseal(other)  # ... unless it is another run's own record
     result = invoke("compare", tiny_run, other)
     assert result.exit_code == 0, result.output
     rows = [line for line in result.output.splitlines() if "student-int8" in line]

@@ -60,7 +60,7 @@ def test_failed_target_violates_its_lines():
 
 def test_unknown_variant_or_target_is_bad_input():
     with pytest.raises(BudgetError, match="'student-int4' is not in the report; valid: teacher-fp32, student-int8"):
-        evaluate_budget(_report(), Budget(variant="student-int4"))
+        evaluate_budget(_report(), Budget(variant="student-int4", max_size_mb=1.0))
     with pytest.raises(BudgetError, match="max_latency_ms.tpu.*valid: ort, ov"):
         evaluate_budget(_report(), Budget(max_latency_ms={"tpu": {"p50": 1.0}}))
 

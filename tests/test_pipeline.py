@@ -127,9 +127,12 @@ def test_force_replaces_only_an_edgekd_run_directory(tiny_teacher, tiny_files, t
     run = tmp_path / "run"
     assert invoke("compress", tiny_teacher, "--recipe", tiny_files["recipe"], "--out", run, "--dry-run").exit_code == 0
     (run / "stale.txt").write_text("old")
+    # issue 22: a dry run checks, it does not replace: the folder is left exactly as it was
+    dry = invoke("compress", tiny_teacher, "--recipe", tiny_files["recipe"], "--out", run, "--force", "--dry-run")
+    assert dry.exit_code == 0 and "nothing written" in dry.output and (run / "stale.txt").exists()
     assert invoke("compress", tiny_teacher, "--recipe", tiny_files["recipe"], "--out", run, "--force",
-                  "--dry-run").exit_code == 0
-    assert not (run / "stale.txt").exists()
+                  "--target", tiny_files["ort"]).exit_code == 0
+    assert not (run / "stale.txt").exists() and (run / "manifest.json").is_file()
 
 
 def test_every_backend_result_carries_its_parity_with_the_torch_model(tiny_run):

@@ -7,13 +7,16 @@ imports a backend, so the backends can import it without a circle.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from ..names import file_name_problem
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # NaN and infinity are never a meaningful setting or limit (a NaN budget line passed everything)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class LatencySpec(_Strict):
@@ -44,13 +47,26 @@ class LatencySpec(_Strict):
 COMMON_TARGET_KEYS = ("name", "description", "backend", "device", "threads", "latency")
 
 
+def _file_name(value: str) -> str:
+    """A name that becomes a file name (``measurements/<variant>@<target>.json``, ``runs/<recipe>``)."""
+    problem = file_name_problem(value)
+    if problem is not None:
+        from ..names import NAME_RULE
+
+        raise ValueError(f"{value!r} cannot name files: {problem} (a name has {NAME_RULE})")
+    return value
+
+
+FileName = Annotated[str, AfterValidator(_file_name)]
+
+
 class Target(_Strict):
     """A hardware target: a backend, its device and settings. Keys beyond ``COMMON_TARGET_KEYS`` are
     backend options; each backend's ``Capabilities`` says which it takes, and which devices and
     precisions it supports, and ``backends.checked_target`` refuses a target at load time rather than
     when it first runs."""
 
-    name: str
+    name: FileName
     description: str = ""
     backend: str
     device: str = "CPU"

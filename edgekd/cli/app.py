@@ -14,22 +14,25 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import typer
-from rich.console import Console
-from rich.markup import escape
-
 from ..errors import EdgekdError
+from ..names import for_plain_log, plain_console
 
 EXIT_CODES = {0: "ok: the work ran and every budget was met", 1: "the work failed or a budget was violated",
               2: "bad input: a file, key, flag or run directory is wrong (nothing was changed)",
               3: "internal error: a bug in edgekd (set EDGEKD_DEBUG=1 for the traceback)", 130: "interrupted"}
 INTERNAL_ERROR = 3
+# an OSError with one of these is about a path the user chose (read-only filesystem, a folder where a file
+# was asked for, a file where a folder was), so it is bad input (2), not a bug (3)
+USER_PATH_ERRNOS = (errno.EROFS, errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG, errno.ELOOP, errno.EACCES,
+                    errno.EPERM)
 
 app = typer.Typer(name="edgekd", help="Compress a trained PyTorch model to fit an edge device, measure it on "
                   "each target, report the trade-off, and gate CI on budgets.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
-# Tables are wider than 80 columns; when piped (CI logs) do not squeeze them.
-out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, soft_wrap=True)
+# Tables are wider than 80 columns; when piped (CI logs) do not squeeze them. Every string printed is one
+# plain line (names.plain_console): a name holding markup or a newline is shown, never obeyed.
+out = plain_console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
+err = plain_console(stderr=True, soft_wrap=True)
 
 
 @contextmanager
@@ -38,13 +41,16 @@ def handle_errors() -> Iterator[None]:
     try:
         yield
     except EdgekdError as exc:
-        err.print(f"[red]edgekd: error:[/red] {escape(one_line(str(exc)))}", highlight=False)
+        err.print(f"edgekd: error: {one_line(str(exc))}", style="red")
         raise typer.Exit(exc.exit_code) from None
     except PermissionError as exc:  # an --out or input the user cannot write or read: their input (2), not a bug
         err.print(f"edgekd: error: {exc.filename or 'a file'}: permission denied; choose a path you can write "
                   f"(or read)", highlight=False, markup=False)
         raise typer.Exit(2) from None
     except OSError as exc:
+        if exc.errno in USER_PATH_ERRNOS:  # a path the user gave that cannot be written or read as asked
+            err.print(f"edgekd: error: {exc.filename or 'a path'}: {exc.strerror}; choose another path")
+            raise typer.Exit(2) from None
         if exc.errno != errno.ENOSPC:
             raise_internal(exc)
         err.print(f"edgekd: error: {exc.filename or 'a file'}: the disk is full; free space or choose another --out, "
@@ -60,7 +66,7 @@ def handle_errors() -> Iterator[None]:
 def one_line(text: str) -> str:
     """A message as one line: names users chose (a target's, a file's) may hold newlines, and a line
     starting ``::`` in a CI log is a workflow command (``::add-mask::``, ``::stop-commands::``)."""
-    return text.replace("\r", "\\r").replace("\n", "\\n")
+    return for_plain_log(text)
 
 
 def raise_internal(exc: Exception) -> None:
@@ -85,9 +91,34 @@ def detach_stdin() -> None:
     sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115 - lives as long as the process
 
 
+def honour_interrupts() -> list[int]:
+    """Ctrl-C raises KeyboardInterrupt as usual, and is also noted: a library that swallows the
+    exception (an ``except BaseException`` around an import; 3 of 7 interrupted runs went on to exit 0)
+    cannot make the process forget it. Returns the list the handler appends to."""
+    import signal
+
+    seen: list[int] = []
+
+    def on_interrupt(signum: int, frame: object) -> None:
+        seen.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    return seen
+
+
 def main() -> None:
     detach_stdin()
-    app(prog_name="edgekd")
+    interrupted = honour_interrupts()
+    try:
+        app(prog_name="edgekd")
+    except SystemExit:
+        if interrupted:
+            err.print("edgekd: interrupted")
+            sys.exit(130)
+        raise
+    if interrupted:
+        sys.exit(130)
 
 
 if __name__ == "__main__":

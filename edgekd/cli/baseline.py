@@ -25,7 +25,10 @@ def save(
 
     with handle_errors():
         report = load_report(run_dir)
-        target = out_file or (run_dir if run_dir.is_dir() else run_dir.parent) / "baseline.json"
+        from ..rundir import refuse_overwriting_a_run
+
+        target = refuse_overwriting_a_run(out_file or (run_dir if run_dir.is_dir() else run_dir.parent)
+                                          / "baseline.json", "--out")
         save_baseline(report, target)
     rows = sum(r["status"] == "ok" for r in report["results"])
     out.print(f"baseline: {rows} variant x target rows -> {target}", highlight=False)

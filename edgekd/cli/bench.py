@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from ..backends.inputs import FeedSpec, parse_shape_options
 from ..errors import InputError
+from ..names import for_terminal
 from .app import app, handle_errors, out
 
 STATS = ("min", "p50", "p90", "p95", "p99", "max", "mean", "std")
@@ -70,7 +70,8 @@ def bench(
     with handle_errors():
         if emit_native:
             for name, command in native_commands(model, targets, **overrides):
-                out.print(f"# {name}\n{command}", highlight=False, markup=False, soft_wrap=True)
+                out.print(f"# {name}", soft_wrap=True)  # each printed string is one line (names.plain_console)
+                out.print(command, soft_wrap=True)
         feed = _feed_spec(model, inputs, tokenizer)
         results = run_bench(model, targets, shape=parse_shape_options(shape), seqs=parse_seqs(seq), feed=feed,
                             trust_checkpoint=trust_checkpoint,
@@ -94,7 +95,7 @@ def _feed_spec(model: Path, arrays: Path | None, tokenizer: Path | None) -> Feed
 
 
 def _stats_table(title: str, results: list[dict[str, Any]]) -> Table:
-    table = Table(title=f"{title}: latency ms, batch 1", title_justify="left")
+    table = Table(title=for_terminal(f"{title}: latency ms, batch 1"), title_justify="left")
     sweep = any(r.get("seq") is not None for r in results)
     for h in ("target", *(("seq",) if sweep else ()), "precision", *STATS, "cov", "cold", "status"):
         table.add_column(h, justify="left" if h in ("target", "precision", "status") else "right")
@@ -105,7 +106,7 @@ def _stats_table(title: str, results: list[dict[str, Any]]) -> Table:
         cold = f"{r['cold_ms']:.2f}" if r.get("cold_ms") is not None else "-"
         status = r["status"] if r["status"] == "ok" else f"{r['status']}: {r['error']}"
         seq_cell = (str(r.get("seq")),) if sweep else ()
-        table.add_row(r["target"], *seq_cell, r["precision"], *nums, cov, cold, escape(status))
+        table.add_row(*map(for_terminal, (r["target"], *seq_cell, r["precision"], *nums, cov, cold, status)))
     return table
 
 
@@ -131,4 +132,4 @@ def _print_details(r: dict[str, Any]) -> None:
         parts.append("inputs " + ", ".join(f"{n} {'x'.join(map(str, v))}" for n, v in r["input_shapes"].items()))
     out.print(f"{where}: " + "; ".join(parts), highlight=False, markup=False)
     for w in r.get("warnings", []):
-        out.print(f"[yellow]{escape(r['target'])}: warning: {escape(w)}[/yellow]")
+        out.print(f"{r['target']}: warning: {w}", style="yellow")

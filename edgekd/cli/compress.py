@@ -69,13 +69,14 @@ def compress(
                               allow_globals=tuple(allow_global or ()), expect_sha256=expect_sha256,
                               dry_run=dry_run, resume=resume, force=force, device=device)
     if result.report is None:
-        out.print(f"dry run: wrote {result.run_dir / 'recipe.resolved.yaml'}")
+        out.print(f"dry run: wrote {result.run_dir / 'recipe.resolved.yaml'}" if result.wrote_recipe
+                  else f"dry run: nothing written ({result.run_dir} holds a run)")
         return
     print_report_tables(result.report)
     out.print(f"run directory: {result.run_dir}  (report.md, report.json, report.html, tradeoff.png)")
     if result.verdicts is not None:
         for v in result.verdicts:
-            (out if v.passed else err).print(f"{'PASS' if v.passed else 'FAIL'} {v.name}: {v.message}", highlight=False)
+            (out if v.passed else err).print(f"{'PASS' if v.passed else 'FAIL'} {v.name}: {v.message}")
         for line in ci_annotations(result.verdicts):
             print(line)
         raise typer.Exit(exit_code(result.verdicts))

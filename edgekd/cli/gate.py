@@ -33,16 +33,26 @@ def gate(
     with handle_errors():
         if budget is None and baseline is None:
             raise BudgetError("gate needs --budget FILE, --baseline FILE, or both")
+        from ..rundir import refuse_overwriting_a_run
+
+        if junit is not None:
+            refuse_overwriting_a_run(junit, "--junit")
         report = load_report(run_dir)
         budget_obj = load_budget(budget) if budget is not None else None
         verdicts = evaluate_budget(report, budget_obj) if budget_obj is not None else []
+        notes: list[str] = []
         if baseline is not None:
-            verdicts += compare_with_baseline(report, load_baseline(baseline),
-                                              Tolerances(min_effect, accuracy_tolerance, size_tolerance))
+            from ..baseline import provenance_notes
+
+            base = load_baseline(baseline)
+            verdicts += compare_with_baseline(report, base, Tolerances(min_effect, accuracy_tolerance, size_tolerance))
+            notes = provenance_notes(report, base)
         if junit is not None:
             write_junit(verdicts, budget_obj.variant if budget_obj is not None else "baseline", junit)
+    for note in notes:
+        err.print(f"note: {note}", style="yellow")
     for v in verdicts:
-        (out if v.passed else err).print(f"{'PASS' if v.passed else 'FAIL'} {v.name}: {v.message}", highlight=False)
+        (out if v.passed else err).print(f"{'PASS' if v.passed else 'FAIL'} {v.name}: {v.message}")
     for line in ci_annotations(verdicts):
         print(line)
     with handle_errors():

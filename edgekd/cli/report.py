@@ -47,7 +47,7 @@ def compare(
     run_b: Annotated[Path, typer.Argument(help="The second run directory (e.g. the change's).")],
 ) -> None:
     """Print two runs side by side: size, accuracy and p50 per variant x target, and B / A."""
-    from rich.markup import escape
+    from ..names import for_terminal
     from rich.table import Table
 
     from ..compare import compare_rows
@@ -55,7 +55,7 @@ def compare(
 
     with handle_errors():
         rows = compare_rows(load_report(run_a), load_report(run_b))
-    table = Table(title=f"A: {run_a}   B: {run_b}", title_justify="left")
+    table = Table(title=for_terminal(f"A: {run_a}   B: {run_b}"), title_justify="left")
     for h in ("variant", "target", "size A", "size B", "acc A", "acc B", "p50 A ms", "p50 B ms", "B/A p50", "note"):
         table.add_column(h, justify="left" if h in ("variant", "target", "note") else "right")
 
@@ -65,7 +65,7 @@ def compare(
     for r in rows:
         note = [] if r["same_machine"] else ["measured on different machines"]
         note += [f"{side}: {r['status_' + side.lower()]}" for side in ("A", "B") if r["status_" + side.lower()] != "ok"]
-        table.add_row(r["variant"], r["target"], f(r["size_a"], "d"), f(r["size_b"], "d"), f(r["accuracy_a"], ".4f"),
+        table.add_row(for_terminal(r["variant"]), for_terminal(r["target"]), f(r["size_a"], "d"), f(r["size_b"], "d"), f(r["accuracy_a"], ".4f"),
                       f(r["accuracy_b"], ".4f"), f(r["p50_ms_a"], ".3f"), f(r["p50_ms_b"], ".3f"),
-                      f(r["p50_ratio"], ".3f"), escape("; ".join(note)))
+                      f(r["p50_ratio"], ".3f"), for_terminal("; ".join(note)))
     out.print(table)

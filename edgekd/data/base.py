@@ -208,6 +208,20 @@ class Splits:
         for x, y, _ in self.loader(split, limit=limit):
             yield x.numpy(), y.numpy()
 
+    def check_every_sample(self) -> int:
+        """Read and preprocess every sample of every split once (``compress --dry-run``), so an unreadable
+        file fails now with its name rather than epochs into training. Returns how many were read."""
+        from ..progress import progress_bar
+
+        total = sum(len(self.set(s)) for s in ("train", "val", "test"))
+        with progress_bar("dry run: reading every sample", total) as bar:
+            for split in ("train", "val", "test"):
+                data = self.set(split)
+                for i in range(len(data)):
+                    data[i]
+                    bar.advance()
+        return total
+
     def describe(self) -> dict[str, Any]:
         """For the manifest and stage records: sizes, classes, preprocessing, provenance."""
         return {"sizes": {s: self.size(s) for s in SPLITS}, "num_classes": self.num_classes,

@@ -17,6 +17,7 @@ import torch
 
 from ..config import DataSpec
 from ..errors import DataError
+from ..limits import LIMITS
 from ..registry import Registry
 from .base import ArraySet, RawSet
 
@@ -149,8 +150,8 @@ def npz_arrays(path: Path) -> tuple[dict[str, Any], str]:
             with np.load(path, allow_pickle=False) as loaded:
                 for name in compressed:
                     out[name] = loaded[name]
-        except ValueError as exc:
-            raise DataError(f"{path}: cannot read arrays ({exc}); save numeric arrays (no objects)") from None
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise DataError(f"{path}: cannot read arrays ({str(exc)[:160]}); save numeric arrays (no objects)") from None
     note = (f"{path.name}: arrays {', '.join(compressed)} are compressed and were read into memory; save with "
             f"np.savez (uncompressed) to memory-map them" if compressed else "")
     return out, note
@@ -174,7 +175,14 @@ def _memmap_member(path: Path, info: zipfile.ZipInfo) -> np.ndarray:
         offset = f.tell()
     if dtype.hasobject:
         raise DataError(f"{path}: array '{info.filename[:-4]}' holds Python objects; save numeric arrays")
-    if int(np.prod(shape)) == 0:
+    count = 1
+    for dim in shape:
+        count *= int(dim)
+    data_start = offset - (info.header_offset + 30 + name_len + extra_len)
+    if data_start + count * dtype.itemsize > info.file_size:  # the header's shape, checked against the bytes there
+        raise DataError(f"{path}: array '{info.filename[:-4]}' claims shape {tuple(shape)} ({count * dtype.itemsize} "
+                        f"bytes) but its member holds {info.file_size - data_start}; the file is damaged or truncated")
+    if count == 0:
         return np.zeros(shape, dtype=dtype)
     return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape, order="F" if fortran else "C")
 
@@ -191,15 +199,65 @@ class ImageFiles:
         return len(self.paths)
 
     def raw(self, i: int) -> Any:
-        from PIL import Image
-
-        with Image.open(self.paths[i]) as im:
-            im.load()
-            return im if im.mode in ("L", "RGB") else im.convert("RGB")
+        return decode_image(Path(self.paths[i]))
 
     @property
     def labels(self) -> np.ndarray:
         return self._labels
+
+
+def decode_image(path: Path) -> Any:
+    """One image file decoded, or a DataError (exit 2) naming it: not an image, truncated, empty, or
+    over ``limits.image_pixels`` (Pillow's decompression-bomb *warning* is an error here)."""
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read this image ({exc.strerror})") from None
+    if size == 0 or size > LIMITS.image_file_bytes:
+        raise DataError(f"{path}: {size} bytes; an image file holds 1 to {LIMITS.image_file_bytes} bytes")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if im.width * im.height > LIMITS.image_pixels:
+                    raise DataError(f"{path}: {im.width}x{im.height} pixels; an image has at most "
+                                    f"{LIMITS.image_pixels} (a decompression bomb, or far larger than a model input)")
+                im.load()
+                return im if im.mode in ("L", "RGB") else im.convert("RGB")
+    except DataError:
+        raise
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise DataError(f"{path}: not a readable image ({type(exc).__name__}: {str(exc)[:120]})") from None
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated or damaged: Pillow's own words
+        raise DataError(f"{path}: a damaged or truncated image ({str(exc)[:120]})") from None
+
+
+def scan_class_folders(folder: Path, classes: list[str] | None) -> tuple[list[str], list[tuple[str, int]]]:
+    """An ImageFolder's classes and (file, class) samples, walked without following directory links:
+    torchvision's scan follows them, so a link loop never ended (3.4 GB) and a link to the class's own
+    folder silently multiplied its samples. A linked *file* is a sample like any other."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    found = sorted(e.name for e in os.scandir(folder) if e.is_dir(follow_symlinks=False))
+    if classes is None:
+        classes = found
+    else:
+        extra = [c for c in found if c not in classes]
+        if extra:
+            raise DataError(f"{folder}: class folder(s) {', '.join(extra[:5])} are not in train/")
+    samples = []
+    for index, name in enumerate(classes):
+        root = folder / name
+        if not root.is_dir():
+            continue
+        for here, dirs, files in os.walk(root, followlinks=False):
+            dirs.sort()
+            samples += [(os.path.join(here, f), index) for f in sorted(files) if f.lower().endswith(IMG_EXTENSIONS)]
+    return classes, samples
 
 
 @SOURCES.register("imagefolder")
@@ -208,7 +266,7 @@ def imagefolder(spec: DataSpec) -> SourceData:
     with one sub-folder per class (the classes of ``train``), or ``path`` itself holding the class
     folders (split by fractions). Class names are recorded in the run."""
     try:
-        from torchvision.datasets import ImageFolder
+        import torchvision  # noqa: F401 - its list of image extensions
     except ImportError:
         raise DataError("data source imagefolder needs torchvision: pip install 'edgekd[vision]'") from None
     root = Path(spec.path or "")
@@ -220,32 +278,15 @@ def imagefolder(spec: DataSpec) -> SourceData:
             raise DataError(f"{root}: has {', '.join(layout)} but no train/ folder")
         layout = {"train": root}
 
-    def scan(folder: Path, classes: list[str] | None) -> Any:
-        try:
-            return ImageFolder(str(folder), allow_empty=False) if classes is None else _Fixed(str(folder), classes)
-        except (FileNotFoundError, RuntimeError) as exc:
-            raise DataError(f"{folder}: {str(exc).splitlines()[0]}") from None
-
-    class _Fixed(ImageFolder):
-        """val/test folders take train's class indices; a class train lacks is an error, not a shift."""
-
-        def __init__(self, folder: str, classes: list[str]) -> None:
-            self._train_classes = classes
-            super().__init__(folder, allow_empty=True)
-
-        def find_classes(self, directory: str) -> tuple[list[str], dict[str, int]]:
-            found = sorted(e.name for e in os.scandir(directory) if e.is_dir())
-            extra = [c for c in found if c not in self._train_classes]
-            if extra:
-                raise DataError(f"{directory}: class folder(s) {', '.join(extra[:5])} are not in train/")
-            return self._train_classes, {c: i for i, c in enumerate(self._train_classes)}
-
-    train = scan(layout["train"], None)
-    sets: dict[str, RawSet] = {"train": ImageFiles(train.samples)}
+    classes, train = scan_class_folders(layout["train"], None)
+    empty = [c for i, c in enumerate(classes) if not any(label == i for _, label in train)]
+    if not classes or empty:
+        raise DataError(f"{layout['train']}: no image files in class folder(s) {', '.join(empty[:5]) or '(none found)'}")
+    sets: dict[str, RawSet] = {"train": ImageFiles(train)}
     for split in ("val", "test"):
         if split in layout:
-            sets[split] = ImageFiles(scan(layout[split], train.classes).samples)
-    return SourceData(sets, num_classes=len(train.classes), class_names=list(train.classes), decoded=True)
+            sets[split] = ImageFiles(scan_class_folders(layout[split], classes)[1])
+    return SourceData(sets, num_classes=len(classes), class_names=list(classes), decoded=True)
 
 
 # ---------------------------------------------------------------- Hugging Face datasets

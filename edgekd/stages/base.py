@@ -26,6 +26,38 @@ from ..train.objective import Objective, build_objective
 from ..train.teacher_outputs import TeacherOutputs
 
 
+class RecipeReads:
+    """The recipe as a stage sees it (``ctx.recipe``): reads pass through, and every top-level field a
+    stage reads is noted. The stage's resume record keeps a hash of each field it read, so ``--resume``
+    re-runs it when any of them changed: the key follows what the code actually reads, not a list of
+    fields someone remembered (the ``student:`` block was missing from such a list, and a changed
+    student was silently reused)."""
+
+    def __init__(self, recipe: Recipe) -> None:
+        object.__setattr__(self, "_recipe", recipe)
+        object.__setattr__(self, "_read", set())
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._recipe, name)
+        if name in type(self._recipe).model_fields:
+            self._read.add(name)
+        return value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("a stage does not change the recipe")
+
+    def read_fields(self) -> list[str]:
+        return sorted(self._read)
+
+
+def recipe_field_hashes(recipe: Recipe, fields: list[str]) -> dict[str, str]:
+    """``{field: hash of its resolved value}`` for the recipe fields a stage read."""
+    from ..artifact import config_hash
+
+    dumped = recipe.model_dump(mode="json")
+    return {f: config_hash(dumped.get(f)) for f in fields}
+
+
 @dataclass
 class StageContext:
     """Everything a stage may use besides its own config; built once per run by the pipeline."""

@@ -91,8 +91,8 @@ def export(variants: dict[str, Artifact], cfg: ExportConfig, ctx: StageContext) 
                 with atomic_path(program) as tmp:
                     export_program(model, example, tmp)
             except Exception as exc:  # noqa: BLE001 - torch.export raises many types for untraceable code
-                console.print(f"[yellow]export {name}: no torch.export program for the torch baseline "
-                              f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})[/yellow]")
+                console.print(f"export {name}: no torch.export program for the torch baseline "
+                              f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})", style="yellow")
                 program = None
         reference = ctx.stage_dir / f"{name}.reference.npy"  # kept for each backend's parity at measurement
         with atomic_path(reference) as tmp:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, InputError
+from ..limits import LIMITS
 
 
 @dataclass
@@ -62,32 +63,85 @@ def read_rows(path: Path, text_column: str, label_column: str) -> dict[str, tupl
         return _saved_dataset(path, text_column, label_column)
     if not path.is_file():
         raise DataError(f"data.path {path}: no such file or folder (a .csv, a .jsonl or a save_to_disk folder)")
-    if path.suffix.lower() == ".csv":
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-    elif path.suffix.lower() in (".jsonl", ".json"):
-        rows = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, start=1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise DataError(f"data.path {path}: line {n} is not JSON ({exc.msg})") from None
-    else:
+    if path.suffix.lower() not in (".csv", ".jsonl", ".json"):
         raise DataError(f"data.path {path}: text data is a .csv, a .jsonl or a save_to_disk folder")
+    if path.stat().st_size > LIMITS.text_file_bytes:
+        raise DataError(f"data.path {path}: {path.stat().st_size} bytes; a text file is at most "
+                        f"{LIMITS.text_file_bytes} (use a save_to_disk folder for more)")
+    try:
+        rows = _csv_rows(path) if path.suffix.lower() == ".csv" else _jsonl_rows(path)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"data.path {path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8") from None
     if not rows:
         raise DataError(f"data.path {path}: no rows")
     return {"train": _columns(rows, path, text_column, label_column)}
 
 
+def _csv_rows(path: Path) -> list[dict[str, Any]]:
+    """A CSV's rows; a BOM is read as one (``utf-8-sig``), a field may be as long as the text limit, and a
+    row with more or fewer fields than the header is an error naming its line."""
+    csv.field_size_limit(LIMITS.text_field_chars + 1)  # the csv module's own guard, at the project's limit
+    rows = []
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            return []
+        try:
+            for row in reader:
+                if not row:
+                    continue
+                if len(row) != len(header):
+                    raise DataError(f"data.path {path}: line {reader.line_num} has {len(row)} fields, the header "
+                                    f"{len(header)} ({', '.join(header)[:120]})")
+                rows.append(dict(zip(header, row)))
+        except csv.Error as exc:
+            raise DataError(f"data.path {path}: line {reader.line_num}: {exc} (a field is at most "
+                            f"{LIMITS.text_field_chars} characters)") from None
+    return rows
+
+
+def _jsonl_rows(path: Path) -> list[dict[str, Any]]:
+    rows = []
+    with open(path, encoding="utf-8-sig") as f:
+        for n, line in enumerate(iter(lambda: f.readline(LIMITS.text_field_chars * 4 + 2), ""), start=1):
+            if len(line) > LIMITS.text_field_chars * 4 and not line.endswith("\n"):
+                raise DataError(f"data.path {path}: line {n} is longer than {LIMITS.text_field_chars * 4} "
+                                f"characters")
+            if line.strip():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"data.path {path}: line {n} is not JSON ({exc.msg})") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"data.path {path}: line {n} is a JSON {type(row).__name__}, not an object "
+                                    f"with the text and label columns")
+                rows.append(row)
+    return rows
+
+
 def _columns(rows: list[dict[str, Any]], where: Any, text_column: str, label_column: str) -> tuple[list[str], list[Any] | None]:
+    """The text and label columns of every row: each row must have the text (a string within the length
+    limit) and, if the first row has a label, a label too."""
     if text_column not in rows[0]:
-        raise DataError(f"data.path {where}: no column {text_column!r}; columns: {', '.join(rows[0])} "
+        raise DataError(f"data.path {where}: no column {text_column!r}; columns: {', '.join(map(str, rows[0]))} "
                         f"(set data.text_column)")
-    texts = [str(r[text_column]) for r in rows]
-    labels = [r[label_column] for r in rows] if label_column in rows[0] else None
-    return texts, labels
+    labeled = label_column in rows[0]
+    texts, labels = [], []
+    for n, r in enumerate(rows, start=1):
+        missing = [c for c in (text_column, label_column if labeled else None) if c and c not in r]
+        if missing:
+            raise DataError(f"data.path {where}: row {n} has no {missing[0]!r} (the first row has it)")
+        text = r[text_column]
+        if not isinstance(text, str):
+            raise DataError(f"data.path {where}: row {n}: {text_column!r} is a {type(text).__name__}, not text")
+        if len(text) > LIMITS.text_field_chars:
+            raise DataError(f"data.path {where}: row {n}: the text has {len(text)} characters; at most "
+                            f"{LIMITS.text_field_chars}")
+        texts.append(text)
+        if labeled:
+            labels.append(r[label_column])
+    return texts, labels if labeled else None
 
 
 def _saved_dataset(path: Path, text_column: str, label_column: str) -> dict[str, tuple[list[str], list[Any] | None]]:
@@ -149,14 +203,34 @@ def check_vocabulary(ids: np.ndarray, mask: np.ndarray | None, tok: Any, where: 
                         f"{len(tok)}); it does not fit this text")
 
 
+def _integer_label(v: Any) -> int | None:
+    """``v`` as a class index if it is one exactly (an int, or a string or float that is a whole number);
+    None if it is no number at all (then labels are names). 1.7, NaN or a bool is refused, not rounded."""
+    if isinstance(v, bool):
+        raise DataError(f"data: label {v!r} is a boolean; give class indices (0, 1, ...) or class names")
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float):
+        if v != v or not v.is_integer():
+            raise DataError(f"data: label {v!r} is not a whole number; give class indices (0, 1, ...) or names")
+        return int(v)
+    if isinstance(v, str) and v.strip().lstrip("-").isdigit():
+        return int(v.strip())
+    return None
+
+
 def label_ids(labels: list[Any], names: list[str] | None) -> tuple[np.ndarray, list[str] | None]:
-    """Integer labels: as given when they are integers, else the sorted distinct strings' positions."""
-    try:
-        return np.asarray([int(v) for v in labels], dtype=np.int64), names
-    except (TypeError, ValueError):
-        names = names or sorted({str(v) for v in labels})
-        index = {n: i for i, n in enumerate(names)}
-        unknown = next((v for v in labels if str(v) not in index), None)
-        if unknown is not None:
-            raise DataError(f"data: label {unknown!r} is not among the training labels ({', '.join(names)})") from None
-        return np.asarray([index[str(v)] for v in labels], dtype=np.int64), names
+    """Integer labels: as given when they are whole numbers in range, else the sorted distinct strings'
+    positions (class names)."""
+    numbers = [_integer_label(v) for v in labels]
+    if all(n is not None for n in numbers) and names is None:
+        bad = next((n for n in numbers if not 0 <= n <= LIMITS.label_max), None)
+        if bad is not None:
+            raise DataError(f"data: label {bad} is out of range; class indices are 0..{LIMITS.label_max}")
+        return np.asarray(numbers, dtype=np.int64), names
+    names = names or sorted({str(v) for v in labels})
+    index = {n: i for i, n in enumerate(names)}
+    unknown = next((v for v in labels if str(v) not in index), None)
+    if unknown is not None:
+        raise DataError(f"data: label {unknown!r} is not among the training labels ({', '.join(names)})")
+    return np.asarray([index[str(v)] for v in labels], dtype=np.int64), names

@@ -229,6 +229,6 @@ def _load_state(path: Path | None, key: str) -> dict | None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - a torn or foreign file: start over rather than fail
-        console.print(f"[yellow]{path}: unreadable training state; starting this stage from epoch 0[/yellow]")
+        console.print(f"{path}: unreadable training state; starting this stage from epoch 0", style="yellow")
         return None
     return state if state.get("key") == key else None

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,9 @@ from .device import CPU, Device
 
 
 def cache_limit_mb() -> float:
-    return float(os.environ.get("EDGEKD_TEACHER_CACHE_MB", "1024"))
+    from ..environment import TEACHER_CACHE_MB
+
+    return TEACHER_CACHE_MB.read()
 
 
 @torch.no_grad()

@@ -279,11 +279,20 @@ def test_a_killed_runs_temporaries_do_not_survive_a_resume_and_outputs_follow_th
 
 # ------------------------------------------------------------------ 4. one exit-code table
 def test_a_corrupt_report_json_is_bad_input_not_a_violated_budget(tiny_run, tmp_path):
-    report = json.loads((tiny_run / "report.json").read_text())
+    import shutil
+
+    from ..conftest import reseal
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    report = json.loads((run / "report.json").read_text())
     del report["results"][0]["status"]
-    (tmp_path / "report.json").write_text(json.dumps(report))
+    (run / "report.json").write_text(json.dumps(report))
     budget = write_yaml(tmp_path / "b.yaml", {"max_size_mb": 100})
-    result = invoke("gate", tmp_path / "report.json", "--budget", budget)
+    result = invoke("gate", run / "report.json", "--budget", budget)
+    assert result.exit_code == 2 and "report.json changed since the run completed" in one_line_error(result.output)
+    reseal(run)  # even as the run's own record, a row without its status is bad input
+    result = invoke("gate", run / "report.json", "--budget", budget)
     assert result.exit_code == 2 and "results[0] lacks key 'status'" in one_line_error(result.output)
 
 

@@ -179,8 +179,8 @@ def _latency_driven(model: nn.Module, cfg: PruneConfig, ctx: StageContext, group
     best = attempts[kept]
     met = best.measured_ms <= goal.max_latency_ms
     if not met:
-        console.print(f"[yellow]prune (latency): the budget {goal.max_latency_ms:.3f} ms was not met; best "
-                      f"measured {best.measured_ms:.3f} ms[/yellow]")
+        console.print(f"prune (latency): the budget {goal.max_latency_ms:.3f} ms was not met; best "
+                      f"measured {best.measured_ms:.3f} ms", style="yellow")
     result = {"target": target_settings["name"], "budget_ms": goal.max_latency_ms, "base_ms": table.base_ms,
               "table": table.to_json(), "attempts": [a.to_json() for a in attempts], "kept_attempt": kept,
               "met": met, **{k: getattr(best, k) for k in ("predicted_ms", "measured_ms", "ratios",
