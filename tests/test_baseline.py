@@ -105,15 +105,16 @@ def test_a_second_run_of_the_same_files_passes_and_a_wider_student_fails_with_ra
     shutil.copytree(first, again)
     resumed = invoke("compress", tiny_teacher, "--recipe", tmp_path / "first.yaml", "--out", again, "--resume")
     assert resumed.exit_code == 0, resumed.output
-    # --min-effect 0.5: inside a test suite on 2 loaded cores the same file re-measured a minute later read
-    # up to 1.20x (interval 1.02-1.41 from 5 repeats a side); the 5-10% regime is what
-    # benchmarks/gate_power.py measures, on a machine left alone. Here: same files pass, 64x the work fails.
-    same = invoke("gate", again, "--baseline", tmp_path / "base.json", "--min-effect", "0.5")
+    # --min-effect 3: inside a test suite on 2 loaded cores the same file re-measured a minute later read
+    # up to 1.20x (interval 1.02-1.41 from 5 repeats a side), and failed at 0.5 once beside another job
+    # (issue 22); the 5-10% regime is what benchmarks/gate_power.py measures, on a machine left alone.
+    # Here: same files pass, 64x the work (read 24x) fails, whatever else the machine is doing.
+    same = invoke("gate", again, "--baseline", tmp_path / "base.json", "--min-effect", "3")
     assert same.exit_code == 0, same.output
     assert "from 5 and 5 repeats" in same.output
 
     wider = _measured_run(tiny_teacher, tmp_path, "wider", 4.0, target)  # 64x the student's conv work
-    failed = invoke("gate", wider, "--baseline", tmp_path / "base.json", "--min-effect", "0.5")
+    failed = invoke("gate", wider, "--baseline", tmp_path / "base.json", "--min-effect", "3")
     assert failed.exit_code == 1, failed.output
     line = next(x for x in failed.output.splitlines() if x.startswith("FAIL baseline.student-fp32@ort-repeats.latency"))
     assert "(95% interval" in line and "from 5 and 5 repeats" in line and "SLOWER" in line
