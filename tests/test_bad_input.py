@@ -78,7 +78,7 @@ def test_image_folders_are_walked_without_following_directory_links(tmp_path):
     (tmp_path / "b" / "linked.png").symlink_to(tmp_path / "a" / "0.png")  # a linked file is a sample
     started = time.monotonic()
     classes, samples = scan_class_folders(tmp_path, None)
-    assert time.monotonic() - started < 5
+    assert time.monotonic() - started < 60  # a hang detector, not a speed claim
     assert classes == ["a", "b"] and [label for _, label in samples].count(0) == 3
     assert [label for _, label in samples].count(1) == 4
 
@@ -140,7 +140,7 @@ def test_an_hf_config_too_large_to_build_is_refused_before_allocating(tmp_path, 
     started = time.monotonic()
     with pytest.raises(InputError, match=message):
         build_hf(str(tmp_path), 2)
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 60  # a hang detector, not a speed claim
 
 
 def test_a_huge_tokenizer_file_is_refused_before_it_is_read(tmp_path):
