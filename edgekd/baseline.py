@@ -123,6 +123,9 @@ def provenance_notes(report: dict[str, Any], baseline: dict[str, Any]) -> list[s
     sha = lambda run: (run.get("checkpoint") or {}).get("sha256") if isinstance(run.get("checkpoint"), dict) else None  # noqa: E731
     if sha(then) != sha(now):
         notes.append("the baseline was made from another checkpoint (its SHA-256 differs)")
+    data = lambda run: (run.get("inputs") or {}).get("data") if isinstance(run.get("inputs"), dict) else None  # noqa: E731
+    if data(then) != data(now):
+        notes.append("the baseline was measured on other data (its data hash differs)")
     if then.get("edgekd") != now.get("edgekd"):
         notes.append(f"the baseline was made by edgekd {then.get('edgekd')}, this run by {now.get('edgekd')}")
     return notes

@@ -48,7 +48,8 @@ def build_report(run_dir: Path) -> dict[str, Any]:
         r.pop("host", None)
     report = {"schema": SCHEMA, "run": {"recipe": manifest["recipe"], "created": manifest["created"],
                                         "edgekd": manifest["edgekd"], "checkpoint": manifest["checkpoint"],
-                                        "versions": manifest["versions"], "status": manifest["status"]},
+                                        "versions": manifest["versions"], "status": manifest["status"],
+                                        "inputs": manifest.get("inputs")},  # data and teachers' hashes
               "variants": variants, "results": results}
     report["attribution"] = attribution(run_dir, report, manifest)
     return report

@@ -235,8 +235,12 @@ def test_a_baseline_that_would_pass_anything_is_refused(run_copy, tmp_path, edit
     assert result.exit_code == 2 and message in result.output, result.output
 
 
-def test_a_baseline_from_another_recipe_is_judged_with_a_note(run_copy, tmp_path):
-    path = _edit_baseline(run_copy, tmp_path, lambda d: d["run"].update(recipe="another"))
+def test_a_baseline_from_another_recipe_or_data_is_judged_with_a_note(run_copy, tmp_path):
+    def elsewhere(data):
+        data["run"].update(recipe="another", inputs={"data": "0" * 64})
+
+    path = _edit_baseline(run_copy, tmp_path, elsewhere)
     result = invoke("gate", run_copy, "--baseline", path, "--min-effect", "10")
     assert result.exit_code == 0, result.output
     assert "note: the baseline was made by recipe 'another'" in result.output
+    assert "note: the baseline was measured on other data" in result.output
