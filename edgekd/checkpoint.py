@@ -401,7 +401,7 @@ def load_exported_program(path: str | Path, *, trust: bool = False, policy: Load
 @contextmanager
 def weights_only_everywhere(path: Path | str) -> Iterator[None]:
     """While torch opens an untrusted archive: every ``torch.load`` is ``weights_only=True`` (torch's
-    ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` overrides a caller's ``weights_only=False``), and plain
+    ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` overrides a caller that asks for an unrestricted load), and plain
     ``pickle.load``/``loads`` refuse. The variables are put back afterwards; loads are not concurrent
     in edgekd (one program is opened at a time), which is what makes a process-wide switch safe here."""
     import pickle

@@ -344,9 +344,10 @@ def _compress(rec: Recipe, ckpt: Path | None, run_dir: Path, run: RunDirectory |
     manifest = _manifest(rec, loaded, variants, models, stage_log, run_dir, extra)
     write_json(run_dir / "manifest.json", {**manifest, "status": "measuring"})
     _measure_all(run_dir, models, target_objs, splits, pool)
-    write_json(run_dir / "manifest.json", {**manifest, "outputs": output_hashes(run_dir), "status": "complete",
-                                           "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-    report = write_report(run_dir)
+    complete = {**manifest, "outputs": output_hashes(run_dir), "status": "complete",
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    write_json(run_dir / "manifest.json", complete)
+    report = write_report(run_dir, complete)  # the hashes were just taken: not read back and hashed again
     verdicts = evaluate_budget(report, budget_obj) if budget_obj is not None else None
     return CompressResult(run_dir, report, verdicts)
 

@@ -21,11 +21,12 @@ SCHEMA = "edgekd.report/1"
 MB = 1 << 20
 
 
-def build_report(run_dir: Path) -> dict[str, Any]:
-    """The report of a finished run whose models and measurements are the bytes it recorded."""
+def build_report(run_dir: Path, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The report of a finished run whose models and measurements are the bytes it recorded. ``manifest``:
+    the one compress has just written with those hashes (not hashed a second time)."""
     from .rundir import verified_manifest
 
-    manifest = verified_manifest(run_dir, rebuilding_report=True)
+    manifest = manifest if manifest is not None else verified_manifest(run_dir, rebuilding_report=True)
     try:
         results = [read_json(p) for p in sorted((run_dir / "measurements").glob("*.json"))]
     except ValueError as exc:
@@ -278,8 +279,8 @@ def render_plot(report: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
-def write_report(run_dir: Path) -> dict[str, Any]:
-    report = build_report(run_dir)
+def write_report(run_dir: Path, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    report = build_report(run_dir, manifest)
     write_json(run_dir / "report.json", report)
     write_text(run_dir / "report.md", render_markdown(report))
     render_plot(report, run_dir / "tradeoff.png")

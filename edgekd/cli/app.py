@@ -15,7 +15,7 @@ from typing import Iterator
 
 import typer
 from ..errors import EdgekdError
-from ..names import for_plain_log, plain_console
+from ..names import plain_console
 
 EXIT_CODES = {0: "ok: the work ran and every budget was met", 1: "the work failed or a budget was violated",
               2: "bad input: a file, key, flag or run directory is wrong (nothing was changed)",
@@ -41,7 +41,7 @@ def handle_errors() -> Iterator[None]:
     try:
         yield
     except EdgekdError as exc:
-        err.print(f"edgekd: error: {one_line(str(exc))}", style="red")
+        err.print(f"edgekd: error: {exc}", style="red")  # the console makes it one plain line
         raise typer.Exit(exc.exit_code) from None
     except PermissionError as exc:  # an --out or input the user cannot write or read: their input (2), not a bug
         err.print(f"edgekd: error: {exc.filename or 'a file'}: permission denied; choose a path you can write "
@@ -63,17 +63,11 @@ def handle_errors() -> Iterator[None]:
         raise_internal(exc)
 
 
-def one_line(text: str) -> str:
-    """A message as one line: names users chose (a target's, a file's) may hold newlines, and a line
-    starting ``::`` in a CI log is a workflow command (``::add-mask::``, ``::stop-commands::``)."""
-    return for_plain_log(text)
-
-
 def raise_internal(exc: Exception) -> None:
     """A bug: one line and exit 3, or the traceback under ``EDGEKD_DEBUG=1``."""
     if os.environ.get("EDGEKD_DEBUG"):
         raise exc
-    first = one_line(str(exc).splitlines()[0][:500] if str(exc) else "")
+    first = str(exc).splitlines()[0][:500] if str(exc) else ""
     err.print(f"edgekd: internal error: {type(exc).__name__}: {first} (set EDGEKD_DEBUG=1 for the traceback)",
               highlight=False, markup=False)
     raise typer.Exit(INTERNAL_ERROR) from None
