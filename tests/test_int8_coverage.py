@@ -132,3 +132,53 @@ def test_identity_between_a_conv_and_its_activation_adds_no_requantization():
     assert not [m for m in modules if type(qmodel.get_submodule(m)) is torch.nn.Identity]
     # each conv feeds its QuantReLU directly (the classifier's own output quantizer aside)
     assert not {"_0_output_quant", "_3_output_quant"} & set(modules), modules
+
+
+CLAMPED = {"relu6": lambda: torch.nn.ReLU6(), "hardtanh": lambda: torch.nn.Hardtanh(-2.0, 3.0),
+           "relu": lambda: torch.nn.ReLU(), "hardswish": lambda: torch.nn.Hardswish(),
+           "silu": lambda: torch.nn.SiLU(), "sigmoid": lambda: torch.nn.Sigmoid()}
+
+
+@pytest.mark.parametrize("act", sorted(CLAMPED))
+def test_with_quantization_off_the_quantized_model_computes_the_float_model(act):
+    """Calibration runs the quantized model with its quantizers off: that path must be the float model,
+    or every range is measured on another network. Brevitas maps ReLU6 to a ReLU whose ceiling only its
+    quantizer enforces (pretrained EfficientNet-Lite0: ranges 2.5x too wide); checked with
+    pre-activations far beyond every activation's knee, for each activation the maps rewrite."""
+    from edgekd.quantization import FLOAT_PATH_TOLERANCE, float_path_difference
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), CLAMPED[act](),
+                                torch.nn.Conv2d(8, 8, 3, padding=1), CLAMPED[act](), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 8 * 8, 4)).eval()
+    with torch.no_grad():
+        model[0].weight.mul_(40.0)
+    x = torch.rand(4, 3, 8, 8)
+    with torch.no_grad():
+        assert float(model[1](model[0](x)).abs().max()) > 20.0  # far past ReLU6's 6 and Hardtanh's 3
+    qmodel = quantize_model(model, unsigned_input=True, example=x[:1])
+    assert float_path_difference(model, qmodel, x) < FLOAT_PATH_TOLERANCE
+
+
+def test_relu6_calibrates_the_ranges_after_it_on_clamped_values():
+    """The range after a ReLU6 -> conv is measured on clamped inputs: with the clamp missing it was
+    the conv of unclamped values (2.5x too wide on EfficientNet-Lite0's bottlenecks)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU6(),
+                                torch.nn.Conv2d(8, 8, 1), torch.nn.Flatten(), torch.nn.Linear(8 * 8 * 8, 4)).eval()
+    with torch.no_grad():
+        model[0].weight.abs_().mul_(40.0)
+        model[2].weight.fill_(1 / 8)
+        model[2].bias.zero_()
+    x = torch.rand(16, 3, 8, 8)
+    qmodel = quantize_model(model, unsigned_input=True, example=x[:1])
+    calibrate(qmodel, x.split(4))
+    from brevitas.proxy.runtime_quant import ActQuantProxyFromInjector
+
+    proxies = [m for m in qmodel.modules() if isinstance(m, ActQuantProxyFromInjector) and m.is_quant_enabled]
+    with torch.no_grad():
+        mid = model[2](model[1](model[0](x)))
+        unclamped = model[2](torch.relu(model[0](x)))
+    assert float(unclamped.abs().max()) > 3 * float(mid.abs().max())  # the bug would show
+    widest = max(float(p.scale()) * 255 for p in proxies)
+    assert widest < 2.5 * max(6.0, float(mid.abs().max()))  # scale x 255 is 2x a signed range

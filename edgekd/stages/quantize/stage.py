@@ -17,7 +17,8 @@ from ...config import LayerOverride, QuantizeConfig, Recipe, Target
 from ...layer_patterns import match_layers
 from ...errors import RecipeError, StageError
 from ...progress import console
-from ...quantization import calibrate, layer_names, quantize_model, weight_range
+from ...quantization import (FLOAT_PATH_TOLERANCE, calibrate, float_path_difference, layer_names, quantize_model,
+                             weight_range)
 from ...train.evaluate import accuracy
 from ..base import STAGES, StageContext, current, role_of
 from .mixed_precision import search
@@ -76,6 +77,15 @@ def quantize(variants: dict[str, Artifact], cfg: QuantizeConfig, ctx: StageConte
                                calibration=cfg.calibration, percentile=cfg.percentile, weight_bits=cfg.weight_bits,
                                overrides=chosen, learned_scales=cfg.learned_scales, hardswish=cfg.hardswish,
                                example=splits.example(1, "test"))
+        if getattr(model, "quant_mode", "graph") == "graph":
+            batch = next(iter(calibration))
+            first = (batch[0] if isinstance(batch, (tuple, list)) else batch)[:4].cpu()
+            drift = float_path_difference(float_model, model, first)
+            if drift > FLOAT_PATH_TOLERANCE:  # calibration would measure ranges of another network
+                raise StageError(f"{ctx.stage_key_path}: with quantization off, the quantized model's outputs differ "
+                                 f"from the float model's by {drift:.3g} of their range (> {FLOAT_PATH_TOLERANCE}); "
+                                 "calibration would measure the wrong ranges. An activation Brevitas maps without "
+                                 "its float form: please report the model")
         calibrate(model.to(ctx.device.torch_device), calibration, bias_correction=cfg.bias_correction)
         model.to("cpu")
         built.clear()
