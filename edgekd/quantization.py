@@ -422,6 +422,68 @@ def calibrate(qmodel: nn.Module, batches: Iterable[Any], bias_correction: bool =
         with torch.no_grad(), bias_correction_mode(qmodel):
             for x in inputs():
                 qmodel(x)
+    sample = next(inputs(), None)
+    if sample is not None:
+        fit_biases_in_int32(qmodel, sample)
+
+
+# Half of INT32: a bias past 2**31 - 1 saturates, and a saturated *positive* bias is exported as -2**31 (float32
+# rounds 2**31 - 1 up to 2**31, which wraps), so the file's channel computes the bias with the wrong sign.
+INT32_BIAS_LIMIT = 2.0 ** 30
+
+
+@torch.no_grad()
+def fit_biases_in_int32(qmodel: nn.Module, x: torch.Tensor) -> list[str]:
+    """Raise the weight scale of every channel whose INT32 bias would saturate; returns the layers changed.
+
+    An INT32 bias has the scale input_scale x weight_scale. A channel whose weights are almost zero
+    (after BatchNorm folding: 1e-7 in EfficientNet-Lite0's depthwise convs, channels the training let die)
+    gets a weight scale near 1e-9, and its bias (0.48) needs 4e9 steps: it saturated, in the fake-quant
+    model at half its value and in the exported file at minus that (the locator in ``int8_fidelity``
+    named the op). ONNX Runtime's quantizer has the same rule (``_adjust_weight_scale_for_int32_bias``):
+    the weight scale grows until the bias fits. Brevitas derives weight scales from the weights' largest
+    magnitude, so that channel's largest weight is set to the magnitude the needed scale implies: the
+    output changes by at most |bias| x 2**-23 of the output range. Learned weight scales (QAT
+    ``learned_scales``) are parameters and are raised directly."""
+    bias_scales: dict[str, torch.Tensor] = {}
+    handles = []
+    for name, module in qmodel.named_modules():
+        proxy = getattr(module, "bias_quant", None)
+        if (proxy is None or getattr(module, "bias", None) is None or not getattr(proxy, "is_quant_enabled", False)
+                or not getattr(proxy, "requires_input_scale", False)):
+            continue
+
+        def hook(_module: nn.Module, _inputs: Any, out: Any, name: str = name) -> None:
+            if getattr(out, "scale", None) is not None:
+                bias_scales[name] = out.scale.detach().flatten()
+
+        handles.append(proxy.register_forward_hook(hook))
+    try:
+        qmodel.eval()(x)
+    finally:
+        for h in handles:
+            h.remove()
+    changed = []
+    for name, bias_scale in bias_scales.items():
+        module = qmodel.get_submodule(name)
+        need = module.bias.detach().abs().flatten() / INT32_BIAS_LIMIT
+        if bias_scale.numel() != need.numel() or not bool((need > bias_scale).any()):
+            continue
+        weight = module.quant_weight()
+        weight_scale = weight.scale.detach().flatten().expand(need.numel())
+        levels = float(2 ** (int(weight.bit_width) - 1) - 1)
+        wanted = need / (bias_scale / weight_scale)  # the weight scale that makes the bias fit
+        flat = module.weight.data.view(module.weight.shape[0], -1)
+        for c in (need > bias_scale).nonzero().flatten().tolist():
+            k = int(flat[c].abs().argmax())
+            sign = 1.0 if float(flat[c, k]) >= 0 else -1.0
+            flat[c, k] = sign * float(wanted[c]) * levels * 1.01
+        scaling = getattr(module.weight_quant.tensor_quant, "scaling_impl", None)
+        value = getattr(scaling, "value", None)
+        if isinstance(value, nn.Parameter) and value.numel() == need.numel():  # learned per-channel scales
+            value.data.copy_(torch.maximum(value.data.flatten(), wanted * 1.01).view_as(value))
+        changed.append(name)
+    return changed
 
 
 def export_qdq(qmodel: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:

@@ -4,10 +4,11 @@ FP32 variants go through torch's TorchScript exporter and INT8 variants through 
 exporter, both at a fixed batch of 1 (the edge case) and the recipe's opset. Each file must pass
 ``onnx.checker`` with strict shape inference, and its outputs on real test samples, run by ONNX
 Runtime as an exact reference interpreter (graph optimizations off), must match the torch model: within ``fp32_atol``/``fp32_rtol``
-for FP32; for INT8 against the *fake-quantized* torch model, by top-1 agreement (rounding at a
-scale boundary may flip a value by one step, so elementwise tolerance would be arbitrary) on the
-samples that are not near-ties (``parity.decisive_agreement``), with the agreement on all samples,
-the largest difference and SQNR recorded. A failed check fails the stage with the numbers.
+for FP32; for INT8 files on the model's own integer grids, the fake-quantized torch model by
+``edgekd.int8_fidelity``'s three answers (matches by SQNR; matches op by op; or diverges at a named op),
+with top-1 agreement on the samples that are not near-ties recorded beside it; ONNX Runtime's dynamic
+layout, which requantizes by design, by that agreement (or cosine, for embeddings). A failed check fails
+the stage with the numbers.
 """
 
 from __future__ import annotations
@@ -71,7 +72,8 @@ def export(variants: dict[str, Artifact], cfg: ExportConfig, ctx: StageContext) 
             write_metadata(tmp, deployment)  # how to make the inputs the backends were scored on
             check_onnx(tmp, name)
             logits = predict_logits(model, ctx.splits, "test").numpy()  # the torch model on the test split
-            checked = compare_with_torch(tmp, logits[:len(parity_x)], parity_x, art.precision, cfg, name, embedding)
+            checked = compare_with_torch(tmp, logits[:len(parity_x)], parity_x, art.precision, cfg, name, embedding,
+                                         model)
         layouts = {}
         if art.precision == "int8":  # each runtime's INT8 layout, from the same file, each parity-checked
             writers = {"u8s8": write_u8s8}
@@ -83,7 +85,8 @@ def export(variants: dict[str, Artifact], cfg: ExportConfig, ctx: StageContext) 
                     write(path, tmp)
                     check_onnx(tmp, f"{name} ({layout})")
                     checked[layout] = compare_with_torch(tmp, logits[:len(parity_x)], parity_x, art.precision, cfg,
-                                                         f"{name} ({layout})", embedding)
+                                                         f"{name} ({layout})", embedding, model,
+                                                         requantized=layout == DYNAMIC_LAYOUT)
         program = None
         if cfg.torch_program and art.precision != "int8":  # the torch baseline runs the float graph
             program = ctx.stage_dir / f"{name}.pt2"
@@ -126,9 +129,13 @@ INTEGER_OPS = {"MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul", "
 
 
 def compare_with_torch(path: Path, ref: np.ndarray, x: torch.Tensor, precision: str, cfg: ExportConfig,
-                       name: str, embedding: bool = False) -> dict[str, Any]:
-    """The ONNX file's outputs on ``x`` against ``ref``, the torch model's logits on the same ``x``
-    (for ``embedding`` outputs, an INT8 file is judged by the cosine similarity of the two)."""
+                       name: str, embedding: bool = False, model: torch.nn.Module | None = None,
+                       requantized: bool = False) -> dict[str, Any]:
+    """The ONNX file's outputs on ``x`` against ``ref``, the torch model's logits on the same ``x``.
+
+    An INT8 file on the model's own grids gets ``judge_exact``'s verdict (``model``, the fake-quantized
+    torch model, lets it compare op by op); a ``requantized`` layout (ONNX Runtime's dynamic one measures
+    its activation ranges per call) is judged by top-1 agreement, or cosine for ``embedding`` outputs."""
     import onnxruntime as ort
 
     # Optimizations off: ORT then interprets QDQ exactly (DequantizeLinear -> float op -> QuantizeLinear),
@@ -164,29 +171,15 @@ def compare_with_torch(path: Path, ref: np.ndarray, x: torch.Tensor, precision: 
                              f"of {len(logits)} check samples")
     result = {**parity(ref, got), "reference": "fake-quantized torch model" if precision == "int8" else "torch model"}
     diff = result["max_abs_diff"]
-    if precision == "int8" and embedding:
-        cos = float(np.mean(np.sum(got * ref, 1) / np.maximum(np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1),
-                                                              1e-12)))
-        result["cosine"] = cos
-        if cos < cfg.int8_min_cosine:
-            raise StageError(f"export {name}: ONNX embeddings have mean cosine {cos:.4f} to the fake-quant model's, "
-                             f"below int8_min_cosine={cfg.int8_min_cosine} (max |diff| {diff:.4g})")
-    elif precision == "int8":
-        result.update(decisive_agreement(ref, got))
-        judged, decisive = result["top1_agreement_decisive"], result["decisive_samples"]
-        if decisive < len(x) // 2:  # the logits tie among themselves: top-1 says nothing, closeness does
-            sqnr = result["sqnr_db"]
-            result["judged_by"] = "sqnr (top-2 logits tie within the noise)"
-            if sqnr is not None and sqnr < cfg.int8_min_sqnr_db:
-                raise StageError(f"export {name}: only {decisive} of {len(x)} samples have top-2 logits further apart "
-                                 f"than the ONNX/fake-quant noise ({result['tie_margin']:.3g}), and the file's logits "
-                                 f"are {sqnr:.1f} dB from the fake-quant model's, below int8_min_sqnr_db="
-                                 f"{cfg.int8_min_sqnr_db} (max |diff| {diff:.4g})")
-        elif judged < cfg.int8_min_top1_agreement:
-            raise StageError(f"export {name}: ONNX top-1 agrees with the fake-quant model on {judged:.3f} of the "
-                             f"{decisive} decisive samples ({result['top1_agreement']:.3f} of all {len(x)}; "
-                             f"near-ties within {result['tie_margin']:.3g} left out), below "
-                             f"int8_min_top1_agreement={cfg.int8_min_top1_agreement} (max |diff| {diff:.4g})")
+    if precision == "int8":
+        result.update(decisive_agreement(ref, got))  # reported; the gate is the verdict below
+        if embedding:
+            result["cosine"] = float(np.mean(np.sum(got * ref, 1) / np.maximum(
+                np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1), 1e-12)))
+        if requantized:
+            judge_requantized(result, cfg, name, embedding, len(x))
+        else:
+            result.update(judge_exact(path, ref, got, x, cfg, name, model))
     else:
         limit = cfg.fp32_atol + cfg.fp32_rtol * float(np.max(np.abs(ref)))
         if diff > limit:
@@ -194,3 +187,59 @@ def compare_with_torch(path: Path, ref: np.ndarray, x: torch.Tensor, precision: 
                              f"(fp32_atol={cfg.fp32_atol}, fp32_rtol={cfg.fp32_rtol})")
         result["tolerance"] = limit
     return result
+
+
+def judge_exact(path: Path, ref: np.ndarray, got: np.ndarray, x: torch.Tensor, cfg: ExportConfig, name: str,
+                model: torch.nn.Module | None) -> dict[str, Any]:
+    """The three answers of ``edgekd.int8_fidelity``: matches (SQNR at least ``int8_min_sqnr_db``; equal
+    outputs, tied or all-zero ones included, are infinitely close); matches op by op (every op reproduces
+    the model's integers from its own inputs: the logits' gap is rounding the network amplifies); or
+    diverges, a StageError naming the op."""
+    from ..int8_fidelity import localize
+    from ..parity import sqnr_db
+
+    sqnr = sqnr_db(ref, got)
+    if sqnr >= cfg.int8_min_sqnr_db:
+        return {"verdict": "matches", "judged_by": f"SQNR against the fake-quant model >= {cfg.int8_min_sqnr_db} dB"}
+    shown = "-inf" if sqnr == -np.inf else f"{sqnr:.1f}"
+    if model is None:
+        raise StageError(f"export {name}: the file's outputs are {shown} dB from the fake-quant model's, below "
+                         f"int8_min_sqnr_db={cfg.int8_min_sqnr_db}")
+    where = localize(path, model, x[:1])
+    if not where.aligned:
+        raise StageError(f"export {name}: the file's outputs are {shown} dB from the fake-quant model's, below "
+                         f"int8_min_sqnr_db={cfg.int8_min_sqnr_db}, and the two cannot be compared op by op "
+                         f"({where.why})")
+    bad = where.first_divergence
+    if bad is not None:
+        ops = ", ".join(bad.ops) or "nothing but quantization"
+        raise StageError(f"export {name}: the file computes something other than its fake-quant model at {ops} "
+                         f"(before quantizer {bad.module}): from the model's own inputs its output is "
+                         f"{bad.worst_steps} steps off on {bad.off_fraction:.2%} of the values; outputs {shown} dB "
+                         f"apart (int8_min_sqnr_db={cfg.int8_min_sqnr_db})")
+    return {"verdict": "matches op by op", "localization": where.to_json(),
+            "judged_by": (f"outputs {shown} dB apart, below {cfg.int8_min_sqnr_db} dB, but every one of the "
+                          f"{len(where.sites)} quantized ops reproduces the model's integers to within one step "
+                          "from the model's own inputs: rounding differences the network amplifies")}
+
+
+def judge_requantized(result: dict[str, Any], cfg: ExportConfig, name: str, embedding: bool, samples: int) -> None:
+    """A layout that quantizes activations its own way cannot match the model's grids: it must agree
+    with the model's answers (top-1 on the samples that are not near-ties, or cosine for embeddings)."""
+    diff = result["max_abs_diff"]
+    if embedding:
+        result["verdict"] = "agrees" if result["cosine"] >= cfg.int8_min_cosine else "diverges"
+        if result["cosine"] < cfg.int8_min_cosine:
+            raise StageError(f"export {name}: ONNX embeddings have mean cosine {result['cosine']:.4f} to the fake-quant "
+                             f"model's, below int8_min_cosine={cfg.int8_min_cosine} (max |diff| {diff:.4g})")
+        return
+    judged, decisive = result["top1_agreement_decisive"], result["decisive_samples"]
+    if judged is None:
+        result.update(verdict="undecidable", judged_by="every sample's top-2 logits tie within the noise")
+        return
+    result["verdict"] = "agrees"
+    if judged < cfg.int8_min_top1_agreement:
+        raise StageError(f"export {name}: ONNX top-1 agrees with the fake-quant model on {judged:.3f} of the "
+                         f"{decisive} decisive samples ({result['top1_agreement']:.3f} of all {samples}; "
+                         f"near-ties within {result['tie_margin']:.3g} left out), below "
+                         f"int8_min_top1_agreement={cfg.int8_min_top1_agreement} (max |diff| {diff:.4g})")

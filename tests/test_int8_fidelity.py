@@ -1,0 +1,146 @@
+"""The export check's three answers for an INT8 file (issue 23.2): matches, matches op by op, or diverges at
+a named op; and the INT32-bias rule the locator found on the pretrained EfficientNet-Lite0."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from edgekd.config import ExportConfig
+from edgekd.errors import StageError
+from edgekd.int8_fidelity import localize
+from edgekd.quantization import INT32_BIAS_LIMIT, calibrate, export_qdq, quantize_model
+from edgekd.stages.export import compare_with_torch
+from tests.models import ResidualCNN
+
+
+@torch.no_grad()
+def predict_logits(model, x):
+    out = model.eval()(x)
+    return getattr(out, "value", out)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A residual CNN (shared ReLU after an add, a strided conv, a linear head), quantized and exported."""
+    torch.manual_seed(0)
+    model = ResidualCNN(num_classes=6, in_channels=3).eval()
+    x = torch.rand(24, 3, 16, 16)
+    qmodel = quantize_model(model, unsigned_input=True, example=x[:1])
+    calibrate(qmodel, x.split(8))
+    path = tmp_path_factory.mktemp("fidelity") / "q.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_qdq(qmodel, x[:1], path, 17)
+    return qmodel, x, path
+
+
+def _plant(path, tmp_path, op_type: str, new_type: str):
+    """A copy of the file whose first ``op_type`` node computes ``new_type`` instead."""
+    model = onnx.load(str(path))
+    node = next(n for n in model.graph.node if n.op_type == op_type)
+    node.op_type = new_type
+    planted = tmp_path / f"planted-{new_type}.onnx"
+    onnx.save(model, str(planted))
+    return planted, node.name
+
+
+def test_a_file_on_the_models_grids_matches(exported):
+    qmodel, x, path = exported
+    result = compare_with_torch(path, predict_logits(qmodel, x).numpy(), x, "int8", ExportConfig(stage="export"),
+                                "q", model=qmodel)
+    assert result["verdict"] == "matches"
+    assert "top1_agreement" in result and "decisive_samples" in result  # reported beside the verdict
+
+
+def test_every_op_reproduces_the_models_integers_from_the_models_own_inputs(exported):
+    qmodel, x, path = exported
+    where = localize(path, qmodel, x[:1])
+    assert where.aligned and where.sites and where.first_divergence is None
+    assert all(site.worst_steps <= 1 for site in where.sites)
+
+
+def test_a_gap_the_ops_do_not_explain_is_rounding_and_the_file_passes_op_by_op(exported):
+    """With a threshold no float library meets (1000 dB), the SQNR alone would refuse the file: the
+    op-by-op comparison finds every op exact and says why the outputs still differ."""
+    qmodel, x, path = exported
+    ref = predict_logits(qmodel, x).numpy()
+    ref = ref + np.float32(1e-6) * np.sign(ref)  # a rounding-sized gap, so the SQNR is finite
+    result = compare_with_torch(path, ref, x, "int8", ExportConfig(stage="export", int8_min_sqnr_db=1000.0), "q",
+                                model=qmodel)
+    assert result["verdict"] == "matches op by op"
+    assert result["localization"]["first_divergence"] is None and "amplifies" in result["judged_by"]
+
+
+@pytest.mark.parametrize("op_type, wrong", [("Relu", "Abs"), ("Relu", "Softplus")])
+def test_a_planted_wrong_op_is_named(exported, tmp_path, op_type, wrong):
+    qmodel, x, path = exported
+    planted, node_name = _plant(path, tmp_path, op_type, wrong)
+    with pytest.raises(StageError, match=rf"something other than its fake-quant model at .*{wrong} '{node_name}'"):
+        compare_with_torch(planted, predict_logits(qmodel, x).numpy(), x, "int8", ExportConfig(stage="export"),
+                           "q", model=qmodel)
+
+
+def test_a_file_of_another_model_diverges(exported, tmp_path):
+    """Weights of one conv changed in the file only: the locator names that conv."""
+    from onnx import numpy_helper
+
+    from edgekd.onnx_folds import constant_value
+
+    qmodel, x, path = exported
+    model = onnx.load(str(path))
+    producer = {o: n for n in model.graph.node for o in n.output}
+    conv = [n for n in model.graph.node if n.op_type == "Conv"][1]
+    dq = producer[conv.input[1]]
+    weights = constant_value(model, dq.input[0])
+    model.graph.initializer.append(numpy_helper.from_array((-weights).astype(weights.dtype), "planted_w"))
+    dq.input[0] = "planted_w"
+    planted = tmp_path / "planted-weights.onnx"
+    onnx.save(model, str(planted))
+    with pytest.raises(StageError, match=rf"at Conv '{conv.name}'"):
+        compare_with_torch(planted, predict_logits(qmodel, x).numpy(), x, "int8", ExportConfig(stage="export"),
+                           "q", model=qmodel)
+
+
+def test_tied_or_all_zero_logits_equal_to_the_reference_match(tmp_path):
+    """Random-init models whose logits tie exactly: a file identical to its reference is never too far."""
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    path = tmp_path / "id.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    for logits in (torch.zeros(8, 4), torch.full((8, 4), 2.5)):
+        result = compare_with_torch(path, logits.numpy(), logits, "int8", ExportConfig(stage="export"), "s")
+        assert result["verdict"] == "matches" and result["decisive_samples"] == 0
+    with pytest.raises(StageError, match="-inf dB"):  # all-zero reference, non-zero file
+        compare_with_torch(path, np.zeros((8, 4), np.float32), torch.ones(8, 4), "int8", ExportConfig(stage="export"),
+                           "s")
+
+
+def test_a_bias_too_large_for_int32_raises_its_channels_weight_scale():
+    """A channel whose folded weights are ~1e-7 (EfficientNet-Lite0's dead depthwise channels) needs a bias
+    of 4e9 steps: it saturated, and the export wrote a saturated positive bias as -2**31."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(4 * 8 * 8, 3)).eval()
+    with torch.no_grad():
+        model[0].weight[1].mul_(1e-7)
+        model[0].bias[1] = 0.5
+    x = torch.rand(8, 3, 8, 8)
+    qmodel = quantize_model(model, unsigned_input=True, example=x[:1])
+    calibrate(qmodel, x.split(4))
+    conv = next(m for m in qmodel.modules() if type(m).__name__ == "QuantConv2d")
+    seen = []
+    handle = conv.bias_quant.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    with torch.no_grad():
+        qmodel(x[:1])
+    handle.remove()
+    bias = seen[0]
+    assert float(bias.int().abs().max()) <= INT32_BIAS_LIMIT * 1.01
+    assert float(bias.value[1]) == pytest.approx(0.5, rel=1e-3)  # the bias kept, not saturated
