@@ -40,7 +40,11 @@ def write_u8s8(src: Path, dst: Path) -> int:
     from onnx import TensorProto, numpy_helper
     from onnxruntime.quantization.onnx_model import ONNXModel
 
-    model = ONNXModel(onnx.load(str(src)))
+    from .int8_placement import insert_requantizers
+
+    proto = onnx.load(str(src))
+    insert_requantizers(proto, "u8s8")  # ONNX Runtime needs a Q/DQ after grid-keeping ops (int8_placement)
+    model = ONNXModel(proto)
     readers = model.input_name_to_nodes()
     shifted: dict[str, str] = {}
 

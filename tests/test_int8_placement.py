@@ -1,0 +1,137 @@
+"""The placement rule (issue 23.1): every conv/matmul runs INT8 on both CPU runtimes whatever grid-keeping
+ops sit between the quantized layers, and the requantizers ONNX Runtime's layout gets change no value."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from edgekd.backends import BACKENDS
+from edgekd.backends.target import Target
+from edgekd.int8_layouts import layout_path, write_u8s8
+from edgekd.int8_placement import RULES, placement_problems
+from edgekd.quantization import calibrate, export_qdq, quantize_model
+
+class Lambda(nn.Module):
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+class Concat(nn.Module):
+    """Two ReLU'd branches concatenated (squeezenet's Fire, inception's blocks)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b = nn.Conv2d(8, 4, 1), nn.Conv2d(8, 4, 3, padding=1)
+        self.relu_a, self.relu_b = nn.ReLU(), nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.relu_a(self.a(x)), self.relu_b(self.b(x))], 1)
+
+
+# grid-keeping ops, each between a ReLU'd conv and the next conv (8 channels in, 8 out), as modules where
+# torch models use modules (squeezenet's nn.MaxPool2d(ceil_mode=True)) and as functions
+BETWEEN = {
+    "concat": lambda: Concat(),
+    "maxpool": lambda: nn.MaxPool2d(3, 2, ceil_mode=True),
+    "maxpool_f": lambda: Lambda(lambda x: F.max_pool2d(x, 2)),
+    "reshape": lambda: Lambda(lambda x: x.reshape(x.shape[0], 8, -1).reshape(x.shape)),
+    "pad": lambda: nn.ZeroPad2d((0, 1, 0, 1)),
+    "resize": lambda: nn.Upsample(scale_factor=2, mode="nearest"),
+    "transpose": lambda: Lambda(lambda x: x.transpose(2, 3)),
+}
+
+
+class Chain(nn.Module):
+    """conv -> ReLU -> [op] -> conv -> ReLU -> [op] -> ... -> global pool -> linear."""
+
+    def __init__(self, ops: list[str]) -> None:
+        super().__init__()
+        self.between = nn.ModuleList(BETWEEN[op]() for op in ops)
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.convs = nn.ModuleList(nn.Conv2d(8, 8, 3, padding=1) for _ in ops)
+        self.relus = nn.ModuleList(nn.ReLU() for _ in range(len(ops) + 1))
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relus[0](self.stem(x))
+        for op, conv, relu in zip(self.between, self.convs, self.relus[1:]):
+            x = relu(conv(op(x)))
+        return self.head(x.mean((2, 3)))
+
+
+def exported(model: nn.Module, tmp_path: Path, size: int = 16) -> Path:
+    torch.manual_seed(1)
+    x = torch.rand(8, 3, size, size)
+    qmodel = quantize_model(model.eval(), unsigned_input=True, example=x[:1])
+    calibrate(qmodel, x.split(4))
+    path = tmp_path / "m.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_qdq(qmodel, x[:1], path, 17)
+    write_u8s8(path, layout_path(path, "u8s8"))
+    return path
+
+
+def int8_layers(path: Path) -> dict[str, dict]:
+    counts = {}
+    for backend, layout in (("onnxruntime", "u8s8"), ("openvino", "s8s8")):
+        compiled = BACKENDS.get(backend)().compile(layout_path(path, layout), Target(name=backend, backend=backend,
+                                                                                      threads=1))
+        counts[backend] = compiled.int8_layers()
+    return counts
+
+
+def exact_outputs(path: Path, size: int = 16) -> np.ndarray:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    x = np.random.default_rng(3).random((1, 3, size, size), dtype=np.float32)
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+
+
+def assert_rule_holds(path: Path, size: int = 16) -> None:
+    for backend, layers in int8_layers(path).items():
+        assert layers["int8"] == layers["total"], (backend, layers.get("float_layers"))
+    assert not placement_problems(onnx.load(str(layout_path(path, "u8s8"))), "u8s8")
+    # the requantizers and the zero-point shift are exact: the u8s8 file computes what the s8s8 file computes
+    assert np.array_equal(exact_outputs(layout_path(path, "u8s8"), size), exact_outputs(path, size))
+
+
+@pytest.mark.parametrize("op", sorted(BETWEEN))
+def test_each_grid_keeping_op_between_quantized_layers_leaves_every_layer_int8(op, tmp_path):
+    assert_rule_holds(exported(Chain([op]), tmp_path))
+
+
+def test_the_rule_is_data_per_layout():
+    """The runtimes that move DequantizeLinear past grid-keeping ops get no requantizers; ONNX Runtime's does."""
+    assert not RULES["s8s8"].requantize_after
+    assert {"MaxPool", "Concat", "Reshape", "Resize", "Slice", "Transpose"} <= RULES["u8s8"].requantize_after
+
+
+def test_without_the_rule_onnx_runtime_names_the_float_conv_and_its_cause(tmp_path):
+    """What the rule fixes, as the placement check and ONNX Runtime itself report it on the s8s8 file."""
+    path = exported(Chain(["maxpool"]), tmp_path)
+    problems = placement_problems(onnx.load(str(path)), "u8s8")
+    assert any("comes from MaxPool in float" in why for why in problems.values())
+
+
+@settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(st.sampled_from(sorted(BETWEEN)), min_size=2, max_size=3))
+def test_any_chain_of_grid_keeping_ops_leaves_every_layer_int8(ops, tmp_path_factory):
+    """Generated chains (a MaxPool after a Concat, a Slice after a Resize, ...): the rule holds for each."""
+    assert_rule_holds(exported(Chain(ops), tmp_path_factory.mktemp("chain"), size=24), size=24)
