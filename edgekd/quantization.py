@@ -422,6 +422,14 @@ def calibrate(qmodel: nn.Module, batches: Iterable[Any], bias_correction: bool =
         with torch.no_grad(), bias_correction_mode(qmodel):
             for x in inputs():
                 qmodel(x)
+    # Brevitas' calibration_mode saves each quantizer's observer_only flag per proxy and restores it on
+    # exit; a scaling module shared by two proxies (the aligned inputs of a Concat: squeezenet's Fire,
+    # inception's blocks) is saved a second time after the first proxy already set it, so it comes back
+    # observer-only: that quantizer stops rounding in torch while the exported file still quantizes
+    # (squeezenet1_0's file was 20 dB from its fake-quant model). Calibration is over: none observes only.
+    for module in qmodel.modules():
+        if getattr(module, "observer_only", False):
+            module.observer_only = False
     sample = next(inputs(), None)
     if sample is not None:
         fit_biases_in_int32(qmodel, sample)

@@ -144,3 +144,38 @@ def test_a_bias_too_large_for_int32_raises_its_channels_weight_scale():
     bias = seen[0]
     assert float(bias.int().abs().max()) <= INT32_BIAS_LIMIT * 1.01
     assert float(bias.value[1]) == pytest.approx(0.5, rel=1e-3)  # the bias kept, not saturated
+
+
+def test_quantizers_shared_by_a_concat_still_round_after_calibration(tmp_path):
+    """Brevitas aligns a Concat's inputs by sharing one scaling module between their quantizers; its
+    calibration_mode then restored that module as observer-only, so in torch those activations were no
+    longer quantized while the exported file quantized them (squeezenet1_0: 20 dB apart)."""
+    from brevitas.proxy.runtime_quant import ActQuantProxyFromInjector
+
+    class Fire(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.squeeze, self.relu = torch.nn.Conv2d(3, 4, 1), torch.nn.ReLU(inplace=True)
+            self.a, self.relu_a = torch.nn.Conv2d(4, 8, 1), torch.nn.ReLU(inplace=True)
+            self.b, self.relu_b = torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.ReLU(inplace=True)
+            self.head = torch.nn.Linear(16, 5)
+
+        def forward(self, x):
+            x = self.relu(self.squeeze(x))
+            return self.head(torch.cat([self.relu_a(self.a(x)), self.relu_b(self.b(x))], 1).mean((2, 3)))
+
+    torch.manual_seed(0)
+    x = torch.rand(16, 3, 8, 8)
+    qmodel = quantize_model(Fire().eval(), unsigned_input=True, example=x[:1])
+    calibrate(qmodel, x.split(8))
+    for proxy in [m for m in qmodel.modules() if isinstance(m, ActQuantProxyFromInjector) and m.is_quant_enabled]:
+        out = proxy(torch.rand(1, 8, 4, 4) * 3)
+        steps = (out.value / out.scale).detach()
+        assert float((steps - steps.round()).abs().max()) < 1e-3, "an activation quantizer that does not round"
+    path = tmp_path / "fire.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_qdq(qmodel, x[:1], path, 17)
+    result = compare_with_torch(path, predict_logits(qmodel, x).numpy(), x, "int8", ExportConfig(stage="export"),
+                                "fire", model=qmodel)
+    assert result["verdict"] == "matches"
