@@ -159,10 +159,10 @@ def main() -> None:
         ("teacher INT8, quantize_static", "onnxruntime"): (pool.get("onnxruntime").compile(qs, ort_t), qs.stat().st_size),
         ("edgekd student INT8", "onnxruntime"): (pool.get("onnxruntime").compile(student_ort, ort_t),
                                                  student_ort.stat().st_size),
-        ("teacher FP32", "openvino"): (OvModel(core, fp32, ov_t, shape, False), fp32.stat().st_size),
-        ("teacher INT8, NNCF PTQ", "openvino"): (OvModel(core, nn_xml, ov_t, shape, False),
+        ("teacher FP32", "openvino"): (OvModel(core, fp32, ov_t, {"input": shape}, False), fp32.stat().st_size),
+        ("teacher INT8, NNCF PTQ", "openvino"): (OvModel(core, nn_xml, ov_t, {"input": shape}, False),
                                                  nn_xml.stat().st_size + nn_xml.with_suffix(".bin").stat().st_size),
-        ("edgekd student INT8", "openvino"): (OvModel(core, student, ov_t, shape, False), student.stat().st_size),
+        ("edgekd student INT8", "openvino"): (OvModel(core, student, ov_t, {"input": shape}, False), student.stat().st_size),
     }
     test = list(splits.arrays("test"))
     labels = np.concatenate([y for _, y in test])

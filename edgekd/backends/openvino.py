@@ -15,7 +15,7 @@ import numpy as np
 
 from ..errors import BackendError
 from .base import Backend, Capabilities, CompiledModel
-from .inputs import ShapeRequest, graph_inputs, resolve_shapes
+from .inputs import GraphInput, ShapeRequest, graph_inputs, resolve_shapes
 from .target import Target
 
 COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Gemm")
@@ -57,7 +57,11 @@ class OvModel(CompiledModel):
         self._tensor, self._bound, self._bound_data = ov.Tensor, None, None
         self._bound_feed_key: dict[str, np.ndarray] | None = None  # the feed bound (identity)
         self._bound_feed: dict[str, np.ndarray] = {}                # its arrays, held: tensors share them
-        self.inputs = graph_inputs(path)
+        # an OpenVINO IR (.xml, as NNCF writes) has no ONNX graph: its inputs come from the model read
+        self.inputs = graph_inputs(path) if path.suffix == ".onnx" else [
+            GraphInput(p.get_any_name(), np.dtype(p.get_element_type().to_dtype()).name,
+                       tuple(d.get_length() if d.is_static else f"dim{k}" for k, d in enumerate(p.get_partial_shape())))
+            for p in self._compiled.inputs]
         self.input_shapes = dict(shapes)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
