@@ -229,3 +229,50 @@ def drop_identities(graph: Any) -> int:
         graph.graph.lint()
         graph.recompile()
     return done
+
+
+def quant_getitem(x: Any, index: Any) -> Any:
+    """``x[index]`` that also slices a QuantTensor: Brevitas' QuantTensor is a NamedTuple, so plain
+    indexing picks its *fields* (``x[0]`` is the value, ``x[:, :4]`` raises), which broke ghostnet's
+    ``out[:, :self.out_chs]``. A slice keeps a per-tensor grid, so the result stays quantized."""
+    from brevitas.quant_tensor import QuantTensor
+
+    if not isinstance(x, QuantTensor):
+        return x[index]
+    value = x.value[index]
+    if x.scale.numel() == 1 and x.zero_point.numel() == 1:
+        return x._replace(value=value)
+    return value
+
+
+def plain_value(x: Any) -> Any:
+    """The float value of a QuantTensor (anything else unchanged), for tensor methods it lacks."""
+    from brevitas.quant_tensor import QuantTensor
+
+    return x.value if isinstance(x, QuantTensor) else x
+
+
+def quant_tensor_safe(graph: Any) -> int:
+    """Make a quantized fx graph run on QuantTensors whatever tensor code it holds: every ``[...]``
+    goes through ``quant_getitem``, and a method QuantTensor does not have (``.mean`` in lcnet's
+    squeeze-excite, ``.sum``, ``.max``) is called on ``plain_value`` of its receiver, the float values
+    the method would have read (the next quantized layer quantizes its input, as Brevitas placed it).
+    Returns how many nodes changed."""
+    import operator
+
+    from brevitas.quant_tensor import IntQuantTensor
+
+    changed = 0
+    for node in list(graph.graph.nodes):
+        if node.op == "call_function" and node.target is operator.getitem:
+            node.target = quant_getitem
+            changed += 1
+        elif (node.op == "call_method" and node.args and hasattr(node.args[0], "op")
+              and not hasattr(IntQuantTensor, node.target)):
+            with graph.graph.inserting_before(node):
+                plain = graph.graph.call_function(plain_value, (node.args[0],))
+            node.args = (plain, *node.args[1:])
+            changed += 1
+    if changed:
+        graph.recompile()
+    return changed

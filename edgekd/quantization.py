@@ -27,7 +27,7 @@ from .brevitas_rules import brevitas_rules
 from .errors import StageError
 from .onnx_folds import fold_constant_clips, fold_pads_into_convs, initializers_out_of_inputs
 from .quant_capture import (QUANTIZABLE, chunks_as_functions, drop_identities, has_attention, plain_layers,
-                            quantizable_attention, traced)
+                            quant_tensor_safe, quantizable_attention, traced)
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
@@ -319,6 +319,7 @@ def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range:
         try:
             with brevitas_rules():
                 qmodel = quantize(graph, quant_identity_map=identities, compute_layer_map=compute, quant_act_map=acts)
+            quant_tensor_safe(qmodel)  # tensor code (x[:, :c], x.mean()) that QuantTensors cannot run
         except Exception as exc:  # noqa: BLE001 - Brevitas raises plain RuntimeErrors / AssertionErrors
             raise StageError(f"quantize: Brevitas could not quantize this model ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
@@ -435,14 +436,18 @@ def calibrate(qmodel: nn.Module, batches: Iterable[Any], bias_correction: bool =
         fit_biases_in_int32(qmodel, sample)
 
 
-# Half of INT32: a bias past 2**31 - 1 saturates, and a saturated *positive* bias is exported as -2**31 (float32
-# rounds 2**31 - 1 up to 2**31, which wraps), so the file's channel computes the bias with the wrong sign.
-INT32_BIAS_LIMIT = 2.0 ** 30
+# Bias integers must stay near-exact in float32, where Brevitas computes them: it refuses a bias whose
+# value / scale is more than 0.2 from an integer ("QuantTensor not valid" at export), which float32 rounding
+# reaches around 2**21 steps (timm ghostnet's squeeze-excite convs: input scale x weight scale 2.7e-9, biases of
+# 1.4e7 steps); past 2**31 - 1 a bias saturates, and a saturated positive one is exported as -2**31 (float32
+# rounds 2**31 - 1 up, which wraps): the channel then computes its bias with the wrong sign.
+INT32_BIAS_LIMIT = 2.0 ** 20
 
 
 @torch.no_grad()
 def fit_biases_in_int32(qmodel: nn.Module, x: torch.Tensor) -> list[str]:
-    """Raise the weight scale of every channel whose INT32 bias would saturate; returns the layers changed.
+    """Raise the weight scale of every channel whose INT32 bias would leave ``INT32_BIAS_LIMIT``; returns
+    the layers changed.
 
     An INT32 bias has the scale input_scale x weight_scale. A channel whose weights are almost zero
     (after BatchNorm folding: 1e-7 in EfficientNet-Lite0's depthwise convs, channels the training let die)
@@ -491,6 +496,8 @@ def fit_biases_in_int32(qmodel: nn.Module, x: torch.Tensor) -> list[str]:
         if isinstance(value, nn.Parameter) and value.numel() == need.numel():  # learned per-channel scales
             value.data.copy_(torch.maximum(value.data.flatten(), wanted * 1.01).view_as(value))
         changed.append(name)
+    if changed:  # Brevitas caches each bias' scale from the last forward, and export reads that cache
+        qmodel(x)
     return changed
 
 

@@ -19,8 +19,10 @@ from edgekd.int8_layouts import layout_path, write_u8s8
 from edgekd.quantization import calibrate, export_qdq, quantize_model
 
 TORCHVISION = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0",
-               "regnet_x_400mf", "shufflenet_v2_x1_0", "convnext_tiny"]
-TIMM = ["tf_efficientnet_lite0", "vit_tiny_patch16_224"]
+               "regnet_x_400mf", "shufflenet_v2_x1_0", "convnext_tiny",
+               # the CI-sized subset of benchmarks/int8_zoo.py --all: one model per family the list above lacks
+               "squeezenet1_0", "mnasnet0_5"]
+TIMM = ["tf_efficientnet_lite0", "vit_tiny_patch16_224", "mobilenetv4_conv_small", "lcnet_050"]
 SMALL_TORCHVISION_VIT = "vit (torchvision, nn.MultiheadAttention)"  # vit_b_16's code at 2 layers, width 32
 SIZE = 32
 MIN_INT8_FRACTION = 0.95
@@ -182,3 +184,29 @@ def test_relu6_calibrates_the_ranges_after_it_on_clamped_values():
     assert float(unclamped.abs().max()) > 3 * float(mid.abs().max())  # the bug would show
     widest = max(float(p.scale()) * 255 for p in proxies)
     assert widest < 2.5 * max(6.0, float(mid.abs().max()))  # scale x 255 is 2x a signed range
+
+
+def test_tensor_code_on_quantized_activations_runs():
+    """A slice (ghostnet's ``out[:, :c]``), an int index and a method QuantTensor lacks (lcnet's ``x.mean``)
+    on a quantized activation: Brevitas' QuantTensor is a NamedTuple, so ``x[:, :4]`` raised and ``x[0]``
+    silently returned its value field."""
+    class Sliced(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.relu = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU()
+            self.conv2, self.head = torch.nn.Conv2d(4, 4, 1), torch.nn.Linear(4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.relu(self.conv(x))[:, :4]
+            return self.head(self.conv2(y.mean((2, 3), keepdim=True)).flatten(1))  # lcnet's squeeze-excite
+
+    torch.manual_seed(0)
+    model = Sliced().eval()
+    x = torch.rand(4, 3, 8, 8)
+    qmodel = quantize_model(model, unsigned_input=True, example=x[:1])
+    calibrate(qmodel, x.split(2))
+    with torch.no_grad():
+        out = qmodel(x)
+        out = getattr(out, "value", out)
+        assert out.shape == (4, 3)
+        assert float((out - model(x)).abs().max()) < 0.1 * float(model(x).abs().max()) + 0.05
