@@ -17,8 +17,18 @@ models trained on MNIST at 64x64 (resnet18 is benchmarks/pareto.py's teacher; th
 for ``--epochs`` on 10 000 images and cached under runs/bench-zoo/) on the runtime that runs them: the
 same weights, so any difference is the quantizer's.
 
+With ``--all`` (issue 23) the models are every torchvision classifier
+(``torchvision.models.list_models(torchvision.models)``) and ``TIMM_EDGE``, the timm families built for edge
+devices, each at the smallest input it accepts, its BatchNorm statistics first settled on a few random
+batches (random init otherwise leaves some of them degenerate: tied logits, dead ReLUs); a model over
+``--max-params`` is a row that says so. Each row also carries the export check's verdict
+(``edgekd.int8_fidelity``: the INT8 file's exactly interpreted outputs against its fake-quant model), and
+a row under 95% INT8 layers names its first float layer and why. ``--no-latency`` counts layers and
+judges the export only (no anchors, no timing).
+
     pip install 'edgekd[anchors]'                     # nncf is a benchmark-only extra
     python benchmarks/int8_zoo.py                     # every model at 224x224: about 40 minutes on 2 cores
+    python benchmarks/int8_zoo.py --all --no-latency  # coverage and verdicts of the whole zoo
     python benchmarks/int8_zoo.py --models resnet18 mobilenet_v3_small --size 160 --rounds 2
     python benchmarks/int8_zoo.py --models none --accuracy
 """
@@ -26,6 +36,7 @@ same weights, so any difference is the quantizer's.
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import tempfile
 import time
@@ -40,23 +51,78 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 TORCHVISION = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0",
                "regnet_x_400mf", "shufflenet_v2_x1_0", "convnext_tiny", "vit_b_16"]
 TIMM = ["tf_efficientnet_lite0"]
+# timm's families for edge devices, a small member or two of each
+TIMM_EDGE = ["mobilenetv4_conv_small", "mobilenetv4_conv_medium", "mobilenetv4_hybrid_medium", "mobileone_s0",
+             "mobileone_s1", "repvit_m0_9", "repvit_m1_0", "fastvit_t8", "fastvit_sa12", "efficientvit_b0",
+             "efficientvit_m0", "edgenext_xx_small", "edgenext_x_small", "mobilevit_xxs", "mobilevitv2_050",
+             "ghostnet_100", "ghostnetv2_100", "lcnet_050", "lcnet_100", "tinynet_a", "tinynet_e", "regnetx_002",
+             "regnety_002", "levit_128s", "levit_conv_128s", "mobilenetv3_small_100", "mobilenetv3_large_100",
+             "mixnet_s", "mnasnet_small", "efficientnet_lite0", "tf_efficientnet_lite0", "efficientformer_l1",
+             "efficientformerv2_s0", "hardcorenas_a", "fbnetc_100", "spnasnet_100", "semnasnet_050", "resnet10t",
+             "hgnetv2_b0", "convnext_atto", "rexnet_100", "tiny_vit_5m_224", "pvt_v2_b0", "mobilenetv1_100",
+             "mobilenetv2_050", "efficientnet_b0", "regnetz_b16", "dla34", "cspresnet50"]
+SIZES = (32, 64, 96, 128, 160, 192, 224, 256, 299)
 
 
-def build(name: str, size: int) -> torch.nn.Module:
-    torch.manual_seed(0)
-    if name in TIMM:
-        import timm
-
-        return timm.create_model(name, pretrained=False, num_classes=10).eval()
+def zoo_names() -> list[str]:
+    """Every torchvision classifier, then ``timm:`` + each of ``TIMM_EDGE``."""
     import torchvision
 
-    extra = {"image_size": size} if name.startswith("vit") else {}
-    return getattr(torchvision.models, name)(num_classes=10, **extra).eval()
+    return list(torchvision.models.list_models(module=torchvision.models)) + [f"timm:{n}" for n in TIMM_EDGE]
+
+
+def build(name: str, size: int | None = None) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if name in TIMM or name.startswith("timm:"):
+        import timm
+
+        return timm.create_model(name.removeprefix("timm:"), pretrained=False, num_classes=10).eval()
+    import torchvision
+
+    extra = {"image_size": size} if name.startswith("vit") and size else {}
+    return torchvision.models.get_model(name, num_classes=10, **extra).eval()
+
+
+def smallest_input(name: str) -> tuple[torch.nn.Module, int]:
+    """The model and the smallest of ``SIZES`` it runs and exports to ONNX at (torchvision's ViTs are built
+    for it)."""
+    last: Exception | None = None
+    for size in SIZES:
+        try:
+            model = build(name, size)
+            x = torch.rand(1, 3, size, size)
+            with torch.no_grad():
+                model(x)
+            with warnings.catch_warnings():  # exportable at that size too (adaptive pools need factors)
+                warnings.simplefilter("ignore")
+                torch.onnx.export(model, x, io.BytesIO(), dynamo=False, opset_version=17)
+            return model, size
+        except Exception as exc:  # noqa: BLE001 - too small an input fails in many ways
+            last = exc
+    raise RuntimeError(f"no input size in {SIZES} works ({type(last).__name__}: {str(last).splitlines()[0][:120]})")
+
+
+@torch.no_grad()
+def settle_batchnorm(model: torch.nn.Module, size: int, batches: int = 4) -> torch.nn.Module:
+    """BatchNorm statistics from a few random batches (cumulative averages), so a random-init model's
+    activations have the scale of a trained one's instead of its init's running_var = 1."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return model
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    generator = torch.Generator().manual_seed(5)
+    for _ in range(batches):
+        model(torch.rand(8, 3, size, size, generator=generator))
+    return model.eval()
 
 
 def edgekd_int8(model: torch.nn.Module, calibration: torch.Tensor, path: Path,
-                hardswish: str = "fused") -> tuple[Path, Path, float]:
-    """The quantize stage's PTQ and the export stage's two files; returns (s8s8, u8s8, seconds).
+                hardswish: str = "fused", with_model: bool = False):
+    """The quantize stage's PTQ and the export stage's two files; returns (s8s8, u8s8, seconds), and the
+    fake-quantized model last when ``with_model``.
     ``hardswish``: what the stage's ``auto`` picks for the recipe's targets (split: ORT-only recipes)."""
     from edgekd.int8_layouts import layout_path, write_u8s8
     from edgekd.quantization import calibrate, export_qdq, quantize_model
@@ -70,7 +136,33 @@ def edgekd_int8(model: torch.nn.Module, calibration: torch.Tensor, path: Path,
         warnings.simplefilter("ignore")
         export_qdq(qmodel, calibration[:1], path, 17)
     write_u8s8(path, layout_path(path, "u8s8"))
-    return path, layout_path(path, "u8s8"), time.perf_counter() - began
+    files = (path, layout_path(path, "u8s8"), time.perf_counter() - began)
+    return (*files, qmodel) if with_model else files
+
+
+def export_verdict(qmodel: torch.nn.Module, path: Path, held_out: np.ndarray) -> str:
+    """The export stage's verdict on the s8s8 file against its fake-quant model (``judge_exact``)."""
+    import onnxruntime as ort
+
+    from edgekd.config import ExportConfig
+    from edgekd.errors import StageError
+    from edgekd.stages.export import judge_exact
+
+    x = torch.from_numpy(held_out)
+    with torch.no_grad():
+        ref = np.concatenate([getattr(o, "value", o).numpy() for o in (qmodel(x[i:i + 1]) for i in range(len(x)))])
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    got = np.concatenate([session.run(None, {"input": held_out[i:i + 1]})[0] for i in range(len(held_out))])
+    try:
+        verdict = judge_exact(path, ref, got, x, ExportConfig(stage="export"), path.stem, qmodel)
+    except StageError as exc:
+        return f"diverges: {str(exc).split(': ', 1)[-1][:200]}"
+    from edgekd.parity import sqnr_db
+
+    db = sqnr_db(ref, got)
+    return verdict["verdict"] + ("" if db == float("inf") else f" ({db:.0f} dB)")
 
 
 def the_fp32_file(model: torch.nn.Module, calibration: torch.Tensor, path: Path) -> tuple[Path, list]:
@@ -111,53 +203,116 @@ def sqnr_db(reference: np.ndarray, output: np.ndarray) -> float:
     return float("inf") if noise == 0 else 10 * np.log10(float(np.mean(reference ** 2)) / noise)
 
 
-def zoo_row(name: str, size: int, calibration: torch.Tensor, held_out: np.ndarray, rounds: int, seconds: float,
-            tmp: Path) -> dict:
-    from pareto import nncf_ptq
-
+def zoo_row(name: str, size: int | None, calibration: torch.Tensor | None, held_out: np.ndarray | None, rounds: int,
+            seconds: float, tmp: Path, latency: bool = True, settle: bool = False, max_params: float = 0) -> dict:
+    """One model's row. ``size`` None: the smallest input it accepts, with calibration and held-out images
+    made at that size; ``settle``: BatchNorm statistics from random batches first (``--all``)."""
     from edgekd.backends.base import predict
     from edgekd.backends.openvino import OvModel
     from edgekd.bench import measure_latency, seeded_input
     from edgekd.config import load_target
     from edgekd.measure import BackendPool
 
-    model = build(name, size)
-    fp32, batches = the_fp32_file(model, calibration, tmp / f"{name}.fp32.onnx")
-    s8, u8, edgekd_s = edgekd_int8(model, calibration, tmp / f"{name}.int8.onnx")
+    model, size = smallest_input(name) if size is None else (build(name, size), size)
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    row = {"model": name, "size": size, "params_m": params}
+    if max_params and params > max_params:
+        return {**row, "skipped": f"{params:.0f} M parameters > --max-params {max_params:.0f} M"}
+    if calibration is None or calibration.shape[-1] != size:
+        calibration = torch.rand(32, 3, size, size, generator=torch.Generator().manual_seed(1))
+        held_out = np.random.default_rng(2).random((8, 3, size, size), dtype=np.float32)
+    if settle:
+        settle_batchnorm(model, size)
+    safe = name.replace(":", "_")
+    fp32, batches = the_fp32_file(model, calibration, tmp / f"{safe}.fp32.onnx")
+    s8, u8, edgekd_s, qmodel = edgekd_int8(model, calibration, tmp / f"{safe}.int8.onnx", with_model=True)
+    row["verdict"] = export_verdict(qmodel, s8, held_out)
     if any(isinstance(m, torch.nn.Hardswish) for m in model.modules()):  # an ORT-only recipe splits Hardswish
-        _, u8, _ = edgekd_int8(model, calibration, tmp / f"{name}.int8-ort.onnx", hardswish="split")
-    began = time.perf_counter()
-    qs = quantize_static_anchor(fp32, tmp / f"{name}.quantize_static.onnx", batches)
-    qs_s = time.perf_counter() - began
-    began = time.perf_counter()
-    nn_xml = nncf_ptq(fp32, tmp / f"{name}.nncf.xml", batches)
-    nncf_s = time.perf_counter() - began
+        _, u8, _ = edgekd_int8(model, calibration, tmp / f"{safe}.int8-ort.onnx", hardswish="split")
+    row["quantize_s"] = {"edgekd": edgekd_s}
+    files = {"fp32": fp32, "edgekd": {"onnxruntime": u8, "openvino": s8}}
+    if latency:
+        from pareto import nncf_ptq
+
+        began = time.perf_counter()
+        files["anchor"] = {"onnxruntime": quantize_static_anchor(fp32, tmp / f"{safe}.quantize_static.onnx", batches)}
+        row["quantize_s"]["quantize_static"] = time.perf_counter() - began
+        began = time.perf_counter()
+        files["anchor"]["openvino"] = nncf_ptq(fp32, tmp / f"{safe}.nncf.xml", batches)
+        row["quantize_s"]["nncf"] = time.perf_counter() - began
 
     import openvino as ov
 
     ort_t, ov_t = load_target("cpu-onnxruntime"), load_target("cpu-openvino")
     pool, core = BackendPool(), ov.Core()
     shape = (1, 3, size, size)
-    groups = {
-        "onnxruntime": {"fp32": pool.get("onnxruntime").compile(fp32, ort_t),
-                        "edgekd": pool.get("onnxruntime").compile(u8, ort_t),
-                        "anchor": pool.get("onnxruntime").compile(qs, ort_t)},
-        "openvino": {"fp32": OvModel(core, fp32, ov_t, shape, False), "edgekd": OvModel(core, s8, ov_t, shape, False),
-                     "anchor": OvModel(core, nn_xml, ov_t, shape, False)},
-    }
+
+    def compiled(runtime: str, path: Path):
+        if runtime == "onnxruntime":
+            return pool.get("onnxruntime").compile(path, ort_t)
+        return OvModel(core, path, ov_t, {"input": shape}, False)
+
     spec = ort_t.latency.model_copy(update={"min_seconds": seconds, "runs": 20})
     x = seeded_input(shape)
-    row = {"model": name, "quantize_s": {"edgekd": edgekd_s, "quantize_static": qs_s, "nncf": nncf_s}}
-    for runtime, compiled in groups.items():  # one runtime at a time: two thread pools would fight
-        p50 = {k: float("inf") for k in compiled}
+    for runtime in ("onnxruntime", "openvino"):  # one runtime at a time: two thread pools would fight
+        group = {"edgekd": compiled(runtime, files["edgekd"][runtime])}
+        row[runtime] = {"layers": {"edgekd": group["edgekd"].int8_layers()}}
+        if not latency:
+            continue
+        group.update(fp32=compiled(runtime, fp32), anchor=compiled(runtime, files["anchor"][runtime]))
+        row[runtime]["layers"]["anchor"] = group["anchor"].int8_layers()
+        p50 = {k: float("inf") for k in group}
         for _ in range(rounds):
-            for k, c in compiled.items():
+            for k, c in group.items():
                 p50[k] = min(p50[k], measure_latency(lambda c=c: c(x), spec).p50)
         outputs = {k: np.concatenate([predict(c, held_out[i:i + 1]) for i in range(len(held_out))])
-                   for k, c in compiled.items()}
-        row[runtime] = {"p50": p50, "layers": {k: compiled[k].int8_layers() for k in ("edgekd", "anchor")},
-                        "sqnr": {k: sqnr_db(outputs["fp32"], outputs[k]) for k in ("edgekd", "anchor")}}
+                   for k, c in group.items()}
+        row[runtime].update(p50=p50, sqnr={k: sqnr_db(outputs["fp32"], outputs[k]) for k in ("edgekd", "anchor")})
     return row
+
+
+def int8_fraction(layers: dict) -> float:
+    return (layers.get("int8") or 0) / layers["total"] if layers.get("total") else 1.0
+
+
+def why_float(layers: dict) -> str:
+    """The first float layer and its cause, as the runtime's optimized graph shows it."""
+    floats = layers.get("float_layers") or {}
+    return next((f"{k}: {v}" for k, v in floats.items()), "")
+
+
+def print_coverage(rows: list[dict]) -> None:
+    """The --all table: INT8 layers per runtime, the export verdict, the edgekd/anchor ratios when timed,
+    and why a row misses; then the summary line."""
+    print("\n| model | input | params M | INT8 layers ORT (u8s8) | INT8 layers OV (s8s8) | export verdict "
+          "| ORT edgekd / q_static | OV edgekd / NNCF | misses because |")
+    print("|---|---:|---:|---:|---:|---|---:|---:|---|")
+    for r in rows:
+        if "skipped" in r or "failed" in r:
+            print(f"| {r['model']} | {r.get('size', '')} | {r.get('params_m', 0):.1f} | | | | | | "
+                  f"{r.get('skipped') or r.get('failed')} |")
+            continue
+        cells, why = [], []
+        for runtime in ("onnxruntime", "openvino"):
+            layers = r[runtime]["layers"]["edgekd"]
+            cells.append(f"{layers.get('int8')}/{layers.get('total')}")
+            if int8_fraction(layers) < 0.95:
+                why.append(f"{runtime}: {why_float(layers)}")
+        ratios = [f"{r[rt]['p50']['edgekd'] / r[rt]['p50']['anchor']:.2f}" if "p50" in r[rt] else ""
+                  for rt in ("onnxruntime", "openvino")]
+        print(f"| {r['model']} | {r['size']} | {r['params_m']:.1f} | {cells[0]} | {cells[1]} | {r['verdict']} | "
+              f"{ratios[0]} | {ratios[1]} | {'; '.join(why)[:300]} |", flush=True)
+    done = [r for r in rows if "onnxruntime" in r]
+    full = [r for r in done if all(int8_fraction(r[rt]["layers"]["edgekd"]) >= 0.95 for rt in ("onnxruntime", "openvino"))]
+    timed = [r for r in done if "p50" in r["onnxruntime"]]
+    fast = [r for r in timed if all(r[rt]["p50"]["edgekd"] <= 1.05 * r[rt]["p50"]["anchor"] for rt in ("onnxruntime", "openvino"))]
+    matches = [r for r in done if not r["verdict"].startswith("diverges")]
+    print(f"\nsummary: {len(rows)} models, {len(done)} quantized and exported "
+          f"({len(rows) - len(done)} not: skipped or failed, each says why); "
+          f"{len(full)}/{len(done)} at >= 95% INT8 layers on both CPU runtimes; "
+          f"{len(matches)}/{len(done)} exports match their fake-quant model"
+          + (f"; {len(fast)}/{len(timed)} timed rows at <= 1.05x the runtime's own quantizer on both" if timed else ""),
+          flush=True)
 
 
 def print_zoo(rows: list[dict], size: int, rounds: int) -> None:
@@ -244,8 +399,8 @@ def accuracy_table(models: list[str], calibration_images: int, epochs: int) -> N
             qs = ort_quantize_static(fp32, tmp / f"{name}.quantize_static.onnx", batches)
             nn_xml = nncf_ptq(fp32, tmp / f"{name}.nncf.xml", batches)
             files = [pool.get("onnxruntime").compile(fp32, ort_t), pool.get("onnxruntime").compile(u8, ort_t),
-                     pool.get("onnxruntime").compile(qs, ort_t), OvModel(core, fp32, ov_t, shape, False),
-                     OvModel(core, s8, ov_t, shape, False), OvModel(core, nn_xml, ov_t, shape, False)]
+                     pool.get("onnxruntime").compile(qs, ort_t), OvModel(core, fp32, ov_t, {"input": shape}, False),
+                     OvModel(core, s8, ov_t, {"input": shape}, False), OvModel(core, nn_xml, ov_t, {"input": shape}, False)]
             cells = []
             for compiled in files:
                 logits = np.concatenate([predict(compiled, x) for x, _ in test])
@@ -256,7 +411,12 @@ def accuracy_table(models: list[str], calibration_images: int, epochs: int) -> N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=TORCHVISION[:-1] + TIMM + ["vit_b_16"],
-                        help="model names, or 'none' for the accuracy table only")
+                        help="model names (timm ones as timm:NAME with --all), or 'none' for the accuracy table only")
+    parser.add_argument("--all", action="store_true", help="every torchvision classifier and TIMM_EDGE, each at the "
+                        "smallest input it accepts, BatchNorm settled (issue 23)")
+    parser.add_argument("--no-latency", action="store_true", help="INT8 layer counts and export verdicts only")
+    parser.add_argument("--max-params", type=float, default=150.0, help="--all: skip models over this many "
+                        "million parameters (memory), saying so")
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--calibration", type=int, default=64, help="random calibration images (speed rows)")
     parser.add_argument("--rounds", type=int, default=3)
@@ -271,6 +431,9 @@ def main() -> None:
     cpu = machine()["cpu"]
     print(f"machine: {cpu['model']} ({cpu['usable_cpus']} usable CPUs), ISA: "
           f"{', '.join(k for k, v in cpu['isa'].items() if v)}", flush=True)
+    if args.all:
+        coverage(zoo_names() if args.models == parser.get_default("models") else args.models, args)
+        return
     torch.manual_seed(1)
     calibration = torch.rand(args.calibration, 3, args.size, args.size)
     held_out = np.random.default_rng(2).random((16, 3, args.size, args.size), dtype=np.float32)
@@ -290,6 +453,24 @@ def main() -> None:
         print_zoo(rows, args.size, args.rounds)
     if args.accuracy is not None:
         accuracy_table(args.accuracy or list(ACCURACY_MODELS), 300, args.epochs)
+
+
+def coverage(names: list[str], args: argparse.Namespace) -> None:
+    """The --all run: one row per model, each in its own temporary folder (files of 100 models would not fit)."""
+    rows = []
+    for name in names:
+        began = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                row = zoo_row(name, None, None, None, args.rounds, args.seconds, Path(tmp), latency=not args.no_latency,
+                              settle=True, max_params=args.max_params)
+            except Exception as exc:  # noqa: BLE001 - one model's failure is a row, not the end of the run
+                row = {"model": name, "failed": f"FAILED ({type(exc).__name__}: "
+                                                 f"{str(exc).splitlines()[0][:200] if str(exc) else ''})"}
+        rows.append(row)
+        print(f"{name}: {time.perf_counter() - began:.0f} s", flush=True)
+        print_coverage(rows[-1:])
+    print_coverage(rows)
 
 
 if __name__ == "__main__":
