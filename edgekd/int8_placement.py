@@ -117,10 +117,11 @@ def insert_requantizers(onnx_model: Any, layout: str) -> int:
                     continue
                 q_out, dq_out = f"{out}_edgekd_q", f"{out}_edgekd_dq"
                 zero = dq.input[2]
+                # named by the output, not the node: a Split has several (edgenext's), and names must be unique
                 model.add_node(helper.make_node("QuantizeLinear", [out, dq.input[1], zero], [q_out],
-                                                name=f"{node.name or out}_requant_q"))
+                                                name=f"{out}_requant_q"))
                 model.add_node(helper.make_node("DequantizeLinear", [q_out, dq.input[1], zero], [dq_out],
-                                                name=f"{node.name or out}_requant_dq"))
+                                                name=f"{out}_requant_dq"))
                 for reader in after:
                     for k, name in enumerate(reader.input):
                         if name == out:

@@ -52,6 +52,7 @@ BETWEEN = {
     "pad": lambda: nn.ZeroPad2d((0, 1, 0, 1)),
     "resize": lambda: nn.Upsample(scale_factor=2, mode="nearest"),
     "transpose": lambda: Lambda(lambda x: x.transpose(2, 3)),
+    "split": lambda: Lambda(lambda x: torch.cat(torch.split(x, 4, 1)[::-1], 1)),  # edgenext: several outputs
 }
 
 
@@ -135,3 +136,30 @@ def test_without_the_rule_onnx_runtime_names_the_float_conv_and_its_cause(tmp_pa
 def test_any_chain_of_grid_keeping_ops_leaves_every_layer_int8(ops, tmp_path_factory):
     """Generated chains (a MaxPool after a Concat, a Slice after a Resize, ...): the rule holds for each."""
     assert_rule_holds(exported(Chain(ops), tmp_path_factory.mktemp("chain"), size=24), size=24)
+
+
+def test_an_op_with_several_outputs_gets_a_requantizer_per_output_that_onnx_runtime_loads(tmp_path):
+    """A Split between a DequantizeLinear and float readers (edgenext): one Q/DQ pair per output, each
+    named uniquely (ORT refuses two nodes of one name: 'This is an invalid model')."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgekd.int8_placement import insert_requantizers
+
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q"),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq"),
+             helper.make_node("Split", ["xd", "parts"], ["a", "b"], name="split", axis=1),
+             helper.make_node("Relu", ["a"], ["ra"], name="relu_a"), helper.make_node("Relu", ["b"], ["rb"], name="relu_b"),
+             helper.make_node("Add", ["ra", "rb"], ["y"], name="add")]
+    inits = [numpy_helper.from_array(np.array(0.1, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z"),
+             numpy_helper.from_array(np.array([2, 2], np.int64), "parts")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert insert_requantizers(model, "u8s8") == 2
+    names = [n.name for n in model.graph.node]
+    assert len(names) == len(set(names))
+    path = tmp_path / "split.onnx"
+    onnx.save(model, str(path))
+    x = np.array([[0.3, -0.2, 0.5, 0.1]], np.float32)
+    assert ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0].shape == (1, 2)
