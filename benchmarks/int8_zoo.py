@@ -84,8 +84,8 @@ def build(name: str, size: int | None = None) -> torch.nn.Module:
 
 
 def smallest_input(name: str) -> tuple[torch.nn.Module, int]:
-    """The model and the smallest of ``SIZES`` it runs and exports to ONNX at (torchvision's ViTs are built
-    for it)."""
+    """The model and the smallest of ``SIZES`` it runs (in training and eval mode) and exports to ONNX at
+    (torchvision's ViTs are built for it)."""
     last: Exception | None = None
     for size in SIZES:
         try:
@@ -93,6 +93,8 @@ def smallest_input(name: str) -> tuple[torch.nn.Module, int]:
             x = torch.rand(1, 3, size, size)
             with torch.no_grad():
                 model(x)
+                model.train()(torch.rand(2, 3, size, size))  # settle_batchnorm runs it in training mode
+                model.eval()  # (inception_v3's auxiliary head needs 75x75 where the main one runs at 32)
             with warnings.catch_warnings():  # exportable at that size too (adaptive pools need factors)
                 warnings.simplefilter("ignore")
                 torch.onnx.export(model, x, io.BytesIO(), dynamo=False, opset_version=17)
