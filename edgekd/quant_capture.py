@@ -116,24 +116,51 @@ def _padded_conv(layer: nn.Module, base: type, x: torch.Tensor) -> nn.Module | N
     return None
 
 
+def canonical_means(graph: Any) -> Any:
+    """Every ``x.mean(...)`` node of a traced ``graph`` written one way: ``x.mean(dims)`` or
+    ``x.mean(dims, keepdim=True)``.
+
+    Brevitas' preprocessing turns ``x.mean((2, 3))`` into an AdaptiveAvgPool2d and a reshape, but it reads
+    only one spelling of the call: an explicit ``keepdim=False`` (timm's RepViT head) is passed on to the
+    pool's forward() (a TypeError), a positional ``keepdim`` is dropped (``x.mean((2, 3), True)`` loses its
+    kept dimensions) and ``dim=`` as a keyword is mangled. Spelled canonically, every form either becomes
+    the pool it means or (keepdim=True) stays a mean.
+    """
+    for node in graph.graph.nodes:
+        if node.op != "call_method" or node.target != "mean":
+            continue
+        args, kwargs = list(node.args), dict(node.kwargs)
+        this = kwargs.pop("self") if "self" in kwargs else args.pop(0)
+        dims = kwargs.pop("dim", args.pop(0) if args else None)
+        keepdim = kwargs.pop("keepdim", args.pop(0) if args else False)
+        if args or dims is None:  # a dtype, or a full reduction: not Brevitas' pattern, left as written
+            continue
+        node.args = (this, dims)
+        node.kwargs = {**kwargs, **({"keepdim": True} if keepdim else {})}
+    graph.recompile()
+    return graph
+
+
 def traced(model: nn.Module, example: torch.Tensor | None) -> nn.Module:
     """Brevitas' preprocessing (BatchNorm merged, functional calls made modules) on a torch.fx graph of
-    ``model``: symbolic tracing, or, where the model's control flow reads tensor shapes (timm's ViT
-    position embeddings), Brevitas' value tracer, which records the shapes of ``example`` as constants."""
-    from brevitas.fx import value_trace
+    ``model`` (its means spelled as Brevitas reads them, ``canonical_means``): symbolic tracing, or, where
+    the model's control flow reads tensor shapes (timm's ViT position embeddings), Brevitas' value tracer,
+    which records the shapes of ``example`` as constants."""
+    from brevitas.fx import symbolic_trace, value_trace
     from brevitas.graph.quantize import preprocess_for_quantize
 
     with warnings.catch_warnings():  # torch.fx deprecation noise from Brevitas' tracer backport
         warnings.simplefilter("ignore", FutureWarning)
         try:
-            return preprocess_for_quantize(model, relu6_to_relu=RELU6_TO_RELU)
+            return preprocess_for_quantize(canonical_means(symbolic_trace(model)), trace_model=False,
+                                           relu6_to_relu=RELU6_TO_RELU)
         except Exception as exc:  # noqa: BLE001 - torch.fx raises many types on untraceable models
             symbolic_error = exc
         if example is not None:
             first = next(iter(inspect.signature(model.forward).parameters))
             try:
-                return preprocess_for_quantize(value_trace(model, value_args={first: example}), trace_model=False,
-                                               relu6_to_relu=RELU6_TO_RELU)
+                return preprocess_for_quantize(canonical_means(value_trace(model, value_args={first: example})),
+                                               trace_model=False, relu6_to_relu=RELU6_TO_RELU)
             except Exception:  # noqa: BLE001 - report the symbolic tracer's error: it names the cause
                 pass
     raise StageError(f"quantize: the model cannot be traced by torch.fx for quantization ({symbolic_error})")

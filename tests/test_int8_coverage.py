@@ -210,3 +210,38 @@ def test_tensor_code_on_quantized_activations_runs():
         out = getattr(out, "value", out)
         assert out.shape == (4, 3)
         assert float((out - model(x)).abs().max()) < 0.1 * float(model(x).abs().max()) + 0.05
+
+
+MEAN_SPELLINGS = {  # every way Python code writes a spatial mean, as models in the zoo write it
+    "x.mean((2, 3))": lambda x: x.mean((2, 3)),
+    "x.mean([2, 3])": lambda x: x.mean([2, 3]),
+    "x.mean(dim=(2, 3))": lambda x: x.mean(dim=(2, 3)),
+    "x.mean((2, 3), keepdim=False)": lambda x: x.mean((2, 3), keepdim=False),  # timm's RepViT head
+    "x.mean((2, 3), False)": lambda x: x.mean((2, 3), False),
+    "x.mean((2, 3), keepdim=True)": lambda x: x.mean((2, 3), keepdim=True),
+    "x.mean((2, 3), True)": lambda x: x.mean((2, 3), True),
+    "x.mean(dim=(2, 3), keepdim=True)": lambda x: x.mean(dim=(2, 3), keepdim=True),
+    "x.mean(-1)": lambda x: x.mean(-1),
+    "x.mean()": lambda x: x.mean().expand(x.shape[0], 1),
+}
+
+
+@pytest.mark.parametrize("spelling", sorted(MEAN_SPELLINGS))
+def test_every_spelling_of_a_mean_quantizes_to_the_float_model(spelling):
+    """Brevitas turns a spatial mean into a pool, reading one spelling of the call: ``keepdim=False``
+    written out (timm's RepViT) crashed it, a positional ``keepdim`` was lost and ``dim=`` mangled. Each
+    spelling must quantize and, with quantizers off, compute the float model's outputs and shape."""
+    from edgekd.quantization import FLOAT_PATH_TOLERANCE, float_path_difference
+
+    class Pooled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.relu = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU()
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.flatten(MEAN_SPELLINGS[spelling](self.relu(self.conv(x))), 1)
+
+    torch.manual_seed(0)
+    model, x = Pooled().eval(), torch.rand(4, 3, 8, 8)
+    qmodel = quantize_model(model, unsigned_input=True, example=x[:1])
+    assert float_path_difference(model, qmodel, x) < FLOAT_PATH_TOLERANCE
