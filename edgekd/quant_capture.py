@@ -141,6 +141,56 @@ def canonical_means(graph: Any) -> Any:
     return graph
 
 
+def shape_add(a: Any, b: Any) -> Any:
+    """``a + b`` on integers read off tensor shapes, under a name Brevitas' residual handling does not know."""
+    return a + b
+
+
+def shaped(x: Any, method: str, *args: Any) -> Any:
+    """``x.method(*args)`` for a reshape whose arguments are read off tensor shapes, as a call Brevitas'
+    alignment does not walk through."""
+    return getattr(x, method)(*args)
+
+
+# the calls Brevitas' input alignment walks through to every input node (quantize_impl.py)
+_WALKED_METHODS = ("view", "reshape", "flatten", "transpose", "t", "permute")
+
+
+def shape_values_hidden(graph: Any) -> Any:
+    """Numbers read off tensor shapes kept out of Brevitas' reach in a traced ``graph``.
+
+    Brevitas treats every value its graph passes reach as an activation: ``operator.add`` is a residual
+    add to quantize, and aligning an add's inputs walks through a ``view``/``reshape`` to *all* of its
+    inputs, the shape arguments included. On shape values (timm's EfficientViT-M ``H + pad`` and
+    ``x.view(B, C, H, W)``, torchvision's Swin) either puts a quantizer on a Python int and calibration
+    fails. A value is a shape value when it is read by ``.size()``/``.dim()`` or the ``shape``/``ndim``
+    attribute, or computed by the ``operator`` module from shape values and constants only. Such an add
+    becomes ``shape_add``; a walked call with shape arguments becomes ``shaped`` (its input is then
+    requantized after the reshape, not before: the same grid, since activations are per tensor).
+    """
+    import operator
+
+    def nodes(args: Any) -> list[Any]:  # torch.fx's Nodes or Brevitas' backported ones
+        flat = [a for arg in args for a in (arg if isinstance(arg, (tuple, list)) else (arg,))]
+        return [a for a in flat if hasattr(a, "op") and hasattr(a, "users")]
+
+    shapes: set[Any] = set()
+    for node in graph.graph.nodes:
+        inputs = nodes((*node.args, *node.kwargs.values()))
+        if ((node.op == "call_method" and node.target in ("size", "dim")) or
+                (node.op == "call_function" and node.target is getattr and node.args[1] in ("shape", "ndim")) or
+                (node.op == "call_function" and getattr(node.target, "__module__", None) == "_operator" and
+                 bool(inputs) and all(a in shapes for a in inputs))):
+            shapes.add(node)
+            if node.target in (operator.add, operator.iadd):
+                node.target = shape_add
+        elif (node.op == "call_method" and node.target in _WALKED_METHODS and not node.kwargs and
+              any(a in shapes for a in nodes(node.args[1:]))):
+            node.op, node.args, node.target = "call_function", (node.args[0], node.target, *node.args[1:]), shaped
+    graph.recompile()
+    return graph
+
+
 def traced(model: nn.Module, example: torch.Tensor | None) -> nn.Module:
     """Brevitas' preprocessing (BatchNorm merged, functional calls made modules) on a torch.fx graph of
     ``model`` (its means spelled as Brevitas reads them, ``canonical_means``): symbolic tracing, or, where
@@ -152,14 +202,14 @@ def traced(model: nn.Module, example: torch.Tensor | None) -> nn.Module:
     with warnings.catch_warnings():  # torch.fx deprecation noise from Brevitas' tracer backport
         warnings.simplefilter("ignore", FutureWarning)
         try:
-            return preprocess_for_quantize(canonical_means(symbolic_trace(model)), trace_model=False,
+            return preprocess_for_quantize(shape_values_hidden(canonical_means(symbolic_trace(model))), trace_model=False,
                                            relu6_to_relu=RELU6_TO_RELU)
         except Exception as exc:  # noqa: BLE001 - torch.fx raises many types on untraceable models
             symbolic_error = exc
         if example is not None:
             first = next(iter(inspect.signature(model.forward).parameters))
             try:
-                return preprocess_for_quantize(canonical_means(value_trace(model, value_args={first: example})),
+                return preprocess_for_quantize(shape_values_hidden(canonical_means(value_trace(model, value_args={first: example}))),
                                                trace_model=False, relu6_to_relu=RELU6_TO_RELU)
             except Exception:  # noqa: BLE001 - report the symbolic tracer's error: it names the cause
                 pass
@@ -303,3 +353,49 @@ def quant_tensor_safe(graph: Any) -> int:
     if changed:
         graph.recompile()
     return changed
+
+
+_MATMULS = (torch.matmul, torch.bmm)
+
+
+def _is_matmul(node: Any) -> bool:
+    import operator
+
+    return ((node.op == "call_function" and (node.target in _MATMULS or node.target is operator.matmul)) or
+            (node.op == "call_method" and node.target in ("matmul", "bmm")))
+
+
+def _reads_softmax(node: Any) -> bool:
+    return ((node.op == "call_method" and node.target == "softmax") or
+            (node.op == "call_function" and node.target in (torch.softmax, F.softmax)))
+
+
+def matmul_inputs_quantized(graph: Any, signed_act: type, unsigned_act: type) -> int:
+    """A quantizer on both inputs of every matmul of two activations in a quantized fx ``graph``.
+
+    Brevitas' graph mode quantizes the inputs of layers, adds and concats; a matmul written in code
+    (``q @ k.transpose(-2, -1)`` in timm's EfficientViT-M, EdgeNeXt's cross-covariance attention, LeViT)
+    is none of those, so its inputs stay float and no runtime runs it in INT8. The rule: a matmul's
+    activation inputs are quantized, unsigned when they are probabilities (read from a softmax), else
+    signed; a weight (a ``get_attr`` constant) is left to the runtime's weight handling. Returns how many
+    quantizers were added."""
+    import brevitas.nn as qnn
+
+    added = 0
+    for node in list(graph.graph.nodes):
+        if not _is_matmul(node):
+            continue
+        args = list(node.args)
+        for k, arg in enumerate(args[:2]):
+            if not hasattr(arg, "op") or arg.op == "get_attr":
+                continue
+            name = f"{node.name}_input{k}_quant"
+            act = unsigned_act if _reads_softmax(arg) else signed_act
+            graph.add_submodule(name, qnn.QuantIdentity(act_quant=act, return_quant_tensor=False))
+            with graph.graph.inserting_before(node):
+                args[k] = graph.graph.call_module(name, (arg,))
+            added += 1
+        node.args = tuple(args)
+    if added:
+        graph.recompile()
+    return added
