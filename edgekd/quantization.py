@@ -27,7 +27,7 @@ from .brevitas_rules import brevitas_rules
 from .errors import StageError
 from .onnx_folds import fold_constant_clips, fold_pads_into_convs, initializers_out_of_inputs
 from .quant_capture import (QUANTIZABLE, chunks_as_functions, drop_identities, has_attention, plain_layers,
-                            quant_tensor_safe, quantizable_attention, traced)
+                            matmul_inputs_quantized, quant_tensor_safe, quantizable_attention, traced)
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
@@ -320,6 +320,7 @@ def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range:
             with brevitas_rules():
                 qmodel = quantize(graph, quant_identity_map=identities, compute_layer_map=compute, quant_act_map=acts)
             quant_tensor_safe(qmodel)  # tensor code (x[:, :c], x.mean()) that QuantTensors cannot run
+            matmul_inputs_quantized(qmodel, signed_act, unsigned_act)  # q @ k written in code
         except Exception as exc:  # noqa: BLE001 - Brevitas raises plain RuntimeErrors / AssertionErrors
             raise StageError(f"quantize: Brevitas could not quantize this model ({type(exc).__name__}: "
                              f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
@@ -506,6 +507,7 @@ def export_qdq(qmodel: nn.Module, example: torch.Tensor, path: Path, opset: int)
     import onnx
     from brevitas.export import export_onnx_qcdq
 
+    from .int8_placement import expand_dequantized_inputs
     from .text import export_signature
 
     qmodel.eval()
@@ -513,5 +515,6 @@ def export_qdq(qmodel: nn.Module, example: torch.Tensor, path: Path, opset: int)
     export_onnx_qcdq(qmodel, args if len(args) > 1 else example, export_path=str(path), dynamo=False,
                      opset_version=opset, input_names=names, output_names=[OUTPUT_NAME], dynamic_axes=axes)
     model = onnx.load(str(path))
-    if fold_constant_clips(model) + initializers_out_of_inputs(model) + fold_pads_into_convs(model):
+    if (fold_constant_clips(model) + initializers_out_of_inputs(model) + fold_pads_into_convs(model)
+            + expand_dequantized_inputs(model, "s8s8")):  # Brevitas writes the s8s8 layout
         onnx.save(model, str(path))

@@ -163,3 +163,59 @@ def test_an_op_with_several_outputs_gets_a_requantizer_per_output_that_onnx_runt
     onnx.save(model, str(path))
     x = np.array([[0.3, -0.2, 0.5, 0.1]], np.float32)
     assert ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0].shape == (1, 2)
+
+
+class CodedAttention(nn.Module):
+    """A conv stem, then attention over its pixels written in code (timm's EfficientViT-M, LeViT,
+    EdgeNeXt): sizes read off ``x.shape`` (with window-padding arithmetic), ``q^T @ k``, optionally a learned
+    position bias broadcast over the batch, softmax, ``@ v``, and the tokens viewed back into a residual add."""
+
+    def __init__(self, bias: bool, pixels: int = 64) -> None:
+        super().__init__()
+        self.stem, self.relu = nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.ReLU()
+        self.qkv, self.head = nn.Conv2d(8, 24, 1), nn.Linear(8, 5)
+        self.bias = nn.Parameter(torch.randn(pixels, pixels)) if bias else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.stem(x))
+        B, C, H, W = x.shape
+        pad = (4 - H % 4) % 4  # 0 here; EfficientViT-M pads its windows so
+        q, k, v = self.qkv(x).view(B, 3, C, H * W).unbind(1)
+        attn = (q.transpose(-2, -1) @ k) * C ** -0.5
+        if self.bias is not None:
+            attn = attn + self.bias
+        x = x + (v @ attn.softmax(-1).transpose(-2, -1)).view(B, C, H + pad, W)
+        return self.head(x.mean((2, 3)))
+
+
+def test_sizes_read_off_shapes_get_no_quantizer():
+    """Brevitas aligns a residual add's inputs by walking through a view to all its inputs, and takes
+    ``H + pad`` for a residual add: on sizes read off ``x.shape`` both put a quantizer on a Python int
+    (EfficientViT-M, Swin: "'int' object has no attribute 'reshape'" at calibration)."""
+    from edgekd.quantization import FLOAT_PATH_TOLERANCE, float_path_difference
+
+    torch.manual_seed(0)
+    model, x = CodedAttention(bias=False).eval(), torch.rand(8, 3, 16, 16)
+    qmodel = quantize_model(model, unsigned_input=True, example=x[:1])
+    calibrate(qmodel, x.split(4))
+    assert float_path_difference(model, qmodel, x) < FLOAT_PATH_TOLERANCE
+
+
+def test_matmuls_written_in_code_run_int8_on_both_runtimes(tmp_path):
+    """Brevitas' graph mode quantizes layers, adds and concats, not a ``q @ k`` in code: both matmuls of
+    the attention above stayed float on both runtimes (EfficientViT-M 117 of 165 layers INT8 on ORT)."""
+    path = exported(CodedAttention(bias=False), tmp_path)
+    matmuls = [n for n in onnx.load(str(path)).graph.node if n.op_type == "MatMul"]
+    assert len(matmuls) == 2
+    assert_rule_holds(path)
+
+
+def test_a_broadcast_between_two_dequantized_inputs_compiles_on_openvino(tmp_path):
+    """``DQ[B,N,N] + DQ[N,N]`` (an attention bias): OpenVINO's low-precision AddTransformation fails on
+    the broadcast ("index '0' out of range"); the integers are broadcast first, which is exact."""
+    path = exported(CodedAttention(bias=True), tmp_path)
+    graph = onnx.load(str(path)).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    expands = [n for n in graph.node if n.op_type == "Expand"]
+    assert expands and all(producer[e.input[0]].op_type in ("QuantizeLinear", "Clip") for e in expands)
+    assert_rule_holds(path)
