@@ -329,9 +329,16 @@ def plain_value(x: Any) -> Any:
     return x.value if isinstance(x, QuantTensor) else x
 
 
+def float_sub(a: Any, b: Any) -> Any:
+    """``a - b`` on the float values: Brevitas aligns the grids of an add's operands, not a subtraction's,
+    and refuses two QuantTensors on different grids ("Scaling factors are different": timm's FastViT
+    RepMixer ``mixer(x) - norm(x)``). The difference is requantized by whatever reads it next."""
+    return plain_value(a) - plain_value(b)
+
+
 def quant_tensor_safe(graph: Any) -> int:
     """Make a quantized fx graph run on QuantTensors whatever tensor code it holds: every ``[...]``
-    goes through ``quant_getitem``, and a method QuantTensor does not have (``.mean`` in lcnet's
+    goes through ``quant_getitem``, every ``a - b`` through ``float_sub``, and a method QuantTensor does not have (``.mean`` in lcnet's
     squeeze-excite, ``.sum``, ``.max``) is called on ``plain_value`` of its receiver, the float values
     the method would have read (the next quantized layer quantizes its input, as Brevitas placed it).
     Returns how many nodes changed."""
@@ -343,6 +350,9 @@ def quant_tensor_safe(graph: Any) -> int:
     for node in list(graph.graph.nodes):
         if node.op == "call_function" and node.target is operator.getitem:
             node.target = quant_getitem
+            changed += 1
+        elif node.op == "call_function" and node.target in (operator.sub, torch.sub) and not node.kwargs:
+            node.target = float_sub
             changed += 1
         elif (node.op == "call_method" and node.args and hasattr(node.args[0], "op")
               and not hasattr(IntQuantTensor, node.target)):

@@ -212,6 +212,31 @@ def test_tensor_code_on_quantized_activations_runs():
         assert float((out - model(x)).abs().max()) < 0.1 * float(model(x).abs().max()) + 0.05
 
 
+@pytest.mark.parametrize("spelling", ["a - b", "torch.sub(a, b)"])
+def test_a_difference_of_two_quantized_activations_runs(spelling):
+    """``a - b`` of two activations on different grids (timm's FastViT RepMixer ``mixer(x) - norm(x)``):
+    Brevitas aligns an add's operands but not a subtraction's, and its QuantTensor refused the pair in
+    eval mode ("Scaling factors are different") at the first calibration pass."""
+    class Difference(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Conv2d(3, 8, 1)
+            self.relu_a, self.relu_b, self.head = torch.nn.ReLU(), torch.nn.ReLU(), torch.nn.Linear(8, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a, b = self.relu_a(self.a(x)), self.relu_b(self.b(x) * 4.0)  # two ranges, two grids
+            return self.head((a - b if spelling == "a - b" else torch.sub(a, b)).mean((2, 3)))
+
+    torch.manual_seed(0)
+    model, x = Difference().eval(), torch.rand(4, 3, 8, 8)
+    qmodel = quantize_model(model, unsigned_input=True, example=x[:1])
+    calibrate(qmodel, x.split(2))
+    with torch.no_grad():
+        out = qmodel(x)
+        out = getattr(out, "value", out)
+    assert float((out - model(x)).abs().max()) < 0.1 * float(model(x).abs().max()) + 0.05
+
+
 MEAN_SPELLINGS = {  # every way Python code writes a spatial mean, as models in the zoo write it
     "x.mean((2, 3))": lambda x: x.mean((2, 3)),
     "x.mean([2, 3])": lambda x: x.mean([2, 3]),
