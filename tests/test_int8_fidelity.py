@@ -179,3 +179,16 @@ def test_quantizers_shared_by_a_concat_still_round_after_calibration(tmp_path):
     result = compare_with_torch(path, predict_logits(qmodel, x).numpy(), x, "int8", ExportConfig(stage="export"),
                                 "fire", model=qmodel)
     assert result["verdict"] == "matches"
+
+
+def test_the_op_by_op_comparison_runs_on_the_sample_whose_outputs_are_furthest_apart(exported):
+    """Outputs can be bit-identical on most samples and far apart on a few (a random-init mobilenet_v2:
+    6 of 8 identical, 2 at 8-12 dB): the locator must look at the furthest one, not the first."""
+    qmodel, x, path = exported
+    ref = predict_logits(qmodel, x).numpy().copy()
+    ref[5] += np.float32(1e-3) * np.sign(ref[5])
+    ref[2] += np.float32(1e-5) * np.sign(ref[2])
+    result = compare_with_torch(path, ref, x, "int8", ExportConfig(stage="export", int8_min_sqnr_db=1000.0), "q",
+                                model=qmodel)
+    assert result["localization"]["sample"] == 5
+    assert "furthest sample (5)" in result["judged_by"]
