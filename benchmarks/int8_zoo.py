@@ -179,12 +179,13 @@ def the_fp32_file(model: torch.nn.Module, calibration: torch.Tensor, path: Path)
 
 def quantize_static_anchor(fp32: Path, out: Path, batches: list) -> Path:
     """ORT's quantize_static (benchmarks/pareto.py's settings); where ORT's own pre-processing (symbolic
-    shape inference) fails on the file, as on vit_b_16's Reshape, the FP32 file is quantized as is."""
+    shape inference) fails on the file, as on vit_b_16's Reshape and EfficientViT-M's, the FP32 file is
+    quantized as is."""
     from pareto import ort_quantize_static
 
     try:
         return ort_quantize_static(fp32, out, batches)
-    except AssertionError:
+    except Exception:  # noqa: BLE001 - AssertionError, or "Incomplete symbolic shape inference" (EfficientViT-M)
         from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
         class Reader(CalibrationDataReader):
@@ -206,9 +207,11 @@ def sqnr_db(reference: np.ndarray, output: np.ndarray) -> float:
 
 
 def zoo_row(name: str, size: int | None, calibration: torch.Tensor | None, held_out: np.ndarray | None, rounds: int,
-            seconds: float, tmp: Path, latency: bool = True, settle: bool = False, max_params: float = 0) -> dict:
+            seconds: float, tmp: Path, latency: bool = True, settle: bool = False, max_params: float = 0,
+            ort_ops: bool = False) -> dict:
     """One model's row. ``size`` None: the smallest input it accepts, with calibration and held-out images
-    made at that size; ``settle``: BatchNorm statistics from random batches first (``--all``)."""
+    made at that size; ``settle``: BatchNorm statistics from random batches first (``--all``); ``ort_ops``
+    (without ``latency``): also quantize_static's file, for the ops ORT runs in each (``ort_difference``)."""
     from edgekd.backends.base import predict
     from edgekd.backends.openvino import OvModel
     from edgekd.bench import measure_latency, seeded_input
@@ -259,6 +262,9 @@ def zoo_row(name: str, size: int | None, calibration: torch.Tensor | None, held_
     for runtime in ("onnxruntime", "openvino"):  # one runtime at a time: two thread pools would fight
         group = {"edgekd": compiled(runtime, files["edgekd"][runtime])}
         row[runtime] = {"layers": {"edgekd": group["edgekd"].int8_layers()}}
+        if ort_ops and not latency and runtime == "onnxruntime":
+            anchor = quantize_static_anchor(fp32, tmp / f"{safe}.quantize_static.onnx", batches)
+            row[runtime]["layers"]["anchor"] = compiled(runtime, anchor).int8_layers()
         if not latency:
             continue
         group.update(fp32=compiled(runtime, fp32), anchor=compiled(runtime, files["anchor"][runtime]))
@@ -283,6 +289,19 @@ def why_float(layers: dict) -> str:
     return next((f"{k}: {v}" for k, v in floats.items()), "")
 
 
+def ort_difference(r: dict) -> str:
+    """The op types ORT runs a different number of in edgekd's file and quantize_static's (edgekd/anchor),
+    largest differences first: where a slower file spends its time (float Mul/Add where the anchor runs
+    QLinearMul/QLinearAdd, extra Q/DQ pairs)."""
+    layers = r["onnxruntime"]["layers"]
+    if "anchor" not in layers or "all_ops" not in layers["anchor"]:
+        return ""
+    ours, theirs = layers["edgekd"]["all_ops"], layers["anchor"]["all_ops"]
+    diff = sorted((op for op in set(ours) | set(theirs) if ours.get(op, 0) != theirs.get(op, 0)),
+                  key=lambda op: -abs(ours.get(op, 0) - theirs.get(op, 0)))
+    return "ORT ops edgekd/q_static: " + ", ".join(f"{op} {ours.get(op, 0)}/{theirs.get(op, 0)}" for op in diff[:6])
+
+
 def print_coverage(rows: list[dict]) -> None:
     """The --all table: INT8 layers per runtime, the export verdict, the edgekd/anchor ratios when timed,
     and why a row misses; then the summary line."""
@@ -302,8 +321,11 @@ def print_coverage(rows: list[dict]) -> None:
                 why.append(f"{runtime}: {why_float(layers)}")
         ratios = [f"{r[rt]['p50']['edgekd'] / r[rt]['p50']['anchor']:.2f}" if "p50" in r[rt] else ""
                   for rt in ("onnxruntime", "openvino")]
+        ort = r["onnxruntime"]
+        if "p50" not in ort or ort["p50"]["edgekd"] > 1.05 * ort["p50"]["anchor"]:  # slower, or not timed
+            why.append(ort_difference(r))
         print(f"| {r['model']} | {r['size']} | {r['params_m']:.1f} | {cells[0]} | {cells[1]} | {r['verdict']} | "
-              f"{ratios[0]} | {ratios[1]} | {'; '.join(why)[:300]} |", flush=True)
+              f"{ratios[0]} | {ratios[1]} | {'; '.join(w for w in why if w)[:300]} |", flush=True)
     done = [r for r in rows if "onnxruntime" in r]
     full = [r for r in done if all(int8_fraction(r[rt]["layers"]["edgekd"]) >= 0.95 for rt in ("onnxruntime", "openvino"))]
     timed = [r for r in done if "p50" in r["onnxruntime"]]
@@ -417,6 +439,8 @@ def main() -> None:
     parser.add_argument("--all", action="store_true", help="every torchvision classifier and TIMM_EDGE, each at the "
                         "smallest input it accepts, BatchNorm settled (issue 23)")
     parser.add_argument("--no-latency", action="store_true", help="INT8 layer counts and export verdicts only")
+    parser.add_argument("--ort-ops", action="store_true", help="with --no-latency: also quantize_static's file and "
+                        "the op types ORT runs a different number of in the two (why a row is slower)")
     parser.add_argument("--max-params", type=float, default=150.0, help="--all: skip models over this many "
                         "million parameters (memory), saying so")
     parser.add_argument("--size", type=int, default=224)
@@ -465,7 +489,7 @@ def coverage(names: list[str], args: argparse.Namespace) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 row = zoo_row(name, None, None, None, args.rounds, args.seconds, Path(tmp), latency=not args.no_latency,
-                              settle=True, max_params=args.max_params)
+                              settle=True, max_params=args.max_params, ort_ops=args.ort_ops)
             except Exception as exc:  # noqa: BLE001 - one model's failure is a row, not the end of the run
                 row = {"model": name, "failed": f"FAILED ({type(exc).__name__}: "
                                                  f"{str(exc).splitlines()[0][:200] if str(exc) else ''})"}

@@ -37,8 +37,8 @@ class LayoutRules:
     requantize_after: frozenset[str] = field(default_factory=frozenset)
     # ops a runtime runs as integer kernels when their float inputs come from DequantizeLinear nodes
     integer_ops: frozenset[str] = field(default_factory=frozenset)
-    # broadcasting ops whose dequantized inputs must have the output's shape (an Expand broadcasts them)
-    same_shape_inputs: frozenset[str] = field(default_factory=frozenset)
+    # broadcasting ops whose two dequantized inputs must have one rank (an Unsqueeze adds the leading axes)
+    same_rank_inputs: frozenset[str] = field(default_factory=frozenset)
 
 
 # Resize keeps the grid only in nearest mode (linear modes average neighbours): checked per node below
@@ -49,15 +49,15 @@ ORT_INTEGER_OPS = frozenset({"Conv", "MatMul", "Gemm", "Add", "Mul", "Concat", "
                              "LeakyRelu", "Sigmoid", "Softmax", "Where"})
 CONV_LIKE = frozenset({"Conv", "MatMul", "Gemm"})  # the layers INT8 coverage counts
 
-# OpenVINO's low-precision Add/Multiply transformations fail on a broadcast between two dequantized
-# inputs: 2026.4 refuses to compile ``DQ[1,49,49] + DQ[49,49]`` (timm's EfficientViT-M attention bias) and
-# ``DQ[4,3,49,49] + DQ[1,3,49,49]`` (torchvision's Swin window mask) with "AddTransformation ... index '0'
-# out of range". Broadcasting explicitly first is exact and compiles.
-OV_SAME_SHAPE = frozenset({"Add", "Sub", "Mul", "Div"})
+# OpenVINO's low-precision AddTransformation fails on two dequantized inputs of different rank: 2026.4
+# refuses to compile ``DQ[1,49,49] + DQ[49,49]`` (timm's EfficientViT-M attention bias) with "index '0'
+# out of range". Equal ranks compile; broadcasts within one rank (a squeeze-excite gate [1,C,1,1] times
+# [1,C,H,W]) are left alone: an Expand to the full shape there cost ONNX Runtime 21 Transposes on tinynet_e.
+OV_SAME_RANK = frozenset({"Add", "Sub"})
 
 RULES = {
     "s8s8": LayoutRules("OpenVINO, TensorRT (both move DequantizeLinear past grid-keeping ops themselves)",
-                        frozenset(), CONV_LIKE, OV_SAME_SHAPE),
+                        frozenset(), CONV_LIKE, OV_SAME_RANK),
     "u8s8": LayoutRules("ONNX Runtime CPU/CUDA", ORT_GRID_KEEPING, ORT_INTEGER_OPS),
     "dynamic": LayoutRules("ONNX Runtime CPU, transformers (activations quantized per call)", frozenset(),
                            frozenset({"MatMul"})),
@@ -141,51 +141,43 @@ def insert_requantizers(onnx_model: Any, layout: str) -> int:
     return added
 
 
-def expand_dequantized_inputs(onnx_model: Any, layout: str) -> int:
-    """Broadcast, before the op, each per-tensor dequantized input of every
-    ``RULES[layout].same_shape_inputs`` op whose inputs all come from DequantizeLinear nodes and whose
-    shape differs from the op's output (shapes from ONNX shape inference): ``Q -> Expand(Shape(other
-    input)) -> DQ``, exact since the op broadcasts that way anyway. The Expand goes on the integers,
-    before the DequantizeLinear: after it OpenVINO fuses it back into the op (BroadcastElementwiseFusion)
-    and fails as before. Returns how many inputs were expanded."""
-    from onnx import helper, shape_inference
+def align_dequantized_ranks(onnx_model: Any, layout: str) -> int:
+    """Give the lower-rank input of every ``RULES[layout].same_rank_inputs`` op whose two inputs come from
+    per-tensor DequantizeLinear nodes the leading axes it lacks: ``Q -> Unsqueeze -> DQ``, exact (broadcasting
+    adds those 1s anyway; ranks from ONNX shape inference). The Unsqueeze goes on the integers, so the op still
+    reads DequantizeLinear nodes. Returns how many inputs were aligned."""
+    import numpy as np
+    from onnx import helper, numpy_helper, shape_inference
 
-    ops = RULES[layout].same_shape_inputs
+    ops = RULES[layout].same_rank_inputs
     graph = onnx_model.graph
     inferred = shape_inference.infer_shapes(onnx_model).graph
-
-    def dims(v: Any) -> tuple:
-        return tuple(d.dim_value or d.dim_param or None for d in v.type.tensor_type.shape.dim)
-
-    shape = {v.name: dims(v) for v in (*inferred.value_info, *inferred.input, *inferred.output)
-             if v.type.tensor_type.HasField("shape")}
+    rank = {v.name: len(v.type.tensor_type.shape.dim) for v in (*inferred.value_info, *inferred.input, *inferred.output)
+            if v.type.tensor_type.HasField("shape")}
     producer = {o: n for n in graph.node for o in n.output}
+    scalar = {i.name for i in graph.initializer if len(i.dims) == 0 or list(i.dims) == [1]}
     added: list[tuple[Any, list[Any]]] = []
     for node in graph.node:
         sources = [producer.get(i) for i in node.input]
-        if (node.op_type not in ops or len(node.input) != 2 or node.output[0] not in shape
-                or any(s is None or s.op_type != "DequantizeLinear" for s in sources)):
+        if (node.op_type not in ops or len(node.input) != 2
+                or any(s is None or s.op_type != "DequantizeLinear" or s.input[1] not in scalar for s in sources)):
             continue
-        new_inputs, inserted = list(node.input), []
-        for k, (name, dq) in enumerate(zip(node.input, sources)):
-            if name not in shape or shape[name] == shape[node.output[0]] or len(dq.input) < 2:
-                continue
-            scale = next((i for i in graph.initializer if i.name == dq.input[1]), None)
-            if scale is None or len(scale.dims) > 0 and scale.dims != [1]:  # per channel: its axis would move
-                continue
-            out = f"{name}_edgekd_expanded_{node.name}"
-            inserted += [helper.make_node("Shape", [node.input[1 - k]], [f"{out}_shape"], name=f"{out}_shape"),
-                         helper.make_node("Expand", [dq.input[0], f"{out}_shape"], [f"{out}_int"], name=f"{out}_int"),
-                         helper.make_node("DequantizeLinear", [f"{out}_int", *dq.input[1:]], [out], name=out)]
-            new_inputs[k] = out
-        if inserted:
-            node.input[:] = new_inputs
-            added.append((node, inserted))
+        ranks = [rank.get(i) for i in node.input]
+        if None in ranks or ranks[0] == ranks[1]:
+            continue
+        low = ranks.index(min(ranks))
+        dq = sources[low]
+        out = f"{node.input[low]}_edgekd_rank{max(ranks)}_{node.name}"
+        axes = numpy_helper.from_array(np.arange(abs(ranks[0] - ranks[1]), dtype=np.int64), f"{out}_axes")
+        graph.initializer.append(axes)
+        added.append((node, [helper.make_node("Unsqueeze", [dq.input[0], axes.name], [f"{out}_int"], name=f"{out}_int"),
+                             helper.make_node("DequantizeLinear", [f"{out}_int", *dq.input[1:]], [out], name=out)]))
+        node.input[low] = out
     for node, inserted in added:  # right before their reader: the graph stays topologically sorted
         at = list(graph.node).index(node)
         for offset, new in enumerate(inserted):
             graph.node.insert(at + offset, new)
-    return sum(len(inserted) // 3 for _, inserted in added)
+    return len(added)
 
 
 def placement_problems(onnx_model: Any, layout: str) -> dict[str, str]:

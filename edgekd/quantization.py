@@ -507,7 +507,7 @@ def export_qdq(qmodel: nn.Module, example: torch.Tensor, path: Path, opset: int)
     import onnx
     from brevitas.export import export_onnx_qcdq
 
-    from .int8_placement import expand_dequantized_inputs
+    from .int8_placement import align_dequantized_ranks
     from .text import export_signature
 
     qmodel.eval()
@@ -516,5 +516,5 @@ def export_qdq(qmodel: nn.Module, example: torch.Tensor, path: Path, opset: int)
                      opset_version=opset, input_names=names, output_names=[OUTPUT_NAME], dynamic_axes=axes)
     model = onnx.load(str(path))
     if (fold_constant_clips(model) + initializers_out_of_inputs(model) + fold_pads_into_convs(model)
-            + expand_dequantized_inputs(model, "s8s8")):  # Brevitas writes the s8s8 layout
+            + align_dequantized_ranks(model, "s8s8")):  # Brevitas writes the s8s8 layout
         onnx.save(model, str(path))

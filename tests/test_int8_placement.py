@@ -212,10 +212,29 @@ def test_matmuls_written_in_code_run_int8_on_both_runtimes(tmp_path):
 
 def test_a_broadcast_between_two_dequantized_inputs_compiles_on_openvino(tmp_path):
     """``DQ[B,N,N] + DQ[N,N]`` (an attention bias): OpenVINO's low-precision AddTransformation fails on
-    the broadcast ("index '0' out of range"); the integers are broadcast first, which is exact."""
+    two ranks ("index '0' out of range"); the integers get the leading axis first, which is exact."""
     path = exported(CodedAttention(bias=True), tmp_path)
     graph = onnx.load(str(path)).graph
     producer = {o: n for n in graph.node for o in n.output}
-    expands = [n for n in graph.node if n.op_type == "Expand"]
-    assert expands and all(producer[e.input[0]].op_type in ("QuantizeLinear", "Clip") for e in expands)
+    unsqueezed = [n for n in graph.node if n.op_type == "Unsqueeze" and "_edgekd_rank" in n.name]
+    assert unsqueezed and all(producer[u.input[0]].op_type in ("QuantizeLinear", "Clip") for u in unsqueezed)
+    assert_rule_holds(path)
+
+
+def test_a_squeeze_excite_gate_is_not_broadcast_before_its_multiply(tmp_path):
+    """A broadcast within one rank (``x * gate[B,C,1,1]``) compiles on OpenVINO as it is: the rank rule
+    leaves it alone (broadcasting it to the full shape cost ONNX Runtime a Transpose per block)."""
+    class Gated(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.relu, self.se = nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 1)
+            self.gate, self.conv2, self.head = nn.Sigmoid(), nn.Conv2d(8, 8, 3, padding=1), nn.Linear(8, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.relu(self.conv(x))
+            x = x * self.gate(self.se(x.mean((2, 3), keepdim=True)))
+            return self.head(self.relu(self.conv2(x)).mean((2, 3)))
+
+    path = exported(Gated(), tmp_path)
+    assert not [n for n in onnx.load(str(path)).graph.node if "_edgekd_" in n.name and n.op_type != "QuantizeLinear"]
     assert_rule_holds(path)

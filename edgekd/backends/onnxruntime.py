@@ -91,7 +91,8 @@ class OrtModel(CompiledModel):
         ops = Counter(n.op_type for n in optimized.node)
         int8 = sum(v for k, v in ops.items() if k in INT8_OPS)
         total = int8 + sum(v for k, v in ops.items() if k in FLOAT_OPS)
-        result = {"int8": int8, "total": total, "ops": {k: v for k, v in ops.items() if k in INT8_OPS | FLOAT_OPS}}
+        result = {"int8": int8, "total": total, "ops": {k: v for k, v in ops.items() if k in INT8_OPS | FLOAT_OPS},
+                  "all_ops": dict(ops)}  # every op ORT runs: what two INT8 files of one model differ by
         if int8:  # a QDQ file: say why each layer ORT left in float was not fused
             floats = [n.name for n in optimized.node if n.op_type in FLOAT_OPS]
             result["float_layers"] = float_layer_causes(onnx.load(str(self._path)).graph, floats)
