@@ -27,7 +27,8 @@ from .brevitas_rules import brevitas_rules
 from .errors import StageError
 from .onnx_folds import fold_constant_clips, fold_pads_into_convs, initializers_out_of_inputs
 from .quant_capture import (QUANTIZABLE, chunks_as_functions, drop_identities, has_attention, plain_layers,
-                            matmul_inputs_quantized, quant_tensor_safe, quantizable_attention, traced)
+                            matmul_inputs_quantized, quant_tensor_safe, quantizable_attention,
+                            shape_quantizers_removed, traced)
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
@@ -319,6 +320,7 @@ def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range:
         try:
             with brevitas_rules():
                 qmodel = quantize(graph, quant_identity_map=identities, compute_layer_map=compute, quant_act_map=acts)
+            shape_quantizers_removed(qmodel)  # quantizers Brevitas put on B, C, H, W read off x.shape
             quant_tensor_safe(qmodel)  # tensor code (x[:, :c], x.mean()) that QuantTensors cannot run
             matmul_inputs_quantized(qmodel, signed_act, unsigned_act)  # q @ k written in code
         except Exception as exc:  # noqa: BLE001 - Brevitas raises plain RuntimeErrors / AssertionErrors
