@@ -141,6 +141,50 @@ def canonical_means(graph: Any) -> Any:
     return graph
 
 
+def _activation_spellings() -> dict[type[nn.Module], tuple[tuple[Any, ...], tuple[str, ...]]]:
+    """Module class -> (functions, tensor methods) that compute the same activation: the spellings
+    Brevitas' layer maps do not read (its preprocessing turns ``F.relu``/``F.relu6``/``F.hardtanh`` into
+    modules, and no method at all). Written down as data: a new spelling is one more entry."""
+    return {
+        nn.Sigmoid: ((torch.sigmoid, torch.sigmoid_, F.sigmoid, torch.special.expit), ("sigmoid", "sigmoid_")),
+        nn.ReLU: ((torch.relu, torch.relu_), ("relu", "relu_")),
+        nn.SiLU: ((F.silu,), ()),
+        nn.Hardswish: ((F.hardswish,), ()),
+        nn.Hardsigmoid: ((F.hardsigmoid,), ()),
+        nn.GELU: ((F.gelu,), ()),
+        nn.Tanh: ((torch.tanh, torch.tanh_, F.tanh), ("tanh", "tanh_")),
+    }
+
+
+def canonical_activations(graph: Any) -> Any:
+    """Every activation a traced ``graph`` computes by a function or a tensor method (timm's ``Sigmoid``
+    module runs ``x.sigmoid()``, a squeeze-excite gate ``torch.sigmoid(s)``) made a call of its module.
+
+    Brevitas quantizes activations it finds as modules (``nn.Sigmoid`` gets an unsigned quantizer after
+    it); the same activation spelled as a call stays float, and a runtime then cannot run the ops around
+    it in INT8 (regnety_002's 13 gates: ``Sigmoid -> Mul`` float on ONNX Runtime where ``quantize_static``
+    runs QLinearSigmoid and QLinearMul). Uses Brevitas' own rewriters (``FnToModule``/``MethodToModule``);
+    a call with extra positional arguments the module cannot take is left as written.
+    """
+    from brevitas.graph.base import FnToModule, MethodToModule
+
+    for module_class, (functions, methods) in _activation_spellings().items():
+        for node in list(graph.graph.nodes):
+            matched = (node.op == "call_function" and any(node.target is f for f in functions)) or \
+                      (node.op == "call_method" and node.target in methods)
+            if not matched or len(node.args) != 1 or node.name in dict(graph.named_modules()):
+                continue
+            rewriter = FnToModule(node.target, module_class) if node.op == "call_function" else \
+                MethodToModule(node.target, module_class)
+            kwargs = {k: v for k, v in node.kwargs.items() if k != "inplace"}  # a module's copy needs no in-place
+            node.kwargs = kwargs
+            rewriter.rewrite_node(node, graph)
+            # the signature Brevitas resolves for a builtin (torch.sigmoid) adds its defaults, ``out=None``
+            node.kwargs = {k: v for k, v in node.kwargs.items() if v is not None}
+    graph.recompile()
+    return graph
+
+
 def _graph_inputs(node: Any) -> list[Any]:
     """The nodes ``node`` reads (torch.fx's Nodes or Brevitas' backported ones), in tuples too."""
     flat = [a for arg in (*node.args, *node.kwargs.values()) for a in (arg if isinstance(arg, (tuple, list)) else (arg,))]
@@ -181,25 +225,30 @@ def shape_quantizers_removed(graph: Any) -> int:
     return removed
 
 
+def _canonical(graph: Any) -> Any:
+    """``graph`` with every mean and activation spelled as Brevitas reads them."""
+    return canonical_activations(canonical_means(graph))
+
+
 def traced(model: nn.Module, example: torch.Tensor | None) -> nn.Module:
     """Brevitas' preprocessing (BatchNorm merged, functional calls made modules) on a torch.fx graph of
-    ``model`` (its means spelled as Brevitas reads them, ``canonical_means``): symbolic tracing, or, where
-    the model's control flow reads tensor shapes (timm's ViT position embeddings), Brevitas' value tracer,
-    which records the shapes of ``example`` as constants."""
+    ``model`` (its means and activations spelled as Brevitas reads them, ``_canonical``): symbolic
+    tracing, or, where the model's control flow reads tensor shapes (timm's ViT position embeddings),
+    Brevitas' value tracer, which records the shapes of ``example`` as constants."""
     from brevitas.fx import symbolic_trace, value_trace
     from brevitas.graph.quantize import preprocess_for_quantize
 
     with warnings.catch_warnings():  # torch.fx deprecation noise from Brevitas' tracer backport
         warnings.simplefilter("ignore", FutureWarning)
         try:
-            return preprocess_for_quantize(canonical_means(symbolic_trace(model)), trace_model=False,
+            return preprocess_for_quantize(_canonical(symbolic_trace(model)), trace_model=False,
                                            relu6_to_relu=RELU6_TO_RELU)
         except Exception as exc:  # noqa: BLE001 - torch.fx raises many types on untraceable models
             symbolic_error = exc
         if example is not None:
             first = next(iter(inspect.signature(model.forward).parameters))
             try:
-                return preprocess_for_quantize(canonical_means(value_trace(model, value_args={first: example})),
+                return preprocess_for_quantize(_canonical(value_trace(model, value_args={first: example})),
                                                trace_model=False, relu6_to_relu=RELU6_TO_RELU)
             except Exception:  # noqa: BLE001 - report the symbolic tracer's error: it names the cause
                 pass

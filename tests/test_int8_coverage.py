@@ -270,3 +270,58 @@ def test_every_spelling_of_a_mean_quantizes_to_the_float_model(spelling):
     model, x = Pooled().eval(), torch.rand(4, 3, 8, 8)
     qmodel = quantize_model(model, unsigned_input=True, example=x[:1])
     assert float_path_difference(model, qmodel, x) < FLOAT_PATH_TOLERANCE
+
+
+ACTIVATION_SPELLINGS = {  # (module, its spellings as calls): how models in the zoo write activations
+    "torch.sigmoid(s)": (torch.nn.Sigmoid, lambda s: torch.sigmoid(s)),
+    "s.sigmoid()": (torch.nn.Sigmoid, lambda s: s.sigmoid()),  # timm's Sigmoid module, regnety's gates
+    "s.sigmoid_()": (torch.nn.Sigmoid, lambda s: s.sigmoid_()),
+    "F.sigmoid(s)": (torch.nn.Sigmoid, lambda s: torch.nn.functional.sigmoid(s)),
+    "torch.relu(s)": (torch.nn.ReLU, lambda s: torch.relu(s)),
+    "s.relu()": (torch.nn.ReLU, lambda s: s.relu()),
+    "F.silu(s)": (torch.nn.SiLU, lambda s: torch.nn.functional.silu(s)),
+    "F.silu(s, inplace=True)": (torch.nn.SiLU, lambda s: torch.nn.functional.silu(s, inplace=True)),
+    "F.hardswish(s)": (torch.nn.Hardswish, lambda s: torch.nn.functional.hardswish(s)),
+    "F.hardsigmoid(s)": (torch.nn.Hardsigmoid, lambda s: torch.nn.functional.hardsigmoid(s)),
+    "F.gelu(s)": (torch.nn.GELU, lambda s: torch.nn.functional.gelu(s)),
+    "F.gelu(s, approximate='tanh')": (lambda: torch.nn.GELU(approximate="tanh"),
+                                      lambda s: torch.nn.functional.gelu(s, approximate="tanh")),
+    "s.tanh()": (torch.nn.Tanh, lambda s: s.tanh()),
+}
+
+
+def _activation_quantizers(qmodel: torch.nn.Module) -> int:
+    from brevitas.proxy.runtime_quant import ActQuantProxyFromInjector
+
+    return sum(isinstance(m, ActQuantProxyFromInjector) and m.is_quant_enabled for m in qmodel.modules())
+
+
+@pytest.mark.parametrize("spelling", sorted(ACTIVATION_SPELLINGS))
+def test_an_activation_written_as_a_call_is_quantized_as_its_module_is(spelling):
+    """Brevitas quantizes activations it finds as modules; ``x.sigmoid()`` (timm's Sigmoid, every regnety
+    gate) stayed float, and ONNX Runtime then ran the gate and its Mul in float. Each spelling must get as
+    many activation quantizers as the module spelling and, with quantizers off, compute the float model."""
+    from edgekd.quantization import FLOAT_PATH_TOLERANCE, float_path_difference
+
+    make_module, call = ACTIVATION_SPELLINGS[spelling]
+
+    class Gated(torch.nn.Module):  # a squeeze-excite block: features times an activation of a conv of them
+        def __init__(self, as_module: bool) -> None:
+            super().__init__()
+            self.conv, self.relu = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU()
+            self.gate_conv, self.head = torch.nn.Conv2d(8, 8, 1), torch.nn.Conv2d(8, 4, 1)
+            self.act = make_module() if as_module else None
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.relu(self.conv(x))
+            s = self.gate_conv(y)
+            return self.head(y * (self.act(s) if self.act is not None else call(s)))
+
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 8, 8)
+    written, reference = Gated(as_module=False).eval(), Gated(as_module=True).eval()
+    reference.load_state_dict(written.state_dict())
+    qmodel = quantize_model(written, unsigned_input=True, example=x[:1])
+    assert _activation_quantizers(qmodel) == _activation_quantizers(
+        quantize_model(reference, unsigned_input=True, example=x[:1]))
+    assert float_path_difference(written, qmodel, x) < FLOAT_PATH_TOLERANCE
