@@ -40,9 +40,10 @@ def write_u8s8(src: Path, dst: Path) -> int:
     from onnx import TensorProto, numpy_helper
     from onnxruntime.quantization.onnx_model import ONNXModel
 
-    from .int8_placement import insert_requantizers
+    from .int8_placement import insert_requantizers, quantize_before_moves
 
     proto = onnx.load(str(src))
+    quantize_before_moves(proto, "u8s8")  # a pool's quantizer written after its flatten (int8_placement)
     insert_requantizers(proto, "u8s8")  # ONNX Runtime needs a Q/DQ after grid-keeping ops (int8_placement)
     model = ONNXModel(proto)
     readers = model.input_name_to_nodes()

@@ -238,3 +238,31 @@ def test_a_squeeze_excite_gate_is_not_broadcast_before_its_multiply(tmp_path):
     path = exported(Gated(), tmp_path)
     assert not [n for n in onnx.load(str(path)).graph.node if "_edgekd_" in n.name and n.op_type != "QuantizeLinear"]
     assert_rule_holds(path)
+
+
+POOL_HEADS = {  # how classifier heads move a pooled tensor into the linear layer (each ends in a Q after the moves)
+    "flatten": lambda x: torch.flatten(x, 1),
+    "reshape": lambda x: x.reshape(x.shape[0], -1),
+    "squeeze twice": lambda x: x.squeeze(-1).squeeze(-1),
+    "flatten, unsqueeze, flatten": lambda x: torch.flatten(torch.flatten(x, 1).unsqueeze(1), 1),
+}
+
+
+@pytest.mark.parametrize("head", sorted(POOL_HEADS))
+def test_a_pool_quantized_after_moves_runs_as_an_integer_op_on_onnx_runtime(head, tmp_path):
+    """Brevitas quantizes a classifier's input after its flatten: ``GAP -> Flatten -> Q``. ONNX Runtime
+    runs the pool in INT8 only when a QuantizeLinear reads it (regnetx_002, tinynet_e: the pool float,
+    1.1-1.2x quantize_static's latency). The quantizer is copied to before the moves, exactly."""
+    class Pooled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.relu = nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()
+            self.pool, self.head = nn.AdaptiveAvgPool2d(1), nn.Linear(8, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.head(POOL_HEADS[head](self.pool(self.relu(self.conv(x)))))
+
+    path = exported(Pooled(), tmp_path)
+    ops = int8_layers(path)["onnxruntime"]["all_ops"]
+    assert ops.get("QLinearGlobalAveragePool") == 1 and "GlobalAveragePool" not in ops, ops
+    assert_rule_holds(path)
