@@ -36,8 +36,9 @@ def plain_layers(model: nn.Module, example: torch.Tensor, markers: tuple[type, .
     Brevitas picks a layer's quantized replacement by its exact class, so a subclass is never quantized,
     and one whose forward() pads from the input's shape (timm's ``Conv2dSame``, EfficientNet-PyTorch's
     dynamic-padding convs) also breaks symbolic tracing. A subclass that keeps its base's forward() only
-    changes class; one with its own forward() is replaced, when at the ``example``'s shape it computes
-    the same output, by ``ZeroPad2d(p) + conv`` (p = 0 or TensorFlow's "SAME" padding; the exported file
+    changes class, and so does one whose own forward() computes its base's output at the ``example``'s
+    shape (timm's ``Linear``); any other is replaced, when at that shape it computes the same output, by
+    ``ZeroPad2d(p) + conv`` (p = 0 or TensorFlow's "SAME" padding; the exported file
     has a fixed shape, so the padding is fixed too) or, for a norm, by ``norm + its children`` (timm's
     ``BatchNormAct2d``: norm, drop, act). ``markers``: edgekd's own subclasses, left alone.
     """
@@ -59,6 +60,8 @@ def plain_layers(model: nn.Module, example: torch.Tensor, markers: tuple[type, .
         if type(layer).forward is base.forward:
             layer.__class__ = base
             continue
+        if name in inputs and _base_computes_it(layer, base, inputs[name]):
+            continue  # its forward is its base's in other words (timm's Linear casts dtypes for TorchScript)
         replacement = None
         if name in inputs:
             maker = _norm_then_children if base in PLAIN_NORMS else _padded_conv
@@ -69,6 +72,23 @@ def plain_layers(model: nn.Module, example: torch.Tensor, markers: tuple[type, .
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, replacement)
     return kept
+
+
+def _base_computes_it(layer: nn.Module, base: type, x: torch.Tensor) -> bool:
+    """Make ``layer`` an instance of ``base`` if, at ``x``, its base's forward() gives its own output;
+    otherwise leave it as it was. Whether a forward() is the base's in other words is a question about
+    its outputs, not its source: asked of every subclass, not of a list of known ones."""
+    own = type(layer)
+    with torch.no_grad():
+        want = layer(x)
+    layer.__class__ = base
+    try:
+        if _same_output(layer, want, x):
+            return True
+    except RuntimeError:  # the base cannot run there at all (a "SAME" conv's kernel larger than its input)
+        pass
+    layer.__class__ = own
+    return False
 
 
 def _same_output(candidate: nn.Module, want: torch.Tensor, x: torch.Tensor) -> bool:

@@ -85,11 +85,18 @@ class SamePadConv(torch.nn.Conv2d):
         return torch.nn.functional.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
 
 
+class CastingLinear(torch.nn.Linear):
+    """A forward() of its own that computes its base's output (timm's ``Linear``, every timm classifier)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.linear(x, self.weight.to(x.dtype), self.bias)
+
+
 def test_conv_subclasses_are_quantized_or_named_with_the_reason(tmp_path):
     torch.manual_seed(0)
     model = torch.nn.Sequential(SamePadConv(3, 16, 3, stride=2), torch.nn.ReLU(), ScaledConv(16, 16, 3, padding=1),
                                 torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(),
-                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(32, 10)).eval()
+                                torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), CastingLinear(32, 10)).eval()
     x = torch.rand(8, 3, 15, 15)  # odd size: "SAME" pads asymmetrically here
     qmodel = quantize_model(model, unsigned_input=True, example=x[:1])
     assert qmodel.kept_float == {"2": "ScaledConv has its own forward(), not a padded Conv2d"}
