@@ -12,7 +12,8 @@ ran 1.2x slower than ``quantize_static``'s.
 
 The decision lives in one Brevitas function, ``quantize_impl.are_inputs_unsigned``, looked up by name at
 each call; an extended one takes its place: slicing, chunking and making contiguous pass the
-question on to the tensor they read, sizes (the arguments of a ``view``) are not asked about, everything
+question on to the tensor they read (and likewise whether a layer's input is already quantized,
+``are_inputs_quantized_and_aligned``: otherwise a conv reading ``x[:, :c]`` gets a requantizer of its own), sizes (the arguments of a ``view``) are not asked about, everything
 else is still Brevitas' own answer. The alternative, a
 pass that flips quantizers to unsigned after Brevitas built them, would have to rebuild scaling modules
 that Brevitas shares between aligned inputs.
@@ -45,14 +46,28 @@ from torch import nn
 PIECE_FUNCTIONS = (torch.chunk, torch.split, torch.tensor_split, torch.unbind, torch.narrow)
 PIECE_METHODS = ("chunk", "split", "tensor_split", "unbind", "narrow", "contiguous")
 ZERO_PADS = (nn.ZeroPad1d, nn.ZeroPad2d, nn.ZeroPad3d)
+# modules that only move elements (QuantTensor has the method they call): sign and grid kept. Brevitas
+# lists ``torch.flatten`` but not ``nn.Flatten``, so timm's heads (``self.flatten = nn.Flatten(1)``)
+# requantized the pooled features before the classifier: one Q -> DQ ONNX Runtime runs in float
+MOVES = (nn.Flatten,)
 SHAPE_ARITHMETIC = (operator.getitem, operator.floordiv, operator.mul, operator.add, operator.sub,
                     operator.truediv)
 
 
+def _is_slicing(index: Any) -> bool:
+    """Whether ``index`` is tensor slicing syntax (``x[:, :c]``, ``x[..., 0]``), which a tuple's
+    element (``pieces[0]``) never is."""
+    parts = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(p, slice) or p is Ellipsis or p is None for p in parts)
+
+
 def is_piece(node: Any) -> bool:
     """Whether ``node`` (a torch.fx node) yields values of its first input unchanged: a chunk, a split,
-    ``.contiguous()``, or one element of the tuple those return."""
+    ``.contiguous()``, a slice of a tensor (ghostnet's ``out[:, :c]``), or one element of the tuple a
+    chunk or split returns."""
     if node.op == "call_function" and node.target is operator.getitem:
+        if len(node.args) > 1 and _is_slicing(node.args[1]):
+            return True
         return bool(node.args) and hasattr(node.args[0], "op") and is_piece(node.args[0])
     if node.op == "call_function":
         return node.target in PIECE_FUNCTIONS
@@ -101,18 +116,53 @@ def extended(original: Any) -> Any:
     return are_inputs_unsigned
 
 
+def passes_quant_tensors(node: Any) -> bool:
+    """Whether ``node`` hands on a QuantTensor as it reads it: a slice of a tensor (``quant_getitem`` runs
+    it) or ``.contiguous()``. Chunks and splits are pieces for the sign, but run on the float values
+    (``quant_tensor_safe``): a layer reading one still needs its own quantizer."""
+    if node.op == "call_function" and node.target is operator.getitem:
+        return len(node.args) > 1 and _is_slicing(node.args[1])
+    return node.op == "call_method" and node.target == "contiguous"
+
+
+def extended_alignment(original: Any) -> Any:
+    """``original`` (Brevitas' ``are_inputs_quantized_and_aligned``) with slices followed back to their
+    source and sizes not counted: a conv reading a slice of a quantized concat (ghostnet's
+    ``cat(...)[:, :c]``) reads a quantized input, and got a second, signed quantizer of its own otherwise
+    (28 requantizers ONNX Runtime ran in float around the Slices of ghostnet_100)."""
+
+    def are_inputs_quantized_and_aligned(model: Any, node: Any, quantized_modules_list: list, quant_act_map: Any,
+                                         same_sign: bool) -> bool:
+        others = []
+        for source in node.all_input_nodes:
+            if is_shape(source):
+                continue
+            if passes_quant_tensors(source):
+                are_inputs_quantized_and_aligned(model, SimpleNamespace(all_input_nodes=_tensor_input(source)),
+                                                 quantized_modules_list, quant_act_map, same_sign)
+            else:
+                others.append(source)
+        if others:  # Brevitas' own rules; its recursion comes back here through the module attribute
+            original(model, SimpleNamespace(all_input_nodes=others), quantized_modules_list, quant_act_map, same_sign)
+        return None not in quantized_modules_list and len(quantized_modules_list) <= 1
+
+    return are_inputs_quantized_and_aligned
+
+
 @contextlib.contextmanager
 def brevitas_rules() -> Iterator[None]:
-    """Within this block, Brevitas' graph quantizer sees chunks, splits and ``.contiguous()`` as keeping
-    the sign of what they read, and zero pads as keeping sign and grid (see the module docstring);
-    the originals are always restored."""
+    """Within this block, Brevitas' graph quantizer sees chunks, splits, slices and ``.contiguous()`` as
+    keeping the sign and the quantization of what they read, and zero pads as keeping sign and grid (see
+    the module docstring); the originals are always restored."""
     from brevitas.graph import quantize_impl
 
     originals = {name: getattr(quantize_impl, name)
-                 for name in ("are_inputs_unsigned", "PRECISION_PRESERVING_MODULES", "SIGN_PRESERVING_MODULES")}
+                 for name in ("are_inputs_unsigned", "are_inputs_quantized_and_aligned",
+                              "PRECISION_PRESERVING_MODULES", "SIGN_PRESERVING_MODULES")}
     quantize_impl.are_inputs_unsigned = extended(originals["are_inputs_unsigned"])
-    quantize_impl.PRECISION_PRESERVING_MODULES = (*originals["PRECISION_PRESERVING_MODULES"], *ZERO_PADS)
-    quantize_impl.SIGN_PRESERVING_MODULES = (*originals["SIGN_PRESERVING_MODULES"], *ZERO_PADS)
+    quantize_impl.are_inputs_quantized_and_aligned = extended_alignment(originals["are_inputs_quantized_and_aligned"])
+    quantize_impl.PRECISION_PRESERVING_MODULES = (*originals["PRECISION_PRESERVING_MODULES"], *ZERO_PADS, *MOVES)
+    quantize_impl.SIGN_PRESERVING_MODULES = (*originals["SIGN_PRESERVING_MODULES"], *ZERO_PADS, *MOVES)
     try:
         yield
     finally:

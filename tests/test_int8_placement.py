@@ -241,10 +241,11 @@ def test_a_squeeze_excite_gate_is_not_broadcast_before_its_multiply(tmp_path):
 
 
 POOL_HEADS = {  # how classifier heads move a pooled tensor into the linear layer (each ends in a Q after the moves)
-    "flatten": lambda x: torch.flatten(x, 1),
-    "reshape": lambda x: x.reshape(x.shape[0], -1),
-    "squeeze twice": lambda x: x.squeeze(-1).squeeze(-1),
-    "flatten, unsqueeze, flatten": lambda x: torch.flatten(torch.flatten(x, 1).unsqueeze(1), 1),
+    "flatten": lambda: Lambda(lambda x: torch.flatten(x, 1)),
+    "nn.Flatten": lambda: nn.Flatten(1),  # timm's heads
+    "reshape": lambda: Lambda(lambda x: x.reshape(x.shape[0], -1)),
+    "squeeze twice": lambda: Lambda(lambda x: x.squeeze(-1).squeeze(-1)),
+    "flatten, unsqueeze, flatten": lambda: Lambda(lambda x: torch.flatten(torch.flatten(x, 1).unsqueeze(1), 1)),
 }
 
 
@@ -257,12 +258,58 @@ def test_a_pool_quantized_after_moves_runs_as_an_integer_op_on_onnx_runtime(head
         def __init__(self) -> None:
             super().__init__()
             self.conv, self.relu = nn.Conv2d(3, 8, 3, padding=1), nn.ReLU()
-            self.pool, self.head = nn.AdaptiveAvgPool2d(1), nn.Linear(8, 5)
+            self.pool, self.move, self.head = nn.AdaptiveAvgPool2d(1), POOL_HEADS[head](), nn.Linear(8, 5)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return self.head(POOL_HEADS[head](self.pool(self.relu(self.conv(x)))))
+            return self.head(self.move(self.pool(self.relu(self.conv(x)))))
 
     path = exported(Pooled(), tmp_path)
     ops = int8_layers(path)["onnxruntime"]["all_ops"]
     assert ops.get("QLinearGlobalAveragePool") == 1 and "GlobalAveragePool" not in ops, ops
+    assert ops.get("QuantizeLinear") == 1, ops  # the input's: the moves keep the pool's grid, no requantizer
+    assert_rule_holds(path)
+
+
+def test_a_conv_reading_a_slice_of_a_quantized_tensor_gets_no_requantizer(tmp_path):
+    """ghostnet's ``cat([x1, x2])[:, :c]``: the slice keeps the concat's grid, so the next conv reads it
+    as it is; Brevitas gave that conv a signed requantizer of its own, and ONNX Runtime ran 28 extra
+    Q/DQ pairs around the Slices of ghostnet_100."""
+    class Ghost(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.cheap = nn.Conv2d(3, 6, 3, padding=1), nn.Conv2d(6, 6, 3, padding=1, groups=6)
+            self.relu_a, self.relu_b = nn.ReLU(), nn.ReLU()
+            self.conv, self.relu, self.head = nn.Conv2d(8, 8, 1), nn.ReLU(), nn.Linear(8, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a = self.relu_a(self.stem(x))
+            y = torch.cat([a, self.relu_b(self.cheap(a))], 1)[:, :8]
+            return self.head(self.relu(self.conv(y)).mean((2, 3)))
+
+    path = exported(Ghost(), tmp_path)
+    graph = onnx.load(str(path)).graph
+    (slicing,) = [n for n in graph.node if n.op_type == "Slice"]
+    readers = [n.op_type for n in graph.node if slicing.output[0] in n.input]
+    assert readers == ["Conv"]  # no Q -> DQ of its own between the slice and the conv
+    assert_rule_holds(path)
+
+
+def test_a_flatten_module_keeps_the_grid_of_the_activation_it_reads(tmp_path):
+    """timm's heads: ``pool -> conv_head -> ReLU -> nn.Flatten -> classifier``. Brevitas knows
+    ``torch.flatten`` keeps a grid, not ``nn.Flatten``: the classifier got a requantizer of its own, one
+    Q -> DQ ONNX Runtime ran in float on every timm model."""
+    class Head(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.relu, self.pool = nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1)
+            self.conv_head, self.act = nn.Conv2d(8, 16, 1), nn.ReLU()
+            self.flatten, self.classifier = nn.Flatten(1), nn.Linear(16, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.pool(self.relu(self.conv(x)))
+            return self.classifier(self.flatten(self.act(self.conv_head(x))))
+
+    path = exported(Head(), tmp_path)
+    ops = int8_layers(path)["onnxruntime"]["all_ops"]
+    assert ops.get("QuantizeLinear") == 1, ops  # the input's; the flatten runs on the ReLU's integers
     assert_rule_holds(path)
