@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import operator
 import warnings
 from typing import Any
 
@@ -245,6 +246,114 @@ def shape_quantizers_removed(graph: Any) -> int:
     return removed
 
 
+_MULS = ("mul", "mul_")
+
+
+def _constant(graph: Any, value: Any) -> torch.Tensor | None:
+    """The value of a traced expression that reads only parameters and buffers (``self.gamma.view(1, -1,
+    1, 1)``) or a number, as a tensor; None when it reads an input or a layer's output."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return torch.tensor(float(value))
+    if not hasattr(value, "op"):
+        return None
+    args = [_constant(graph, a) if hasattr(a, "op") else a for a in value.args]
+    if any(a is None for a, raw in zip(args, value.args) if hasattr(raw, "op")):
+        return None
+    if value.op == "get_attr":
+        found = graph
+        for part in value.target.split("."):
+            found = getattr(found, part)
+        return found.detach() if isinstance(found, torch.Tensor) else None
+    if value.op == "call_method" and args and isinstance(args[0], torch.Tensor):
+        return getattr(args[0], value.target)(*args[1:], **value.kwargs)
+    if value.op == "call_function" and value.target in (operator.mul, operator.neg, torch.reshape, torch.unsqueeze):
+        return value.target(*args, **value.kwargs)
+    return None
+
+
+def _per_output_channel(scale: torch.Tensor, layer: nn.Module, rank: int) -> torch.Tensor | None:
+    """``scale`` as one factor per output channel of ``layer`` when multiplying the layer's output (of
+    ``rank`` dimensions) by it scales whole channels; None when it varies along any other axis."""
+    channels = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
+    axis = rank - 1 if isinstance(layer, nn.Linear) else 1
+    if scale.numel() == 1:
+        return scale.reshape(1).expand(channels).clone()
+    if scale.dim() > rank or scale.numel() != channels:
+        return None
+    shape = [1] * (rank - scale.dim()) + list(scale.shape)  # broadcasting aligns on the right
+    return scale.reshape(-1) if shape[axis] == channels else None
+
+
+IDENTITIES_AT_INFERENCE = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
+
+
+def _through_identities(node: Any, modules: dict[str, nn.Module]) -> Any:
+    """The node ``node`` passes on unchanged at inference, through dropouts and identities that have no
+    other reader (timm's ``mlp -> drop -> layer_scale``)."""
+    while (getattr(node, "op", None) == "call_module" and isinstance(modules.get(node.target), IDENTITIES_AT_INFERENCE)
+           and node.args and hasattr(node.args[0], "op") and len(node.args[0].users) == 1):
+        node = node.args[0]
+    return node
+
+
+def constant_scales_folded(graph: Any, example: torch.Tensor | None = None) -> int:
+    """Fold every multiplication of a conv's or linear's output by a per-channel constant (timm's
+    ``LayerScale``: ``x * gamma``, ``x.mul_(gamma.view(1, -1, 1, 1))``) into that layer's weight and bias,
+    where the layer's output has no other reader (dropouts and identities between them are looked through:
+    the model is in eval mode). Exact in float, like BatchNorm merging; left in the
+    graph, the multiplication runs in float between a DequantizeLinear and a QuantizeLinear on ONNX
+    Runtime (FastViT, EdgeNeXt) and costs a requantizer elsewhere. Returns how many were folded."""
+    modules = dict(graph.named_modules())
+    ranks = _output_ranks(graph, example) if example is not None else {}
+    folded = 0
+    for node in list(graph.graph.nodes):
+        is_mul = ((node.op == "call_function" and node.target in (operator.mul, torch.mul)) or
+                  (node.op == "call_method" and node.target in _MULS))
+        if not is_mul or len(node.args) != 2 or node.kwargs:
+            continue
+        for read, other in (node.args, node.args[::-1]):
+            layer_node = _through_identities(read, modules)
+            layer = modules.get(layer_node.target) if getattr(layer_node, "op", None) == "call_module" else None
+            if not isinstance(layer, QUANTIZABLE) or len(layer_node.users) != 1 or len(read.users) != 1:
+                continue
+            scale = _constant(graph, other)
+            rank = ranks.get(layer_node.name, 4 if isinstance(layer, nn.Conv2d) else 2)
+            factor = None if scale is None else _per_output_channel(scale.float(), layer, rank)
+            if factor is None:
+                continue
+            with torch.no_grad():
+                layer.weight.mul_(factor.to(layer.weight).reshape(-1, *[1] * (layer.weight.dim() - 1)))
+                if layer.bias is not None:
+                    layer.bias.mul_(factor.to(layer.bias))
+            node.replace_all_uses_with(read)
+            graph.graph.erase_node(node)
+            folded += 1
+            break
+    if folded:
+        graph.graph.eliminate_dead_code()
+        graph.recompile()
+    return folded
+
+
+def _output_ranks(graph: Any, example: torch.Tensor) -> dict[str, int]:
+    """Node name -> rank of each conv/linear output at ``example`` (a Linear reads [N, C] or [N, L, C])."""
+    ranks: dict[str, int] = {}
+
+    def record(name: str) -> Any:
+        def hook(module: nn.Module, args: Any, out: torch.Tensor) -> None:  # None: the output stays as it is
+            ranks.setdefault(name, out.dim())
+        return hook
+
+    hooks = [m.register_forward_hook(record(name)) for name, m in graph.named_modules() if isinstance(m, QUANTIZABLE)]
+    try:
+        with torch.no_grad():
+            graph(example)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {n.name: ranks[n.target] for n in graph.graph.nodes if n.op == "call_module" and n.target in ranks}
+
+
 def _canonical(graph: Any) -> Any:
     """``graph`` with every mean and activation spelled as Brevitas reads them."""
     return canonical_activations(canonical_means(graph))
@@ -258,21 +367,25 @@ def traced(model: nn.Module, example: torch.Tensor | None) -> nn.Module:
     from brevitas.fx import symbolic_trace, value_trace
     from brevitas.graph.quantize import preprocess_for_quantize
 
+    graph = None
     with warnings.catch_warnings():  # torch.fx deprecation noise from Brevitas' tracer backport
         warnings.simplefilter("ignore", FutureWarning)
         try:
-            return preprocess_for_quantize(_canonical(symbolic_trace(model)), trace_model=False,
-                                           relu6_to_relu=RELU6_TO_RELU)
+            graph = preprocess_for_quantize(_canonical(symbolic_trace(model)), trace_model=False,
+                                            relu6_to_relu=RELU6_TO_RELU)
         except Exception as exc:  # noqa: BLE001 - torch.fx raises many types on untraceable models
             symbolic_error = exc
-        if example is not None:
+        if graph is None and example is not None:
             first = next(iter(inspect.signature(model.forward).parameters))
             try:
-                return preprocess_for_quantize(_canonical(value_trace(model, value_args={first: example})),
-                                               trace_model=False, relu6_to_relu=RELU6_TO_RELU)
+                graph = preprocess_for_quantize(_canonical(value_trace(model, value_args={first: example})),
+                                                trace_model=False, relu6_to_relu=RELU6_TO_RELU)
             except Exception:  # noqa: BLE001 - report the symbolic tracer's error: it names the cause
                 pass
-    raise StageError(f"quantize: the model cannot be traced by torch.fx for quantization ({symbolic_error})")
+    if graph is None:
+        raise StageError(f"quantize: the model cannot be traced by torch.fx for quantization ({symbolic_error})")
+    constant_scales_folded(graph, example)  # after BatchNorm merging: conv -> BN -> x * gamma is conv -> x * gamma
+    return graph
 
 
 def has_attention(graph: Any) -> bool:
@@ -401,8 +514,6 @@ def quant_tensor_safe(graph: Any) -> int:
     squeeze-excite, ``.sum``, ``.max``) is called on ``plain_value`` of its receiver, the float values
     the method would have read (the next quantized layer quantizes its input, as Brevitas placed it).
     Returns how many nodes changed."""
-    import operator
-
     from brevitas.quant_tensor import IntQuantTensor
 
     changed = 0
@@ -428,8 +539,6 @@ _MATMULS = (torch.matmul, torch.bmm)
 
 
 def _is_matmul(node: Any) -> bool:
-    import operator
-
     return ((node.op == "call_function" and (node.target in _MATMULS or node.target is operator.matmul)) or
             (node.op == "call_method" and node.target in ("matmul", "bmm")))
 

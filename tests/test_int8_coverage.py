@@ -7,6 +7,7 @@ target is given, ``edgekd.int8_layouts``), and each runtime's own optimized grap
 
 from __future__ import annotations
 
+import copy
 import warnings
 from pathlib import Path
 
@@ -332,3 +333,70 @@ def test_an_activation_written_as_a_call_is_quantized_as_its_module_is(spelling)
     assert _activation_quantizers(qmodel) == _activation_quantizers(
         quantize_model(reference, unsigned_input=True, example=x[:1]))
     assert float_path_difference(written, qmodel, x) < FLOAT_PATH_TOLERANCE
+
+
+class _Scaled(torch.nn.Module):
+    """conv -> ReLU -> conv (or linear) -> times a constant -> conv: a layer scale as models write it."""
+
+    def __init__(self, scale, linear: bool = False, second_reader: bool = False) -> None:
+        super().__init__()
+        self.stem, self.relu = torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU()
+        self.layer = torch.nn.Linear(8, 8) if linear else torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.gamma = torch.nn.Parameter(torch.rand(8, 1, 1) + 0.5)
+        self.scale, self.linear, self.second_reader = scale, linear, second_reader
+        self.head, self.drop = torch.nn.Conv2d(8, 4, 1), torch.nn.Dropout(0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.stem(x))
+        if self.linear:  # the scale meets the linear's output before the permute back
+            y = self.scale(self, self.layer(x.permute(0, 2, 3, 1))).permute(0, 3, 1, 2)
+        else:
+            y = self.layer(x)
+            y = self.scale(self, y) + y if self.second_reader else self.scale(self, y)
+        return self.head(x + y)
+
+
+LAYER_SCALES = {  # spelling -> (scale, linear?, foldable?)
+    "x * gamma[C,1,1]": (lambda m, y: y * m.gamma, False, True),  # FastViT's LayerScale2d
+    "gamma * x": (lambda m, y: m.gamma * y, False, True),
+    "x.mul_(gamma.view(1,-1,1,1))": (lambda m, y: y.mul_(m.gamma.view(1, -1, 1, 1)), False, True),  # timm LayerScale2d
+    "torch.mul(x, gamma)": (lambda m, y: torch.mul(y, m.gamma), False, True),
+    "x * 0.5": (lambda m, y: y * 0.5, False, True),
+    "dropout(x) * gamma": (lambda m, y: m.drop(y) * m.gamma, False, True),  # FastViT: mlp -> drop -> layer_scale
+    "linear: x * gamma[C]": (lambda m, y: y * m.gamma.flatten(), True, True),  # EdgeNeXt, ConvNeXt blocks
+    "x * spatial map": (lambda m, y: y * torch.linspace(0.5, 1.5, y.shape[-1]), False, False),  # not per channel
+    "x * y": (lambda m, y: y * y, False, False),
+}
+
+
+@pytest.mark.parametrize("spelling", sorted(LAYER_SCALES))
+def test_a_per_channel_constant_after_a_layer_folds_into_it(spelling):
+    """A layer scale left as a multiplication runs in float between a DQ and a Q on ONNX Runtime
+    (FastViT, EdgeNeXt); a per-channel constant after a conv/linear with no other reader folds into its
+    weights, exactly. Anything else (a spatial map, an activation) stays, and the model is unchanged."""
+    from edgekd.quant_capture import traced
+
+    scale, linear, foldable = LAYER_SCALES[spelling]
+    torch.manual_seed(0)
+    model, x = _Scaled(scale, linear).eval(), torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        want = model(x)
+    graph = traced(copy.deepcopy(model), x[:1])
+    muls = [n for n in graph.graph.nodes if str(n.target) in ("mul", "mul_", "<built-in function mul>")
+            or n.target is torch.mul]
+    assert (not muls) == foldable, [n.format_node() for n in muls]
+    with torch.no_grad():
+        assert torch.allclose(graph(x), want, atol=1e-5, rtol=1e-4)
+
+
+def test_a_scale_on_a_layer_output_read_twice_is_not_folded():
+    from edgekd.quant_capture import traced
+
+    torch.manual_seed(0)
+    model, x = _Scaled(LAYER_SCALES["x * gamma[C,1,1]"][0], second_reader=True).eval(), torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        want = model(x)
+    graph = traced(copy.deepcopy(model), x[:1])
+    with torch.no_grad():
+        assert torch.allclose(graph(x), want, atol=1e-5, rtol=1e-4)
+    assert any(n.target in ("mul",) or n.target is torch.mul or "mul" in str(n.target) for n in graph.graph.nodes)
