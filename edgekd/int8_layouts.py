@@ -40,9 +40,10 @@ def write_u8s8(src: Path, dst: Path) -> int:
     from onnx import TensorProto, numpy_helper
     from onnxruntime.quantization.onnx_model import ONNXModel
 
-    from .int8_placement import insert_requantizers, quantize_before_moves
+    from .int8_placement import fused_gelus, insert_requantizers, quantize_before_moves
 
     proto = onnx.load(str(src))
+    fused_gelus(proto)  # one Gelu op where ORT's optimizer no longer finds the pattern (int8_placement)
     quantize_before_moves(proto, "u8s8")  # a pool's quantizer written after its flatten (int8_placement)
     insert_requantizers(proto, "u8s8")  # ONNX Runtime needs a Q/DQ after grid-keeping ops (int8_placement)
     model = ONNXModel(proto)
