@@ -149,16 +149,29 @@ def extended_alignment(original: Any) -> Any:
     return are_inputs_quantized_and_aligned
 
 
+def residual_budget(graph: Any) -> int:
+    """How many steps Brevitas' residual handler may take on ``graph``: each step aligns one add or
+    concat, and a re-alignment undoes an earlier one, so a few times their number. Its own limit, 9 999,
+    takes 5-6 minutes to reach on a model it cannot align (a ViT's residual stream, EfficientFormer)."""
+    joins = sum(1 for n in graph.graph.nodes
+                if (n.op == "call_function" and n.target in (operator.add, torch.add, torch.cat))
+                or (n.op == "call_method" and n.target in ("add", "add_")))
+    return 8 * joins + 32
+
+
 @contextlib.contextmanager
-def brevitas_rules() -> Iterator[None]:
+def brevitas_rules(max_residual_iters: int | None = None) -> Iterator[None]:
     """Within this block, Brevitas' graph quantizer sees chunks, splits, slices and ``.contiguous()`` as
     keeping the sign and the quantization of what they read, and zero pads as keeping sign and grid (see
-    the module docstring); the originals are always restored."""
+    the module docstring); ``max_residual_iters``: the residual handler's step limit (``residual_budget``).
+    The originals are always restored."""
     from brevitas.graph import quantize_impl
 
     originals = {name: getattr(quantize_impl, name)
                  for name in ("are_inputs_unsigned", "are_inputs_quantized_and_aligned",
-                              "PRECISION_PRESERVING_MODULES", "SIGN_PRESERVING_MODULES")}
+                              "PRECISION_PRESERVING_MODULES", "SIGN_PRESERVING_MODULES", "MAX_RESIDUAL_ITERS")}
+    if max_residual_iters is not None:
+        quantize_impl.MAX_RESIDUAL_ITERS = max_residual_iters
     quantize_impl.are_inputs_unsigned = extended(originals["are_inputs_unsigned"])
     quantize_impl.are_inputs_quantized_and_aligned = extended_alignment(originals["are_inputs_quantized_and_aligned"])
     quantize_impl.PRECISION_PRESERVING_MODULES = (*originals["PRECISION_PRESERVING_MODULES"], *ZERO_PADS, *MOVES)

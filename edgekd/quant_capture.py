@@ -388,14 +388,6 @@ def traced(model: nn.Module, example: torch.Tensor | None) -> nn.Module:
     return graph
 
 
-def has_attention(graph: Any) -> bool:
-    """Whether ``graph`` computes attention (a transformer): those take Brevitas' layerwise mode, since
-    its graph mode searches residual alignments that a ViT never satisfies (5 minutes, then an error)."""
-    return any((n.op == "call_function" and n.target is F.scaled_dot_product_attention) or
-               (n.op == "call_module" and isinstance(graph.get_submodule(n.target), nn.MultiheadAttention))
-               for n in graph.graph.nodes)
-
-
 def _default_of(value: Any) -> Any:
     """A traced argument's value where the trace fixes it: a forward() parameter left at its default
     (timm passes ``attn_mask``/``is_causal`` through from its own defaults) is that default."""

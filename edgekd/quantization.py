@@ -23,10 +23,10 @@ from typing import Any, Iterable, Iterator
 import torch
 from torch import nn
 
-from .brevitas_rules import brevitas_rules
+from .brevitas_rules import brevitas_rules, residual_budget
 from .errors import StageError
 from .onnx_folds import fold_constant_clips, fold_pads_into_convs, initializers_out_of_inputs
-from .quant_capture import (QUANTIZABLE, chunks_as_functions, drop_identities, has_attention, plain_layers,
+from .quant_capture import (QUANTIZABLE, chunks_as_functions, drop_identities, plain_layers,
                             matmul_inputs_quantized, quant_tensor_safe, quantizable_attention,
                             shape_quantizers_removed, traced)
 
@@ -314,31 +314,63 @@ def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range:
         else:
             cls, kwargs = compute[base]
             compute[layer.__class__] = (cls, {**kwargs, "weight_quant": _weight_quant(reduce_range, bits, learned_scales)})
-    if text or has_attention(graph):
-        qmodel = _layerwise(graph, compute, signed_act, unsigned_act, traced_graph=not text)
-    else:  # every activation quantized, residual adds and concats aligned: what CNNs need
+    if text:
+        qmodel = _layerwise(graph, compute, signed_act, unsigned_act, traced_graph=False)
+    else:  # every activation quantized, residual adds and concats aligned, where Brevitas can align them
+        fallback = copy.deepcopy(graph)  # Brevitas rewrites the graph in place, also when it gives up
         try:
-            with brevitas_rules():
-                qmodel = quantize(graph, quant_identity_map=identities, compute_layer_map=compute, quant_act_map=acts)
-            shape_quantizers_removed(qmodel)  # quantizers Brevitas put on B, C, H, W read off x.shape
-            quant_tensor_safe(qmodel)  # tensor code (x[:, :c], x.mean()) that QuantTensors cannot run
-            matmul_inputs_quantized(qmodel, signed_act, unsigned_act)  # q @ k written in code
-        except Exception as exc:  # noqa: BLE001 - Brevitas raises plain RuntimeErrors / AssertionErrors
-            raise StageError(f"quantize: Brevitas could not quantize this model ({type(exc).__name__}: "
-                             f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
-        qmodel.quant_mode = "graph"
+            qmodel = _graph_mode(graph, compute, acts, identities, signed_act, unsigned_act)
+        except ResidualsUnaligned:
+            qmodel = _layerwise(fallback, compute, signed_act, unsigned_act, traced_graph=True)
     qmodel.kept_float = kept_float
     if unsigned_input and not text:  # token ids feed embeddings, not quantizers
         _make_inputs_unsigned(qmodel, unsigned_act)
     return qmodel
 
 
+class ResidualsUnaligned(Exception):
+    """Brevitas' residual handler found no grids that align every add and concat within its budget."""
+
+
+def _graph_mode(graph: nn.Module, compute: dict, acts: dict, identities: dict, signed_act: type,
+                unsigned_act: type) -> nn.Module:
+    """Brevitas' graph mode: every activation quantized and the inputs of each residual add and concat
+    aligned, which lets runtimes run the adds, activations and pools between layers in INT8 too.
+
+    Tried on every traced model, hybrids with attention included (``F.scaled_dot_product_attention``
+    becomes ``QuantAttention`` first): MobileNetV4-hybrid and FastViT-SA ran their convolutional stages
+    layerwise before, with every ReLU and residual add in float between a DQ and a Q on ONNX Runtime
+    (1.3-1.5x quantize_static's latency). Where the residual handler finds no alignment (a ViT's residual
+    stream; EfficientFormer-L1), it gives up after ``residual_budget`` steps instead of 9 999 (5-6 minutes),
+    and ``quantize_model`` quantizes the model layerwise."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        from brevitas.graph.quantize import quantize
+
+    quantizable_attention(graph, signed_act, unsigned_act)  # the matmuls inside F.scaled_dot_product_attention
+    try:
+        with brevitas_rules(max_residual_iters=residual_budget(graph)):
+            qmodel = quantize(graph, quant_identity_map=identities, compute_layer_map=compute, quant_act_map=acts)
+        shape_quantizers_removed(qmodel)  # quantizers Brevitas put on B, C, H, W read off x.shape
+        quant_tensor_safe(qmodel)  # tensor code (x[:, :c], x.mean()) that QuantTensors cannot run
+        matmul_inputs_quantized(qmodel, signed_act, unsigned_act)  # q @ k written in code
+    except Exception as exc:  # noqa: BLE001 - Brevitas raises plain RuntimeErrors / AssertionErrors
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        if "Residual handler could not find a solution" in first_line:
+            raise ResidualsUnaligned(first_line) from None
+        raise StageError(f"quantize: Brevitas could not quantize this model ({type(exc).__name__}: "
+                         f"{first_line})") from None
+    qmodel.quant_mode = "graph"
+    return qmodel
+
+
 def _layerwise(graph: nn.Module, compute: dict, signed_act: type, unsigned_act: type,
                traced_graph: bool = True) -> nn.Module:
     """Brevitas' layerwise mode: each conv/linear quantizes its own input (and both attention matmuls
-    theirs), with no alignment across residual adds. Transformers take this path: Brevitas' graph mode
-    cannot align the scales of a ViT's residual stream (it searches for 5 minutes), and their adds and LayerNorms run in float on
-    every runtime anyway; what INT8 buys there is the matmuls, and those all get quantized inputs."""
+    theirs), with no alignment across residual adds. Text encoders take this path, and every model whose
+    residuals Brevitas' graph mode cannot align (a ViT's residual stream, ``_graph_mode``): their adds and
+    LayerNorms run in float on every runtime anyway; what INT8 buys there is the matmuls, and those all
+    get quantized inputs."""
     import brevitas.nn as qnn
     from brevitas.graph.quantize import layerwise_quantize
     from brevitas.quant import Int32Bias
