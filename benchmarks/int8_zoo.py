@@ -239,12 +239,18 @@ def zoo_row(name: str, size: int | None, calibration: torch.Tensor | None, held_
     if latency:
         from pareto import nncf_ptq
 
-        began = time.perf_counter()
-        files["anchor"] = {"onnxruntime": quantize_static_anchor(fp32, tmp / f"{safe}.quantize_static.onnx", batches)}
-        row["quantize_s"]["quantize_static"] = time.perf_counter() - began
-        began = time.perf_counter()
-        files["anchor"]["openvino"] = nncf_ptq(fp32, tmp / f"{safe}.nncf.xml", batches)
-        row["quantize_s"]["nncf"] = time.perf_counter() - began
+        files["anchor"] = {}
+        anchors = {"onnxruntime": ("quantize_static", lambda: quantize_static_anchor(
+                       fp32, tmp / f"{safe}.quantize_static.onnx", batches)),
+                   "openvino": ("nncf", lambda: nncf_ptq(fp32, tmp / f"{safe}.nncf.xml", batches))}
+        for runtime, (anchor_name, make) in anchors.items():
+            began = time.perf_counter()
+            try:  # an anchor that cannot quantize the model leaves edgekd's columns standing, saying so
+                files["anchor"][runtime] = make()
+            except Exception as exc:  # noqa: BLE001 - NNCF and ORT raise many types
+                row.setdefault("anchor_failed", {})[runtime] = (
+                    f"{anchor_name} failed ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:100]})")
+            row["quantize_s"][anchor_name] = time.perf_counter() - began
 
     import openvino as ov
 
@@ -267,15 +273,18 @@ def zoo_row(name: str, size: int | None, calibration: torch.Tensor | None, held_
             row[runtime]["layers"]["anchor"] = compiled(runtime, anchor).int8_layers()
         if not latency:
             continue
-        group.update(fp32=compiled(runtime, fp32), anchor=compiled(runtime, files["anchor"][runtime]))
-        row[runtime]["layers"]["anchor"] = group["anchor"].int8_layers()
+        group["fp32"] = compiled(runtime, fp32)
+        if runtime in files["anchor"]:
+            group["anchor"] = compiled(runtime, files["anchor"][runtime])
+            row[runtime]["layers"]["anchor"] = group["anchor"].int8_layers()
         p50 = {k: float("inf") for k in group}
         for _ in range(rounds):
             for k, c in group.items():
                 p50[k] = min(p50[k], measure_latency(lambda c=c: c(x), spec).p50)
         outputs = {k: np.concatenate([predict(c, held_out[i:i + 1]) for i in range(len(held_out))])
                    for k, c in group.items()}
-        row[runtime].update(p50=p50, sqnr={k: sqnr_db(outputs["fp32"], outputs[k]) for k in ("edgekd", "anchor")})
+        row[runtime].update(p50=p50, sqnr={k: sqnr_db(outputs["fp32"], outputs[k]) for k in ("edgekd", "anchor")
+                                           if k in outputs})
     return row
 
 
@@ -319,16 +328,19 @@ def print_coverage(rows: list[dict]) -> None:
             cells.append(f"{layers.get('int8')}/{layers.get('total')}")
             if int8_fraction(layers) < 0.95:
                 why.append(f"{runtime}: {why_float(layers)}")
-        ratios = [f"{r[rt]['p50']['edgekd'] / r[rt]['p50']['anchor']:.2f}" if "p50" in r[rt] else ""
-                  for rt in ("onnxruntime", "openvino")]
+        ratios = [f"{r[rt]['p50']['edgekd'] / r[rt]['p50']['anchor']:.2f}" if "anchor" in r[rt].get("p50", {})
+                  else "" for rt in ("onnxruntime", "openvino")]
+        why += list(r.get("anchor_failed", {}).values())
         ort = r["onnxruntime"]
-        if "p50" not in ort or ort["p50"]["edgekd"] > 1.05 * ort["p50"]["anchor"]:  # slower, or not timed
+        if "anchor" in ort.get("p50", {}) and ort["p50"]["edgekd"] > 1.05 * ort["p50"]["anchor"]:  # slower
+            why.append(ort_difference(r))
+        elif "p50" not in ort:  # not timed: the op difference is all there is
             why.append(ort_difference(r))
         print(f"| {r['model']} | {r['size']} | {r['params_m']:.1f} | {cells[0]} | {cells[1]} | {r['verdict']} | "
               f"{ratios[0]} | {ratios[1]} | {'; '.join(w for w in why if w)[:300]} |", flush=True)
     done = [r for r in rows if "onnxruntime" in r]
     full = [r for r in done if all(int8_fraction(r[rt]["layers"]["edgekd"]) >= 0.95 for rt in ("onnxruntime", "openvino"))]
-    timed = [r for r in done if "p50" in r["onnxruntime"]]
+    timed = [r for r in done if all("anchor" in r[rt].get("p50", {}) for rt in ("onnxruntime", "openvino"))]
     fast = [r for r in timed if all(r[rt]["p50"]["edgekd"] <= 1.05 * r[rt]["p50"]["anchor"] for rt in ("onnxruntime", "openvino"))]
     matches = [r for r in done if not r["verdict"].startswith("diverges")]
     print(f"\nsummary: {len(rows)} models, {len(done)} quantized and exported "
@@ -348,6 +360,9 @@ def print_zoo(rows: list[dict], size: int, rounds: int) -> None:
     print("|---|---:|---:|---|---|---|---|---|")
     for r in rows:
         ov, ort = r["openvino"], r["onnxruntime"]
+        if r.get("anchor_failed"):
+            print(f"| {r['model']} | {'; '.join(r['anchor_failed'].values())} | | | | | | |", flush=True)
+            continue
 
         def ms(g: dict) -> str:
             return ", ".join(f"{g['p50'][k]:.2f}" for k in ("edgekd", "anchor", "fp32"))
