@@ -81,7 +81,9 @@ def model_quantizer_outputs(qmodel: Any, x: Any) -> list[tuple[str, np.ndarray]]
         def hook(_module: Any, _inputs: Any, out: Any) -> None:
             value = getattr(out, "value", None)
             if value is not None and getattr(out, "scale", None) is not None:
-                seen.append((name, value.detach().float().cpu().numpy()))
+                # a copy: an in-place op after the quantizer (ReLU(inplace=True) in layerwise mode) would
+                # otherwise rewrite the recorded values (dla34 "diverged" by 115 steps on its negative half)
+                seen.append((name, value.detach().float().cpu().numpy().copy()))
         return hook
 
     handles = [m.register_forward_hook(record(n)) for n, m in qmodel.named_modules()

@@ -192,3 +192,24 @@ def test_the_op_by_op_comparison_runs_on_the_sample_whose_outputs_are_furthest_a
                                 model=qmodel)
     assert result["localization"]["sample"] == 5
     assert "furthest sample (5)" in result["judged_by"]
+
+
+def test_quantizer_outputs_are_recorded_before_an_in_place_op_rewrites_them():
+    """Layerwise mode leaves a ``ReLU(inplace=True)`` after a conv's output quantizer: recorded without a
+    copy, the quantizer's values were clamped afterwards, and dla34's file "diverged" by 115 steps on the
+    negative half of its first conv's outputs."""
+    import brevitas.nn as qnn
+
+    from edgekd.int8_fidelity import model_quantizer_outputs
+
+    class QuantThenInPlaceRelu(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.quant = qnn.QuantIdentity(return_quant_tensor=False)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.relu_(self.quant(x))
+
+    x = torch.linspace(-1, 1, 64).reshape(1, 64)
+    (name, recorded), = model_quantizer_outputs(QuantThenInPlaceRelu(), x)
+    assert recorded.min() < -0.9  # the quantizer's own output, negatives included
