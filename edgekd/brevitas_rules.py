@@ -93,27 +93,31 @@ def _tensor_input(node: Any) -> list[Any]:
     return [first] if hasattr(first, "op") else []
 
 
-def extended(original: Any) -> Any:
-    """``original`` (Brevitas' ``are_inputs_unsigned``) with pieces followed back to their source and
-    size computations not counted as inputs."""
+def _following(original: Any, passes_on: Any, verdict: Any) -> Any:
+    """A wrapper of one of Brevitas' input walks (``original(model, node, found, ...)``, which appends to
+    ``found``): inputs that ``passes_on`` are asked about through the tensor they read, sizes are not asked
+    about, the rest go to Brevitas' own rules; ``verdict(found)`` is the answer."""
 
-    def are_inputs_unsigned(model: Any, node: Any, is_unsigned_list: list, quant_act_map: Any,
-                            unsigned_act_tuple: Any) -> bool:
+    def walk(model: Any, node: Any, found: list, *rest: Any, **named: Any) -> bool:
         others = []
         for source in node.all_input_nodes:
             if is_shape(source):
                 continue
-            if is_piece(source):
-                are_inputs_unsigned(model, SimpleNamespace(all_input_nodes=_tensor_input(source)), is_unsigned_list,
-                                    quant_act_map, unsigned_act_tuple)
+            if passes_on(source):
+                walk(model, SimpleNamespace(all_input_nodes=_tensor_input(source)), found, *rest, **named)
             else:
                 others.append(source)
         if others:  # Brevitas' own rules; its recursion comes back here through the module attribute
-            original(model, SimpleNamespace(all_input_nodes=others), is_unsigned_list, quant_act_map,
-                     unsigned_act_tuple)
-        return all(is_unsigned_list)
+            original(model, SimpleNamespace(all_input_nodes=others), found, *rest, **named)
+        return verdict(found)
 
-    return are_inputs_unsigned
+    return walk
+
+
+def extended(original: Any) -> Any:
+    """``original`` (Brevitas' ``are_inputs_unsigned``) with pieces followed back to their source and
+    size computations not counted as inputs."""
+    return _following(original, is_piece, all)
 
 
 def passes_quant_tensors(node: Any) -> bool:
@@ -130,23 +134,7 @@ def extended_alignment(original: Any) -> Any:
     source and sizes not counted: a conv reading a slice of a quantized concat (ghostnet's
     ``cat(...)[:, :c]``) reads a quantized input, and got a second, signed quantizer of its own otherwise
     (28 requantizers ONNX Runtime ran in float around the Slices of ghostnet_100)."""
-
-    def are_inputs_quantized_and_aligned(model: Any, node: Any, quantized_modules_list: list, quant_act_map: Any,
-                                         same_sign: bool) -> bool:
-        others = []
-        for source in node.all_input_nodes:
-            if is_shape(source):
-                continue
-            if passes_quant_tensors(source):
-                are_inputs_quantized_and_aligned(model, SimpleNamespace(all_input_nodes=_tensor_input(source)),
-                                                 quantized_modules_list, quant_act_map, same_sign)
-            else:
-                others.append(source)
-        if others:  # Brevitas' own rules; its recursion comes back here through the module attribute
-            original(model, SimpleNamespace(all_input_nodes=others), quantized_modules_list, quant_act_map, same_sign)
-        return None not in quantized_modules_list and len(quantized_modules_list) <= 1
-
-    return are_inputs_quantized_and_aligned
+    return _following(original, passes_quant_tensors, lambda found: None not in found and len(found) <= 1)
 
 
 def residual_budget(graph: Any) -> int:

@@ -271,17 +271,23 @@ def _constant(graph: Any, value: Any) -> torch.Tensor | None:
     return None
 
 
-def _per_output_channel(scale: torch.Tensor, layer: nn.Module, rank: int) -> torch.Tensor | None:
-    """``scale`` as one factor per output channel of ``layer`` when multiplying the layer's output (of
-    ``rank`` dimensions) by it scales whole channels; None when it varies along any other axis."""
+def _per_output_channel(scale: torch.Tensor, layer: nn.Module) -> torch.Tensor | None:
+    """``scale`` as one factor per output channel of ``layer`` when multiplying the layer's output by it
+    scales whole channels and keeps its shape; None otherwise. A conv's output has its weight's rank with
+    channels on axis 1; a linear's, channels last at a rank the layer does not fix, so only a scalar or a
+    ``[C]`` vector is sure to broadcast without adding axes."""
     channels = layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
-    axis = rank - 1 if isinstance(layer, nn.Linear) else 1
-    if scale.numel() == 1:
+    if scale.numel() == 1 and scale.dim() <= (1 if isinstance(layer, nn.Linear) else layer.weight.dim()):
         return scale.reshape(1).expand(channels).clone()
-    if scale.dim() > rank or scale.numel() != channels:
+    if scale.numel() != channels:
+        return None
+    if isinstance(layer, nn.Linear):
+        return scale.reshape(-1) if scale.dim() == 1 else None
+    rank = layer.weight.dim()
+    if scale.dim() > rank:
         return None
     shape = [1] * (rank - scale.dim()) + list(scale.shape)  # broadcasting aligns on the right
-    return scale.reshape(-1) if shape[axis] == channels else None
+    return scale.reshape(-1) if shape[1] == channels else None
 
 
 IDENTITIES_AT_INFERENCE = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout)
@@ -296,7 +302,7 @@ def _through_identities(node: Any, modules: dict[str, nn.Module]) -> Any:
     return node
 
 
-def constant_scales_folded(graph: Any, example: torch.Tensor | None = None) -> int:
+def constant_scales_folded(graph: Any) -> int:
     """Fold every multiplication of a conv's or linear's output by a per-channel constant (timm's
     ``LayerScale``: ``x * gamma``, ``x.mul_(gamma.view(1, -1, 1, 1))``) into that layer's weight and bias,
     where the layer's output has no other reader (dropouts and identities between them are looked through:
@@ -304,7 +310,6 @@ def constant_scales_folded(graph: Any, example: torch.Tensor | None = None) -> i
     graph, the multiplication runs in float between a DequantizeLinear and a QuantizeLinear on ONNX
     Runtime (FastViT, EdgeNeXt) and costs a requantizer elsewhere. Returns how many were folded."""
     modules = dict(graph.named_modules())
-    ranks = _output_ranks(graph, example) if example is not None else {}
     folded = 0
     for node in list(graph.graph.nodes):
         is_mul = ((node.op == "call_function" and node.target in (operator.mul, torch.mul)) or
@@ -317,8 +322,7 @@ def constant_scales_folded(graph: Any, example: torch.Tensor | None = None) -> i
             if not isinstance(layer, QUANTIZABLE) or len(layer_node.users) != 1 or len(read.users) != 1:
                 continue
             scale = _constant(graph, other)
-            rank = ranks.get(layer_node.name, 4 if isinstance(layer, nn.Conv2d) else 2)
-            factor = None if scale is None else _per_output_channel(scale.float(), layer, rank)
+            factor = None if scale is None else _per_output_channel(scale.float(), layer)
             if factor is None:
                 continue
             with torch.no_grad():
@@ -333,25 +337,6 @@ def constant_scales_folded(graph: Any, example: torch.Tensor | None = None) -> i
         graph.graph.eliminate_dead_code()
         graph.recompile()
     return folded
-
-
-def _output_ranks(graph: Any, example: torch.Tensor) -> dict[str, int]:
-    """Node name -> rank of each conv/linear output at ``example`` (a Linear reads [N, C] or [N, L, C])."""
-    ranks: dict[str, int] = {}
-
-    def record(name: str) -> Any:
-        def hook(module: nn.Module, args: Any, out: torch.Tensor) -> None:  # None: the output stays as it is
-            ranks.setdefault(name, out.dim())
-        return hook
-
-    hooks = [m.register_forward_hook(record(name)) for name, m in graph.named_modules() if isinstance(m, QUANTIZABLE)]
-    try:
-        with torch.no_grad():
-            graph(example)
-    finally:
-        for h in hooks:
-            h.remove()
-    return {n.name: ranks[n.target] for n in graph.graph.nodes if n.op == "call_module" and n.target in ranks}
 
 
 def _canonical(graph: Any) -> Any:
@@ -384,7 +369,7 @@ def traced(model: nn.Module, example: torch.Tensor | None) -> nn.Module:
                 pass
     if graph is None:
         raise StageError(f"quantize: the model cannot be traced by torch.fx for quantization ({symbolic_error})")
-    constant_scales_folded(graph, example)  # after BatchNorm merging: conv -> BN -> x * gamma is conv -> x * gamma
+    constant_scales_folded(graph)  # after BatchNorm merging: conv -> BN -> x * gamma is conv -> x * gamma
     return graph
 
 
