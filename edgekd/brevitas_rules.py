@@ -169,3 +169,30 @@ def brevitas_rules(max_residual_iters: int | None = None) -> Iterator[None]:
     finally:
         for name, value in originals.items():
             setattr(quantize_impl, name, value)
+
+
+class _NoEqualization:
+    """Stands in for Brevitas' ``EqualizeGraph`` where it would equalize nothing (0 iterations)."""
+
+    def __init__(self, real: type, iterations: int = 10, **options: Any) -> None:
+        self.real = real(iterations=iterations, **options) if iterations else None
+
+    def apply(self, graph_model: Any) -> Any:
+        return graph_model if self.real is None else self.real.apply(graph_model)
+
+
+@contextlib.contextmanager
+def equalization_skipped_when_off() -> Iterator[None]:
+    """Within this block Brevitas' ``preprocess_for_quantize`` skips weight equalization when asked for
+    0 iterations (edgekd's setting). With 0 iterations ``EqualizeGraph`` changes no weight, but still walks
+    the graph for regions, and that walk crashes on a concat that feeds another concat and has an input
+    it cannot size (``int += object`` in ``find_srcs_channel_dim``: timm's rexnet, whose channel
+    bookkeeping concatenates a slice). The original is always restored."""
+    from brevitas.graph import quantize as graph_quantize
+
+    original = graph_quantize.EqualizeGraph
+    graph_quantize.EqualizeGraph = lambda **options: _NoEqualization(original, **options)
+    try:
+        yield
+    finally:
+        graph_quantize.EqualizeGraph = original

@@ -30,6 +30,36 @@ PLAIN_NORMS = (nn.BatchNorm2d,)  # subclasses are made plain so that BatchNorm m
 RELU6_TO_RELU = False
 
 
+def first_calls(model: nn.Module, example: torch.Tensor, modules: dict[str, nn.Module]) -> dict[str, dict[str, Any]]:
+    """The arguments (parameter name -> value) each of ``modules`` (by name) gets on its first call when
+    ``model`` runs on ``example``; modules the forward does not call are absent."""
+    calls: dict[str, dict[str, Any]] = {}
+
+    def record(name: str, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        if name in calls:  # (a pre-hook that returned a value would replace the input)
+            return
+        try:
+            bound = inspect.signature(module.forward).bind(*args, **kwargs).arguments
+        except TypeError:
+            return
+        calls[name] = {k: v.detach() if isinstance(v, torch.Tensor) else v for k, v in bound.items()}
+
+    hooks = [m.register_forward_pre_hook(lambda module, args, kwargs, name=name: record(name, module, args, kwargs),
+                                         with_kwargs=True)
+             for name, m in modules.items()]
+    try:
+        with torch.no_grad():
+            model(example.to(next(model.parameters()).device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return calls
+
+
+def _first_tensor(arguments: dict[str, Any]) -> torch.Tensor | None:
+    return next((v for v in arguments.values() if isinstance(v, torch.Tensor)), None)
+
+
 def plain_layers(model: nn.Module, example: torch.Tensor, markers: tuple[type, ...] = ()) -> dict[str, str]:
     """Make every conv/linear/BatchNorm a plain torch layer that Brevitas' layer maps know; returns the
     layers that could not be made so (name -> why), which then stay in float.
@@ -46,15 +76,8 @@ def plain_layers(model: nn.Module, example: torch.Tensor, markers: tuple[type, .
     plain = QUANTIZABLE + PLAIN_NORMS
     subclassed = {name: m for name, m in model.named_modules()
                   if isinstance(m, plain) and type(m) not in plain and type(m) not in markers}
-    inputs: dict[str, torch.Tensor] = {}
-    hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: inputs.setdefault(name, args[0].detach()))
-             for name, m in subclassed.items()]
-    try:
-        with torch.no_grad():
-            model(example.to(next(model.parameters()).device))
-    finally:
-        for h in hooks:
-            h.remove()
+    inputs = {name: x for name, call in first_calls(model, example, subclassed).items()
+              if (x := _first_tensor(call)) is not None}
     kept: dict[str, str] = {}
     for name, layer in subclassed.items():
         base = next(c for c in type(layer).__mro__ if c in plain)
@@ -221,7 +244,8 @@ def shape_quantizers_removed(graph: Any) -> int:
     quantizer receives a Python int and calibration fails ("'int' object has no attribute 'reshape'"). A
     value is a shape value when it is read by ``.size()``/``.dim()`` or the ``shape``/``ndim`` attribute, or
     computed by the ``operator`` module from shape values and constants; a quantizer call on one is dropped
-    (its readers read the number again). Done after Brevitas, not by hiding the reshape from it: the walk
+    (its readers read the number again), and so is one on an argument the trace fixed at its default
+    (a Python bool, ``traced``). Done after Brevitas, not by hiding the reshape from it: the walk
     through a reshape is also how it finds that a channel shuffle's Concat reads unsigned ReLUs
     (shufflenet_v2 fell from 57 to 44 INT8 layers on ORT when the reshape was hidden). Returns how many.
     """
@@ -229,6 +253,9 @@ def shape_quantizers_removed(graph: Any) -> int:
 
     shapes: set[Any] = set()
     removed = 0
+    placeholders = [n for n in graph.graph.nodes if n.op == "placeholder"]
+    # the arguments ``traced`` fixed at their defaults (``pre_logits=False``) are constants too
+    shapes.update(n for n in placeholders[1:] if n.args)
     for node in list(graph.graph.nodes):
         inputs = _graph_inputs(node)
         if node.op == "call_module" and inputs and inputs[0] in shapes and isinstance(
@@ -344,32 +371,109 @@ def _canonical(graph: Any) -> Any:
     return canonical_activations(canonical_means(graph))
 
 
-def traced(model: nn.Module, example: torch.Tensor | None) -> nn.Module:
+class Untraceable(StageError):
+    """torch.fx cannot capture the module as a graph (Python control flow on traced values)."""
+
+
+def traced_parts(model: nn.Module, example: torch.Tensor | None) -> dict[str, nn.Module]:
+    """``traced`` graphs of the largest submodules of ``model`` that torch.fx can trace, by qualified
+    name (``{"": graph}`` when the whole model traces).
+
+    A model whose forward() computes with a traced value in Python (MobileViT's ``math.ceil(H / patch)``,
+    EfficientViT's autocast on ``v.device.type``, ``int(math.sqrt(tokens))``) cannot be one graph; its forward() then
+    stays Python, and each child is captured alone, recursively, so only the code that branches runs in
+    float between quantized parts. A child is traced with the input it receives when ``model`` runs on
+    ``example`` (the value tracer needs it); children the forward does not reach are left alone."""
+    calls = first_calls(model, example, dict(model.named_modules())) if example is not None else {}
+    parts: dict[str, nn.Module] = {}
+
+    def capture(name: str, module: nn.Module) -> Untraceable | None:
+        """Trace ``module`` whole, else its children; its own tracing error, if any."""
+        try:
+            call = calls.get(name, {})
+            fixed = {k: v for k, v in call.items() if not isinstance(v, torch.Tensor)}  # as the caller passes them
+            if next(module.children(), None) is None:  # a lone layer traced as the root would be its F.conv2d
+                module, fixed = nn.Sequential(module), {}
+            parts[name] = traced(module, _first_tensor(call), fixed)
+            return None
+        except Untraceable as exc:
+            for child, sub in module.named_children():
+                qualified = f"{name}.{child}" if name else child
+                if example is None or any(n == qualified or n.startswith(f"{qualified}.") for n in calls):
+                    capture(qualified, sub)  # called, or holds called modules (a ModuleList)
+            return exc
+
+    whole_error = capture("", model)
+    if not parts and whole_error is not None:
+        raise whole_error
+    return parts
+
+
+def traced(model: nn.Module, example: torch.Tensor | None, fixed: dict[str, Any] | None = None) -> nn.Module:
     """Brevitas' preprocessing (BatchNorm merged, functional calls made modules) on a torch.fx graph of
     ``model`` (its means and activations spelled as Brevitas reads them, ``_canonical``): symbolic
     tracing, or, where the model's control flow reads tensor shapes (timm's ViT position embeddings),
-    Brevitas' value tracer, which records the shapes of ``example`` as constants."""
+    Brevitas' value tracer, which records the shapes of ``example`` as constants. Arguments after the
+    first that are not tensors are constants of the graph: their defaults, or the values in ``fixed`` (a
+    part's, as its caller passes them: torchvision's ``self_attention(x, x, x, need_weights=False)``)."""
     from brevitas.fx import symbolic_trace, value_trace
     from brevitas.graph.quantize import preprocess_for_quantize
 
-    graph = None
+    from .brevitas_rules import equalization_skipped_when_off
+
+    parameters = list(inspect.signature(model.forward).parameters.values())
+    # arguments a caller leaves at their defaults (timm's ``head(x, pre_logits=False)``) are constants of
+    # the graph, not inputs Brevitas would put a quantizer on
+    defaults = {**{p.name: p.default for p in parameters[1:] if p.default is not inspect.Parameter.empty
+                   and not isinstance(p.default, torch.Tensor)}, **(fixed or {})} or None
+    names = [p.name if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) else "" for p in parameters]
+    tracers = [lambda: symbolic_trace(model, concrete_args=defaults)]
+    if example is not None and parameters:
+        tracers.append(lambda: value_trace(model, concrete_args=defaults, value_args={parameters[0].name: example}))
+    graph, trace_error, prepare_error = None, None, None
     with warnings.catch_warnings():  # torch.fx deprecation noise from Brevitas' tracer backport
         warnings.simplefilter("ignore", FutureWarning)
-        try:
-            graph = preprocess_for_quantize(_canonical(symbolic_trace(model)), trace_model=False,
-                                            relu6_to_relu=RELU6_TO_RELU)
-        except Exception as exc:  # noqa: BLE001 - torch.fx raises many types on untraceable models
-            symbolic_error = exc
-        if graph is None and example is not None:
-            first = next(iter(inspect.signature(model.forward).parameters))
+        for trace in tracers:
             try:
-                graph = preprocess_for_quantize(_canonical(value_trace(model, value_args={first: example})),
-                                                trace_model=False, relu6_to_relu=RELU6_TO_RELU)
-            except Exception:  # noqa: BLE001 - report the symbolic tracer's error: it names the cause
-                pass
+                captured = trace()
+            except Exception as exc:  # noqa: BLE001 - torch.fx raises many types on untraceable models
+                trace_error = trace_error or exc  # the symbolic tracer's error names the cause
+                continue
+            try:
+                with equalization_skipped_when_off():
+                    graph = preprocess_for_quantize(_canonical(_specialization_checks_dropped(captured, names)),
+                                                    trace_model=False, relu6_to_relu=RELU6_TO_RELU)
+                break
+            except Exception as exc:  # noqa: BLE001 - Brevitas' graph passes raise plain errors
+                prepare_error = prepare_error or exc
+    if graph is None and prepare_error is not None:
+        first_line = str(prepare_error).splitlines()[0] if str(prepare_error) else ""
+        raise StageError(f"quantize: Brevitas could not prepare the traced model for quantization "
+                         f"({type(prepare_error).__name__}: {first_line})")
     if graph is None:
-        raise StageError(f"quantize: the model cannot be traced by torch.fx for quantization ({symbolic_error})")
+        raise Untraceable(f"quantize: the model cannot be traced by torch.fx for quantization ({trace_error})")
     constant_scales_folded(graph)  # after BatchNorm merging: conv -> BN -> x * gamma is conv -> x * gamma
+    return graph
+
+
+def _specialization_checks_dropped(graph: Any, names: list[str]) -> Any:
+    """``graph`` without the checks torch.fx adds for each argument a trace fixed (``concrete_args``):
+    ``_assert(eq(pre_logits, False))`` compares a Python value, which the TorchScript ONNX exporter has no
+    op for. A fixed argument is a later placeholder with a default; checks the model makes itself stay.
+    torch.fx also renames a fixed argument (``pre_logits_1``); it gets its name back from ``names`` (the
+    forward's parameters), so a caller passing it by keyword still can."""
+    placeholders = [n for n in graph.graph.nodes if n.op == "placeholder"]
+    for node, name in zip(placeholders, names):
+        if not node.target.startswith("*") and name:  # *args and **kwargs keep theirs
+            node.target = name
+    fixed = {n for n in placeholders[1:] if n.args}
+    for node in list(graph.graph.nodes):
+        condition = node.args[0] if node.op == "call_function" and node.target is torch._assert else None
+        if condition is not None and hasattr(condition, "all_input_nodes") and fixed & set(condition.all_input_nodes):
+            graph.graph.erase_node(node)
+            if not condition.users:
+                graph.graph.erase_node(condition)
+    graph.recompile()
     return graph
 
 

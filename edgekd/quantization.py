@@ -28,7 +28,7 @@ from .errors import StageError
 from .onnx_folds import fold_constant_clips, fold_pads_into_convs, initializers_out_of_inputs
 from .quant_capture import (QUANTIZABLE, chunks_as_functions, drop_identities, plain_layers,
                             matmul_inputs_quantized, quant_tensor_safe, quantizable_attention,
-                            shape_quantizers_removed, traced)
+                            shape_quantizers_removed, traced_parts)
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
@@ -289,10 +289,6 @@ def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range:
     # them): they are quantized as modules, layerwise, with no graph to rewrite
     text = isinstance(model, TextModel)
     kept_float = plain_layers(model, example, tuple(_MARKERS.values())) if example is not None and not text else {}
-    graph = model if text else traced(model, example)
-    if not text:
-        chunks_as_functions(graph)
-        drop_identities(graph)
     if calibration not in CALIBRATIONS:
         raise StageError(f"quantize: unknown calibration {calibration!r}; valid: {', '.join(CALIBRATIONS)}")
     signed_act, unsigned_act = _act_quants(calibration, percentile)
@@ -300,13 +296,50 @@ def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range:
         raise StageError(f"quantize: hardswish must be fused or split, not {hardswish!r}")
     compute, acts, identities = _layer_maps(reduce_range, weight_bits, signed_act, unsigned_act, learned_scales,
                                             hardswish == "split")
-    modules = dict(graph.named_modules())
-    _bounded_hardtanhs(modules.values(), acts)
-    for name, bits in (overrides or {}).items():
-        layer = modules.get(name)
-        if not isinstance(layer, QUANTIZABLE):
-            raise StageError(f"quantize: override names {name!r}, which is not a conv or linear layer of the "
-                             f"traced model; layers: {', '.join(layer_names(graph)[:8])}")
+    unplaced = dict(overrides or {})  # override name -> bits, until a part holds that layer
+    names = {id(m): name for name, m in model.named_modules()}  # tracing keeps the layer objects
+    if text:
+        _bounded_hardtanhs(model.modules(), acts)
+        _mark_overrides(model, names, unplaced, compute, reduce_range, learned_scales)
+        qmodel = _layerwise(model, compute, signed_act, unsigned_act, traced_graph=False)
+    else:
+        parts = traced_parts(model, example)
+        for name, graph in parts.items():
+            chunks_as_functions(graph)
+            drop_identities(graph)
+            _bounded_hardtanhs(graph.modules(), acts)
+            _mark_overrides(graph, names, unplaced, compute, reduce_range, learned_scales)
+            fallback = copy.deepcopy(graph)  # Brevitas rewrites the graph in place, also when it gives up
+            try:  # every activation quantized, residual adds and concats aligned, where Brevitas can align them
+                qpart = _graph_mode(graph, compute, acts, identities, signed_act, unsigned_act)
+            except ResidualsUnaligned:
+                qpart = _layerwise(fallback, compute, signed_act, unsigned_act, traced_graph=True)
+            if not name:
+                qmodel = qpart
+                continue
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent) if parent else model, attr, qpart)
+        if "" not in parts:  # the model's own forward() stays Python between its quantized parts
+            qmodel, qmodel.quant_mode = model, "parts"
+    if unplaced:
+        raise StageError(f"quantize: override names {next(iter(unplaced))!r}, which is not a conv or linear layer "
+                         f"of the traced model; layers: {', '.join(layer_names(model)[:8])}")
+    qmodel.kept_float = kept_float
+    if unsigned_input and not text and qmodel.quant_mode != "parts":  # token ids feed embeddings, not quantizers
+        _make_inputs_unsigned(qmodel, unsigned_act)
+    return qmodel
+
+
+def _mark_overrides(graph: nn.Module, names: dict[int, str], unplaced: dict[str, int | None], compute: dict,
+                    reduce_range: bool, learned_scales: bool) -> None:
+    """Give each layer of ``graph`` (the model or a traced part of it) that ``unplaced`` names its own class
+    and layer-map entry (``_marker``), and take its name off ``unplaced``. ``names``: the model's layer
+    names by object (a part names its layers from itself)."""
+    for layer in graph.modules():
+        name = names.get(id(layer))
+        if name not in unplaced or not isinstance(layer, QUANTIZABLE):
+            continue
+        bits = unplaced.pop(name)
         base = type(layer)
         layer.__class__ = _marker(base, bits)
         if bits is None:
@@ -314,18 +347,6 @@ def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range:
         else:
             cls, kwargs = compute[base]
             compute[layer.__class__] = (cls, {**kwargs, "weight_quant": _weight_quant(reduce_range, bits, learned_scales)})
-    if text:
-        qmodel = _layerwise(graph, compute, signed_act, unsigned_act, traced_graph=False)
-    else:  # every activation quantized, residual adds and concats aligned, where Brevitas can align them
-        fallback = copy.deepcopy(graph)  # Brevitas rewrites the graph in place, also when it gives up
-        try:
-            qmodel = _graph_mode(graph, compute, acts, identities, signed_act, unsigned_act)
-        except ResidualsUnaligned:
-            qmodel = _layerwise(fallback, compute, signed_act, unsigned_act, traced_graph=True)
-    qmodel.kept_float = kept_float
-    if unsigned_input and not text:  # token ids feed embeddings, not quantizers
-        _make_inputs_unsigned(qmodel, unsigned_act)
-    return qmodel
 
 
 class ResidualsUnaligned(Exception):

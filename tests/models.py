@@ -6,6 +6,8 @@ different family, for OFA's CNN<->ViT distillation).
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -94,6 +96,20 @@ class ShapeCheckedCNN(nn.Module):
         if x.shape[-2:] != (self.input_size, self.input_size):
             raise ValueError(f"expected {self.input_size}x{self.input_size} inputs, got {tuple(x.shape[-2:])}")
         return self.head(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+class OpaqueCNN(nn.Module):
+    """A model no part of which torch.fx can trace: its only layer is applied functionally, after token
+    bookkeeping (``math.sqrt`` of a traced count) that even Brevitas' value tracer cannot follow."""
+
+    def __init__(self, num_classes: int = 4, in_channels: int = 1) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(num_classes, in_channels, 3, 3) * 0.1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        side = int(math.sqrt(x.shape[-2] * x.shape[-1]))
+        x = x.reshape(x.shape[0], x.shape[1], side, side)
+        return torch.nn.functional.conv2d(x, self.weight, padding=1).mean((2, 3))
 
 
 class SizedCNN(nn.Module):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from edgekd.brevitas_rules import brevitas_rules
+from edgekd.brevitas_rules import brevitas_rules, equalization_skipped_when_off
 from edgekd.quantization import quantize_model
 
 
@@ -106,3 +106,46 @@ def test_brevitas_gets_its_lists_back_after_the_block():
     with brevitas_rules():
         assert nn.ZeroPad2d in quantize_impl.PRECISION_PRESERVING_MODULES
     assert (quantize_impl.PRECISION_PRESERVING_MODULES, quantize_impl.SIGN_PRESERVING_MODULES) == before
+
+
+UNSIZABLE = {  # inputs Brevitas' equalization walk cannot give a channel count
+    "slice": lambda x: x[:, :1],
+    "sigmoid": torch.sigmoid,
+    "graph input": lambda x: x,
+    "pooled": lambda x: nn.functional.avg_pool2d(x, 3, 1, 1),
+}
+
+
+class ConcatOfConcat(nn.Module):
+    """rexnet's channel bookkeeping in small: a concat with an input Brevitas cannot size feeds a concat."""
+
+    def __init__(self, unsizable) -> None:
+        super().__init__()
+        self.unsizable = unsizable
+        channels = 8 + unsizable(torch.zeros(1, 3, 4, 4)).shape[1]
+        self.a, self.c = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(channels, 4, 1)
+        self.b = nn.Conv2d(channels + 4, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.cat([self.a(x), self.unsizable(x)], 1)
+        return self.b(torch.cat([y, self.c(y)], 1))
+
+
+@pytest.mark.parametrize("kind", sorted(UNSIZABLE))
+def test_a_concat_of_a_concat_with_an_unsizable_input_is_quantized_in_graph_mode(kind):
+    import brevitas.nn as qnn
+
+    qmodel = quantize_model(ConcatOfConcat(UNSIZABLE[kind]).eval(), example=torch.randn(1, 3, 8, 8))
+    assert qmodel.quant_mode == "graph"
+    assert sum(isinstance(m, qnn.QuantConv2d) for m in qmodel.modules()) == 3
+
+
+def test_equalization_is_skipped_only_when_asked_for_no_iterations_and_comes_back():
+    from brevitas.graph import quantize as graph_quantize
+
+    original = graph_quantize.EqualizeGraph
+    with equalization_skipped_when_off():
+        graph = torch.fx.symbolic_trace(nn.Sequential(nn.Conv2d(3, 4, 1), nn.Conv2d(4, 4, 1)))
+        assert graph_quantize.EqualizeGraph(iterations=0).apply(graph) is graph
+        assert isinstance(graph_quantize.EqualizeGraph(iterations=2).real, original)
+    assert graph_quantize.EqualizeGraph is original

@@ -190,20 +190,31 @@ def test_imagefolder_val_classes_must_be_train_classes(tmp_path):
         build_splits(DataSpec(source="imagefolder", path=str(tmp_path / "d")))
 
 
-def test_a_model_with_a_shape_check_in_forward_fails_in_preflight_before_training(tmp_path, ort_target):
-    from tests.models import ShapeCheckedCNN
+def test_a_model_no_part_of_which_traces_fails_in_preflight_before_training(tmp_path, ort_target):
+    from tests.models import OpaqueCNN
 
     torch.manual_seed(0)
-    ckpt = save_model(ShapeCheckedCNN(num_classes=4), tmp_path / "checked.safetensors")
+    ckpt = save_model(OpaqueCNN(num_classes=4), tmp_path / "opaque.safetensors")
     recipe = quick_recipe(tmp_path / "r.yaml", [ort_target], {"source": "synthetic", "samples": 128, "classes": 4,
                                                               "image_size": 16, "batch_size": 32},
-                          arch="tests.models:ShapeCheckedCNN")
+                          arch="tests.models:OpaqueCNN")
     began = time.perf_counter()
     result = invoke("compress", ckpt, "--recipe", recipe, "--out", tmp_path / "run")
     assert result.exit_code == 2, result.output
     assert "preflight stages.1 (quantize)" in result.output and "cannot be traced" in result.output
     assert "remove it from forward" in result.output and "Traceback" not in result.output
     assert time.perf_counter() - began < 30 and not (tmp_path / "run" / "stages").exists()  # nothing trained
+
+
+def test_a_model_with_a_shape_check_in_forward_passes_preflight_and_is_quantized_whole():
+    """Given the example input (the stage's, and now preflight's), the value tracer follows the check."""
+    from edgekd.quantization import quantize_model
+    from edgekd.stages.preflight import check_quantize
+    from tests.models import ShapeCheckedCNN
+
+    model, x = ShapeCheckedCNN(num_classes=4).eval(), torch.rand(1, 1, 16, 16)
+    check_quantize(model, x, "stages.1")  # raised "cannot be traced" before
+    assert quantize_model(model, example=x).quant_mode == "graph"
 
 
 def test_arch_args_reach_the_constructor_and_a_missing_one_is_exit_2(tmp_path, ort_target):

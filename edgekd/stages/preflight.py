@@ -37,11 +37,12 @@ def _fail(where: str, stage: str, cause: str, remedy: str) -> InputError:
 
 
 def check_quantize(model: nn.Module, example: torch.Tensor, where: str) -> None:
-    """The fx trace and Brevitas layer swap the quantize stage does, then one forward pass."""
+    """The fx trace and Brevitas layer swap the quantize stage does (given an example input, as the stage
+    is: shape-dependent code is traced with its values), then one forward pass."""
     from ..quantization import quantize_model
 
     try:
-        qmodel = quantize_model(model)
+        qmodel = quantize_model(model, example=example)
     except EdgekdError as exc:
         raise _fail(where, "quantize", str(exc).removeprefix("quantize: "), TRACE_REMEDY) from None
     try:
