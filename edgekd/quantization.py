@@ -28,7 +28,7 @@ from .errors import StageError
 from .onnx_folds import fold_constant_clips, fold_pads_into_convs, initializers_out_of_inputs
 from .quant_capture import (QUANTIZABLE, chunks_as_functions, drop_identities, plain_layers,
                             matmul_inputs_quantized, quant_tensor_safe, quantizable_attention,
-                            shape_quantizers_removed, traced_parts)
+                            shape_quantizers_removed, sliced_outputs_quantized, traced_parts)
 
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
@@ -373,6 +373,7 @@ def _graph_mode(graph: nn.Module, compute: dict, acts: dict, identities: dict, s
         with brevitas_rules(max_residual_iters=residual_budget(graph)):
             qmodel = quantize(graph, quant_identity_map=identities, compute_layer_map=compute, quant_act_map=acts)
         shape_quantizers_removed(qmodel)  # quantizers Brevitas put on B, C, H, W read off x.shape
+        sliced_outputs_quantized(qmodel, signed_act)  # a layer read only in pieces (rexnet)
         quant_tensor_safe(qmodel)  # tensor code (x[:, :c], x.mean()) that QuantTensors cannot run
         matmul_inputs_quantized(qmodel, signed_act, unsigned_act)  # q @ k written in code
     except Exception as exc:  # noqa: BLE001 - Brevitas raises plain RuntimeErrors / AssertionErrors

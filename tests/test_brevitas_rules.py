@@ -96,7 +96,7 @@ def test_a_same_padded_conv_exports_as_one_int8_conv_with_asymmetric_pads(tmp_pa
     write_u8s8(path, layout_path(path, "u8s8"))
     target = Target(name="onnxruntime", backend="onnxruntime", threads=1)
     counts = BACKENDS.get("onnxruntime")().compile(layout_path(path, "u8s8"), target).int8_layers()
-    assert counts["int8"] == counts["total"] == 4, counts
+    assert counts["int8"] == counts["total"] == 4, counts.get("float_layers")
 
 
 def test_brevitas_gets_its_lists_back_after_the_block():
@@ -149,3 +149,45 @@ def test_equalization_is_skipped_only_when_asked_for_no_iterations_and_comes_bac
         assert graph_quantize.EqualizeGraph(iterations=0).apply(graph) is graph
         assert isinstance(graph_quantize.EqualizeGraph(iterations=2).real, original)
     assert graph_quantize.EqualizeGraph is original
+
+
+PIECES = {  # ways a linear bottleneck's output is read in two pieces (timm's rexnet slices)
+    "slices": lambda y, c: (y[:, :c], y[:, c:]),
+    "split": lambda y, c: torch.split(y, [c, y.shape[1] - c], dim=1),
+    "chunk": lambda y, c: y.chunk(2, dim=1),
+}
+
+
+class PartialShortcut(nn.Module):
+    """rexnet's block: the shortcut is added to the first channels of the output, the rest pass as they are."""
+
+    def __init__(self, pieces) -> None:
+        super().__init__()
+        self.pieces = pieces
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.expand = nn.Sequential(nn.Conv2d(8, 32, 1), nn.BatchNorm2d(32), nn.ReLU())
+        self.project = nn.Sequential(nn.Conv2d(32, 16, 1), nn.BatchNorm2d(16))  # linear: no activation
+        self.head = nn.Conv2d(16, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = self.stem(x)
+        first, rest = self.pieces(self.project(self.expand(shortcut)), 8)
+        return self.head(torch.cat([first + shortcut, rest], dim=1))
+
+
+@pytest.mark.parametrize("spelling", sorted(PIECES))
+def test_a_layer_read_only_in_pieces_runs_int8_on_onnx_runtime(spelling, tmp_path):
+    from edgekd.backends import BACKENDS
+    from edgekd.backends.target import Target
+    from edgekd.int8_layouts import layout_path
+    from tests.int8_files import int8_files
+
+    torch.manual_seed(0)
+    model = PartialShortcut(PIECES[spelling]).eval()
+    x = torch.rand(16, 3, 12, 12)
+    with torch.no_grad():  # BatchNorm statistics of a trained model, not the init's
+        model.train()(x)
+    _, path = int8_files(model, x, tmp_path / "pieces.onnx")
+    target = Target(name="onnxruntime", backend="onnxruntime", threads=1)
+    counts = BACKENDS.get("onnxruntime")().compile(layout_path(path, "u8s8"), target).int8_layers()
+    assert counts["int8"] == counts["total"] == 4, counts.get("float_layers")

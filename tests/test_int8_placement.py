@@ -3,7 +3,6 @@ ops sit between the quantized layers, and the requantizers ONNX Runtime's layout
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +16,10 @@ from torch import nn
 
 from edgekd.backends import BACKENDS
 from edgekd.backends.target import Target
-from edgekd.int8_layouts import layout_path, write_u8s8
+from edgekd.int8_layouts import layout_path
 from edgekd.int8_placement import RULES, placement_problems
-from edgekd.quantization import calibrate, export_qdq, quantize_model
+from edgekd.quantization import calibrate, quantize_model
+from tests.int8_files import int8_files
 
 class Lambda(nn.Module):
     def __init__(self, fn) -> None:
@@ -76,15 +76,7 @@ class Chain(nn.Module):
 
 def exported(model: nn.Module, tmp_path: Path, size: int = 16) -> Path:
     torch.manual_seed(1)
-    x = torch.rand(8, 3, size, size)
-    qmodel = quantize_model(model.eval(), unsigned_input=True, example=x[:1])
-    calibrate(qmodel, x.split(4))
-    path = tmp_path / "m.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        export_qdq(qmodel, x[:1], path, 17)
-    write_u8s8(path, layout_path(path, "u8s8"))
-    return path
+    return int8_files(model, torch.rand(8, 3, size, size), tmp_path / "m.onnx")[1]
 
 
 def int8_layers(path: Path) -> dict[str, dict]:

@@ -10,7 +10,6 @@ runtimes and match its fake-quant model.
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
 import pytest
@@ -20,9 +19,9 @@ from torch import nn
 
 from edgekd.backends import BACKENDS
 from edgekd.backends.target import Target
-from edgekd.int8_layouts import layout_path, write_u8s8
-from edgekd.quantization import (FLOAT_PATH_TOLERANCE, calibrate, export_qdq, float_path_difference,
-                                 quantize_model)
+from edgekd.int8_layouts import layout_path
+from edgekd.quantization import FLOAT_PATH_TOLERANCE, float_path_difference, quantize_model
+from tests.int8_files import int8_files
 
 
 def ceil_to_patches(x: torch.Tensor) -> torch.Tensor:
@@ -106,12 +105,7 @@ def test_a_model_that_traces_only_in_parts_is_quantized_in_those_parts(spelling,
     assert sum(isinstance(m, (qnn.QuantConv2d, qnn.QuantLinear)) for m in qmodel.modules()) == 6
     assert float_path_difference(model, qmodel, x[:4]) < FLOAT_PATH_TOLERANCE
 
-    calibrate(qmodel, x.split(8))
-    path = tmp_path / "parts.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        export_qdq(qmodel, x[:1], path, 17)
-    write_u8s8(path, layout_path(path, "u8s8"))
+    qmodel, path = int8_files(model, x, tmp_path / "parts.onnx")  # quantized again, as the stages do
     for backend, layout in (("onnxruntime", "u8s8"), ("openvino", "s8s8")):
         target = Target(name=backend, backend=backend, threads=1)
         compiled = BACKENDS.get(backend)().compile(layout_path(path, layout), target)

@@ -1,0 +1,23 @@
+"""An INT8 file made the way the quantize and export stages make it, for tests that read what a runtime runs."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import torch
+
+from edgekd.int8_layouts import layout_path, write_u8s8
+from edgekd.quantization import calibrate, export_qdq, quantize_model
+
+
+def int8_files(model: torch.nn.Module, x: torch.Tensor, path: Path) -> tuple[torch.nn.Module, Path]:
+    """PTQ of ``model`` (unsigned input, calibrated on ``x`` in batches of 4), exported to ``path`` (the
+    s8s8 file OpenVINO gets) and its u8s8 twin for ONNX Runtime; returns the fake-quant model and ``path``."""
+    qmodel = quantize_model(model.eval(), unsigned_input=True, example=x[:1])
+    calibrate(qmodel, x.split(4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        export_qdq(qmodel, x[:1], path, 17)
+    write_u8s8(path, layout_path(path, "u8s8"))
+    return qmodel, path
