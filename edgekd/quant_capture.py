@@ -530,27 +530,33 @@ class QuantAttention(nn.Module):
         self.v_quant = qnn.QuantIdentity(act_quant=signed_act)
         self.attn_quant = qnn.QuantIdentity(act_quant=unsigned_act)
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
         scale = q.shape[-1] ** -0.5 if self.scale is None else self.scale
-        attn = torch.softmax(self.q_quant(q * scale) @ self.k_quant(k.transpose(-2, -1)), dim=-1)
-        return self.attn_quant(attn) @ self.v_quant(v)
+        scores = self.q_quant(q * scale) @ self.k_quant(k.transpose(-2, -1))
+        if attn_mask is not None:  # as F.scaled_dot_product_attention reads it: True keeps, a float adds
+            scores = (scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool
+                      else scores + attn_mask)
+        return self.attn_quant(torch.softmax(scores, dim=-1)) @ self.v_quant(v)
 
 
 def quantizable_attention(graph: Any, signed_act: type, unsigned_act: type) -> int:
-    """Replace each plain ``F.scaled_dot_product_attention`` call (no mask, not causal, no dropout) in
-    ``graph`` by a ``QuantAttention``; returns how many. Calls with a mask keep their float matmuls."""
+    """Replace each ``F.scaled_dot_product_attention`` call that is not causal and has no dropout in
+    ``graph`` by a ``QuantAttention``, its mask (TinyViT's attention biases) passed on; returns how many.
+    Causal calls and those with dropout keep their float matmuls."""
     done = 0
     for node in list(graph.graph.nodes):
         if node.op != "call_function" or node.target is not F.scaled_dot_product_attention:
             continue
         extra = {k: _default_of(v) for k, v in
                  {**dict(zip(("attn_mask", "dropout_p", "is_causal"), node.args[3:])), **node.kwargs}.items()}
-        if extra.get("attn_mask") is not None or extra.get("dropout_p", 0.0) or extra.get("is_causal", False):
+        if extra.get("dropout_p", 0.0) or extra.get("is_causal", False):
             continue
         name = f"attention_{done}"
         graph.add_submodule(name, QuantAttention(signed_act, unsigned_act, extra.get("scale")))
+        mask = extra.get("attn_mask")
         with graph.graph.inserting_after(node):
-            new = graph.graph.call_module(name, tuple(node.args[:3]))
+            new = graph.graph.call_module(name, (*node.args[:3], *([] if mask is None else [mask])))
         node.replace_all_uses_with(new)
         graph.graph.erase_node(node)
         done += 1
