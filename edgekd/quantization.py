@@ -419,6 +419,8 @@ def _layerwise(graph: nn.Module, compute: dict, signed_act: type, unsigned_act: 
     except Exception as exc:  # noqa: BLE001 - Brevitas raises plain RuntimeErrors / AssertionErrors
         raise StageError(f"quantize: Brevitas could not quantize this model layerwise ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+    if traced_graph:  # q @ k written in code (LeViT's attention): layers only quantize their own inputs
+        matmul_inputs_quantized(qmodel, signed_act, unsigned_act)
     qmodel.quant_mode = "layerwise"
     return qmodel
 

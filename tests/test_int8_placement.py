@@ -193,9 +193,16 @@ def test_sizes_read_off_shapes_get_no_quantizer():
     assert float_path_difference(model, qmodel, x) < FLOAT_PATH_TOLERANCE
 
 
-def test_matmuls_written_in_code_run_int8_on_both_runtimes(tmp_path):
+@pytest.mark.parametrize("mode", ["graph", "layerwise"])
+def test_matmuls_written_in_code_run_int8_on_both_runtimes(mode, tmp_path, monkeypatch):
     """Brevitas' graph mode quantizes layers, adds and concats, not a ``q @ k`` in code: both matmuls of
-    the attention above stayed float on both runtimes (EfficientViT-M 117 of 165 layers INT8 on ORT)."""
+    the attention above stayed float on both runtimes (EfficientViT-M 117 of 165 layers INT8 on ORT), and
+    in layerwise mode, where each layer quantizes only its own input (LeViT: 52 of 74 on ORT)."""
+    import edgekd.quantization as quantization
+
+    if mode == "layerwise":  # a residual handler that gives up at once, as on LeViT's residual stream
+        monkeypatch.setattr(quantization, "residual_budget", lambda graph: 1)
+    assert quantize_model(CodedAttention(bias=False).eval(), example=torch.rand(1, 3, 16, 16)).quant_mode == mode
     path = exported(CodedAttention(bias=False), tmp_path)
     matmuls = [n for n in onnx.load(str(path)).graph.node if n.op_type == "MatMul"]
     assert len(matmuls) == 2
