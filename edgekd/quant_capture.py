@@ -10,12 +10,10 @@ still computes the same thing at the exported shape.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
 import operator
 import warnings
-from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -437,8 +435,7 @@ def traced(model: nn.Module, example: torch.Tensor | None, fixed: dict[str, Any]
         warnings.simplefilter("ignore", FutureWarning)
         for trace in tracers:
             try:
-                with _autocast_as_no_op():
-                    captured = trace()
+                captured = trace()
             except Exception as exc:  # noqa: BLE001 - torch.fx raises many types on untraceable models
                 trace_error = trace_error or exc  # the symbolic tracer's error names the cause
                 continue
@@ -457,34 +454,6 @@ def traced(model: nn.Module, example: torch.Tensor | None, fixed: dict[str, Any]
         raise Untraceable(f"quantize: the model cannot be traced by torch.fx for quantization ({trace_error})")
     constant_scales_folded(graph)  # after BatchNorm merging: conv -> BN -> x * gamma is conv -> x * gamma
     return graph
-
-
-class _NoAutocast:
-    """``torch.autocast`` while tracing: accepts any arguments, changes nothing."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def __enter__(self) -> _NoAutocast:
-        return self
-
-    def __exit__(self, *exc: Any) -> bool:
-        return False
-
-
-@contextlib.contextmanager
-def _autocast_as_no_op() -> Iterator[None]:
-    """Within this block ``torch.autocast`` is a no-op. A traced graph never holds autocast (torch.fx runs
-    a context manager while tracing and records none of it), but its arguments are read while tracing:
-    EfficientViT's ``torch.autocast(device_type=v.device.type, enabled=False)`` around its attention gave
-    torch.fx a proxy where a string belongs, and the whole model failed to trace (its attention matmuls
-    then stayed float, 51 of 60 layers INT8). The original is always restored."""
-    originals = (torch.autocast, torch.amp.autocast)
-    torch.autocast = torch.amp.autocast = _NoAutocast
-    try:
-        yield
-    finally:
-        torch.autocast, torch.amp.autocast = originals
 
 
 def _specialization_checks_dropped(graph: Any, names: list[str]) -> Any:
