@@ -384,19 +384,21 @@ def traced_parts(model: nn.Module, example: torch.Tensor | None) -> dict[str, nn
     stays Python, and each child is captured alone, recursively, so only the code that branches runs in
     float between quantized parts. A child is traced with the input it receives when ``model`` runs on
     ``example`` (the value tracer needs it); children the forward does not reach are left alone."""
-    calls = first_calls(model, example, dict(model.named_modules())) if example is not None else {}
     parts: dict[str, nn.Module] = {}
+    calls: dict[str, dict[str, Any]] = {}  # recorded only once the whole model has failed to trace
 
     def capture(name: str, module: nn.Module) -> Untraceable | None:
         """Trace ``module`` whole, else its children; its own tracing error, if any."""
         try:
-            call = calls.get(name, {})
+            call = calls.get(name, {}) if name else {}
             fixed = {k: v for k, v in call.items() if not isinstance(v, torch.Tensor)}  # as the caller passes them
             if next(module.children(), None) is None:  # a lone layer traced as the root would be its F.conv2d
                 module, fixed = nn.Sequential(module), {}
-            parts[name] = traced(module, _first_tensor(call), fixed)
+            parts[name] = traced(module, _first_tensor(call) if name else example, fixed)
             return None
         except Untraceable as exc:
+            if not name and example is not None:
+                calls.update(first_calls(model, example, dict(model.named_modules())))
             for child, sub in module.named_children():
                 qualified = f"{name}.{child}" if name else child
                 if example is None or any(n == qualified or n.startswith(f"{qualified}.") for n in calls):
