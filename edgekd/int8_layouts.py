@@ -40,12 +40,15 @@ def write_u8s8(src: Path, dst: Path) -> int:
     from onnx import TensorProto, numpy_helper
     from onnxruntime.quantization.onnx_model import ONNXModel
 
-    from .int8_placement import fused_gelus, insert_requantizers, quantize_before_moves
+    from .int8_placement import (fused_gelus, insert_requantizers, private_requantizer_chains, quantize_before_clamps,
+                                 quantize_before_moves)
 
     proto = onnx.load(str(src))
     fused_gelus(proto)  # one Gelu op where ORT's optimizer no longer finds the pattern (int8_placement)
     quantize_before_moves(proto, "u8s8")  # a pool's quantizer written after its flatten (int8_placement)
     insert_requantizers(proto, "u8s8")  # ONNX Runtime needs a Q/DQ after grid-keeping ops (int8_placement)
+    quantize_before_clamps(proto, "u8s8")  # a Relu/Clip ORT cannot fold into the quantizer after it
+    private_requantizer_chains(proto, "u8s8")  # ORT shares the DQ it merges a requantizer chain into
     model = ONNXModel(proto)
     readers = model.input_name_to_nodes()
     shifted: dict[str, str] = {}

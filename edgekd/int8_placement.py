@@ -20,6 +20,13 @@ DequantizeLinear nodes of one grid, and whose readers are not already QuantizeLi
 copy, a nearest-neighbour resize of them), so quantizing them again changes nothing. No ONNX or ORT
 library pass inserts requantizers into an existing QDQ graph (ORT's quantizer places them from float
 data, before any graph exists), hence this pass, on ``onnxruntime.quantization``'s ``ONNXModel``.
+
+Two more of ORT's rules decide whether a conv is fused, both read off its optimizer: a ``Relu``/``Clip``
+between the conv and its quantizer is removed only when the quantizer's range lies within the clamp's
+(``ReluQuantFusion``, ``ClipQuantFusion``), and no op is fused whose DequantizeLinear has another reader,
+which ORT's ``DoubleQDQPairsRemover`` creates when it merges a shared requantizer chain. For the first a
+quantizer on the same grid goes before the clamp, for the second each reader gets its own chain
+(``quantize_before_clamps``, ``private_requantizer_chains``; both exact).
 """
 
 from __future__ import annotations
@@ -41,6 +48,12 @@ class LayoutRules:
     same_rank_inputs: frozenset[str] = field(default_factory=frozenset)
     # ops that only move elements: a per-tensor quantizer after them also quantizes what feeds them
     quantize_through: frozenset[str] = field(default_factory=frozenset)
+    # clamps the runtime folds into the QuantizeLinear after an integer op only when that quantizer's range
+    # lies inside the clamp's; elsewhere a quantizer on the same grid goes before them
+    folded_clamps: frozenset[str] = field(default_factory=frozenset)
+    # the runtime merges ``Q1 -> DQ1 -> Q2 -> DQ2`` into one DQ that all of DQ2's readers then share, and
+    # fuses no integer op whose DequantizeLinear has another reader: each reader gets its own chain
+    one_reader_per_requantizer: bool = False
 
 
 # Resize keeps the grid only in nearest mode (linear modes average neighbours): checked per node below
@@ -62,7 +75,8 @@ OV_SAME_RANK = frozenset({"Add", "Sub"})
 RULES = {
     "s8s8": LayoutRules("OpenVINO, TensorRT (both move DequantizeLinear past grid-keeping ops themselves)",
                         frozenset(), CONV_LIKE, OV_SAME_RANK),
-    "u8s8": LayoutRules("ONNX Runtime CPU/CUDA", ORT_GRID_KEEPING, ORT_INTEGER_OPS, quantize_through=MOVES_ONLY),
+    "u8s8": LayoutRules("ONNX Runtime CPU/CUDA", ORT_GRID_KEEPING, ORT_INTEGER_OPS, quantize_through=MOVES_ONLY,
+                        folded_clamps=frozenset({"Relu", "Clip"}), one_reader_per_requantizer=True),
     "dynamic": LayoutRules("ONNX Runtime CPU, transformers (activations quantized per call)", frozenset(),
                            frozenset({"MatMul"})),
 }
@@ -80,6 +94,76 @@ def _grid(model: Any, dq: Any) -> tuple[float, int, int] | None:
     if s.size != 1 or z.size != 1:
         return None
     return float(s.reshape(-1)[0]), int(z.reshape(-1)[0]), zero.data_type
+
+
+def links(graph: Any) -> tuple[dict[str, Any], dict[str, list[Any]]]:
+    """(tensor -> the node writing it, tensor -> the nodes reading it)."""
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list[Any]] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    return producer, readers
+
+
+def insert_before(graph: Any, added: list[tuple[Any, list[Any]]]) -> None:
+    """Put each list of new nodes right before the node that reads them: the graph stays sorted."""
+    for node, inserted in added:
+        at = list(graph.node).index(node)
+        for offset, new in enumerate(inserted):
+            graph.node.insert(at + offset, new)
+
+
+# an integer type's (lowest, highest) value, by ONNX type code
+INT_RANGES = {2: (0, 255), 3: (-128, 127)}
+
+
+def quantizer_range(graph: Any, quant: Any) -> tuple[float, float] | None:
+    """The real values a per-tensor QuantizeLinear can write, (qmin - zp) * s to (qmax - zp) * s, as ONNX
+    Runtime computes them (float32); None when its scale or zero point is not a one-value initializer."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    inits = {i.name: i for i in graph.initializer}
+    if len(quant.input) < 3 or quant.input[1] not in inits or quant.input[2] not in inits:
+        return None
+    scale, zero = numpy_helper.to_array(inits[quant.input[1]]), inits[quant.input[2]]
+    if scale.size != 1 or zero.data_type not in INT_RANGES or numpy_helper.to_array(zero).size != 1:
+        return None
+    s, z = np.float32(scale.reshape(-1)[0]), int(numpy_helper.to_array(zero).reshape(-1)[0])
+    low, high = INT_RANGES[zero.data_type]
+    return float(s * np.float32(low - z)), float(s * np.float32(high - z))
+
+
+def clamp_bounds(graph: Any, clamp: Any) -> tuple[float, float] | None:
+    """(min, max) of a Relu (0, inf) or a Clip whose bounds are initializers (absent: unbounded); else None."""
+    from onnx import numpy_helper
+
+    if clamp.op_type == "Relu":
+        return 0.0, float("inf")
+    inits = {i.name: i for i in graph.initializer}
+    bounds = []
+    for k, default in ((1, float("-inf")), (2, float("inf"))):
+        name = clamp.input[k] if len(clamp.input) > k else ""
+        if name and name not in inits:
+            return None
+        bounds.append(float(numpy_helper.to_array(inits[name]).reshape(-1)[0]) if name else default)
+    return bounds[0], bounds[1]
+
+
+def clamp_folds(graph: Any, clamp: Any, quant: Any) -> bool:
+    """Whether ONNX Runtime removes ``clamp`` before ``quant`` (``ReluQuantFusion``, ``ClipQuantFusion``:
+    the quantizer's range lies within the clamp's, to float32 epsilon), which is what lets the integer op
+    before the clamp read as ``DQ -> op -> Q``."""
+    import numpy as np
+
+    span, bounds = quantizer_range(graph, quant), clamp_bounds(graph, clamp)
+    if span is None or bounds is None:
+        return False
+    eps = float(np.finfo(np.float32).eps)
+    if clamp.op_type == "Relu":  # ORT's rule: the zero point is the type's lowest value
+        return span[0] == 0.0
+    return bounds[0] - span[0] <= eps and span[1] - bounds[1] <= eps
 
 
 def _keeps_grid(node: Any) -> bool:
@@ -160,11 +244,7 @@ def quantize_before_moves(onnx_model: Any, layout: str) -> int:
     if not rules.quantize_through:
         return 0
     graph = onnx_model.graph
-    producer = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, list[Any]] = {}
-    for n in graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
+    producer, readers = links(graph)
     outputs = {o.name for o in graph.output}
     scalar = {i.name for i in graph.initializer if len(i.dims) == 0 or list(i.dims) == [1]}
     added: list[tuple[Any, list[Any]]] = []
@@ -182,10 +262,80 @@ def quantize_before_moves(onnx_model: Any, layout: str) -> int:
                                                name=f"{name}_int"),
                               helper.make_node("DequantizeLinear", [f"{name}_int", *quant.input[1:]], [name], name=name)]))
         first.input[0] = name
-    for node, inserted in added:  # right before their reader: the graph stays topologically sorted
-        at = list(graph.node).index(node)
-        for offset, new in enumerate(inserted):
-            graph.node.insert(at + offset, new)
+    insert_before(graph, added)
+    return len(added)
+
+
+def quantize_before_clamps(onnx_model: Any, layout: str) -> int:
+    """Put a ``Q -> DQ`` on the following quantizer's grid between an integer op and each Relu/Clip
+    (``RULES[layout].folded_clamps``) the runtime cannot fold into that quantizer: ``Conv -> Clip -> Q``
+    becomes ``Conv -> Q -> DQ -> Clip -> Q``, so the conv is ``DQ -> Conv -> Q`` whatever the clamp.
+    ONNX Runtime folds a clamp only when the quantizer's range lies inside it, which a signed grid
+    (Brevitas' ``QuantHardTanh``, an aligned residual) never does: the conv before ran in float.
+    Exact: quantizing is monotone, so ``Q(clamp(x)) == Q(clamp(DQ(Q(x))))`` (both are ``x``'s integer
+    clamped to the bounds' integers). Returns how many pairs were added."""
+    from onnx import helper
+
+    rules = RULES[layout]
+    graph = onnx_model.graph
+    producer, readers = links(graph)
+    added: list[tuple[Any, list[Any]]] = []
+    for clamp in graph.node:
+        if clamp.op_type not in rules.folded_clamps:
+            continue
+        source, after = producer.get(clamp.input[0]), readers.get(clamp.output[0], [])
+        if (source is None or source.op_type not in rules.integer_ops or len(readers[clamp.input[0]]) != 1
+                or not after or any(r.op_type != "QuantizeLinear" or r.input[1:3] != after[0].input[1:3]
+                                    for r in after)):
+            continue
+        quant = after[0]
+        if quantizer_range(graph, quant) is None or clamp_folds(graph, clamp, quant):
+            continue
+        name = f"{clamp.input[0]}_edgekd_q_{clamp.name}"
+        added.append((clamp, [helper.make_node("QuantizeLinear", [clamp.input[0], *quant.input[1:3]], [f"{name}_int"],
+                                               name=f"{name}_int"),
+                              helper.make_node("DequantizeLinear", [f"{name}_int", *quant.input[1:3]], [name],
+                                               name=name)]))
+        clamp.input[0] = name
+    insert_before(graph, added)
+    return len(added)
+
+
+def private_requantizer_chains(onnx_model: Any, layout: str) -> int:
+    """Give each reader of a requantized tensor (``Q1 -> DQ1 -> Q2 -> DQ2`` with several readers of DQ2:
+    a ReLU6's output requantized onto a residual's grid) its own copy of ``DQ1 -> Q2 -> DQ2``, when
+    ``RULES[layout].one_reader_per_requantizer``. ONNX Runtime's ``DoubleQDQPairsRemover`` merges such a
+    chain into one DequantizeLinear after its ``EnsureUniqueDQForNodeUnit`` has run, so the merged DQ stays
+    shared, and its QDQ selectors fuse no op whose DQ has another reader: the conv reading the residual
+    ran in float. Copies change no value. Returns how many readers got a chain of their own."""
+    from onnx import NodeProto
+
+    if not RULES[layout].one_reader_per_requantizer:
+        return 0
+    graph = onnx_model.graph
+    producer, readers = links(graph)
+    outputs = {o.name for o in graph.output}
+    added: list[tuple[Any, list[Any]]] = []
+    for dq2 in [n for n in graph.node if n.op_type == "DequantizeLinear"]:
+        q2 = producer.get(dq2.input[0])
+        dq1 = producer.get(q2.input[0]) if q2 is not None and q2.op_type == "QuantizeLinear" else None
+        takers = readers.get(dq2.output[0], [])
+        if dq1 is None or dq1.op_type != "DequantizeLinear" or len(takers) < 2 or dq2.output[0] in outputs:
+            continue
+        for k, reader in enumerate(takers[1:], 1):
+            copies = []
+            source = dq1.input[0]
+            for node in (dq1, q2, dq2):
+                copy = NodeProto()
+                copy.CopyFrom(node)  # attributes (axis, saturate) too
+                copy.input[0], copy.output[0] = source, f"{node.output[0]}_edgekd_reader{k}"
+                copy.name = source = copy.output[0]
+                copies.append(copy)
+            for j, name in enumerate(reader.input):
+                if name == dq2.output[0]:
+                    reader.input[j] = source
+            added.append((reader, copies))
+    insert_before(graph, added)
     return len(added)
 
 
@@ -232,7 +382,7 @@ def align_dequantized_ranks(onnx_model: Any, layout: str) -> int:
     inferred = shape_inference.infer_shapes(onnx_model).graph
     rank = {v.name: len(v.type.tensor_type.shape.dim) for v in (*inferred.value_info, *inferred.input, *inferred.output)
             if v.type.tensor_type.HasField("shape")}
-    producer = {o: n for n in graph.node for o in n.output}
+    producer, _ = links(graph)
     scalar = {i.name for i in graph.initializer if len(i.dims) == 0 or list(i.dims) == [1]}
     added: list[tuple[Any, list[Any]]] = []
     for node in graph.node:
@@ -251,25 +401,37 @@ def align_dequantized_ranks(onnx_model: Any, layout: str) -> int:
         added.append((node, [helper.make_node("Unsqueeze", [dq.input[0], axes.name], [f"{out}_int"], name=f"{out}_int"),
                              helper.make_node("DequantizeLinear", [f"{out}_int", *dq.input[1:]], [out], name=out)]))
         node.input[low] = out
-    for node, inserted in added:  # right before their reader: the graph stays topologically sorted
-        at = list(graph.node).index(node)
-        for offset, new in enumerate(inserted):
-            graph.node.insert(at + offset, new)
+    insert_before(graph, added)
     return len(added)
+
+
+def shared_requantizer(producer: dict[str, Any], readers: dict[str, list[Any]], name: str) -> bool:
+    """Whether tensor ``name`` is the end of a requantizer chain ``DQ -> Q -> DQ`` that other ops read too
+    (see ``private_requantizer_chains``)."""
+    dq2 = producer.get(name)
+    q2 = producer.get(dq2.input[0]) if dq2 is not None and dq2.op_type == "DequantizeLinear" else None
+    dq1 = producer.get(q2.input[0]) if q2 is not None and q2.op_type == "QuantizeLinear" else None
+    return dq1 is not None and dq1.op_type == "DequantizeLinear" and len(readers.get(name, [])) > 1
+
+
+def unfolded_clamp(graph: Any, readers: dict[str, list[Any]], node: Any) -> Any | None:
+    """The Relu/Clip between ``node`` and its QuantizeLinear that ONNX Runtime cannot fold, if any."""
+    after = readers.get(node.output[0], [])
+    if len(after) != 1 or after[0].op_type not in ("Relu", "Clip"):
+        return None
+    quants = [r for r in readers.get(after[0].output[0], []) if r.op_type == "QuantizeLinear"]
+    return after[0] if quants and not clamp_folds(graph, after[0], quants[0]) else None
 
 
 def placement_problems(onnx_model: Any, layout: str) -> dict[str, str]:
     """Node name -> which of the layout's rules it breaks, for every conv/matmul/gemm (the layers INT8
     coverage counts): a float input that is not a DequantizeLinear (and the op it comes from), or, for
-    layouts whose integer kernels need it, an output that no QuantizeLinear reads."""
+    layouts whose integer kernels need it, an output that no QuantizeLinear reads, a clamp the runtime
+    cannot fold before that quantizer, or an input DequantizeLinear the runtime will share."""
     rules = RULES[layout]
     graph = onnx_model.graph
     inits = {i.name for i in graph.initializer}
-    producer = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, list[Any]] = {}
-    for n in graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
+    producer, readers = links(graph)
     problems = {}
     for node in graph.node:
         if node.op_type not in CONV_LIKE or node.op_type not in rules.integer_ops:
@@ -282,10 +444,19 @@ def placement_problems(onnx_model: Any, layout: str) -> dict[str, str]:
                 problems[node.name] = (f"input {name!r} comes from {source.op_type if source else 'the graph input'} "
                                        f"in float: {layout} needs a DequantizeLinear there")
                 break
-        if node.name not in problems and layout == "u8s8" and node.op_type == "Conv":
-            outs = readers.get(node.output[0], [])
-            follow = [r for r in outs if r.op_type in ("Relu", "Clip")]
-            if not any(r.op_type == "QuantizeLinear" for r in outs + [x for f in follow for x in readers.get(f.output[0], [])]):
-                problems[node.name] = "its output goes to no QuantizeLinear: ONNX Runtime's QLinearConv needs one"
+            if rules.one_reader_per_requantizer and shared_requantizer(producer, readers, name):
+                problems[node.name] = (f"input {name!r} ends a requantizer chain (DQ -> Q -> DQ) other ops read too: "
+                                       f"{layout}'s runtime merges it into one DequantizeLinear they share and fuses "
+                                       f"no op whose DequantizeLinear has another reader")
+                break
+        if node.name in problems or layout != "u8s8" or node.op_type != "Conv":
+            continue
+        clamp = unfolded_clamp(graph, readers, node) if rules.folded_clamps else None
+        outs = readers.get(node.output[0], [])
+        follow = [r for r in outs if r.op_type in rules.folded_clamps]
+        if clamp is not None:
+            problems[node.name] = (f"a {clamp.op_type} before its QuantizeLinear that ONNX Runtime cannot fold: the "
+                                   f"quantizer's range does not lie within the {clamp.op_type}'s bounds")
+        elif not any(r.op_type == "QuantizeLinear" for r in outs + [x for f in follow for x in readers.get(f.output[0], [])]):
+            problems[node.name] = "its output goes to no QuantizeLinear: ONNX Runtime's QLinearConv needs one"
     return problems
-

@@ -56,15 +56,21 @@ BETWEEN = {
 }
 
 
-class Chain(nn.Module):
-    """conv -> ReLU -> [op] -> conv -> ReLU -> [op] -> ... -> global pool -> linear."""
+# the clamps models put after a conv: ONNX Runtime folds them into the quantizer after them only when that
+# quantizer's range lies within their bounds (a signed grid never does: Hardtanh's, an aligned residual's)
+CLAMPS = {"relu": nn.ReLU, "relu6": nn.ReLU6, "hardtanh(0,4)": lambda: nn.Hardtanh(0.0, 4.0),
+          "hardtanh(-1,3)": lambda: nn.Hardtanh(-1.0, 3.0)}
 
-    def __init__(self, ops: list[str]) -> None:
+
+class Chain(nn.Module):
+    """conv -> clamp -> [op] -> conv -> clamp -> [op] -> ... -> global pool -> linear."""
+
+    def __init__(self, ops: list[str], clamp: str = "relu") -> None:
         super().__init__()
         self.between = nn.ModuleList(BETWEEN[op]() for op in ops)
         self.stem = nn.Conv2d(3, 8, 3, padding=1)
         self.convs = nn.ModuleList(nn.Conv2d(8, 8, 3, padding=1) for _ in ops)
-        self.relus = nn.ModuleList(nn.ReLU() for _ in range(len(ops) + 1))
+        self.relus = nn.ModuleList(CLAMPS[clamp]() for _ in range(len(ops) + 1))
         self.head = nn.Linear(8, 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -128,6 +134,61 @@ def test_without_the_rule_onnx_runtime_names_the_float_conv_and_its_cause(tmp_pa
 def test_any_chain_of_grid_keeping_ops_leaves_every_layer_int8(ops, tmp_path_factory):
     """Generated chains (a MaxPool after a Concat, a Slice after a Resize, ...): the rule holds for each."""
     assert_rule_holds(exported(Chain(ops), tmp_path_factory.mktemp("chain"), size=24), size=24)
+
+
+@settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(op=st.sampled_from(sorted(BETWEEN)), clamp=st.sampled_from(sorted(CLAMPS)))
+def test_any_clamp_around_a_grid_keeping_op_leaves_every_layer_int8(op, clamp, tmp_path_factory):
+    """Generated pairs of a clamp (ReLU6, a Hardtanh with a signed grid, ...) after each conv and a
+    grid-keeping op between them: the rule holds for each."""
+    assert_rule_holds(exported(Chain([op], clamp), tmp_path_factory.mktemp("clamp"), size=24), size=24)
+
+
+@pytest.mark.xfail(strict=True, reason="known gap, OpenVINO 2026.4: after Concat -> conv -> Split -> Q/DQ (the "
+                                       "pieces requantized for the next Concat) -> Concat, the next conv runs f32; "
+                                       "without those Q/DQ it runs u8, hoisting them above the Split does not help")
+def test_openvino_runs_the_conv_after_a_concat_then_a_requantized_split_in_int8(tmp_path):
+    """Found by the generated chains; the ONNX Runtime layout runs all six layers INT8 here."""
+    assert_rule_holds(exported(Chain(["concat", "split"]), tmp_path, size=24), size=24)
+
+
+class Residual(nn.Module):
+    """stem -> clamp -> (conv -> clamp -> conv) + stem -> conv: the clamped stem output is requantized onto
+    the residual's grid (Brevitas aligns the add's inputs), and Hardtanh's quantizer is signed."""
+
+    def __init__(self, clamp: str) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), CLAMPS[clamp]())
+        self.body = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8), CLAMPS[clamp](),
+                                  nn.Conv2d(8, 8, 1), nn.BatchNorm2d(8))
+        self.head = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stem = self.stem(x)
+        return self.head(self.body(stem) + stem)
+
+
+@pytest.mark.parametrize("clamp", sorted(CLAMPS))
+def test_every_clamp_before_a_residual_leaves_every_layer_int8(clamp, tmp_path):
+    """ReLU6 (requantized onto the residual's grid: ORT merged that chain into one DequantizeLinear the
+    add and the next conv shared, and left the conv float) and Hardtanh (a signed grid ORT cannot fold
+    the Clip into: the conv before it float) as well as ReLU."""
+    torch.manual_seed(0)
+    model = Residual(clamp)
+    with torch.no_grad():  # BatchNorm statistics of a trained model, not the init's
+        model.train()(torch.rand(16, 3, 12, 12))
+    assert_rule_holds(exported(model.eval(), tmp_path, size=12), size=12)
+
+
+def test_the_placement_check_names_an_unfolded_clamp_and_a_shared_requantizer(tmp_path):
+    """What the two clamp rules fix, as the placement check reports it on the file without them (s8s8)."""
+    torch.manual_seed(0)
+    path = exported(Residual("hardtanh(0,4)").eval(), tmp_path, size=12)
+    problems = " | ".join(placement_problems(onnx.load(str(path)), "u8s8").values())
+    assert "a Clip before its QuantizeLinear that ONNX Runtime cannot fold" in problems
+    path = exported(Residual("relu6").eval(), tmp_path, size=12)
+    problems = " | ".join(placement_problems(onnx.load(str(path)), "u8s8").values())
+    assert "ends a requantizer chain (DQ -> Q -> DQ) other ops read too" in problems
 
 
 def test_an_op_with_several_outputs_gets_a_requantizer_per_output_that_onnx_runtime_loads(tmp_path):

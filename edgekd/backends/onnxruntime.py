@@ -144,11 +144,9 @@ def _static_dims_change(path: Path, shapes: dict[str, tuple[int, ...]]) -> bool:
 def float_layer_causes(graph: Any, names: list[str]) -> dict[str, str]:
     """Layer name -> why ONNX Runtime's QDQ fusion (``DQ -> op -> Q``, equal activation types) left it in
     float, read off the file's own graph; names ORT made up for fused nodes are matched by prefix."""
-    producer = {o: n for n in graph.node for o in n.output}
-    readers: dict[str, list[Any]] = {}
-    for n in graph.node:
-        for i in n.input:
-            readers.setdefault(i, []).append(n)
+    from ..int8_placement import links, shared_requantizer, unfolded_clamp
+
+    producer, readers = links(graph)
     zero_type = {i.name: i.data_type for i in graph.initializer}
     by_name = {n.name: n for n in graph.node}
 
@@ -167,10 +165,12 @@ def float_layer_causes(graph: Any, names: list[str]) -> dict[str, str]:
         quants = [n for n in after if n.op_type == "QuantizeLinear"]
         if source is None or source.op_type != "DequantizeLinear":
             causes[name] = f"its input comes from {source.op_type if source else 'the graph input'} in float, not a DequantizeLinear"
-        elif (len(after) == 1 and after[0].op_type in ("Relu", "Clip")
-              and any(n.op_type == "QuantizeLinear" for n in readers.get(after[0].output[0], []))):
-            causes[name] = (f"a {after[0].op_type} before its QuantizeLinear that ORT cannot fold: that quantizer's "
-                            f"zero point is not its range's minimum (a signed range after a ReLU)")
+        elif shared_requantizer(producer, readers, node.input[0]):
+            causes[name] = ("its input DequantizeLinear ends a requantizer chain other ops read too: ORT merges the "
+                            "chain into one DQ they share, and fuses no op whose DQ has another reader")
+        elif (clamp := unfolded_clamp(graph, readers, node)) is not None:
+            causes[name] = (f"a {clamp.op_type} before its QuantizeLinear that ORT cannot fold: that quantizer's "
+                            f"range does not lie within the {clamp.op_type}'s bounds")
         elif not quants:
             chain = ", ".join(sorted({n.op_type for n in after})) or "the graph output"
             causes[name] = f"its output goes to {chain} with no QuantizeLinear right after it"
