@@ -163,6 +163,8 @@ def float_layer_causes(graph: Any, names: list[str]) -> dict[str, str]:
         source = producer.get(node.input[0])
         after = readers.get(node.output[0], [])
         quants = [n for n in after if n.op_type == "QuantizeLinear"]
+        if not quants and len(after) == 1 and after[0].op_type in ("Relu", "Clip"):  # a clamp ORT may fold
+            quants = [n for n in readers.get(after[0].output[0], []) if n.op_type == "QuantizeLinear"]
         if source is None or source.op_type != "DequantizeLinear":
             causes[name] = f"its input comes from {source.op_type if source else 'the graph input'} in float, not a DequantizeLinear"
         elif shared_requantizer(producer, readers, node.input[0]):
