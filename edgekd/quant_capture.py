@@ -10,10 +10,12 @@ still computes the same thing at the exported shape.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 import operator
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -367,8 +369,49 @@ def constant_scales_folded(graph: Any) -> int:
 
 
 def _canonical(graph: Any) -> Any:
-    """``graph`` with every mean and activation spelled as Brevitas reads them."""
-    return canonical_activations(canonical_means(graph))
+    """``graph`` with every mean and activation spelled as Brevitas reads them, and its divisors float."""
+    graph = canonical_activations(canonical_means(graph))
+    divisors_in_float(graph)
+    return graph
+
+
+DIVISIONS = (operator.truediv, torch.div, torch.true_divide)
+ADDS = (operator.add, operator.iadd, torch.add)
+
+
+def add_constant(a: Any, b: Any) -> Any:
+    """``a + b`` on the float values, where one of them is a number: an add Brevitas does not see."""
+    return plain_value(a) + plain_value(b)
+
+
+def _constant_add_operand(node: Any) -> Any | None:
+    """The one traced operand of ``node`` if it adds a number to it (``x + eps``), else None."""
+    is_add = (node.op == "call_function" and node.target in ADDS
+              or node.op == "call_method" and node.target in ("add", "add_"))
+    if not is_add or node.kwargs or len(node.args) != 2:
+        return None
+    traced = [a for a in node.args if hasattr(a, "op")]
+    return traced[0] if len(traced) == 1 and isinstance(node.args[1 - node.args.index(traced[0])], (int, float)) else None
+
+
+def divisors_in_float(graph: Any) -> int:
+    """Keep every divisor's ``x + eps`` out of Brevitas' hands: it takes any add for a residual, gives the
+    tensor operand a quantizer and the sum another, and a divisor on an 8-bit grid turns its small values
+    into zeros. EfficientViT's linear attention, ``out[..., :-1] / (out[..., -1:] + eps)``, then divided
+    0 by 0 wherever a ReLU'd query row was zero: NaN and inf in the fake-quant model itself, which no file
+    can match ("diverges at MatMul_1"). The division's output is quantized by whatever reads it next.
+    Returns how many adds were rewritten."""
+    done = 0
+    for node in list(graph.graph.nodes):
+        divides = (node.op == "call_function" and node.target in DIVISIONS
+                   or node.op == "call_method" and node.target in ("div", "true_divide"))
+        divisor = node.args[1] if divides and len(node.args) > 1 else None
+        while hasattr(divisor, "op") and (operand := _constant_add_operand(divisor)) is not None:
+            divisor.op, divisor.target = "call_function", add_constant
+            done += 1
+            divisor = operand
+    graph.recompile()
+    return done
 
 
 class Untraceable(StageError):
@@ -437,7 +480,8 @@ def traced(model: nn.Module, example: torch.Tensor | None, fixed: dict[str, Any]
         warnings.simplefilter("ignore", FutureWarning)
         for trace in tracers:
             try:
-                captured = trace()
+                with _autocast_as_no_op():
+                    captured = trace()
             except Exception as exc:  # noqa: BLE001 - torch.fx raises many types on untraceable models
                 trace_error = trace_error or exc  # the symbolic tracer's error names the cause
                 continue
@@ -456,6 +500,34 @@ def traced(model: nn.Module, example: torch.Tensor | None, fixed: dict[str, Any]
         raise Untraceable(f"quantize: the model cannot be traced by torch.fx for quantization ({trace_error})")
     constant_scales_folded(graph)  # after BatchNorm merging: conv -> BN -> x * gamma is conv -> x * gamma
     return graph
+
+
+class _NoAutocast:
+    """``torch.autocast`` while tracing: accepts any arguments, changes nothing."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __enter__(self) -> _NoAutocast:
+        return self
+
+    def __exit__(self, *exc: Any) -> bool:
+        return False
+
+
+@contextlib.contextmanager
+def _autocast_as_no_op() -> Iterator[None]:
+    """Within this block ``torch.autocast`` is a no-op. A traced graph never holds autocast (torch.fx runs
+    a context manager while tracing and records none of it), but its arguments are read while tracing:
+    EfficientViT's ``torch.autocast(device_type=v.device.type, enabled=False)`` around its attention gave
+    torch.fx a proxy where a string belongs, and the whole model failed to trace (its attention matmuls
+    then stayed float, 51 of 60 layers INT8). The original is always restored."""
+    originals = (torch.autocast, torch.amp.autocast)
+    torch.autocast = torch.amp.autocast = _NoAutocast
+    try:
+        yield
+    finally:
+        torch.autocast, torch.amp.autocast = originals
 
 
 def _specialization_checks_dropped(graph: Any, names: list[str]) -> Any:

@@ -481,3 +481,47 @@ def test_attention_with_a_mask_runs_both_matmuls_int8_on_both_runtimes(mask, tmp
     layers = int8_layers(path)
     assert layers["onnxruntime"]["int8"] == layers["onnxruntime"]["total"] == 4, layers["onnxruntime"]
     assert layers["openvino"]["int8"] == layers["openvino"]["total"], layers["openvino"]  # it counts weighted layers
+
+
+class LinearAttention(nn.Module):
+    """EfficientViT's ReLU linear attention (timm ``LiteMLA``): ``v`` padded with ones, so the last column
+    of ``q @ (k^T @ v)`` is each row's normaliser, and ``out[..., :-1] / (out[..., -1:] + eps)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.qkv = nn.Conv2d(8, 24, 1)
+        self.proj = nn.Conv2d(8, 8, 1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.stem(x))
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(x).reshape(b, 24, h * w).transpose(-1, -2).chunk(3, dim=-1)
+        q, k = F.relu(q), F.relu(k)
+        v = F.pad(v, (0, 1), mode="constant", value=1.0)
+        out = q @ (k.transpose(-1, -2) @ v)
+        out = out[..., :-1] / (out[..., -1:] + 1e-5)
+        out = out.transpose(-1, -2).reshape(b, c, h, w)
+        return self.head(F.relu(self.proj(out)).mean((2, 3)))
+
+
+def test_a_divisor_stays_float_so_the_fake_quant_model_divides_by_what_the_float_model_does(tmp_path):
+    """Brevitas took ``x + eps`` for a residual add and quantized the divisor: its small values became 0,
+    and the fake-quant model itself divided 0 by 0 (NaN) or x by 0 (inf) wherever a query row was small,
+    which no file can match (efficientvit_b0: "diverges at MatMul_1"). Kept float, the model is finite and
+    its INT8 file matches it quantizer by quantizer."""
+    from edgekd.int8_fidelity import localize
+
+    torch.manual_seed(0)
+    model = LinearAttention().eval()
+    x = torch.rand(8, 3, 16, 16)
+    qmodel, path = int8_files(model, x, tmp_path / "linear_attention.onnx")
+    with torch.no_grad():
+        assert torch.isfinite(getattr(out := qmodel(x), "value", out)).all()
+    graph = onnx.load(str(path)).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    divisions = [n for n in graph.node if n.op_type == "Div" and n.input[1] in producer]
+    assert divisions and all(producer[d.input[1]].op_type != "DequantizeLinear" for d in divisions)
+    located = localize(path, qmodel, x[:1])
+    assert located.aligned and located.first_divergence is None, located.to_json()
