@@ -144,8 +144,9 @@ def test_any_clamp_around_a_grid_keeping_op_leaves_every_layer_int8(op, clamp, t
     assert_rule_holds(exported(Chain([op], clamp), tmp_path_factory.mktemp("clamp"), size=24), size=24)
 
 
-@pytest.mark.xfail(strict=True, reason="known gap, OpenVINO 2026.4: after Concat -> conv -> Split -> Q/DQ (the "
-                                       "pieces requantized for the next Concat) -> Concat, the next conv runs f32; "
+@pytest.mark.xfail(strict=True, reason="known gap, OpenVINO 2026.4: a conv after Split -> Q/DQ (the pieces "
+                                       "requantized for a Concat) -> Concat runs f32 when a Concat, Transpose, Resize "
+                                       "or Split precedes the conv before the Split (not a MaxPool, not alone); "
                                        "without those Q/DQ it runs u8, hoisting them above the Split does not help")
 def test_openvino_runs_the_conv_after_a_concat_then_a_requantized_split_in_int8(tmp_path):
     """Found by the generated chains; the ONNX Runtime layout runs all six layers INT8 here."""
