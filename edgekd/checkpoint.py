@@ -38,7 +38,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 from .fingerprint import file_sha256
 
 SAFE_TORCH = (2, 10)
@@ -390,7 +390,7 @@ def load_exported_program(path: str | Path, *, trust: bool = False, policy: Load
         raise
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a bad archive
         text = str(exc).strip()
-        first = text.splitlines()[0] if text else type(exc).__name__
+        first = first_line(exc)
         if not policy.trust and ("weights_only" in text.lower() or "Weights only load failed" in text):
             raise CheckpointError(f"{path}: refusing to load a program that can run code when opened (torch's "
                                   f"weights_only loader refused a member: {first[:200]}); pass --trust-checkpoint "

@@ -54,3 +54,13 @@ class BackendUnavailable(EdgekdError):
 
 class BackendError(EdgekdError):
     """A backend is installed but failed to compile or run a model."""
+
+
+def first_line(exc: BaseException, *, with_type: bool = False) -> str:
+    """The first non-blank line of ``exc``'s message, for the one-line errors the CLI prints; the type's
+    name when the message is empty (``str(exc).splitlines()[0]``, copied to 20 places, raised IndexError
+    on such an exception and turned a clean error into an internal one). ``with_type`` prefixes the type."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not with_type:
+        return lines[0] if lines else type(exc).__name__
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__

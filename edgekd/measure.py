@@ -19,7 +19,7 @@ from .parity import parity
 from .bench import LatencyStats, measure_latency, peak_rss_mb, reset_peak_rss, rss_mb, throughput, time_calls, warm_up
 from .fingerprint import file_sha256 as fingerprint_sha256, fingerprint
 from .config import LatencySpec, Target
-from .errors import BackendError, BackendUnavailable, CheckpointError, EdgekdError, InputError
+from .errors import BackendError, BackendUnavailable, CheckpointError, EdgekdError, InputError, first_line
 from .progress import progress_bar
 
 # ``() -> batches of (x, y)`` numpy arrays: the test split a file is scored on, read afresh per call
@@ -127,7 +127,7 @@ def measure(onnx_path: Path, variant: str, precision: str, target: Target, pool:
     except EdgekdError as exc:
         result.update(status="failed", error=str(exc))
     except Exception as exc:  # noqa: BLE001 - a runtime's own error becomes a failed row, not a crash
-        result.update(status="failed", error=_first_line(exc))
+        result.update(status="failed", error=first_line(exc, with_type=True))
     return result
 
 
@@ -192,10 +192,6 @@ def empty_result(variant: str, precision: str, target: Target, path: Path | None
             "warnings": []}
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
-
 
 def _batch_throughput(backend: Backend, onnx_path: Path, target: Target, shapes: dict[str, tuple[int, ...]],
                       feed: FeedSpec | None) -> dict[str, Any]:
@@ -206,7 +202,7 @@ def _batch_throughput(backend: Backend, onnx_path: Path, target: Target, shapes:
         inputs = feed_for(compiled, onnx_path, feed)
         return {"batch": batch, "ips": throughput(lambda: compiled.run(inputs), batch, target.latency.throughput_seconds)}
     except Exception as exc:  # noqa: BLE001 - e.g. a Reshape that bakes batch 1 into the graph
-        return {"batch": batch, "ips": None, "error": str(exc) if isinstance(exc, EdgekdError) else _first_line(exc)}
+        return {"batch": batch, "ips": None, "error": str(exc) if isinstance(exc, EdgekdError) else first_line(exc, with_type=True)}
 
 
 def latency_probe(target: Target, pool: BackendPool, windows: int = 3) -> Callable[[Path], float]:
@@ -262,7 +258,7 @@ def bench_targets(targets: list[str], **overrides: Any) -> list[Target]:
         try:
             target = checked_target(data)
         except ValueError as exc:  # pydantic's ValidationError is a ValueError too
-            raise InputError(f"target {t.name}: {str(exc).splitlines()[0]}") from None
+            raise InputError(f"target {t.name}: {first_line(exc)}") from None
         resolved.append(check_runs_here(target))
     return resolved
 

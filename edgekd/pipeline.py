@@ -28,7 +28,7 @@ from .config import (Budget, DataSpec, DistillConfig, PruneConfig, Recipe, Stude
 from .data import Splits, build_splits
 from .data.transforms import arch_preprocess
 from .environment import check_environment
-from .errors import CheckpointError, DataError, InputError, RecipeError
+from .errors import CheckpointError, DataError, InputError, RecipeError, first_line
 from .fileio import atomic_path, read_json, write_json, write_text
 from .gate import Verdict, evaluate_budget
 from .int8_layouts import layout_path
@@ -152,7 +152,7 @@ def _checked_teacher(loaded: LoadedCheckpoint, checkpoint: Path, splits: Splits,
             out = model(splits.example(1, "test"))
     except Exception as exc:  # noqa: BLE001 - any failure here is a shape/arch mismatch with the data
         raise CheckpointError(f"{checkpoint}: the model does not accept the data's input shape "
-                              f"{(1, *splits.input_shape)} ({str(exc).splitlines()[0]})") from None
+                              f"{(1, *splits.input_shape)} ({first_line(exc)})") from None
     if out.ndim != 2 or (out.shape[1] != splits.num_classes and not embedding):
         raise CheckpointError(f"{checkpoint}: the model outputs shape {tuple(out.shape)}, but the data has "
                               f"{splits.num_classes} classes")

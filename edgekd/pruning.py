@@ -24,7 +24,7 @@ from typing import Callable, Iterator, Literal
 import torch
 from torch import nn
 
-from .errors import StageError
+from .errors import StageError, first_line
 
 Importance = Literal["l1", "l2", "bn-scale", "taylor"]
 
@@ -144,10 +144,6 @@ def _sync_attention(model: nn.Module) -> None:
         config.hidden_size = embeddings.embedding_dim  # what rebuilding from the config must make
 
 
-def _first_line(exc: Exception) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
-
 
 def uniform_width(model: nn.Module, example: torch.Tensor, width: float, num_classes: int,
                   keep_weights: bool = True) -> nn.Module:
@@ -205,7 +201,7 @@ def prune_channels(model: nn.Module, example: torch.Tensor, *, ratio: float, num
                                               num_heads=attention_heads(model), prune_head_dims=True)
                 groups = list(pruner.step(interactive=True))
         except Exception as exc:  # noqa: BLE001 - Torch-Pruning raises plain errors on graphs it cannot trace
-            raise StageError(f"Torch-Pruning could not prune this model ({_first_line(exc)})") from None
+            raise StageError(f"Torch-Pruning could not prune this model ({first_line(exc, with_type=True)})") from None
         before = channel_plan(model)
         for group in groups:
             group.prune()

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import StageError
+from .errors import StageError, first_line
 
 QUANTIZABLE = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 PLAIN_NORMS = (nn.BatchNorm2d,)  # subclasses are made plain so that BatchNorm merges into the conv
@@ -493,9 +493,8 @@ def traced(model: nn.Module, example: torch.Tensor | None, fixed: dict[str, Any]
             except Exception as exc:  # noqa: BLE001 - Brevitas' graph passes raise plain errors
                 prepare_error = prepare_error or exc
     if graph is None and prepare_error is not None:
-        first_line = str(prepare_error).splitlines()[0] if str(prepare_error) else ""
         raise StageError(f"quantize: Brevitas could not prepare the traced model for quantization "
-                         f"({type(prepare_error).__name__}: {first_line})")
+                         f"({first_line(prepare_error, with_type=True)})")
     if graph is None:
         raise Untraceable(f"quantize: the model cannot be traced by torch.fx for quantization ({trace_error})")
     constant_scales_folded(graph)  # after BatchNorm merging: conv -> BN -> x * gamma is conv -> x * gamma

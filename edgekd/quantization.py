@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .brevitas_rules import brevitas_rules, residual_budget
-from .errors import StageError
+from .errors import StageError, first_line
 from .onnx_folds import fold_constant_clips, fold_pads_into_convs, initializers_out_of_inputs
 from .quant_capture import (QUANTIZABLE, chunks_as_functions, drop_identities, plain_layers,
                             matmul_inputs_quantized, quant_tensor_safe, quantizable_attention,
@@ -377,11 +377,11 @@ def _graph_mode(graph: nn.Module, compute: dict, acts: dict, identities: dict, s
         quant_tensor_safe(qmodel)  # tensor code (x[:, :c], x.mean()) that QuantTensors cannot run
         matmul_inputs_quantized(qmodel, signed_act, unsigned_act)  # q @ k written in code
     except Exception as exc:  # noqa: BLE001 - Brevitas raises plain RuntimeErrors / AssertionErrors
-        first_line = str(exc).splitlines()[0] if str(exc) else ""
-        if "Residual handler could not find a solution" in first_line:
-            raise ResidualsUnaligned(first_line) from None
+        first = first_line(exc) if str(exc).strip() else ""
+        if "Residual handler could not find a solution" in first:
+            raise ResidualsUnaligned(first) from None
         raise StageError(f"quantize: Brevitas could not quantize this model ({type(exc).__name__}: "
-                         f"{first_line})") from None
+                         f"{first})") from None
     qmodel.quant_mode = "graph"
     return qmodel
 
@@ -418,7 +418,7 @@ def _layerwise(graph: nn.Module, compute: dict, signed_act: type, unsigned_act: 
         qmodel = layerwise_quantize(graph, compute_layer_map=layer_map, name_blacklist=inside_attention)
     except Exception as exc:  # noqa: BLE001 - Brevitas raises plain RuntimeErrors / AssertionErrors
         raise StageError(f"quantize: Brevitas could not quantize this model layerwise ({type(exc).__name__}: "
-                         f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
+                         f"{first_line(exc) if str(exc).strip() else ''})") from None
     if traced_graph:  # q @ k written in code (LeViT's attention): layers only quantize their own inputs
         matmul_inputs_quantized(qmodel, signed_act, unsigned_act)
     qmodel.quant_mode = "layerwise"

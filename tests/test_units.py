@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
@@ -183,3 +185,18 @@ def test_ort_warns_about_full_range_weights_exactly_on_cpus_without_vnni(tmp_pat
         assert warning and "reduce_range: true" in warning
     else:
         assert warning is None
+
+
+@settings(max_examples=200, deadline=None)
+@given(message=st.text(), kind=st.sampled_from([ValueError, RuntimeError, KeyError, OSError, AssertionError]))
+def test_first_line_is_one_nonblank_line_of_any_message(message, kind):
+    """What one-line errors quote of a library's exception: never empty, never two lines, never an
+    IndexError (``str(exc).splitlines()[0]`` raised one on an empty message, an internal error exit 3)."""
+    from edgekd.errors import first_line
+
+    exc = kind(message)
+    line, typed = first_line(exc), first_line(exc, with_type=True)
+    for text in (line, typed):
+        assert text.strip() and len(text.splitlines()) == 1
+    assert typed.startswith(kind.__name__)
+    assert line in str(exc) if str(exc).strip() else line == kind.__name__

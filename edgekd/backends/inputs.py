@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, first_line
 
 # ONNX element type -> numpy dtype, for the inputs the harness can make
 ELEMENT_TYPES = {1: "float32", 10: "float16", 7: "int64", 6: "int32", 9: "bool"}
@@ -45,7 +45,7 @@ def read_graph(onnx_path: Path) -> Any:
         return onnx.load(str(onnx_path), load_external_data=False).graph
     except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and others on a damaged file
         raise InputError(f"{onnx_path}: not a readable ONNX model ({type(exc).__name__}: "
-                         f"{str(exc).strip().splitlines()[0] if str(exc).strip() else 'empty'})") from None
+                         f"{first_line(exc) if str(exc).strip() else 'empty'})") from None
 
 
 def inputs_of(graph: Any, onnx_path: Path) -> list[GraphInput]:
@@ -253,7 +253,7 @@ def tokenizer_vocab(path: Path) -> int:
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - transformers raises OSError/ValueError for a wrong folder
-        raise InputError(f"--tokenizer {path}: not a tokenizer directory ({str(exc).splitlines()[0][:160]})") from None
+        raise InputError(f"--tokenizer {path}: not a tokenizer directory ({first_line(exc)[:160]})") from None
 
 
 def reshaped_onnx(onnx_path: Path, shapes: Mapping[str, tuple[int, ...]]) -> bytes:

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendError, BackendUnavailable
+from ..errors import BackendError, BackendUnavailable, first_line
 from .base import Backend, Capabilities, CompiledModel
 from .inputs import ShapeRequest, graph_inputs, reshaped_onnx, resolve_shapes
 from .target import Target
@@ -52,7 +52,7 @@ class OrtModel(CompiledModel):
         try:
             self._sess = ort.InferenceSession(source, self._opts, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises its own exception types
-            raise BackendError(f"onnxruntime could not load {path.name}: {str(exc).splitlines()[0]}") from None
+            raise BackendError(f"onnxruntime could not load {path.name}: {first_line(exc)}") from None
         self.inputs = graph_inputs(path)
         self.input_shapes = dict(shapes)
         self._input = self.inputs[0].name

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import BackendError
+from ..errors import BackendError, first_line
 from .base import Backend, Capabilities, CompiledModel
 from .inputs import GraphInput, ShapeRequest, graph_inputs, resolve_shapes
 from .target import Target
@@ -50,7 +50,7 @@ class OvModel(CompiledModel):
             self._compiled = core.compile_model(model, target.device, config)
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError with long text
             raise BackendError(f"openvino could not compile {path.name} for {target.device}: "
-                               f"{str(exc).strip().splitlines()[0]}") from None
+                               f"{first_line(exc)}") from None
         import openvino as ov
 
         self._request = self._compiled.create_infer_request()

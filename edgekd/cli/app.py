@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import typer
-from ..errors import EdgekdError
+from ..errors import EdgekdError, first_line
 from ..names import plain_console
 
 EXIT_CODES = {0: "ok: the work ran and every budget was met", 1: "the work failed or a budget was violated",
@@ -67,7 +67,7 @@ def raise_internal(exc: Exception) -> None:
     """A bug: one line and exit 3, or the traceback under ``EDGEKD_DEBUG=1``."""
     if os.environ.get("EDGEKD_DEBUG"):
         raise exc
-    first = str(exc).splitlines()[0][:500] if str(exc) else ""
+    first = first_line(exc)[:500] if str(exc).strip() else ""
     err.print(f"edgekd: internal error: {type(exc).__name__}: {first} (set EDGEKD_DEBUG=1 for the traceback)",
               highlight=False, markup=False)
     raise typer.Exit(INTERNAL_ERROR) from None

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..config import DataSpec
-from ..errors import DataError
+from ..errors import DataError, first_line
 from .base import SampleSet, Splits, SubSet, auto_workers, check_labels, seeded_subset
 from .sources import SOURCES, SourceData
 from .transforms import resolve_preprocess
@@ -122,7 +122,7 @@ def _check_sample(splits: Splits, spec: DataSpec) -> None:
         raise
     except Exception as exc:  # noqa: BLE001 - a decoder's or a user dataset's own error
         raise DataError(f"data ({spec.source}): the first train sample cannot be read ({type(exc).__name__}: "
-                        f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''})") from None
+                        f"{first_line(exc) if str(exc).strip() else ''})") from None
     if not torch.isfinite(x).all():
         raise DataError(f"data ({spec.source}): the first train sample holds NaN or Inf values")
 

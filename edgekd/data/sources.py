@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..config import DataSpec
-from ..errors import DataError
+from ..errors import DataError, first_line
 from ..limits import LIMITS
 from ..registry import Registry
 from .base import ArraySet, RawSet
@@ -339,7 +339,7 @@ def hf(spec: DataSpec) -> SourceData:
         else:
             loaded = datasets.load_dataset(spec.path)
     except Exception as exc:  # noqa: BLE001 - datasets raises many types (missing cache, bad files)
-        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = first_line(exc)
         raise DataError(f"data.path {spec.path!r}: cannot open as a local Hugging Face dataset (offline; "
                         f"save_to_disk folder, parquet/arrow folder or cached name): {text}") from None
     if isinstance(loaded, datasets.Dataset):

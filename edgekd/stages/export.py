@@ -23,7 +23,7 @@ import torch
 from ..artifact import Artifact, config_hash, count_params_macs, onnx_size_bytes
 from ..backends import BACKENDS
 from ..config import ExportConfig, Recipe, Target
-from ..errors import StageError
+from ..errors import StageError, first_line
 from ..exporting import export_fp32, export_program
 from ..progress import console
 from ..fileio import atomic_path
@@ -95,7 +95,7 @@ def export(variants: dict[str, Artifact], cfg: ExportConfig, ctx: StageContext) 
                     export_program(model, example, tmp)
             except Exception as exc:  # noqa: BLE001 - torch.export raises many types for untraceable code
                 console.print(f"export {name}: no torch.export program for the torch baseline "
-                              f"({type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''})", style="yellow")
+                              f"({first_line(exc, with_type=True)})", style="yellow")
                 program = None
         reference = ctx.stage_dir / f"{name}.reference.npy"  # kept for each backend's parity at measurement
         with atomic_path(reference) as tmp:
@@ -121,7 +121,7 @@ def check_onnx(path: Path, name: str) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise StageError(f"export {name}: onnx.checker rejected {path.name} ({str(exc).splitlines()[0]})") from None
+        raise StageError(f"export {name}: onnx.checker rejected {path.name} ({first_line(exc)})") from None
 
 
 INTEGER_OPS = {"MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeMatMul",

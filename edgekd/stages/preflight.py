@@ -20,16 +20,12 @@ from torch import nn
 
 from ..checkpoint import build_model
 from ..config import DistillConfig, PruneConfig, QuantizeConfig, Recipe
-from ..errors import EdgekdError, InputError
+from ..errors import EdgekdError, InputError, first_line
 
 TRACE_REMEDY = ("torch.fx cannot follow Python control flow on tensor values or shapes (an `if x.shape ...` "
                 "check, a data-dependent loop): remove it from forward, move it into a submodule that is not "
                 "quantized, or use mode-free stages (distill, export) only")
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def _fail(where: str, stage: str, cause: str, remedy: str) -> InputError:
@@ -49,7 +45,7 @@ def check_quantize(model: nn.Module, example: torch.Tensor, where: str) -> None:
         with torch.no_grad():
             qmodel.eval()(example)
     except Exception as exc:  # noqa: BLE001 - any failure here is the model's
-        raise _fail(where, "quantize", f"the fake-quantized model fails on one batch ({_first_line(exc)})",
+        raise _fail(where, "quantize", f"the fake-quantized model fails on one batch ({first_line(exc, with_type=True)})",
                     "check the model's forward on quantized layers") from None
 
 
@@ -62,7 +58,7 @@ def check_prune(model: nn.Module, example: torch.Tensor, num_classes: int, where
     except EdgekdError:
         raise
     except Exception as exc:  # noqa: BLE001 - Torch-Pruning raises many types on models it cannot trace
-        raise _fail(where, "prune", f"Torch-Pruning cannot build the model's dependency graph ({_first_line(exc)})",
+        raise _fail(where, "prune", f"Torch-Pruning cannot build the model's dependency graph ({first_line(exc, with_type=True)})",
                     "prune a model whose forward torch can trace, or drop the prune stage") from None
 
 
@@ -76,7 +72,7 @@ def check_export(model: nn.Module, example: torch.Tensor, opset: int, where: str
                 warnings.simplefilter("ignore")
                 export_fp32(copy.deepcopy(model), example, Path(tmp) / "m.onnx", opset)
         except Exception as exc:  # noqa: BLE001 - exporters raise many types
-            raise _fail(where, "export", f"ONNX export at opset {opset} fails ({_first_line(exc)})",
+            raise _fail(where, "export", f"ONNX export at opset {opset} fails ({first_line(exc, with_type=True)})",
                         "export needs a forward torch.onnx can trace; try another opset or simplify forward") from None
 
 
@@ -98,7 +94,7 @@ def preflight(recipe: Recipe, teacher: nn.Module, example: torch.Tensor, num_cla
                     model(example)
             except Exception as exc:  # noqa: BLE001
                 raise _fail(where, "distill", f"the student {recipe.student.arch} fails on one batch "
-                            f"({_first_line(exc)})", "check student.arch and student.arch_args") from None
+                            f"({first_line(exc, with_type=True)})", "check student.arch and student.arch_args") from None
         elif isinstance(spec, PruneConfig):
             check_prune(model, example, num_classes, where)
         elif isinstance(spec, QuantizeConfig):

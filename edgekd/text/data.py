@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import DataError, InputError
+from ..errors import DataError, InputError, first_line
 from ..limits import LIMITS
 
 
@@ -176,7 +176,7 @@ def tokenize(texts: list[str], tokenizer_dir: str, max_length: int) -> np.ndarra
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - OSError/ValueError for a folder without tokenizer files
-        raise DataError(f"data.tokenizer {tokenizer_dir}: no tokenizer there ({str(exc).splitlines()[0][:160]})") from None
+        raise DataError(f"data.tokenizer {tokenizer_dir}: no tokenizer there ({first_line(exc)[:160]})") from None
     enc = tok(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="np")
     ids = enc["input_ids"].astype(np.int64)
     check_vocabulary(ids, enc.get("attention_mask"), tok, tokenizer_dir)

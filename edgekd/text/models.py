@@ -15,7 +15,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..errors import CheckpointError, InputError
+from ..errors import CheckpointError, InputError, first_line
 from .hub import from_config, pretrained
 
 Task = Literal["classification", "embedding"]
@@ -81,7 +81,7 @@ def load_hf(directory: Path, task: Task, num_labels: int | None = None, trust: b
         else:
             backbone = pretrained("AutoModel", directory, config=config, use_safetensors=has_safetensors)
     except (OSError, ValueError, KeyError) as exc:
-        raise InputError(f"hf:{directory}: transformers could not load it ({str(exc).strip().splitlines()[0][:200]})") from None
+        raise InputError(f"hf:{directory}: transformers could not load it ({first_line(exc)[:200]})") from None
     backbone.config.use_cache = False
     return TextModel(backbone.eval(), task)
 
