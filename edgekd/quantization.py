@@ -304,6 +304,7 @@ def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range:
         qmodel = _layerwise(model, compute, signed_act, unsigned_act, traced_graph=False)
     else:
         parts = traced_parts(model, example)
+        reading_input = _parts_reading(model, [n for n in parts if n], example) if unsigned_input else set()
         for name, graph in parts.items():
             chunks_as_functions(graph)
             drop_identities(graph)
@@ -321,6 +322,8 @@ def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range:
             setattr(model.get_submodule(parent) if parent else model, attr, qpart)
         if "" not in parts:  # the model's own forward() stays Python between its quantized parts
             qmodel, qmodel.quant_mode = model, "parts"
+            for name in reading_input:  # the parts handed the model's input itself (a stem)
+                _make_inputs_unsigned(model.get_submodule(name), unsigned_act)
     if unplaced:
         raise StageError(f"quantize: override names {next(iter(unplaced))!r}, which is not a conv or linear layer "
                          f"of the traced model; layers: {', '.join(layer_names(model)[:8])}")
@@ -423,6 +426,30 @@ def _layerwise(graph: nn.Module, compute: dict, signed_act: type, unsigned_act: 
         matmul_inputs_quantized(qmodel, signed_act, unsigned_act)
     qmodel.quant_mode = "layerwise"
     return qmodel
+
+
+@torch.no_grad()
+def _parts_reading(model: nn.Module, names: list[str], example: torch.Tensor | None) -> set[str]:
+    """Which of the submodules ``names`` the float ``model`` hands its input itself (the same tensor
+    object, so the same non-negative values): in parts mode those parts' input quantizers, not the
+    model's, read the image, and were left signed (half the grid unused on [0, 1] pixels)."""
+    if example is None or not names:
+        return set()
+    seen: set[str] = set()
+
+    def note(name: str) -> Any:
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+            if any(a is example for a in (*args, *kwargs.values())):
+                seen.add(name)
+        return hook
+
+    hooks = [model.get_submodule(n).register_forward_pre_hook(note(n), with_kwargs=True) for n in names]
+    try:
+        model.eval()(example)
+    finally:
+        for handle in hooks:
+            handle.remove()
+    return seen
 
 
 def _make_inputs_unsigned(qmodel: nn.Module, unsigned_act: type) -> None:

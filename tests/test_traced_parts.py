@@ -181,3 +181,26 @@ def test_autocast_in_forward_no_longer_stops_tracing():
     assert qmodel.quant_mode != "parts"
     assert float_path_difference(model, qmodel, x) < FLOAT_PATH_TOLERANCE
     assert torch.autocast is torch.amp.autocast_mode.autocast  # given back
+
+
+class StemFirst(PartlyTraceable):
+    """The image goes to the stem as it is (MobileViT: ``x = self.stem(x)``), the glue after it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.block(self.glue(self.stem(x))))
+
+
+def test_in_parts_the_part_that_reads_the_image_quantizes_it_unsigned(tmp_path):
+    """With ``unsigned_input`` the quantizer reading the [0, 1] image is UINT8, in parts mode too (the
+    stem's own input quantizer there, not the model's): a signed one leaves half its grid unused."""
+    import onnx
+    from onnx import TensorProto
+
+    torch.manual_seed(0)
+    x = torch.rand(16, 3, 16, 16)
+    qmodel, path = int8_files(StemFirst(GLUE["math.ceil of a size"]).eval(), x, tmp_path / "stem.onnx")
+    assert qmodel.quant_mode == "parts"
+    graph = onnx.load(str(path)).graph
+    first = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == graph.input[0].name)
+    zero = next(i for i in graph.initializer if i.name == first.input[2])
+    assert zero.data_type == TensorProto.UINT8
