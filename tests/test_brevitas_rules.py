@@ -191,3 +191,33 @@ def test_a_layer_read_only_in_pieces_runs_int8_on_onnx_runtime(spelling, tmp_pat
     target = Target(name="onnxruntime", backend="onnxruntime", threads=1)
     counts = BACKENDS.get("onnxruntime")().compile(layout_path(path, "u8s8"), target).int8_layers()
     assert counts["int8"] == counts["total"] == 4, counts.get("float_layers")
+
+
+def test_chunk_pieces_keep_their_grid_so_no_piece_is_requantized(tmp_path):
+    """shufflenet's ``cat(x1, branch(x2))`` with ``x1, x2 = x.chunk(2)``: each piece was requantized (x1
+    onto the concat's grid, x2 onto a signed input quantizer of the branch's conv) and ONNX Runtime ran
+    26 float Slices with their Q/DQ pairs, 1.4x quantize_static's latency. Aligned through the pieces,
+    the concat's grid is the one they were cut from: no QuantizeLinear reads a piece, every layer is INT8
+    on both runtimes, and the file matches its fake-quant model quantizer by quantizer."""
+    import onnx
+
+    from edgekd.backends import BACKENDS
+    from edgekd.backends.target import Target
+    from edgekd.int8_fidelity import localize
+    from edgekd.int8_layouts import layout_path
+    from tests.int8_files import int8_files
+
+    torch.manual_seed(0)
+    x = torch.rand(16, 3, 8, 8)
+    qmodel, path = int8_files(ShuffleBlocks().eval(), x, tmp_path / "shuffle.onnx")
+    graph = onnx.load(str(path)).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    cut = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] in producer
+           and producer[n.input[0]].op_type in ("Slice", "Split")]
+    assert not cut, [n.name for n in cut]
+    for backend, layout in (("onnxruntime", "u8s8"), ("openvino", "s8s8")):
+        target = Target(name=backend, backend=backend, threads=1)
+        counts = BACKENDS.get(backend)().compile(layout_path(path, layout), target).int8_layers()
+        assert counts["int8"] == counts["total"] == 6, (backend, counts)
+    located = localize(path, qmodel, x[:1])
+    assert located.aligned and located.first_divergence is None, located.to_json()
