@@ -17,7 +17,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from .checkpoint import build_model, load_state
+from .checkpoint import build_model, load_state, versioned
 from .errors import StageError
 from .fileio import atomic_path, read_json, write_json
 
@@ -97,7 +97,7 @@ def rebuild_int8(artifact: Artifact, float_parent: nn.Module) -> nn.Module:
                             calibration=q.get("calibration", "percentile"), percentile=q.get("percentile", 99.999),
                             weight_bits=q.get("weight_bits", 8), overrides=q.get("overrides"),
                             learned_scales=q.get("learned_scales", False), hardswish=q.get("hardswish", "fused"))
-    state = load_file(str(Path(artifact.path) / "model.safetensors"))
+    state = versioned(load_file(str(Path(artifact.path) / "model.safetensors")), qmodel.state_dict())
     missing, unexpected = qmodel.load_state_dict(state, strict=False)
     if unexpected or any(not k.endswith(("zero_point", "counter", "buffer")) for k in missing):
         raise StageError(f"artifact {artifact.variant}: quantized weights do not fit the rebuilt model "

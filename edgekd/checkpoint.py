@@ -33,6 +33,7 @@ import zipfile
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from collections import OrderedDict
 from typing import Any, Iterator
 
 import torch
@@ -483,4 +484,17 @@ def load_state(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> N
                            for label, items in (("missing", missing), ("unexpected", unexpected),
                                                 ("shape mismatch", shapes)) if items)
         raise CheckpointError(f"{what}: weights do not fit the model ({detail})")
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(versioned(state, own), strict=True)
+
+
+def versioned(state: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with the module versions of ``own`` (a ``state_dict()`` of the model it is loaded into)
+    where it carries none. ``torch.save`` keeps them in ``state._metadata``; safetensors files and dicts
+    built by hand do not, and modules that read their version refuse to load then (torchvision's MNASNet:
+    "version should be set to 1 or 2 instead of None"). Weights with no version are read as written by the
+    architecture as it is now."""
+    if getattr(state, "_metadata", None) is not None or getattr(own, "_metadata", None) is None:
+        return state
+    out = OrderedDict(state)
+    out._metadata = own._metadata  # type: ignore[attr-defined]
+    return out

@@ -192,7 +192,6 @@ def empty_result(variant: str, precision: str, target: Target, path: Path | None
             "warnings": []}
 
 
-
 def _batch_throughput(backend: Backend, onnx_path: Path, target: Target, shapes: dict[str, tuple[int, ...]],
                       feed: FeedSpec | None) -> dict[str, Any]:
     """Samples/s at the target's batch size; a graph that cannot take that batch says why, not fails."""

@@ -144,7 +144,6 @@ def _sync_attention(model: nn.Module) -> None:
         config.hidden_size = embeddings.embedding_dim  # what rebuilding from the config must make
 
 
-
 def uniform_width(model: nn.Module, example: torch.Tensor, width: float, num_classes: int,
                   keep_weights: bool = True) -> nn.Module:
     """A copy of ``model`` keeping ``width`` of every prunable layer's channels (L1-magnitude choice).

@@ -380,11 +380,9 @@ def _graph_mode(graph: nn.Module, compute: dict, acts: dict, identities: dict, s
         quant_tensor_safe(qmodel)  # tensor code (x[:, :c], x.mean()) that QuantTensors cannot run
         matmul_inputs_quantized(qmodel, signed_act, unsigned_act)  # q @ k written in code
     except Exception as exc:  # noqa: BLE001 - Brevitas raises plain RuntimeErrors / AssertionErrors
-        first = first_line(exc) if str(exc).strip() else ""
-        if "Residual handler could not find a solution" in first:
-            raise ResidualsUnaligned(first) from None
-        raise StageError(f"quantize: Brevitas could not quantize this model ({type(exc).__name__}: "
-                         f"{first})") from None
+        if "Residual handler could not find a solution" in first_line(exc):
+            raise ResidualsUnaligned(first_line(exc)) from None
+        raise StageError(f"quantize: Brevitas could not quantize this model ({first_line(exc, with_type=True)})") from None
     qmodel.quant_mode = "graph"
     return qmodel
 
@@ -420,8 +418,8 @@ def _layerwise(graph: nn.Module, compute: dict, signed_act: type, unsigned_act: 
     try:
         qmodel = layerwise_quantize(graph, compute_layer_map=layer_map, name_blacklist=inside_attention)
     except Exception as exc:  # noqa: BLE001 - Brevitas raises plain RuntimeErrors / AssertionErrors
-        raise StageError(f"quantize: Brevitas could not quantize this model layerwise ({type(exc).__name__}: "
-                         f"{first_line(exc) if str(exc).strip() else ''})") from None
+        raise StageError(f"quantize: Brevitas could not quantize this model layerwise "
+                         f"({first_line(exc, with_type=True)})") from None
     if traced_graph:  # q @ k written in code (LeViT's attention): layers only quantize their own inputs
         matmul_inputs_quantized(qmodel, signed_act, unsigned_act)
     qmodel.quant_mode = "layerwise"

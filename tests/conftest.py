@@ -21,7 +21,7 @@ FAST_LATENCY = {"warmup_runs": 3, "warmup_seconds": 0.0, "runs": 20, "min_second
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Children are started with fork(), not vfork(). In 4 of about 10 full runs (CI included) the test
+    """Children are started with fork(), not vfork(). In 5 of 12 full runs (CI included) the test
     process died of SIGSEGV, with no faulthandler trace, in the first ``subprocess.run`` of
     tests/test_trust.py, after some 500 tests have left torch, ONNX Runtime and OpenVINO thread pools
     running; never in a subset, nor under gdb. CPython 3.11 releases the GIL while a vfork child runs on

@@ -109,3 +109,18 @@ def test_torchvision_arch_builds_without_download():
 def test_missing_checkpoint_exit_2(tmp_path):
     result = invoke("compress", tmp_path / "nope.safetensors", "--arch", "edgekd:tiny_cnn")
     assert result.exit_code == 2 and "checkpoint file not found" in result.output
+
+
+def test_a_safetensors_file_loads_into_a_module_that_reads_its_state_dict_version(tmp_path):
+    """safetensors keeps no module versions (``state_dict()._metadata``); torchvision's MNASNet refuses a
+    state dict without one ("version should be set to 1 or 2 instead of None"), so a user's mnasnet0_75
+    checkpoint failed with an internal error. Weights without versions load as the current architecture's."""
+    torchvision = pytest.importorskip("torchvision", reason="torchvision is the 'vision' extra")
+    torch.manual_seed(0)
+    model = torchvision.models.mnasnet0_75(num_classes=3).eval()
+    path = tmp_path / "mnasnet.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    loaded = load_checkpoint(path, "torchvision:mnasnet0_75", num_classes=3)
+    x = torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(loaded.model.eval()(x), model(x))

@@ -44,8 +44,8 @@ def read_graph(onnx_path: Path) -> Any:
     try:
         return onnx.load(str(onnx_path), load_external_data=False).graph
     except Exception as exc:  # noqa: BLE001 - protobuf raises DecodeError and others on a damaged file
-        raise InputError(f"{onnx_path}: not a readable ONNX model ({type(exc).__name__}: "
-                         f"{first_line(exc) if str(exc).strip() else 'empty'})") from None
+        raise InputError(f"{onnx_path}: not a readable ONNX model ("
+                         f"{first_line(exc, with_type=True)})") from None
 
 
 def inputs_of(graph: Any, onnx_path: Path) -> list[GraphInput]:

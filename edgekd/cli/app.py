@@ -67,8 +67,7 @@ def raise_internal(exc: Exception) -> None:
     """A bug: one line and exit 3, or the traceback under ``EDGEKD_DEBUG=1``."""
     if os.environ.get("EDGEKD_DEBUG"):
         raise exc
-    first = first_line(exc)[:500] if str(exc).strip() else ""
-    err.print(f"edgekd: internal error: {type(exc).__name__}: {first} (set EDGEKD_DEBUG=1 for the traceback)",
+    err.print(f"edgekd: internal error: {first_line(exc, with_type=True)[:500]} (set EDGEKD_DEBUG=1 for the traceback)",
               highlight=False, markup=False)
     raise typer.Exit(INTERNAL_ERROR) from None
 

@@ -121,8 +121,8 @@ def _check_sample(splits: Splits, spec: DataSpec) -> None:
     except DataError:
         raise
     except Exception as exc:  # noqa: BLE001 - a decoder's or a user dataset's own error
-        raise DataError(f"data ({spec.source}): the first train sample cannot be read ({type(exc).__name__}: "
-                        f"{first_line(exc) if str(exc).strip() else ''})") from None
+        raise DataError(f"data ({spec.source}): the first train sample cannot be read ("
+                        f"{first_line(exc, with_type=True)})") from None
     if not torch.isfinite(x).all():
         raise DataError(f"data ({spec.source}): the first train sample holds NaN or Inf values")
 

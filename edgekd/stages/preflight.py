@@ -27,7 +27,6 @@ TRACE_REMEDY = ("torch.fx cannot follow Python control flow on tensor values or 
                 "quantized, or use mode-free stages (distill, export) only")
 
 
-
 def _fail(where: str, stage: str, cause: str, remedy: str) -> InputError:
     return InputError(f"preflight {where} ({stage}): {cause}; {remedy}")
 
