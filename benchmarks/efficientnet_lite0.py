@@ -74,11 +74,17 @@ def crops(images: torch.Tensor, count: int) -> torch.Tensor:
     return torch.stack([augment(images[i % len(images)]) for i in range(count)])
 
 
+def fake_numpy(qmodel: torch.nn.Module, x: torch.Tensor) -> np.ndarray:
+    out = qmodel(x)
+    return getattr(out, "value", out).numpy()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calibration", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--bias-correction", action="store_true", help="the quantize stage's bias_correction")
     args = parser.parse_args()
 
     from int8_zoo import edgekd_int8, export_verdict, quantize_static_anchor, the_fp32_file
@@ -91,6 +97,8 @@ def main() -> None:
     from edgekd.bench import measure_latency, seeded_input
     from edgekd.config import load_target
     from edgekd.fingerprint import machine
+    from edgekd.int8_fidelity import own_rounding_db
+    from edgekd.parity import sqnr_db
     from edgekd.measure import BackendPool
 
     cpu = machine()["cpu"]
@@ -103,7 +111,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         fp32, batches = the_fp32_file(net, calibration, tmp / "lite0.fp32.onnx")
-        s8, u8, seconds, qmodel = edgekd_int8(net, calibration, tmp / "lite0.int8.onnx", with_model=True)
+        s8, u8, seconds, qmodel = edgekd_int8(net, calibration, tmp / "lite0.int8.onnx", with_model=True,
+                                              bias_correction=args.bias_correction)
         verdict = export_verdict(qmodel, s8, images.numpy())
         with torch.no_grad():
             fake = qmodel(images)
@@ -112,6 +121,12 @@ def main() -> None:
                                  "quantize_static": quantize_static_anchor(fp32, tmp / "qs.onnx", batches)},
                  "openvino": {"fp32": fp32, "edgekd": s8, "NNCF": nncf_ptq(fp32, tmp / "nncf.xml", batches)}}
         print(f"\nexport verdict of edgekd's INT8 file against its fake-quant model: {verdict}")
+        floor = own_rounding_db(qmodel, images)
+        print(f"the fake-quant model itself, computed in float64 instead of float32: "
+              f"{'n/a' if floor is None else f'{floor:.1f} dB'} from its float32 outputs")
+        with torch.no_grad():
+            print(f"fake-quant model vs FP32 logits: {sqnr_db(net(images).numpy(), fake_numpy(qmodel, images)):.1f} dB "
+                  f"(bias correction {'on' if args.bias_correction else 'off'})")
         print(f"fake-quant model top-1 = FP32 top-1 on {np.mean(fake_top1 == fp32_top1):.2f} of {len(images)} photographs "
               f"(PTQ {seconds:.0f} s)\n")
         ort_t, ov_t = load_target("cpu-onnxruntime"), load_target("cpu-openvino")

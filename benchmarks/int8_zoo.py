@@ -83,6 +83,23 @@ def build(name: str, size: int | None = None) -> torch.nn.Module:
     return torchvision.models.get_model(name, num_classes=10, **extra).eval()
 
 
+def native_size(name: str) -> int:
+    """The input a model is trained and deployed at: timm's pretrained config, torchvision's weights'
+    crop size (224 where neither says). Timed there, ratios measure kernels; at 32x32 a mnasnet0_5 conv
+    takes 8-10 us and a 1-us dispatch difference decides a 1.05 verdict (1.03-1.10 at 32, 0.98 at 224)."""
+    if name in TIMM or name.startswith("timm:"):
+        import timm
+
+        cfg = timm.models.get_pretrained_cfg(name.removeprefix("timm:"))
+        return int(cfg.input_size[-1]) if cfg is not None else 224
+    import torchvision
+
+    try:
+        return int(torchvision.models.get_model_weights(name).DEFAULT.transforms.keywords.get("crop_size", 224))
+    except (ValueError, KeyError, AttributeError):
+        return 224
+
+
 def smallest_input(name: str) -> tuple[torch.nn.Module, int]:
     """The model and the smallest of ``SIZES`` it runs (in training and eval mode) and exports to ONNX at
     (torchvision's ViTs are built for it)."""
@@ -122,10 +139,11 @@ def settle_batchnorm(model: torch.nn.Module, size: int, batches: int = 4) -> tor
 
 
 def edgekd_int8(model: torch.nn.Module, calibration: torch.Tensor, path: Path,
-                hardswish: str = "fused", with_model: bool = False):
+                hardswish: str = "fused", with_model: bool = False, bias_correction: bool = False):
     """The quantize stage's PTQ and the export stage's two files; returns (s8s8, u8s8, seconds), and the
     fake-quantized model last when ``with_model``.
-    ``hardswish``: what the stage's ``auto`` picks for the recipe's targets (split: ORT-only recipes)."""
+    ``hardswish``: what the stage's ``auto`` picks for the recipe's targets (split: ORT-only recipes);
+    ``bias_correction``: the stage's option of that name."""
     from edgekd.int8_layouts import layout_path, write_u8s8
     from edgekd.quantization import calibrate, export_qdq, quantize_model
 
@@ -133,7 +151,7 @@ def edgekd_int8(model: torch.nn.Module, calibration: torch.Tensor, path: Path,
     # the stage's input_quant: auto (unsigned when the data is never negative)
     qmodel = quantize_model(model, unsigned_input=bool(calibration.min() >= 0), example=calibration[:1],
                             hardswish=hardswish)
-    calibrate(qmodel, calibration.split(8))
+    calibrate(qmodel, calibration.split(8), bias_correction=bias_correction)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         export_qdq(qmodel, calibration[:1], path, 17)
@@ -456,6 +474,8 @@ def main() -> None:
     parser.add_argument("--all", action="store_true", help="every torchvision classifier and TIMM_EDGE, each at the "
                         "smallest input it accepts, BatchNorm settled (issue 23)")
     parser.add_argument("--no-latency", action="store_true", help="INT8 layer counts and export verdicts only")
+    parser.add_argument("--native", action="store_true", help="--all: each model at its native input (timm's "
+                        "pretrained config, torchvision's weights' crop size) instead of the smallest it accepts")
     parser.add_argument("--ort-ops", action="store_true", help="with --no-latency: also quantize_static's file and "
                         "the op types ORT runs a different number of in the two (why a row is slower)")
     parser.add_argument("--max-params", type=float, default=150.0, help="--all: skip models over this many "
@@ -505,7 +525,7 @@ def coverage(names: list[str], args: argparse.Namespace) -> None:
         began = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                row = zoo_row(name, None, None, None, args.rounds, args.seconds, Path(tmp), latency=not args.no_latency,
+                row = zoo_row(name, native_size(name) if args.native else None, None, None, args.rounds, args.seconds, Path(tmp), latency=not args.no_latency,
                               settle=True, max_params=args.max_params, ort_ops=args.ort_ops)
             except Exception as exc:  # noqa: BLE001 - one model's failure is a row, not the end of the run
                 row = {"model": name, "failed": f"FAILED ({type(exc).__name__}: "

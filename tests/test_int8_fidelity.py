@@ -12,7 +12,7 @@ import torch
 
 from edgekd.config import ExportConfig
 from edgekd.errors import StageError
-from edgekd.int8_fidelity import localize
+from edgekd.int8_fidelity import localize, own_rounding_db
 from edgekd.quantization import INT32_BIAS_LIMIT, calibrate, export_qdq, quantize_model
 from edgekd.stages.export import compare_with_torch
 from tests.models import ResidualCNN
@@ -74,6 +74,17 @@ def test_a_gap_the_ops_do_not_explain_is_rounding_and_the_file_passes_op_by_op(e
                                 model=qmodel)
     assert result["verdict"] == "matches op by op"
     assert result["localization"]["first_divergence"] is None and "amplifies" in result["judged_by"]
+    # the model's own float32-vs-float64 distance is reported beside it (inf here: this small net rounds alike)
+    assert result["own_rounding_db"] is not None and "float64" in result["judged_by"]
+
+
+def test_the_models_own_rounding_is_measured_on_a_copy_that_leaves_the_model_in_float32(exported):
+    qmodel, x, _ = exported
+    before = predict_logits(qmodel, x[:4])
+    floor = own_rounding_db(qmodel, x)
+    assert floor is not None and floor > 40.0  # a 3-conv net: float32 and float64 agree to far below a step
+    assert all(p.dtype == torch.float32 for p in qmodel.parameters())
+    assert torch.equal(predict_logits(qmodel, x[:4]), before)
 
 
 @pytest.mark.parametrize("op_type, wrong", [("Relu", "Abs"), ("Relu", "Softplus")])

@@ -195,7 +195,7 @@ def judge_exact(path: Path, ref: np.ndarray, got: np.ndarray, x: torch.Tensor, c
     outputs, tied or all-zero ones included, are infinitely close); matches op by op (every op reproduces
     the model's integers from its own inputs: the logits' gap is rounding the network amplifies); or
     diverges, a StageError naming the op."""
-    from ..int8_fidelity import localize, worst_sample
+    from ..int8_fidelity import localize, own_rounding_db, worst_sample
     from ..parity import sqnr_db
 
     sqnr = sqnr_db(ref, got)
@@ -219,11 +219,14 @@ def judge_exact(path: Path, ref: np.ndarray, got: np.ndarray, x: torch.Tensor, c
                          f"(before quantizer {bad.module}): from the model's own inputs its output is "
                          f"{bad.worst_steps} steps off on {bad.off_fraction:.2%} of the values; outputs {shown} dB "
                          f"apart (int8_min_sqnr_db={cfg.int8_min_sqnr_db})")
-    return {"verdict": "matches op by op", "localization": where.to_json(),
+    floor = own_rounding_db(model, x)
+    itself = "" if floor is None else (f"; the model computed in float64 is {floor:.1f} dB from itself in float32, "
+                                       "so rounding alone moves it this far")
+    return {"verdict": "matches op by op", "localization": where.to_json(), "own_rounding_db": floor,
             "judged_by": (f"outputs {shown} dB apart, below {cfg.int8_min_sqnr_db} dB, but on the furthest sample "
                           f"({worst}) every one of the {len(where.sites)} quantized ops reproduces the model's "
-                          "integers to within one step from the model's own inputs: rounding differences the "
-                          "network amplifies")}
+                          f"integers to within one step from the model's own inputs: rounding differences the "
+                          f"network amplifies{itself}")}
 
 
 def judge_requantized(result: dict[str, Any], cfg: ExportConfig, name: str, embedding: bool, samples: int) -> None:
