@@ -54,6 +54,9 @@ class LayoutRules:
     # the runtime merges ``Q1 -> DQ1 -> Q2 -> DQ2`` into one DQ that all of DQ2's readers then share, and
     # fuses no integer op whose DequantizeLinear has another reader: each reader gets its own chain
     one_reader_per_requantizer: bool = False
+    # integer ops whose runtime kernel also needs a QuantizeLinear reading their output (ORT's QLinearConv:
+    # DQ -> Conv -> Q; its QGemm and MatMulIntegerToFloat take a float output)
+    quantized_outputs: frozenset[str] = field(default_factory=frozenset)
 
 
 # Resize keeps the grid only in nearest mode (linear modes average neighbours): checked per node below
@@ -76,7 +79,8 @@ RULES = {
     "s8s8": LayoutRules("OpenVINO, TensorRT (both move DequantizeLinear past grid-keeping ops themselves)",
                         frozenset(), CONV_LIKE, OV_SAME_RANK),
     "u8s8": LayoutRules("ONNX Runtime CPU/CUDA", ORT_GRID_KEEPING, ORT_INTEGER_OPS, quantize_through=MOVES_ONLY,
-                        folded_clamps=frozenset({"Relu", "Clip"}), one_reader_per_requantizer=True),
+                        folded_clamps=frozenset({"Relu", "Clip"}), one_reader_per_requantizer=True,
+                        quantized_outputs=frozenset({"Conv"})),
     "dynamic": LayoutRules("ONNX Runtime CPU, transformers (activations quantized per call)", frozenset(),
                            frozenset({"MatMul"})),
 }
@@ -414,10 +418,11 @@ def shared_requantizer(producer: dict[str, Any], readers: dict[str, list[Any]], 
     return dq1 is not None and dq1.op_type == "DequantizeLinear" and len(readers.get(name, [])) > 1
 
 
-def unfolded_clamp(graph: Any, readers: dict[str, list[Any]], node: Any) -> Any | None:
-    """The Relu/Clip between ``node`` and its QuantizeLinear that ONNX Runtime cannot fold, if any."""
+def unfolded_clamp(graph: Any, readers: dict[str, list[Any]], node: Any, layout: str = "u8s8") -> Any | None:
+    """The clamp (``RULES[layout].folded_clamps``) between ``node`` and its QuantizeLinear that the
+    layout's runtime cannot fold, if any."""
     after = readers.get(node.output[0], [])
-    if len(after) != 1 or after[0].op_type not in ("Relu", "Clip"):
+    if len(after) != 1 or after[0].op_type not in RULES[layout].folded_clamps:
         return None
     quants = [r for r in readers.get(after[0].output[0], []) if r.op_type == "QuantizeLinear"]
     return after[0] if quants and not clamp_folds(graph, after[0], quants[0]) else None
@@ -449,14 +454,15 @@ def placement_problems(onnx_model: Any, layout: str) -> dict[str, str]:
                                        f"{layout}'s runtime merges it into one DequantizeLinear they share and fuses "
                                        f"no op whose DequantizeLinear has another reader")
                 break
-        if node.name in problems or layout != "u8s8" or node.op_type != "Conv":
+        if node.name in problems or node.op_type not in rules.quantized_outputs:
             continue
-        clamp = unfolded_clamp(graph, readers, node) if rules.folded_clamps else None
+        clamp = unfolded_clamp(graph, readers, node, layout)
         outs = readers.get(node.output[0], [])
         follow = [r for r in outs if r.op_type in rules.folded_clamps]
         if clamp is not None:
             problems[node.name] = (f"a {clamp.op_type} before its QuantizeLinear that ONNX Runtime cannot fold: the "
                                    f"quantizer's range does not lie within the {clamp.op_type}'s bounds")
         elif not any(r.op_type == "QuantizeLinear" for r in outs + [x for f in follow for x in readers.get(f.output[0], [])]):
-            problems[node.name] = "its output goes to no QuantizeLinear: ONNX Runtime's QLinearConv needs one"
+            problems[node.name] = (f"its output goes to no QuantizeLinear: the integer {node.op_type} of "
+                                   f"{rules.runtimes} needs one")
     return problems

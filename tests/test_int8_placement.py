@@ -526,3 +526,39 @@ def test_a_divisor_stays_float_so_the_fake_quant_model_divides_by_what_the_float
     assert divisions and all(producer[d.input[1]].op_type != "DequantizeLinear" for d in divisions)
     located = localize(path, qmodel, x[:1])
     assert located.aligned and located.first_divergence is None, located.to_json()
+
+
+def test_openvino_counts_every_layer_it_runs_by_type_and_precision(tmp_path):
+    """What two INT8 files of one model differ by on OpenVINO (the zoo's "misses because" for a slower row):
+    every executed layer as "type precision", the compute layers among them agreeing with the INT8 count."""
+    from edgekd.backends.openvino import COMPUTE_LAYERS
+
+    path = exported(nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                                  nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)), tmp_path)
+    layers = int8_layers(path)["openvino"]
+    executed = layers["all_ops"]
+    compute = {k: v for k, v in executed.items() if k.split()[0] in COMPUTE_LAYERS}
+    assert sum(compute.values()) == layers["total"] == 3, executed
+    assert sum(v for k, v in compute.items() if k.split()[1] in ("i8", "u8")) == layers["int8"], executed
+    assert sum(executed.values()) > layers["total"]  # inputs, outputs, pools, reorders: every layer is counted
+
+
+def test_a_conv_whose_output_no_quantizer_reads_breaks_only_the_layout_whose_kernel_needs_one():
+    """``RULES[layout].quantized_outputs``: ONNX Runtime fuses DQ -> Conv -> Q into QLinearConv, so a conv
+    writing float to the graph output runs in float there; OpenVINO and TensorRT run it INT8 anyway."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    def constant(name, value):
+        return numpy_helper.from_array(np.asarray(value), name)
+
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["wq", "ws"], ["wd"]),
+             helper.make_node("Conv", ["xd", "wd"], ["y"], name="conv")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              [constant("s", np.float32(0.1)), constant("z", np.uint8(0)),
+                               constant("wq", np.ones((4, 3, 3, 3), np.int8)), constant("ws", np.float32(0.01))])
+    model = helper.make_model(graph)
+    assert "goes to no QuantizeLinear" in placement_problems(model, "u8s8")["conv"]
+    assert "conv" not in placement_problems(model, "s8s8")
