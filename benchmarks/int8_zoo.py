@@ -23,12 +23,16 @@ devices, each at the smallest input it accepts, its BatchNorm statistics first s
 batches (random init otherwise leaves some of them degenerate: tied logits, dead ReLUs); a model over
 ``--max-params`` is a row that says so. Each row also carries the export check's verdict
 (``edgekd.int8_fidelity``: the INT8 file's exactly interpreted outputs against its fake-quant model), and
-a row under 95% INT8 layers names its first float layer and why. ``--no-latency`` counts layers and
-judges the export only (no anchors, no timing).
+a row under 95% INT8 layers names its first float layer and why, a row slower than its anchor the op
+types the runtime runs a different number of in the two files. ``--no-latency`` counts layers and
+judges the export only (no anchors, no timing). ``--native`` runs each model at the input it is trained
+and deployed at instead (``native_size``): the smallest input is quick for counting layers, but its
+timings measure per-op dispatch (a 32x32 conv takes 8-10 us), not the kernels a user will run.
 
     pip install 'edgekd[anchors]'                     # nncf is a benchmark-only extra
     python benchmarks/int8_zoo.py                     # every model at 224x224: about 40 minutes on 2 cores
     python benchmarks/int8_zoo.py --all --no-latency  # coverage and verdicts of the whole zoo
+    python benchmarks/int8_zoo.py --all --native --max-params 60 --seconds 0.5  # timed at native sizes
     python benchmarks/int8_zoo.py --models resnet18 mobilenet_v3_small --size 160 --rounds 2
     python benchmarks/int8_zoo.py --models none --accuracy
 """
@@ -182,7 +186,9 @@ def export_verdict(qmodel: torch.nn.Module, path: Path, held_out: np.ndarray) ->
     from edgekd.parity import sqnr_db
 
     db = sqnr_db(ref, got)
-    return verdict["verdict"] + ("" if db == float("inf") else f" ({db:.0f} dB)")
+    floor = verdict.get("own_rounding_db")  # the model against its own float64 twin: what rounding allows
+    twin = "" if floor is None else f"; model vs its float64 twin {'inf' if floor == float('inf') else f'{floor:.0f}'}"
+    return verdict["verdict"] + ("" if db == float("inf") else f" ({db:.0f} dB{twin})")
 
 
 def the_fp32_file(model: torch.nn.Module, calibration: torch.Tensor, path: Path) -> tuple[Path, list]:
@@ -229,7 +235,7 @@ def zoo_row(name: str, size: int | None, calibration: torch.Tensor | None, held_
             ort_ops: bool = False) -> dict:
     """One model's row. ``size`` None: the smallest input it accepts, with calibration and held-out images
     made at that size; ``settle``: BatchNorm statistics from random batches first (``--all``); ``ort_ops``
-    (without ``latency``): also quantize_static's file, for the ops ORT runs in each (``ort_difference``)."""
+    (without ``latency``): also quantize_static's file, for the ops ORT runs in each (``op_difference``)."""
     from edgekd.backends.base import predict
     from edgekd.backends.openvino import OvModel
     from edgekd.bench import measure_latency, seeded_input
@@ -316,19 +322,24 @@ def why_float(layers: dict) -> str:
     return next((f"{k}: {v}" for k, v in floats.items()), "")
 
 
-def ort_difference(r: dict) -> str:
-    """The op types ORT runs a different number of in edgekd's file and quantize_static's (edgekd/anchor),
-    largest differences first: where a slower file spends its time (float Mul/Add where the anchor runs
-    QLinearMul/QLinearAdd, extra Q/DQ pairs)."""
-    layers = r["onnxruntime"]["layers"]
+RUNTIME_WORDS = {"onnxruntime": ("ORT", "q_static"), "openvino": ("OV", "NNCF")}
+
+
+def op_difference(r: dict, runtime: str = "onnxruntime") -> str:
+    """The op types the runtime runs a different number of in edgekd's file and its anchor's (edgekd/anchor),
+    largest differences first: where a slower file spends its time (ORT: float Mul/Add where the anchor
+    runs QLinearMul/QLinearAdd, extra Q/DQ pairs; OpenVINO: its executed layers by type and precision,
+    e.g. a Reorder or an f32 Eltwise the anchor does not run)."""
+    layers = r[runtime]["layers"]
+    short, anchor = RUNTIME_WORDS[runtime]
     if "anchor" not in layers or "all_ops" not in layers["anchor"]:
         return ""
     ours, theirs = layers["edgekd"]["all_ops"], layers["anchor"]["all_ops"]
     diff = sorted((op for op in set(ours) | set(theirs) if ours.get(op, 0) != theirs.get(op, 0)),
                   key=lambda op: -abs(ours.get(op, 0) - theirs.get(op, 0)))
     if not diff:  # the same op counts: a slower ratio is timing noise or a kernel choice, not a fusion
-        return "ORT runs as many of each op type in both files: not a fusion difference (re-time it; else kernels)"
-    return "ORT ops edgekd/q_static: " + ", ".join(f"{op} {ours.get(op, 0)}/{theirs.get(op, 0)}" for op in diff[:6])
+        return f"{short} runs as many of each op type in both files: not a fusion difference (re-time it; else kernels)"
+    return f"{short} ops edgekd/{anchor}: " + ", ".join(f"{op} {ours.get(op, 0)}/{theirs.get(op, 0)}" for op in diff[:6])
 
 
 def print_coverage(rows: list[dict]) -> None:
@@ -351,11 +362,12 @@ def print_coverage(rows: list[dict]) -> None:
         ratios = [f"{r[rt]['p50']['edgekd'] / r[rt]['p50']['anchor']:.2f}" if "anchor" in r[rt].get("p50", {})
                   else "" for rt in ("onnxruntime", "openvino")]
         why += list(r.get("anchor_failed", {}).values())
-        ort = r["onnxruntime"]
-        if "anchor" in ort.get("p50", {}) and ort["p50"]["edgekd"] > 1.05 * ort["p50"]["anchor"]:  # slower
-            why.append(ort_difference(r))
-        elif "p50" not in ort:  # not timed: the op difference is all there is
-            why.append(ort_difference(r))
+        for runtime in ("onnxruntime", "openvino"):
+            timed = r[runtime].get("p50", {})
+            if "anchor" in timed and timed["edgekd"] > 1.05 * timed["anchor"]:  # slower: what it runs differently
+                why.append(op_difference(r, runtime))
+        if "p50" not in r["onnxruntime"]:  # not timed: the op difference is all there is
+            why.append(op_difference(r))
         print(f"| {r['model']} | {r['size']} | {r['params_m']:.1f} | {cells[0]} | {cells[1]} | {r['verdict']} | "
               f"{ratios[0]} | {ratios[1]} | {'; '.join(w for w in why if w)[:300]} |", flush=True)
     done = [r for r in rows if "onnxruntime" in r]

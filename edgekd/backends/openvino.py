@@ -112,12 +112,15 @@ class OvModel(CompiledModel):
     def int8_layers(self) -> dict[str, Any]:
         """Read each compute node's ``runtimePrecision`` from the runtime (executed) model."""
         layers: dict[str, str] = {}
+        executed: dict[str, int] = {}  # every layer it runs, as "type precision": what two INT8 files differ by
         for op in self._compiled.get_runtime_model().get_ordered_ops():
             info = op.get_rt_info()
-            if info["layerType"].astype(str) in COMPUTE_LAYERS:
-                layers[op.get_friendly_name()] = info["runtimePrecision"].astype(str)
+            kind, precision = info["layerType"].astype(str), info["runtimePrecision"].astype(str)
+            executed[f"{kind} {precision}"] = executed.get(f"{kind} {precision}", 0) + 1
+            if kind in COMPUTE_LAYERS:
+                layers[op.get_friendly_name()] = precision
         int8 = sum(p in ("i8", "u8") for p in layers.values())
-        return {"int8": int8, "total": len(layers), "layers": layers}
+        return {"int8": int8, "total": len(layers), "layers": layers, "all_ops": executed}
 
 
 class OpenVINOBackend(Backend):
