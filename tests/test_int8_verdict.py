@@ -60,6 +60,21 @@ def test_interleaved_timing_tells_a_slower_call_from_a_faster_one():
     assert result["p50_ms"] > result["fp32_p50_ms"]
 
 
+def test_interleaved_timing_does_not_keep_the_first_call_after_the_other_file_ran():
+    """The call right after the other session ran pays for that session's still-spinning threads; here it
+    sleeps 20 ms where every other call sleeps 1 ms. Single alternating calls would time only such calls."""
+    last = {"who": None}
+
+    def call(who: str):
+        def run():
+            time.sleep(0.02 if last["who"] not in (None, who) else 0.001)
+            last["who"] = who
+        return run
+
+    result = interleaved_ratio(call("int8"), call("fp32"), runs=12)
+    assert result["p50_ms"] < 10 and result["fp32_p50_ms"] < 10 and result["pairs"] == 12
+
+
 def test_near_tied_samples_do_not_decide_the_export_agreement():
     import numpy as np
 
