@@ -691,8 +691,8 @@ def float_sub(a: Any, b: Any) -> Any:
 
 def quant_tensor_safe(graph: Any) -> int:
     """Make a quantized fx graph run on QuantTensors whatever tensor code it holds: every ``[...]``
-    goes through ``quant_getitem``, every ``a - b`` through ``float_sub``, and a method QuantTensor does not have (``.mean`` in lcnet's
-    squeeze-excite, ``.sum``, ``.max``) is called on ``plain_value`` of its receiver, the float values
+    goes through ``quant_getitem``, every ``a - b`` through ``float_sub``, and a method or attribute QuantTensor does not have (``.mean`` in lcnet's
+    squeeze-excite, ``.sum``, ``.max``; ``.dtype`` in timm's EfficientViT attention at 224) is read from ``plain_value`` of its receiver, the float values
     the method would have read (the next quantized layer quantizes its input, as Brevitas placed it).
     Returns how many nodes changed."""
     from brevitas.quant_tensor import IntQuantTensor
@@ -708,8 +708,11 @@ def quant_tensor_safe(graph: Any) -> int:
         elif node.op == "call_function" and node.target in (operator.sub, torch.sub) and not node.kwargs:
             node.target = float_sub
             changed += 1
-        elif (node.op == "call_method" and node.args and hasattr(node.args[0], "op")
-              and not hasattr(IntQuantTensor, node.target)):
+        elif ((node.op == "call_method" and node.args and hasattr(node.args[0], "op")
+               and not hasattr(IntQuantTensor, node.target))
+              or (node.op == "call_function" and node.target is getattr and len(node.args) == 2
+                  and hasattr(node.args[0], "op") and isinstance(node.args[1], str)
+                  and not hasattr(IntQuantTensor, node.args[1]))):  # an attribute: ``v.dtype`` (EfficientViT)
             with graph.graph.inserting_before(node):
                 plain = graph.graph.call_function(plain_value, (node.args[0],))
             node.args = (plain, *node.args[1:])

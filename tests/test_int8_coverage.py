@@ -195,9 +195,9 @@ def test_relu6_calibrates_the_ranges_after_it_on_clamped_values():
 
 
 def test_tensor_code_on_quantized_activations_runs():
-    """A slice (ghostnet's ``out[:, :c]``), an int index and a method QuantTensor lacks (lcnet's ``x.mean``)
-    on a quantized activation: Brevitas' QuantTensor is a NamedTuple, so ``x[:, :4]`` raised and ``x[0]``
-    silently returned its value field."""
+    """A slice (ghostnet's ``out[:, :c]``), an int index, a method QuantTensor lacks (lcnet's ``x.mean``)
+    and an attribute it lacks (timm EfficientViT's ``v.dtype``) on a quantized activation: Brevitas'
+    QuantTensor is a NamedTuple, so ``x[:, :4]`` raised and ``x[0]`` silently returned its value field."""
     class Sliced(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -206,7 +206,8 @@ def test_tensor_code_on_quantized_activations_runs():
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             y = self.relu(self.conv(x))[:, :4]
-            return self.head(self.conv2(y.mean((2, 3), keepdim=True)).flatten(1))  # lcnet's squeeze-excite
+            pooled = y.mean((2, 3), keepdim=True).to(y.dtype)  # lcnet's squeeze-excite; EfficientViT's dtype
+            return self.head(self.conv2(pooled).flatten(1))
 
     torch.manual_seed(0)
     model = Sliced().eval()
