@@ -142,23 +142,18 @@ def extended_alignment(original: Any) -> Any:
     return _following(original, passes_quant_tensors, lambda found: None not in found and len(found) <= 1)
 
 
-def is_chunk_piece(node: Any) -> bool:
-    """Whether ``node`` is a chunk or split call, or one piece of one (``pieces[0]``)."""
-    if node.op == "call_function" and node.target is operator.getitem and node.args:
-        node = node.args[0] if hasattr(node.args[0], "op") else node
-    return node.op == "call_function" and node.target in (torch.chunk, torch.split)
-
-
 def through_pieces(original: Any) -> Any:
     """``original`` (Brevitas' ``recursive_input_handler``, which aligns each input of an add or concat
-    onto one shared quantizer) with chunk and split pieces followed back to the tensor they cut: the
-    source is aligned, so its pieces need no requantizer (shufflenet's ``cat(x1, branch(x2))`` with
-    ``x1, x2 = x.chunk(2)``: 13 requantizers ONNX Runtime ran in float, 1.4x quantize_static's latency)."""
+    onto one shared quantizer) with every piece that hands on its source's QuantTensor
+    (``passes_quant_tensors``: chunk and split pieces, slices, ``.contiguous()``) followed back to the
+    tensor it was cut from: the source is aligned, so its pieces need no requantizer (shufflenet's
+    ``cat(x1, branch(x2))`` with ``x1, x2 = x.chunk(2)``: 13 requantizers ONNX Runtime ran in float, 1.4x
+    quantize_static's latency; ghostnet's ``cat([x1, x2])[:, :c] + shortcut``: 16)."""
 
     def handler(model: Any, node: Any, *rest: Any, **named: Any) -> Any:
         inputs = []
         for source in node.all_input_nodes:
-            while is_chunk_piece(source) and _tensor_input(source):
+            while passes_quant_tensors(source) and _tensor_input(source):
                 source = _tensor_input(source)[0]
             if source not in inputs:
                 inputs.append(source)
