@@ -153,13 +153,36 @@ def through_pieces(original: Any) -> Any:
     def handler(model: Any, node: Any, *rest: Any, **named: Any) -> Any:
         inputs = []
         for source in node.all_input_nodes:
-            while passes_quant_tensors(source) and _tensor_input(source):
-                source = _tensor_input(source)[0]
-            if source not in inputs:
-                inputs.append(source)
+            cut_from = source
+            while passes_quant_tensors(cut_from) and _tensor_input(cut_from):
+                cut_from = _tensor_input(cut_from)[0]
+            # a tensor has one grid: when its pieces reach other joins too (rexnet's
+            # ``cat([y[:, :c] + shortcut, y[:, c:]])``: the add and the concat), aligning it onto this
+            # join's grid takes it from the other's, and Brevitas re-aligns the two until it gives up
+            # (rexnet_100 fell back to layerwise, 1.51x quantize_static): the piece is requantized
+            if cut_from is not source and joins_reading(cut_from) != {node}:
+                cut_from = source
+            if cut_from not in inputs:
+                inputs.append(cut_from)
         return original(model, SimpleNamespace(all_input_nodes=inputs), *rest, **named)
 
     return handler
+
+
+def joins_reading(source: Any) -> set[Any]:
+    """The adds and concats that read ``source`` directly or through pieces of it (``passes_quant_tensors``)."""
+    joins, todo, seen = set(), list(source.users), set()
+    while todo:
+        user = todo.pop()
+        if user in seen:
+            continue
+        seen.add(user)
+        if passes_quant_tensors(user):
+            todo.extend(user.users)
+        elif ((user.op == "call_function" and user.target in (operator.add, torch.add, torch.cat))
+              or (user.op == "call_method" and user.target in ("add", "add_"))):
+            joins.add(user)
+    return joins
 
 
 def residual_budget(graph: Any) -> int:
