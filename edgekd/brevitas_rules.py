@@ -194,8 +194,7 @@ def joins_reading(source: Any) -> set[Any]:
         seen.add(user)
         if passes_quant_tensors(user):
             todo.extend(user.users)
-        elif ((user.op == "call_function" and user.target in (operator.add, torch.add, torch.cat))
-              or (user.op == "call_method" and user.target in ("add", "add_"))):
+        elif is_join(user):
             joins.add(user)
     return joins
 
@@ -204,10 +203,13 @@ def residual_budget(graph: Any) -> int:
     """How many steps Brevitas' residual handler may take on ``graph``: each step aligns one add or
     concat, and a re-alignment undoes an earlier one, so a few times their number. Its own limit, 9 999,
     takes 5-6 minutes to reach on a model it cannot align (a ViT's residual stream, EfficientFormer)."""
-    joins = sum(1 for n in graph.graph.nodes
-                if (n.op == "call_function" and n.target in (operator.add, torch.add, torch.cat))
-                or (n.op == "call_method" and n.target in ("add", "add_")))
-    return 8 * joins + 32
+    return 8 * sum(1 for n in graph.graph.nodes if is_join(n)) + 32
+
+
+def is_join(node: Any) -> bool:
+    """An add or concat: the nodes whose inputs Brevitas' residual handler aligns onto one grid."""
+    return ((node.op == "call_function" and node.target in (operator.add, torch.add, torch.cat))
+            or (node.op == "call_method" and node.target in ("add", "add_")))
 
 
 @contextlib.contextmanager

@@ -51,10 +51,10 @@ def interleaved_ratio(run_a: Callable[[], Any], run_b: Callable[[], Any], runs: 
         warm_up(call, 5, 0.1)
     a: list[float] = []
     b: list[float] = []
-    kept = max(1, block - 1)
-    for _ in range(max(1, -(-runs // kept))):
-        a += time_calls(run_a, block, 0.0)[1:] if block > 1 else time_calls(run_a, 1, 0.0)
-        b += time_calls(run_b, block, 0.0)[1:] if block > 1 else time_calls(run_b, 1, 0.0)
+    dropped = 1 if block > 1 else 0
+    while len(a) < runs:
+        a += time_calls(run_a, block, 0.0)[dropped:]
+        b += time_calls(run_b, block, 0.0)[dropped:]
     a, b = a[:runs], b[:runs]
     p50_a, p50_b = float(np.median(a)), float(np.median(b))
     return {"ratio": p50_a / p50_b, "p50_ms": p50_a, "fp32_p50_ms": p50_b, "pairs": len(a)}
