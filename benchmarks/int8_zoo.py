@@ -7,10 +7,15 @@ calibration images:
   the s8s8 file for OpenVINO and the u8s8 file for ONNX Runtime (``edgekd.int8_layouts``);
 - OpenVINO's anchor: NNCF's ``nncf.quantize`` of the FP32 file;
 - ONNX Runtime's anchor: ``quantize_static`` (QDQ, QUInt8 activations, per-channel QInt8 weights).
-Per runtime the FP32 file, edgekd's INT8 and the anchor are timed interleaved (``--rounds`` rounds of
+Per runtime the FP32 file, edgekd's INT8 and the anchor are timed in rounds (``--rounds`` rounds of
 ``--seconds`` windows each, the lowest p50 kept: a co-tenant only adds time), at batch 1 with the
-built-in targets' threads. It prints p50s, the ratio edgekd / anchor (goal <= 1.05), INT8 layer counts
-as each runtime reports them, and each INT8 file's SQNR against the FP32 file's outputs.
+built-in targets' threads; then edgekd's file and the anchor's take turns of a few calls
+(``int8_verdict.interleaved_ratio``, sessions without spinning threads) for about as long, and *that*
+ratio edgekd / anchor is the one printed and judged (goal <= 1.05): two lowest p50s from windows a minute
+apart moved a row's OpenVINO ratio 1.40 -> 1.08 (lcnet_100) and 1.09 -> 0.89 (mnasnet0_75) between runs
+of the same code. It prints p50s, INT8 layer counts as each runtime reports them, and each INT8 file's
+SQNR against the FP32 file's outputs. OpenVINO runs the ``s8s8-onednn`` layout where the export writes
+one (``edgekd.int8_layouts``), as edgekd's OpenVINO CPU targets do.
 
 With ``--accuracy`` it also scores, on MNIST's 10 000 test images, the three INT8 versions of torchvision
 models trained on MNIST at 64x64 (resnet18 is benchmarks/pareto.py's teacher; the others are trained here
@@ -148,7 +153,7 @@ def edgekd_int8(model: torch.nn.Module, calibration: torch.Tensor, path: Path,
     fake-quantized model last when ``with_model``.
     ``hardswish``: what the stage's ``auto`` picks for the recipe's targets (split: ORT-only recipes);
     ``bias_correction``: the stage's option of that name."""
-    from edgekd.int8_layouts import layout_path, write_u8s8
+    from edgekd.int8_layouts import ONEDNN_LAYOUT, layout_path, onednn_float_convs, write_s8s8_onednn, write_u8s8
     from edgekd.quantization import calibrate, export_qdq, quantize_model
 
     began = time.perf_counter()
@@ -160,6 +165,8 @@ def edgekd_int8(model: torch.nn.Module, calibration: torch.Tensor, path: Path,
         warnings.simplefilter("ignore")
         export_qdq(qmodel, calibration[:1], path, 17)
     write_u8s8(path, layout_path(path, "u8s8"))
+    if onednn_float_convs(path):  # as the export stage: OpenVINO CPU's file where it differs from s8s8
+        write_s8s8_onednn(path, layout_path(path, ONEDNN_LAYOUT))
     files = (path, layout_path(path, "u8s8"), time.perf_counter() - began)
     return (*files, qmodel) if with_model else files
 
@@ -240,6 +247,8 @@ def zoo_row(name: str, size: int | None, calibration: torch.Tensor | None, held_
     from edgekd.backends.openvino import OvModel
     from edgekd.bench import measure_latency, seeded_input
     from edgekd.config import load_target
+    from edgekd.int8_layouts import ONEDNN_LAYOUT, layout_path
+    from edgekd.int8_verdict import interleaved_ratio
     from edgekd.measure import BackendPool
 
     model, size = smallest_input(name) if size is None else (build(name, size), size)
@@ -259,7 +268,8 @@ def zoo_row(name: str, size: int | None, calibration: torch.Tensor | None, held_
     if any(isinstance(m, torch.nn.Hardswish) for m in model.modules()):  # an ORT-only recipe splits Hardswish
         _, u8, _ = edgekd_int8(model, calibration, tmp / f"{safe}.int8-ort.onnx", hardswish="split")
     row["quantize_s"] = {"edgekd": edgekd_s}
-    files = {"fp32": fp32, "edgekd": {"onnxruntime": u8, "openvino": s8}}
+    onednn = layout_path(s8, ONEDNN_LAYOUT)  # OpenVINO's CPU runs this layout where the export writes it
+    files = {"fp32": fp32, "edgekd": {"onnxruntime": u8, "openvino": onednn if onednn.exists() else s8}}
     if latency:
         from pareto import nncf_ptq
 
@@ -282,9 +292,10 @@ def zoo_row(name: str, size: int | None, calibration: torch.Tensor | None, held_
     pool, core = BackendPool(), ov.Core()
     shape = (1, 3, size, size)
 
-    def compiled(runtime: str, path: Path):
-        if runtime == "onnxruntime":
-            return pool.get("onnxruntime").compile(path, ort_t)
+    def compiled(runtime: str, path: Path, quiet: bool = False):
+        if runtime == "onnxruntime":  # quiet: no spinning pool to run into the other session's turns
+            target = ort_t.model_copy(update={"spinning": False}) if quiet else ort_t
+            return pool.get("onnxruntime").compile(path, target)
         return OvModel(core, path, ov_t, {"input": shape}, False)
 
     spec = ort_t.latency.model_copy(update={"min_seconds": seconds, "runs": 20})
@@ -305,6 +316,11 @@ def zoo_row(name: str, size: int | None, calibration: torch.Tensor | None, held_
         for _ in range(rounds):
             for k, c in group.items():
                 p50[k] = min(p50[k], measure_latency(lambda c=c: c(x), spec).p50)
+        if "anchor" in group:  # edgekd and the anchor taking turns (sessions that do not spin): the judged ratio
+            quiet = {k: compiled(runtime, files[k][runtime], quiet=True) for k in ("edgekd", "anchor")}
+            runs = int(min(400, max(30, rounds * seconds * 1000 / p50["edgekd"])))
+            row[runtime]["interleaved"] = interleaved_ratio(lambda: quiet["edgekd"](x), lambda: quiet["anchor"](x),
+                                                            runs)["ratio"]
         outputs = {k: np.concatenate([predict(c, held_out[i:i + 1]) for i in range(len(held_out))])
                    for k, c in group.items()}
         row[runtime].update(p50=p50, sqnr={k: sqnr_db(outputs["fp32"], outputs[k]) for k in ("edgekd", "anchor")
@@ -313,7 +329,16 @@ def zoo_row(name: str, size: int | None, calibration: torch.Tensor | None, held_
 
 
 def int8_fraction(layers: dict) -> float:
-    return (layers.get("int8") or 0) / layers["total"] if layers.get("total") else 1.0
+    """INT8 layers among those the file's layout quantizes for its runtime (OpenVINO CPU's layout keeps the
+    convs it has no fast INT8 kernel for in float on purpose: ``float_by_layout``)."""
+    meant = (layers.get("total") or 0) - (layers.get("float_by_layout") or 0)
+    return (layers.get("int8") or 0) / meant if meant > 0 else 1.0
+
+
+def layer_cell(layers: dict) -> str:
+    """``int8/total``, and how many of the float ones the layout keeps float by its rule."""
+    kept = layers.get("float_by_layout") or 0
+    return f"{layers.get('int8')}/{layers.get('total')}" + (f" ({kept} float by layout)" if kept else "")
 
 
 def why_float(layers: dict) -> str:
@@ -323,6 +348,14 @@ def why_float(layers: dict) -> str:
 
 
 RUNTIME_WORDS = {"onnxruntime": ("ORT", "q_static"), "openvino": ("OV", "NNCF")}
+
+
+def anchor_ratio(r: dict, runtime: str) -> float | None:
+    """edgekd / anchor on ``runtime``: the interleaved ratio where timed so, else the two lowest p50s."""
+    timed = r[runtime]
+    if "anchor" not in timed.get("p50", {}):
+        return None
+    return timed.get("interleaved") or timed["p50"]["edgekd"] / timed["p50"]["anchor"]
 
 
 def op_difference(r: dict, runtime: str = "onnxruntime") -> str:
@@ -356,15 +389,13 @@ def print_coverage(rows: list[dict]) -> None:
         cells, why = [], []
         for runtime in ("onnxruntime", "openvino"):
             layers = r[runtime]["layers"]["edgekd"]
-            cells.append(f"{layers.get('int8')}/{layers.get('total')}")
+            cells.append(layer_cell(layers))
             if int8_fraction(layers) < 0.95:
                 why.append(f"{runtime}: {why_float(layers)}")
-        ratios = [f"{r[rt]['p50']['edgekd'] / r[rt]['p50']['anchor']:.2f}" if "anchor" in r[rt].get("p50", {})
-                  else "" for rt in ("onnxruntime", "openvino")]
+        ratios = [f"{anchor_ratio(r, rt):.2f}" if anchor_ratio(r, rt) else "" for rt in ("onnxruntime", "openvino")]
         why += list(r.get("anchor_failed", {}).values())
         for runtime in ("onnxruntime", "openvino"):
-            timed = r[runtime].get("p50", {})
-            if "anchor" in timed and timed["edgekd"] > 1.05 * timed["anchor"]:  # slower: what it runs differently
+            if (anchor_ratio(r, runtime) or 0) > 1.05:  # slower: what it runs differently
                 why.append(op_difference(r, runtime))
         if "p50" not in r["onnxruntime"]:  # not timed: the op difference is all there is
             why.append(op_difference(r))
@@ -373,14 +404,21 @@ def print_coverage(rows: list[dict]) -> None:
     done = [r for r in rows if "onnxruntime" in r]
     full = [r for r in done if all(int8_fraction(r[rt]["layers"]["edgekd"]) >= 0.95 for rt in ("onnxruntime", "openvino"))]
     timed = [r for r in done if all("anchor" in r[rt].get("p50", {}) for rt in ("onnxruntime", "openvino"))]
-    fast = [r for r in timed if all(r[rt]["p50"]["edgekd"] <= 1.05 * r[rt]["p50"]["anchor"] for rt in ("onnxruntime", "openvino"))]
+    fast = [r for r in timed if all(anchor_ratio(r, rt) <= 1.05 for rt in ("onnxruntime", "openvino"))]
     matches = [r for r in done if not r["verdict"].startswith("diverges")]
+    per_runtime = []
+    for rt in ("onnxruntime", "openvino"):
+        anchored = [r for r in done if "anchor" in r[rt].get("p50", {})]
+        within = [r for r in anchored if anchor_ratio(r, rt) <= 1.05]
+        if anchored:
+            per_runtime.append(f"{RUNTIME_WORDS[rt][0]} {len(within)}/{len(anchored)} "
+                               f"({100 * len(within) / len(anchored):.0f}%) at <= 1.05x {RUNTIME_WORDS[rt][1]}")
     print(f"\nsummary: {len(rows)} models, {len(done)} quantized and exported "
           f"({len(rows) - len(done)} not: skipped or failed, each says why); "
           f"{len(full)}/{len(done)} at >= 95% INT8 layers on both CPU runtimes; "
           f"{len(matches)}/{len(done)} exports match their fake-quant model"
-          + (f"; {len(fast)}/{len(timed)} timed rows at <= 1.05x the runtime's own quantizer on both" if timed else ""),
-          flush=True)
+          + (f"; {len(fast)}/{len(timed)} timed rows at <= 1.05x the runtime's own quantizer on both" if timed else "")
+          + (f"; per runtime: {', '.join(per_runtime)}" if per_runtime else ""), flush=True)
 
 
 def print_zoo(rows: list[dict], size: int, rounds: int) -> None:

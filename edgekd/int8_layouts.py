@@ -13,6 +13,10 @@ with scale s and zero point 128 (q_u8 = q_s8 + 128, dequantized (q_u8 - 128) * s
 written from the ``s8s8`` file by shifting activation zero points, with no new rounding. No library pass
 does this shift (ORT's quantizer picks types before it places nodes, from float data), hence the few
 lines here; the graph walking uses ``onnxruntime.quantization``'s ``ONNXModel``.
+
+``s8s8-onednn`` is OpenVINO CPU's: the s8s8 file with the convs its kernels run INT8 only in a slow
+fallback (``int8_placement.RULES``) reading their weights as float values of the same grid. It is
+written only for a model that has such convs; elsewhere OpenVINO CPU runs the s8s8 file.
 """
 
 from __future__ import annotations
@@ -23,8 +27,11 @@ import numpy as np
 
 # layout -> what it is; the s8s8 file is the variant's main file (models/<variant>.onnx)
 LAYOUTS = {"s8s8": "symmetric INT8 activations and weights (TensorRT, OpenVINO)",
-           "u8s8": "UINT8 activations (zero point 128), INT8 weights (ONNX Runtime CPU)"}
+           "u8s8": "UINT8 activations (zero point 128), INT8 weights (ONNX Runtime CPU)",
+           "s8s8-onednn": "s8s8, with the convs OpenVINO's CPU kernels (oneDNN) have no fast INT8 kernel for "
+                          "in float (written only for models that have such convs)"}
 DEFAULT_LAYOUT = "s8s8"
+ONEDNN_LAYOUT = "s8s8-onednn"
 
 
 def layout_path(path: Path, layout: str) -> Path:
@@ -86,6 +93,29 @@ def write_u8s8(src: Path, dst: Path) -> int:
     model.remove_unused_constant()
     onnx.save(model.model, str(dst))
     return changed
+
+
+def onednn_float_convs(path: Path) -> list[str]:
+    """The convs of the s8s8 file ``path`` that the ``s8s8-onednn`` layout runs in float (none: the s8s8
+    file is that layout already, and none is written)."""
+    import onnx
+
+    from .int8_placement import float_weight_convs
+
+    return float_weight_convs(onnx.load(str(path)), ONEDNN_LAYOUT, write=False)
+
+
+def write_s8s8_onednn(src: Path, dst: Path) -> int:
+    """Write ``src`` (an s8s8 QDQ file) to ``dst`` with the convs ``RULES["s8s8-onednn"]`` names reading
+    float weights (the values of their INT8 grid: the same function); returns how many."""
+    import onnx
+
+    from .int8_placement import float_weight_convs
+
+    proto = onnx.load(str(src))
+    floated = float_weight_convs(proto, ONEDNN_LAYOUT)
+    onnx.save(proto, str(dst))
+    return len(floated)
 
 
 DYNAMIC_LAYOUT = "dynamic"

@@ -57,6 +57,9 @@ class LayoutRules:
     # integer ops whose runtime kernel also needs a QuantizeLinear reading their output (ORT's QLinearConv:
     # DQ -> Conv -> Q; its QGemm and MatMulIntegerToFloat take a float output)
     quantized_outputs: frozenset[str] = field(default_factory=frozenset)
+    # conv shapes (``CONV_SHAPES``) the runtime has an INT8 kernel for only in a fallback slower than its
+    # float one: their weights go in as the float values of their INT8 grid (``float_weight_convs``)
+    float_convs: frozenset[str] = field(default_factory=frozenset)
 
 
 # Resize keeps the grid only in nearest mode (linear modes average neighbours): checked per node below
@@ -75,9 +78,20 @@ MOVES_ONLY = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose
 # [1,C,H,W]) are left alone: an Expand to the full shape there cost ONNX Runtime 21 Transposes on tinynet_e.
 OV_SAME_RANK = frozenset({"Add", "Sub"})
 
+# A conv's shape as its kernels see it: (groups, input channels per group, output channels per group).
+# oneDNN (OpenVINO's CPU kernels) has INT8 jit kernels for dense convs and for depthwise ones (1 in, 1 out
+# per group); a grouped conv with a channel multiplier (1 in, k > 1 out per group: FastViT's downsampling
+# convs, the only ones among the 70 zoo models) runs in its ``jit_gemm_I8`` fallback: OpenVINO 2026.4's
+# profile of fastvit_t8 @256 on AVX2 put 8 such convs at 10.8 of 20.1 ms, 4x their float time.
+CONV_SHAPES = {
+    "channel_multiplier": lambda groups, per_in, per_out: groups > 1 and per_in == 1 and per_out > 1,
+}
+
 RULES = {
     "s8s8": LayoutRules("OpenVINO, TensorRT (both move DequantizeLinear past grid-keeping ops themselves)",
                         frozenset(), CONV_LIKE, OV_SAME_RANK),
+    "s8s8-onednn": LayoutRules("OpenVINO CPU (oneDNN kernels)", frozenset(), CONV_LIKE, OV_SAME_RANK,
+                               float_convs=frozenset({"channel_multiplier"})),
     "u8s8": LayoutRules("ONNX Runtime CPU/CUDA", ORT_GRID_KEEPING, ORT_INTEGER_OPS, quantize_through=MOVES_ONLY,
                         folded_clamps=frozenset({"Relu", "Clip"}), one_reader_per_requantizer=True,
                         quantized_outputs=frozenset({"Conv"})),
@@ -407,6 +421,57 @@ def align_dequantized_ranks(onnx_model: Any, layout: str) -> int:
         node.input[low] = out
     insert_before(graph, added)
     return len(added)
+
+
+def float_weight_convs(onnx_model: Any, layout: str, write: bool = True) -> list[str]:
+    """The convs whose shape ``RULES[layout].float_convs`` names, and (``write``) each one's weight
+    ``DequantizeLinear`` replaced by its output as a float initializer: ``(q - zero point) * scale`` in
+    float32, as DequantizeLinear computes it, so the file computes what the s8s8 one does; the conv's
+    input keeps its quantizer. The runtime then runs that conv with its float kernel. Returns their names."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    wanted = [CONV_SHAPES[k] for k in sorted(RULES[layout].float_convs)]
+    if not wanted:
+        return []
+    graph = onnx_model.graph
+    inits = {i.name: i for i in graph.initializer}
+    producer, _ = links(graph)
+    floated = []
+    for conv in [n for n in graph.node if n.op_type == "Conv" and len(n.input) > 1]:
+        dq = producer.get(conv.input[1])
+        if dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits:
+            continue
+        q = numpy_helper.to_array(inits[dq.input[0]])
+        groups = next((a.i for a in conv.attribute if a.name == "group"), 1)
+        if q.ndim < 3 or q.shape[0] % groups or not any(f(groups, q.shape[1], q.shape[0] // groups) for f in wanted):
+            continue
+        floated.append(conv.name)
+        if not write:
+            continue
+        scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float32)
+        zero = numpy_helper.to_array(inits[dq.input[2]]) if len(dq.input) > 2 and dq.input[2] else np.zeros(1, q.dtype)
+        axis = next((a.i for a in dq.attribute if a.name == "axis"), 1)
+        shape = [1] * q.ndim
+        shape[axis] = -1
+
+        def along(v: Any) -> Any:  # a per-channel parameter along the DequantizeLinear's axis
+            return v.reshape(shape) if v.size > 1 else v.reshape([1] * q.ndim)
+
+        values = (q.astype(np.int32) - along(zero.astype(np.int32))).astype(np.float32) * along(scale)
+        name = f"{dq.output[0]}_float"
+        graph.initializer.append(numpy_helper.from_array(values.astype(np.float32), name))
+        conv.input[1] = name
+    if write and floated:  # weight DequantizeLinears nothing reads now go, with their initializers
+        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        gone = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+                and n.output[0] not in used]
+        for node in gone:
+            graph.node.remove(node)
+        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        for name in {i for n in gone for i in n.input if i in inits} - used:
+            graph.initializer.remove(inits[name])
+    return floated
 
 
 def shared_requantizer(producer: dict[str, Any], readers: dict[str, list[Any]], name: str) -> bool:

@@ -163,3 +163,77 @@ def test_hardswish_is_split_only_for_recipes_whose_targets_all_run_onnx_runtime(
         return {s.hardswish for s in resolve_hardswish(recipe, targets).stages if s.stage == "quantize"}
 
     assert chosen([ort]) == {"split"} and chosen([ort, ov]) == {"fused"} and chosen([ov]) == {"fused"}
+
+
+class GroupedConvs(nn.Module):
+    """A conv of each grouping a CNN uses (FastViT downsamples with the third): dense, depthwise (1 in, 1 out
+    per group), a channel multiplier (1 in, 2 out per group) and a grouped conv (2 in, 2 out per group).
+    Also a ``--arch`` factory (``tests.test_int8_layouts:GroupedConvs``)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        self.dense = nn.Sequential(nn.Conv2d(in_channels, 16, 3, padding=1), nn.ReLU())
+        self.depthwise = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU())
+        self.multiplier = nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1, groups=16), nn.ReLU())
+        self.grouped = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1, groups=16), nn.ReLU())
+        self.head = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.grouped(self.multiplier(self.depthwise(self.dense(x))))
+        return self.head(x.mean((2, 3)))
+
+
+def test_the_onednn_layout_floats_exactly_the_convs_openvino_has_no_int8_kernel_for(tmp_path):
+    """``s8s8-onednn`` (OpenVINO CPU): only the channel-multiplier conv reads float weights, the values of
+    its INT8 grid, so the file computes what the s8s8 file computes; OpenVINO runs that conv in float,
+    says why, and runs the other convs INT8. A model without such a conv gets no such file."""
+    from edgekd.int8_layouts import ONEDNN_LAYOUT, onednn_float_convs, write_s8s8_onednn
+
+    torch.manual_seed(0)
+    x = torch.rand(16, 3, 16, 16)
+    path, _, _ = int8_files(GroupedConvs().eval(), x, tmp_path / "grouped.onnx")
+    floated = onednn_float_convs(path)
+    assert len(floated) == 1 and "multiplier" in floated[0], floated
+    onednn = layout_path(path, ONEDNN_LAYOUT)
+    assert write_s8s8_onednn(path, onednn) == 1
+    np.testing.assert_array_equal(run_exact(path, x), run_exact(onednn, x))
+    graph = onnx.load(str(onednn)).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    float_weights = [n.name for n in graph.node if n.op_type == "Conv" and n.input[1] not in producer]
+    assert float_weights == floated
+    assert sum(n.op_type == "DequantizeLinear" for n in graph.node) == \
+        sum(n.op_type == "DequantizeLinear" for n in onnx.load(str(path)).graph.node) - 1  # its weights' DQ went
+
+    pytest.importorskip("openvino", reason="openvino is the 'openvino' extra")
+    target = Target(name="ov", backend="openvino", threads=1)
+    assert BACKENDS.get("openvino")().int8_layouts(target)[0] == ONEDNN_LAYOUT
+    layers = BACKENDS.get("openvino")().compile(onednn, target).int8_layers()
+    assert layers["float_by_layout"] == 1 and layers["int8"] == layers["total"] - 1, layers
+    assert all("s8s8-onednn" in why for why in layers["float_layers"].values()), layers["float_layers"]
+    plain, _, _ = int8_files(InvertedResidual().eval(), x, tmp_path / "block.onnx")
+    assert onednn_float_convs(plain) == []
+
+
+def test_compress_writes_the_onednn_layout_where_it_differs_and_openvino_measures_it(tmp_path):
+    import json
+
+    from tests.conftest import FAST_LATENCY, TINY_DATA, invoke, save_model, write_yaml
+
+    pytest.importorskip("openvino", reason="openvino is the 'openvino' extra")
+    torch.manual_seed(0)
+    checkpoint = save_model(GroupedConvs(num_classes=4, in_channels=1), tmp_path / "grouped.safetensors")
+    target = write_yaml(tmp_path / "ov.yaml", {"name": "grouped-ov", "backend": "openvino", "threads": 1,
+                                               "latency": FAST_LATENCY})
+    recipe = write_yaml(tmp_path / "r.yaml", {
+        "name": "grouped", "arch": "tests.test_int8_layouts:GroupedConvs", "data": TINY_DATA,
+        "targets": [str(target)],
+        "stages": [{"stage": "quantize", "mode": "ptq", "calibration_batches": 2}, {"stage": "export"}]})
+    result = invoke("compress", checkpoint, "--recipe", recipe, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    int8 = next(k for k, v in manifest["models"].items() if v["meta"].get("layouts"))
+    assert set(manifest["models"][int8]["meta"]["layouts"]) == {"u8s8", "s8s8-onednn"}
+    assert manifest["models"][int8]["meta"]["parity"]["s8s8-onednn"]["top1_agreement"] == 1.0
+    row = json.loads((tmp_path / "run" / "measurements" / f"{int8}@grouped-ov.json").read_text())
+    assert row["onnx"].endswith(f"{int8}.s8s8-onednn.onnx")
+    assert row["int8_layers"]["float_by_layout"] == 1

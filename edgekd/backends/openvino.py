@@ -19,6 +19,7 @@ from .inputs import GraphInput, ShapeRequest, graph_inputs, resolve_shapes
 from .target import Target
 
 COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Gemm")
+FLOAT_BY_LAYOUT = "its weights are float in the"  # how a float layer kept so by the file's layout is named
 HINT_TO_PRECISION = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
 
 
@@ -53,6 +54,7 @@ class OvModel(CompiledModel):
                                f"{first_line(exc)}") from None
         import openvino as ov
 
+        self._path = path
         self._request = self._compiled.create_infer_request()
         self._tensor, self._bound, self._bound_data = ov.Tensor, None, None
         self._bound_feed_key: dict[str, np.ndarray] | None = None  # the feed bound (identity)
@@ -120,13 +122,48 @@ class OvModel(CompiledModel):
             if kind in COMPUTE_LAYERS:
                 layers[op.get_friendly_name()] = precision
         int8 = sum(p in ("i8", "u8") for p in layers.values())
-        return {"int8": int8, "total": len(layers), "layers": layers, "all_ops": executed}
+        result = {"int8": int8, "total": len(layers), "layers": layers, "all_ops": executed}
+        if int8 and self._path.suffix == ".onnx":  # a QDQ file: name the layers its layout keeps float
+            result["float_layers"] = self._float_by_layout(layers)
+            result["float_by_layout"] = sum(v.startswith(FLOAT_BY_LAYOUT) for v in result["float_layers"].values())
+        return result
+
+    def _float_by_layout(self, layers: dict[str, str]) -> dict[str, str]:
+        """Float layers whose conv reads float weights in the file (the ``s8s8-onednn`` layout's rule),
+        and why; any other float layer of an INT8 file is the runtime's own choice."""
+        import onnx
+
+        from ..int8_layouts import ONEDNN_LAYOUT
+        from ..int8_placement import RULES, links
+
+        graph = onnx.load(str(self._path), load_external_data=False).graph
+        producer, _ = links(graph)
+        weights = {i.name for i in graph.initializer}
+
+        def dequantized(name: str) -> bool:
+            return getattr(producer.get(name), "op_type", None) == "DequantizeLinear"
+
+        # a conv reading a dequantized input and float weights: the layout's rule, not a placement gap
+        floated = {n.name for n in graph.node if n.op_type == "Conv" and len(n.input) > 1 and n.input[1] in weights
+                   and dequantized(n.input[0])}
+        why = (f"{FLOAT_BY_LAYOUT} {ONEDNN_LAYOUT} file: OpenVINO's CPU has INT8 kernels for this "
+               f"conv shape ({', '.join(sorted(RULES[ONEDNN_LAYOUT].float_convs))}) only in a fallback slower "
+               f"than float")
+        out = {}
+        for op in self._compiled.get_runtime_model().get_ordered_ops():
+            name = op.get_friendly_name()
+            if layers.get(name) in (None, "i8", "u8"):
+                continue
+            original = op.get_rt_info()["originalLayersNames"].astype(str).split(",")
+            out[name] = why if floated & set(original) else "the runtime runs it in float"
+        return out
 
 
 class OpenVINOBackend(Backend):
     name = "openvino"
     pip_extra = ""
-    capabilities = Capabilities(devices=("CPU", "GPU"), options=("precision_hint", "streams", "pinning", "cache"))
+    capabilities = Capabilities(devices=("CPU", "GPU"), options=("precision_hint", "streams", "pinning", "cache"),
+                                int8_layouts=(("CPU", "s8s8-onednn"),))
 
     def __init__(self, *, trust_checkpoint: bool = False, allow_globals: tuple[str, ...] = ()) -> None:
         super().__init__(trust_checkpoint=trust_checkpoint, allow_globals=allow_globals)

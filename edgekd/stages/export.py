@@ -27,7 +27,8 @@ from ..errors import StageError, first_line
 from ..exporting import export_fp32, export_program
 from ..progress import console
 from ..fileio import atomic_path
-from ..int8_layouts import DYNAMIC_LAYOUT, layout_path, write_dynamic, write_u8s8
+from ..int8_layouts import (DYNAMIC_LAYOUT, ONEDNN_LAYOUT, layout_path, onednn_float_convs, write_dynamic,
+                            write_s8s8_onednn, write_u8s8)
 from ..parity import decisive_agreement, parity
 from ..quantization import export_qdq
 from ..text import packed_feed
@@ -79,6 +80,8 @@ def export(variants: dict[str, Artifact], cfg: ExportConfig, ctx: StageContext) 
             writers = {"u8s8": write_u8s8}
             if isinstance(model, TextModel):
                 writers[DYNAMIC_LAYOUT] = write_dynamic  # ONNX Runtime runs transformers fastest so
+            if onednn_float_convs(path):  # convs OpenVINO's CPU runs faster in float than in its INT8 fallback
+                writers[ONEDNN_LAYOUT] = write_s8s8_onednn
             for layout, write in writers.items():
                 layouts[layout] = layout_path(path, layout)
                 with atomic_path(layouts[layout]) as tmp:
