@@ -378,7 +378,7 @@ def op_difference(r: dict, runtime: str = "onnxruntime") -> str:
 def print_coverage(rows: list[dict]) -> None:
     """The --all table: INT8 layers per runtime, the export verdict, the edgekd/anchor ratios when timed,
     and why a row misses; then the summary line."""
-    print("\n| model | input | params M | INT8 layers ORT (u8s8) | INT8 layers OV (s8s8) | export verdict "
+    print("\n| model | input | params M | INT8 layers ORT (u8s8) | INT8 layers OV (s8s8, -onednn) | export verdict "
           "| ORT edgekd / q_static | OV edgekd / NNCF | misses because |")
     print("|---|---:|---:|---:|---:|---|---:|---:|---|")
     for r in rows:

@@ -76,7 +76,7 @@ def write_u8s8(src: Path, dst: Path) -> int:
         quant.input[2] = unsigned(quant.input[2])
         changed += 1
         pending = list(readers.get(quant.output[0], []))
-        while pending:  # the quantized tensor's readers: DequantizeLinear, or a Clip (QCDQ) or Unsqueeze, then DQs
+        while pending:  # the quantized tensor's readers: DequantizeLinear, or a Clip (QCDQ), then DQs
             node = pending.pop()
             if node.op_type == "DequantizeLinear":
                 node.input[2] = unsigned(node.input[2])
@@ -84,8 +84,6 @@ def write_u8s8(src: Path, dst: Path) -> int:
                 for k in (1, 2):
                     if len(node.input) > k and node.input[k]:
                         node.input[k] = unsigned(node.input[k])
-                pending += readers.get(node.output[0], [])
-            elif node.op_type == "Unsqueeze":  # leading axes on the integers (int8_placement.align_dequantized_ranks)
                 pending += readers.get(node.output[0], [])
             else:
                 raise ValueError(f"{src.name}: a quantized tensor is read by {node.op_type} {node.name!r}, "

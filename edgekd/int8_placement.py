@@ -44,8 +44,9 @@ class LayoutRules:
     requantize_after: frozenset[str] = field(default_factory=frozenset)
     # ops a runtime runs as integer kernels when their float inputs come from DequantizeLinear nodes
     integer_ops: frozenset[str] = field(default_factory=frozenset)
-    # broadcasting ops whose two dequantized inputs must have one rank (an Unsqueeze adds the leading axes)
-    same_rank_inputs: frozenset[str] = field(default_factory=frozenset)
+    # elementwise ops that cannot read a dequantized *constant* (a quantizer on a value computed from
+    # parameters only) unless it is a scalar or per-channel: the constant goes in as its grid's float values
+    float_constant_operands: frozenset[str] = field(default_factory=frozenset)
     # ops that only move elements: a per-tensor quantizer after them also quantizes what feeds them
     quantize_through: frozenset[str] = field(default_factory=frozenset)
     # clamps the runtime folds into the QuantizeLinear after an integer op only when that quantizer's range
@@ -72,11 +73,13 @@ CONV_LIKE = frozenset({"Conv", "MatMul", "Gemm"})  # the layers INT8 coverage co
 # Q(move(x)) == move(Q(x)) for a per-tensor grid: a quantizer after these also quantizes what feeds them
 MOVES_ONLY = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose"})
 
-# OpenVINO's low-precision AddTransformation fails on two dequantized inputs of different rank: 2026.4
-# refuses to compile ``DQ[1,49,49] + DQ[49,49]`` (timm's EfficientViT-M attention bias) with "index '0'
-# out of range". Equal ranks compile; broadcasts within one rank (a squeeze-excite gate [1,C,1,1] times
-# [1,C,H,W]) are left alone: an Expand to the full shape there cost ONNX Runtime 21 Transposes on tinynet_e.
-OV_SAME_RANK = frozenset({"Add", "Sub"})
+# OpenVINO 2026.4's low-precision passes fail to compile an Add, Sub or Mul one of whose inputs is a
+# dequantized constant ("index '0' out of range"): timm's EfficientViT-M and torchvision's Swin add
+# attention biases gathered from a parameter table. Checked on two-input graphs: any constant shape fails
+# (equal shapes too) except a scalar and a per-channel [1,C,1,1]; two dequantized *activations* of any
+# broadcastable shapes compile (the rank rule this replaced had misread EfficientViT-M's case).
+OV_CONSTANT_OPERANDS = frozenset({"Add", "Sub", "Mul"})
+FLOATED_CONSTANT = "_edgekd_float"  # the suffix of such a constant's initializer (int8_fidelity counts them)
 
 # A conv's shape as its kernels see it: (groups, input channels per group, output channels per group).
 # oneDNN (OpenVINO's CPU kernels) has INT8 jit kernels for dense convs and for depthwise ones (1 in, 1 out
@@ -89,8 +92,8 @@ CONV_SHAPES = {
 
 RULES = {
     "s8s8": LayoutRules("OpenVINO, TensorRT (both move DequantizeLinear past grid-keeping ops themselves)",
-                        frozenset(), CONV_LIKE, OV_SAME_RANK),
-    "s8s8-onednn": LayoutRules("OpenVINO CPU (oneDNN kernels)", frozenset(), CONV_LIKE, OV_SAME_RANK,
+                        frozenset(), CONV_LIKE, OV_CONSTANT_OPERANDS),
+    "s8s8-onednn": LayoutRules("OpenVINO CPU (oneDNN kernels)", frozenset(), CONV_LIKE, OV_CONSTANT_OPERANDS,
                                float_convs=frozenset({"channel_multiplier"})),
     "u8s8": LayoutRules("ONNX Runtime CPU/CUDA", ORT_GRID_KEEPING, ORT_INTEGER_OPS, quantize_through=MOVES_ONLY,
                         folded_clamps=frozenset({"Relu", "Clip"}), one_reader_per_requantizer=True,
@@ -387,40 +390,86 @@ def fused_gelus(onnx_model: Any) -> int:
     return fused
 
 
-def align_dequantized_ranks(onnx_model: Any, layout: str) -> int:
-    """Give the lower-rank input of every ``RULES[layout].same_rank_inputs`` op whose two inputs come from
-    per-tensor DequantizeLinear nodes the leading axes it lacks: ``Q -> Unsqueeze -> DQ``, exact (broadcasting
-    adds those 1s anyway; ranks from ONNX shape inference). The Unsqueeze goes on the integers, so the op still
-    reads DequantizeLinear nodes. Returns how many inputs were aligned."""
-    import numpy as np
-    from onnx import helper, numpy_helper, shape_inference
+def constant_tensors(graph: Any) -> set[str]:
+    """Tensors computed from initializers and Constant nodes only (a parameter table gathered by fixed
+    indices, reshaped, quantized): the same in every call."""
+    known = {i.name for i in graph.initializer} | {""}
+    for node in graph.node:  # nodes are in topological order
+        if node.op_type not in ("RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike") and \
+                all(i in known for i in node.input):
+            known.update(node.output)
+    return known - {""}
 
-    ops = RULES[layout].same_rank_inputs
+
+def float_dequantized_constants(onnx_model: Any, layout: str) -> int:
+    """Each input of a ``RULES[layout].float_constant_operands`` op that is a DequantizeLinear of a
+    constant (a per-tensor activation quantizer on a parameter-derived value), unless a scalar or
+    per-channel, becomes a float initializer holding that DequantizeLinear's output: the same values, as
+    ONNX Runtime computes them from the file (optimisations off, any input: the value depends on none).
+    Returns how many inputs were replaced; the quantizer chains nothing else reads are removed."""
+    import numpy as np
+    import onnx
+    import onnxruntime as ort
+    from onnx import numpy_helper
+
+    ops = RULES[layout].float_constant_operands
     graph = onnx_model.graph
-    inferred = shape_inference.infer_shapes(onnx_model).graph
-    rank = {v.name: len(v.type.tensor_type.shape.dim) for v in (*inferred.value_info, *inferred.input, *inferred.output)
-            if v.type.tensor_type.HasField("shape")}
+    constant = constant_tensors(graph)
     producer, _ = links(graph)
-    scalar = {i.name for i in graph.initializer if len(i.dims) == 0 or list(i.dims) == [1]}
-    added: list[tuple[Any, list[Any]]] = []
-    for node in graph.node:
-        sources = [producer.get(i) for i in node.input]
-        if (node.op_type not in ops or len(node.input) != 2
-                or any(s is None or s.op_type != "DequantizeLinear" or s.input[1] not in scalar for s in sources)):
-            continue
-        ranks = [rank.get(i) for i in node.input]
-        if None in ranks or ranks[0] == ranks[1]:
-            continue
-        low = ranks.index(min(ranks))
-        dq = sources[low]
-        out = f"{node.input[low]}_edgekd_rank{max(ranks)}_{node.name}"
-        axes = numpy_helper.from_array(np.arange(abs(ranks[0] - ranks[1]), dtype=np.int64), f"{out}_axes")
-        graph.initializer.append(axes)
-        added.append((node, [helper.make_node("Unsqueeze", [dq.input[0], axes.name], [f"{out}_int"], name=f"{out}_int"),
-                             helper.make_node("DequantizeLinear", [f"{out}_int", *dq.input[1:]], [out], name=out)]))
-        node.input[low] = out
-    insert_before(graph, added)
-    return len(added)
+    inits = {i.name for i in graph.initializer}
+
+    def per_channel(name: str) -> bool:
+        shape = shapes.get(name)
+        return shape is not None and (int(np.prod(shape)) == 1 or len(shape) >= 2 and
+                                      all(d == 1 for k, d in enumerate(shape) if k != 1))
+
+    def quantized_here(name: str) -> bool:  # DQ <- (Clip <-) QuantizeLinear: an activation quantizer, not a
+        dq = producer.get(name)                # weight's or bias' DequantizeLinear of integer initializers
+        if getattr(dq, "op_type", "") != "DequantizeLinear":
+            return False
+        source = producer.get(dq.input[0])
+        if getattr(source, "op_type", "") == "Clip":
+            source = producer.get(source.input[0])
+        return getattr(source, "op_type", "") == "QuantizeLinear"
+
+    wanted = {i for n in graph.node if n.op_type in ops for i in n.input if i in constant and quantized_here(i)}
+    if not wanted:
+        return 0
+    probe = onnx.ModelProto()
+    probe.CopyFrom(onnx_model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in sorted(wanted))
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    feed = {i.name: np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in i.shape],
+                             dtype=np.int64 if "int64" in i.type else np.float32) for i in session.get_inputs()}
+    values = dict(zip(sorted(wanted), session.run(sorted(wanted), feed)))
+    shapes = {k: v.shape for k, v in values.items()}
+    replaced = 0
+    for node in [n for n in graph.node if n.op_type in ops]:
+        for k, name in enumerate(node.input):
+            if name in values and not per_channel(name):
+                folded = f"{name}{FLOATED_CONSTANT}"
+                if folded not in inits:
+                    graph.initializer.append(numpy_helper.from_array(values[name], folded))
+                    inits.add(folded)
+                node.input[k] = folded
+                replaced += 1
+    if replaced:  # the constant chains nothing reads any more
+        changed = True
+        while changed:
+            used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+            dead = [n for n in graph.node if all(o not in used for o in n.output) and set(n.output) <= constant]
+            for n in dead:
+                graph.node.remove(n)
+            changed = bool(dead)
+        used = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        kept = [i for i in graph.initializer if i.name in used]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+    return replaced
 
 
 def float_weight_convs(onnx_model: Any, layout: str, write: bool = True) -> list[str]:

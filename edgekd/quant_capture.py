@@ -58,6 +58,24 @@ def first_calls(model: nn.Module, example: torch.Tensor, modules: dict[str, nn.M
     return calls
 
 
+def constant_layers(model: nn.Module, example: torch.Tensor) -> dict[str, str]:
+    """Conv/linear layers whose input does not depend on the model's input (name -> why): run on ``example``
+    and on another input of its shape, they read the same tensor (Swin V2's position-bias MLP reads a
+    buffer of coordinates). Such a layer computes a constant the runtimes fold; quantized, it has no
+    quantized input to scale its bias by (Brevitas: "QuantLayer is not correctly configured"). They stay
+    float."""
+    layers = {name: m for name, m in model.named_modules() if isinstance(m, QUANTIZABLE)}
+    other = torch.rand(example.shape, generator=torch.Generator().manual_seed(7)).to(example) \
+        if example.is_floating_point() else example
+    if other is example:
+        return {}
+    first, second = first_calls(model, example, layers), first_calls(model, other, layers)
+    return {name: "its input does not depend on the model's input: a constant the runtimes fold"
+            for name, call in first.items()
+            if (a := _first_tensor(call)) is not None and (b := _first_tensor(second.get(name, {}))) is not None
+            and a.shape == b.shape and torch.equal(a, b)}
+
+
 def _first_tensor(arguments: dict[str, Any]) -> torch.Tensor | None:
     return next((v for v in arguments.values() if isinstance(v, torch.Tensor)), None)
 

@@ -26,7 +26,7 @@ from torch import nn
 from .brevitas_rules import brevitas_rules, residual_budget
 from .errors import StageError, first_line
 from .onnx_folds import fold_constant_clips, fold_pads_into_convs, initializers_out_of_inputs
-from .quant_capture import (QUANTIZABLE, chunks_as_functions, drop_identities, plain_layers,
+from .quant_capture import (QUANTIZABLE, chunks_as_functions, constant_layers, drop_identities, plain_layers,
                             matmul_inputs_quantized, quant_tensor_safe, quantizable_attention,
                             shape_quantizers_removed, sliced_outputs_quantized, traced_parts)
 
@@ -298,6 +298,10 @@ def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range:
                                             hardswish == "split")
     unplaced = dict(overrides or {})  # override name -> bits, until a part holds that layer
     names = {id(m): name for name, m in model.named_modules()}  # tracing keeps the layer objects
+    constant = constant_layers(model, example) if example is not None and not text else {}
+    automatic = set(constant) - set(unplaced)  # layers computing constants stay float unless overridden
+    unplaced.update({name: None for name in automatic})
+    kept_float.update({name: constant[name] for name in automatic})
     if text:
         _bounded_hardtanhs(model.modules(), acts)
         _mark_overrides(model, names, unplaced, compute, reduce_range, learned_scales)
@@ -324,6 +328,8 @@ def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range:
             qmodel, qmodel.quant_mode = model, "parts"
             for name in reading_input:  # the parts handed the model's input itself (a stem)
                 _make_inputs_unsigned(model.get_submodule(name), unsigned_act)
+    for name in automatic:  # a layer in no traced part is not an override the user got wrong
+        unplaced.pop(name, None)
     if unplaced:
         raise StageError(f"quantize: override names {next(iter(unplaced))!r}, which is not a conv or linear layer "
                          f"of the traced model; layers: {', '.join(layer_names(model)[:8])}")
@@ -590,7 +596,7 @@ def export_qdq(qmodel: nn.Module, example: torch.Tensor, path: Path, opset: int)
     import onnx
     from brevitas.export import export_onnx_qcdq
 
-    from .int8_placement import align_dequantized_ranks
+    from .int8_placement import float_dequantized_constants
     from .text import export_signature
 
     qmodel.eval()
@@ -599,5 +605,5 @@ def export_qdq(qmodel: nn.Module, example: torch.Tensor, path: Path, opset: int)
                      opset_version=opset, input_names=names, output_names=[OUTPUT_NAME], dynamic_axes=axes)
     model = onnx.load(str(path))
     if (fold_constant_clips(model) + initializers_out_of_inputs(model) + fold_pads_into_convs(model)
-            + align_dequantized_ranks(model, "s8s8")):  # Brevitas writes the s8s8 layout
+            + float_dequantized_constants(model, "s8s8")):  # Brevitas writes the s8s8 layout
         onnx.save(model, str(path))

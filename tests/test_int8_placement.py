@@ -242,6 +242,33 @@ class CodedAttention(nn.Module):
         return self.head(x.mean((2, 3)))
 
 
+class BufferMLP(nn.Module):
+    """A conv net whose per-channel bias comes from an MLP over a buffer of coordinates (Swin V2's
+    continuous position bias): that Linear's input is the same whatever the model's input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.relu, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Linear(8, 4)
+        self.register_buffer("coords", torch.linspace(-1, 1, 16).view(8, 2))
+        self.bias_mlp = nn.Linear(2, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias_mlp(self.coords).view(1, 8, 1, 1)
+        return self.head(self.relu(self.conv(x) + bias).mean((2, 3)))
+
+
+def test_a_layer_computing_a_constant_stays_float_and_the_model_exports():
+    """Quantized, a Linear over a buffer has no quantized input to scale its bias by (Brevitas: "QuantLayer
+    is not correctly configured" at calibration, torchvision's swin_v2_t): a layer whose input does not
+    depend on the model's input stays float, named with why; the conv and head are quantized."""
+    torch.manual_seed(0)
+    model, x = BufferMLP().eval(), torch.rand(8, 3, 16, 16)
+    qmodel = quantize_model(model, unsigned_input=True, example=x[:1])
+    calibrate(qmodel, x.split(4))
+    assert list(qmodel.kept_float) == ["bias_mlp"], qmodel.kept_float
+    assert "does not depend on the model's input" in qmodel.kept_float["bias_mlp"]
+
+
 def test_sizes_read_off_shapes_get_no_quantizer():
     """Brevitas aligns a residual add's inputs by walking through a view to all its inputs, and takes
     ``H + pad`` for a residual add: on sizes read off ``x.shape`` both put a quantizer on a Python int
@@ -271,15 +298,52 @@ def test_matmuls_written_in_code_run_int8_on_both_runtimes(mode, tmp_path, monke
     assert_rule_holds(path)
 
 
-def test_a_broadcast_between_two_dequantized_inputs_compiles_on_openvino(tmp_path):
-    """``DQ[B,N,N] + DQ[N,N]`` (an attention bias): OpenVINO's low-precision AddTransformation fails on
-    two ranks ("index '0' out of range"); the integers get the leading axis first, which is exact."""
+def test_an_attention_bias_from_a_parameter_goes_in_as_float_values_and_compiles_on_openvino(tmp_path):
+    """``DQ(scores) + DQ(bias parameter)``: OpenVINO's low-precision passes fail on a dequantized constant
+    operand ("index '0' out of range"; EfficientViT-M, Swin); the bias goes in as the float values of its
+    grid, so the file computes what the model does, and both runtimes compile it."""
     path = exported(CodedAttention(bias=True), tmp_path)
     graph = onnx.load(str(path)).graph
-    producer = {o: n for n in graph.node for o in n.output}
-    unsqueezed = [n for n in graph.node if n.op_type == "Unsqueeze" and "_edgekd_rank" in n.name]
-    assert unsqueezed and all(producer[u.input[0]].op_type in ("QuantizeLinear", "Clip") for u in unsqueezed)
+    floated = [i for i in graph.initializer if i.name.endswith("_edgekd_float")]
+    assert len(floated) == 1 and len(floated[0].dims) == 2, [list(i.dims) for i in floated]  # the [N, N] bias
     assert_rule_holds(path)
+
+
+@pytest.mark.parametrize("shape", [(1, 3, 5, 5), (4, 3, 5, 5), (3, 5, 5), (1, 1, 5, 5), (1, 3, 1, 1), ()])
+@pytest.mark.parametrize("op", ["Add", "Sub", "Mul"])
+def test_openvino_compiles_every_elementwise_op_on_a_dequantized_constant_once_floated(op, shape, tmp_path):
+    """The rule as OpenVINO states it: ``x (+, -, *) DQ(Q(c))`` with ``c`` computed from parameters
+    compiles after ``float_dequantized_constants`` for every shape (scalar and per-channel ones are left
+    as they are and compile so), and the file's outputs do not change."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgekd.int8_placement import float_dequantized_constants
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z"),
+             numpy_helper.from_array(np.array(0.07, np.float32), "s2"),
+             numpy_helper.from_array(rng.random(shape).astype(np.float32), "table")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["qx"]), helper.make_node("DequantizeLinear", ["qx", "s", "z"], ["dx"]),
+             helper.make_node("Neg", ["table"], ["c"]),  # a value computed from a parameter
+             helper.make_node("QuantizeLinear", ["c", "s2", "z"], ["qc"]), helper.make_node("DequantizeLinear", ["qc", "s2", "z"], ["dc"]),
+             helper.make_node(op, ["dx", "dc"], ["y"])]
+    out = list(np.broadcast_shapes((4, 3, 5, 5), shape))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 3, 5, 5])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, out)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.random((4, 3, 5, 5)).astype(np.float32)
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    before = run(model)
+    channel_like = int(np.prod(shape)) == 1 or shape == (1, 3, 1, 1)
+    assert float_dequantized_constants(model, "s8s8") == (0 if channel_like else 1)
+    np.testing.assert_array_equal(run(model), before)
+    ov = pytest.importorskip("openvino", reason="openvino is the 'openvino' extra")
+    onnx.save(model, str(tmp_path / "m.onnx"))
+    ov.Core().compile_model(str(tmp_path / "m.onnx"), "CPU")  # raised "index '0' out of range" before
 
 
 def test_a_squeeze_excite_gate_is_not_broadcast_before_its_multiply(tmp_path):
