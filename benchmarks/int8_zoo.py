@@ -251,6 +251,11 @@ def zoo_row(name: str, size: int | None, calibration: torch.Tensor | None, held_
     from edgekd.int8_verdict import interleaved_ratio
     from edgekd.measure import BackendPool
 
+    if size is None and max_params:  # counted first: a model too big to run is skipped, not failed at export
+        params = sum(p.numel() for p in build(name).parameters()) / 1e6  # (vit_h_14, regnet_y_128gf: > 2 GiB)
+        if params > max_params:
+            return {"model": name, "size": "", "params_m": params,
+                    "skipped": f"{params:.0f} M parameters > --max-params {max_params:.0f} M"}
     model, size = smallest_input(name) if size is None else (build(name, size), size)
     params = sum(p.numel() for p in model.parameters()) / 1e6
     row = {"model": name, "size": size, "params_m": params}

@@ -97,17 +97,6 @@ def model_quantizer_outputs(qmodel: Any, x: Any) -> list[tuple[str, np.ndarray]]
     return seen
 
 
-def without_constant_quantizers(qmodel: Any, x: Any, values: list[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray]]:
-    """``values`` less the quantizer calls whose output is the same on another input: quantizers on
-    parameter-derived values, which the file holds as float initializers (``float_dequantized_constants``)."""
-    import torch
-
-    other = model_quantizer_outputs(qmodel, torch.rand(x.shape, generator=torch.Generator().manual_seed(3)).to(x))
-    if len(other) != len(values):
-        return values
-    return [(name, v) for (name, v), (_, w) in zip(values, other) if v.shape != w.shape or not np.array_equal(v, w)]
-
-
 def _constant(model: Any, name: str) -> np.ndarray | None:
     from .onnx_folds import constant_value
 
@@ -174,7 +163,6 @@ def localize(path: Any, qmodel: Any, x: Any) -> Localization:
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from .int8_placement import FLOATED_CONSTANT
     from .text import packed_feed
 
     model = onnx.load(str(path))
@@ -182,9 +170,6 @@ def localize(path: Any, qmodel: Any, x: Any) -> Localization:
     inits = {i.name for i in graph.initializer}
     quants = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
     values = model_quantizer_outputs(qmodel, x)
-    folded = sum(name.endswith(FLOATED_CONSTANT) for name in inits)
-    if folded and len(values) == len(quants) + folded and x.is_floating_point():
-        values = without_constant_quantizers(qmodel, x, values)  # the file holds their outputs as values
     if len(values) != len(quants):
         return Localization(False, f"the model calls {len(values)} activation quantizers, the file has "
                                    f"{len(quants)} QuantizeLinear nodes on activations")
