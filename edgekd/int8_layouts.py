@@ -47,8 +47,8 @@ def write_u8s8(src: Path, dst: Path) -> int:
     from onnx import TensorProto, numpy_helper
     from onnxruntime.quantization.onnx_model import ONNXModel
 
-    from .int8_placement import (fused_gelus, insert_requantizers, private_requantizer_chains, quantize_before_clamps,
-                                 quantize_before_moves)
+    from .int8_placement import (dequantized_scalar_operands, fused_gelus, insert_requantizers,
+                                 private_requantizer_chains, quantize_before_clamps, quantize_before_moves)
 
     proto = onnx.load(str(src))
     fused_gelus(proto)  # one Gelu op where ORT's optimizer no longer finds the pattern (int8_placement)
@@ -88,6 +88,8 @@ def write_u8s8(src: Path, dst: Path) -> int:
             else:
                 raise ValueError(f"{src.name}: a quantized tensor is read by {node.op_type} {node.name!r}, "
                                  f"not by DequantizeLinear: not a QDQ graph edgekd wrote")
+    # after the shift: the constant's DequantizeLinear takes the type its op's other inputs now have
+    dequantized_scalar_operands(proto, "u8s8")  # QLinearMul/QLinearAdd need their scalar operand dequantized
     model.remove_unused_constant()
     onnx.save(model.model, str(dst))
     return changed

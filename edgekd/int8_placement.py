@@ -58,6 +58,10 @@ class LayoutRules:
     # integer ops whose runtime kernel also needs a QuantizeLinear reading their output (ORT's QLinearConv:
     # DQ -> Conv -> Q; its QGemm and MatMulIntegerToFloat take a float output)
     quantized_outputs: frozenset[str] = field(default_factory=frozenset)
+    # elementwise integer ops the runtime runs in INT8 only when *every* input is dequantized, a scalar
+    # constant too (ORT's QLinearMul/QLinearAdd): such a constant goes in through a DequantizeLinear that
+    # holds it exactly (``dequantized_scalar_operands``)
+    dequantized_scalars: frozenset[str] = field(default_factory=frozenset)
     # conv shapes (``CONV_SHAPES``) the runtime has an INT8 kernel for only in a fallback slower than its
     # float one: their weights go in as the float values of their INT8 grid (``float_weight_convs``)
     float_convs: frozenset[str] = field(default_factory=frozenset)
@@ -76,8 +80,9 @@ MOVES_ONLY = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose
 # OpenVINO 2026.4's low-precision passes fail to compile an Add, Sub or Mul one of whose inputs is a
 # dequantized constant ("index '0' out of range"): timm's EfficientViT-M and torchvision's Swin add
 # attention biases gathered from a parameter table. Checked on two-input graphs: any constant shape fails
-# (equal shapes too) except a scalar and a per-channel [1,C,1,1]; two dequantized *activations* of any
-# broadcastable shapes compile (the rank rule this replaced had misread EfficientViT-M's case).
+# (equal shapes too) except a scalar and a per-channel [1,C,1,1], and those fail in a model (HGNetV2's
+# affine ``relu(x) * s + b``), so every dequantized constant goes in as float; two dequantized
+# *activations* of any broadcastable shapes compile (the rank rule this replaced had misread EfficientViT-M's).
 OV_CONSTANT_OPERANDS = frozenset({"Add", "Sub", "Mul"})
 FLOATED_CONSTANT = "_edgekd_float"  # the suffix of such a constant's initializer
 
@@ -97,7 +102,7 @@ RULES = {
                                float_convs=frozenset({"channel_multiplier"})),
     "u8s8": LayoutRules("ONNX Runtime CPU/CUDA", ORT_GRID_KEEPING, ORT_INTEGER_OPS, quantize_through=MOVES_ONLY,
                         folded_clamps=frozenset({"Relu", "Clip"}), one_reader_per_requantizer=True,
-                        quantized_outputs=frozenset({"Conv"})),
+                        quantized_outputs=frozenset({"Conv"}), dequantized_scalars=frozenset({"Add", "Mul"})),
     "dynamic": LayoutRules("ONNX Runtime CPU, transformers (activations quantized per call)", frozenset(),
                            frozenset({"MatMul"})),
 }
@@ -360,6 +365,54 @@ def private_requantizer_chains(onnx_model: Any, layout: str) -> int:
     return len(added)
 
 
+def dequantized_scalar_operands(onnx_model: Any, layout: str) -> int:
+    """Each scalar float constant read by a ``RULES[layout].dequantized_scalars`` op whose other inputs are
+    DequantizeLinear outputs and whose output only QuantizeLinear nodes read goes in through a
+    DequantizeLinear of its own: ``DQ(x) * 0.93 -> Q`` becomes ``DQ(x) * DQ(1; scale 0.93) -> Q``, which
+    ONNX Runtime runs as QLinearMul. Brevitas quantizes activations, not the constants an activation is
+    scaled or shifted by (HGNetV2's learnable affine ``x * s + b`` after each ReLU: 31 Mul and 31 Add in
+    float between a DQ and a Q, where ``quantize_static`` runs QLinearMul and QLinearAdd). Exact: the
+    integer is 1 (0 for a negative constant, zero point 1; 0 for zero) and the scale the constant's magnitude, so the
+    DequantizeLinear gives back the constant's float32 value bit for bit. The zero point has the type of
+    the op's other DequantizeLinear (ORT's selectors want one integer type per op). Returns how many."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    ops = RULES[layout].dequantized_scalars
+    if not ops:
+        return 0
+    graph = onnx_model.graph
+    producer, readers = links(graph)
+    inits = {i.name: i for i in graph.initializer}
+    added: list[tuple[Any, list[Any]]] = []
+    for node in [n for n in graph.node if n.op_type in ops]:
+        scalars = [k for k, i in enumerate(node.input) if i in inits and inits[i].data_type == TensorProto.FLOAT
+                   and int(np.prod(inits[i].dims)) == 1]
+        others = [producer.get(i) for k, i in enumerate(node.input) if k not in scalars]
+        after = readers.get(node.output[0], [])
+        if (len(scalars) != 1 or not others or any(getattr(o, "op_type", "") != "DequantizeLinear" for o in others)
+                or not after or any(r.op_type != "QuantizeLinear" for r in after)):
+            continue
+        zero_type = inits.get(others[0].input[2]) if len(others[0].input) > 2 else None
+        if zero_type is None or zero_type.data_type not in INT_RANGES:
+            continue
+        k = scalars[0]
+        constant = numpy_helper.to_array(inits[node.input[k]])
+        value = np.float32(constant.reshape(-1)[0])
+        dtype = np.uint8 if zero_type.data_type == TensorProto.UINT8 else np.int8
+        integer, zero = (1, 0) if value > 0 else (0, 1) if value < 0 else (0, 0)
+        scale = np.float32(abs(value)) if value != 0 else np.float32(1.0)
+        name = f"{node.input[k]}_edgekd_dq_{node.name}"
+        for suffix, array in (("int", np.array(integer, dtype).reshape(constant.shape)),
+                              ("scale", np.array(scale, np.float32)), ("zero", np.array(zero, dtype))):
+            graph.initializer.append(numpy_helper.from_array(array, f"{name}_{suffix}"))
+        added.append((node, [helper.make_node("DequantizeLinear", [f"{name}_int", f"{name}_scale", f"{name}_zero"],
+                                              [name], name=name)]))
+        node.input[k] = name
+    insert_before(graph, added)
+    return len(added)
+
+
 def fused_gelus(onnx_model: Any) -> int:
     """Fuse each exported GELU (``Div -> Erf -> Add -> Mul -> Mul``, five float ops) into ONNX Runtime's
     one ``com.microsoft.Gelu`` op, with ORT's own pattern matcher (``onnxruntime.transformers``'
@@ -403,10 +456,12 @@ def constant_tensors(graph: Any) -> set[str]:
 
 def float_dequantized_constants(onnx_model: Any, layout: str) -> int:
     """Each input of a ``RULES[layout].float_constant_operands`` op that is a DequantizeLinear of a
-    constant (a per-tensor activation quantizer on a parameter-derived value), unless a scalar or
-    per-channel, becomes a float initializer holding that DequantizeLinear's output: the same values, as
-    ONNX Runtime computes them from the file (optimisations off, any input: the value depends on none).
-    Returns how many inputs were replaced."""
+    constant (a per-tensor activation quantizer on a parameter-derived value) becomes a float initializer
+    holding that DequantizeLinear's output: the same values, as ONNX Runtime computes them from the file
+    (optimisations off, any input: the value depends on none). Scalars and per-channel constants too:
+    on two-input test graphs they compiled, but HGNetV2's ``relu(x) * s + b`` (``b`` a one-element
+    parameter Brevitas quantizes onto the add's grid) failed as the attention biases had, whatever
+    the shape of ``b``. Returns how many inputs were replaced."""
     import numpy as np
     import onnx
     import onnxruntime as ort
@@ -417,11 +472,6 @@ def float_dequantized_constants(onnx_model: Any, layout: str) -> int:
     constant = constant_tensors(graph)
     producer, _ = links(graph)
     inits = {i.name for i in graph.initializer}
-
-    def per_channel(name: str) -> bool:
-        shape = shapes.get(name)
-        return shape is not None and (int(np.prod(shape)) == 1 or len(shape) >= 2 and
-                                      all(d == 1 for k, d in enumerate(shape) if k != 1))
 
     def quantized_here(name: str) -> bool:  # DQ <- (Clip <-) QuantizeLinear: an activation quantizer, not a
         dq = producer.get(name)                # weight's or bias' DequantizeLinear of integer initializers
@@ -446,11 +496,10 @@ def float_dequantized_constants(onnx_model: Any, layout: str) -> int:
     feed = {i.name: np.zeros([d if isinstance(d, int) and d > 0 else 1 for d in i.shape],
                              dtype=np.int64 if "int64" in i.type else np.float32) for i in session.get_inputs()}
     values = dict(zip(sorted(wanted), session.run(sorted(wanted), feed)))
-    shapes = {k: v.shape for k, v in values.items()}
     replaced = 0
     for node in [n for n in graph.node if n.op_type in ops]:
         for k, name in enumerate(node.input):
-            if name in values and not per_channel(name):
+            if name in values:
                 folded = f"{name}{FLOATED_CONSTANT}"
                 if folded not in inits:
                     graph.initializer.append(numpy_helper.from_array(values[name], folded))

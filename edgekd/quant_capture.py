@@ -707,9 +707,27 @@ def float_sub(a: Any, b: Any) -> Any:
     return plain_value(a) - plain_value(b)
 
 
+def quant_add(a: Any, b: Any) -> Any:
+    """``a + b``: Brevitas' QuantTensor sum where both operands are on one grid (its aligned adds), the
+    float values where they are not. Brevitas refuses two QuantTensors on different grids ("Scaling
+    factors are different"), and in training mode adds them under the mean of their scales, which a
+    layer's bias quantizer would then read as its input's scale. An add whose operands keep grids of their
+    own (``adds_unaligned_residual_handler``) yields a float value that its reader quantizes."""
+    from brevitas.quant_tensor import QuantTensor
+
+    if isinstance(a, QuantTensor) and isinstance(b, QuantTensor):
+        same = all(torch.allclose(torch.as_tensor(x).float(), torch.as_tensor(y).float())
+                   for x, y in ((a.scale, b.scale), (a.zero_point, b.zero_point)))
+        if not same:
+            return a.value + b.value
+    return a + b
+
+
+
 def quant_tensor_safe(graph: Any) -> int:
     """Make a quantized fx graph run on QuantTensors whatever tensor code it holds: every ``[...]``
-    goes through ``quant_getitem``, every ``a - b`` through ``float_sub``, and a method or attribute QuantTensor does not have (``.mean`` in lcnet's
+    goes through ``quant_getitem``, every ``a - b`` through ``float_sub``, every ``a + b`` through
+    ``quant_add``, and a method or attribute QuantTensor does not have (``.mean`` in lcnet's
     squeeze-excite, ``.sum``, ``.max``; ``.dtype`` in timm's EfficientViT attention at 224) is read from ``plain_value`` of its receiver, the float values
     the method would have read (the next quantized layer quantizes its input, as Brevitas placed it).
     Returns how many nodes changed."""
@@ -725,6 +743,9 @@ def quant_tensor_safe(graph: Any) -> int:
             changed += 1
         elif node.op == "call_function" and node.target in (operator.sub, torch.sub) and not node.kwargs:
             node.target = float_sub
+            changed += 1
+        elif node.op == "call_function" and node.target in ADDS and not node.kwargs and len(node.args) == 2:
+            node.target = quant_add
             changed += 1
         elif ((node.op == "call_method" and node.args and hasattr(node.args[0], "op")
                and not hasattr(IntQuantTensor, node.target))

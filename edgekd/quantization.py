@@ -275,7 +275,9 @@ def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range:
     (timm's ``Conv2dSame``) become a fixed pad plus a plain conv, and models whose control flow reads
     tensor shapes are traced with those shapes' values (``edgekd.quant_capture``).
 
-    The result carries ``quant_mode`` ("graph", or "layerwise" for transformers: ``_layerwise``) and
+    The result carries ``quant_mode`` ("graph"; "graph-unaligned-adds" where Brevitas could not align
+    every add, ``_graph_mode``; "parts" where only submodules trace; "layerwise" for transformers and
+    residual streams, ``_layerwise``) and
     ``kept_float`` (layer name -> why it could not be quantized).
     """
     with warnings.catch_warnings():  # "fast_hadamard_transform package not found": unused here
@@ -318,7 +320,12 @@ def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range:
             try:  # every activation quantized, residual adds and concats aligned, where Brevitas can align them
                 qpart = _graph_mode(graph, compute, acts, identities, signed_act, unsigned_act)
             except ResidualsUnaligned:
-                qpart = _layerwise(fallback, compute, signed_act, unsigned_act, traced_graph=True)
+                last = copy.deepcopy(fallback)
+                try:  # every activation quantized, each add's inputs on grids of their own
+                    qpart = _graph_mode(fallback, compute, acts, identities, signed_act, unsigned_act,
+                                        aligned_adds=False)
+                except ResidualsUnaligned:
+                    qpart = _layerwise(last, compute, signed_act, unsigned_act, traced_graph=True)
             if not name:
                 qmodel = qpart
                 continue
@@ -358,12 +365,15 @@ def _mark_overrides(graph: nn.Module, names: dict[int, str], unplaced: dict[str,
             compute[layer.__class__] = (cls, {**kwargs, "weight_quant": _weight_quant(reduce_range, bits, learned_scales)})
 
 
+UNALIGNED_ADDS = "graph-unaligned-adds"  # graph mode, each add's inputs on grids of their own
+
+
 class ResidualsUnaligned(Exception):
     """Brevitas' residual handler found no grids that align every add and concat within its budget."""
 
 
 def _graph_mode(graph: nn.Module, compute: dict, acts: dict, identities: dict, signed_act: type,
-                unsigned_act: type) -> nn.Module:
+                unsigned_act: type, aligned_adds: bool = True) -> nn.Module:
     """Brevitas' graph mode: every activation quantized and the inputs of each residual add and concat
     aligned, which lets runtimes run the adds, activations and pools between layers in INT8 too.
 
@@ -379,7 +389,7 @@ def _graph_mode(graph: nn.Module, compute: dict, acts: dict, identities: dict, s
 
     quantizable_attention(graph, signed_act, unsigned_act)  # the matmuls inside F.scaled_dot_product_attention
     try:
-        with brevitas_rules(max_residual_iters=residual_budget(graph)):
+        with brevitas_rules(max_residual_iters=residual_budget(graph), aligned_adds=aligned_adds):
             qmodel = quantize(graph, quant_identity_map=identities, compute_layer_map=compute, quant_act_map=acts)
         shape_quantizers_removed(qmodel)  # quantizers Brevitas put on B, C, H, W read off x.shape
         sliced_outputs_quantized(qmodel, signed_act)  # a layer read only in pieces (rexnet)
@@ -389,7 +399,7 @@ def _graph_mode(graph: nn.Module, compute: dict, acts: dict, identities: dict, s
         if "Residual handler could not find a solution" in first_line(exc):
             raise ResidualsUnaligned(first_line(exc)) from None
         raise StageError(f"quantize: Brevitas could not quantize this model ({first_line(exc, with_type=True)})") from None
-    qmodel.quant_mode = "graph"
+    qmodel.quant_mode = "graph" if aligned_adds else UNALIGNED_ADDS
     return qmodel
 
 

@@ -77,7 +77,7 @@ def quantize(variants: dict[str, Artifact], cfg: QuantizeConfig, ctx: StageConte
                                calibration=cfg.calibration, percentile=cfg.percentile, weight_bits=cfg.weight_bits,
                                overrides=chosen, learned_scales=cfg.learned_scales, hardswish=cfg.hardswish,
                                example=splits.example(1, "test"))
-        if getattr(model, "quant_mode", "graph") in ("graph", "parts"):
+        if getattr(model, "quant_mode", "graph") != "layerwise":  # graph modes and parts: activations mapped
             batch = next(iter(calibration))
             first = (batch[0] if isinstance(batch, (tuple, list)) else batch)[:4].cpu()
             drift = float_path_difference(float_model, model, first)
