@@ -262,7 +262,8 @@ def quantize_before_moves(onnx_model: Any, layout: str) -> int:
     its flatten; ONNX Runtime runs the pool as QLinearGlobalAveragePool only when a QuantizeLinear reads it
     (regnetx_002, tinynet_e, tf_efficientnet_lite0: the pool float, 1.1-1.2x quantize_static's latency).
     Exact: a per-tensor quantizer commutes with ops that only move elements, and the second ``Q`` re-reads
-    values already on its grid. Only chains whose every link has one reader, so no float reader changes.
+    values already on its grid. Only chains whose every link has one reader, so no float reader changes,
+    and no global pool whose grids ORT's kernel refuses (``global_pool_runs``): that pool stays float.
     Returns how many pairs were added."""
     from onnx import helper
 
@@ -283,6 +284,8 @@ def quantize_before_moves(onnx_model: Any, layout: str) -> int:
             continue
         if any(r.op_type == "QuantizeLinear" for r in readers.get(first.input[0], [])):
             continue
+        if source.op_type == "GlobalAveragePool" and not global_pool_runs(onnx_model, source, quant):
+            continue
         name = f"{first.input[0]}_edgekd_q_{quant.name}"
         added.append((first, [helper.make_node("QuantizeLinear", [first.input[0], *quant.input[1:]], [f"{name}_int"],
                                                name=f"{name}_int"),
@@ -290,6 +293,43 @@ def quantize_before_moves(onnx_model: Any, layout: str) -> int:
         first.input[0] = name
     insert_before(graph, added)
     return len(added)
+
+
+# ONNX Runtime's QLinearGlobalAveragePool (MLAS ``CheckQLinearGlobalAveragePoolScaleAndSize``) refuses to
+# run, at inference time, unless input scale / (output scale x pixels) lies in this range: "parameter out of
+# computation range" (a random-init mobilenet_v2 whose pooled features are all zero, so the quantizer after
+# them calibrated to a scale of 1e-10)
+ORT_GLOBAL_POOL_SCALES = (2.0 ** -32, 256.0)
+
+
+def global_pool_runs(onnx_model: Any, pool: Any, quant: Any) -> bool:
+    """Whether ONNX Runtime can run ``DQ -> pool -> quant`` as QLinearGlobalAveragePool
+    (``ORT_GLOBAL_POOL_SCALES``); False where the pool's input grid, output grid or pixel count is unknown."""
+    import numpy as np
+    import onnx
+
+    producer, _ = links(onnx_model.graph)
+    dq = producer.get(pool.input[0])
+    inputs = quantizer_range(onnx_model.graph, dq) if getattr(dq, "op_type", "") == "DequantizeLinear" else None
+    output = quantizer_range(onnx_model.graph, quant)
+    if inputs is None or output is None:
+        return False
+    shapes = {v.name: v for v in onnx.shape_inference.infer_shapes(onnx_model).graph.value_info}
+    shapes.update({v.name: v for v in onnx_model.graph.input})
+    known = shapes.get(pool.input[0])
+    dims = [d.dim_value for d in known.type.tensor_type.shape.dim] if known is not None else []
+    if len(dims) < 3 or any(d <= 0 for d in dims[2:]):
+        return False
+    x_scale, y_scale = np.float32(_scale(onnx_model, dq)), np.float32(_scale(onnx_model, quant))
+    ratio = float(x_scale / (y_scale * np.float32(np.prod(dims[2:]))))
+    return ORT_GLOBAL_POOL_SCALES[0] <= ratio < ORT_GLOBAL_POOL_SCALES[1]
+
+
+def _scale(onnx_model: Any, node: Any) -> float:
+    from onnx import numpy_helper
+
+    scale = next(i for i in onnx_model.graph.initializer if i.name == node.input[1])
+    return float(numpy_helper.to_array(scale).reshape(-1)[0])
 
 
 def quantize_before_clamps(onnx_model: Any, layout: str) -> int:

@@ -394,6 +394,34 @@ def test_a_pool_quantized_after_moves_runs_as_an_integer_op_on_onnx_runtime(head
     assert_rule_holds(path)
 
 
+@pytest.mark.parametrize("head_scale", [0.02, 1.2e-10])
+def test_a_pool_is_quantized_only_where_onnx_runtime_can_run_its_integer_kernel(head_scale):
+    """ORT refuses, at inference time, a QLinearGlobalAveragePool whose input scale / (output scale x
+    pixels) is 256 or more ("parameter out of computation range"): a random-init mobilenet_v2 whose pooled
+    features were all zero got a head quantizer of scale 1e-10, and its u8s8 file failed on ORT. Such a
+    pool keeps a float output; one with ordinary grids still runs as the integer kernel."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgekd.int8_placement import quantize_before_moves
+
+    nodes = [helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["x"]),
+             helper.make_node("GlobalAveragePool", ["x"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
+             helper.make_node("QuantizeLinear", ["f", "hs", "z"], ["fq"]),
+             helper.make_node("DequantizeLinear", ["fq", "hs", "z"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(0.02, np.float32), "s"), numpy_helper.from_array(np.array(0, np.uint8), "z"),
+             numpy_helper.from_array(np.array(head_scale, np.float32), "hs")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("xq", TensorProto.UINT8, [1, 4, 7, 7])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    runnable = head_scale > 1e-6
+    assert quantize_before_moves(model, "u8s8") == (1 if runnable else 0)
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = ""
+    session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    session.run(None, {"xq": np.full((1, 4, 7, 7), 3, np.uint8)})  # raised "out of computation range" before
+
+
 def test_a_conv_reading_a_slice_of_a_quantized_tensor_gets_no_requantizer(tmp_path):
     """ghostnet's ``cat([x1, x2])[:, :c]``: the slice keeps the concat's grid, so the next conv reads it
     as it is; Brevitas gave that conv a signed requantizer of its own, and ONNX Runtime ran 28 extra
