@@ -405,6 +405,11 @@ def private_requantizer_chains(onnx_model: Any, layout: str) -> int:
     return len(added)
 
 
+# the constant that makes an elementwise op a no-op, which ORT's optimizer removes (timm's MobileOne adds
+# ``0`` for a missing identity branch: dequantized, those 21 adds ran as QLinearAdd, 1.08x quantize_static)
+NO_OP_OPERANDS = {"Add": 0.0, "Mul": 1.0}
+
+
 def dequantized_scalar_operands(onnx_model: Any, layout: str) -> int:
     """Each scalar float constant read by a ``RULES[layout].dequantized_scalars`` op whose other inputs are
     DequantizeLinear outputs and whose output only QuantizeLinear nodes read goes in through a
@@ -414,7 +419,8 @@ def dequantized_scalar_operands(onnx_model: Any, layout: str) -> int:
     float between a DQ and a Q, where ``quantize_static`` runs QLinearMul and QLinearAdd). Exact: the
     integer is 1 (0 for a negative constant, zero point 1; 0 for zero) and the scale the constant's magnitude, so the
     DequantizeLinear gives back the constant's float32 value bit for bit. The zero point has the type of
-    the op's other DequantizeLinear (ORT's selectors want one integer type per op). Returns how many."""
+    the op's other DequantizeLinear (ORT's selectors want one integer type per op). A no-op constant
+    (``NO_OP_OPERANDS``) is left as it is: ORT removes the op. Returns how many."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
@@ -439,6 +445,8 @@ def dequantized_scalar_operands(onnx_model: Any, layout: str) -> int:
         k = scalars[0]
         constant = numpy_helper.to_array(inits[node.input[k]])
         value = np.float32(constant.reshape(-1)[0])
+        if value == NO_OP_OPERANDS.get(node.op_type):  # ``x + 0``, ``x * 1``: ORT removes the op itself
+            continue
         dtype = np.uint8 if zero_type.data_type == TensorProto.UINT8 else np.int8
         integer, zero = (1, 0) if value > 0 else (0, 1) if value < 0 else (0, 0)
         scale = np.float32(abs(value)) if value != 0 else np.float32(1.0)
