@@ -163,12 +163,14 @@ def localize(path: Any, qmodel: Any, x: Any) -> Localization:
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
+    from .int8_placement import added_by_layout
     from .text import packed_feed
 
     model = onnx.load(str(path))
     graph = model.graph
     inits = {i.name for i in graph.initializer}
-    quants = [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in inits]
+    quants = [n for n in graph.node
+              if n.op_type == "QuantizeLinear" and n.input[0] not in inits and not added_by_layout(n)]
     values = model_quantizer_outputs(qmodel, x)
     if len(values) != len(quants):
         return Localization(False, f"the model calls {len(values)} activation quantizers, the file has "

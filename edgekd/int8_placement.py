@@ -86,6 +86,16 @@ MOVES_ONLY = frozenset({"Flatten", "Reshape", "Squeeze", "Unsqueeze", "Transpose
 OV_CONSTANT_OPERANDS = frozenset({"Add", "Sub", "Mul"})
 FLOATED_CONSTANT = "_edgekd_float"  # the suffix of such a constant's initializer
 
+# Every node a layout adds carries this in its name: the file's other QuantizeLinear nodes are the model's
+# own quantizers, one per call, which the export check's op-by-op comparison pairs with the model's
+# (``int8_fidelity.localize``); an added requantizer re-reads values already on a grid and has no partner.
+ADDED_MARK = "_edgekd_"
+
+
+def added_by_layout(node: Any) -> bool:
+    """Whether a layout added ``node`` (a requantizer, a moved quantizer, a private DequantizeLinear)."""
+    return ADDED_MARK in node.name
+
 # A conv's shape as its kernels see it: (groups, input channels per group, output channels per group).
 # oneDNN (OpenVINO's CPU kernels) has INT8 jit kernels for dense convs and for depthwise ones (1 in, 1 out
 # per group); a grouped conv with a channel multiplier (1 in, k > 1 out per group: FastViT's downsampling
@@ -130,6 +140,55 @@ def links(graph: Any) -> tuple[dict[str, Any], dict[str, list[Any]]]:
         for i in n.input:
             readers.setdefault(i, []).append(n)
     return producer, readers
+
+
+def sort_keeping_order(graph: Any) -> None:
+    """Sort ``graph``'s nodes topologically, keeping the relative order of nodes that were already in order.
+
+    A layout appends what it adds (a requantizer, ORT's fused Gelu) and sorts; a plain topological sort
+    then reorders the model's own nodes too, and the export check pairs the file's quantizers with the
+    model's by order (``int8_fidelity.localize``: resnet34's u8s8 file paired an add's quantizer with a
+    ReLU's). Kahn's algorithm, always taking the ready node of lowest rank, where a node's rank is the
+    lowest position of itself and everything that reads it, directly or not: an appended node ranks with
+    its first reader, and of two nodes in order, some ancestor of the first always outranks the second."""
+    import heapq
+
+    nodes = list(graph.node)
+    producer = {o: k for k, n in enumerate(nodes) for o in n.output if o}
+    needs = [{producer[i] for i in n.input if i in producer} for n in nodes]
+    readers: list[list[int]] = [[] for _ in nodes]
+    for k, sources in enumerate(needs):
+        for source in sources:
+            readers[source].append(k)
+    rank = list(range(len(nodes)))
+    unread = [len(r) for r in readers]  # reverse Kahn: a node's rank is final once its readers' are
+    todo = [k for k, count in enumerate(unread) if count == 0]
+    while todo:
+        k = todo.pop()
+        for source in needs[k]:
+            rank[source] = min(rank[source], rank[k])
+            unread[source] -= 1
+            if unread[source] == 0:
+                todo.append(source)
+    waiting = [len(sources) for sources in needs]
+    ready = [(rank[k], k) for k, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        _, k = heapq.heappop(ready)
+        order.append(k)
+        for reader in readers[k]:
+            waiting[reader] -= 1
+            if waiting[reader] == 0:
+                heapq.heappush(ready, (rank[reader], reader))
+    if len(order) != len(nodes):
+        raise ValueError("the graph has a cycle: it cannot be sorted")
+    copies = []
+    for k in order:  # copied before the field is cleared: protobuf may detach the messages it removes
+        copies.append(type(nodes[k])())
+        copies[-1].CopyFrom(nodes[k])
+    del graph.node[:]
+    graph.node.extend(copies)
 
 
 def insert_before(graph: Any, added: list[tuple[Any, list[Any]]]) -> None:
@@ -241,9 +300,9 @@ def insert_requantizers(onnx_model: Any, layout: str) -> int:
                 zero = dq.input[2]
                 # named by the output, not the node: a Split has several (edgenext's), and names must be unique
                 model.add_node(helper.make_node("QuantizeLinear", [out, dq.input[1], zero], [q_out],
-                                                name=f"{out}_requant_q"))
+                                                name=f"{out}{ADDED_MARK}requant_q"))
                 model.add_node(helper.make_node("DequantizeLinear", [q_out, dq.input[1], zero], [dq_out],
-                                                name=f"{out}_requant_dq"))
+                                                name=f"{out}{ADDED_MARK}requant_dq"))
                 for reader in after:
                     for k, name in enumerate(reader.input):
                         if name == out:
@@ -251,7 +310,7 @@ def insert_requantizers(onnx_model: Any, layout: str) -> int:
                 added += 1
                 changed = True
         if changed:
-            model.topological_sort()
+            sort_keeping_order(onnx_model.graph)
     return added
 
 
@@ -286,7 +345,7 @@ def quantize_before_moves(onnx_model: Any, layout: str) -> int:
             continue
         if source.op_type == "GlobalAveragePool" and not global_pool_runs(onnx_model, source, quant):
             continue
-        name = f"{first.input[0]}_edgekd_q_{quant.name}"
+        name = f"{first.input[0]}{ADDED_MARK}q_{quant.name}"
         added.append((first, [helper.make_node("QuantizeLinear", [first.input[0], *quant.input[1:]], [f"{name}_int"],
                                                name=f"{name}_int"),
                               helper.make_node("DequantizeLinear", [f"{name}_int", *quant.input[1:]], [name], name=name)]))
@@ -357,7 +416,7 @@ def quantize_before_clamps(onnx_model: Any, layout: str) -> int:
         quant = after[0]
         if quantizer_range(graph, quant) is None or clamp_folds(graph, clamp, quant):
             continue
-        name = f"{clamp.input[0]}_edgekd_q_{clamp.name}"
+        name = f"{clamp.input[0]}{ADDED_MARK}q_{clamp.name}"
         added.append((clamp, [helper.make_node("QuantizeLinear", [clamp.input[0], *quant.input[1:3]], [f"{name}_int"],
                                                name=f"{name}_int"),
                               helper.make_node("DequantizeLinear", [f"{name}_int", *quant.input[1:3]], [name],
@@ -450,7 +509,7 @@ def dequantized_scalar_operands(onnx_model: Any, layout: str) -> int:
         dtype = np.uint8 if zero_type.data_type == TensorProto.UINT8 else np.int8
         integer, zero = (1, 0) if value > 0 else (0, 1) if value < 0 else (0, 0)
         scale = np.float32(abs(value)) if value != 0 else np.float32(1.0)
-        name = f"{node.input[k]}_edgekd_dq_{node.name}"
+        name = f"{node.input[k]}{ADDED_MARK}dq_{node.name}"
         for suffix, array in (("int", np.array(integer, dtype).reshape(constant.shape)),
                               ("scale", np.array(scale, np.float32)), ("zero", np.array(zero, dtype))):
             graph.initializer.append(numpy_helper.from_array(array, f"{name}_{suffix}"))
@@ -483,7 +542,7 @@ def fused_gelus(onnx_model: Any) -> int:
         logging.getLogger("onnxruntime.transformers").setLevel(level)
     fused = before - len(model.get_nodes_by_op_type("Erf"))
     if fused:
-        model.topological_sort()
+        sort_keeping_order(onnx_model.graph)
         if not any(o.domain == "com.microsoft" for o in onnx_model.opset_import):
             from onnx import helper
 

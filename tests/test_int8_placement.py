@@ -771,3 +771,38 @@ def test_a_conv_whose_output_no_quantizer_reads_breaks_only_the_layout_whose_ker
     model = helper.make_model(graph)
     assert "goes to no QuantizeLinear" in placement_problems(model, "u8s8")["conv"]
     assert "conv" not in placement_problems(model, "s8s8")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_sorting_a_layouts_graph_keeps_the_models_nodes_in_their_order(data):
+    """Nodes a layout appends (each reads one tensor, and some readers of it read the new node instead)
+    end up before their readers, and the model's own nodes keep their relative order: the export check
+    pairs the file's quantizers with the model's calls by that order."""
+    from onnx import TensorProto, helper
+
+    from edgekd.int8_placement import sort_keeping_order
+
+    count = data.draw(st.integers(1, 12))
+    nodes, tensors = [], ["x"]
+    for k in range(count):
+        inputs = data.draw(st.lists(st.sampled_from(tensors), min_size=1, max_size=2))
+        nodes.append(helper.make_node("Sum", inputs, [f"t{k}"], name=f"model{k}"))
+        tensors.append(f"t{k}")
+    for k in range(data.draw(st.integers(1, 6))):
+        tapped = data.draw(st.sampled_from(tensors))
+        readers = [n for n in nodes if tapped in n.input]
+        moved = data.draw(st.lists(st.sampled_from(readers), unique_by=id)) if readers else []
+        for reader in moved:
+            reader.input[list(reader.input).index(tapped)] = f"added{k}"
+        nodes.append(helper.make_node("Identity", [tapped], [f"added{k}"], name=f"added{k}"))
+        tensors.append(f"added{k}")
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info(t, TensorProto.FLOAT, [1]) for t in tensors[1:]])
+    sort_keeping_order(graph)
+    written = {"x"}
+    for node in graph.node:
+        assert all(i in written for i in node.input), f"{node.name} reads a tensor written after it"
+        written.update(node.output)
+    model_order = [n.name for n in graph.node if n.name.startswith("model")]
+    assert model_order == [f"model{k}" for k in range(count)]
