@@ -179,7 +179,19 @@ def edgekd_int8(model: torch.nn.Module, calibration: torch.Tensor, path: Path,
 
 
 def export_verdict(qmodel: torch.nn.Module, path: Path, held_out: np.ndarray) -> str:
-    """The export stage's verdict on the s8s8 file against its fake-quant model (``judge_exact``)."""
+    """The export stage's verdict (``judge_exact``) on every file it writes: the s8s8 file, and the u8s8
+    (and ``s8s8-onednn``) layouts where one judges otherwise, named after it."""
+    from edgekd.int8_layouts import ONEDNN_LAYOUT, layout_path
+
+    verdicts = {layout: one_verdict(qmodel, layout_path(path, layout), held_out)
+                for layout in ("s8s8", "u8s8", ONEDNN_LAYOUT) if layout_path(path, layout).exists()}
+    main = verdicts.pop("s8s8")
+    others = [f"{layout}: {v}" for layout, v in verdicts.items() if v.split(" (")[0] != main.split(" (")[0]]
+    return "; ".join([main, *others])
+
+
+def one_verdict(qmodel: torch.nn.Module, path: Path, held_out: np.ndarray) -> str:
+    """The export stage's verdict on one INT8 file against its fake-quant model."""
     import onnxruntime as ort
 
     from edgekd.config import ExportConfig
@@ -418,7 +430,7 @@ def print_coverage(rows: list[dict]) -> None:
     full = [r for r in done if all(int8_fraction(r[rt]["layers"]["edgekd"]) >= 0.95 for rt in ("onnxruntime", "openvino"))]
     timed = [r for r in done if all("anchor" in r[rt].get("p50", {}) for rt in ("onnxruntime", "openvino"))]
     fast = [r for r in timed if all(anchor_ratio(r, rt) <= 1.05 for rt in ("onnxruntime", "openvino"))]
-    matches = [r for r in done if not r["verdict"].startswith("diverges")]
+    matches = [r for r in done if "diverges" not in r["verdict"]]
     per_runtime = []
     for rt in ("onnxruntime", "openvino"):
         anchored = [r for r in done if "anchor" in r[rt].get("p50", {})]

@@ -44,7 +44,7 @@ def build(name: str) -> torch.nn.Module:
     return getattr(torchvision.models, name)(num_classes=10).eval()
 
 
-def int8_file(name: str, tmp_path: Path) -> Path:
+def int8_file(name: str, tmp_path: Path, with_model: bool = False) -> Path | tuple[Path, torch.nn.Module, torch.Tensor]:
     x = torch.rand(8, 3, SIZE, SIZE)
     qmodel = quantize_model(build(name), unsigned_input=True, example=x[:1])
     calibrate(qmodel, x.split(4))
@@ -53,17 +53,24 @@ def int8_file(name: str, tmp_path: Path) -> Path:
         warnings.simplefilter("ignore")
         export_qdq(qmodel, x[:1], path, 17)
     write_u8s8(path, layout_path(path, "u8s8"))
-    return path
+    return (path, qmodel, x) if with_model else path
 
 
 @pytest.mark.parametrize("name", TORCHVISION + TIMM + [SMALL_TORCHVISION_VIT])
 def test_every_conv_and_matmul_runs_int8_on_both_cpu_runtimes(name, tmp_path):
-    path = int8_file(name, tmp_path)
+    """And each runtime's file computes what the fake-quant model computes, quantizer by quantizer: the
+    export check's op-by-op comparison pairs them (the ORT file's added requantizers left out) and finds
+    every op within a step, so a file below the SQNR threshold is still judged, never refused as unpairable."""
+    from edgekd.int8_fidelity import localize
+
+    path, qmodel, x = int8_file(name, tmp_path, with_model=True)
     for backend, layout in (("onnxruntime", "u8s8"), ("openvino", "s8s8")):
         target = Target(name=backend, backend=backend, threads=1)
         counts = BACKENDS.get(backend)().compile(layout_path(path, layout), target).int8_layers()
         assert counts["total"] > 0
         assert counts["int8"] >= MIN_INT8_FRACTION * counts["total"], (backend, counts)
+        located = localize(layout_path(path, layout), qmodel, x[:1])
+        assert located.aligned and located.first_divergence is None, (layout, located.to_json())
 
 
 class ScaledConv(torch.nn.Conv2d):
