@@ -39,9 +39,9 @@ browser:
 test: venv-test browser
 	$(PY) -m pytest -q
 
-# Re-train the bundled digits teacher (edgekd/assets); about a minute on 2 cores.
+# Re-train the bundled digits teacher (edgekd/models/assets); about a minute on 2 cores.
 teacher: venv
-	$(PY) -m edgekd.default --out edgekd/assets/digits_cnn_teacher.safetensors
+	$(PY) -m edgekd.models.default --out edgekd/models/assets/digits_cnn_teacher.safetensors
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

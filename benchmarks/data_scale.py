@@ -46,8 +46,8 @@ def one_run(folder: Path, out: Path, batch: int) -> None:
     import torch
     from safetensors.torch import save_file
 
-    from edgekd.pipeline import compress
-    from edgekd.zoo import DigitsCNN
+    from edgekd.run.pipeline import compress
+    from edgekd.models.zoo import DigitsCNN
 
     torch.manual_seed(0)
     ckpt = out / "teacher.safetensors"
@@ -121,7 +121,7 @@ def main() -> None:
     from mnist_data import ensure_imagefolder
 
     from edgekd.data.base import auto_workers
-    from edgekd.fingerprint import machine
+    from edgekd.measure.fingerprint import machine
 
     sizes = [int(s) for s in args.sizes.split(",")]
     folders = {n: ensure_imagefolder(args.cache / f"mnist-{n}", train=n, val=1000, test=2000) for n in sizes}

@@ -27,17 +27,17 @@ from pathlib import Path
 
 import torch
 
-from edgekd.checkpoint import load_checkpoint
+from edgekd.models.checkpoint import load_checkpoint
 from edgekd.config import LossTerm, load_recipe
 from edgekd.data import build_splits
-from edgekd.default import ARCH, default_teacher
+from edgekd.models.default import ARCH, default_teacher
 from edgekd.fileio import atomic_path
 from edgekd.losses import LOSSES
 from edgekd.train.objective import Objective, build_objective
-from edgekd.pruning import uniform_width
+from edgekd.stages.prune.pruning import uniform_width
 from edgekd.train.evaluate import accuracy
 from edgekd.train.loop import fit
-from edgekd.zoo import TinyCNN
+from edgekd.models.zoo import TinyCNN
 
 # Module names of DigitsCNN: features.6 / .13 are the ReLU outputs at 16x16 and 8x8, .10 the 8x8 one before.
 METHODS: dict[str, list[dict]] = {

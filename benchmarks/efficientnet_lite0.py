@@ -94,12 +94,12 @@ def main() -> None:
 
     from edgekd.backends.base import predict
     from edgekd.backends.openvino import OvModel
-    from edgekd.bench import measure_latency, seeded_input
+    from edgekd.measure.latency import measure_latency, seeded_input
     from edgekd.config import load_target
-    from edgekd.fingerprint import machine
-    from edgekd.int8_fidelity import own_rounding_db
-    from edgekd.parity import sqnr_db
-    from edgekd.measure import BackendPool
+    from edgekd.measure.fingerprint import machine
+    from edgekd.stages.export.int8_fidelity import own_rounding_db
+    from edgekd.stages.export.parity import sqnr_db
+    from edgekd.measure.measurement import BackendPool
 
     cpu = machine()["cpu"]
     print(f"machine: {cpu['model']} ({cpu['usable_cpus']} usable CPUs), ISA: "

@@ -32,7 +32,7 @@ import torch
 def export(size: int, path: Path) -> Path:
     import torchvision
 
-    from edgekd.exporting import export_fp32
+    from edgekd.stages.export.exporting import export_fp32
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10).eval()
@@ -52,9 +52,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=300, help="--relative: interleaved call pairs per run")
     args = parser.parse_args()
 
-    from edgekd.baseline import median_ratio_interval, repeats_ratio_interval
-    from edgekd.fingerprint import machine
-    from edgekd.measure import BackendPool, bench_targets, measure
+    from edgekd.report.baseline import median_ratio_interval, repeats_ratio_interval
+    from edgekd.measure.fingerprint import machine
+    from edgekd.measure.measurement import BackendPool, bench_targets, measure
 
     tmp = Path(tempfile.mkdtemp(prefix="gate-power-"))
     base_file, slow_file = export(112, tmp / "base.onnx"), export(118, tmp / "slow.onnx")
@@ -100,9 +100,9 @@ def main() -> None:
 
 
 def relative(args: argparse.Namespace, base_file: Path, slow_file: Path, teacher_file: Path, target, pool) -> None:
-    from edgekd.bench import seeded_input
-    from edgekd.fingerprint import machine
-    from edgekd.int8_verdict import interleaved_ratio
+    from edgekd.measure.latency import seeded_input
+    from edgekd.measure.fingerprint import machine
+    from edgekd.measure.int8_verdict import interleaved_ratio
 
     backend = pool.get(target.backend)
     teacher, base, slow = (backend.compile(p, target) for p in (teacher_file, base_file, slow_file))

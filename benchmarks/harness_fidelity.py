@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from edgekd.measure import BackendPool, bench_targets, measure, native_commands
+from edgekd.measure.measurement import BackendPool, bench_targets, measure, native_commands
 
 MODELS = ("resnet18", "mobilenet_v3_small")
 

@@ -4,7 +4,7 @@ For each model (random weights, 10 classes, 1x3xSxS; torchvision's, timm's tf_ef
 torchvision's vit_b_16) one FP32 ONNX file is exported, then quantized three ways from it with the same
 calibration images:
 - edgekd: the quantize stage's PTQ (``quantize_model`` + ``calibrate``) and the export stage's files,
-  the s8s8 file for OpenVINO and the u8s8 file for ONNX Runtime (``edgekd.int8_layouts``);
+  the s8s8 file for OpenVINO and the u8s8 file for ONNX Runtime (``edgekd.stages.export.int8_layouts``);
 - OpenVINO's anchor: NNCF's ``nncf.quantize`` of the FP32 file;
 - ONNX Runtime's anchor: ``quantize_static`` (QDQ, QUInt8 activations, per-channel QInt8 weights).
 Per runtime the FP32 file, edgekd's INT8 and the anchor are timed in rounds (``--rounds`` rounds of
@@ -15,7 +15,7 @@ ratio edgekd / anchor is the one printed and judged (goal <= 1.05): two lowest p
 apart moved a row's OpenVINO ratio 1.40 -> 1.08 (lcnet_100) and 1.09 -> 0.89 (mnasnet0_75) between runs
 of the same code. It prints p50s, INT8 layer counts as each runtime reports them, and each INT8 file's
 SQNR against the FP32 file's outputs. OpenVINO runs the ``s8s8-onednn`` layout where the export writes
-one (``edgekd.int8_layouts``), as edgekd's OpenVINO CPU targets do.
+one (``edgekd.stages.export.int8_layouts``), as edgekd's OpenVINO CPU targets do.
 
 With ``--accuracy`` it also scores, on MNIST's 10 000 test images, the three INT8 versions of torchvision
 models trained on MNIST at 64x64 (resnet18 is benchmarks/pareto.py's teacher; the others are trained here
@@ -27,7 +27,7 @@ With ``--all`` (issue 23) the models are every torchvision classifier
 devices, each at the smallest input it accepts, its BatchNorm statistics first settled on a few random
 batches (random init otherwise leaves some of them degenerate: tied logits, dead ReLUs); a model over
 ``--max-params`` is a row that says so. Each row also carries the export check's verdict
-(``edgekd.int8_fidelity``: the INT8 file's exactly interpreted outputs against its fake-quant model), and
+(``edgekd.stages.export.int8_fidelity``: the INT8 file's exactly interpreted outputs against its fake-quant model), and
 a row under 95% INT8 layers names its first float layer and why, a row slower than its anchor the op
 types the runtime runs a different number of in the two files. ``--no-latency`` counts layers and
 judges the export only (no anchors, no timing). ``--native`` runs each model at the input it is trained
@@ -160,8 +160,9 @@ def edgekd_int8(model: torch.nn.Module, calibration: torch.Tensor, path: Path,
     fake-quantized model last when ``with_model``.
     ``hardswish``: what the stage's ``auto`` picks for the recipe's targets (split: ORT-only recipes);
     ``bias_correction``: the stage's option of that name."""
-    from edgekd.int8_layouts import ONEDNN_LAYOUT, layout_path, onednn_float_convs, write_s8s8_onednn, write_u8s8
-    from edgekd.quantization import calibrate, export_qdq, quantize_model
+    from edgekd.stages.export.int8_layouts import (ONEDNN_LAYOUT, layout_path, onednn_float_convs, write_s8s8_onednn,
+                                                   write_u8s8)
+    from edgekd.stages.quantize.quantization import calibrate, export_qdq, quantize_model
 
     began = time.perf_counter()
     # the stage's input_quant: auto (unsigned when the data is never negative)
@@ -181,7 +182,7 @@ def edgekd_int8(model: torch.nn.Module, calibration: torch.Tensor, path: Path,
 def export_verdict(qmodel: torch.nn.Module, path: Path, held_out: np.ndarray) -> str:
     """The export stage's verdict (``judge_exact``) on every file it writes: the s8s8 file, and the u8s8
     (and ``s8s8-onednn``) layouts where one judges otherwise, named after it."""
-    from edgekd.int8_layouts import ONEDNN_LAYOUT, layout_path
+    from edgekd.stages.export.int8_layouts import ONEDNN_LAYOUT, layout_path
 
     verdicts = {layout: one_verdict(qmodel, layout_path(path, layout), held_out)
                 for layout in ("s8s8", "u8s8", ONEDNN_LAYOUT) if layout_path(path, layout).exists()}
@@ -196,7 +197,7 @@ def one_verdict(qmodel: torch.nn.Module, path: Path, held_out: np.ndarray) -> st
 
     from edgekd.config import ExportConfig
     from edgekd.errors import StageError
-    from edgekd.stages.export import judge_exact
+    from edgekd.stages.export.stage import judge_exact
 
     x = torch.from_numpy(held_out)
     with torch.no_grad():
@@ -209,7 +210,7 @@ def one_verdict(qmodel: torch.nn.Module, path: Path, held_out: np.ndarray) -> st
         verdict = judge_exact(path, ref, got, x, ExportConfig(stage="export"), path.stem, qmodel)
     except StageError as exc:
         return f"diverges: {str(exc).split(': ', 1)[-1][:200]}"
-    from edgekd.parity import sqnr_db
+    from edgekd.stages.export.parity import sqnr_db
 
     db = sqnr_db(ref, got)
     floor = verdict.get("own_rounding_db")  # the model against its own float64 twin: what rounding allows
@@ -264,11 +265,11 @@ def zoo_row(name: str, size: int | None, calibration: torch.Tensor | None, held_
     (without ``latency``): also quantize_static's file, for the ops ORT runs in each (``op_difference``)."""
     from edgekd.backends.base import predict
     from edgekd.backends.openvino import OvModel
-    from edgekd.bench import measure_latency, seeded_input
+    from edgekd.measure.latency import measure_latency, seeded_input
     from edgekd.config import load_target
-    from edgekd.int8_layouts import ONEDNN_LAYOUT, layout_path
-    from edgekd.int8_verdict import interleaved_ratio
-    from edgekd.measure import BackendPool
+    from edgekd.stages.export.int8_layouts import ONEDNN_LAYOUT, layout_path
+    from edgekd.measure.int8_verdict import interleaved_ratio
+    from edgekd.measure.measurement import BackendPool
 
     if size is None and max_params:  # counted first: a model too big to run is skipped, not failed at export
         params = sum(p.numel() for p in build(name).parameters()) / 1e6  # (vit_h_14, regnet_y_128gf: > 2 GiB)
@@ -509,7 +510,7 @@ def accuracy_table(models: list[str], calibration_images: int, epochs: int) -> N
     from edgekd.backends.openvino import OvModel
     from edgekd.config import load_target
     from edgekd.data import build_splits
-    from edgekd.measure import BackendPool
+    from edgekd.measure.measurement import BackendPool
 
     import openvino as ov
 
@@ -564,7 +565,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1, help="MNIST training epochs of an uncached model")
     args = parser.parse_args()
 
-    from edgekd.fingerprint import machine
+    from edgekd.measure.fingerprint import machine
 
     cpu = machine()["cpu"]
     print(f"machine: {cpu['model']} ({cpu['usable_cpus']} usable CPUs), ISA: "

@@ -40,7 +40,7 @@ def train_teacher(folder: Path, out: Path, epochs: int, max_train: int | None) -
     from edgekd.train.evaluate import accuracy
     from edgekd.train.loop import fit
     from edgekd.train.objective import Objective
-    from edgekd.zoo import DigitsCNN
+    from edgekd.models.zoo import DigitsCNN
 
     splits = build_splits(data_spec(folder, 128, max_train))
     torch.manual_seed(0)
@@ -65,8 +65,8 @@ def main() -> None:
     import yaml
     from mnist_data import ensure_imagefolder
 
-    from edgekd.fingerprint import machine
-    from edgekd.pipeline import compress
+    from edgekd.measure.fingerprint import machine
+    from edgekd.run.pipeline import compress
 
     cpu = machine()["cpu"]
     print(f"machine: {cpu['model']} ({cpu['usable_cpus']} usable CPUs), ISA: "

@@ -61,7 +61,7 @@ def compress_student(teacher: Path, spec, out: Path, ratio: float, epochs: int) 
     """edgekd compress: uniform pruning (+ recovery), distillation, QAT with the teacher, export."""
     import yaml
 
-    from edgekd.pipeline import compress
+    from edgekd.run.pipeline import compress
 
     if (out / "manifest.json").is_file():
         return out
@@ -128,11 +128,11 @@ def main() -> None:
 
     from edgekd.backends.base import predict
     from edgekd.backends.openvino import OvModel
-    from edgekd.bench import measure_latency, seeded_input
+    from edgekd.measure.latency import measure_latency, seeded_input
     from edgekd.config import load_target
     from edgekd.data import build_splits
-    from edgekd.fingerprint import machine
-    from edgekd.measure import BackendPool
+    from edgekd.measure.fingerprint import machine
+    from edgekd.measure.measurement import BackendPool
 
     cpu = machine()["cpu"]
     print(f"machine: {cpu['model']} ({cpu['usable_cpus']} usable CPUs), ISA: "
@@ -143,7 +143,7 @@ def main() -> None:
     teacher = train_teacher(splits, args.cache / "resnet18_mnist64.safetensors", args.teacher_epochs)
     run = compress_student(teacher, spec, args.cache / "run", args.ratio, args.epochs)
     fp32, student = run / "models" / "teacher-fp32.onnx", run / "models" / "student-int8.onnx"
-    student_ort = run / "models" / "student-int8.u8s8.onnx"  # ONNX Runtime's layout (edgekd.int8_layouts)
+    student_ort = run / "models" / "student-int8.u8s8.onnx"  # ONNX Runtime's layout (edgekd.stages.export.int8_layouts)
     student_ort = student_ort if student_ort.is_file() else student  # a run made before the layouts
     calibration = list(splits.loader("train", limit=args.calibration))
     qs = ort_quantize_static(fp32, args.cache / "teacher-quantize_static.onnx", calibration)

@@ -30,14 +30,14 @@ from pathlib import Path
 import torch
 
 import edgekd
-from edgekd.artifact import count_params_macs
-from edgekd.checkpoint import load_checkpoint
+from edgekd.artifacts.artifact import count_params_macs
+from edgekd.models.checkpoint import load_checkpoint
 from edgekd.config import Recipe, load_target
 from edgekd.data import build_splits
-from edgekd.default import ARCH, DATA, default_teacher
-from edgekd.exporting import export_fp32
-from edgekd.measure import BackendPool, latency_probe
-from edgekd.pruning import prune_channels
+from edgekd.models.default import ARCH, DATA, default_teacher
+from edgekd.stages.export.exporting import export_fp32
+from edgekd.measure.measurement import BackendPool, latency_probe
+from edgekd.stages.prune.pruning import prune_channels
 
 TARGET = "cpu-openvino"
 

@@ -27,15 +27,15 @@ from pathlib import Path
 import torch
 
 from edgekd.backends import BACKENDS, evaluate_accuracy
-from edgekd.checkpoint import build_model, load_checkpoint
+from edgekd.models.checkpoint import build_model, load_checkpoint
 from edgekd.config import load_recipe, load_target, recipe_with
 from edgekd.data import build_splits
-from edgekd.default import ARCH, default_teacher
+from edgekd.models.default import ARCH, default_teacher
 from edgekd.errors import StageError
 from edgekd.stages.quantize.mixed_precision import search
 from edgekd.train.objective import Objective, build_objective
-from edgekd.pruning import uniform_width
-from edgekd.quantization import calibrate, export_qdq, layer_names, quantize_model
+from edgekd.stages.prune.pruning import uniform_width
+from edgekd.stages.quantize.quantization import calibrate, export_qdq, layer_names, quantize_model
 from edgekd.train.evaluate import accuracy
 from edgekd.train.loop import fit
 

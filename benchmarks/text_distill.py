@@ -112,7 +112,7 @@ def teacher_folder(folder: Path, data: Path, epochs: int, max_length: int) -> Pa
 
     from edgekd.config import DataSpec
     from edgekd.data import build_splits
-    from edgekd.text.models import TextModel
+    from edgekd.models.text import TextModel
     from edgekd.train.evaluate import accuracy
     from edgekd.train.loop import fit
     from edgekd.train.objective import Objective
@@ -152,7 +152,7 @@ def terms(spec: list[dict], prefix_s: str, prefix_t: str) -> list[dict]:
 def compress_run(out: Path, folder: Path, data: Path, task: str, loss: list[dict], epochs: int,
                  max_length: int, targets: list[Path]) -> dict:
     from edgekd.config import Recipe
-    from edgekd.pipeline import compress
+    from edgekd.run.pipeline import compress
 
     recipe = Recipe.model_validate({
         "name": out.name, "arch": f"hf:{folder}", "task": task,
@@ -169,8 +169,8 @@ def compress_run(out: Path, folder: Path, data: Path, task: str, loss: list[dict
 def timing_table(files: dict[str, Path], seqs: list[int], rounds: int) -> list[tuple]:
     """p50 ms of each file on each runtime at each length, timed in interleaved rounds."""
     from edgekd.backends.inputs import feed_for, resolve_shapes
-    from edgekd.bench import time_calls, warm_up
-    from edgekd.measure import BackendPool, bench_targets
+    from edgekd.measure.latency import time_calls, warm_up
+    from edgekd.measure.measurement import BackendPool, bench_targets
 
     pool, rows = BackendPool(), []
     for target_name, names in (("cpu-onnxruntime", ["teacher-fp32", "student-fp32", "edgekd-int8 (dynamic layout)",
@@ -205,7 +205,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=30, help="interleaved timing rounds (10 calls each)")
     args = parser.parse_args()
 
-    from edgekd.fingerprint import machine
+    from edgekd.measure.fingerprint import machine
 
     data = corpus(args.out / "stdlib_docstrings.jsonl")
     n = len(data.read_text(encoding="utf-8").splitlines())
@@ -282,11 +282,12 @@ def main() -> None:
 def ort_quantizers(fp32: Path, dynamic: Path, static: Path, folder: Path, data: Path, max_length: int) -> None:
     """ONNX Runtime's own INT8 files of the same FP32 student: quantize_dynamic (its transformer path)
     and quantize_static (QDQ, UINT8 activations as its CPU kernels want, calibrated on 64 corpus texts)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic, quantize_static
+    from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType, quantize_dynamic,
+                                          quantize_static)
 
     from edgekd.backends.inputs import graph_inputs
-    from edgekd.text import PACKED_INPUTS
-    from edgekd.text.data import tokenize
+    from edgekd.data.packed import PACKED_INPUTS
+    from edgekd.data.text import tokenize
 
     quantize_dynamic(str(fp32), str(dynamic), weight_type=QuantType.QInt8, per_channel=True,
                      op_types_to_quantize=["MatMul"])

@@ -12,19 +12,19 @@ from .errors import EdgekdError  # noqa: E402
 def __getattr__(name: str):
     """Import the heavier entry points on first use, so ``import edgekd`` stays cheap."""
     if name == "compress":
-        from .pipeline import compress
+        from .run.pipeline import compress
 
         return compress
     if name == "bench":
-        from .measure import bench
+        from .measure.measurement import bench
 
         return bench
     if name in ("build_report", "load_report"):
-        from . import report
+        from .report import build as report
 
         return getattr(report, name)
     if name == "evaluate_budget":
-        from .gate import evaluate_budget
+        from .report.gate import evaluate_budget
 
         return evaluate_budget
     raise AttributeError(name)

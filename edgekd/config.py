@@ -407,7 +407,7 @@ class ExportConfig(Strict):
     int8_min_sqnr_db: float = Field(35.0, ge=0.0, description="an INT8 file matches its fake-quantized model when "
                                     "its exactly interpreted outputs are at least this many dB from the model's (same "
                                     "integer grids); below it, the ops are compared one by one from the model's own "
-                                    "inputs and the first that computes something else is named (edgekd.int8_fidelity)")
+                                    "inputs and the first that computes something else is named (edgekd.stages.export.int8_fidelity)")
     int8_min_cosine: float = Field(0.99, ge=0.0, le=1.0, description="embedding models: the INT8 file's mean "
                                    "cosine similarity to the fake-quantized torch model's embeddings")
     torch_program: bool | None = Field(None, description="also save each FP32 variant as a torch.export "

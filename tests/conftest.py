@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from edgekd.cli import app
-from edgekd.zoo import TinyCNN
+from edgekd.models.zoo import TinyCNN
 
 TINY_DATA = {"source": "synthetic", "samples": 192, "classes": 4, "image_size": 16, "batch_size": 32}
 # int8_max_ratio off: on a 16x16 toy per-op overhead makes INT8 slower than FP32 (0.020 vs 0.013 ms), and
@@ -86,7 +86,7 @@ def reseal(run_dir: Path) -> Path:
     report and gate refuse a run whose files changed after it completed."""
     import json
 
-    from edgekd.rundir import output_hashes, record_report
+    from edgekd.run.rundir import output_hashes, record_report
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     manifest["outputs"] = output_hashes(run_dir)

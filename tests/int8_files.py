@@ -7,8 +7,8 @@ from pathlib import Path
 
 import torch
 
-from edgekd.int8_layouts import layout_path, write_u8s8
-from edgekd.quantization import calibrate, export_qdq, quantize_model
+from edgekd.stages.export.int8_layouts import layout_path, write_u8s8
+from edgekd.stages.quantize.quantization import calibrate, export_qdq, quantize_model
 
 
 def int8_files(model: torch.nn.Module, x: torch.Tensor, path: Path) -> tuple[torch.nn.Module, Path]:

@@ -77,7 +77,7 @@ class DeadChannelNet(nn.Module):
 
 def quarter_digits_cnn(num_classes: int = 4, in_channels: int = 1) -> nn.Module:
     """edgekd's DigitsCNN at a quarter width (16/32/64/64 channels): BN after every conv, three map scales."""
-    from edgekd.zoo import DigitsCNN
+    from edgekd.models.zoo import DigitsCNN
 
     return DigitsCNN(width=0.25, num_classes=num_classes, in_channels=in_channels)
 

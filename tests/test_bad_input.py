@@ -48,7 +48,7 @@ def test_a_bad_image_is_a_data_error_naming_it(tmp_path, kind):
 def test_dry_run_decodes_every_image_so_a_bad_one_in_train_fails_before_training(tmp_path):
     import torch
 
-    from edgekd.zoo import TinyCNN
+    from edgekd.models.zoo import TinyCNN
 
     from .conftest import save_model
 
@@ -85,7 +85,7 @@ def test_image_folders_are_walked_without_following_directory_links(tmp_path):
 
 # ---------------------------------------------------------------- text rows
 def _rows(tmp_path: Path, name: str, data: bytes | str):
-    from edgekd.text.data import read_rows
+    from edgekd.data.text import read_rows
 
     path = tmp_path / name
     path.write_bytes(data if isinstance(data, bytes) else data.encode("utf-8"))
@@ -114,14 +114,14 @@ def test_a_bom_is_read_as_one(tmp_path):
                                             (float("nan"), "not a whole number"), (True, "boolean"),
                                             (-1, "out of range")])
 def test_a_label_that_is_no_class_index_is_refused_not_rounded(label, message):
-    from edgekd.text.data import label_ids
+    from edgekd.data.text import label_ids
 
     with pytest.raises(DataError, match=message):
         label_ids([0, 1, label], None)
 
 
 def test_whole_number_labels_in_any_form_are_class_indices():
-    from edgekd.text.data import label_ids
+    from edgekd.data.text import label_ids
 
     ids, names = label_ids([0, 1.0, "2"], None)
     assert ids.tolist() == [0, 1, 2] and names is None
@@ -132,7 +132,7 @@ def test_whole_number_labels_in_any_form_are_class_indices():
                                              ({"vocab_size": 400_000_000, "hidden_size": 128}, "parameters")])
 def test_an_hf_config_too_large_to_build_is_refused_before_allocating(tmp_path, config, message):
     pytest.importorskip("transformers", reason="the text extra is not installed")
-    from edgekd.text.models import build_hf
+    from edgekd.models.text import build_hf
 
     base = {"model_type": "bert", "hidden_size": 32, "num_attention_heads": 4, "intermediate_size": 64,
             "num_hidden_layers": 2, "vocab_size": 100}
@@ -144,7 +144,7 @@ def test_an_hf_config_too_large_to_build_is_refused_before_allocating(tmp_path, 
 
 
 def test_a_huge_tokenizer_file_is_refused_before_it_is_read(tmp_path):
-    from edgekd.text.hub import check_folder
+    from edgekd.models.hub import check_folder
 
     with open(tmp_path / "tokenizer.json", "wb") as f:  # sparse: 300 MB on paper, nothing on disk
         f.truncate(300 << 20)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgekd.baseline import Tolerances, compare_with_baseline, median_ratio_interval
+from edgekd.report.baseline import Tolerances, compare_with_baseline, median_ratio_interval
 
 from .conftest import FAST_LATENCY, TINY_DATA, invoke, reseal, write_yaml
 

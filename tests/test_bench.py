@@ -15,8 +15,8 @@ from torch import nn
 from edgekd.backends import BACKENDS
 from edgekd.config import load_target
 from edgekd.errors import InputError
-from edgekd.fingerprint import fingerprint, machine
-from edgekd.measure import BackendPool, bench, measure
+from edgekd.measure.fingerprint import fingerprint, machine
+from edgekd.measure.measurement import BackendPool, bench, measure
 
 from .conftest import FAST_LATENCY, invoke, write_yaml
 
@@ -119,7 +119,7 @@ def test_noisy_latency_is_flagged_by_the_targets_threshold(tmp_path):
 
 def test_one_stall_among_thousands_of_calls_is_not_noise():
     """The demo's case: 9 481 calls of ~0.30 ms and one of 4.5 ms. cov is large; the robust spread is not."""
-    from edgekd.bench import LatencyStats
+    from edgekd.measure.latency import LatencyStats
 
     times = 0.30 + 0.003 * np.random.default_rng(0).standard_normal(9481)
     times[5000] = 4.5
@@ -133,7 +133,7 @@ def test_one_stall_among_thousands_of_calls_is_not_noise():
 def test_jittery_but_stationary_calls_do_not_drift_and_a_slow_stretch_does():
     """Sub-ms calls scatter 5-10% on a quiet machine without their p50 moving; a co-tenant that slows a
     stretch of the calls moves the p50 of that block."""
-    from edgekd.bench import LatencyStats
+    from edgekd.measure.latency import LatencyStats
 
     jitter = 0.30 * np.random.default_rng(2).lognormal(0, 0.08, 10000)
     calm = LatencyStats.of(jitter)
@@ -232,7 +232,7 @@ def test_no_torch_program_is_written_when_no_torch_target_runs(tiny_run):
 
 
 def test_bench_takes_a_pt2_program_for_torch_targets_only(tmp_path):
-    from edgekd.exporting import export_program
+    from edgekd.stages.export.exporting import export_program
 
     program = tmp_path / "m.pt2"
     export_program(Plain().eval(), torch.randn(1, 3, 16, 16), program)
@@ -275,9 +275,9 @@ def plant_pt2(clean, planted, marker, member_suffix: str) -> None:
 def test_bench_refuses_a_planted_pt2_without_running_it(tmp_path):
     """Issue 14.1: torch.export.load unpickles a program's sample inputs with weights_only=False; a
     planted one ran code under `edgekd bench`. Now nothing runs and the refusal names the global."""
-    from edgekd.checkpoint import load_exported_program
+    from edgekd.models.checkpoint import load_exported_program
     from edgekd.errors import CheckpointError
-    from edgekd.exporting import export_program
+    from edgekd.stages.export.exporting import export_program
 
     clean, evil, marker = tmp_path / "m.pt2", tmp_path / "evil.pt2", tmp_path / "PWNED"
     export_program(Plain().eval(), torch.randn(1, 3, 16, 16), clean)
@@ -298,7 +298,7 @@ def test_bench_refuses_a_planted_pt2_without_running_it(tmp_path):
 
 def test_bench_runs_a_planted_pt2_only_with_trust_checkpoint(tmp_path):
     """The opt-in is explicit: --trust-checkpoint loads what the user vouches for (and so runs it)."""
-    from edgekd.exporting import export_program
+    from edgekd.stages.export.exporting import export_program
 
     clean, evil, marker = tmp_path / "m.pt2", tmp_path / "evil.pt2", tmp_path / "PWNED"
     export_program(Plain().eval(), torch.randn(1, 3, 16, 16), clean)
@@ -309,7 +309,7 @@ def test_bench_runs_a_planted_pt2_only_with_trust_checkpoint(tmp_path):
 
 def test_torch_compile_runs_the_program_and_matches_eager(tmp_path):
     from edgekd.backends.torch_eager import cxx_compiler
-    from edgekd.exporting import export_program
+    from edgekd.stages.export.exporting import export_program
 
     if cxx_compiler() is None:
         pytest.skip("torch.compile on the CPU needs a C++ compiler; none on PATH")

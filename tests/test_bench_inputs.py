@@ -128,7 +128,7 @@ def test_seq_on_a_fixed_file_is_refused(tmp_path):
 def test_a_dynamically_quantized_file_is_benched_as_int8(bert_onnx, tmp_path):
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from edgekd.measure import file_precision
+    from edgekd.measure.measurement import file_precision
 
     dynamic = tmp_path / "dynamic.onnx"
     quantize_dynamic(str(bert_onnx), str(dynamic), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"])

@@ -1,4 +1,4 @@
-"""Chunks, splits and sizes do not make Brevitas' requantizers signed; zero pads need no requantizer and fold into the conv (edgekd.brevitas_rules, edgekd.onnx_folds)."""
+"""Chunks, splits and sizes do not make Brevitas' requantizers signed; zero pads need no requantizer and fold into the conv (edgekd.stages.quantize.brevitas_rules, edgekd.stages.export.onnx_folds)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from edgekd.brevitas_rules import brevitas_rules, equalization_skipped_when_off
-from edgekd.quantization import quantize_model
+from edgekd.stages.quantize.brevitas_rules import brevitas_rules, equalization_skipped_when_off
+from edgekd.stages.quantize.quantization import quantize_model
 
 
 class ShuffleBlocks(nn.Module):
@@ -65,8 +65,8 @@ def test_a_same_padded_conv_exports_as_one_int8_conv_with_asymmetric_pads(tmp_pa
 
     from edgekd.backends import BACKENDS
     from edgekd.backends.target import Target
-    from edgekd.int8_layouts import layout_path, write_u8s8
-    from edgekd.quantization import calibrate, export_qdq
+    from edgekd.stages.export.int8_layouts import layout_path, write_u8s8
+    from edgekd.stages.quantize.quantization import calibrate, export_qdq
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU6(), nn.ZeroPad2d((0, 1, 0, 1)),
@@ -179,7 +179,7 @@ class PartialShortcut(nn.Module):
 def test_a_layer_read_only_in_pieces_runs_int8_on_onnx_runtime(spelling, tmp_path):
     from edgekd.backends import BACKENDS
     from edgekd.backends.target import Target
-    from edgekd.int8_layouts import layout_path
+    from edgekd.stages.export.int8_layouts import layout_path
     from tests.int8_files import int8_files
 
     torch.manual_seed(0)
@@ -203,8 +203,8 @@ def test_chunk_pieces_keep_their_grid_so_no_piece_is_requantized(tmp_path):
 
     from edgekd.backends import BACKENDS
     from edgekd.backends.target import Target
-    from edgekd.int8_fidelity import localize
-    from edgekd.int8_layouts import layout_path
+    from edgekd.stages.export.int8_fidelity import localize
+    from edgekd.stages.export.int8_layouts import layout_path
     from tests.int8_files import int8_files
 
     torch.manual_seed(0)
@@ -293,7 +293,7 @@ def test_a_bias_gathered_from_a_parameter_is_not_aligned_as_a_piece(tmp_path):
     """Indexing a parameter by a tensor is no piece of an activation: followed like a slice, the
     parameter took the add's quantizer and the exported file had fewer activation quantizers than the
     model called (levit_conv_128s: 180 for 191), so the export check could not compare them."""
-    from edgekd.int8_fidelity import localize
+    from edgekd.stages.export.int8_fidelity import localize
     from tests.int8_files import int8_files
 
     torch.manual_seed(0)

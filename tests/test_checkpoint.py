@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from edgekd.checkpoint import build_model, load_checkpoint
+from edgekd.models.checkpoint import build_model, load_checkpoint
 from edgekd.errors import CheckpointError
-from edgekd.zoo import TinyCNN
+from edgekd.models.zoo import TinyCNN
 
 from .conftest import invoke
 
@@ -90,7 +90,7 @@ def test_mismatched_weights_name_the_keys(tmp_path):
 
 def test_arch_spec_forms():
     assert isinstance(build_model("edgekd:tiny_cnn", width=0.5), TinyCNN)
-    model = build_model("edgekd.zoo:TinyCNN", num_classes=3)  # package.module:factory
+    model = build_model("edgekd.models.zoo:TinyCNN", num_classes=3)  # package.module:factory
     assert model.classifier.out_features == 3
     with pytest.raises(CheckpointError, match="known: digits_cnn, tiny_cnn"):
         build_model("edgekd:resnet")

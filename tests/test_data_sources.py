@@ -15,8 +15,8 @@ import torch
 from edgekd.config import DataSpec, PreprocessSpec
 from edgekd.data import build_splits
 from edgekd.errors import DataError
-from edgekd.onnx_files import read_metadata
-from edgekd.zoo import TinyCNN
+from edgekd.artifacts.onnx_files import read_metadata
+from edgekd.models.zoo import TinyCNN
 
 from .conftest import FAST_LATENCY, invoke, save_model, write_yaml
 
@@ -208,7 +208,7 @@ def test_a_model_no_part_of_which_traces_fails_in_preflight_before_training(tmp_
 
 def test_a_model_with_a_shape_check_in_forward_passes_preflight_and_is_quantized_whole():
     """Given the example input (the stage's, and now preflight's), the value tracer follows the check."""
-    from edgekd.quantization import quantize_model
+    from edgekd.stages.quantize.quantization import quantize_model
     from edgekd.stages.preflight import check_quantize
     from tests.models import ShapeCheckedCNN
 

@@ -9,8 +9,8 @@ import json
 
 import pytest
 
-from edgekd.default import ARCH, BUNDLED
-from edgekd.checkpoint import load_checkpoint
+from edgekd.models.default import ARCH, BUNDLED
+from edgekd.models.checkpoint import load_checkpoint
 from edgekd.config import DataSpec
 from edgekd.data import build_splits
 from edgekd.train.evaluate import accuracy

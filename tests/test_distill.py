@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from edgekd.artifact import Artifact, rebuild_float, stage_artifacts
+from edgekd.artifacts.artifact import Artifact, rebuild_float, stage_artifacts
 from edgekd.losses import LOSSES
 
 from .conftest import TINY_DATA, invoke, save_model, write_yaml

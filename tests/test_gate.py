@@ -9,7 +9,7 @@ import pytest
 
 from edgekd.config import Budget
 from edgekd.errors import BudgetError
-from edgekd.gate import evaluate_budget, exit_code
+from edgekd.report.gate import evaluate_budget, exit_code
 
 from .conftest import invoke, write_yaml
 

@@ -2,7 +2,7 @@
 
 Each model (random weights, 10 classes, small inputs) is quantized and exported the way the quantize and
 export stages do it; ONNX Runtime compiles the u8s8 file and OpenVINO the s8s8 file (the layout each
-target is given, ``edgekd.int8_layouts``), and each runtime's own optimized graph is counted.
+target is given, ``edgekd.stages.export.int8_layouts``), and each runtime's own optimized graph is counted.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import torch
 
 from edgekd.backends import BACKENDS
 from edgekd.backends.target import Target
-from edgekd.int8_layouts import layout_path, write_u8s8
-from edgekd.quantization import calibrate, export_qdq, quantize_model
+from edgekd.stages.export.int8_layouts import layout_path, write_u8s8
+from edgekd.stages.quantize.quantization import calibrate, export_qdq, quantize_model
 
 TORCHVISION = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0",
                "regnet_x_400mf", "shufflenet_v2_x1_0", "convnext_tiny",
@@ -61,7 +61,7 @@ def test_every_conv_and_matmul_runs_int8_on_both_cpu_runtimes(name, tmp_path):
     """And each runtime's file computes what the fake-quant model computes, quantizer by quantizer: the
     export check's op-by-op comparison pairs them (the ORT file's added requantizers left out) and finds
     every op within a step, so a file below the SQNR threshold is still judged, never refused as unpairable."""
-    from edgekd.int8_fidelity import localize
+    from edgekd.stages.export.int8_fidelity import localize
 
     path, qmodel, x = int8_file(name, tmp_path, with_model=True)
     for backend, layout in (("onnxruntime", "u8s8"), ("openvino", "s8s8")):
@@ -124,7 +124,7 @@ def test_conv_subclasses_are_quantized_or_named_with_the_reason(tmp_path):
 
 def test_relu6_keeps_its_ceiling_through_capture():
     """Brevitas' default turns ReLU6 into ReLU, which changes any model whose activations exceed 6."""
-    from edgekd.quant_capture import traced
+    from edgekd.stages.quantize.quant_capture import traced
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU6(), torch.nn.Flatten(),
@@ -162,7 +162,7 @@ def test_with_quantization_off_the_quantized_model_computes_the_float_model(act)
     or every range is measured on another network. Brevitas maps ReLU6 to a ReLU whose ceiling only its
     quantizer enforces (pretrained EfficientNet-Lite0: ranges 2.5x too wide); checked with
     pre-activations far beyond every activation's knee, for each activation the maps rewrite."""
-    from edgekd.quantization import FLOAT_PATH_TOLERANCE, float_path_difference
+    from edgekd.stages.quantize.quantization import FLOAT_PATH_TOLERANCE, float_path_difference
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), CLAMPED[act](),
@@ -272,7 +272,7 @@ def test_every_spelling_of_a_mean_quantizes_to_the_float_model(spelling):
     """Brevitas turns a spatial mean into a pool, reading one spelling of the call: ``keepdim=False``
     written out (timm's RepViT) crashed it, a positional ``keepdim`` was lost and ``dim=`` mangled. Each
     spelling must quantize and, with quantizers off, compute the float model's outputs and shape."""
-    from edgekd.quantization import FLOAT_PATH_TOLERANCE, float_path_difference
+    from edgekd.stages.quantize.quantization import FLOAT_PATH_TOLERANCE, float_path_difference
 
     class Pooled(torch.nn.Module):
         def __init__(self) -> None:
@@ -317,7 +317,7 @@ def test_an_activation_written_as_a_call_is_quantized_as_its_module_is(spelling)
     """Brevitas quantizes activations it finds as modules; ``x.sigmoid()`` (timm's Sigmoid, every regnety
     gate) stayed float, and ONNX Runtime then ran the gate and its Mul in float. Each spelling must get as
     many activation quantizers as the module spelling and, with quantizers off, compute the float model."""
-    from edgekd.quantization import FLOAT_PATH_TOLERANCE, float_path_difference
+    from edgekd.stages.quantize.quantization import FLOAT_PATH_TOLERANCE, float_path_difference
 
     make_module, call = ACTIVATION_SPELLINGS[spelling]
 
@@ -382,7 +382,7 @@ def test_a_per_channel_constant_after_a_layer_folds_into_it(spelling):
     """A layer scale left as a multiplication runs in float between a DQ and a Q on ONNX Runtime
     (FastViT, EdgeNeXt); a per-channel constant after a conv/linear with no other reader folds into its
     weights, exactly. Anything else (a spatial map, an activation) stays, and the model is unchanged."""
-    from edgekd.quant_capture import traced
+    from edgekd.stages.quantize.quant_capture import traced
 
     scale, linear, foldable = LAYER_SCALES[spelling]
     torch.manual_seed(0)
@@ -398,7 +398,7 @@ def test_a_per_channel_constant_after_a_layer_folds_into_it(spelling):
 
 
 def test_a_scale_on_a_layer_output_read_twice_is_not_folded():
-    from edgekd.quant_capture import traced
+    from edgekd.stages.quantize.quant_capture import traced
 
     torch.manual_seed(0)
     model, x = _Scaled(LAYER_SCALES["x * gamma[C,1,1]"][0], second_reader=True).eval(), torch.rand(2, 3, 8, 8)

@@ -12,9 +12,9 @@ import torch
 
 from edgekd.config import ExportConfig
 from edgekd.errors import StageError
-from edgekd.int8_fidelity import localize, model_quantizer_outputs, own_rounding_db
-from edgekd.quantization import INT32_BIAS_LIMIT, calibrate, export_qdq, quantize_model
-from edgekd.stages.export import compare_with_torch
+from edgekd.stages.export.int8_fidelity import localize, model_quantizer_outputs, own_rounding_db
+from edgekd.stages.quantize.quantization import INT32_BIAS_LIMIT, calibrate, export_qdq, quantize_model
+from edgekd.stages.export.stage import compare_with_torch
 from tests.models import ResidualCNN
 
 
@@ -100,7 +100,7 @@ def test_a_file_of_another_model_diverges(exported, tmp_path):
     """Weights of one conv changed in the file only: the locator names that conv."""
     from onnx import numpy_helper
 
-    from edgekd.onnx_folds import constant_value
+    from edgekd.stages.export.onnx_folds import constant_value
 
     qmodel, x, path = exported
     model = onnx.load(str(path))
@@ -211,7 +211,7 @@ def test_quantizer_outputs_are_recorded_before_an_in_place_op_rewrites_them():
     negative half of its first conv's outputs."""
     import brevitas.nn as qnn
 
-    from edgekd.int8_fidelity import model_quantizer_outputs
+    from edgekd.stages.export.int8_fidelity import model_quantizer_outputs
 
     class QuantThenInPlaceRelu(torch.nn.Module):
         def __init__(self) -> None:
@@ -233,8 +233,8 @@ def test_the_onnx_runtime_layout_compares_op_by_op_past_the_quantizers_it_adds(t
     op by op (55 activation quantizers, 57 QuantizeLinear nodes)"."""
     from torch import nn
 
-    from edgekd.int8_layouts import write_u8s8
-    from edgekd.int8_placement import added_by_layout
+    from edgekd.stages.export.int8_layouts import write_u8s8
+    from edgekd.stages.export.int8_placement import added_by_layout
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1),

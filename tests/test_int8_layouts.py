@@ -13,8 +13,8 @@ from torch import nn
 
 from edgekd.backends import BACKENDS
 from edgekd.backends.target import Target
-from edgekd.int8_layouts import layout_path, write_u8s8
-from edgekd.quantization import calibrate, export_qdq, quantize_model
+from edgekd.stages.export.int8_layouts import layout_path, write_u8s8
+from edgekd.stages.quantize.quantization import calibrate, export_qdq, quantize_model
 
 
 class InvertedResidual(nn.Module):
@@ -187,7 +187,7 @@ def test_the_onednn_layout_floats_exactly_the_convs_openvino_has_no_int8_kernel_
     """``s8s8-onednn`` (OpenVINO CPU): only the channel-multiplier conv reads float weights, the values of
     its INT8 grid, so the file computes what the s8s8 file computes; OpenVINO runs that conv in float,
     says why, and runs the other convs INT8. A model without such a conv gets no such file."""
-    from edgekd.int8_layouts import ONEDNN_LAYOUT, onednn_float_convs, write_s8s8_onednn
+    from edgekd.stages.export.int8_layouts import ONEDNN_LAYOUT, onednn_float_convs, write_s8s8_onednn
 
     torch.manual_seed(0)
     x = torch.rand(16, 3, 16, 16)

@@ -16,9 +16,9 @@ from torch import nn
 
 from edgekd.backends import BACKENDS
 from edgekd.backends.target import Target
-from edgekd.int8_layouts import layout_path
-from edgekd.int8_placement import RULES, placement_problems
-from edgekd.quantization import FLOAT_PATH_TOLERANCE, calibrate, float_path_difference, quantize_model
+from edgekd.stages.export.int8_layouts import layout_path
+from edgekd.stages.export.int8_placement import RULES, placement_problems
+from edgekd.stages.quantize.quantization import FLOAT_PATH_TOLERANCE, calibrate, float_path_difference, quantize_model
 from tests.int8_files import int8_files
 
 class Lambda(nn.Module):
@@ -198,7 +198,7 @@ def test_an_op_with_several_outputs_gets_a_requantizer_per_output_that_onnx_runt
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgekd.int8_placement import insert_requantizers
+    from edgekd.stages.export.int8_placement import insert_requantizers
 
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["xq"], name="q"),
              helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["xd"], name="dq"),
@@ -273,7 +273,7 @@ def test_sizes_read_off_shapes_get_no_quantizer():
     """Brevitas aligns a residual add's inputs by walking through a view to all its inputs, and takes
     ``H + pad`` for a residual add: on sizes read off ``x.shape`` both put a quantizer on a Python int
     (EfficientViT-M, Swin: "'int' object has no attribute 'reshape'" at calibration)."""
-    from edgekd.quantization import FLOAT_PATH_TOLERANCE, float_path_difference
+    from edgekd.stages.quantize.quantization import FLOAT_PATH_TOLERANCE, float_path_difference
 
     torch.manual_seed(0)
     model, x = CodedAttention(bias=False).eval(), torch.rand(8, 3, 16, 16)
@@ -287,7 +287,7 @@ def test_matmuls_written_in_code_run_int8_on_both_runtimes(mode, tmp_path, monke
     """Brevitas' graph mode quantizes layers, adds and concats, not a ``q @ k`` in code: both matmuls of
     the attention above stayed float on both runtimes (EfficientViT-M 117 of 165 layers INT8 on ORT), and
     in layerwise mode, where each layer quantizes only its own input (LeViT: 52 of 74 on ORT)."""
-    import edgekd.quantization as quantization
+    import edgekd.stages.quantize.quantization as quantization
 
     if mode == "layerwise":  # a residual handler that gives up at once, as on LeViT's residual stream
         monkeypatch.setattr(quantization, "residual_budget", lambda graph: 1)
@@ -318,7 +318,7 @@ def test_openvino_compiles_every_elementwise_op_on_a_dequantized_constant_once_f
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgekd.int8_placement import float_dequantized_constants
+    from edgekd.stages.export.int8_placement import float_dequantized_constants
 
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array(np.array(0.05, np.float32), "s"), numpy_helper.from_array(np.array(0, np.int8), "z"),
@@ -403,7 +403,7 @@ def test_a_pool_is_quantized_only_where_onnx_runtime_can_run_its_integer_kernel(
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from edgekd.int8_placement import quantize_before_moves
+    from edgekd.stages.export.int8_placement import quantize_before_moves
 
     nodes = [helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["x"]),
              helper.make_node("GlobalAveragePool", ["x"], ["p"]), helper.make_node("Flatten", ["p"], ["f"]),
@@ -471,7 +471,7 @@ def test_a_gelu_runs_as_one_op_on_onnx_runtime(tmp_path):
     """torch exports GELU as Div, Erf, Add, Mul, Mul; ORT's optimizer fuses that into one Gelu op, except in
     a QDQ file, where it first copies the DequantizeLinear the Div and the Mul share (FastViT-T8: 17 GELUs
     as 85 float ops). The ONNX Runtime layout gets ORT's own fusion before any session sees it."""
-    from edgekd.parity import sqnr_db
+    from edgekd.stages.export.parity import sqnr_db
 
     class Gelus(nn.Module):
         def __init__(self) -> None:
@@ -603,7 +603,7 @@ def test_a_dequantized_scalar_operand_is_the_constant_bit_for_bit(constant, op, 
     import onnxruntime as ort
     from onnx import helper, numpy_helper
 
-    from edgekd.int8_placement import dequantized_scalar_operands
+    from edgekd.stages.export.int8_placement import dequantized_scalar_operands
 
     dtype = np.uint8 if zero_type == onnx.TensorProto.UINT8 else np.int8
     nodes = [helper.make_node("DequantizeLinear", ["xq", "s", "z"], ["x"]),
@@ -638,8 +638,8 @@ def test_a_model_whose_residuals_brevitas_cannot_align_is_quantized_layerwise(mo
     an error: EfficientFormer-L1 got no INT8 file). Within a budget of steps it gives up early, graph mode
     is tried with each add's inputs on grids of their own, and where that finds no placement either the
     model is quantized layerwise; forced here with a budget of one step and a handler that finds none."""
-    import edgekd.brevitas_rules as rules
-    import edgekd.quantization as quantization
+    import edgekd.stages.quantize.brevitas_rules as rules
+    import edgekd.stages.quantize.quantization as quantization
 
     def gives_up(*args, **kwargs):
         raise RuntimeError("Residual handler could not find a solution to align scale factors across ADDs and CATs")
@@ -680,7 +680,7 @@ class MaskedAttention(nn.Module):
 def test_attention_with_a_mask_runs_both_matmuls_int8_on_both_runtimes(mask, tmp_path):
     """The attention matmuls of a masked ``F.scaled_dot_product_attention`` stayed float (TinyViT: 68 of 88
     layers INT8 on ONNX Runtime); the mask, boolean or added, is applied between them as torch does."""
-    from edgekd.quantization import FLOAT_PATH_TOLERANCE, float_path_difference
+    from edgekd.stages.quantize.quantization import FLOAT_PATH_TOLERANCE, float_path_difference
 
     torch.manual_seed(0)
     model = MaskedAttention(MASKS[mask](16)).eval()
@@ -721,7 +721,7 @@ def test_a_divisor_stays_float_so_the_fake_quant_model_divides_by_what_the_float
     and the fake-quant model itself divided 0 by 0 (NaN) or x by 0 (inf) wherever a query row was small,
     which no file can match (efficientvit_b0: "diverges at MatMul_1"). Kept float, the model is finite and
     its INT8 file matches it quantizer by quantizer."""
-    from edgekd.int8_fidelity import localize
+    from edgekd.stages.export.int8_fidelity import localize
 
     torch.manual_seed(0)
     model = LinearAttention().eval()
@@ -781,7 +781,7 @@ def test_sorting_a_layouts_graph_keeps_the_models_nodes_in_their_order(data):
     pairs the file's quantizers with the model's calls by that order."""
     from onnx import TensorProto, helper
 
-    from edgekd.int8_placement import sort_keeping_order
+    from edgekd.stages.export.int8_placement import sort_keeping_order
 
     count = data.draw(st.integers(1, 12))
     nodes, tensors = [], ["x"]

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from edgekd.int8_verdict import fp32_counterpart, interleaved_ratio, judge
+from edgekd.measure.int8_verdict import fp32_counterpart, interleaved_ratio, judge
 
 
 def int8_row(int8: int, total: int, **layers) -> dict:
@@ -78,7 +78,7 @@ def test_interleaved_timing_does_not_keep_the_first_call_after_the_other_file_ra
 def test_near_tied_samples_do_not_decide_the_export_agreement():
     import numpy as np
 
-    from edgekd.parity import decisive_agreement
+    from edgekd.stages.export.parity import decisive_agreement
 
     rng = np.random.default_rng(0)
     reference = rng.normal(size=(100, 10)).astype(np.float32)
@@ -100,8 +100,8 @@ def test_the_int8_file_is_timed_against_fp32_with_both_sessions_not_spinning(tmp
     import torch
 
     from edgekd.backends.target import Target
-    from edgekd.measure import BackendPool
-    from edgekd.pipeline import _versus_fp32
+    from edgekd.measure.measurement import BackendPool
+    from edgekd.run.pipeline import _versus_fp32
     from tests.int8_files import int8_files
     from tests.models import ResidualCNN
 

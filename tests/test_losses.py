@@ -15,7 +15,7 @@ from torch import nn
 
 from edgekd.config import LossTerm
 from edgekd.errors import RecipeError
-from edgekd.features import Tap, channel_energy
+from edgekd.models.features import Tap, channel_energy
 from edgekd.losses import LOSSES, Batch, SetupInfo
 
 LN3 = math.log(3.0)

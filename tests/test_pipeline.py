@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from edgekd.report import SCHEMA
+from edgekd.report.build import SCHEMA
 
 from .conftest import FAST_LATENCY, invoke, write_yaml
 
@@ -45,7 +45,7 @@ def test_report_json_has_contract_keys_and_backend_measured_accuracy(tiny_run):
 
 
 def test_report_says_where_it_was_measured_and_lists_warnings(tiny_run):
-    from edgekd.report import render_markdown
+    from edgekd.report.build import render_markdown
 
     report = json.loads((tiny_run / "report.json").read_text())
     machine_id = report["results"][0]["fingerprint"]["machine_id"]
@@ -161,7 +161,7 @@ def test_predict_keeps_each_output_although_openvino_reuses_its_buffer(tiny_run,
 
 
 def test_an_int8_file_running_mostly_in_float_is_flagged_in_the_report():
-    from edgekd.report import table_rows
+    from edgekd.report.build import table_rows
 
     def row(variant, precision, int8, total):
         return {"variant": variant, "target": "t", "precision": precision, "status": "ok", "accuracy": 1.0,
@@ -192,7 +192,7 @@ def test_each_runtime_measures_its_own_int8_layout(tiny_run):
 
 
 def test_int8_rows_are_timed_interleaved_against_their_fp32_variant(tiny_run):
-    from edgekd.int8_verdict import judge
+    from edgekd.measure.int8_verdict import judge
 
     for target in ("tiny-ort", "tiny-ov"):
         row = json.loads((tiny_run / "measurements" / f"student-int8@{target}.json").read_text())
@@ -225,7 +225,7 @@ def test_the_report_says_what_each_stage_did_and_stands_alone(tiny_run):
 
 
 def test_the_pareto_front_keeps_only_rows_nothing_beats():
-    from edgekd.report import pareto_front
+    from edgekd.report.build import pareto_front
 
     def row(name, p50, acc, status="ok"):
         return {"variant": name, "status": status, "accuracy": acc, "latency_ms": {"p50": p50}}

@@ -233,7 +233,7 @@ label_cell = st.one_of(st.integers(-3, 10**13), st.floats(allow_nan=True), st.bo
                                      max_size=3), max_size=8),
        fmt=st.sampled_from(["jsonl", "csv", "raw"]), raw=st.binary(max_size=200))
 def test_any_text_file_gives_rows_and_labels_or_a_data_error(tmp_path, rows, fmt, raw):
-    from edgekd.text.data import label_ids, read_rows
+    from edgekd.data.text import label_ids, read_rows
 
     path = tmp_path / f"t.{'jsonl' if fmt != 'csv' else 'csv'}"
     if fmt == "jsonl":

@@ -12,13 +12,13 @@ import pytest
 import torch
 from torch import nn
 
-from edgekd.artifact import Artifact, rebuild_float, stage_artifacts
+from edgekd.artifacts.artifact import Artifact, rebuild_float, stage_artifacts
 from edgekd.errors import StageError
 from edgekd.stages.prune.latency_lut import LatencyTable, choose_ratios, search_plan
-from edgekd.pruning import ChannelGroup, apply_channel_plan, channel_plan, prune_channels
+from edgekd.stages.prune.pruning import ChannelGroup, apply_channel_plan, channel_plan, prune_channels
 from edgekd.losses.base import Batch
 from edgekd.stages.prune.sparsity import BNScaleL1, l1_rate, scale_groups
-from edgekd.zoo import DigitsCNN, TinyCNN
+from edgekd.models.zoo import DigitsCNN, TinyCNN
 
 from .conftest import FAST_LATENCY, TINY_DATA, invoke, save_model, write_yaml
 from .models import ResidualCNN, quarter_digits_cnn

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from edgekd.artifact import Artifact, rebuild_float, rebuild_int8, stage_artifacts
+from edgekd.artifacts.artifact import Artifact, rebuild_float, rebuild_int8, stage_artifacts
 from edgekd.errors import StageError
-from edgekd.quantization import _act_quants, quantize_model
-from edgekd.zoo import TinyCNN
+from edgekd.stages.quantize.quantization import _act_quants, quantize_model
+from edgekd.models.zoo import TinyCNN
 
 from .conftest import TINY_DATA, invoke, save_model, write_yaml
 
@@ -232,7 +232,7 @@ def test_learned_scales_move_away_from_the_weight_statistics_during_qat(learned,
     conv = dict(qmodel.named_modules())["features.4"]
     import brevitas.nn as qnn
 
-    from edgekd.quantization import _weight_quant
+    from edgekd.stages.quantize.quantization import _weight_quant
 
     reference = qnn.QuantConv2d(conv.in_channels, conv.out_channels, conv.kernel_size, padding=conv.padding,
                                 bias=False, weight_quant=_weight_quant(reduce_range=True))  # statistics only

@@ -19,7 +19,7 @@ transformers = pytest.importorskip("transformers", reason="the text extra (pip i
 from edgekd.config import DataSpec  # noqa: E402
 from edgekd.errors import CheckpointError, DataError  # noqa: E402
 from edgekd.losses import LOSSES, Batch, SetupInfo  # noqa: E402
-from edgekd.text.models import drop_layers, load_hf  # noqa: E402
+from edgekd.models.text import drop_layers, load_hf  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_text_data_errors_name_the_column(bert, tmp_path):
 
 # ---------------------------------------------------------------- losses
 def _qkv_info(student, teacher, x, taps_s, taps_t):
-    from edgekd.features import capture
+    from edgekd.models.features import capture
 
     fs, ft = {}, {}
     with capture(student, taps_s, fs):
@@ -299,8 +299,8 @@ def test_a_save_to_disk_folder_keeps_its_splits(bert, tmp_path):
 def test_a_narrower_text_student_keeps_its_heads_and_rebuilds_from_its_artifact(bert, corpus, tmp_path):
     """student.width on a BERT: Torch-Pruning removes the same dims from every head of query/key/value
     (and the hidden size with them); the saved student rebuilds from the folder's config and its plan."""
-    from edgekd.artifact import Artifact, rebuild_float
-    from edgekd.text.models import load_hf as load
+    from edgekd.artifacts.artifact import Artifact, rebuild_float
+    from edgekd.models.text import load_hf as load
 
     blocks = {"student": "backbone.bert.encoder.layer.3.attention.self",
               "teacher": "backbone.bert.encoder.layer.3.attention.self"}

@@ -1,4 +1,4 @@
-"""A model torch.fx cannot trace whole is quantized in the parts it can (edgekd.quant_capture.traced_parts).
+"""A model torch.fx cannot trace whole is quantized in the parts it can (edgekd.stages.quantize.quant_capture.traced_parts).
 
 MobileViT and MobileViT-v2 (timm) compute in Python with values the tracer only has as proxies; each spelling of such control flow below sits once in the model's own forward() and once inside a
 block, around layers that trace. Every conv and linear must still be quantized, the quantized model with
@@ -18,8 +18,8 @@ from torch import nn
 
 from edgekd.backends import BACKENDS
 from edgekd.backends.target import Target
-from edgekd.int8_layouts import layout_path
-from edgekd.quantization import FLOAT_PATH_TOLERANCE, float_path_difference, quantize_model
+from edgekd.stages.export.int8_layouts import layout_path
+from edgekd.stages.quantize.quantization import FLOAT_PATH_TOLERANCE, float_path_difference, quantize_model
 from tests.int8_files import int8_files
 
 

@@ -14,7 +14,7 @@ from edgekd.errors import StageError
 from edgekd.losses import Batch, DistillTerm
 from edgekd.train.objective import Objective, build_objective
 from edgekd.train.teacher_outputs import TeacherOutputs
-from edgekd.zoo import TinyCNN
+from edgekd.models.zoo import TinyCNN
 
 from .conftest import invoke
 from .test_distill import distill_recipe
@@ -124,7 +124,7 @@ def test_teacher_outputs_are_cached_without_augmentation_and_online_with_it(monk
 def test_teacher_outputs_past_the_memory_limit_go_to_fp16_memmaps_in_the_run(monkeypatch, tmp_path):
     """Issue 12.5: a large cache lives on disk (fp16, memory-mapped), is looked up by index like the
     in-memory one, and a second prepare (another stage, or --resume) reuses the files."""
-    from edgekd.features import Tap
+    from edgekd.models.features import Tap
 
     teacher = TinyCNN(num_classes=3).eval()
     tap = Tap("features", "output")
@@ -185,7 +185,7 @@ def test_compress_resume_continues_a_killed_distill_stage(tiny_teacher, tmp_path
     def weights(run):
         from safetensors.torch import load_file
 
-        from edgekd.artifact import stage_artifacts
+        from edgekd.artifacts.artifact import stage_artifacts
         return load_file(stage_artifacts(tmp_path / run / "stages" / "00-distill")[0].path + "/model.safetensors")
 
     ref, got = weights("ref"), weights("run")

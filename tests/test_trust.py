@@ -95,20 +95,20 @@ def tiny_onnx(path: Path) -> Path:
 
 
 def test_every_transformers_load_goes_through_the_locked_door():
-    """The rule as code: edgekd calls ``from_pretrained``/``from_config`` only inside ``text/hub.py``,
+    """The rule as code: edgekd calls ``from_pretrained``/``from_config`` only inside ``models/hub.py``,
     which pins trust_remote_code=False and local_files_only=True; a new call elsewhere fails here."""
     offenders = []
     for path in (ROOT / "edgekd").rglob("*.py"):
-        if path.name == "hub.py" and path.parent.name == "text":
+        if path.name == "hub.py" and path.parent.name == "models":
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.Attribute) and node.attr in ("from_pretrained", "from_config"):
                 offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}")
-    assert not offenders, f"transformers loads outside edgekd/text/hub.py: {offenders}"
+    assert not offenders, f"transformers loads outside edgekd/models/hub.py: {offenders}"
 
 
 def test_the_door_cannot_be_opened_by_a_caller():
-    from edgekd.text.hub import pretrained
+    from edgekd.models.hub import pretrained
 
     with pytest.raises(TypeError, match="trust_remote_code"):
         pretrained("AutoConfig", "anywhere", trust_remote_code=True)
@@ -210,7 +210,7 @@ def plant(clean: Path, planted: Path, carrier: str, payload: bytes) -> None:
 def clean_program(tmp_path_factory) -> Path:
     import torch
 
-    from edgekd.exporting import export_program
+    from edgekd.stages.export.exporting import export_program
 
     path = tmp_path_factory.mktemp("pt2") / "clean.pt2"
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()
@@ -224,8 +224,8 @@ def test_no_planted_program_runs_code_without_trust(tmp_path, clean_program, car
     """Every carrier torch reads x every encoding of a command: the load is refused (exit 2 from bench,
     CheckpointError from the gate every torch target goes through) and the marker never appears; also
     with the opcode scanner switched off, since it is only the second line."""
-    from edgekd import checkpoint
-    from edgekd.checkpoint import load_exported_program
+    from edgekd.models import checkpoint
+    from edgekd.models.checkpoint import load_exported_program
     from edgekd.errors import CheckpointError
 
     from .conftest import invoke
@@ -252,7 +252,7 @@ def test_a_pickled_tensor_weight_still_loads_and_the_switch_is_put_back(tmp_path
 
     import torch
 
-    from edgekd.checkpoint import load_exported_program
+    from edgekd.models.checkpoint import load_exported_program
 
     buf = io.BytesIO()
     torch.save(torch.nn.Parameter(torch.full((4, 3, 3, 3), 0.5)), buf)
@@ -267,7 +267,7 @@ def test_a_pickled_tensor_weight_still_loads_and_the_switch_is_put_back(tmp_path
 
 
 def test_a_planted_program_runs_only_with_trust(tmp_path, clean_program):
-    from edgekd.checkpoint import load_exported_program
+    from edgekd.models.checkpoint import load_exported_program
 
     marker = tmp_path / "PWNED"
     evil = tmp_path / "evil.pt2"

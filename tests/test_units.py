@@ -11,19 +11,19 @@ import torch
 import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
-from edgekd.bench import LatencyStats, measure_latency, peak_rss_mb, reset_peak_rss, seeded_input
+from edgekd.measure.latency import LatencyStats, measure_latency, peak_rss_mb, reset_peak_rss, seeded_input
 from edgekd.config import DataSpec, ExportConfig, LatencySpec
 from edgekd.data import build_splits
 from edgekd.errors import StageError
-from edgekd.onnx_folds import fold_constant_clips
-from edgekd.quantization import calibrate, export_qdq, quantize_model
-from edgekd.stages.export import compare_with_torch
+from edgekd.stages.export.onnx_folds import fold_constant_clips
+from edgekd.stages.quantize.quantization import calibrate, export_qdq, quantize_model
+from edgekd.stages.export.stage import compare_with_torch
 
 
 def predict_logits(model, x):
     with torch.no_grad():
         return model.eval()(x)
-from edgekd.zoo import TinyCNN
+from edgekd.models.zoo import TinyCNN
 
 CFG = ExportConfig(stage="export")
 
@@ -149,7 +149,7 @@ def test_seeded_input_is_deterministic_and_not_zero():
 
 def test_int8_artifact_rebuilds_bit_exact(tmp_path):
     """--resume and export rebuild the fake-quant model from safetensors, never from a pickle."""
-    from edgekd.artifact import Artifact, rebuild_int8, save_torch
+    from edgekd.artifacts.artifact import Artifact, rebuild_int8, save_torch
 
     torch.manual_seed(0)
     x = torch.rand(16, 1, 16, 16)

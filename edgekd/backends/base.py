@@ -27,7 +27,7 @@ class Capabilities:
     devices: tuple[str, ...]
     options: tuple[str, ...] = ()
     precisions: tuple[str, ...] = ()
-    # (device, INT8 layout of edgekd.int8_layouts), best first, where a device's kernels want another than s8s8
+    # (device, INT8 layout of edgekd.stages.export.int8_layouts), best first, where a device's kernels want another than s8s8
     int8_layouts: tuple[tuple[str, str], ...] = ()
 
 
@@ -113,7 +113,7 @@ def predict(model: CompiledModel, x: np.ndarray) -> np.ndarray:
     Each output is copied: a runtime may hand back a view of its output buffer (OpenVINO's infer
     request does), which the next call overwrites.
     """
-    from ..text import packed_feed
+    from ..data.packed import packed_feed
 
     names = [i.name for i in model.inputs]
     return np.concatenate([np.array(model.run(packed_feed(x[i:i + 1], names)), copy=True).reshape(1, -1)

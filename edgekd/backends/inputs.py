@@ -246,7 +246,7 @@ def load_arrays(path: Path, inputs: list[GraphInput]) -> dict[str, np.ndarray]:
 
 def tokenizer_vocab(path: Path) -> int:
     """The vocabulary size of a local tokenizer directory (transformers, offline)."""
-    from ..text.hub import pretrained
+    from ..models.hub import pretrained
 
     try:
         return len(pretrained("AutoTokenizer", path))

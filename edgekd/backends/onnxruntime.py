@@ -144,7 +144,7 @@ def _static_dims_change(path: Path, shapes: dict[str, tuple[int, ...]]) -> bool:
 def float_layer_causes(graph: Any, names: list[str]) -> dict[str, str]:
     """Layer name -> why ONNX Runtime's QDQ fusion (``DQ -> op -> Q``, equal activation types) left it in
     float, read off the file's own graph; names ORT made up for fused nodes are matched by prefix."""
-    from ..int8_placement import links, shared_requantizer, unfolded_clamp
+    from ..stages.export.int8_placement import links, shared_requantizer, unfolded_clamp
 
     producer, readers = links(graph)
     zero_type = {i.name: i.data_type for i in graph.initializer}

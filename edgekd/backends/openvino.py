@@ -133,8 +133,8 @@ class OvModel(CompiledModel):
         and why; any other float layer of an INT8 file is the runtime's own choice."""
         import onnx
 
-        from ..int8_layouts import ONEDNN_LAYOUT
-        from ..int8_placement import RULES, links
+        from ..stages.export.int8_layouts import ONEDNN_LAYOUT
+        from ..stages.export.int8_placement import RULES, links
 
         graph = onnx.load(str(self._path), load_external_data=False).graph
         producer, _ = links(graph)

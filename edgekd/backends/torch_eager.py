@@ -43,7 +43,7 @@ class TorchModel(CompiledModel):
                  allow_globals: tuple[str, ...] = ()) -> None:
         import torch
 
-        from ..checkpoint import LoadPolicy, load_exported_program
+        from ..models.checkpoint import LoadPolicy, load_exported_program
 
         program = load_exported_program(path, policy=LoadPolicy(trust=trust, allow_globals=allow_globals))
         torch.set_num_threads(target.threads)

@@ -20,12 +20,12 @@ def save(
                         "RUN_DIR/baseline.json.")] = None,
 ) -> None:
     """Save each variant x target's size, accuracy, latency statistics, timing samples and machine."""
-    from ..baseline import save_baseline
-    from ..report import load_report
+    from ..report.baseline import save_baseline
+    from ..report.build import load_report
 
     with handle_errors():
         report = load_report(run_dir)
-        from ..rundir import refuse_overwriting_a_run
+        from ..run.rundir import refuse_overwriting_a_run
 
         target = refuse_overwriting_a_run(out_file or (run_dir if run_dir.is_dir() else run_dir.parent)
                                           / "baseline.json", "--out")

@@ -62,7 +62,7 @@ def bench(
 ) -> None:
     """Measure one ONNX file on each target: latency statistics, cold start, throughput, memory."""
     from ..fileio import write_json
-    from ..measure import bench as run_bench, native_commands
+    from ..measure.measurement import bench as run_bench, native_commands
 
     overrides = {"warmup_runs": warmup, "runs": runs, "min_seconds": seconds, "threads": threads, "batch": batch,
                  "repeats": repeats}

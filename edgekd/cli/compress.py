@@ -59,8 +59,8 @@ def compress(
     force: Annotated[bool, typer.Option("--force", help="Replace an existing run directory at --out.")] = False,
 ) -> None:
     """Compress a checkpoint through a recipe's stages, measure every variant on every target, report."""
-    from ..gate import ci_annotations, exit_code
-    from ..pipeline import compress as run_compress
+    from ..report.gate import ci_annotations, exit_code
+    from ..run.pipeline import compress as run_compress
     from .render import print_report_tables
 
     with handle_errors():

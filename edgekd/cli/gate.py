@@ -24,16 +24,16 @@ def gate(
     junit: Annotated[Optional[Path], typer.Option(help="Write a JUnit XML file, one testcase per budget line.")] = None,
 ) -> None:
     """Check a run against a budget and/or a baseline. Exit 0: all met; 1: one violated; 2: bad input."""
-    from ..baseline import Tolerances, compare_with_baseline, load_baseline
+    from ..report.baseline import Tolerances, compare_with_baseline, load_baseline
     from ..config import load_budget
-    from ..gate import append_step_summary, ci_annotations, evaluate_budget, exit_code, write_junit
+    from ..report.gate import append_step_summary, ci_annotations, evaluate_budget, exit_code, write_junit
     from ..errors import BudgetError
-    from ..report import load_report
+    from ..report.build import load_report
 
     with handle_errors():
         if budget is None and baseline is None:
             raise BudgetError("gate needs --budget FILE, --baseline FILE, or both")
-        from ..rundir import refuse_overwriting_a_run
+        from ..run.rundir import refuse_overwriting_a_run
 
         if junit is not None:
             refuse_overwriting_a_run(junit, "--junit")
@@ -42,7 +42,7 @@ def gate(
         verdicts = evaluate_budget(report, budget_obj) if budget_obj is not None else []
         notes: list[str] = []
         if baseline is not None:
-            from ..baseline import provenance_notes
+            from ..report.baseline import provenance_notes
 
             base = load_baseline(baseline)
             verdicts += compare_with_baseline(report, base, Tolerances(min_effect, accuracy_tolerance, size_tolerance))

@@ -25,7 +25,7 @@ def report(
                    "report.html and prints its path) or json.")] = Format.md,
 ) -> None:
     """Re-render report.json/.md/.html and tradeoff.png from a run directory's files only."""
-    from ..report import write_report
+    from ..report.build import write_report
 
     with handle_errors():
         if not run_dir.is_dir():
@@ -50,8 +50,8 @@ def compare(
     from ..names import for_terminal
     from rich.table import Table
 
-    from ..compare import compare_rows
-    from ..report import load_report
+    from ..report.compare import compare_rows
+    from ..report.build import load_report
 
     with handle_errors():
         rows = compare_rows(load_report(run_a), load_report(run_b))

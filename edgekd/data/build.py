@@ -98,7 +98,7 @@ def build_splits(spec: DataSpec, architecture: dict[str, Any] | None = None, *, 
         raise DataError(f"data.preprocess: source {spec.source!r} makes its own images at 'image_size'; "
                         f"preprocess applies to npz, imagefolder, hf and factory data")
     if spec.source == "text":  # tokenized already: the tokenizer is the preprocessing
-        from ..text.data import TokenPreprocess
+        from .text import TokenPreprocess
 
         preprocess: Any = TokenPreprocess(str(spec.tokenizer), spec.max_length, spec.text_column)
     else:

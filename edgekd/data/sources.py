@@ -416,9 +416,9 @@ def factory(spec: DataSpec) -> SourceData:
 # ---------------------------------------------------------------- text
 @SOURCES.register("text")
 def text(spec: DataSpec) -> SourceData:
-    """Text for Hugging Face encoders (``edgekd.text.data``): a .csv/.jsonl file or a save_to_disk folder,
+    """Text for Hugging Face encoders (``edgekd.data.text``): a .csv/.jsonl file or a save_to_disk folder,
     tokenized with ``data.tokenizer`` (default: the ``hf:`` checkpoint's folder) to ``max_length``."""
-    from ..text.data import TokenSet, label_ids, read_rows, tokenize
+    from .text import TokenSet, label_ids, read_rows, tokenize
 
     if not spec.tokenizer:
         raise DataError("data.tokenizer: text data needs a tokenizer folder (the hf: checkpoint's own is used "

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ..errors import RecipeError
-from ..features import Tap, resolve_module
+from ..models.features import Tap, resolve_module
 from ..registry import Registry
 
 

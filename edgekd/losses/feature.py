@@ -8,7 +8,7 @@ from pydantic import Field
 from torch import nn
 
 from ..errors import RecipeError
-from ..features import Tap, channel_energy, last_linear, resolve_module
+from ..models.features import Tap, channel_energy, last_linear, resolve_module
 from .base import LOSSES, Batch, DistillTerm, IntermediateHeads, Params, SetupInfo, with_labels
 
 

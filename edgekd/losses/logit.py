@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ..errors import RecipeError
-from ..features import Tap, last_linear, resolve_module
+from ..models.features import Tap, last_linear, resolve_module
 from .base import LOSSES, Batch, DistillTerm, Params, SoftParams, ce_or_zero, mix, soft_kl, with_labels
 
 

@@ -17,7 +17,7 @@ from pydantic import Field
 from torch import nn
 
 from ..errors import RecipeError
-from ..features import Tap, resolve_module
+from ..models.features import Tap, resolve_module
 from .base import LOSSES, Batch, DistillTerm, Params, SetupInfo
 from .feature import _Paired
 

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from torch import nn
 
-from ..artifact import Artifact, rebuild_float, rebuild_int8
+from ..artifacts.artifact import Artifact, rebuild_float, rebuild_int8
 from ..config import LossTerm, Recipe
 from ..data import Splits
 from ..errors import RecipeError, StageError
@@ -52,7 +52,7 @@ class RecipeReads:
 
 def recipe_field_hashes(recipe: Recipe, fields: list[str]) -> dict[str, str]:
     """``{field: hash of its resolved value}`` for the recipe fields a stage read."""
-    from ..artifact import config_hash
+    from ..artifacts.artifact import config_hash
 
     dumped = recipe.model_dump(mode="json")
     return {f: config_hash(dumped.get(f)) for f in fields}
@@ -101,7 +101,7 @@ class StageContext:
 
     def load_extra_teacher(self, checkpoint: str, arch: str | None) -> nn.Module:
         """Another teacher named in a loss (multi-teacher), loaded as safely as the main one."""
-        from ..checkpoint import LoadPolicy, load_checkpoint
+        from ..models.checkpoint import LoadPolicy, load_checkpoint
 
         policy = LoadPolicy(trust=self.trust_checkpoint, allow_globals=self.allow_globals)
         model = load_checkpoint(checkpoint, arch, policy=policy, num_classes=self.splits.num_classes,

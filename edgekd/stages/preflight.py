@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoint import build_model
+from ..models.checkpoint import build_model
 from ..config import DistillConfig, PruneConfig, QuantizeConfig, Recipe
 from ..errors import EdgekdError, InputError, first_line
 
@@ -34,7 +34,7 @@ def _fail(where: str, stage: str, cause: str, remedy: str) -> InputError:
 def check_quantize(model: nn.Module, example: torch.Tensor, where: str) -> None:
     """The fx trace and Brevitas layer swap the quantize stage does (given an example input, as the stage
     is: shape-dependent code is traced with its values), then one forward pass."""
-    from ..quantization import quantize_model
+    from .quantize.quantization import quantize_model
 
     try:
         qmodel = quantize_model(model, example=example)
@@ -50,7 +50,7 @@ def check_quantize(model: nn.Module, example: torch.Tensor, where: str) -> None:
 
 def check_prune(model: nn.Module, example: torch.Tensor, num_classes: int, where: str) -> None:
     """Torch-Pruning's dependency graph over the model (what every pruning method builds first)."""
-    from ..pruning import channel_groups
+    from .prune.pruning import channel_groups
 
     try:
         channel_groups(copy.deepcopy(model), example, num_classes)
@@ -63,7 +63,7 @@ def check_prune(model: nn.Module, example: torch.Tensor, num_classes: int, where
 
 def check_export(model: nn.Module, example: torch.Tensor, opset: int, where: str) -> None:
     """A throw-away FP32 ONNX export at the recipe's opset."""
-    from ..exporting import export_fp32
+    from .export.exporting import export_fp32
 
     with tempfile.TemporaryDirectory(prefix="edgekd-preflight-") as tmp:
         try:

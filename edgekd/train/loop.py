@@ -29,7 +29,7 @@ from torch import nn
 from ..config import Augment
 from ..data import Splits, augment_batch
 from ..errors import StageError
-from ..features import capture
+from ..models.features import capture
 from ..fileio import atomic_path
 from ..losses import Batch
 from ..progress import console, progress_bar
@@ -51,8 +51,8 @@ class FitResult:
 
 
 def packed_mask(x: torch.Tensor) -> torch.Tensor | None:
-    """A text batch's attention mask (packed (N, 3, S) int64 samples, ``edgekd.text``); None for images."""
-    from ..text import PACKED_INPUTS, is_packed
+    """A text batch's attention mask (packed (N, 3, S) int64 samples, ``edgekd.data.packed``); None for images."""
+    from ..data.packed import PACKED_INPUTS, is_packed
 
     return x[:, PACKED_INPUTS.index("attention_mask")] if is_packed(x) else None
 

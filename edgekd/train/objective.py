@@ -19,7 +19,7 @@ from pathlib import Path
 from ..config import LossTerm
 from ..data import Splits
 from ..errors import RecipeError
-from ..features import Tap, capture
+from ..models.features import Tap, capture
 from ..losses import LOSSES, Batch, DistillTerm, SetupInfo
 from ..losses.base import with_labels
 from ..progress import console

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..data import Splits
-from ..features import Tap, capture
+from ..models.features import Tap, capture
 from ..fileio import atomic_path
 from .device import CPU, Device
 

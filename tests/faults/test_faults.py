@@ -20,7 +20,7 @@ import pytest
 import torch
 import yaml
 
-from edgekd.zoo import TinyCNN
+from edgekd.models.zoo import TinyCNN
 
 from ..conftest import FAST_LATENCY, TINY_DATA, invoke, save_model, write_yaml
 
@@ -64,7 +64,7 @@ def npz_data(path: Path, x: np.ndarray | None = None) -> Path:
 
 # ------------------------------------------------------------------ 1. nothing from untrusted files runs
 def test_a_planted_pt2_given_to_bench_is_refused_and_runs_nothing(tmp_path):
-    from edgekd.exporting import export_program
+    from edgekd.stages.export.exporting import export_program
 
     from ..test_bench import Plain, plant_pt2
 
@@ -81,7 +81,7 @@ def test_expect_sha256_is_checked_before_the_file_is_opened(tmp_path, target, ti
     wrong = invoke("compress", tiny_teacher, "--recipe", recipe(tmp_path / "r.yaml", target), "--out", tmp_path / "a",
                    "--expect-sha256", "0" * 64, "--dry-run")
     assert wrong.exit_code == 2 and "SHA-256 is" in one_line_error(wrong.output)
-    from edgekd.fingerprint import file_sha256
+    from edgekd.measure.fingerprint import file_sha256
 
     right = invoke("compress", tiny_teacher, "--recipe", tmp_path / "r.yaml", "--out", tmp_path / "b",
                    "--expect-sha256", file_sha256(tiny_teacher).upper(), "--dry-run")
@@ -121,7 +121,7 @@ def test_trust_checkpoint_says_what_it_allows(tmp_path, target):
 
 
 def test_pickles_are_refused_on_a_torch_whose_weights_only_is_unsafe(tmp_path):
-    from edgekd.checkpoint import check_torch_is_safe
+    from edgekd.models.checkpoint import check_torch_is_safe
     from edgekd.errors import CheckpointError
 
     with pytest.raises(CheckpointError, match=r"torch 2\.9\.1\+cpu cannot unpickle files safely.*CVE-2026-24747"):
@@ -145,8 +145,8 @@ def test_one_nan_pixel_in_the_data_is_exit_2_naming_the_sample(tmp_path, target,
 def test_nan_parity_is_a_failed_export_not_a_pass(tmp_path):
     from edgekd.config import ExportConfig
     from edgekd.errors import StageError
-    from edgekd.exporting import export_fp32
-    from edgekd.stages.export import compare_with_torch
+    from edgekd.stages.export.exporting import export_fp32
+    from edgekd.stages.export.stage import compare_with_torch
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4)).eval()
     x = torch.rand(8, 1, 4, 4)
@@ -211,7 +211,7 @@ def test_a_moved_run_resumes_and_a_copied_run_uses_its_own_files(tmp_path, targe
 
 
 def test_a_run_killed_during_measurement_is_refused_by_report_and_gate(tmp_path, target, tiny_teacher, monkeypatch):
-    import edgekd.pipeline as pipeline
+    import edgekd.run.pipeline as pipeline
 
     real, calls = pipeline.measure, []
 
@@ -238,7 +238,7 @@ def test_a_run_killed_during_measurement_is_refused_by_report_and_gate(tmp_path,
 HOLD_LOCK = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from edgekd.rundir import RunLock
+    from edgekd.run.rundir import RunLock
     lock = RunLock(Path(sys.argv[1])).acquire()
     print("held", flush=True)
     time.sleep(60)
@@ -297,7 +297,7 @@ def test_a_corrupt_report_json_is_bad_input_not_a_violated_budget(tiny_run, tmp_
 
 
 def test_a_bug_is_exit_3_with_one_line_and_the_traceback_under_edgekd_debug(tiny_run, tmp_path, monkeypatch):
-    import edgekd.report as report
+    import edgekd.report.build as report
 
     def broken(*a, **k):
         raise ZeroDivisionError("a bug")
@@ -354,7 +354,7 @@ def test_a_full_disk_is_exit_2_and_leaves_no_half_written_file(tmp_path, target,
 
 
 def test_too_little_free_space_is_refused_before_any_work(tmp_path, target, tiny_teacher, monkeypatch):
-    import edgekd.rundir as rundir
+    import edgekd.run.rundir as rundir
 
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(rundir.shutil, "disk_usage", lambda p: usage._replace(free=1 << 20))
@@ -364,7 +364,7 @@ def test_too_little_free_space_is_refused_before_any_work(tmp_path, target, tiny
 
 
 def test_a_newline_in_a_name_cannot_inject_a_workflow_command(tiny_run, tmp_path, monkeypatch):
-    from edgekd.gate import Verdict, ci_annotations
+    from edgekd.report.gate import Verdict, ci_annotations
 
     monkeypatch.setenv("GITHUB_ACTIONS", "true")
     hostile = Verdict("max_latency_ms.tiny\n::add-mask::x.p50", False, "p50 2.0 > 1.0 on tiny\r\n::stop-commands::t")
@@ -427,7 +427,7 @@ def test_a_qat_killed_between_epochs_resumes_to_the_same_weights_bit_for_bit(tmp
     from safetensors.torch import load_file
 
     import edgekd.train.loop as loop
-    from edgekd.artifact import stage_artifacts
+    from edgekd.artifacts.artifact import stage_artifacts
 
     r = recipe(tmp_path / "r.yaml", target, stages=[
         {"stage": "distill", "epochs": 1, "lr": 0.01},

@@ -16,14 +16,14 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ...artifact import Artifact, config_hash, count_params_macs, save_torch
+from ...artifacts.artifact import Artifact, config_hash, count_params_macs, save_torch
 from ...config import LossTerm, PruneConfig, SparseTraining
 from ...errors import RecipeError, StageError
-from ...exporting import export_fp32
-from ...layer_patterns import match_layers
+from ..export.exporting import export_fp32
+from ..layer_patterns import match_layers
 from ...losses.base import DistillTerm
 from ...progress import console
-from ...pruning import channel_groups, channel_plan, prune_channels
+from .pruning import channel_groups, channel_plan, prune_channels
 from ...train.evaluate import accuracy
 from ...train.objective import CrossEntropy, Objective
 from ..base import STAGES, StageContext, current

@@ -12,13 +12,13 @@ import json
 
 import torch
 
-from ...artifact import Artifact, config_hash, save_torch
+from ...artifacts.artifact import Artifact, config_hash, save_torch
 from ...config import LayerOverride, QuantizeConfig, Recipe, Target
-from ...layer_patterns import match_layers
+from ..layer_patterns import match_layers
 from ...errors import RecipeError, StageError
 from ...progress import console
-from ...quantization import (FLOAT_PATH_TOLERANCE, calibrate, float_path_difference, layer_names, quantize_model,
-                             weight_range)
+from .quantization import (FLOAT_PATH_TOLERANCE, calibrate, float_path_difference, layer_names, quantize_model,
+                           weight_range)
 from ...train.evaluate import accuracy
 from ..base import STAGES, StageContext, current, role_of
 from .mixed_precision import search

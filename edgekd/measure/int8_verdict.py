@@ -1,0 +1,98 @@
+"""Whether an INT8 row is usable on its target: ``ok`` only if the runtime really runs it in INT8 and it
+is faster than the FP32 file it came from.
+
+An INT8 file a runtime executes mostly in float, or one slower than FP32, is of no use on that target;
+reporting it as ``ok`` beside a "MOSTLY FLOAT" note is how a 7 ms INT8 mobilenet_v3_small (0.93 ms in
+FP32) once passed. Such a row is ``failed`` with the measured numbers kept and the reason in ``error``,
+so ``gate`` fails every budget line on it.
+
+Speed is judged on a ratio timed *interleaved* (FP32 and INT8 take turns of a few calls), not on two p50s
+measured minutes apart: on a shared 2-core machine the same file's p50 moved 2.5 -> 6.4 ms between
+two windows, while an interleaved ratio moves a few percent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from .latency import time_calls, warm_up
+
+MOSTLY_FLOAT = 0.5     # below this fraction of INT8 conv/matmul layers the row is failed
+MOSTLY_INT8 = 0.95     # below this (and above MOSTLY_FLOAT) the float layers are a warning
+
+
+def fp32_counterpart(variant: str, names: list[str]) -> str | None:
+    """The FP32 variant an INT8 one is judged against: the same role (``student-int8`` ->
+    ``student-fp32``), else ``teacher-fp32``; None when the run has neither."""
+    role = variant.rsplit("-", 1)[0]
+    for name in (f"{role}-fp32", "teacher-fp32"):
+        if name in names and name != variant:
+            return name
+    return None
+
+
+# calls per turn of one file in interleaved timing; the first of each turn is not kept (INTERLEAVE_BLOCK)
+INTERLEAVE_BLOCK = 5
+
+
+def interleaved_ratio(run_a: Callable[[], Any], run_b: Callable[[], Any], runs: int,
+                      block: int = INTERLEAVE_BLOCK) -> dict[str, float]:
+    """p50 of ``run_a`` / p50 of ``run_b``, the two taking turns of ``block`` calls (after a warm-up of
+    each), so a co-tenant or a clock change hits both alike. The first call of each turn is not kept:
+    the other session's worker threads are still spinning then (ONNX Runtime's default), and on a
+    2-core machine a user's mnasnet0_75 INT8 file timed 7.05 ms against FP32's 4.48 with single
+    alternating calls while its own p50, timed alone, was 2.80 against 3.00: the ratio measured the
+    neighbour's spin, not the file. Dropping one call is not enough where pools spin long: callers compile
+    both files without spinning (``pipeline._versus_fp32``). ``runs`` calls of each are kept."""
+    for call in (run_a, run_b):
+        warm_up(call, 5, 0.1)
+    a: list[float] = []
+    b: list[float] = []
+    dropped = 1 if block > 1 else 0
+    while len(a) < runs:
+        a += time_calls(run_a, block, 0.0)[dropped:]
+        b += time_calls(run_b, block, 0.0)[dropped:]
+    a, b = a[:runs], b[:runs]
+    p50_a, p50_b = float(np.median(a)), float(np.median(b))
+    return {"ratio": p50_a / p50_b, "p50_ms": p50_a, "fp32_p50_ms": p50_b, "pairs": len(a)}
+
+
+def time_against_fp32(compile_file: Callable[[Path], Any], int8_path: Path, fp32_path: Path,
+                      runs: int) -> dict[str, float]:
+    """The INT8 file against its FP32 file on one target: both compiled, timed interleaved at batch 1."""
+    from ..backends.inputs import feed_for
+
+    int8, fp32 = compile_file(int8_path), compile_file(fp32_path)
+    x = feed_for(int8, int8_path)  # the same arrays for both: the files take the same inputs
+    return interleaved_ratio(lambda: int8.run(x), lambda: fp32.run(x), runs)
+
+
+def judge(row: dict[str, Any], versus_fp32: dict[str, Any] | None, max_ratio: float | None) -> dict[str, Any]:
+    """``row`` (an INT8 measurement) with its verdict: ``failed`` when its runtime runs it mostly in
+    float, or when it is slower than ``max_ratio`` x its FP32 file; warnings for float layers left."""
+    if row["status"] != "ok" or row.get("precision") != "int8":
+        return row
+    row = {**row, "warnings": list(row.get("warnings", []))}
+    reasons = []
+    layers = row.get("int8_layers") or {}
+    total, int8 = layers.get("total") or 0, layers.get("int8") or 0
+    floats = layers.get("float_layers") or {}
+    listed = "; ".join(f"{name}: {why}" for name, why in list(floats.items())[:5])
+    if total and int8 < MOSTLY_FLOAT * total:
+        reasons.append(f"runs mostly in float on {row['backend']}: {int8}/{total} conv/matmul layers INT8"
+                       + (f" (float: {listed})" if listed else ""))
+    elif total and int8 < MOSTLY_INT8 * total:
+        row["warnings"].append(f"{total - int8} of {total} conv/matmul layers run in float"
+                               + (f" ({listed})" if listed else ""))
+    if versus_fp32 is not None:
+        row["int8_vs_fp32"] = versus_fp32
+        if max_ratio is not None and versus_fp32["ratio"] > max_ratio:
+            reasons.append(f"slower than its FP32 file on this target: p50 {versus_fp32['p50_ms']:.3f} ms vs "
+                           f"{versus_fp32['fp32_p50_ms']:.3f} ms timed interleaved (ratio {versus_fp32['ratio']:.2f} "
+                           f"> latency.int8_max_ratio {max_ratio})")
+    if reasons:
+        row.update(status="failed", error="not usable: " + "; ".join(reasons))
+    return row

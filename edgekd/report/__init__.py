@@ -1,0 +1,2 @@
+"""What reads finished run directories: the report, attribution of a change, two runs compared, the budget
+gate and baselines."""

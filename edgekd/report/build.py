@@ -1,0 +1,291 @@
+"""report.json / report.md / report.html / tradeoff.png, built from a run directory's files only.
+
+So ``edgekd report`` and ``edgekd gate`` run on a CPU-only CI box against a run made elsewhere.
+``variants[].accuracy`` is the exported artifact's accuracy on the first target that measured it
+(``accuracy_target`` names it); every target's own figure is in ``results``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+from typing import Any
+
+from .attribution import attribution, attribution_html, attribution_markdown
+from ..errors import ReportError
+from ..fileio import atomic_path, read_json, write_json, write_text
+
+SCHEMA = "edgekd.report/1"
+MB = 1 << 20
+
+
+def build_report(run_dir: Path, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The report of a finished run whose models and measurements are the bytes it recorded. ``manifest``:
+    the one compress has just written with those hashes (not hashed a second time)."""
+    from ..run.rundir import verified_manifest
+
+    manifest = manifest if manifest is not None else verified_manifest(run_dir, rebuilding_report=True)
+    try:
+        results = [read_json(p) for p in sorted((run_dir / "measurements").glob("*.json"))]
+    except ValueError as exc:
+        raise ReportError(f"{run_dir}: unreadable JSON ({exc})") from None
+    variants = []
+    for name, art in manifest["models"].items():
+        meta = art["meta"]
+        measured = [r for r in results if r["variant"] == name and r["status"] == "ok" and r["accuracy"] is not None]
+        variants.append({
+            "name": name, "onnx": art["path"], "precision": art["precision"], "size_bytes": meta["size_bytes"],
+            "params": meta["params"], "macs": meta["macs"],
+            "accuracy": measured[0]["accuracy"] if measured else None,
+            "accuracy_target": measured[0]["target"] if measured else None,
+            "accuracy_torch": meta.get("accuracy_torch"), "parity": meta.get("parity"),
+            "kept_float": meta.get("kept_float", {}),
+        })
+    order = {name: i for i, name in enumerate(manifest["models"])}
+    results.sort(key=lambda r: (r["target"], order.get(r["variant"], len(order))))
+    for r in results:
+        r.pop("host", None)
+    report = {"schema": SCHEMA, "run": {"recipe": manifest["recipe"], "created": manifest["created"],
+                                        "edgekd": manifest["edgekd"], "checkpoint": manifest["checkpoint"],
+                                        "versions": manifest["versions"], "status": manifest["status"],
+                                        "inputs": manifest.get("inputs")},  # data and teachers' hashes
+              "variants": variants, "results": results}
+    report["attribution"] = attribution(run_dir, report, manifest)
+    return report
+
+
+# what gate and the renderings read from each row of report.json
+ROW_KEYS = {"variants": ("name", "precision", "size_bytes", "accuracy"),
+            "results": ("variant", "target", "precision", "status", "latency_ms", "accuracy")}
+
+
+def _number(v: Any, low: float = 0.0, high: float = math.inf, *, strict_low: bool = False) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            and (v > low if strict_low else v >= low) and v <= high)
+
+
+def _latency(v: Any) -> bool:
+    return v is None or isinstance(v, dict) and all(_number(x, strict_low=True) for x in v.values() if x is not None)
+
+
+ROW_TYPES: dict[str, dict[str, tuple[Any, str]]] = {
+    "variants": {"name": (lambda v: isinstance(v, str), "a string"),
+                 "size_bytes": (lambda v: _number(v, strict_low=True) and float(v).is_integer(), "a positive integer"),
+                 "accuracy": (lambda v: v is None or _number(v, 0.0, 1.0), "null or a number in [0, 1]")},
+    "results": {"variant": (lambda v: isinstance(v, str), "a string"),
+                "target": (lambda v: isinstance(v, str), "a string"),
+                "status": (lambda v: v in ("ok", "failed", "unavailable"), "ok, failed or unavailable"),
+                "latency_ms": (_latency, "null or a mapping of positive finite milliseconds"),
+                "accuracy": (lambda v: v is None or _number(v, 0.0, 1.0), "null or a number in [0, 1]")},
+}
+
+
+def read_document(path: Path, missing: str) -> Any:
+    """A JSON file edgekd wrote (report, baseline), or a ReportError (exit 2) saying what is wrong."""
+    if not path.is_file():
+        raise ReportError(f"{path}: {missing}")
+    try:
+        return read_json(path)
+    except ValueError as exc:
+        raise ReportError(f"{path}: not valid JSON ({exc})") from None
+
+
+def load_report(path: Path) -> dict[str, Any]:
+    """A finished run's report.json (given the run directory or the file inside it), after the run's
+    manifest vouches for every file it made (``rundir.verified_manifest``), checked against the schema."""
+    from ..run.rundir import verified_manifest
+
+    if not path.exists():
+        raise ReportError(f"{path}: not found (give a run directory made by 'edgekd compress')")
+    verified_manifest(path if path.is_dir() else path.parent)
+    path = path / "report.json" if path.is_dir() else path
+    report = read_document(path, "report.json not found (run 'edgekd compress' or 'edgekd report RUN_DIR')")
+    if not isinstance(report, dict) or report.get("schema") != SCHEMA:
+        raise ReportError(f"{path}: key 'schema' must be {SCHEMA!r}")
+    for key in ("variants", "results"):
+        if not isinstance(report.get(key), list):
+            raise ReportError(f"{path}: key '{key}' must be a list")
+    for key, required in ROW_KEYS.items():  # a hand-edited or truncated file is bad input (2), not a bug (3)
+        for i, row in enumerate(report[key]):
+            missing = [k for k in required if not isinstance(row, dict) or k not in row]
+            if missing:
+                raise ReportError(f"{path}: {key}[{i}] lacks key '{missing[0]}' (each row needs "
+                                  f"{', '.join(required)}); rebuild it with 'edgekd report RUN_DIR'")
+    for key, checks in ROW_TYPES.items():  # wrong-typed values are bad input too, never a crash in gate's arithmetic
+        for i, row in enumerate(report[key]):
+            for field, (ok, what) in checks.items():
+                if not ok(row.get(field)):
+                    raise ReportError(f"{path}: {key}[{i}].{field} is {row.get(field)!r}; it must be {what}")
+    status = report["run"].get("status") if isinstance(report.get("run"), dict) else None
+    if status != "complete":
+        raise ReportError(f"{path}: the run is not finished (status {status!r}); its rows may be missing, "
+                          f"so report and gate refuse it: rerun 'edgekd compress --resume'")
+    return report
+
+
+def targets_of(report: dict[str, Any]) -> list[str]:
+    return sorted(dict.fromkeys(r["target"] for r in report["results"]))
+
+
+def _fmt_size(n: int) -> str:
+    return f"{n / MB:.2f} MB" if n >= MB else f"{n / 1024:.0f} KB"
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def _fmt_int8_layers(layers: dict[str, int], precision: str) -> str:
+    """``n/m``; an INT8 file whose runtime executes most conv/matmul layers in float is flagged."""
+    if not layers.get("total"):
+        return "-"
+    text = f"{layers['int8']}/{layers['total']}"
+    mostly_float = precision == "int8" and 2 * layers["int8"] < layers["total"]
+    return f"{text} MOSTLY FLOAT" if mostly_float else text
+
+
+def _fmt_parity(p: dict[str, Any] | None) -> str:
+    """``top-1 agreement / SQNR`` of the backend's outputs against the torch (fake-quant) model."""
+    if not p:
+        return "-"
+    sqnr = "identical" if p["sqnr_db"] is None else f"{p['sqnr_db']:.1f} dB"
+    return f"{p['top1_agreement']:.1%} / {sqnr}"
+
+
+def table_rows(report: dict[str, Any], target: str) -> list[dict[str, str]]:
+    """One row per variant for ``target``: the numbers every rendering shows."""
+    sizes = {v["name"]: v["size_bytes"] for v in report["variants"]}
+    rows = [r for r in report["results"] if r["target"] == target]
+    base = next((r for r in rows if r["variant"] == "teacher-fp32" and r["status"] == "ok"), None)
+    out = []
+    for r in rows:
+        lat = r.get("latency_ms") or {}
+        speedup = base["latency_ms"]["p50"] / lat["p50"] if base and lat.get("p50") else None
+        layers = r.get("int8_layers") or {}
+        out.append({
+            "variant": r["variant"], "precision": r["precision"], "size": _fmt_size(sizes.get(r["variant"], 0)),
+            "accuracy": _fmt(r["accuracy"], ".4f"), "p50 ms": _fmt(lat.get("p50"), ".3f"),
+            "p90 ms": _fmt(lat.get("p90"), ".3f"), "spread": _fmt(lat.get("spread"), ".1%"),
+            "speed-up": f"{speedup:.2f}x" if speedup else "-",
+            "INT8 layers": _fmt_int8_layers(layers, r["precision"]),
+            "parity": _fmt_parity(r.get("parity")),
+            "status": r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('error') or ''}",
+        })
+    return out
+
+
+def measurement_notes(report: dict[str, Any]) -> list[str]:
+    """Where the numbers were measured, and every warning a measurement raised (noisy latency...)."""
+    machines = {r["fingerprint"]["machine_id"]: r["fingerprint"] for r in report["results"] if r.get("fingerprint")}
+    notes = [f"measured on {fp['cpu']['model']} ({fp['cpu']['logical_cpus']} CPUs; machine {mid}; "
+             + ", ".join(f"{k} {v}" for k, v in fp["runtimes"].items()) + ")" for mid, fp in machines.items()]
+    if len(machines) > 1:
+        notes.append("WARNING: these results come from different machines; their latencies are not comparable")
+    notes += [f"{v['name']}: layer {layer} kept in float ({why})" for v in report["variants"]
+              for layer, why in (v.get("kept_float") or {}).items()]
+    notes += [f"{r['variant']} on {r['target']}: {w}" for r in report["results"] for w in r.get("warnings", [])]
+    return notes
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines = [f"# edgekd report: {report['run']['recipe']}", ""]
+    for target in targets_of(report):
+        rows = table_rows(report, target)
+        first = next(r for r in report["results"] if r["target"] == target)
+        lines += [f"## {target} ({first['backend']}, {first['device']})", ""]
+        header = list(rows[0])
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join("---" if h in ("variant", "precision", "status") else "---:" for h in header) + "|")
+        lines += ["| " + " | ".join(row[h] for h in header) + " |" for row in rows]
+        lines.append("")
+    lines.append("Accuracy: top-1 of the exported ONNX file running on that target over the test split. "
+                 "Latency: batch 1, milliseconds; spread: 1.4826 x MAD / median of the timed calls. "
+                 "Speed-up: teacher-fp32 p50 / variant p50 on the same target. "
+                 "Parity: top-1 agreement / SQNR of this backend's outputs against the torch model "
+                 "(the fake-quantized one for INT8).")
+    if report.get("attribution"):
+        lines += [""] + attribution_markdown(report["attribution"])
+    notes = measurement_notes(report)
+    if notes:
+        lines += ["", "## Measurement notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+def render_html(report: dict[str, Any], plot_png: bytes | None = None) -> str:
+    """One self-contained page (the plot inlined as a data URI), so CI can upload it as one artifact."""
+    image = (f"<img alt='accuracy against latency per target' width='720' src='data:image/png;base64,"
+             f"{base64.b64encode(plot_png).decode('ascii')}'>" if plot_png else "")
+    parts = [f"<!doctype html><meta charset='utf-8'><title>edgekd report</title>"
+             f"<style>body{{font-family:sans-serif}}td,th{{padding:2px 8px;text-align:right}}</style>"
+             f"<h1>edgekd report: {html.escape(report['run']['recipe'])}</h1>{image}"]
+    for target in targets_of(report):
+        rows = table_rows(report, target)
+        parts.append(f"<h2>{html.escape(target)}</h2><table><tr>"
+                     + "".join(f"<th>{html.escape(h)}</th>" for h in rows[0]) + "</tr>")
+        parts += ["<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row.values()) + "</tr>" for row in rows]
+        parts.append("</table>")
+    if report.get("attribution"):
+        parts.append(attribution_html(report["attribution"]))
+    notes = measurement_notes(report)
+    if notes:
+        parts.append("<h2>Measurement notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
+    return "\n".join(parts) + "\n"
+
+
+def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows no other row beats on both p50 latency and accuracy (ok rows with both), fastest first."""
+    ok = sorted((r for r in rows if r["status"] == "ok" and r.get("accuracy") is not None
+                 and (r.get("latency_ms") or {}).get("p50") is not None),
+                key=lambda r: (r["latency_ms"]["p50"], -r["accuracy"]))
+    front: list[dict[str, Any]] = []
+    for r in ok:
+        if not front or r["accuracy"] > front[-1]["accuracy"]:
+            front.append(r)
+    return front
+
+
+def render_plot(report: dict[str, Any], path: Path) -> None:
+    """Accuracy against p50 latency, one panel per target; marker area grows with file size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = targets_of(report) or ["(none)"]
+    sizes = {v["name"]: v["size_bytes"] for v in report["variants"]}
+    fig, axes = plt.subplots(1, len(targets), figsize=(5 * len(targets), 4), squeeze=False)
+    for ax, target in zip(axes[0], targets):
+        front = pareto_front([r for r in report["results"] if r["target"] == target])
+        if len(front) > 1:
+            ax.plot([r["latency_ms"]["p50"] for r in front], [r["accuracy"] for r in front], "k--", lw=0.8,
+                    alpha=0.5, label="Pareto front")
+            ax.legend(fontsize=7, loc="lower right")
+        for r in report["results"]:
+            if r["target"] != target or r["status"] != "ok" or r["accuracy"] is None:
+                continue
+            x, y = r["latency_ms"]["p50"], r["accuracy"]
+            ax.scatter([x], [y], s=40 + 400 * sizes.get(r["variant"], 0) / max(sizes.values() or [1]), alpha=0.6)
+            mark = " *" if r in front else ""
+            ax.annotate(f"{r['variant']} ({r['precision']}){mark}", (x, y), fontsize=8, xytext=(4, 4),
+                        textcoords="offset points")
+        ax.set(title=f"{target}  (* on the Pareto front)", xlabel="p50 latency (ms, batch 1)",
+               ylabel="top-1 accuracy on target")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def write_report(run_dir: Path, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
+    report = build_report(run_dir, manifest)
+    write_json(run_dir / "report.json", report)
+    write_text(run_dir / "report.md", render_markdown(report))
+    render_plot(report, run_dir / "tradeoff.png")
+    write_text(run_dir / "report.html", render_html(report, (run_dir / "tradeoff.png").read_bytes()))
+    from ..run.rundir import record_report
+
+    record_report(run_dir)
+    return report

@@ -1,0 +1,104 @@
+"""The distill stage: train the student against the teacher with the recipe's weighted loss terms.
+
+The student is any arch spec (``student.arch``) or a ``width``-narrowed copy of the teacher made by
+Torch-Pruning (so any CNN family works, not just edgekd's zoo), keeping the teacher's weights on the
+kept channels unless ``student.init: random``. After a ``prune`` stage, the pruned model is the
+student and distillation continues from it (``student:`` is then not used).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from ...artifacts.artifact import Artifact, config_hash, count_params_macs, save_torch
+from ...models.checkpoint import build_model
+from ...config import DistillConfig, LossTerm, StudentSpec
+from ..prune.pruning import channel_plan, uniform_width
+from ...train.evaluate import accuracy
+from ...train.objective import bind_terms
+from ..base import STAGES, StageContext, current, role_of
+
+
+@STAGES.register("distill")
+def distill(variants: dict[str, Artifact], cfg: DistillConfig, ctx: StageContext) -> list[Artifact]:
+    source = current(variants)
+    recipe, splits = ctx.recipe, ctx.splits
+    student, arch, kwargs, extra = _make_student(variants, source, ctx)
+    objective, outputs = ctx.objective(cfg.loss, f"{ctx.stage_key_path}.loss", student)
+    result = ctx.train(student, objective, outputs, epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                       label="distill", patience=cfg.patience)
+    params, macs = count_params_macs(student, splits.input_shape)
+    metrics = {"val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
+               "stopped_early": result.stopped_early, "resumed_from_epoch": result.resumed_from_epoch,
+               "teacher_outputs": "online" if outputs is not None and outputs.online else
+                                  ("cached" if outputs is not None else "none"),
+               "test_accuracy_torch": accuracy(student, splits, "test", ctx.device),
+               "params": params, "macs": macs, "history": result.history,
+               "cpu_threads": torch.get_num_threads(), **ctx.device.to_json()}  # CPU results repeat bit for bit at the same count
+    variant = "student-fp32"
+    ctx.models[variant] = student
+    chash = config_hash(cfg.model_dump(), recipe.student.model_dump(), source.config_hash)
+    # a continued (pruned) student replaces its source: its lineage points at what that came from
+    parent = source.parent if source.variant == variant else source.variant
+    return [save_torch(student, ctx.stage_dir / variant, variant=variant, stage="distill", parent=parent,
+                       arch=arch, arch_kwargs=kwargs, chash=chash, metrics=metrics, extra=extra)]
+
+
+def kept_layers(spec: StudentSpec, depth: int) -> list[int]:
+    """The teacher layers a ``layers`` student keeps: every other one from the first, or those listed."""
+    return list(range(0, depth, 2)) if spec.layers == "alternate" else list(spec.layers or [])
+
+
+def check_loss_names(terms: list[LossTerm], key: str, recipe_student: StudentSpec, teacher: torch.nn.Module,
+                     num_classes: int, in_channels: int) -> None:
+    """Resolve every module name a stage's losses use, before any stage runs.
+
+    A width (or pruned) student has the teacher's module names (pruning keeps names), so the teacher
+    stands in for it; an arch or layer-dropped student is built (cheap) and checked.
+    """
+    if recipe_student.layers is not None:  # a layer-dropped text student: fewer blocks than the teacher
+        from ...models.text import drop_layers, encoder_layers
+
+        student = drop_layers(teacher, kept_layers(recipe_student, len(encoder_layers(teacher)[1])))
+    else:
+        student = teacher if recipe_student.arch is None else build_model(
+            recipe_student.arch, num_classes=num_classes, in_channels=in_channels, arch_args=recipe_student.arch_args)
+    bind_terms(terms, key, student, teacher)
+
+
+def _make_student(variants: dict[str, Artifact], source: Artifact,
+                  ctx: StageContext) -> tuple[torch.nn.Module, str, dict, dict]:
+    """The untrained student, its rebuild recipe (arch, kwargs) and extra artifact metadata."""
+    spec, splits = ctx.recipe.student, ctx.splits
+    kwargs = {"num_classes": splits.num_classes, "in_channels": splits.input_shape[0]}
+    if role_of(source.variant) == "student":  # a prune stage made the student: distillation continues it
+        student = copy.deepcopy(ctx.model(variants, source.variant))
+        metrics = source.meta.get("metrics", {})
+        extra = {"channels": source.meta["channels"], "input_shape": source.meta["input_shape"],
+                 "derived": {**source.meta.get("derived", {}), "continued_by": "distill"},
+                 "pruned": {k: metrics.get(k) for k in ("params_before", "macs_before", "params", "macs", "latency")
+                            if k in metrics}}
+        return student, source.meta.get("arch") or "", source.meta.get("arch_kwargs", kwargs), extra
+    if spec.arch is not None:
+        torch.manual_seed(ctx.recipe.seed)
+        if spec.arch_args:
+            kwargs = {**kwargs, "arch_args": spec.arch_args}
+        return build_model(spec.arch, **kwargs), spec.arch, kwargs, {}
+    if spec.layers is not None:  # a text teacher's layers, every other one or those named
+        from ...models.text import drop_layers, encoder_layers
+
+        teacher = ctx.model(variants, source.variant)
+        keep = kept_layers(spec, len(encoder_layers(teacher)[1]))
+        student = drop_layers(teacher, keep).requires_grad_(True)  # the teacher's copy was frozen
+        kwargs = source.meta.get("arch_kwargs", kwargs)
+        kwargs = {**kwargs, "arch_args": {**kwargs.get("arch_args", {}), "layers": keep}}
+        return student, source.meta.get("arch") or "", kwargs, {"derived": {"from": source.variant, "layers": keep}}
+    width = spec.width if spec.width is not None else 0.5
+    teacher = ctx.model(variants, source.variant)
+    torch.manual_seed(ctx.recipe.seed)
+    student = uniform_width(teacher, splits.example(1), width, splits.num_classes, keep_weights=spec.init == "pruned")
+    extra = {"channels": channel_plan(student), "input_shape": list(splits.input_shape),
+             "derived": {"from": source.variant, "width": width, "init": spec.init}}
+    return student, source.meta.get("arch") or "", source.meta.get("arch_kwargs", kwargs), extra

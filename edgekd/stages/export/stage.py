@@ -1,0 +1,254 @@
+"""The export stage: every variant to ONNX, checked, and compared with the torch model it came from.
+
+FP32 variants go through torch's TorchScript exporter and INT8 variants through Brevitas' QCDQ
+exporter, both at a fixed batch of 1 (the edge case) and the recipe's opset. Each file must pass
+``onnx.checker`` with strict shape inference, and its outputs on real test samples, run by ONNX
+Runtime as an exact reference interpreter (graph optimizations off), must match the torch model: within ``fp32_atol``/``fp32_rtol``
+for FP32; for INT8 files on the model's own integer grids, the fake-quantized torch model by
+``edgekd.stages.export.int8_fidelity``'s three answers (matches by SQNR; matches op by op; or diverges at a named op),
+with top-1 agreement on the samples that are not near-ties recorded beside it; ONNX Runtime's dynamic
+layout, which requantizes by design, by that agreement (or cosine, for embeddings). A failed check fails
+the stage with the numbers.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...artifacts.artifact import Artifact, config_hash, count_params_macs, onnx_size_bytes
+from ...backends import BACKENDS
+from ...config import ExportConfig, Recipe, Target
+from ...errors import StageError, first_line
+from .exporting import export_fp32, export_program
+from ...progress import console
+from ...fileio import atomic_path
+from .int8_layouts import (DYNAMIC_LAYOUT, ONEDNN_LAYOUT, layout_path, onednn_float_convs, write_dynamic,
+                           write_s8s8_onednn, write_u8s8)
+from .parity import decisive_agreement, parity
+from ..quantize.quantization import export_qdq
+from ...data.packed import packed_feed
+from ...models.text import TextModel
+from ...artifacts.onnx_files import write_metadata
+from ...train.evaluate import predict_logits
+from ..base import STAGES, StageContext
+
+
+def resolve_torch_program(recipe: Recipe, targets: list[Target]) -> Recipe:
+    """Settle ``torch_program`` before any stage runs: programs are written only when a torch target
+    will run them (a torch.export costs seconds per variant), and the choice lands in
+    recipe.resolved.yaml and in the stage's resume key."""
+    wanted = any(BACKENDS.get(t.backend).file_suffix == ".pt2" for t in targets)
+    stages = [s.model_copy(update={"torch_program": wanted}) if isinstance(s, ExportConfig) and s.torch_program is None
+              else s for s in recipe.stages]
+    return recipe.model_copy(update={"stages": stages})
+
+
+@STAGES.register("export")
+def export(variants: dict[str, Artifact], cfg: ExportConfig, ctx: StageContext) -> list[Artifact]:
+    out: list[Artifact] = []
+    example = ctx.splits.example(1, "test")
+    parity_x = ctx.splits.example(cfg.parity_samples, "test")
+    embedding = ctx.splits.embedding_targets is not None  # outputs are sentence embeddings, not logits
+    deployment = {"preprocess": ctx.splits.preprocess.to_json(), "class_names": ctx.splits.class_names,
+                  "input_shape": [1, *ctx.splits.input_shape]}
+    for name, art in variants.items():
+        if art.kind == "onnx":
+            continue
+        model = ctx.model(variants, name).eval()
+        path = ctx.stage_dir / f"{name}.onnx"
+        with atomic_path(path) as tmp, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                if art.precision == "int8":
+                    export_qdq(model, example, tmp, cfg.opset)
+                else:
+                    export_fp32(model, example, tmp, cfg.opset)
+            except Exception as exc:  # noqa: BLE001 - exporters raise many types for unsupported ops
+                raise StageError(f"export {name}: ONNX export failed at opset {cfg.opset} ({exc})") from None
+            write_metadata(tmp, deployment)  # how to make the inputs the backends were scored on
+            check_onnx(tmp, name)
+            logits = predict_logits(model, ctx.splits, "test").numpy()  # the torch model on the test split
+            checked = compare_with_torch(tmp, logits[:len(parity_x)], parity_x, art.precision, cfg, name, embedding,
+                                         model)
+        layouts = {}
+        if art.precision == "int8":  # each runtime's INT8 layout, from the same file, each parity-checked
+            writers = {"u8s8": write_u8s8}
+            if isinstance(model, TextModel):
+                writers[DYNAMIC_LAYOUT] = write_dynamic  # ONNX Runtime runs transformers fastest so
+            if onednn_float_convs(path):  # convs OpenVINO's CPU runs faster in float than in its INT8 fallback
+                writers[ONEDNN_LAYOUT] = write_s8s8_onednn
+            for layout, write in writers.items():
+                layouts[layout] = layout_path(path, layout)
+                with atomic_path(layouts[layout]) as tmp:
+                    write(path, tmp)
+                    check_onnx(tmp, f"{name} ({layout})")
+                    checked[layout] = compare_with_torch(tmp, logits[:len(parity_x)], parity_x, art.precision, cfg,
+                                                         f"{name} ({layout})", embedding, model,
+                                                         requantized=layout == DYNAMIC_LAYOUT)
+        program = None
+        if cfg.torch_program and art.precision != "int8":  # the torch baseline runs the float graph
+            program = ctx.stage_dir / f"{name}.pt2"
+            try:
+                with atomic_path(program) as tmp:
+                    export_program(model, example, tmp)
+            except Exception as exc:  # noqa: BLE001 - torch.export raises many types for untraceable code
+                console.print(f"export {name}: no torch.export program for the torch baseline "
+                              f"({first_line(exc, with_type=True)})", style="yellow")
+                program = None
+        reference = ctx.stage_dir / f"{name}.reference.npy"  # kept for each backend's parity at measurement
+        with atomic_path(reference) as tmp:
+            np.save(tmp, logits)
+        metrics = art.meta.get("metrics", {})
+        params, macs = metrics.get("params"), metrics.get("macs")
+        if params is None:
+            params, macs = count_params_macs(model, ctx.splits.input_shape)
+        meta = {"source": art.path, "size_bytes": onnx_size_bytes(path), "params": params, "macs": macs,
+                "parity": checked, "reference_logits": str(reference), "input_shape": [1, *ctx.splits.input_shape], "opset": cfg.opset,
+                "program": str(program) if program else None,
+                "layouts": {k: str(v) for k, v in layouts.items()},
+                "kept_float": art.meta.get("quantization", {}).get("float_layers", {}),
+                "accuracy_torch": metrics.get("test_accuracy_torch")}
+        out.append(Artifact(name, "onnx", art.precision, str(path), "export", name,
+                            config_hash(cfg.model_dump(), art.config_hash), meta))
+    return out
+
+
+def check_onnx(path: Path, name: str) -> None:
+    import onnx
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise StageError(f"export {name}: onnx.checker rejected {path.name} ({first_line(exc)})") from None
+
+
+INTEGER_OPS = {"MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul", "DynamicQuantizeMatMul",
+               "MatMulIntegerToFloat"}  # ops whose ORT kernels depend on the CPU's integer instructions
+
+
+def compare_with_torch(path: Path, ref: np.ndarray, x: torch.Tensor, precision: str, cfg: ExportConfig,
+                       name: str, embedding: bool = False, model: torch.nn.Module | None = None,
+                       requantized: bool = False) -> dict[str, Any]:
+    """The ONNX file's outputs on ``x`` against ``ref``, the torch model's logits on the same ``x``.
+
+    An INT8 file on the model's own grids gets ``judge_exact``'s verdict (``model``, the fake-quantized
+    torch model, lets it compare op by op); a ``requantized`` layout (ONNX Runtime's dynamic one measures
+    its activation ranges per call) is judged by top-1 agreement, or cosine for ``embedding`` outputs."""
+    import onnxruntime as ort
+
+    # Optimizations off: ORT then interprets QDQ exactly (DequantizeLinear -> float op -> QuantizeLinear),
+    # so this checks the file, not a CPU's int8 kernels (those show in each target's accuracy). A file with
+    # integer-arithmetic ops (the dynamic layout's MatMulInteger) has no such float path in ORT, and ORT's
+    # u8s8 kernels saturate on x86 CPUs without VNNI (255 x 127 pairs clip at 32767): such a file is
+    # interpreted by onnx's own reference evaluator, exact on every machine.
+    import onnx
+
+    if INTEGER_OPS & {n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node}:
+        from onnx.reference import ReferenceEvaluator
+
+        try:
+            evaluator = ReferenceEvaluator(str(path))
+        except Exception as exc:  # noqa: BLE001 - an op the reference evaluator lacks: say so, use ORT
+            raise StageError(f"export {name}: onnx's reference evaluator cannot interpret {path.name} exactly "
+                             f"({type(exc).__name__}: {str(exc)[:160]})") from None
+        names = list(evaluator.input_names)
+        run = lambda feed: evaluator.run(None, feed)[0]  # noqa: E731
+    else:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        names = [i.name for i in sess.get_inputs()]
+        run = lambda feed: sess.run(None, feed)[0]  # noqa: E731
+    got = np.concatenate([run(packed_feed(x[i:i + 1].numpy(), names)) for i in range(len(x))])
+    if got.shape != ref.shape:
+        raise StageError(f"export {name}: ONNX output shape {got.shape} != torch {ref.shape}")
+    for what, logits in (("the ONNX file", got), ("the torch model", ref)):
+        if not np.isfinite(logits).all():  # NaN compares as nothing: it must fail, not pass as max |diff| nan
+            raise StageError(f"export {name}: {what} computed NaN/Inf logits on {int((~np.isfinite(logits)).any(1).sum())} "
+                             f"of {len(logits)} check samples")
+    result = {**parity(ref, got), "reference": "fake-quantized torch model" if precision == "int8" else "torch model"}
+    diff = result["max_abs_diff"]
+    if precision == "int8":
+        result.update(decisive_agreement(ref, got))  # reported; the gate is the verdict below
+        if embedding:
+            result["cosine"] = float(np.mean(np.sum(got * ref, 1) / np.maximum(
+                np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1), 1e-12)))
+        if requantized:
+            judge_requantized(result, cfg, name, embedding, len(x))
+        else:
+            result.update(judge_exact(path, ref, got, x, cfg, name, model))
+    else:
+        limit = cfg.fp32_atol + cfg.fp32_rtol * float(np.max(np.abs(ref)))
+        if diff > limit:
+            raise StageError(f"export {name}: ONNX output differs from torch by {diff:.3g} > {limit:.3g} "
+                             f"(fp32_atol={cfg.fp32_atol}, fp32_rtol={cfg.fp32_rtol})")
+        result["tolerance"] = limit
+    return result
+
+
+def judge_exact(path: Path, ref: np.ndarray, got: np.ndarray, x: torch.Tensor, cfg: ExportConfig, name: str,
+                model: torch.nn.Module | None) -> dict[str, Any]:
+    """The three answers of ``edgekd.stages.export.int8_fidelity``: matches (SQNR at least ``int8_min_sqnr_db``; equal
+    outputs, tied or all-zero ones included, are infinitely close); matches op by op (every op reproduces
+    the model's integers from its own inputs: the logits' gap is rounding the network amplifies); or
+    diverges, a StageError naming the op."""
+    from .int8_fidelity import localize, own_rounding_db, worst_sample
+    from .parity import sqnr_db
+
+    sqnr = sqnr_db(ref, got)
+    if sqnr >= cfg.int8_min_sqnr_db:
+        return {"verdict": "matches", "judged_by": f"SQNR against the fake-quant model >= {cfg.int8_min_sqnr_db} dB"}
+    shown = "-inf" if sqnr == -np.inf else f"{sqnr:.1f}"
+    if model is None:
+        raise StageError(f"export {name}: the file's outputs are {shown} dB from the fake-quant model's, below "
+                         f"int8_min_sqnr_db={cfg.int8_min_sqnr_db}")
+    worst = worst_sample(ref, got)  # where the outputs are furthest apart: the first may show nothing
+    where = localize(path, model, x[worst:worst + 1])
+    where.sample = worst
+    if not where.aligned:
+        raise StageError(f"export {name}: the file's outputs are {shown} dB from the fake-quant model's, below "
+                         f"int8_min_sqnr_db={cfg.int8_min_sqnr_db}, and the two cannot be compared op by op "
+                         f"({where.why})")
+    bad = where.first_divergence
+    if bad is not None:
+        ops = ", ".join(bad.ops) or "nothing but quantization"
+        raise StageError(f"export {name}: the file computes something other than its fake-quant model at {ops} "
+                         f"(before quantizer {bad.module}): from the model's own inputs its output is "
+                         f"{bad.worst_steps} steps off on {bad.off_fraction:.2%} of the values; outputs {shown} dB "
+                         f"apart (int8_min_sqnr_db={cfg.int8_min_sqnr_db})")
+    floor = own_rounding_db(model, x)
+    itself = "" if floor is None else (f"; the model computed in float64 is {floor:.1f} dB from itself in float32, "
+                                       "so rounding alone moves it this far")
+    return {"verdict": "matches op by op", "localization": where.to_json(), "own_rounding_db": floor,
+            "judged_by": (f"outputs {shown} dB apart, below {cfg.int8_min_sqnr_db} dB, but on the furthest sample "
+                          f"({worst}) every one of the {len(where.sites)} quantized ops reproduces the model's "
+                          f"integers to within one step from the model's own inputs: rounding differences the "
+                          f"network amplifies{itself}")}
+
+
+def judge_requantized(result: dict[str, Any], cfg: ExportConfig, name: str, embedding: bool, samples: int) -> None:
+    """A layout that quantizes activations its own way cannot match the model's grids: it must agree
+    with the model's answers (top-1 on the samples that are not near-ties, or cosine for embeddings)."""
+    diff = result["max_abs_diff"]
+    if embedding:
+        result["verdict"] = "agrees" if result["cosine"] >= cfg.int8_min_cosine else "diverges"
+        if result["cosine"] < cfg.int8_min_cosine:
+            raise StageError(f"export {name}: ONNX embeddings have mean cosine {result['cosine']:.4f} to the fake-quant "
+                             f"model's, below int8_min_cosine={cfg.int8_min_cosine} (max |diff| {diff:.4g})")
+        return
+    judged, decisive = result["top1_agreement_decisive"], result["decisive_samples"]
+    if judged is None:
+        result.update(verdict="undecidable", judged_by="every sample's top-2 logits tie within the noise")
+        return
+    result["verdict"] = "agrees"
+    if judged < cfg.int8_min_top1_agreement:
+        raise StageError(f"export {name}: ONNX top-1 agrees with the fake-quant model on {judged:.3f} of the "
+                         f"{decisive} decisive samples ({result['top1_agreement']:.3f} of all {samples}; "
+                         f"near-ties within {result['tie_margin']:.3g} left out), below "
+                         f"int8_min_top1_agreement={cfg.int8_min_top1_agreement} (max |diff| {diff:.4g})")
