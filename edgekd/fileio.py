@@ -1,4 +1,4 @@
-"""Atomic writes: a file appears whole under its final name or not at all.
+"""Atomic writes (a file appears whole under its final name or not at all) and content hashes.
 
 An interrupted run therefore leaves the last good files intact, and ``--resume`` can trust any
 file it finds.
@@ -7,6 +7,7 @@ file it finds.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -100,3 +101,24 @@ def cache_dir() -> Path:
     """edgekd's cache for things worth keeping across runs (OpenVINO blobs, TensorRT engines, latency
     tables, a trained default teacher): ``$EDGEKD_CACHE``, default ``~/.cache/edgekd``."""
     return Path(os.environ.get("EDGEKD_CACHE", Path.home() / ".cache" / "edgekd"))
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a file's bytes, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def content_sha256(path: str | Path) -> str:
+    """SHA-256 of a file's bytes, or of a folder's files (their paths relative to it and their bytes, in
+    sorted order): an image folder whose one image changed hashes differently."""
+    path = Path(path)
+    if path.is_file():
+        return file_sha256(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(path)).encode() + b"\0" + file_sha256(file).encode())
+    return digest.hexdigest()

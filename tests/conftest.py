@@ -86,7 +86,7 @@ def reseal(run_dir: Path) -> Path:
     report and gate refuse a run whose files changed after it completed."""
     import json
 
-    from edgekd.run.rundir import output_hashes, record_report
+    from edgekd.artifacts.rundir import output_hashes, record_report
 
     manifest = json.loads((run_dir / "manifest.json").read_text())
     manifest["outputs"] = output_hashes(run_dir)

@@ -154,13 +154,15 @@ def test_silu_and_hardswish_run_their_product_as_int8_mul_on_onnx_runtime(tmp_pa
 def test_hardswish_is_split_only_for_recipes_whose_targets_all_run_onnx_runtime():
     from edgekd.backends.target import Target as T
     from edgekd.config import load_recipe
-    from edgekd.stages.quantize import resolve_hardswish
+    from edgekd.run.targets import target_facts
+    from edgekd.stages.base import resolve_stages
 
     recipe = load_recipe("default")
     ort, ov = T(name="o", backend="onnxruntime"), T(name="v", backend="openvino")
 
     def chosen(targets):
-        return {s.hardswish for s in resolve_hardswish(recipe, targets).stages if s.stage == "quantize"}
+        settled = resolve_stages(recipe, target_facts(targets))
+        return {s.hardswish for s in settled.stages if s.stage == "quantize"}
 
     assert chosen([ort]) == {"split"} and chosen([ort, ov]) == {"fused"} and chosen([ov]) == {"fused"}
 

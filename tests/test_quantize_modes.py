@@ -264,7 +264,7 @@ def test_graph_input_quantization_is_unsigned_for_cpus_or_signed_for_tensorrt(in
 
 
 @pytest.mark.parametrize("targets,centred,expected", [
-    (["gpu-tensorrt"], False, "cannot run on TensorRT (target gpu-tensorrt)"),
+    (["gpu-tensorrt"], False, "cannot run on tensorrt (target gpu-tensorrt)"),
     ([], True, "'unsigned' but the data has negative values")])
 def test_unsigned_graph_input_is_refused_where_it_cannot_work(targets, centred, expected, tiny_teacher, tmp_path):
     data = TINY_DATA

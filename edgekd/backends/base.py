@@ -27,8 +27,15 @@ class Capabilities:
     devices: tuple[str, ...]
     options: tuple[str, ...] = ()
     precisions: tuple[str, ...] = ()
-    # (device, INT8 layout of edgekd.stages.export.int8_layouts), best first, where a device's kernels want another than s8s8
+    # (device, INT8 layout of edgekd.stages.export.int8_layouts), best first, where a device's kernels want another
+    # than s8s8
     int8_layouts: tuple[tuple[str, str], ...] = ()
+    # "signed": its INT8 takes only signed activations with zero point 0 (TensorRT's explicit quantization),
+    # so a graph input quantized to UINT8 would not build; "any" otherwise
+    int8_input: str = "any"
+    # the form of Hardswish it runs fastest in INT8: "split" (x * hardsigmoid(x), ONNX Runtime's QLinear ops)
+    # or "fused" (one HardSwish op, OpenVINO's; the split form costs it what it gains ORT: benchmarks/int8_zoo.py)
+    hardswish: str = "fused"
 
 
 class CompiledModel(ABC):

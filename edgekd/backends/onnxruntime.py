@@ -106,7 +106,7 @@ class OnnxRuntimeBackend(Backend):
     pip_extra = ""
     capabilities = Capabilities(devices=("CPU", "CUDA", "TENSORRT"), options=("inter_op_threads", "spinning"),
                                 # transformers: the dynamic layout where written (export writes it for text models)
-                                int8_layouts=(("CPU", "dynamic"), ("CPU", "u8s8"), ("CUDA", "u8s8")))
+                                int8_layouts=(("CPU", "dynamic"), ("CPU", "u8s8"), ("CUDA", "u8s8")), hardswish="split")
 
     def availability(self) -> tuple[bool, str]:
         try:

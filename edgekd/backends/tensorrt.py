@@ -183,7 +183,7 @@ class TensorRTBackend(Backend):
     name = "tensorrt"
     pip_extra = "tensorrt"
     capabilities = Capabilities(devices=("GPU",), options=("precision", "workspace_mb", "cache"),
-                                precisions=("fp32", "fp16", "int8"))
+                                precisions=("fp32", "fp16", "int8"), int8_input="signed")
 
     def availability(self) -> tuple[bool, str]:
         try:

@@ -25,7 +25,7 @@ def save(
 
     with handle_errors():
         report = load_report(run_dir)
-        from ..run.rundir import refuse_overwriting_a_run
+        from ..artifacts.rundir import refuse_overwriting_a_run
 
         target = refuse_overwriting_a_run(out_file or (run_dir if run_dir.is_dir() else run_dir.parent)
                                           / "baseline.json", "--out")

@@ -33,7 +33,7 @@ def gate(
     with handle_errors():
         if budget is None and baseline is None:
             raise BudgetError("gate needs --budget FILE, --baseline FILE, or both")
-        from ..run.rundir import refuse_overwriting_a_run
+        from ..artifacts.rundir import refuse_overwriting_a_run
 
         if junit is not None:
             refuse_overwriting_a_run(junit, "--junit")

@@ -18,6 +18,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ..fileio import file_sha256
+
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8",
              "amx_tile", "asimd", "asimddp", "sve")  # x86 then ARM (NEON is "asimd", dot product "asimddp")
 RUNTIMES = ("onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "torch", "onnx", "numpy")
@@ -79,12 +81,6 @@ def machine() -> dict[str, Any]:
     return {**desc, "machine_id": hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]}
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def fingerprint(artifact: Path) -> dict[str, Any]:

@@ -17,7 +17,8 @@ from ..backends.inputs import FeedSpec, ShapeRequest, feed_for, with_batch
 from .int8_verdict import judge
 from ..stages.export.parity import parity
 from .latency import LatencyStats, measure_latency, peak_rss_mb, reset_peak_rss, rss_mb, throughput, time_calls, warm_up
-from .fingerprint import file_sha256 as fingerprint_sha256, fingerprint
+from ..fileio import file_sha256 as fingerprint_sha256
+from .fingerprint import fingerprint
 from ..config import LatencySpec, Target
 from ..errors import BackendError, BackendUnavailable, CheckpointError, EdgekdError, InputError, first_line
 from ..progress import progress_bar

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, first_line
-from ..measure.fingerprint import file_sha256
+from ..fileio import file_sha256
 
 SAFE_TORCH = (2, 10)
 
@@ -193,7 +193,7 @@ def load_hf_checkpoint(directory: Path, arch: str, *, task: str, num_classes: in
                        policy: LoadPolicy | None = None) -> LoadedCheckpoint:
     """A Hugging Face model folder (``--arch hf:DIR``), loaded offline by transformers; safetensors
     only unless ``--trust-checkpoint`` (``text.models.load_hf``). The hash covers every file in it."""
-    from ..run.rundir import content_sha256
+    from ..fileio import content_sha256
     from .text import load_hf
 
     policy = policy or LoadPolicy()

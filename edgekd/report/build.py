@@ -24,7 +24,7 @@ MB = 1 << 20
 def build_report(run_dir: Path, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
     """The report of a finished run whose models and measurements are the bytes it recorded. ``manifest``:
     the one compress has just written with those hashes (not hashed a second time)."""
-    from ..run.rundir import verified_manifest
+    from ..artifacts.rundir import verified_manifest
 
     manifest = manifest if manifest is not None else verified_manifest(run_dir, rebuilding_report=True)
     try:
@@ -95,7 +95,7 @@ def read_document(path: Path, missing: str) -> Any:
 def load_report(path: Path) -> dict[str, Any]:
     """A finished run's report.json (given the run directory or the file inside it), after the run's
     manifest vouches for every file it made (``rundir.verified_manifest``), checked against the schema."""
-    from ..run.rundir import verified_manifest
+    from ..artifacts.rundir import verified_manifest
 
     if not path.exists():
         raise ReportError(f"{path}: not found (give a run directory made by 'edgekd compress')")
@@ -285,7 +285,7 @@ def write_report(run_dir: Path, manifest: dict[str, Any] | None = None) -> dict[
     write_text(run_dir / "report.md", render_markdown(report))
     render_plot(report, run_dir / "tradeoff.png")
     write_text(run_dir / "report.html", render_html(report, (run_dir / "tradeoff.png").read_bytes()))
-    from ..run.rundir import record_report
+    from ..artifacts.rundir import record_report
 
     record_report(run_dir)
     return report

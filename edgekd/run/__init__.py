@@ -1,1 +1,1 @@
-"""A compress run: the stages in recipe order, the run directory as a transaction, the manifest."""
+"""A compress run: the recipe settled against its targets, the stages in recipe order, the manifest."""

@@ -33,18 +33,17 @@ from ..fileio import atomic_path, read_json, write_json, write_text
 from ..report.gate import Verdict, evaluate_budget
 from ..stages.export.int8_layouts import layout_path
 from ..measure.int8_verdict import fp32_counterpart, judge, time_against_fp32
-from ..backends import BACKENDS, check_runs_here
+from ..backends import BACKENDS
 from ..measure.measurement import BackendPool, add_repeats, empty_result, latency_probe, measure
 from ..names import checked_file_name
 from ..progress import console
 from ..report.build import write_report
-from .rundir import RunDirectory, check_free_space, input_hashes, output_hashes, remove_stale
+from ..artifacts.rundir import RunDirectory, check_free_space, input_hashes, output_hashes, remove_stale
 from ..stages import STAGES, StageContext
 from ..stages.base import RecipeReads, recipe_field_hashes
 from ..stages.distill.stage import check_loss_names
-from ..stages.export.stage import resolve_torch_program
 from ..stages.preflight import preflight
-from ..stages.quantize import resolve_hardswish, resolve_input_quant
+from .targets import settle_targets
 from ..train import distributed
 from ..train.device import resolve_device
 from ..train.evaluate import accuracy, predict_logits
@@ -200,8 +199,7 @@ def compress(checkpoint: str | Path | None = None, *, arch: str | None = None,
         except ValidationError as exc:
             e = exc.errors()[0]
             raise InputError(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}") from None
-    target_objs = [check_runs_here(load_target(t)) for t in rec.targets]
-    rec = resolve_torch_program(resolve_hardswish(resolve_input_quant(rec, target_objs), target_objs), target_objs)
+    rec, target_objs = settle_targets(rec)
     budget_obj = budget if isinstance(budget, Budget) or budget is None else load_budget(budget)
     ckpt = Path(checkpoint) if checkpoint is not None else None
     if is_hf(rec.arch):  # a Hugging Face folder is the checkpoint itself

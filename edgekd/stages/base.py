@@ -128,6 +128,32 @@ StageFn = Callable[[dict[str, Artifact], Any, StageContext], list[Artifact]]
 STAGES: Registry[StageFn] = Registry("stage", RecipeError)
 
 
+@dataclass(frozen=True)
+class TargetFacts:
+    """A target as a stage may know it: its name and what its backend declares (``backends.Capabilities``),
+    as data. Stages never import a backend; the run wing hands these to each stage's resolver."""
+
+    name: str
+    backend: str
+    file_suffix: str   # the file its backend runs: ".onnx", or ".pt2" for the torch baseline
+    int8_input: str    # "signed": INT8 activations only signed with zero point 0 (TensorRT); else "any"
+    hardswish: str     # the Hardswish form it runs fastest: "split" or "fused"
+
+
+# A stage's resolver settles what its config leaves to the targets ("auto", None) before any stage runs,
+# so the choice lands in recipe.resolved.yaml and in the stage's resume key: (config, targets, where in
+# the recipe, e.g. "stages.2") -> the config. A stage without one keeps its config as written.
+StageResolver = Callable[[Any, list[TargetFacts], str], Any]
+RESOLVERS: Registry[StageResolver] = Registry("stage resolver", RecipeError)
+
+
+def resolve_stages(recipe: Recipe, targets: list[TargetFacts]) -> Recipe:
+    """The recipe with every stage's config settled by its stage's resolver."""
+    stages = [RESOLVERS.get(spec.stage)(spec, targets, f"stages.{i}") if spec.stage in RESOLVERS else spec
+              for i, spec in enumerate(recipe.stages)]
+    return recipe.model_copy(update={"stages": stages})
+
+
 def current(variants: dict[str, Artifact]) -> Artifact:
     """The variant a transforming stage works on: the most recent torch artifact."""
     return [a for a in variants.values() if a.kind != "onnx"][-1]

@@ -81,7 +81,7 @@ def test_expect_sha256_is_checked_before_the_file_is_opened(tmp_path, target, ti
     wrong = invoke("compress", tiny_teacher, "--recipe", recipe(tmp_path / "r.yaml", target), "--out", tmp_path / "a",
                    "--expect-sha256", "0" * 64, "--dry-run")
     assert wrong.exit_code == 2 and "SHA-256 is" in one_line_error(wrong.output)
-    from edgekd.measure.fingerprint import file_sha256
+    from edgekd.fileio import file_sha256
 
     right = invoke("compress", tiny_teacher, "--recipe", tmp_path / "r.yaml", "--out", tmp_path / "b",
                    "--expect-sha256", file_sha256(tiny_teacher).upper(), "--dry-run")
@@ -238,7 +238,7 @@ def test_a_run_killed_during_measurement_is_refused_by_report_and_gate(tmp_path,
 HOLD_LOCK = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from edgekd.run.rundir import RunLock
+    from edgekd.artifacts.rundir import RunLock
     lock = RunLock(Path(sys.argv[1])).acquire()
     print("held", flush=True)
     time.sleep(60)
@@ -354,7 +354,7 @@ def test_a_full_disk_is_exit_2_and_leaves_no_half_written_file(tmp_path, target,
 
 
 def test_too_little_free_space_is_refused_before_any_work(tmp_path, target, tiny_teacher, monkeypatch):
-    import edgekd.run.rundir as rundir
+    import edgekd.artifacts.rundir as rundir
 
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(rundir.shutil, "disk_usage", lambda p: usage._replace(free=1 << 20))

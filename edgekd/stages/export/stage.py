@@ -21,8 +21,7 @@ import numpy as np
 import torch
 
 from ...artifacts.artifact import Artifact, config_hash, count_params_macs, onnx_size_bytes
-from ...backends import BACKENDS
-from ...config import ExportConfig, Recipe, Target
+from ...config import ExportConfig
 from ...errors import StageError, first_line
 from .exporting import export_fp32, export_program
 from ...progress import console
@@ -35,17 +34,16 @@ from ...data.packed import packed_feed
 from ...models.text import TextModel
 from ...artifacts.onnx_files import write_metadata
 from ...train.evaluate import predict_logits
-from ..base import STAGES, StageContext
+from ..base import RESOLVERS, STAGES, StageContext, TargetFacts
 
 
-def resolve_torch_program(recipe: Recipe, targets: list[Target]) -> Recipe:
-    """Settle ``torch_program`` before any stage runs: programs are written only when a torch target
-    will run them (a torch.export costs seconds per variant), and the choice lands in
-    recipe.resolved.yaml and in the stage's resume key."""
-    wanted = any(BACKENDS.get(t.backend).file_suffix == ".pt2" for t in targets)
-    stages = [s.model_copy(update={"torch_program": wanted}) if isinstance(s, ExportConfig) and s.torch_program is None
-              else s for s in recipe.stages]
-    return recipe.model_copy(update={"stages": stages})
+@RESOLVERS.register("export")
+def resolve_export(spec: ExportConfig, targets: list[TargetFacts], where: str) -> ExportConfig:
+    """Settle ``torch_program``: programs are written only when a torch target will run them (a
+    torch.export costs seconds per variant)."""
+    if spec.torch_program is None:
+        spec = spec.model_copy(update={"torch_program": any(t.file_suffix == ".pt2" for t in targets)})
+    return spec
 
 
 @STAGES.register("export")

@@ -1,6 +1,4 @@
-"""The quantize stage and the helper only it uses: accuracy-driven mixed precision."""
+"""The quantize stage and what only it uses: Brevitas quantization (quantization, quant_capture,
+brevitas_rules) and accuracy-driven mixed precision."""
 
 from . import stage  # noqa: F401  (registration)
-from .stage import resolve_hardswish, resolve_input_quant
-
-__all__ = ["resolve_hardswish", "resolve_input_quant"]

@@ -13,44 +13,33 @@ import json
 import torch
 
 from ...artifacts.artifact import Artifact, config_hash, save_torch
-from ...config import LayerOverride, QuantizeConfig, Recipe, Target
+from ...config import LayerOverride, QuantizeConfig
 from ..layer_patterns import match_layers
 from ...errors import RecipeError, StageError
 from ...progress import console
 from .quantization import (FLOAT_PATH_TOLERANCE, calibrate, float_path_difference, layer_names, quantize_model,
                            weight_range)
 from ...train.evaluate import accuracy
-from ..base import STAGES, StageContext, current, role_of
+from ..base import RESOLVERS, STAGES, StageContext, TargetFacts, current, role_of
 from .mixed_precision import search
 
 
-def resolve_hardswish(recipe: Recipe, targets: list[Target]) -> Recipe:
-    """Settle ``hardswish: auto`` from the recipe's targets: split only when ONNX Runtime runs every
-    target, since the split form costs OpenVINO what it gains ONNX Runtime (benchmarks/int8_zoo.py).
-    The choice lands in recipe.resolved.yaml and in the stage's resume key."""
-    only_ort = bool(targets) and all(t.backend == "onnxruntime" for t in targets)
-    stages = [spec.model_copy(update={"hardswish": "split" if only_ort else "fused"})
-              if isinstance(spec, QuantizeConfig) and spec.hardswish == "auto" else spec for spec in recipe.stages]
-    return recipe.model_copy(update={"stages": stages})
-
-
-def resolve_input_quant(recipe: Recipe, targets: list[Target]) -> Recipe:
-    """Settle ``input_quant: auto`` for TensorRT before any stage runs: its explicit quantization takes
-    only signed INT8 with zero point 0, so a UINT8 graph input would not build there. The choice lands
-    in recipe.resolved.yaml and in the stage's resume key."""
-    trt = [t.name for t in targets if t.backend == "tensorrt"]
-    if not trt:
-        return recipe
-    stages = []
-    for i, spec in enumerate(recipe.stages):
-        if isinstance(spec, QuantizeConfig) and spec.input_quant == "unsigned":
-            raise RecipeError(f"stages.{i}.input_quant: 'unsigned' cannot run on TensorRT (target {trt[0]}); "
-                              "use auto or signed")
-        if isinstance(spec, QuantizeConfig) and spec.input_quant == "auto":
-            console.print(f"quantize: signed INT8 graph input, for TensorRT target(s) {', '.join(trt)}")
-            spec = spec.model_copy(update={"input_quant": "signed"})
-        stages.append(spec)
-    return recipe.model_copy(update={"stages": stages})
+@RESOLVERS.register("quantize")
+def resolve_quantize(spec: QuantizeConfig, targets: list[TargetFacts], where: str) -> QuantizeConfig:
+    """Settle ``hardswish: auto`` (split only when every target runs the split form fastest: the split form
+    costs OpenVINO what it gains ONNX Runtime) and ``input_quant: auto`` (signed where a target's INT8
+    takes only signed inputs: a UINT8 graph input would not build on TensorRT)."""
+    if spec.hardswish == "auto":
+        split = bool(targets) and all(t.hardswish == "split" for t in targets)
+        spec = spec.model_copy(update={"hardswish": "split" if split else "fused"})
+    signed = [t for t in targets if t.int8_input == "signed"]
+    if signed and spec.input_quant == "unsigned":
+        raise RecipeError(f"{where}.input_quant: 'unsigned' cannot run on {signed[0].backend} (target "
+                          f"{signed[0].name}): its INT8 takes only signed inputs; use auto or signed")
+    if signed and spec.input_quant == "auto":
+        console.print(f"quantize: signed INT8 graph input, for target(s) {', '.join(t.name for t in signed)}")
+        spec = spec.model_copy(update={"input_quant": "signed"})
+    return spec
 
 
 @STAGES.register("quantize")

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable
 
 from ..errors import InputError
-from ..measure.fingerprint import file_sha256
+from ..fileio import content_sha256
 
 LOCK_NAME = ".edgekd.lock"
 TEMPORARY_GLOB = ".*.tmp*"  # what fileio.atomic_path writes before renaming into place
@@ -186,16 +185,6 @@ def check_free_space(run_dir: Path, model_bytes: int, stages: int) -> int:
     return need
 
 
-def content_sha256(path: str | Path) -> str:
-    """SHA-256 of a file's bytes, or of a folder's files (their paths relative to it and their bytes, in
-    sorted order): an image folder whose one image changed hashes differently."""
-    path = Path(path)
-    if path.is_file():
-        return file_sha256(path)
-    digest = hashlib.sha256()
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(str(file.relative_to(path)).encode() + b"\0" + file_sha256(file).encode())
-    return digest.hexdigest()
 
 
 def input_hashes(data_path: str | None, teachers: list[str]) -> dict[str, Any]:
