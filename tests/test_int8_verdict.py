@@ -101,7 +101,7 @@ def test_the_int8_file_is_timed_against_fp32_with_both_sessions_not_spinning(tmp
 
     from edgekd.backends.target import Target
     from edgekd.measure.measurement import BackendPool
-    from edgekd.run.pipeline import _versus_fp32
+    from edgekd.measure.targets import versus_fp32
     from tests.int8_files import int8_files
     from tests.models import ResidualCNN
 
@@ -124,6 +124,6 @@ def test_the_int8_file_is_timed_against_fp32_with_both_sessions_not_spinning(tmp
     target = Target(name="cpu", backend="onnxruntime", threads=1, spinning=True)
     rows = {"m-int8": {"status": "ok", "precision": "int8", "warnings": []},
             "m-fp32": {"status": "ok", "precision": "fp32", "warnings": []}}
-    timed = _versus_fp32("m-int8", rows, {"m-int8": int8, "m-fp32": fp32}, target, pool)
+    timed = versus_fp32("m-int8", rows, {"m-int8": int8, "m-fp32": fp32}, target, pool)
     assert timed is not None and timed["ratio"] > 0 and not rows["m-int8"]["warnings"]
     assert seen == [False, False] and target.spinning

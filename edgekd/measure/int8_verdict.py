@@ -46,7 +46,7 @@ def interleaved_ratio(run_a: Callable[[], Any], run_b: Callable[[], Any], runs: 
     2-core machine a user's mnasnet0_75 INT8 file timed 7.05 ms against FP32's 4.48 with single
     alternating calls while its own p50, timed alone, was 2.80 against 3.00: the ratio measured the
     neighbour's spin, not the file. Dropping one call is not enough where pools spin long: callers compile
-    both files without spinning (``pipeline._versus_fp32``). ``runs`` calls of each are kept."""
+    both files without spinning (``measure.targets.versus_fp32``). ``runs`` calls of each are kept."""
     for call in (run_a, run_b):
         warm_up(call, 5, 0.1)
     a: list[float] = []

@@ -211,9 +211,9 @@ def test_a_moved_run_resumes_and_a_copied_run_uses_its_own_files(tmp_path, targe
 
 
 def test_a_run_killed_during_measurement_is_refused_by_report_and_gate(tmp_path, target, tiny_teacher, monkeypatch):
-    import edgekd.run.pipeline as pipeline
+    import edgekd.measure.targets as per_target
 
-    real, calls = pipeline.measure, []
+    real, calls = per_target.measure, []
 
     def killed_at_the_second_row(*a, **k):
         calls.append(1)
@@ -222,9 +222,9 @@ def test_a_run_killed_during_measurement_is_refused_by_report_and_gate(tmp_path,
         return real(*a, **k)
 
     r = recipe(tmp_path / "r.yaml", target)
-    monkeypatch.setattr(pipeline, "measure", killed_at_the_second_row)
+    monkeypatch.setattr(per_target, "measure", killed_at_the_second_row)
     assert invoke("compress", tiny_teacher, "--recipe", r, "--out", tmp_path / "run").exit_code == 130
-    monkeypatch.setattr(pipeline, "measure", real)
+    monkeypatch.setattr(per_target, "measure", real)
     budget = write_yaml(tmp_path / "b.yaml", {"max_size_mb": 100})
     gate = invoke("gate", tmp_path / "run", "--budget", budget)
     assert gate.exit_code == 2 and "did not finish" in one_line_error(gate.output)

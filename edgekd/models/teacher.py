@@ -1,0 +1,85 @@
+"""The run's teacher: loaded from its checkpoint (or the embedded default, or a Hugging Face folder) and
+checked against the data before anything trains; the extra teachers a recipe's losses name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..config import Recipe
+from ..data import Splits
+from ..errors import CheckpointError, DataError, first_line
+from .checkpoint import LoadedCheckpoint, LoadPolicy, load_checkpoint, load_hf_checkpoint
+
+
+def load_teacher(checkpoint: Path | None, arch: str | None, policy: LoadPolicy, splits: Splits,
+                  arch_args: dict[str, Any]) -> LoadedCheckpoint:
+    from .default import ARCH, default_teacher
+
+    if checkpoint is None:
+        checkpoint, arch = default_teacher(), arch or ARCH
+    if is_hf(arch):
+        task = arch_args.get("task", "classification")
+        loaded = load_hf_checkpoint(checkpoint, arch, task=task, num_classes=splits.num_classes, policy=policy)
+        return checked_teacher(loaded, checkpoint, splits, embedding=task == "embedding")
+    try:
+        loaded = load_checkpoint(checkpoint, arch, policy=policy, num_classes=splits.num_classes,
+                                 in_channels=splits.input_shape[0], arch_args=arch_args)
+    except CheckpointError as exc:
+        suspect = labels_with_gaps(splits)
+        if suspect and "shape mismatch" in str(exc):  # a stray label is the data's fault, not the checkpoint's
+            raise DataError(suspect) from None
+        raise
+    return checked_teacher(loaded, checkpoint, splits)
+
+
+def is_hf(arch: str | None) -> bool:
+    return bool(arch) and arch.startswith("hf:")
+
+
+def checked_teacher(loaded: LoadedCheckpoint, checkpoint: Path, splits: Splits,
+                     embedding: bool = False) -> LoadedCheckpoint:
+    """The teacher run on one test sample: it must take the data's inputs and (unless it outputs
+    embeddings) give one logit per class."""
+    model = loaded.model.eval()
+    try:
+        with torch.no_grad():
+            out = model(splits.example(1, "test"))
+    except Exception as exc:  # noqa: BLE001 - any failure here is a shape/arch mismatch with the data
+        raise CheckpointError(f"{checkpoint}: the model does not accept the data's input shape "
+                              f"{(1, *splits.input_shape)} ({first_line(exc)})") from None
+    if out.ndim != 2 or (out.shape[1] != splits.num_classes and not embedding):
+        raise CheckpointError(f"{checkpoint}: the model outputs shape {tuple(out.shape)}, but the data has "
+                              f"{splits.num_classes} classes")
+    return loaded
+
+
+def labels_with_gaps(splits: Splits) -> str | None:
+    """A message about the data when its class count (the largest label + 1) is not backed by its labels:
+    label 99 among 0..3 makes 100 "classes" and any 4-class checkpoint look wrong."""
+    used = sorted(set(torch.cat([splits.labels(s) for s in ("train", "val", "test")]).tolist()))
+    if len(used) >= splits.num_classes:
+        return None
+    below = f"0..{used[-2]}" if len(used) > 1 else "none"
+    return (f"data: label {used[-1]} is out of range of the other labels ({below}, {len(used)} distinct values): "
+            f"the data then has {splits.num_classes} classes, more than the model was trained for; fix that label")
+
+
+def extra_teachers(rec: Recipe) -> list[tuple[str, str | None]]:
+    """The (checkpoint, arch) of every extra teacher the recipe's losses name."""
+    found: list[tuple[str, str | None]] = []
+
+    def walk(raw: Any) -> None:
+        if isinstance(raw, dict):
+            if isinstance(raw.get("checkpoint"), str):
+                found.append((raw["checkpoint"], raw.get("arch")))
+            for value in raw.values():
+                walk(value)
+        elif isinstance(raw, list):
+            for value in raw:
+                walk(value)
+
+    walk(rec.model_dump())
+    return found

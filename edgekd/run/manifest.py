@@ -1,0 +1,73 @@
+"""What a finished run directory vouches for: the exported files published under ``models/`` and the
+manifest (``manifest.json``: recipe, checkpoint, versions, stages, artifacts, models)."""
+
+from __future__ import annotations
+
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..artifacts.artifact import Artifact, in_run
+from ..config import Recipe
+from ..fileio import atomic_path
+from ..models.checkpoint import LoadedCheckpoint
+from ..stages.export.int8_layouts import layout_path
+from ..version import __version__
+
+
+def publish_models(run_dir: Path, onnx_artifacts: list[Artifact]) -> dict[str, Artifact]:
+    """Copy each exported file to ``models/<variant>.onnx`` (the run directory's contract), and its
+    torch.export program, where there is one, to ``models/<variant>.pt2`` (for torch targets)."""
+    published = {}
+    for art in onnx_artifacts:
+        dest = run_dir / "models" / f"{art.variant}.onnx"
+        with atomic_path(dest) as tmp:
+            shutil.copyfile(art.path, tmp)
+        meta = dict(art.meta)
+        layouts = {}
+        for layout, source in meta.get("layouts", {}).items():  # each runtime's INT8 file, beside the main one
+            copy = layout_path(dest, layout)
+            with atomic_path(copy) as tmp:
+                shutil.copyfile(source, tmp)
+            layouts[layout] = str(copy.relative_to(run_dir))
+        meta["layouts"] = layouts
+        if meta.get("program"):
+            program = run_dir / "models" / f"{art.variant}.pt2"
+            with atomic_path(program) as tmp:
+                shutil.copyfile(meta["program"], tmp)
+            meta["program"] = str(program.relative_to(run_dir))
+        published[art.variant] = Artifact(art.variant, art.kind, art.precision, str(dest.relative_to(run_dir)),
+                                          art.stage, art.parent, art.config_hash, meta)
+    return published
+
+
+def installed_versions(packages: tuple[str, ...]) -> dict[str, str | None]:
+    """Each package's installed version, read from its metadata (importing openvino only to ask its
+    version cost a second, and failed a run on a machine whose targets never use it); None if absent."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str | None] = {}
+    for name in packages:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def manifest_fields(rec: Recipe, loaded: LoadedCheckpoint, variants: dict[str, Artifact], models: dict[str, Artifact],
+              stage_log: list[dict[str, Any]], run_dir: Path, extra: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "schema": "edgekd.manifest/1",
+        "edgekd": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "recipe": rec.name,
+        "checkpoint": {"path": loaded.path, "sha256": loaded.sha256, "format": loaded.format,
+                       "arch": loaded.arch, "trusted_checkpoint": loaded.trusted},
+        "versions": installed_versions(("torch", "onnx", "onnxruntime", "openvino", "brevitas")),
+        "stages": stage_log,
+        "artifacts": [in_run(a.to_json(), run_dir) for a in variants.values()],
+        "models": {name: a.to_json() for name, a in models.items()},
+        **extra,
+    }

@@ -1,0 +1,60 @@
+"""The recipe a compress call runs: a recipe file or object, ``--data`` applied to its raw ``data:`` mapping,
+the command line's overrides (arch, arch arguments, device, targets), and the checkpoint it names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..config import Recipe, load_recipe, recipe_with
+from ..data.spec import parse_data_spec
+from ..errors import CheckpointError, InputError
+from ..models.teacher import is_hf
+
+
+def assemble_recipe(recipe: str | Path | Recipe, data: str | None, *, arch: str | None,
+                    arch_args: dict[str, Any] | None, device: str | None, targets: list[str] | None) -> Recipe:
+    """The recipe with ``--data`` and the overrides applied; a bad override is a one-line InputError
+    naming its key."""
+    if isinstance(recipe, Recipe):
+        rec = recipe_with(recipe, data=parse_data_spec(data, recipe.data.model_dump(exclude_unset=True))) \
+            if data is not None else recipe
+    else:  # --data edits the file's raw mapping, so the file may leave out what --data gives
+        def with_data(raw: dict[str, Any]) -> dict[str, Any]:
+            base = raw.get("data")
+            return {**raw, "data": parse_data_spec(data, base if isinstance(base, dict) else {})}
+
+        rec = load_recipe(recipe, with_data if data is not None else None)
+    changes: dict[str, Any] = {}
+    if arch is not None:
+        changes["arch"] = arch
+    if arch_args:
+        changes["arch_args"] = {**rec.arch_args, **arch_args}
+    if device is not None:
+        changes["device"] = device
+    if targets:
+        changes["targets"] = list(targets)
+    if changes:
+        try:
+            rec = recipe_with(rec, **changes)
+        except ValidationError as exc:
+            e = exc.errors()[0]
+            raise InputError(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}") from None
+    return rec
+
+
+def checkpoint_of(rec: Recipe, ckpt: Path | None) -> tuple[Recipe, Path | None]:
+    """The checkpoint the run loads (a Hugging Face folder named by ``--arch hf:DIR`` is the checkpoint
+    itself, and its tokenizer the data's unless the recipe names one), checked to exist."""
+    if is_hf(rec.arch):
+        folder = Path(rec.arch[3:])
+        if ckpt is not None and ckpt.resolve() != folder.resolve():
+            raise InputError(f"{ckpt}: with --arch {rec.arch} the checkpoint is that folder; leave CHECKPOINT out")
+        ckpt = folder
+        if rec.data.source == "text" and rec.data.tokenizer is None:  # its own tokenizer, unless told otherwise
+            rec = recipe_with(rec, data=rec.data.model_copy(update={"tokenizer": str(folder)}))
+    elif ckpt is not None and not ckpt.is_file():
+        raise CheckpointError(f"{ckpt}: checkpoint file not found")
+    return rec, ckpt
