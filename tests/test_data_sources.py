@@ -209,7 +209,7 @@ def test_a_model_no_part_of_which_traces_fails_in_preflight_before_training(tmp_
 def test_a_model_with_a_shape_check_in_forward_passes_preflight_and_is_quantized_whole():
     """Given the example input (the stage's, and now preflight's), the value tracer follows the check."""
     from edgekd.stages.quantize.quantization import quantize_model
-    from edgekd.stages.preflight import check_quantize
+    from edgekd.stages.quantize.stage import check_quantize
     from tests.models import ShapeCheckedCNN
 
     model, x = ShapeCheckedCNN(num_classes=4).eval(), torch.rand(1, 1, 16, 16)

@@ -1,16 +1,15 @@
-"""Names a recipe's stages will look up, checked before anything trains: loss modules in the teacher and
-student, extra teachers' checkpoints, and (for an embedding run) that every loss matches embeddings."""
+"""What a recipe names outside its stages, checked before anything trains: extra teachers' checkpoints,
+and (for an embedding run) that every loss matches embeddings."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from ..config import DistillConfig, PruneConfig, Recipe, StudentSpec
+from ..config import Recipe
 from ..errors import CheckpointError, RecipeError
 from ..models.teacher import extra_teachers
 from ..stages import StageContext
-from ..stages.distill.stage import check_loss_names
 
 
 EMBEDDING_LOSSES = ("embedding-cosine", "minilm", "minilm-v2", "tinybert-hidden", "hint")
@@ -31,21 +30,14 @@ def _check_embedding_losses(spec: Any, i: int) -> None:
                                   f"embedding-cosine}}])")
 
 
-def check_names(rec: Recipe, teacher: Any, splits: Any, ctx: StageContext) -> None:
-    """Loss module names and extra teachers: a wrong one fails now, not after earlier stages trained."""
+def check_names(rec: Recipe, ctx: StageContext, embedding: bool) -> None:
+    """Extra teachers' checkpoints (loaded as safely as the main one) and, for an embedding run, that every
+    loss matches embeddings: a wrong one fails now, not after earlier stages trained. Each stage's own
+    names (its losses' modules) are checked by its preflight."""
     for i, spec in enumerate(rec.stages):
-        pruned_before = any(isinstance(s, PruneConfig) for s in rec.stages[:i])
-        if isinstance(spec, DistillConfig):
-            check_loss_names(spec.loss, f"stages.{i}.loss", StudentSpec(width=1.0) if pruned_before else rec.student,
-                             teacher, splits.num_classes, splits.input_shape[0])
-        if isinstance(spec, PruneConfig) and spec.recovery.loss:  # a pruned model keeps the teacher's names
-            check_loss_names(spec.recovery.loss, f"stages.{i}.recovery.loss", StudentSpec(width=1.0), teacher,
-                             splits.num_classes, splits.input_shape[0])
-        if splits.embedding_targets is not None:
+        if embedding:
             _check_embedding_losses(spec, i)
     for path, arch in extra_teachers(rec):  # found before the first stage trains, not after distillation
         if not Path(path).is_file():
             raise CheckpointError(f"{path}: teacher checkpoint file not found (a multi-teacher loss's teachers:)")
         ctx.load_extra_teacher(path, arch)
-
-

@@ -157,7 +157,7 @@ def _prepare(rec: Recipe, ckpt: Path | None, run_dir: Path, policy: LoadPolicy) 
                        latency_probe=latency_probe_for, device=device)
     for p in ctx.teacher.parameters():
         p.requires_grad_(False)
-    check_names(rec, loaded.model, splits, ctx)
+    check_names(rec, ctx, embedding=splits.embedding_targets is not None)
     extra = {"data": splits.describe(), "training_device": device.to_json(), "preflight_seconds": None,
              "inputs": inputs, "seed": rec.seed, "command": sys.argv, "started": started,
              "load_policy": {"trust_checkpoint": policy.trust, "allow_globals": list(policy.allow_globals),

@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from ..artifacts.artifact import Artifact, rebuild_float, rebuild_int8
 from ..config import LossTerm, Recipe
 from ..data import Splits
-from ..errors import RecipeError, StageError
+from ..errors import InputError, RecipeError, StageError
 from ..registry import Registry
 from ..train.device import CPU, Device
 from ..train.loop import FitResult, fit
@@ -162,3 +163,29 @@ def current(variants: dict[str, Artifact]) -> Artifact:
 def role_of(variant: str) -> str:
     """``student-fp32`` -> ``student``."""
     return variant.rsplit("-", 1)[0]
+
+
+@dataclass
+class Preview:
+    """What preflight knows of a run before anything trains: the model each stage will see (the teacher,
+    or what an earlier stage's preflight handed on: a distill stage's ``arch`` student), and whether an
+    earlier stage has already made the student (a pruned teacher keeps the teacher's module names)."""
+
+    recipe: Recipe
+    teacher: nn.Module
+    example: torch.Tensor   # one real preprocessed sample (batch 1; batch 2 where BatchNorm trains)
+    num_classes: int
+    model: nn.Module
+    student_made: bool = False
+
+
+# A stage's preflight runs one batch through what the stage will do to ``preview.model``, in seconds, so a
+# model that cannot be traced, pruned or exported fails before hours of training: (config, preview, where
+# in the recipe) -> None, raising ``preflight_error``. A stage without one is not preflighted.
+StagePreflight = Callable[[Any, Preview, str], None]
+PREFLIGHTS: Registry[StagePreflight] = Registry("stage preflight", RecipeError)
+
+
+def preflight_error(where: str, stage: str, cause: str, remedy: str) -> InputError:
+    """The user's input (exit 2), naming the stage, the cause and the remedy."""
+    return InputError(f"preflight {where} ({stage}): {cause}; {remedy}")

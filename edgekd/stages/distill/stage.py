@@ -14,11 +14,12 @@ import torch
 
 from ...artifacts.artifact import Artifact, config_hash, count_params_macs, save_torch
 from ...models.checkpoint import build_model
-from ...config import DistillConfig, LossTerm, StudentSpec
+from ...config import DistillConfig, StudentSpec
+from ...errors import first_line
 from ..prune.pruning import channel_plan, uniform_width
 from ...train.evaluate import accuracy
-from ...train.objective import bind_terms
-from ..base import STAGES, StageContext, current, role_of
+from ..base import PREFLIGHTS, STAGES, Preview, StageContext, current, preflight_error, role_of
+from ..students import check_loss_names, kept_layers
 
 
 @STAGES.register("distill")
@@ -44,28 +45,6 @@ def distill(variants: dict[str, Artifact], cfg: DistillConfig, ctx: StageContext
     parent = source.parent if source.variant == variant else source.variant
     return [save_torch(student, ctx.stage_dir / variant, variant=variant, stage="distill", parent=parent,
                        arch=arch, arch_kwargs=kwargs, chash=chash, metrics=metrics, extra=extra)]
-
-
-def kept_layers(spec: StudentSpec, depth: int) -> list[int]:
-    """The teacher layers a ``layers`` student keeps: every other one from the first, or those listed."""
-    return list(range(0, depth, 2)) if spec.layers == "alternate" else list(spec.layers or [])
-
-
-def check_loss_names(terms: list[LossTerm], key: str, recipe_student: StudentSpec, teacher: torch.nn.Module,
-                     num_classes: int, in_channels: int) -> None:
-    """Resolve every module name a stage's losses use, before any stage runs.
-
-    A width (or pruned) student has the teacher's module names (pruning keeps names), so the teacher
-    stands in for it; an arch or layer-dropped student is built (cheap) and checked.
-    """
-    if recipe_student.layers is not None:  # a layer-dropped text student: fewer blocks than the teacher
-        from ...models.text import drop_layers, encoder_layers
-
-        student = drop_layers(teacher, kept_layers(recipe_student, len(encoder_layers(teacher)[1])))
-    else:
-        student = teacher if recipe_student.arch is None else build_model(
-            recipe_student.arch, num_classes=num_classes, in_channels=in_channels, arch_args=recipe_student.arch_args)
-    bind_terms(terms, key, student, teacher)
 
 
 def _make_student(variants: dict[str, Artifact], source: Artifact,
@@ -102,3 +81,25 @@ def _make_student(variants: dict[str, Artifact], source: Artifact,
     extra = {"channels": channel_plan(student), "input_shape": list(splits.input_shape),
              "derived": {"from": source.variant, "width": width, "init": spec.init}}
     return student, source.meta.get("arch") or "", source.meta.get("arch_kwargs", kwargs), extra
+
+
+@PREFLIGHTS.register("distill")
+def preflight_distill(cfg: DistillConfig, preview: Preview, where: str) -> None:
+    """The losses' module names in the teacher and the student they will meet (a student an earlier stage
+    made keeps the teacher's names); an ``arch`` student built and run on one batch, and handed on."""
+    recipe = preview.recipe
+    student_spec = StudentSpec(width=1.0) if preview.student_made else recipe.student
+    check_loss_names(cfg.loss, f"{where}.loss", student_spec, preview.teacher, preview.num_classes,
+                     preview.example.shape[1])
+    if preview.student_made or recipe.student.arch is None:
+        return
+    torch.manual_seed(recipe.seed)
+    student = build_model(recipe.student.arch, num_classes=preview.num_classes, in_channels=preview.example.shape[1],
+                          arch_args=recipe.student.arch_args).eval()
+    try:
+        with torch.no_grad():
+            student(preview.example)
+    except Exception as exc:  # noqa: BLE001 - any failure here is the student's
+        raise preflight_error(where, "distill", f"the student {recipe.student.arch} fails on one batch "
+                              f"({first_line(exc, with_type=True)})", "check student.arch and student.arch_args") from None
+    preview.model = student

@@ -13,12 +13,15 @@ the stage with the numbers.
 
 from __future__ import annotations
 
+import copy
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from ...artifacts.artifact import Artifact, config_hash, count_params_macs, onnx_size_bytes
 from ...config import ExportConfig
@@ -34,7 +37,7 @@ from ...data.packed import packed_feed
 from ...models.text import TextModel
 from ...artifacts.onnx_files import write_metadata
 from ...train.evaluate import predict_logits
-from ..base import RESOLVERS, STAGES, StageContext, TargetFacts
+from ..base import PREFLIGHTS, RESOLVERS, STAGES, Preview, StageContext, TargetFacts, preflight_error
 
 
 @RESOLVERS.register("export")
@@ -250,3 +253,20 @@ def judge_requantized(result: dict[str, Any], cfg: ExportConfig, name: str, embe
                          f"{decisive} decisive samples ({result['top1_agreement']:.3f} of all {samples}; "
                          f"near-ties within {result['tie_margin']:.3g} left out), below "
                          f"int8_min_top1_agreement={cfg.int8_min_top1_agreement} (max |diff| {diff:.4g})")
+
+
+def check_export(model: nn.Module, example: torch.Tensor, opset: int, where: str) -> None:
+    """A throw-away FP32 ONNX export at the recipe's opset."""
+    with tempfile.TemporaryDirectory(prefix="edgekd-preflight-") as tmp:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                export_fp32(copy.deepcopy(model), example, Path(tmp) / "m.onnx", opset)
+        except Exception as exc:  # noqa: BLE001 - exporters raise many types
+            raise preflight_error(where, "export", f"ONNX export at opset {opset} fails ({first_line(exc, with_type=True)})",
+                        "export needs a forward torch.onnx can trace; try another opset or simplify forward") from None
+
+
+@PREFLIGHTS.register("export")
+def preflight_export(cfg: ExportConfig, preview: Preview, where: str) -> None:
+    check_export(preview.model, preview.example, cfg.opset, where)

@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 from ...artifacts.artifact import Artifact, config_hash, count_params_macs, save_torch
-from ...config import LossTerm, PruneConfig, SparseTraining
-from ...errors import RecipeError, StageError
+from ...config import LossTerm, PruneConfig, SparseTraining, StudentSpec
+from ...errors import EdgekdError, RecipeError, StageError, first_line
 from ..export.exporting import export_fp32
 from ..layer_patterns import match_layers
 from ...losses.base import DistillTerm
@@ -26,7 +26,8 @@ from ...progress import console
 from .pruning import channel_groups, channel_plan, prune_channels
 from ...train.evaluate import accuracy
 from ...train.objective import CrossEntropy, Objective
-from ..base import STAGES, StageContext, current
+from ..base import PREFLIGHTS, STAGES, Preview, StageContext, current, preflight_error
+from ..students import check_loss_names
 from .latency_lut import build_table, search_plan, table_key
 from .sparsity import BNScaleL1, scale_groups
 
@@ -213,3 +214,25 @@ def default_recovery_loss(scales: dict[str, list[str]]) -> list[LossTerm]:
     if pairs:
         terms.append(LossTerm(name="spatial-attention", weight=1.0, pairs=pairs))
     return terms
+
+
+def check_prune(model: nn.Module, example: torch.Tensor, num_classes: int, where: str) -> None:
+    """Torch-Pruning's dependency graph over the model (what every pruning method builds first)."""
+    try:
+        channel_groups(copy.deepcopy(model), example, num_classes)
+    except EdgekdError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Torch-Pruning raises many types on models it cannot trace
+        raise preflight_error(where, "prune", f"Torch-Pruning cannot build the model's dependency graph ({first_line(exc, with_type=True)})",
+                    "prune a model whose forward torch can trace, or drop the prune stage") from None
+
+
+@PREFLIGHTS.register("prune")
+def preflight_prune(cfg: PruneConfig, preview: Preview, where: str) -> None:
+    """The recovery losses' module names (a pruned model keeps the teacher's), the dependency graph; the
+    pruned teacher is the student from here on."""
+    if cfg.recovery.loss:
+        check_loss_names(cfg.recovery.loss, f"{where}.recovery.loss", StudentSpec(width=1.0), preview.teacher,
+                         preview.num_classes, preview.example.shape[1])
+    check_prune(preview.model, preview.example, preview.num_classes, where)
+    preview.student_made = True

@@ -11,16 +11,18 @@ from __future__ import annotations
 import json
 
 import torch
+from torch import nn
 
 from ...artifacts.artifact import Artifact, config_hash, save_torch
 from ...config import LayerOverride, QuantizeConfig
 from ..layer_patterns import match_layers
-from ...errors import RecipeError, StageError
+from ...errors import EdgekdError, RecipeError, StageError, first_line
 from ...progress import console
 from .quantization import (FLOAT_PATH_TOLERANCE, calibrate, float_path_difference, layer_names, quantize_model,
                            weight_range)
 from ...train.evaluate import accuracy
-from ..base import RESOLVERS, STAGES, StageContext, TargetFacts, current, role_of
+from ..base import (PREFLIGHTS, RESOLVERS, STAGES, Preview, StageContext, TargetFacts, current, preflight_error,
+                    role_of)
 from .mixed_precision import search
 
 
@@ -144,3 +146,28 @@ def resolve_overrides(rules: list[LayerOverride], layers: list[str], key: str) -
         for name in match_layers(rule.match, layers, f"{key}.overrides.{i}.match", aliases):
             chosen.setdefault(name, None if rule.float else rule.weight_bits)
     return chosen
+
+
+TRACE_REMEDY = ("torch.fx cannot follow Python control flow on tensor values or shapes (an `if x.shape ...` "
+                "check, a data-dependent loop): remove it from forward, move it into a submodule that is not "
+                "quantized, or use mode-free stages (distill, export) only")
+
+
+def check_quantize(model: nn.Module, example: torch.Tensor, where: str) -> None:
+    """The fx trace and Brevitas layer swap the quantize stage does (given an example input, as the stage
+    is: shape-dependent code is traced with its values), then one forward pass."""
+    try:
+        qmodel = quantize_model(model, example=example)
+    except EdgekdError as exc:
+        raise preflight_error(where, "quantize", str(exc).removeprefix("quantize: "), TRACE_REMEDY) from None
+    try:
+        with torch.no_grad():
+            qmodel.eval()(example)
+    except Exception as exc:  # noqa: BLE001 - any failure here is the model's
+        raise preflight_error(where, "quantize", f"the fake-quantized model fails on one batch ({first_line(exc, with_type=True)})",
+                    "check the model's forward on quantized layers") from None
+
+
+@PREFLIGHTS.register("quantize")
+def preflight_quantize(cfg: QuantizeConfig, preview: Preview, where: str) -> None:
+    check_quantize(preview.model, preview.example, where)
