@@ -195,7 +195,7 @@ def one_verdict(qmodel: torch.nn.Module, path: Path, held_out: np.ndarray) -> st
     """The export stage's verdict on one INT8 file against its fake-quant model."""
     import onnxruntime as ort
 
-    from edgekd.config import ExportConfig
+    from edgekd.stages.export.config import ExportConfig
     from edgekd.errors import StageError
     from edgekd.stages.export.stage import judge_exact
 

@@ -5,12 +5,17 @@ Public API (the CLI only wraps these): ``compress``, ``bench``, ``load_recipe``,
 """
 
 from .version import __version__  # noqa: F401
-from .config import load_budget, load_recipe, load_target  # noqa: E402
+from .config import load_budget, load_target  # noqa: E402
 from .errors import EdgekdError  # noqa: E402
 
 
 def __getattr__(name: str):
     """Import the heavier entry points on first use, so ``import edgekd`` stays cheap."""
+    if name == "load_recipe":  # the stages register their recipe keys on import
+        from . import stages  # noqa: F401
+        from .config import load_recipe
+
+        return load_recipe
     if name == "compress":
         from .run.pipeline import compress
 

@@ -9,7 +9,7 @@ package, so they work from any working directory.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Callable, ClassVar, Literal, Union
+from typing import Annotated, Any, Callable, ClassVar, Literal
 
 import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
@@ -17,15 +17,13 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationE
 
 from .backends.target import COMMON_TARGET_KEYS, FileName, LatencySpec, Target  # noqa: F401  (re-exported)
 from .errors import BudgetError, EdgekdError, RecipeError, TargetError
+from .registry import Registry
 from .limits import LIMITS
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 RECIPES_DIR = BUILTIN_DIR / "recipes"
 MAX_EPOCHS = 10_000  # a bound that catches a typo (epochs: 1e9 as 1000000000) without limiting real schedules
 TARGETS_DIR = BUILTIN_DIR / "targets"
-
-STAGE_ORDER = ("prune", "distill", "quantize", "export")
-
 
 class Strict(BaseModel):
     # NaN and infinity are never a meaningful setting or limit (a NaN budget line passed everything)
@@ -78,9 +76,6 @@ class PreprocessSpec(Strict):
         if self.mean is not None and self.std is not None and len(self.mean) != len(self.std):
             raise ValueError("'mean' and 'std' need the same number of channels")
         return self
-
-
-DATA_SOURCES = ("digits", "synthetic", "npz", "imagefolder", "hf", "factory")
 
 
 class DataSpec(Strict):
@@ -248,178 +243,55 @@ class TrainingConfig(Strict):
                                  "validation accuracy (early stopping); none: run every epoch")
 
 
-class DistillConfig(TrainingConfig):
-    """Knowledge distillation from the teacher into the student (METHODS.md, Hinton et al.)."""
+class StageConfig(Strict):
+    """What every stage's config shares: its tag. Each stage's folder defines its config (a subclass with
+    ``stage: Literal["<name>"]``) and registers it with ``stage_config``; the recipe's ``stages:`` list
+    accepts every registered one."""
 
-    stage: Literal["distill"]
-    epochs: int = Field(15, ge=1, le=MAX_EPOCHS)
-    lr: float = Field(3e-3, gt=0.0)
-    weight_decay: float = Field(5e-4, ge=0.0)
-
-
-class SparseTraining(Strict):
-    """Group channel pruning's sparse training: task loss + ``rate · Σ|γ|`` over BN scales, the rate
-    moving from ``l1`` to ``l1_final`` over the epochs (``schedule``)."""
-
-    epochs: int = Field(5, ge=1, le=MAX_EPOCHS)
-    lr: float = Field(1e-3, gt=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-    l1: float = Field(1e-4, ge=0.0, description="penalty rate at the start")
-    l1_final: float = Field(1e-5, ge=0.0, description="penalty rate at the end (linear, cosine)")
-    schedule: Literal["constant", "linear", "cosine"] = "linear"
+    stage: str
+    order: ClassVar[float] = 0    # where it runs in the flow (prune 0, distill 1, quantize 2, export 3)
+    last: ClassVar[bool] = False  # the stage every recipe ends with, exactly once (export)
 
 
-class Recovery(Strict):
-    """Fine-tuning the pruned model against the unpruned one. ``loss`` defaults to ``kd`` plus spatial
-    attention at the last pruned layer of every feature-map scale (no channel match needed)."""
-
-    loss: LossTerms | None = None
-    epochs: int = Field(5, ge=0, le=MAX_EPOCHS)
-    lr: float = Field(1e-3, gt=0.0)
-    weight_decay: float = Field(5e-4, ge=0.0)
-    patience: int | None = Field(None, ge=1)
+STAGE_CONFIGS: Registry[type[StageConfig]] = Registry("stage", RecipeError)
 
 
-class LatencyGoal(Strict):
-    """Latency-driven pruning: meet ``max_latency_ms`` (p50) on ``target`` with the least importance removed."""
+def stage_config(name: str) -> Callable[[type[StageConfig]], type[StageConfig]]:
+    """Register a stage's config model under its tag; a recipe validated after this accepts it."""
+    def add(model: type[StageConfig]) -> type[StageConfig]:
+        STAGE_CONFIGS.register(name)(model)
+        if Recipe.__pydantic_complete__:  # a stage registered after recipes were read (a plugin, a test)
+            Recipe.model_rebuild(force=True)
+        return model
 
-    target: str = "cpu-openvino"
-    max_latency_ms: float = Field(gt=0.0)
-    steps: list[float] = Field([0.25, 0.5, 0.75], min_length=1, description="ratios measured per channel group")
-    attempts: int = Field(4, ge=1, le=10, description="plans pruned and timed at most (re-plans after a miss)")
+    return add
 
-    @field_validator("steps")
+
+def stage_order() -> list[str]:
+    """The registered stages in the order they run."""
+    return sorted(STAGE_CONFIGS, key=lambda name: STAGE_CONFIGS.get(name).order)
+
+
+class RegisteredStage:
+    """The ``stages:`` items: a union, tagged by ``stage``, of every registered stage config, built when a
+    recipe is first validated; error locations are pydantic's (``stages.0.quantize.x``). Each stage's folder
+    registers its config when ``edgekd.stages`` is imported (the public ``edgekd.load_recipe``, the run
+    wing and the CLI import it); config itself never imports the stages it validates."""
+
     @classmethod
-    def _ratios(cls, v: list[float]) -> list[float]:
-        if any(not 0.0 < r < 1.0 for r in v) or v != sorted(set(v)):
-            raise ValueError("must be increasing ratios strictly between 0 and 1")
-        return v
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        from pydantic_core import core_schema
 
-
-class PruneConfig(Strict):
-    """Structured channel pruning through Torch-Pruning's dependency graph, then recovery by distillation.
-
-    ``method``: ``uniform`` (``ratio`` of every group's channels), ``global`` (``ratio`` of all channels,
-    ranked together), ``groups`` (``group_ratios`` by layer-name pattern, ``ratio`` elsewhere), ``gcp``
-    (group channel pruning: sparse training, then a |γ| threshold per feature-map-scale group at
-    ``group_ratios[scale]`` or ``ratio``), ``latency`` (ratios chosen from a measured latency table to
-    meet ``latency.max_latency_ms``).
-    """
-
-    stage: Literal["prune"]
-    method: Literal["uniform", "global", "groups", "gcp", "latency"] = "uniform"
-    ratio: float = Field(0.5, ge=0.0, lt=1.0, description="fraction of channels removed")
-    group_ratios: dict[str, float] = Field(default_factory=dict, description="groups: layer-name pattern -> "
-                                           "ratio; gcp: feature-map scale ('16x16') -> ratio")
-    importance: Literal["l1", "l2", "bn-scale", "taylor"] = "l1"
-    round_to: int | None = Field(None, ge=2, description="keep channel counts multiples of this (e.g. 8, 16)")
-    ignore: list[str] = Field(default_factory=list, description="layer-name patterns kept whole "
-                              "(class-score layers always are)")
-    max_layer_ratio: float = Field(1.0, gt=0.0, le=1.0, description="global/gcp: most any one group may lose")
-    sparse: SparseTraining | None = Field(None, description="gcp: sparse training first (default settings if omitted)")
-    latency: LatencyGoal | None = None
-    recovery: Recovery = Recovery()
-
-    @field_validator("group_ratios")
-    @classmethod
-    def _group_ratios(cls, v: dict[str, float]) -> dict[str, float]:
-        bad = [k for k, r in v.items() if not 0.0 <= r < 1.0]
-        if bad:
-            raise ValueError(f"ratios must be in [0, 1) (bad: {', '.join(bad)})")
-        return v
-
-    @model_validator(mode="after")
-    def _method_needs(self) -> "PruneConfig":
-        if self.method == "latency" and self.latency is None:
-            raise ValueError("method 'latency' needs 'latency: {target: ..., max_latency_ms: ...}'")
-        if self.method != "latency" and self.latency is not None:
-            raise ValueError("'latency' applies to method 'latency' only")
-        if self.group_ratios and self.method not in ("groups", "gcp"):
-            raise ValueError("'group_ratios' applies to methods 'groups' and 'gcp' only")
-        if self.sparse is not None and self.method != "gcp":
-            raise ValueError("'sparse' applies to method 'gcp' only")
-        return self
-
-
-class LayerOverride(Strict):
-    """A precision for the layers whose names match ``match`` (fnmatch pattern; ``@first`` and ``@last``
-    name the first and last conv/linear layer): other weight bits, or ``float: true`` to keep them in float."""
-
-    match: str
-    weight_bits: Literal[8, 4] | None = None
-    float: bool = False
-
-    @model_validator(mode="after")
-    def _one_choice(self) -> "LayerOverride":
-        if (self.weight_bits is None) == (not self.float):
-            raise ValueError("give either 'weight_bits' (8 or 4) or 'float: true'")
-        return self
-
-
-class QuantizeConfig(TrainingConfig):
-    """INT8 quantization through Brevitas: ``qat`` trains with fake quantization against the teacher
-    (quantized distillation, Polino et al.) when ``teacher`` is true; ``ptq`` only calibrates."""
-
-    stage: Literal["quantize"]
-    mode: Literal["qat", "ptq"] = "qat"
-    weight_bits: Literal[8, 4] = Field(8, description="8: W8A8; 4: W4A8 (4-bit weights stored as INT8)")
-    act_bits: Literal[8] = 8
-    teacher: bool = True
-    reduce_range: bool = Field(False, description="7-bit weights: avoids int16 saturation in ONNX Runtime's "
-                               "int8 kernels on x86 CPUs without VNNI (AVX2, AVX-512 before Cascade Lake)")
-    calibration_batches: int = Field(8, ge=1)
-    calibration: Literal["percentile", "minmax", "mse"] = Field(
-        "percentile", description="activation scales: a percentile of |x|, the observed max, or the MSE-optimal clip")
-    percentile: float = Field(99.999, gt=50.0, le=100.0, description="for calibration: percentile")
-    bias_correction: bool = Field(False, description="Brevitas bias correction after calibration")
-    overrides: list[LayerOverride] = Field(default_factory=list, description="per-layer precision, first match wins")
-    input_quant: Literal["auto", "signed", "unsigned"] = Field(
-        "auto", description="auto: signed when a recipe target runs TensorRT, else UINT8 when the data is never "
-        "negative (best on x86 CPUs without VNNI); signed: INT8 symmetric, zero point 0, as TensorRT's explicit "
-        "quantization requires; unsigned: UINT8 (CPU backends only)")
-    learned_scales: bool = Field(False, description="qat: train the weight scales too (activation scales always train)")
-    hardswish: Literal["auto", "fused", "split"] = Field(
-        "auto", description="fused: one quantized Hardswish (OpenVINO's fastest); split: x * hardsigmoid(x) with the "
-        "product quantized, which ONNX Runtime runs as QLinearMul (its fastest; OpenVINO 1.3-1.8x slower on "
-        "mobilenet_v3); auto: split when every target runs ONNX Runtime, else fused")
-    max_accuracy_drop: float | None = Field(None, ge=0.0, le=1.0, description="accuracy-driven mixed precision: "
-                                            "keep the fewest layers in float so validation accuracy drops at most this")
-    fail_drop: float | None = Field(0.10, ge=0.0, le=1.0, description="the stage fails, saving nothing, when the "
-                                    "INT8 model's validation accuracy is more than this below the float model's "
-                                    "(a QAT at a bad learning rate collapsed 0.52 -> 0.11 and shipped); null: never")
-    epochs: int = Field(3, ge=0, le=MAX_EPOCHS)
-    lr: float = Field(1e-4, gt=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)
-
-
-class ExportConfig(Strict):
-    """ONNX export of every variant, checked and compared with its torch model."""
-
-    stage: Literal["export"]
-    opset: int = Field(17, ge=13, le=21)
-    # 256: at 0.97 a verdict on 32 samples turns on one flipped near-tie (issue 13)
-    parity_samples: int = Field(256, ge=1)
-    fp32_atol: float = Field(1e-4, gt=0.0)
-    fp32_rtol: float = Field(1e-3, ge=0.0)
-    int8_min_top1_agreement: float = Field(0.97, ge=0.0, le=1.0, description="layouts that requantize by design "
-                                           "(ONNX Runtime's dynamic one): top-1 agreement with the fake-quant model on "
-                                           "the samples that are not near-ties; other INT8 files report it only")
-    int8_min_sqnr_db: float = Field(35.0, ge=0.0, description="an INT8 file matches its fake-quantized model when "
-                                    "its exactly interpreted outputs are at least this many dB from the model's (same "
-                                    "integer grids); below it, the ops are compared one by one from the model's own "
-                                    "inputs and the first that computes something else is named (edgekd.stages.export.int8_fidelity)")
-    int8_min_cosine: float = Field(0.99, ge=0.0, le=1.0, description="embedding models: the INT8 file's mean "
-                                   "cosine similarity to the fake-quantized torch model's embeddings")
-    torch_program: bool | None = Field(None, description="also save each FP32 variant as a torch.export "
-                                                         "program (.pt2); default: when a torch target is in the run")
-
-
-STAGE_CONFIGS: dict[str, type[BaseModel]] = {"prune": PruneConfig, "distill": DistillConfig,
-                                             "quantize": QuantizeConfig, "export": ExportConfig}
-StageSpec = Annotated[Union[PruneConfig, DistillConfig, QuantizeConfig, ExportConfig], Field(discriminator="stage")]
+        if not STAGE_CONFIGS.names():
+            raise RuntimeError("no stage is registered: import edgekd.stages before reading a recipe "
+                               "(edgekd.load_recipe does)")
+        choices = {name: handler.generate_schema(STAGE_CONFIGS.get(name)) for name in stage_order()}
+        return core_schema.tagged_union_schema(choices, discriminator="stage")
 
 
 class Recipe(Strict):
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, defer_build=True)
+
     name: FileName
     description: str = ""
     seed: int = 0
@@ -435,7 +307,7 @@ class Recipe(Strict):
                                          "steps (not only per epoch), so --resume continues mid-epoch")
     data: DataSpec = DataSpec()
     student: StudentSpec = StudentSpec()
-    stages: list[StageSpec]
+    stages: list[RegisteredStage]
     targets: list[str] = ["cpu-onnxruntime", "cpu-openvino"]
 
     @field_validator("device")
@@ -449,12 +321,14 @@ class Recipe(Strict):
     @model_validator(mode="after")
     def _stage_order(self) -> "Recipe":
         names = [s.stage for s in self.stages]
-        if not names or names[-1] != "export" or names.count("export") != 1:
-            raise ValueError(f"stages must end with exactly one 'export' (got {names})")
+        order = stage_order()
+        last = [n for n in order if STAGE_CONFIGS.get(n).last]
+        if not names or names[-1] not in last or sum(n in last for n in names) != 1:
+            raise ValueError(f"stages must end with exactly one {' or '.join(repr(n) for n in last)} (got {names})")
         if len(set(names)) != len(names):
             raise ValueError(f"each stage may appear once (got {names})")
-        if names != sorted(names, key=STAGE_ORDER.index):
-            raise ValueError(f"stages must run in the order {' -> '.join(STAGE_ORDER)} (got {names})")
+        if names != sorted(names, key=order.index):
+            raise ValueError(f"stages must run in the order {' -> '.join(order)} (got {names})")
         return self
 
 
@@ -531,7 +405,7 @@ def _model_at(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] |
     current: Any = model
     for part in (p for p in loc if not isinstance(p, int)):
         if current is _STAGES:
-            current = STAGE_CONFIGS.get(part)
+            current = STAGE_CONFIGS.get(part) if part in STAGE_CONFIGS else None
             continue
         field = current.model_fields.get(part) if current else None
         if field is None:

@@ -10,7 +10,7 @@ import onnx
 import pytest
 import torch
 
-from edgekd.config import ExportConfig
+from edgekd.stages.export.config import ExportConfig
 from edgekd.errors import StageError
 from edgekd.stages.export.int8_fidelity import localize, model_quantizer_outputs, own_rounding_db
 from edgekd.stages.quantize.quantization import INT32_BIAS_LIMIT, calibrate, export_qdq, quantize_model

@@ -141,7 +141,7 @@ def test_an_override_that_matches_no_layer_is_refused(tiny_teacher, tmp_path):
 def test_an_override_needs_exactly_one_precision():
     from pydantic import ValidationError
 
-    from edgekd.config import LayerOverride
+    from edgekd.stages.quantize.config import LayerOverride
 
     assert LayerOverride(match="a", float=True).weight_bits is None
     for bad in ({"match": "a"}, {"match": "a", "weight_bits": 8, "float": True}):

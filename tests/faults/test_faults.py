@@ -143,7 +143,7 @@ def test_one_nan_pixel_in_the_data_is_exit_2_naming_the_sample(tmp_path, target,
 
 
 def test_nan_parity_is_a_failed_export_not_a_pass(tmp_path):
-    from edgekd.config import ExportConfig
+    from edgekd.stages.export.config import ExportConfig
     from edgekd.errors import StageError
     from edgekd.stages.export.exporting import export_fp32
     from edgekd.stages.export.stage import compare_with_torch

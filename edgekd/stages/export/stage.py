@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ...artifacts.artifact import Artifact, config_hash, count_params_macs, onnx_size_bytes
-from ...config import ExportConfig
+from .config import ExportConfig
 from ...errors import StageError, first_line
 from .exporting import export_fp32, export_program
 from ...progress import console

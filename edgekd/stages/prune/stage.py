@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from ...artifacts.artifact import Artifact, config_hash, count_params_macs, save_torch
-from ...config import LossTerm, PruneConfig, SparseTraining, StudentSpec
+from ...config import LossTerm, StudentSpec
+from .config import PruneConfig, SparseTraining
 from ...errors import EdgekdError, RecipeError, StageError, first_line
 from ..export.exporting import export_fp32
 from ..layer_patterns import match_layers

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ...artifacts.artifact import Artifact, config_hash, save_torch
-from ...config import LayerOverride, QuantizeConfig
+from .config import LayerOverride, QuantizeConfig
 from ..layer_patterns import match_layers
 from ...errors import EdgekdError, RecipeError, StageError, first_line
 from ...progress import console

@@ -1,0 +1,34 @@
+"""The export stage's recipe keys: the opset, and how closely each exported file must follow its model."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from ...config import StageConfig, stage_config
+
+
+@stage_config("export")
+class ExportConfig(StageConfig):
+    """ONNX export of every variant, checked and compared with its torch model."""
+
+    stage: Literal["export"]
+    order: ClassVar[int] = 3
+    last: ClassVar[bool] = True
+    opset: int = Field(17, ge=13, le=21)
+    # 256: at 0.97 a verdict on 32 samples turns on one flipped near-tie (issue 13)
+    parity_samples: int = Field(256, ge=1)
+    fp32_atol: float = Field(1e-4, gt=0.0)
+    fp32_rtol: float = Field(1e-3, ge=0.0)
+    int8_min_top1_agreement: float = Field(0.97, ge=0.0, le=1.0, description="layouts that requantize by design "
+                                           "(ONNX Runtime's dynamic one): top-1 agreement with the fake-quant model on "
+                                           "the samples that are not near-ties; other INT8 files report it only")
+    int8_min_sqnr_db: float = Field(35.0, ge=0.0, description="an INT8 file matches its fake-quantized model when "
+                                    "its exactly interpreted outputs are at least this many dB from the model's (same "
+                                    "integer grids); below it, the ops are compared one by one from the model's own "
+                                    "inputs and the first that computes something else is named (edgekd.stages.export.int8_fidelity)")
+    int8_min_cosine: float = Field(0.99, ge=0.0, le=1.0, description="embedding models: the INT8 file's mean "
+                                   "cosine similarity to the fake-quantized torch model's embeddings")
+    torch_program: bool | None = Field(None, description="also save each FP32 variant as a torch.export "
+                                                         "program (.pt2); default: when a torch target is in the run")
