@@ -28,7 +28,8 @@ from pathlib import Path
 import torch
 
 from edgekd.models.checkpoint import load_checkpoint
-from edgekd.config import LossTerm, load_recipe
+from edgekd.config import LossTerm
+from edgekd.run.recipe import load_recipe
 from edgekd.data import build_splits
 from edgekd.models.default import ARCH, default_teacher
 from edgekd.fileio import atomic_path

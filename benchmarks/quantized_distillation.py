@@ -28,7 +28,8 @@ import torch
 
 from edgekd.backends import BACKENDS, evaluate_accuracy
 from edgekd.models.checkpoint import build_model, load_checkpoint
-from edgekd.config import load_recipe, load_target, recipe_with
+from edgekd.config import load_target, recipe_with
+from edgekd.run.recipe import load_recipe
 from edgekd.data import build_splits
 from edgekd.models.default import ARCH, default_teacher
 from edgekd.errors import StageError

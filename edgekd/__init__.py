@@ -11,9 +11,8 @@ from .errors import EdgekdError  # noqa: E402
 
 def __getattr__(name: str):
     """Import the heavier entry points on first use, so ``import edgekd`` stays cheap."""
-    if name == "load_recipe":  # the stages register their recipe keys on import
-        from . import stages  # noqa: F401
-        from .config import load_recipe
+    if name == "load_recipe":  # with every stage's recipe keys registered
+        from .run.recipe import load_recipe
 
         return load_recipe
     if name == "compress":

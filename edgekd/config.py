@@ -275,8 +275,8 @@ def stage_order() -> list[str]:
 class RegisteredStage:
     """The ``stages:`` items: a union, tagged by ``stage``, of every registered stage config, built when a
     recipe is first validated; error locations are pydantic's (``stages.0.quantize.x``). Each stage's folder
-    registers its config when ``edgekd.stages`` is imported (the public ``edgekd.load_recipe``, the run
-    wing and the CLI import it); config itself never imports the stages it validates."""
+    registers its config when ``edgekd.stages`` is imported (``run.recipe.load_recipe``, the one way a
+    recipe file is read, imports it); config itself never imports the stages it validates."""
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
@@ -284,7 +284,7 @@ class RegisteredStage:
 
         if not STAGE_CONFIGS.names():
             raise RuntimeError("no stage is registered: import edgekd.stages before reading a recipe "
-                               "(edgekd.load_recipe does)")
+                               "(edgekd.run.recipe.load_recipe does)")
         choices = {name: handler.generate_schema(STAGE_CONFIGS.get(name)) for name in stage_order()}
         return core_schema.tagged_union_schema(choices, discriminator="stage")
 
@@ -499,9 +499,10 @@ def builtin_names(folder: Path) -> list[str]:
     return sorted(p.stem for p in folder.glob("*.yaml"))
 
 
-def load_recipe(name_or_path: str | Path, patch: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Recipe:
-    """A recipe file, validated; ``patch`` edits the raw mapping first (the CLI's overrides, so a
-    recipe may leave out what the command line gives, e.g. the data path of ``--data``)."""
+def read_recipe(name_or_path: str | Path, patch: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Recipe:
+    """A recipe file, validated against the stages registered so far (``run.recipe.load_recipe`` registers
+    every built-in stage first); ``patch`` edits the raw mapping first (the CLI's overrides, so a recipe
+    may leave out what the command line gives, e.g. the data path of ``--data``)."""
     path = _resolve(name_or_path, RECIPES_DIR, RecipeError, "recipe")
     raw = read_yaml(path, RecipeError)
     return _validate(Recipe, patch(raw) if patch is not None else raw, path, RecipeError)

@@ -171,7 +171,7 @@ def test_an_npy_header_claiming_more_rows_than_the_file_holds_is_refused(tmp_pat
 
 
 def test_a_small_yaml_that_expands_to_billions_of_nodes_is_refused(tmp_path):
-    from edgekd.config import load_recipe
+    from edgekd.run.recipe import load_recipe
     from edgekd.errors import RecipeError
 
     lines = ["a0: &a0 [x, x]"] + [f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}]" for i in range(1, 33)]  # 64 aliases

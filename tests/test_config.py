@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edgekd.config import (RECIPES_DIR, TARGETS_DIR, builtin_names, load_budget, load_recipe, load_target)
+from edgekd.config import RECIPES_DIR, TARGETS_DIR, builtin_names, load_budget, load_target
+from edgekd.run.recipe import load_recipe
 from edgekd.errors import BudgetError, RecipeError, TargetError
 
 from .conftest import invoke, write_yaml

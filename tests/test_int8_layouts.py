@@ -153,7 +153,7 @@ def test_silu_and_hardswish_run_their_product_as_int8_mul_on_onnx_runtime(tmp_pa
 
 def test_hardswish_is_split_only_for_recipes_whose_targets_all_run_onnx_runtime():
     from edgekd.backends.target import Target as T
-    from edgekd.config import load_recipe
+    from edgekd.run.recipe import load_recipe
     from edgekd.run.targets import target_facts
     from edgekd.stages.base import resolve_stages
 

@@ -95,7 +95,8 @@ def _fields(model) -> list[str]:
 @given(doc=st.one_of(values, keyed(["name", "stages", "data", "student", "targets", "seed", "arch", "device"])),
        kind=st.sampled_from(["recipe", "target", "budget"]))
 def test_any_yaml_document_is_a_config_or_a_one_line_input_error(tmp_path, doc, kind):
-    from edgekd.config import Budget, Recipe, Target, load_budget, load_recipe, load_target
+    from edgekd.config import Budget, Recipe, Target, load_budget, load_target
+    from edgekd.run.recipe import load_recipe
 
     if isinstance(doc, dict):
         doc = {**doc, **({"stages": [{"stage": "export"}]} if kind == "recipe" and "stages" not in doc else {})}

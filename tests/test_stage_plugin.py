@@ -68,3 +68,17 @@ def test_a_registered_stages_keys_order_and_preflight_are_checked_like_a_built_i
                    recipe(tmp_path, tiny_files["ort"], [{"stage": "toy-note", "note": " "}, {"stage": "export"}]),
                    "--out", tmp_path / "c", "--dry-run")
     assert blank.exit_code == 2 and "preflight stages.0 (toy-note): the note is blank" in blank.output
+
+
+def test_every_way_to_read_a_recipe_knows_the_built_in_stages_in_a_fresh_process():
+    """Stage configs are registered by the stages' folders; a reader that did not import them would see
+    no stage at all. In a fresh interpreter (no test imported them first): the CLI's list, and the
+    public ``edgekd.load_recipe``."""
+    import subprocess
+    import sys
+
+    listed = subprocess.run([sys.executable, "-m", "edgekd", "list", "recipes"], capture_output=True, text=True)
+    assert listed.returncode == 0 and "ptq:" in listed.stdout, listed.stdout + listed.stderr
+    loaded = subprocess.run([sys.executable, "-c", "import edgekd; print([s.stage for s in edgekd.load_recipe('ptq').stages])"],
+                            capture_output=True, text=True)
+    assert loaded.returncode == 0 and "['distill', 'quantize', 'export']" in loaded.stdout, loaded.stderr

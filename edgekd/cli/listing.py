@@ -21,7 +21,8 @@ class What(str, enum.Enum):
 @app.command("list")
 def list_(what: Annotated[What, typer.Argument(help="recipes, targets, backends, losses or data sources.")]) -> None:
     """List built-in recipes, targets, backends (with availability) or distillation losses."""
-    from ..config import load_recipe, load_target, RECIPES_DIR, TARGETS_DIR, builtin_names
+    from ..config import load_target, RECIPES_DIR, TARGETS_DIR, builtin_names
+    from ..run.recipe import load_recipe
 
     with handle_errors():
         if what is What.recipes:

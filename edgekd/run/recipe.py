@@ -4,14 +4,21 @@ the command line's overrides (arch, arch arguments, device, targets), and the ch
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from pydantic import ValidationError
 
-from ..config import Recipe, load_recipe, recipe_with
+from .. import stages  # noqa: F401  (every built-in stage registers its recipe keys)
+from ..config import Recipe, read_recipe, recipe_with
 from ..data.spec import parse_data_spec
 from ..errors import CheckpointError, InputError
 from ..models.teacher import is_hf
+
+
+def load_recipe(name_or_path: str | Path,
+                patch: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> Recipe:
+    """A recipe file (a path, or a built-in name), validated against every registered stage."""
+    return read_recipe(name_or_path, patch)
 
 
 def assemble_recipe(recipe: str | Path | Recipe, data: str | None, *, arch: str | None,
