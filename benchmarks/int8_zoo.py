@@ -192,30 +192,23 @@ def export_verdict(qmodel: torch.nn.Module, path: Path, held_out: np.ndarray) ->
 
 
 def one_verdict(qmodel: torch.nn.Module, path: Path, held_out: np.ndarray) -> str:
-    """The export stage's verdict on one INT8 file against its fake-quant model."""
-    import onnxruntime as ort
-
-    from edgekd.stages.export.config import ExportConfig
+    """The export stage's verdict on one INT8 file against its fake-quant model (its own check, as a run
+    makes it: ``compare_with_torch``)."""
     from edgekd.errors import StageError
-    from edgekd.stages.export.stage import judge_exact
+    from edgekd.stages.export.config import ExportConfig
+    from edgekd.stages.export.stage import compare_with_torch
 
     x = torch.from_numpy(held_out)
     with torch.no_grad():
         ref = np.concatenate([getattr(o, "value", o).numpy() for o in (qmodel(x[i:i + 1]) for i in range(len(x)))])
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    got = np.concatenate([session.run(None, {"input": held_out[i:i + 1]})[0] for i in range(len(held_out))])
     try:
-        verdict = judge_exact(path, ref, got, x, ExportConfig(stage="export"), path.stem, qmodel)
+        verdict = compare_with_torch(path, ref, x, "int8", ExportConfig(stage="export"), path.stem, model=qmodel)
     except StageError as exc:
         return f"diverges: {str(exc).split(': ', 1)[-1][:200]}"
-    from edgekd.stages.export.parity import sqnr_db
-
-    db = sqnr_db(ref, got)
+    db = verdict["sqnr_db"]  # None: identical outputs
     floor = verdict.get("own_rounding_db")  # the model against its own float64 twin: what rounding allows
     twin = "" if floor is None else f"; model vs its float64 twin {'inf' if floor == float('inf') else f'{floor:.0f}'}"
-    return verdict["verdict"] + ("" if db == float("inf") else f" ({db:.0f} dB{twin})")
+    return verdict["verdict"] + ("" if db is None else f" ({db:.0f} dB{twin})")
 
 
 def the_fp32_file(model: torch.nn.Module, calibration: torch.Tensor, path: Path) -> tuple[Path, list]:
