@@ -6,13 +6,15 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ..artifacts.artifact import Artifact, config_hash, read_record, write_record
 from ..config import Recipe, load_target
+from ..data import Splits
 from ..errors import InputError
 from ..progress import console
 from ..measure.measurement import BackendPool
+from ..models.checkpoint import LoadedCheckpoint
 from ..stages import STAGES, StageContext
 from ..stages.base import RecipeReads, recipe_field_hashes
 from ..version import __version__
@@ -24,12 +26,13 @@ class RunState:
 
     rec: Recipe
     run_dir: Path
-    splits: Any
-    loaded: Any                    # the teacher's LoadedCheckpoint
+    splits: Splits
+    loaded: LoadedCheckpoint       # the teacher
     variants: dict[str, Artifact]  # every variant made so far, the teacher first
     ctx: StageContext
     pool: BackendPool
-    latency_probe_for: Any         # target name -> (timer of an ONNX file there, the target's settings)
+    # target name -> (timer of an ONNX file there, the target's settings)
+    latency_probe_for: Callable[[str], tuple[Callable[[Path], float], dict[str, Any]]]
     extra: dict[str, Any]          # manifest fields gathered on the way
 
 
