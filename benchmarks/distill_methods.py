@@ -35,7 +35,7 @@ from edgekd.models.default import ARCH, default_teacher
 from edgekd.fileio import atomic_path
 from edgekd.losses import LOSSES
 from edgekd.train.objective import Objective, build_objective
-from edgekd.stages.prune.pruning import uniform_width
+from edgekd.stages.channels import uniform_width
 from edgekd.train.evaluate import accuracy
 from edgekd.train.loop import fit
 from edgekd.models.zoo import TinyCNN

@@ -37,7 +37,7 @@ from edgekd.data import build_splits
 from edgekd.models.default import ARCH, DATA, default_teacher
 from edgekd.stages.export.exporting import export_fp32
 from edgekd.measure.measurement import BackendPool, latency_probe
-from edgekd.stages.prune.pruning import prune_channels
+from edgekd.stages.channels import prune_channels
 
 TARGET = "cpu-openvino"
 

@@ -35,7 +35,7 @@ from edgekd.models.default import ARCH, default_teacher
 from edgekd.errors import StageError
 from edgekd.stages.quantize.mixed_precision import search
 from edgekd.train.objective import Objective, build_objective
-from edgekd.stages.prune.pruning import uniform_width
+from edgekd.stages.channels import uniform_width
 from edgekd.stages.quantize.quantization import calibrate, export_qdq, layer_names, quantize_model
 from edgekd.train.evaluate import accuracy
 from edgekd.train.loop import fit

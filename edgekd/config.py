@@ -18,6 +18,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationE
 from .backends.target import COMMON_TARGET_KEYS, FileName, LatencySpec, Target  # noqa: F401  (re-exported)
 from .errors import BudgetError, EdgekdError, RecipeError, TargetError
 from .registry import Registry
+from .tasks import TASKS
 from .limits import LIMITS
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
@@ -238,7 +239,8 @@ LossTerms = Annotated[list[LossTerm], Field(min_length=1), BeforeValidator(_loss
 class TrainingConfig(Strict):
     """What every training stage shares: its objective and its loop."""
 
-    loss: LossTerms = Field(default_factory=lambda: [LossTerm(name="kd")])
+    loss: LossTerms = Field(default_factory=lambda: [LossTerm(name="kd")], description="the distillation "
+                            "objective (default: the task's default loss, kd for classification)")
     patience: int | None = Field(None, ge=1, description="stop after this many epochs without a better "
                                  "validation accuracy (early stopping); none: run every epoch")
 
@@ -251,6 +253,11 @@ class StageConfig(Strict):
     stage: str
     order: ClassVar[float] = 0    # where it runs in the flow (prune 0, distill 1, quantize 2, export 3)
     last: ClassVar[bool] = False  # the stage every recipe ends with, exactly once (export)
+
+    def trained_losses(self) -> list[tuple[str, "LossTerms"]]:
+        """(key, loss terms) of every objective this stage trains with as configured: what a task checks
+        fits its outputs before anything trains. A stage that trains overrides it."""
+        return []
 
 
 STAGE_CONFIGS: Registry[type[StageConfig]] = Registry("stage", RecipeError)
@@ -298,9 +305,12 @@ class Recipe(Strict):
     arch: str | None = Field(None, description="teacher arch spec when --arch is not given")
     arch_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the arch's "
                                       "constructor or factory (e.g. {input_size: 28}); also --arch-arg KEY=VALUE")
-    task: Literal["classification", "embedding"] = Field(
-        "classification", description="hf: text models: class logits (sequence classification, scored by accuracy) "
-                                      "or mean-pooled sentence embeddings (scored against the teacher's)")
+    task: str = Field("classification", description="what the model outputs and how it is scored (edgekd list "
+                      "tasks): classification (class logits, top-1 accuracy) or embedding (scored against the "
+                      "teacher's embeddings); hf: text models get the task's head")
+    metric: str | None = Field(None, description="classification: score with this function instead of top-1 "
+                               "(package.module:function, given the outputs and labels as arrays, returning a "
+                               "number in [0, 1], higher is better)")
     device: str = Field("auto", description="where training runs: auto (CUDA when present), cpu, cuda, cuda:N")
     amp: Literal["bf16", "fp16", "none"] = Field("bf16", description="CUDA autocast precision for training")
     checkpoint_every: int | None = Field(None, ge=1, description="also save the training state every this many "
@@ -309,6 +319,21 @@ class Recipe(Strict):
     student: StudentSpec = StudentSpec()
     stages: list[RegisteredStage]
     targets: list[str] = ["cpu-onnxruntime", "cpu-openvino"]
+
+    @field_validator("task")
+    @classmethod
+    def _task(cls, v: str) -> str:
+        if v not in TASKS:
+            raise ValueError(f"unknown task; known: {', '.join(TASKS.names())}")
+        return v
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, v: str | None) -> str | None:
+        module, _, function = (v or "m:f").partition(":")
+        if not module or not function:
+            raise ValueError("must be package.module:function")
+        return v
 
     @field_validator("device")
     @classmethod

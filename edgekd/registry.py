@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Generic, Iterator, TypeVar
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from .errors import EdgekdError, InputError
 
@@ -44,3 +44,21 @@ class Registry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._items)
+
+
+def import_named(spec: str, what: str, error: type[EdgekdError] = InputError, expected: str = "package.module:function") -> Any:
+    """The object a ``package.module:function`` string names, imported: how a recipe points at the user's
+    own code (an arch factory, a data factory, a metric). Errors name ``what`` (e.g. ``metric``) and the
+    form expected; the callable is not called here."""
+    import importlib
+
+    module, _, attr = (spec or "").partition(":")
+    if not module or not attr:
+        raise error(f"{what} {spec!r}: expected {expected}")
+    try:
+        found = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError, ValueError, TypeError) as exc:
+        raise error(f"{what} {spec!r}: cannot import {module}.{attr} ({exc}); expected {expected}") from None
+    if not callable(found):
+        raise error(f"{what} {spec!r}: {module}.{attr} is a {type(found).__name__}, not a function")
+    return found

@@ -17,7 +17,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from edgekd.artifacts.artifact import Artifact, rebuild_float, stage_artifacts
+from edgekd.artifacts.artifact import Artifact, stage_artifacts
+from edgekd.stages.channels import rebuild_float
 from edgekd.losses import LOSSES
 
 from .conftest import TINY_DATA, invoke, save_model, write_yaml

@@ -12,10 +12,11 @@ import pytest
 import torch
 from torch import nn
 
-from edgekd.artifacts.artifact import Artifact, rebuild_float, stage_artifacts
+from edgekd.artifacts.artifact import Artifact, stage_artifacts
+from edgekd.stages.channels import rebuild_float
 from edgekd.errors import StageError
 from edgekd.stages.prune.latency_lut import LatencyTable, choose_ratios, search_plan
-from edgekd.stages.prune.pruning import ChannelGroup, apply_channel_plan, channel_plan, prune_channels
+from edgekd.stages.channels import ChannelGroup, apply_channel_plan, channel_plan, prune_channels
 from edgekd.losses.base import Batch
 from edgekd.stages.prune.sparsity import BNScaleL1, l1_rate, scale_groups
 from edgekd.models.zoo import DigitsCNN, TinyCNN

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from edgekd.artifacts.artifact import Artifact, rebuild_float, rebuild_int8, stage_artifacts
+from edgekd.artifacts.artifact import Artifact, stage_artifacts
+from edgekd.stages.channels import rebuild_float
+from edgekd.stages.quantize.quantization import rebuild_int8
 from edgekd.errors import StageError
 from edgekd.stages.quantize.quantization import _act_quants, quantize_model
 from edgekd.models.zoo import TinyCNN

@@ -299,7 +299,8 @@ def test_a_save_to_disk_folder_keeps_its_splits(bert, tmp_path):
 def test_a_narrower_text_student_keeps_its_heads_and_rebuilds_from_its_artifact(bert, corpus, tmp_path):
     """student.width on a BERT: Torch-Pruning removes the same dims from every head of query/key/value
     (and the hidden size with them); the saved student rebuilds from the folder's config and its plan."""
-    from edgekd.artifacts.artifact import Artifact, rebuild_float
+    from edgekd.artifacts.artifact import Artifact
+    from edgekd.stages.channels import rebuild_float
     from edgekd.models.text import load_hf as load
 
     blocks = {"student": "backbone.bert.encoder.layer.3.attention.self",
@@ -349,9 +350,26 @@ def test_any_hf_architecture_can_be_the_student(bert, corpus, tmp_path):
 
 
 def test_an_embedding_run_refuses_a_logit_loss(bert, tmp_path):
+    """The embedding task names the losses that fit its outputs: an explicit kd fails before training."""
     corpus = reviews(tmp_path / "unlabelled.jsonl", labels=False)
     recipe = _text_recipe(tmp_path, bert, corpus, "embedding", [{"name": "embedding-cosine"}],
-                          {"mode": "qat", "epochs": 1, "calibration_batches": 1})  # QAT's default loss: kd
+                          {"mode": "qat", "epochs": 1, "calibration_batches": 1, "loss": [{"name": "kd"}]})
     result = invoke("compress", "--recipe", recipe, "--out", tmp_path / "run")
     assert result.exit_code == 2
-    assert "stages.1.loss.0: 'kd' matches class logits; an embedding run trains with embedding-cosine" in result.output
+    assert "stages.1.loss.0: 'kd' does not fit a embedding run's outputs; it trains with embedding-cosine" \
+        in result.output.replace("\n", "")
+
+
+def test_a_training_stage_without_a_loss_gets_the_tasks_default(bert, tmp_path):
+    """QAT names no loss: an embedding run distills with the embedding task's default, a classification
+    run with kd, and a loss the recipe gives is kept."""
+    from edgekd.run.recipe import load_recipe
+    from edgekd.run.targets import settle_targets
+
+    corpus = reviews(tmp_path / "unlabelled.jsonl", labels=False)
+    for task, default in (("embedding", "embedding-cosine"), ("classification", "kd")):
+        recipe = _text_recipe(tmp_path, bert, corpus, task, [{"name": "embedding-cosine"}],
+                              {"mode": "qat", "epochs": 1})
+        settled, _ = settle_targets(load_recipe(recipe))
+        assert [t.name for t in settled.stages[0].loss] == ["embedding-cosine"]
+        assert [t.name for t in settled.stages[1].loss] == [default]

@@ -150,7 +150,8 @@ def test_seeded_input_is_deterministic_and_not_zero():
 
 def test_int8_artifact_rebuilds_bit_exact(tmp_path):
     """--resume and export rebuild the fake-quant model from safetensors, never from a pickle."""
-    from edgekd.artifacts.artifact import Artifact, rebuild_int8, save_torch
+    from edgekd.artifacts.artifact import Artifact, save_torch
+    from edgekd.stages.quantize.quantization import rebuild_int8
 
     torch.manual_seed(0)
     x = torch.rand(16, 1, 16, 16)

@@ -17,8 +17,6 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..models.checkpoint import build_model, load_state, versioned
-from ..errors import StageError
 from ..fileio import atomic_path, read_json, write_json
 
 @dataclass(frozen=True)
@@ -58,51 +56,6 @@ def save_torch(model: nn.Module, folder: Path, *, variant: str, stage: str, pare
         save_file(state, str(tmp))
     meta = {"arch": arch, "arch_kwargs": arch_kwargs, "metrics": metrics, **(extra or {})}
     return Artifact(variant, kind, precision, str(folder), stage, parent, chash, meta)
-
-
-def rebuild_float(artifact: Artifact, parent: nn.Module | None = None) -> nn.Module:
-    """The float module of a ``torch`` artifact.
-
-    A width-derived (pruned) student is its architecture with the recorded channel plan applied; the
-    architecture comes from its arch spec, or, for a teacher loaded as a trusted pickled module (no
-    spec), from a copy of that ``parent`` module.
-    """
-    import copy
-
-    from safetensors.torch import load_file
-
-    from ..stages.prune.pruning import apply_channel_plan
-
-    meta = artifact.meta
-    if meta.get("arch"):
-        model = build_model(meta["arch"], **meta["arch_kwargs"])
-    elif parent is not None:
-        model = copy.deepcopy(parent)
-    else:
-        raise StageError(f"artifact {artifact.variant}: no arch spec to rebuild it from")
-    if "channels" in meta:
-        apply_channel_plan(model, example_input(model, meta["input_shape"]), meta["channels"])
-    load_state(model, load_file(str(Path(artifact.path) / "model.safetensors")), f"artifact {artifact.variant}")
-    return model.eval()
-
-
-def rebuild_int8(artifact: Artifact, float_parent: nn.Module) -> nn.Module:
-    """The fake-quantized module of a ``torch-int8`` artifact, rebuilt from its float parent."""
-    from safetensors.torch import load_file
-
-    from ..stages.quantize.quantization import quantize_model
-
-    q = artifact.meta["quantization"]
-    qmodel = quantize_model(float_parent, unsigned_input=q["unsigned_input"], reduce_range=q["reduce_range"],
-                            calibration=q.get("calibration", "percentile"), percentile=q.get("percentile", 99.999),
-                            weight_bits=q.get("weight_bits", 8), overrides=q.get("overrides"),
-                            learned_scales=q.get("learned_scales", False), hardswish=q.get("hardswish", "fused"))
-    state = versioned(load_file(str(Path(artifact.path) / "model.safetensors")), qmodel.state_dict())
-    missing, unexpected = qmodel.load_state_dict(state, strict=False)
-    if unexpected or any(not k.endswith(("zero_point", "counter", "buffer")) for k in missing):
-        raise StageError(f"artifact {artifact.variant}: quantized weights do not fit the rebuilt model "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    return qmodel.eval()
 
 
 IN_RUN = "run:"  # a path recorded relative to its run directory: "run:stages/01-quantize/model"

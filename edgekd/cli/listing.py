@@ -16,11 +16,13 @@ class What(str, enum.Enum):
     backends = "backends"
     losses = "losses"
     sources = "sources"
+    tasks = "tasks"
 
 
 @app.command("list")
-def list_(what: Annotated[What, typer.Argument(help="recipes, targets, backends, losses or data sources.")]) -> None:
-    """List built-in recipes, targets, backends (with availability) or distillation losses."""
+def list_(what: Annotated[What, typer.Argument(help="recipes, targets, backends, losses, data sources or tasks.")]) -> None:
+    """List built-in recipes, targets, backends (with availability), distillation losses, data sources or
+    tasks (what ``task:`` accepts)."""
     from ..config import load_target, RECIPES_DIR, TARGETS_DIR, builtin_names
     from ..run.recipe import load_recipe
 
@@ -44,6 +46,13 @@ def list_(what: Annotated[What, typer.Argument(help="recipes, targets, backends,
             for name in SOURCES:
                 doc = " ".join((SOURCES.get(name).__doc__ or "").split())
                 out.print(f"{name}: {doc}", highlight=False, markup=False)
+        elif what is What.tasks:
+            from ..tasks import TASKS
+
+            for name in TASKS:
+                task = TASKS.get(name)
+                out.print(f"{name}: scored by {task.metric}; default loss {task.default_loss}", highlight=False,
+                          markup=False)
         else:
             from ..losses import LOSSES
 

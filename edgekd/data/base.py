@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import DataError
+from ..tasks import Classification, Scoring
 from .transforms import Preprocess
 
 SPLITS = ("train", "val", "test")
@@ -141,9 +142,9 @@ class Splits:
     class_names: list[str] | None = None
     calibration_size: int | None = None
     provenance: dict[str, Any] = field(default_factory=dict)  # where each split came from, for the manifest
-    # an embedding run (text): the teacher's embeddings of the val and test samples, what every model's
-    # "accuracy" is scored against (mean cosine similarity); None for classification
-    embedding_targets: dict[str, torch.Tensor] | None = None
+    # how every model's outputs are scored on these splits: the run's task bound to its references
+    # (labels, or the teacher's own outputs); the run sets it, top-1 accuracy until then
+    scoring: Scoring = field(default_factory=lambda: Scoring(Classification()))
     _shape: tuple[int, ...] | None = None
 
     def set(self, split: str) -> SampleSet:

@@ -5,7 +5,6 @@ completes the rest the same way for every source.
 
 from __future__ import annotations
 
-import importlib
 import os
 import zipfile
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ import torch
 from ..config import DataSpec
 from ..errors import DataError, first_line
 from ..limits import LIMITS
-from ..registry import Registry
+from ..registry import Registry, import_named
 from .base import ArraySet, RawSet
 
 
@@ -392,17 +391,11 @@ def factory(spec: DataSpec) -> SourceData:
     """``path: package.module:function``: called with no arguments, it returns ``{"train": ds, "val":
     ds, "test": ds}`` (val/test optional) or a ``(train, val, test)`` tuple of torch datasets whose
     items are ``(image, label)``; a ``classes`` attribute on train names the classes."""
-    module, _, attr = (spec.path or "").partition(":")
-    if not module or not attr:
-        raise DataError(f"data.path {spec.path!r}: expected package.module:function for source factory")
-    try:
-        fn = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        raise DataError(f"data.path {spec.path!r}: cannot import {module}.{attr} ({exc})") from None
+    fn = import_named(spec.path or "", "data.path", DataError, "package.module:function for source factory")
     try:
         made = fn()
     except TypeError as exc:
-        raise DataError(f"data.path {spec.path!r}: {module}.{attr}() failed ({exc}); it must take no arguments") from None
+        raise DataError(f"data.path {spec.path!r}: {spec.path}() failed ({exc}); it must take no arguments") from None
     if isinstance(made, (tuple, list)):
         made = dict(zip(("train", "val", "test"), made))
     if not isinstance(made, dict) or made.get("train") is None:

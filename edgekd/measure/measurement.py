@@ -22,6 +22,7 @@ from .fingerprint import fingerprint
 from ..config import LatencySpec, Target
 from ..errors import BackendError, BackendUnavailable, CheckpointError, EdgekdError, InputError, first_line
 from ..progress import progress_bar
+from ..tasks import Classification, Scoring
 
 # ``() -> batches of (x, y)`` numpy arrays: the test split a file is scored on, read afresh per call
 EvalData = Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]]
@@ -46,10 +47,10 @@ def measure(onnx_path: Path, variant: str, precision: str, target: Target, pool:
             eval_data: EvalData | None = None, eval_samples: int = 0,
             reference: np.ndarray | None = None, shape: ShapeRequest = None,
             feed: FeedSpec | None = None, seq: int | None = None,
-            embedding_reference: np.ndarray | None = None) -> dict[str, Any]:
+            scoring: Scoring | None = None) -> dict[str, Any]:
     """Latency (at the file's input shapes, or ``shape``, dynamic sequence axes at ``seq``; inputs made by
     ``feed_for``), and with data (``eval_samples`` samples in
-    batches) accuracy; with ``reference`` (the torch model's logits on the same samples) also the
+    batches) the task's scores on the test split (``scoring``; top-1 accuracy when None); with ``reference`` (the torch model's logits on the same samples) also the
     parity of this backend's outputs with it: how the runtime's own kernels change the result.
 
     The order matters: the peak-RSS mark is reset before compiling, so ``peak_rss_mb`` is the peak while
@@ -113,11 +114,7 @@ def measure(onnx_path: Path, variant: str, precision: str, target: Target, pool:
             bad = int(np.sum(~np.isfinite(logits).all(axis=1)))
             if bad:  # argmax of NaN is 0: an "accuracy" from such outputs would be a lie
                 raise BackendError(f"{target.name} computed NaN/Inf logits for {bad} of {len(logits)} test samples")
-            if embedding_reference is not None:  # an embedding run: scored against the teacher's embeddings
-                result["embedding"] = embedding_scores(logits, embedding_reference)
-                result["accuracy"] = result["embedding"]["cosine_to_teacher"]
-            else:
-                result["accuracy"] = float(np.mean(logits.argmax(1) == labels))
+            result.update((scoring or Scoring(Classification())).scores(logits, labels, "test"))
             result["eval_samples"] = int(len(labels))
             if reference is not None and reference.shape == logits.shape:
                 result["parity"] = parity(reference, logits)
@@ -144,23 +141,6 @@ def add_repeats(rows: list[dict[str, Any]], timings: list[list[dict[str, Any]]])
             continue
         p50s = [row["latency_ms"]["p50"]] + [t[i]["latency_ms"]["p50"] for t in timings if t[i]["status"] == "ok"]
         row["repeats"] = {"p50_ms": p50s, "spread": (max(p50s) - min(p50s)) / float(np.median(p50s))}
-
-
-def embedding_scores(embeddings: np.ndarray, teacher: np.ndarray) -> dict[str, Any]:
-    """How well ``embeddings`` stand in for the teacher's on the same texts: the mean cosine similarity
-    of each pair, and the Spearman correlation of the two models' pairwise similarities (does the
-    student rank which texts are alike the way the teacher does: what search and clustering use)."""
-    from scipy.stats import spearmanr
-
-    def unit(e: np.ndarray) -> np.ndarray:
-        e = e.astype(np.float64)
-        return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
-
-    s, t = unit(embeddings), unit(teacher)
-    upper = np.triu_indices(len(s), k=1)
-    rho = spearmanr((s @ s.T)[upper], (t @ t.T)[upper]).statistic if len(s) > 2 else float("nan")
-    return {"cosine_to_teacher": float(np.mean(np.sum(s * t, axis=1))), "spearman": float(rho),
-            "pairs": int(len(upper[0]))}
 
 
 def kept_samples(times_ms: list[float] | np.ndarray, keep: int = MAX_KEPT_SAMPLES) -> list[float]:

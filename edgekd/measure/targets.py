@@ -27,8 +27,6 @@ def measure_models(run_dir: Path, models: dict[str, Artifact], targets: list[Tar
         return splits.arrays("test")
 
     seq = getattr(splits.preprocess, "max_length", None)  # text: latency at the recipe's sequence length
-    targets_by_split = splits.embedding_targets or {}
-    teacher_embeddings = targets_by_split["test"].numpy() if "test" in targets_by_split else None
     for target in targets:
         results, files = {}, {}
         for name, art in models.items():
@@ -45,7 +43,7 @@ def measure_models(run_dir: Path, models: dict[str, Artifact], targets: list[Tar
             else:
                 files[name] = run_dir / path
                 result = measure(files[name], name, art.precision, target, pool, test_batches,
-                                 splits.size("test"), reference, seq=seq, embedding_reference=teacher_embeddings)
+                                 splits.size("test"), reference, seq=seq, scoring=splits.scoring)
             results[name] = result
         if target.latency.repeats > 1:  # latency only, in rounds over the variants
             timed = [n for n in results if n in files]

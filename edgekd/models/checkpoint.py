@@ -40,6 +40,7 @@ import torch
 from torch import nn
 
 from ..errors import CheckpointError, first_line
+from ..registry import import_named
 from ..fileio import file_sha256
 
 SAFE_TORCH = (2, 10)
@@ -124,7 +125,7 @@ def build_model(spec: str, *, num_classes: int | None = None, in_channels: int |
 
             _no_width(spec, width)
             return build_hf(name, num_classes, **extra)
-        return _factory(spec, scheme, name, num_classes, in_channels, width, extra)
+        return _factory(spec, num_classes, in_channels, width, extra)
     except TypeError as exc:
         given = ", ".join(f"{k}={v!r}" for k, v in extra.items()) or "none"
         raise CheckpointError(f"--arch {spec!r}: its constructor rejected the arguments ({exc}); arch_args given: "
@@ -170,12 +171,9 @@ def _timm(name: str, num_classes: int | None, in_channels: int | None, width: fl
     return timm.create_model(name, **kwargs, **extra)
 
 
-def _factory(spec: str, module: str, attr: str, num_classes: int | None, in_channels: int | None,
-             width: float | None, extra: dict[str, Any]) -> nn.Module:
-    try:
-        factory = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as exc:
-        raise CheckpointError(f"--arch {spec!r}: cannot import {module}.{attr} ({exc}); expected {ARCH_FORMS}") from None
+def _factory(spec: str, num_classes: int | None, in_channels: int | None, width: float | None,
+             extra: dict[str, Any]) -> nn.Module:
+    factory = import_named(spec, "--arch", CheckpointError, ARCH_FORMS)
     params = inspect.signature(factory).parameters
     takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
     wanted = {"num_classes": num_classes, "in_channels": in_channels, "width": width}
@@ -204,7 +202,9 @@ def load_hf_checkpoint(directory: Path, arch: str, *, task: str, num_classes: in
     has_safetensors = any(directory.glob("*.safetensors"))
     if not has_safetensors and policy.trust:
         warn_trusted(directory)
-    model = load_hf(directory, task, num_classes if task == "classification" else None, trust=policy.trust)
+    from ..tasks import TASKS
+
+    model = load_hf(directory, task, num_classes if TASKS.get(task).outputs_classes else None, trust=policy.trust)
     return LoadedCheckpoint(model, arch, str(directory), "hf-safetensors" if has_safetensors else "hf-pickle",
                             not has_safetensors, digest)
 

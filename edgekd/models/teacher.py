@@ -11,19 +11,19 @@ import torch
 from ..config import Recipe
 from ..data import Splits
 from ..errors import CheckpointError, DataError, first_line
+from ..tasks import Task
 from .checkpoint import LoadedCheckpoint, LoadPolicy, load_checkpoint, load_hf_checkpoint
 
 
 def load_teacher(checkpoint: Path | None, arch: str | None, policy: LoadPolicy, splits: Splits,
-                  arch_args: dict[str, Any]) -> LoadedCheckpoint:
+                  arch_args: dict[str, Any], task: Task) -> LoadedCheckpoint:
     from .default import ARCH, default_teacher
 
     if checkpoint is None:
         checkpoint, arch = default_teacher(), arch or ARCH
     if is_hf(arch):
-        task = arch_args.get("task", "classification")
-        loaded = load_hf_checkpoint(checkpoint, arch, task=task, num_classes=splits.num_classes, policy=policy)
-        return checked_teacher(loaded, checkpoint, splits, embedding=task == "embedding")
+        loaded = load_hf_checkpoint(checkpoint, arch, task=task.name, num_classes=splits.num_classes, policy=policy)
+        return checked_teacher(loaded, checkpoint, splits, task)
     try:
         loaded = load_checkpoint(checkpoint, arch, policy=policy, num_classes=splits.num_classes,
                                  in_channels=splits.input_shape[0], arch_args=arch_args)
@@ -32,17 +32,16 @@ def load_teacher(checkpoint: Path | None, arch: str | None, policy: LoadPolicy, 
         if suspect and "shape mismatch" in str(exc):  # a stray label is the data's fault, not the checkpoint's
             raise DataError(suspect) from None
         raise
-    return checked_teacher(loaded, checkpoint, splits)
+    return checked_teacher(loaded, checkpoint, splits, task)
 
 
 def is_hf(arch: str | None) -> bool:
     return bool(arch) and arch.startswith("hf:")
 
 
-def checked_teacher(loaded: LoadedCheckpoint, checkpoint: Path, splits: Splits,
-                     embedding: bool = False) -> LoadedCheckpoint:
-    """The teacher run on one test sample: it must take the data's inputs and (unless it outputs
-    embeddings) give one logit per class."""
+def checked_teacher(loaded: LoadedCheckpoint, checkpoint: Path, splits: Splits, task: Task) -> LoadedCheckpoint:
+    """The teacher run on one test sample: it must take the data's inputs and give the outputs the task
+    scores (one logit per class for classification)."""
     model = loaded.model.eval()
     try:
         with torch.no_grad():
@@ -50,9 +49,9 @@ def checked_teacher(loaded: LoadedCheckpoint, checkpoint: Path, splits: Splits,
     except Exception as exc:  # noqa: BLE001 - any failure here is a shape/arch mismatch with the data
         raise CheckpointError(f"{checkpoint}: the model does not accept the data's input shape "
                               f"{(1, *splits.input_shape)} ({first_line(exc)})") from None
-    if out.ndim != 2 or (out.shape[1] != splits.num_classes and not embedding):
-        raise CheckpointError(f"{checkpoint}: the model outputs shape {tuple(out.shape)}, but the data has "
-                              f"{splits.num_classes} classes")
+    problem = task.output_problem(tuple(out.shape), splits.num_classes)
+    if problem is not None:
+        raise CheckpointError(f"{checkpoint}: {problem}")
     return loaded
 
 

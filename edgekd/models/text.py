@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Literal
 
 import torch
 from torch import nn
@@ -18,7 +17,15 @@ from torch import nn
 from ..errors import CheckpointError, InputError, first_line
 from .hub import from_config, pretrained
 
-Task = Literal["classification", "embedding"]
+Task = str  # a registered task's name (``edgekd.tasks``); its ``text_head`` picks the head
+
+
+def logits_head(task: Task) -> bool:
+    """Whether the task's text models end in the sequence-classification head (class logits), rather
+    than mean-pooled token states."""
+    from ..tasks import TASKS
+
+    return TASKS.get(task).text_head == "logits"
 
 
 def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -38,6 +45,7 @@ class TextModel(nn.Module):
     def __init__(self, backbone: nn.Module, task: Task) -> None:
         super().__init__()
         self.backbone, self.task = backbone, task
+        self.class_logits = logits_head(task)
 
     @property
     def config(self):
@@ -53,7 +61,7 @@ class TextModel(nn.Module):
         if token_type_ids is not None and getattr(self.config, "type_vocab_size", 0):
             kwargs["token_type_ids"] = token_type_ids
         out = self.backbone(**kwargs)
-        if self.task == "classification":
+        if self.class_logits:
             return out.logits
         return mean_pool(out.last_hidden_state, attention_mask)
 
@@ -73,7 +81,7 @@ def load_hf(directory: Path, task: Task, num_labels: int | None = None, trust: b
         raise InputError(f"hf:{directory}: no weights (*.safetensors) in the folder")
     try:
         config = pretrained("AutoConfig", directory)
-        if task == "classification":
+        if logits_head(task):
             if num_labels is not None:
                 config.num_labels = num_labels
             backbone = pretrained("AutoModelForSequenceClassification", directory, config=config,
@@ -120,7 +128,7 @@ def build_hf(directory: str, num_classes: int | None, task: Task = "classificati
     if not (path / "config.json").is_file():
         raise InputError(f"hf:{directory}: no config.json there")
     config = pretrained("AutoConfig", path)
-    if task == "classification":
+    if logits_head(task):
         if num_classes:
             config.num_labels = num_classes
         backbone = from_config("AutoModelForSequenceClassification", config)

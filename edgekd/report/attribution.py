@@ -24,14 +24,16 @@ def torch_steps(run_dir: Path, manifest: dict[str, Any]) -> list[dict[str, Any]]
     last_float = start  # quantize starts from the last float model too
     for entry in manifest.get("stages", []):
         record = Path(run_dir) / entry["folder"] / "stage.json"
-        if entry["stage"] == "export" or not record.is_file():
+        if not record.is_file():
             continue
         for art in read_json(record)["artifacts"]:
+            if art.get("kind") == "onnx":  # a file written from a model already counted, not a new model
+                continue
             metrics = (art.get("meta") or {}).get("metrics", {})
             acc = metrics.get("test_accuracy_torch")
             step = {"stage": entry["stage"], "variant": art["variant"], "test_accuracy_torch": acc,
                     "change": acc - last_float if acc is not None and last_float is not None else None}
-            if entry["stage"] == "prune" and metrics.get("pruned_val_accuracy") is not None:
+            if metrics.get("pruned_val_accuracy") is not None:  # pruning's cost before its recovery
                 step["val_accuracy_before_recovery"] = metrics["pruned_val_accuracy"]
             steps.append(step)
             if art.get("precision", "fp32") == "fp32":
@@ -54,9 +56,8 @@ def target_steps(report: dict[str, Any], manifest: dict[str, Any]) -> dict[str, 
         steps = []
         for before, after in zip(chain, chain[1:]):
             a, b = rows.get(before), rows.get(after)
-            stages = [s for s in made_by.get(after, []) if s != "export"]
-            if after == "student-int8":
-                stages = [s for s in stages if s == "quantize"] or stages
+            # the stages that made ``after`` and not ``before``: what writes both (the export) changed neither
+            stages = [s for s in made_by.get(after, []) if s not in made_by.get(before, [])]
             steps.append({
                 "from": before, "to": after, "stages": stages,
                 "accuracy_change": (b["accuracy"] - a["accuracy"]) if a and b and a["accuracy"] is not None

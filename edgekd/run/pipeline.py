@@ -37,6 +37,7 @@ from .manifest import manifest_fields, publish_models
 from .recipe import assemble_recipe, checkpoint_of
 from .stage_loop import RunState, run_stages
 from .targets import settle_targets
+from ..tasks import task_for
 from ..train import distributed
 from ..train.device import resolve_device
 from ..train.evaluate import accuracy, predict_logits
@@ -132,9 +133,9 @@ def _prepare(rec: Recipe, ckpt: Path | None, run_dir: Path, policy: LoadPolicy) 
     device = resolve_device(rec.device, rec.amp)
     splits = build_splits(rec.data, arch_preprocess(rec.arch if ckpt is not None else None), pin_memory=device.cuda)
     arch_args = {**rec.arch_args, "task": rec.task} if is_hf(rec.arch) else rec.arch_args  # rebuilds need the task
-    loaded = load_teacher(ckpt, rec.arch, policy, splits, arch_args)
-    if is_hf(rec.arch) and rec.task == "embedding":  # every model is scored against the teacher's embeddings
-        splits.embedding_targets = {s: predict_logits(loaded.model, splits, s, device) for s in ("val", "test")}
+    task = task_for(rec.task, rec.metric)
+    loaded = load_teacher(ckpt, rec.arch, policy, splits, arch_args, task)
+    splits.scoring = task.scoring(lambda split: predict_logits(loaded.model, splits, split, device).numpy())
     check_free_space(run_dir, sum(p.numel() * p.element_size() for p in loaded.model.parameters()), len(rec.stages))
     inputs = {"checkpoint": loaded.sha256, **input_hashes(rec.data.path, [path for path, _ in extra_teachers(rec)])}
     # every stage key descends from this one: a changed checkpoint, data file or extra teacher re-runs them
@@ -157,8 +158,8 @@ def _prepare(rec: Recipe, ckpt: Path | None, run_dir: Path, policy: LoadPolicy) 
                        latency_probe=latency_probe_for, device=device)
     for p in ctx.teacher.parameters():
         p.requires_grad_(False)
-    check_names(rec, ctx, embedding=splits.embedding_targets is not None)
-    extra = {"data": splits.describe(), "training_device": device.to_json(), "preflight_seconds": None,
+    check_names(rec, ctx, task)
+    extra = {"task": task.describe(), "data": splits.describe(), "training_device": device.to_json(), "preflight_seconds": None,
              "inputs": inputs, "seed": rec.seed, "command": sys.argv, "started": started,
              "load_policy": {"trust_checkpoint": policy.trust, "allow_globals": list(policy.allow_globals),
                              "expected_sha256": policy.expect_sha256}}

@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..backends import BACKENDS, check_runs_here
 from ..config import Recipe, Target, load_target
 from ..stages.base import TargetFacts, resolve_stages
+from ..tasks import TASKS
 
 
 def target_facts(targets: list[Target]) -> list[TargetFacts]:
@@ -20,6 +21,7 @@ def target_facts(targets: list[Target]) -> list[TargetFacts]:
 
 
 def settle_targets(recipe: Recipe) -> tuple[Recipe, list[Target]]:
-    """The recipe's targets, loaded and checked to run here, and the recipe its stages' resolvers settled."""
+    """The recipe's targets, loaded and checked to run here, and the recipe its stages' resolvers settled
+    (with the task's default loss where a training stage names none)."""
     targets = [check_runs_here(load_target(t)) for t in recipe.targets]
-    return resolve_stages(recipe, target_facts(targets)), targets
+    return resolve_stages(recipe, target_facts(targets), TASKS.get(recipe.task).default_loss), targets

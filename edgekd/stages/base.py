@@ -16,8 +16,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ..artifacts.artifact import Artifact, rebuild_float, rebuild_int8
-from ..config import LossTerm, Recipe
+from ..artifacts.artifact import Artifact
+from ..config import LossTerm, Recipe, TrainingConfig
 from ..data import Splits
 from ..errors import InputError, RecipeError, StageError
 from ..registry import Registry
@@ -115,15 +115,16 @@ class StageContext:
         """The torch module of a variant: from memory, else rebuilt from its artifact (resume)."""
         if name not in self.models:
             art = variants[name]
-            if art.kind == "torch":
-                parent = self.model(variants, art.parent) if "channels" in art.meta and not art.meta.get("arch") else None
-                self.models[name] = rebuild_float(art, parent)
-            elif art.kind == "torch-int8":
-                self.models[name] = rebuild_int8(art, self.model(variants, art.parent or ""))
-            else:
+            if art.kind not in REBUILDERS:
                 raise StageError(f"variant {name!r} is a {art.kind} artifact, not a torch model")
+            self.models[name] = REBUILDERS.get(art.kind)(art, lambda: self.model(variants, art.parent or ""))
         return self.models[name]
 
+
+# An artifact kind's rebuilder: (the artifact, a function giving its parent's module) -> its torch module;
+# registered by the stage folder that makes that kind, so a resumed run reloads what any stage saved.
+Rebuild = Callable[[Artifact, Callable[[], nn.Module]], nn.Module]
+REBUILDERS: Registry[Rebuild] = Registry("artifact kind", StageError)
 
 StageFn = Callable[[dict[str, Artifact], Any, StageContext], list[Artifact]]
 STAGES: Registry[StageFn] = Registry("stage", RecipeError)
@@ -148,10 +149,15 @@ StageResolver = Callable[[Any, list[TargetFacts], str], Any]
 RESOLVERS: Registry[StageResolver] = Registry("stage resolver", RecipeError)
 
 
-def resolve_stages(recipe: Recipe, targets: list[TargetFacts]) -> Recipe:
-    """The recipe with every stage's config settled by its stage's resolver."""
-    stages = [RESOLVERS.get(spec.stage)(spec, targets, f"stages.{i}") if spec.stage in RESOLVERS else spec
-              for i, spec in enumerate(recipe.stages)]
+def resolve_stages(recipe: Recipe, targets: list[TargetFacts], default_loss: str = "kd") -> Recipe:
+    """The recipe with every stage's config settled by its stage's resolver, and every training stage
+    that names no loss given the task's ``default_loss`` (an embedding run distills embeddings)."""
+    stages = []
+    for i, spec in enumerate(recipe.stages):
+        if (isinstance(spec, TrainingConfig) and "loss" not in spec.model_fields_set
+                and [t.name for t in spec.loss] != [default_loss]):
+            spec = spec.model_copy(update={"loss": [LossTerm(name=default_loss)]})
+        stages.append(RESOLVERS.get(spec.stage)(spec, targets, f"stages.{i}") if spec.stage in RESOLVERS else spec)
     return recipe.model_copy(update={"stages": stages})
 
 

@@ -33,14 +33,11 @@ def predict_logits(model: nn.Module, splits: Splits, split: str, device: Device 
 
 
 def accuracy(model: nn.Module, splits: Splits, split: str, device: Device = CPU) -> float:
-    """The model's score on ``split``: top-1 accuracy, or for an embedding run (``splits.embedding_targets``)
-    the mean cosine similarity of its embeddings to the teacher's."""
+    """The model's score on ``split`` by the run's task (``splits.scoring``): top-1 accuracy, the mean
+    cosine to the teacher's embeddings, or a recipe's own metric."""
     return score_outputs(predict_logits(model, splits, split, device), splits, split)
 
 
 def score_outputs(outputs: torch.Tensor, splits: Splits, split: str) -> float:
-    """Top-1 accuracy of logits, or mean cosine to the teacher's embeddings on an embedding run."""
-    targets = (splits.embedding_targets or {}).get(split)
-    if targets is not None:
-        return float(torch.nn.functional.cosine_similarity(outputs.float(), targets.float(), dim=1).mean())
-    return float((outputs.argmax(1) == splits.labels(split)).float().mean())
+    """``outputs`` (the split's, in order) scored by the run's task."""
+    return splits.scoring.score(outputs, splits.labels(split), split)

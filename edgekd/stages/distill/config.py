@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from ...config import MAX_EPOCHS, StageConfig, TrainingConfig, stage_config
+from ...config import MAX_EPOCHS, LossTerms, StageConfig, TrainingConfig, stage_config
 
 
 @stage_config("distill")
@@ -18,3 +18,6 @@ class DistillConfig(TrainingConfig, StageConfig):
     epochs: int = Field(15, ge=1, le=MAX_EPOCHS)
     lr: float = Field(3e-3, gt=0.0)
     weight_decay: float = Field(5e-4, ge=0.0)
+
+    def trained_losses(self) -> list[tuple[str, LossTerms]]:
+        return [("loss", self.loss)]

@@ -17,7 +17,7 @@ from ...models.checkpoint import build_model
 from ...config import StudentSpec
 from .config import DistillConfig
 from ...errors import first_line
-from ..prune.pruning import channel_plan, uniform_width
+from ..channels import channel_plan, uniform_width
 from ...train.evaluate import accuracy
 from ..base import PREFLIGHTS, STAGES, Preview, StageContext, current, preflight_error, role_of
 from ..students import check_loss_names, kept_layers

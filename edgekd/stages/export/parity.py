@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from ...tasks.classification import decisive_agreement  # noqa: F401 - the export check reports it for every task
+
 
 def sqnr_db(reference: np.ndarray, output: np.ndarray) -> float:
     """Signal-to-quantization-noise ratio of ``output`` against ``reference``, in dB (inf if equal)."""
@@ -28,21 +30,3 @@ def parity(reference: np.ndarray, output: np.ndarray) -> dict[str, Any]:
     sqnr = sqnr_db(reference, output)
     return {"samples": int(len(reference)), "top1_agreement": float(np.mean(output.argmax(1) == reference.argmax(1))),
             "sqnr_db": None if sqnr == math.inf else (-999.0 if sqnr == -math.inf else sqnr), "max_abs_diff": float(np.max(np.abs(output - reference)))}
-
-
-def decisive_agreement(reference: np.ndarray, output: np.ndarray) -> dict[str, Any]:
-    """Top-1 agreement on the samples whose reference top-2 logits are further apart than the noise
-    between the two outputs: a near-tie (mobilenet_v3_small's random-init logits, equal to 1e-10) can
-    flip on any rounding and says nothing about the file.
-
-    The noise is the median over samples of each sample's largest |difference| (typical, so one broken
-    sample cannot widen it for all); a sample is near-tied when its top-2 gap is within twice that.
-    Returns the agreement on the decisive samples, how many there were, and the margin used.
-    """
-    top2 = np.sort(reference, axis=1)[:, -2:] if reference.shape[1] > 1 else np.zeros((len(reference), 2))
-    gap = top2[:, 1] - top2[:, 0]
-    noise = float(np.median(np.max(np.abs(output - reference), axis=1))) if len(reference) else 0.0
-    decisive = gap > 2.0 * noise
-    agree = output.argmax(1) == reference.argmax(1)
-    return {"top1_agreement_decisive": float(np.mean(agree[decisive])) if decisive.any() else None,
-            "decisive_samples": int(decisive.sum()), "tie_margin": 2.0 * noise}

@@ -36,6 +36,7 @@ from ..quantize.quantization import export_qdq
 from ...data.packed import packed_feed
 from ...models.text import TextModel
 from ...artifacts.onnx_files import write_metadata
+from ...tasks import Agreement, Classification, Task
 from ...train.evaluate import predict_logits
 from ..base import PREFLIGHTS, RESOLVERS, STAGES, Preview, StageContext, TargetFacts, preflight_error
 
@@ -54,7 +55,7 @@ def export(variants: dict[str, Artifact], cfg: ExportConfig, ctx: StageContext) 
     out: list[Artifact] = []
     example = ctx.splits.example(1, "test")
     parity_x = ctx.splits.example(cfg.parity_samples, "test")
-    embedding = ctx.splits.embedding_targets is not None  # outputs are sentence embeddings, not logits
+    task = ctx.splits.scoring.task  # how two files' outputs are judged to agree
     deployment = {"preprocess": ctx.splits.preprocess.to_json(), "class_names": ctx.splits.class_names,
                   "input_shape": [1, *ctx.splits.input_shape]}
     for name, art in variants.items():
@@ -74,7 +75,7 @@ def export(variants: dict[str, Artifact], cfg: ExportConfig, ctx: StageContext) 
             write_metadata(tmp, deployment)  # how to make the inputs the backends were scored on
             check_onnx(tmp, name)
             logits = predict_logits(model, ctx.splits, "test").numpy()  # the torch model on the test split
-            checked = compare_with_torch(tmp, logits[:len(parity_x)], parity_x, art.precision, cfg, name, embedding,
+            checked = compare_with_torch(tmp, logits[:len(parity_x)], parity_x, art.precision, cfg, name, task,
                                          model)
         layouts = {}
         if art.precision == "int8":  # each runtime's INT8 layout, from the same file, each parity-checked
@@ -89,7 +90,7 @@ def export(variants: dict[str, Artifact], cfg: ExportConfig, ctx: StageContext) 
                     write(path, tmp)
                     check_onnx(tmp, f"{name} ({layout})")
                     checked[layout] = compare_with_torch(tmp, logits[:len(parity_x)], parity_x, art.precision, cfg,
-                                                         f"{name} ({layout})", embedding, model,
+                                                         f"{name} ({layout})", task, model,
                                                          requantized=layout == DYNAMIC_LAYOUT)
         program = None
         if cfg.torch_program and art.precision != "int8":  # the torch baseline runs the float graph
@@ -133,13 +134,13 @@ INTEGER_OPS = {"MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul", "
 
 
 def compare_with_torch(path: Path, ref: np.ndarray, x: torch.Tensor, precision: str, cfg: ExportConfig,
-                       name: str, embedding: bool = False, model: torch.nn.Module | None = None,
+                       name: str, task: Task | None = None, model: torch.nn.Module | None = None,
                        requantized: bool = False) -> dict[str, Any]:
     """The ONNX file's outputs on ``x`` against ``ref``, the torch model's logits on the same ``x``.
 
     An INT8 file on the model's own grids gets ``judge_exact``'s verdict (``model``, the fake-quantized
     torch model, lets it compare op by op); a ``requantized`` layout (ONNX Runtime's dynamic one measures
-    its activation ranges per call) is judged by top-1 agreement, or cosine for ``embedding`` outputs."""
+    its activation ranges per call) is judged by the ``task``'s agreement (classification when None)."""
     import onnxruntime as ort
 
     # Optimizations off: ORT then interprets QDQ exactly (DequantizeLinear -> float op -> QuantizeLinear),
@@ -177,11 +178,11 @@ def compare_with_torch(path: Path, ref: np.ndarray, x: torch.Tensor, precision: 
     diff = result["max_abs_diff"]
     if precision == "int8":
         result.update(decisive_agreement(ref, got))  # reported; the gate is the verdict below
-        if embedding:
-            result["cosine"] = float(np.mean(np.sum(got * ref, 1) / np.maximum(
-                np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1), 1e-12)))
+        task = task or Classification()
+        agreement = task.agreement(ref, got)
+        result.update(agreement.detail)
         if requantized:
-            judge_requantized(result, cfg, name, embedding, len(x))
+            judge_requantized(result, agreement, task.agreement_floor, getattr(cfg, task.agreement_floor), name)
         else:
             result.update(judge_exact(path, ref, got, x, cfg, name, model))
     else:
@@ -233,26 +234,18 @@ def judge_exact(path: Path, ref: np.ndarray, got: np.ndarray, x: torch.Tensor, c
                           f"network amplifies{itself}")}
 
 
-def judge_requantized(result: dict[str, Any], cfg: ExportConfig, name: str, embedding: bool, samples: int) -> None:
+def judge_requantized(result: dict[str, Any], agreement: Agreement, floor_key: str, floor: float, name: str) -> None:
     """A layout that quantizes activations its own way cannot match the model's grids: it must agree
-    with the model's answers (top-1 on the samples that are not near-ties, or cosine for embeddings)."""
-    diff = result["max_abs_diff"]
-    if embedding:
-        result["verdict"] = "agrees" if result["cosine"] >= cfg.int8_min_cosine else "diverges"
-        if result["cosine"] < cfg.int8_min_cosine:
-            raise StageError(f"export {name}: ONNX embeddings have mean cosine {result['cosine']:.4f} to the fake-quant "
-                             f"model's, below int8_min_cosine={cfg.int8_min_cosine} (max |diff| {diff:.4g})")
+    with the model's answers by the task's measure (top-1 on the samples that are not near-ties, or the
+    embeddings' cosine) at least ``floor`` (the export key ``floor_key`` the task names)."""
+    if agreement.value is None:
+        result.update(verdict="undecidable", judged_by=f"the samples cannot decide ({agreement.says})")
         return
-    judged, decisive = result["top1_agreement_decisive"], result["decisive_samples"]
-    if judged is None:
-        result.update(verdict="undecidable", judged_by="every sample's top-2 logits tie within the noise")
-        return
-    result["verdict"] = "agrees"
-    if judged < cfg.int8_min_top1_agreement:
-        raise StageError(f"export {name}: ONNX top-1 agrees with the fake-quant model on {judged:.3f} of the "
-                         f"{decisive} decisive samples ({result['top1_agreement']:.3f} of all {samples}; "
-                         f"near-ties within {result['tie_margin']:.3g} left out), below "
-                         f"int8_min_top1_agreement={cfg.int8_min_top1_agreement} (max |diff| {diff:.4g})")
+    result["verdict"] = "agrees" if agreement.value >= floor else "diverges"
+    if agreement.value < floor:
+        raise StageError(f"export {name}: the ONNX file's {agreement.says} with the fake-quant model is "
+                         f"{agreement.value:.4f} on {result['samples']} samples, below {floor_key}={floor} (max |diff| "
+                         f"{result['max_abs_diff']:.4g})")
 
 
 def check_export(model: nn.Module, example: torch.Tensor, opset: int, where: str) -> None:

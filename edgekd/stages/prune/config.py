@@ -75,6 +75,9 @@ class PruneConfig(StageConfig):
     latency: LatencyGoal | None = None
     recovery: Recovery = Recovery()
 
+    def trained_losses(self) -> list[tuple[str, LossTerms]]:
+        return [("recovery.loss", self.recovery.loss)] if self.recovery.loss else []
+
     @field_validator("group_ratios")
     @classmethod
     def _group_ratios(cls, v: dict[str, float]) -> dict[str, float]:

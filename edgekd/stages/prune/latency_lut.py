@@ -33,7 +33,7 @@ from torch import nn
 from ...artifacts.artifact import config_hash
 from ...errors import StageError
 from ...fileio import read_json, write_json
-from .pruning import ChannelGroup, prune_channels
+from ..channels import ChannelGroup, prune_channels
 
 LatencyOf = Callable[[nn.Module], float]  # ms of a float model on the target (exported and timed there)
 TABLE_FORMAT = 3  # bump when how a table is measured changes, so cached tables are not reused

@@ -24,7 +24,7 @@ from ..export.exporting import export_fp32
 from ..layer_patterns import match_layers
 from ...losses.base import DistillTerm
 from ...progress import console
-from .pruning import channel_groups, channel_plan, prune_channels
+from ..channels import channel_groups, channel_plan, prune_channels
 from ...train.evaluate import accuracy
 from ...train.objective import CrossEntropy, Objective
 from ..base import PREFLIGHTS, STAGES, Preview, StageContext, current, preflight_error

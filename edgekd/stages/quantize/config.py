@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from ...config import MAX_EPOCHS, StageConfig, Strict, TrainingConfig, stage_config
+from ...config import MAX_EPOCHS, LossTerms, StageConfig, Strict, TrainingConfig, stage_config
 
 
 class LayerOverride(Strict):
@@ -60,3 +60,6 @@ class QuantizeConfig(TrainingConfig, StageConfig):
     epochs: int = Field(3, ge=0, le=MAX_EPOCHS)
     lr: float = Field(1e-4, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
+
+    def trained_losses(self) -> list[tuple[str, LossTerms]]:
+        return [("loss", self.loss)] if self.mode == "qat" else []  # ptq only calibrates

@@ -18,11 +18,13 @@ import copy
 import logging
 import warnings
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 
+from ...artifacts.artifact import Artifact
+from ..base import REBUILDERS
 from .brevitas_rules import brevitas_rules, residual_budget
 from ...errors import StageError, first_line
 from ..export.onnx_folds import fold_constant_clips, fold_pads_into_convs, initializers_out_of_inputs
@@ -617,3 +619,28 @@ def export_qdq(qmodel: nn.Module, example: torch.Tensor, path: Path, opset: int)
     if (fold_constant_clips(model) + initializers_out_of_inputs(model) + fold_pads_into_convs(model)
             + float_dequantized_constants(model, "s8s8")):  # Brevitas writes the s8s8 layout
         onnx.save(model, str(path))
+
+
+def rebuild_int8(artifact: Artifact, float_parent: nn.Module) -> nn.Module:
+    """The fake-quantized module of a ``torch-int8`` artifact, rebuilt from its float parent."""
+    from safetensors.torch import load_file
+
+    from ...models.checkpoint import versioned
+
+    q = artifact.meta["quantization"]
+    qmodel = quantize_model(float_parent, unsigned_input=q["unsigned_input"], reduce_range=q["reduce_range"],
+                            calibration=q.get("calibration", "percentile"), percentile=q.get("percentile", 99.999),
+                            weight_bits=q.get("weight_bits", 8), overrides=q.get("overrides"),
+                            learned_scales=q.get("learned_scales", False), hardswish=q.get("hardswish", "fused"))
+    state = versioned(load_file(str(Path(artifact.path) / "model.safetensors")), qmodel.state_dict())
+    missing, unexpected = qmodel.load_state_dict(state, strict=False)
+    if unexpected or any(not k.endswith(("zero_point", "counter", "buffer")) for k in missing):
+        raise StageError(f"artifact {artifact.variant}: quantized weights do not fit the rebuilt model "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    return qmodel.eval()
+
+
+@REBUILDERS.register("torch-int8")
+def _rebuild_torch_int8(artifact: Artifact, parent: Callable[[], nn.Module]) -> nn.Module:
+    return rebuild_int8(artifact, parent())
+

@@ -19,12 +19,15 @@ import contextlib
 import copy
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Iterator, Literal
 
 import torch
 from torch import nn
 
-from ...errors import StageError, first_line
+from ..artifacts.artifact import Artifact
+from ..errors import StageError, first_line
+from .base import REBUILDERS
 
 Importance = Literal["l1", "l2", "bn-scale", "taylor"]
 
@@ -306,3 +309,37 @@ def apply_channel_plan(model: nn.Module, example: torch.Tensor, plan: dict[str, 
             dg.get_pruning_group(m, fn, idxs=idxs).prune()
         _sync_attention(model)
     return model
+
+
+def rebuild_float(artifact: Artifact, parent: nn.Module | None = None) -> nn.Module:
+    """The float module of a ``torch`` artifact.
+
+    A width-derived (pruned) student is its architecture with the recorded channel plan applied; the
+    architecture comes from its arch spec, or, for a teacher loaded as a trusted pickled module (no
+    spec), from a copy of that ``parent`` module.
+    """
+    from safetensors.torch import load_file
+
+    from ..artifacts.artifact import example_input
+    from ..models.checkpoint import build_model, load_state
+
+    meta = artifact.meta
+    if meta.get("arch"):
+        model = build_model(meta["arch"], **meta["arch_kwargs"])
+    elif parent is not None:
+        model = copy.deepcopy(parent)
+    else:
+        raise StageError(f"artifact {artifact.variant}: no arch spec to rebuild it from")
+    if "channels" in meta:
+        apply_channel_plan(model, example_input(model, meta["input_shape"]), meta["channels"])
+    load_state(model, load_file(str(Path(artifact.path) / "model.safetensors")), f"artifact {artifact.variant}")
+    return model.eval()
+
+
+@REBUILDERS.register("torch")
+def _rebuild_torch(artifact: Artifact, parent: Callable[[], nn.Module]) -> nn.Module:
+    """A float artifact; its parent module is rebuilt only for a width-derived student of a teacher
+    that has no arch spec (a trusted pickled module)."""
+    meta = artifact.meta
+    return rebuild_float(artifact, parent() if "channels" in meta and not meta.get("arch") else None)
+
