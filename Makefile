@@ -41,7 +41,7 @@ test: venv-test browser
 
 # Re-train the bundled digits teacher (edgekd/models/assets); about a minute on 2 cores.
 teacher: venv
-	$(PY) -m edgekd.models.default --out edgekd/models/assets/digits_cnn_teacher.safetensors
+	$(PY) -m edgekd.train.default_teacher --out edgekd/models/assets/digits_cnn_teacher.safetensors
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -74,7 +74,7 @@ def loader_throughput(folder: Path, batch: int, workers: int, rounds: int) -> tu
     from torch.utils.data import DataLoader
     from torchvision.datasets import ImageFolder
 
-    from edgekd.config import DataSpec, PreprocessSpec
+    from edgekd.config.schema import DataSpec, PreprocessSpec
     from edgekd.data import build_splits
 
     splits = build_splits(DataSpec(source="imagefolder", path=str(folder), batch_size=batch, workers=workers,

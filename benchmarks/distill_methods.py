@@ -28,10 +28,10 @@ from pathlib import Path
 import torch
 
 from edgekd.models.checkpoint import load_checkpoint
-from edgekd.config import LossTerm
+from edgekd.config.schema import LossTerm
 from edgekd.run.recipe import load_recipe
 from edgekd.data import build_splits
-from edgekd.models.default import ARCH, default_teacher
+from edgekd.train.default_teacher import ARCH, default_teacher
 from edgekd.fileio import atomic_path
 from edgekd.losses import LOSSES
 from edgekd.train.objective import Objective, build_objective

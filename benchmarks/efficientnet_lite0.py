@@ -95,7 +95,7 @@ def main() -> None:
     from edgekd.backends.base import predict
     from edgekd.backends.openvino import OvModel
     from edgekd.measure.latency import measure_latency, seeded_input
-    from edgekd.config import load_target
+    from edgekd.backends import load_target
     from edgekd.measure.fingerprint import machine
     from edgekd.stages.export.int8_fidelity import own_rounding_db
     from edgekd.stages.export.parity import sqnr_db

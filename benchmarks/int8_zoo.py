@@ -259,7 +259,7 @@ def zoo_row(name: str, size: int | None, calibration: torch.Tensor | None, held_
     from edgekd.backends.base import predict
     from edgekd.backends.openvino import OvModel
     from edgekd.measure.latency import measure_latency, seeded_input
-    from edgekd.config import load_target
+    from edgekd.backends import load_target
     from edgekd.stages.export.int8_layouts import ONEDNN_LAYOUT, layout_path
     from edgekd.measure.int8_verdict import interleaved_ratio
     from edgekd.measure.measurement import BackendPool
@@ -501,7 +501,7 @@ def accuracy_table(models: list[str], calibration_images: int, epochs: int) -> N
 
     from edgekd.backends.base import predict
     from edgekd.backends.openvino import OvModel
-    from edgekd.config import load_target
+    from edgekd.backends import load_target
     from edgekd.data import build_splits
     from edgekd.measure.measurement import BackendPool
 

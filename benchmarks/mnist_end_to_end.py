@@ -24,7 +24,7 @@ MEAN, STD = [0.1307], [0.3081]
 
 
 def data_spec(folder: Path, batch: int, max_train: int | None = None):
-    from edgekd.config import DataSpec, PreprocessSpec
+    from edgekd.config.schema import DataSpec, PreprocessSpec
 
     return DataSpec(source="imagefolder", path=str(folder), batch_size=batch, max_train_samples=max_train,
                     preprocess=PreprocessSpec(size=28, mean=tuple(MEAN), std=tuple(STD)))

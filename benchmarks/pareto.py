@@ -28,7 +28,7 @@ SIZE = 64
 
 
 def data_spec(folder: Path, max_train: int | None, batch: int = 64):
-    from edgekd.config import DataSpec, PreprocessSpec
+    from edgekd.config.schema import DataSpec, PreprocessSpec
 
     return DataSpec(source="imagefolder", path=str(folder), batch_size=batch, max_train_samples=max_train,
                     preprocess=PreprocessSpec(size=SIZE, channels=3, mean=tuple(MEAN), std=tuple(STD)))
@@ -129,7 +129,7 @@ def main() -> None:
     from edgekd.backends.base import predict
     from edgekd.backends.openvino import OvModel
     from edgekd.measure.latency import measure_latency, seeded_input
-    from edgekd.config import load_target
+    from edgekd.backends import load_target
     from edgekd.data import build_splits
     from edgekd.measure.fingerprint import machine
     from edgekd.measure.measurement import BackendPool

@@ -32,9 +32,10 @@ import torch
 import edgekd
 from edgekd.artifacts.artifact import count_params_macs
 from edgekd.models.checkpoint import load_checkpoint
-from edgekd.config import Recipe, load_target
+from edgekd.config.schema import Recipe
+from edgekd.backends import load_target
 from edgekd.data import build_splits
-from edgekd.models.default import ARCH, DATA, default_teacher
+from edgekd.train.default_teacher import ARCH, DATA, default_teacher
 from edgekd.stages.export.exporting import export_fp32
 from edgekd.measure.measurement import BackendPool, latency_probe
 from edgekd.stages.channels import prune_channels

@@ -28,10 +28,11 @@ import torch
 
 from edgekd.backends import BACKENDS, evaluate_accuracy
 from edgekd.models.checkpoint import build_model, load_checkpoint
-from edgekd.config import load_target, recipe_with
+from edgekd.config.schema import recipe_with
+from edgekd.backends import load_target
 from edgekd.run.recipe import load_recipe
 from edgekd.data import build_splits
-from edgekd.models.default import ARCH, default_teacher
+from edgekd.train.default_teacher import ARCH, default_teacher
 from edgekd.errors import StageError
 from edgekd.stages.quantize.mixed_precision import search
 from edgekd.train.objective import Objective, build_objective

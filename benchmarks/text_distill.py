@@ -110,7 +110,7 @@ def teacher_folder(folder: Path, data: Path, epochs: int, max_length: int) -> Pa
     import transformers
     from tokenizers import BertWordPieceTokenizer
 
-    from edgekd.config import DataSpec
+    from edgekd.config.schema import DataSpec
     from edgekd.data import build_splits
     from edgekd.models.text import TextModel
     from edgekd.train.evaluate import accuracy
@@ -151,7 +151,7 @@ def terms(spec: list[dict], prefix_s: str, prefix_t: str) -> list[dict]:
 
 def compress_run(out: Path, folder: Path, data: Path, task: str, loss: list[dict], epochs: int,
                  max_length: int, targets: list[Path]) -> dict:
-    from edgekd.config import Recipe
+    from edgekd.config.schema import Recipe
     from edgekd.run.pipeline import compress
 
     recipe = Recipe.model_validate({

@@ -5,7 +5,8 @@ Public API (the CLI only wraps these): ``compress``, ``bench``, ``load_recipe``,
 """
 
 from .version import __version__  # noqa: F401
-from .config import load_budget, load_target  # noqa: E402
+from .config.schema import load_budget
+from .backends import load_target  # noqa: E402
 from .errors import EdgekdError  # noqa: E402
 
 

@@ -1,7 +1,13 @@
-"""Atomic writes (a file appears whole under its final name or not at all) and content hashes.
+"""Files: atomic writes (a file appears whole under its final name or not at all), content hashes,
+what a name a user chose may be in a file name, and every limit on what edgekd reads.
 
 An interrupted run therefore leaves the last good files intact, and ``--resume`` can trust any
-file it finds.
+file it finds. A target named ``../../../../x`` wrote its measurement outside the run directory:
+a chosen name reaches a path only through ``checked_file_name``. Hostile or broken input should end
+as a one-line error (exit 2), not as a hang, a 51 GB allocation or an abort inside a native library:
+each reader checks its input against ``LIMITS`` *before* the expensive step (expanding YAML,
+decoding an image, allocating a model, handing a line to a tokenizer), so the limit is also what the
+README's promise table and the property-based tests quote.
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ import json
 import os
 import shutil
 import tempfile
+import unicodedata
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -122,3 +130,54 @@ def content_sha256(path: str | Path) -> str:
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         digest.update(str(file.relative_to(path)).encode() + b"\0" + file_sha256(file).encode())
     return digest.hexdigest()
+
+
+MAX_NAME = 120  # characters in a name that becomes a file name (well under any filesystem's 255 bytes)
+FORBIDDEN_IN_FILE_NAMES = ("/", "\\", "\0", ":")  # separators on some OS, and Windows drive/stream marks
+NAME_RULE = (f"1-{MAX_NAME} printable characters, not starting with '.' or '-', without / \\ : or control "
+             f"characters")
+
+
+def file_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be part of a file name inside a run directory, or None if it can."""
+    if not isinstance(name, str) or not name:
+        return "it is empty"
+    if len(name) > MAX_NAME:
+        return f"it is {len(name)} characters long"
+    if name.startswith((".", "-")):
+        return "it starts with '.' or '-'"
+    bad = next((c for c in name if c in FORBIDDEN_IN_FILE_NAMES or unicodedata.category(c)[0] in "CZ"
+                and c != " "), None)
+    if bad is not None:
+        return f"it holds {bad!r}"
+    return None
+
+
+def checked_file_name(name: str, what: str) -> str:
+    """``name`` unchanged if it may become (part of) a file name, else a one-line InputError naming
+    ``what`` (e.g. ``target name``) and the rule. The only way a chosen name reaches a path."""
+    from .errors import InputError
+
+    problem = file_name_problem(name)
+    if problem is not None:
+        raise InputError(f"{what} {name!r}: {problem}; a name that becomes a file name has {NAME_RULE}")
+    return name
+
+
+@dataclass(frozen=True)
+class Limits:
+    yaml_bytes: int = 1 << 20             # a recipe, target or budget file
+    yaml_aliases: int = 64                # anchors reused a few times are fine; a "billion laughs" is not
+    yaml_nodes: int = 100_000             # nodes after aliases are expanded (1.5 KB expanded to 2^33 before)
+    text_field_chars: int = 100_000       # one CSV field / JSONL text (a 100 MB line aborted the tokenizer)
+    text_file_bytes: int = 2 << 30        # a CSV/JSONL data file
+    label_max: int = 1_000_000            # the largest integer class label (1e12 made a 1e12-class model)
+    tokenizer_file_bytes: int = 64 << 20  # tokenizer.json/vocab files (a 300 MB one was read whole)
+    hf_config_bytes: int = 1 << 20        # config.json
+    hf_layers: int = 256                  # num_hidden_layers (100 000 hung while building)
+    hf_parameters: int = 8_000_000_000    # estimated from config.json before anything is allocated
+    image_pixels: int = 89_478_485        # Pillow's own decompression-bomb threshold, refused rather than warned
+    image_file_bytes: int = 512 << 20
+
+
+LIMITS = Limits()  # a constant, not state: nothing assigns to it

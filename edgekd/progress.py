@@ -1,14 +1,56 @@
-"""Rich progress bars on stderr, so stdout keeps only tables and JSON a script may parse."""
+"""What edgekd prints: rich progress bars and messages on stderr (stdout keeps only tables and JSON a
+script may parse), and every name a user chose made safe for a terminal or CI log on the way.
+
+One holding a newline put ``::add-mask::`` at the start of a CI log line (GitHub reads that as a
+workflow command), and rich markup (``ort[/]``) crashed the terminal table after training: the rules
+are stated once, as data, so a test can generate names against them."""
 
 from __future__ import annotations
 
+import re
 from contextlib import contextmanager
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 
-from .names import plain_console
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def for_terminal(text: object) -> str:
+    """``text`` safe to print as one line through rich or into a CI log: control characters (newlines
+    included) shown as escapes, rich markup escaped, and a leading ``::`` (a GitHub workflow command)
+    broken. Every message that carries a name a user chose goes through this."""
+    from rich.markup import escape
+
+    shown = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
+    if shown.startswith("::"):
+        shown = " " + shown
+    return escape(shown)
+
+
+def for_plain_log(text: object) -> str:
+    """Like ``for_terminal`` for output that is not rich markup (``print``, JUnit, step summaries)."""
+    shown = _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), str(text))
+    return " " + shown if shown.startswith("::") else shown
+
+
+def plain_console(**kwargs: object) -> "Console":
+    """A rich Console whose ``print`` shows every string as plain text on one line (``for_plain_log``):
+    no markup is interpreted and no control character reaches the terminal or log, whatever name a
+    message carries. Colour is given as ``style=``; tables and other renderables pass unchanged."""
+    from rich.console import Console
+
+    class PlainConsole(Console):
+        def print(self, *objects: object, **options: object) -> None:  # type: ignore[override]
+            options.update(markup=False, highlight=False)
+            super().print(*(for_plain_log(o) if isinstance(o, str) else o for o in objects), **options)
+
+    return PlainConsole(**kwargs)
+
 
 # every message one line, never cut mid-phrase, and never read as markup or a control sequence
 console = plain_console(stderr=True, soft_wrap=True)

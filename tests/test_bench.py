@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from edgekd.backends import BACKENDS
-from edgekd.config import load_target
+from edgekd.backends import load_target
 from edgekd.errors import InputError
 from edgekd.measure.fingerprint import fingerprint, machine
 from edgekd.measure.measurement import BackendPool, bench, measure

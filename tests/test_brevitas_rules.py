@@ -64,7 +64,7 @@ def test_a_same_padded_conv_exports_as_one_int8_conv_with_asymmetric_pads(tmp_pa
     import onnxruntime as ort
 
     from edgekd.backends import BACKENDS
-    from edgekd.backends.target import Target
+    from edgekd.config.target import Target
     from edgekd.stages.export.int8_layouts import layout_path, write_u8s8
     from edgekd.stages.quantize.quantization import calibrate, export_qdq
 
@@ -178,7 +178,7 @@ class PartialShortcut(nn.Module):
 @pytest.mark.parametrize("spelling", sorted(PIECES))
 def test_a_layer_read_only_in_pieces_runs_int8_on_onnx_runtime(spelling, tmp_path):
     from edgekd.backends import BACKENDS
-    from edgekd.backends.target import Target
+    from edgekd.config.target import Target
     from edgekd.stages.export.int8_layouts import layout_path
     from tests.int8_files import int8_files
 
@@ -202,7 +202,7 @@ def test_chunk_pieces_keep_their_grid_so_no_piece_is_requantized(tmp_path):
     import onnx
 
     from edgekd.backends import BACKENDS
-    from edgekd.backends.target import Target
+    from edgekd.config.target import Target
     from edgekd.stages.export.int8_fidelity import localize
     from edgekd.stages.export.int8_layouts import layout_path
     from tests.int8_files import int8_files

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from edgekd.config import RECIPES_DIR, TARGETS_DIR, builtin_names, load_budget, load_target
+from edgekd.config.schema import RECIPES_DIR, TARGETS_DIR, builtin_names, load_budget
+from edgekd.backends import load_target
 from edgekd.run.recipe import load_recipe
 from edgekd.errors import BudgetError, RecipeError, TargetError
 

@@ -12,7 +12,7 @@ import onnx
 import pytest
 import torch
 
-from edgekd.config import DataSpec, PreprocessSpec
+from edgekd.config.schema import DataSpec, PreprocessSpec
 from edgekd.data import build_splits
 from edgekd.errors import DataError
 from edgekd.artifacts.onnx_files import read_metadata
@@ -272,7 +272,7 @@ def test_training_resumes_mid_epoch_to_the_same_weights(tmp_path, monkeypatch):
 
 
 def test_shift_augmentation_fills_with_normalised_black():
-    from edgekd.config import Augment
+    from edgekd.config.schema import Augment
     from edgekd.data import augment_batch
 
     x = torch.full((4, 1, 6, 6), 3.0)
@@ -293,7 +293,7 @@ def test_caps_take_seeded_subsets_and_list_sources_names_every_source():
 
 
 def test_random_resized_crop_is_seeded_keeps_the_size_and_changes_the_batch():
-    from edgekd.config import Augment
+    from edgekd.config.schema import Augment
     from edgekd.data import augment_batch
 
     x = torch.rand(6, 3, 16, 16)

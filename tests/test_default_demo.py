@@ -9,9 +9,9 @@ import json
 
 import pytest
 
-from edgekd.models.default import ARCH, BUNDLED
+from edgekd.train.default_teacher import ARCH, BUNDLED
 from edgekd.models.checkpoint import load_checkpoint
-from edgekd.config import DataSpec
+from edgekd.config.schema import DataSpec
 from edgekd.data import build_splits
 from edgekd.train.evaluate import accuracy
 

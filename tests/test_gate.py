@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from edgekd.config import Budget
+from edgekd.config.schema import Budget
 from edgekd.errors import BudgetError
 from edgekd.report.gate import evaluate_budget, exit_code
 

@@ -8,7 +8,7 @@ import ast
 from pathlib import Path
 
 import edgekd.stages  # noqa: F401 - registers the built-in stages
-from edgekd.config import STAGE_CONFIGS
+from edgekd.config.schema import STAGE_CONFIGS
 from edgekd.tasks import TASKS
 
 PACKAGE = Path(edgekd.stages.__file__).parents[1]
@@ -85,3 +85,47 @@ def test_stages_never_import_backends():
     bad = [f"{rel} imports {m}" for rel, tree in sources().items() if rel.startswith("stages/")
            for m in imported_modules(rel, tree) if m.startswith(("edgekd.backends", "edgekd.measure"))]
     assert not bad, bad
+
+
+def test_the_top_level_holds_only_the_shared_base():
+    top = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert top == ["__init__.py", "__main__.py", "errors.py", "fileio.py", "progress.py", "registry.py", "version.py"]
+
+
+def room(module: str) -> str:
+    """The wing (top-level folder) or base module a module belongs to: ``edgekd.stages.base`` -> ``stages``."""
+    return module.split(".")[1]
+
+
+def wing_cycle(edges: dict[str, set[str]]) -> list[str] | None:
+    """One cycle among the wings, or None: depth-first search for a back edge."""
+    state: dict[str, int] = {}
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(edges.get(node, ())):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        state[node] = 2
+        path.pop()
+        return None
+
+    return next((c for n in sorted(edges) if n not in state and (c := visit(n))), None)
+
+
+def test_the_wings_import_each_other_one_way():
+    """Folder by folder (a wing's files count as one), no import leads back: the flow reads one way."""
+    edges: dict[str, set[str]] = {}
+    for rel, tree in sources().items():
+        if rel in ("__init__.py", "__main__.py"):
+            continue  # the package's face and entry point stand above everything
+        src = room("edgekd." + Path(rel).with_suffix("").as_posix().replace("/", "."))
+        edges.setdefault(src, set()).update(room(m) for m in imported_modules(rel, tree)
+                                            if m.count(".") and room(m) != src and (PACKAGE / room(m)).exists()
+                                            or m.count(".") and (PACKAGE / f"{room(m)}.py").exists() and room(m) != src)
+    assert wing_cycle(edges) is None, " -> ".join(wing_cycle(edges))
+    assert wing_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the check itself finds one

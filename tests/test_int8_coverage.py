@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from edgekd.backends import BACKENDS
-from edgekd.backends.target import Target
+from edgekd.config.target import Target
 from edgekd.stages.export.int8_layouts import layout_path, write_u8s8
 from edgekd.stages.quantize.quantization import calibrate, export_qdq, quantize_model
 

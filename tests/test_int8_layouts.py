@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from edgekd.backends import BACKENDS
-from edgekd.backends.target import Target
+from edgekd.config.target import Target
 from edgekd.stages.export.int8_layouts import layout_path, write_u8s8
 from edgekd.stages.quantize.quantization import calibrate, export_qdq, quantize_model
 
@@ -152,7 +152,7 @@ def test_silu_and_hardswish_run_their_product_as_int8_mul_on_onnx_runtime(tmp_pa
 
 
 def test_hardswish_is_split_only_for_recipes_whose_targets_all_run_onnx_runtime():
-    from edgekd.backends.target import Target as T
+    from edgekd.config.target import Target as T
     from edgekd.run.recipe import load_recipe
     from edgekd.run.targets import target_facts
     from edgekd.stages.base import resolve_stages

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from edgekd.backends import BACKENDS
-from edgekd.backends.target import Target
+from edgekd.config.target import Target
 from edgekd.stages.export.int8_layouts import layout_path
 from edgekd.stages.export.int8_placement import RULES, placement_problems
 from edgekd.stages.quantize.quantization import FLOAT_PATH_TOLERANCE, calibrate, float_path_difference, quantize_model

@@ -99,7 +99,7 @@ def test_the_int8_file_is_timed_against_fp32_with_both_sessions_not_spinning(tmp
     made without spinning, whatever the target says; the target itself is left as it was."""
     import torch
 
-    from edgekd.backends.target import Target
+    from edgekd.config.target import Target
     from edgekd.measure.measurement import BackendPool
     from edgekd.measure.targets import versus_fp32
     from tests.int8_files import int8_files

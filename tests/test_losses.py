@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgekd.config import LossTerm
+from edgekd.config.schema import LossTerm
 from edgekd.errors import RecipeError
 from edgekd.models.features import Tap, channel_energy
 from edgekd.losses import LOSSES, Batch, SetupInfo

@@ -150,7 +150,7 @@ def test_every_backend_result_carries_its_parity_with_the_torch_model(tiny_run):
 
 def test_predict_keeps_each_output_although_openvino_reuses_its_buffer(tiny_run, tiny_files):
     from edgekd.backends import BACKENDS, predict
-    from edgekd.config import load_target
+    from edgekd.backends import load_target
 
     compiled = BACKENDS.get("openvino")().compile(tiny_run / "models" / "student-fp32.onnx", load_target(tiny_files["ov"]))
     x = np.random.default_rng(0).random((3, 1, 16, 16), dtype=np.float32)

@@ -95,7 +95,8 @@ def _fields(model) -> list[str]:
 @given(doc=st.one_of(values, keyed(["name", "stages", "data", "student", "targets", "seed", "arch", "device"])),
        kind=st.sampled_from(["recipe", "target", "budget"]))
 def test_any_yaml_document_is_a_config_or_a_one_line_input_error(tmp_path, doc, kind):
-    from edgekd.config import Budget, Recipe, Target, load_budget, load_target
+    from edgekd.config.schema import Budget, Recipe, Target, load_budget
+    from edgekd.backends import load_target
     from edgekd.run.recipe import load_recipe
 
     if isinstance(doc, dict):
@@ -117,7 +118,7 @@ def test_any_yaml_document_is_a_config_or_a_one_line_input_error(tmp_path, doc, 
 @PROFILE
 @given(text=st.text(alphabet=st.characters(blacklist_categories=["Cs"]), max_size=300))
 def test_any_text_as_yaml_is_read_or_refused(tmp_path, text):
-    from edgekd.config import read_yaml
+    from edgekd.config.schema import read_yaml
     from edgekd.errors import RecipeError
 
     path = tmp_path / "x.yaml"
@@ -131,9 +132,9 @@ def test_any_text_as_yaml_is_read_or_refused(tmp_path, text):
 def test_yaml_aliases_never_expand_past_the_node_limit(tmp_path, depth, width):
     """Generated alias ladders (each level repeats the previous ``width`` times): read within the
     deadline, either small enough or refused."""
-    from edgekd.config import read_yaml
+    from edgekd.config.schema import read_yaml
     from edgekd.errors import RecipeError
-    from edgekd.limits import LIMITS
+    from edgekd.fileio import LIMITS
 
     lines = ["a0: &a0 [x]"] + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * width)}]" for i in range(1, depth)]
     path = tmp_path / "ladder.yaml"
@@ -147,7 +148,7 @@ def test_yaml_aliases_never_expand_past_the_node_limit(tmp_path, depth, width):
 @PROFILE
 @given(name=st.text(max_size=140))
 def test_a_name_is_a_safe_file_name_or_refused(tmp_path, name):
-    from edgekd.names import checked_file_name
+    from edgekd.fileio import checked_file_name
 
     try:
         checked_file_name(name, "target name")
@@ -164,7 +165,7 @@ def test_a_name_is_a_safe_file_name_or_refused(tmp_path, name):
 def test_whatever_is_printed_is_one_plain_line(text):
     from rich.console import Console
 
-    from edgekd.names import for_plain_log, for_terminal, plain_console
+    from edgekd.progress import for_plain_log, for_terminal, plain_console
 
     line = for_plain_log(text)
     assert "\n" not in line and "\r" not in line and not line.startswith("::")
@@ -180,7 +181,7 @@ def test_whatever_is_printed_is_one_plain_line(text):
 @PROFILE
 @given(raw=st.one_of(st.text(max_size=20), st.floats().map(repr), st.integers().map(str)))
 def test_the_teacher_cache_variable_is_a_finite_size_or_refused(monkeypatch, raw):
-    from edgekd.environment import TEACHER_CACHE_MB
+    from edgekd.config.environment import TEACHER_CACHE_MB
 
     if "\0" in raw:
         return
@@ -209,7 +210,7 @@ array_strategy = st.builds(
        compressed=st.booleans(), cut=st.one_of(st.none(), st.integers(0, 400)), flip=st.one_of(st.none(),
                                                                                                st.integers(0, 400)))
 def test_any_npz_is_data_or_a_data_error(tmp_path, arrays, compressed, cut, flip):
-    from edgekd.config import DataSpec
+    from edgekd.config.schema import DataSpec
     from edgekd.data.build import build_splits
 
     data = bytearray(_npz_bytes(arrays, compressed))
@@ -274,7 +275,7 @@ image_file = st.one_of(st.just(_png()), st.binary(max_size=64), st.just(b""), st
        links=st.lists(st.sampled_from(["loop", "self", "file"]), max_size=2))
 def test_any_image_folder_decodes_or_names_the_bad_file(tmp_path, classes, links):
     """Every sample decoded (as --dry-run does), symlink loops included, within the deadline."""
-    from edgekd.config import DataSpec
+    from edgekd.config.schema import DataSpec
     from edgekd.data.build import build_splits
 
     root = tmp_path / "images"

@@ -74,7 +74,7 @@ def test_w4a8_exports_4_bit_weights_that_run_on_both_cpu_backends(tiny_teacher, 
     from onnx import numpy_helper
 
     from edgekd.backends import BACKENDS
-    from edgekd.config import load_target
+    from edgekd.backends import load_target
 
     recipe = write_yaml(tmp_path / "r.yaml", {
         "name": "w4", "arch": "edgekd:tiny_cnn", "data": TINY_DATA, "student": {"width": 0.5}, "targets": [],
@@ -154,7 +154,7 @@ def test_an_override_needs_exactly_one_precision():
 @pytest.fixture(scope="module")
 def sensitive_model(tmp_path_factory):
     """DeadChannelNet trained on the tiny data, then given a huge weight on its always-zero channel."""
-    from edgekd.config import DataSpec
+    from edgekd.config.schema import DataSpec
     from edgekd.data import build_splits
     from edgekd.train.evaluate import accuracy
     from edgekd.train.loop import fit

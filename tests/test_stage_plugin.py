@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from typing import ClassVar, Literal
 
-from edgekd.config import StageConfig, stage_config
+from edgekd.config.schema import StageConfig, stage_config
 from edgekd.stages.base import PREFLIGHTS, RESOLVERS, STAGES, preflight_error
 
 from .conftest import TINY_DATA, invoke, write_yaml

@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from edgekd.config import DataSpec
+from edgekd.config.schema import DataSpec
 from edgekd.data import build_splits
 from edgekd.models.checkpoint import load_checkpoint
 from edgekd.tasks import TASKS, Agreement, Task

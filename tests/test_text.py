@@ -16,7 +16,7 @@ from .text_models import bert_folder, reviews
 
 transformers = pytest.importorskip("transformers", reason="the text extra (pip install 'edgekd[text]') is not installed")
 
-from edgekd.config import DataSpec  # noqa: E402
+from edgekd.config.schema import DataSpec  # noqa: E402
 from edgekd.errors import CheckpointError, DataError  # noqa: E402
 from edgekd.losses import LOSSES, Batch, SetupInfo  # noqa: E402
 from edgekd.models.text import drop_layers, load_hf  # noqa: E402

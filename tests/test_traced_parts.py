@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgekd.backends import BACKENDS
-from edgekd.backends.target import Target
+from edgekd.config.target import Target
 from edgekd.stages.export.int8_layouts import layout_path
 from edgekd.stages.quantize.quantization import FLOAT_PATH_TOLERANCE, float_path_difference, quantize_model
 from tests.int8_files import int8_files

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import edgekd.train.loop as training
-from edgekd.config import Augment, DataSpec, LossTerm
+from edgekd.config.schema import Augment, DataSpec, LossTerm
 from edgekd.data import augment_batch, build_splits
 from edgekd.errors import StageError
 from edgekd.losses import Batch, DistillTerm

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from onnx import TensorProto, helper, numpy_helper
 
 from edgekd.measure.latency import LatencyStats, measure_latency, peak_rss_mb, reset_peak_rss, seeded_input
-from edgekd.config import DataSpec, LatencySpec
+from edgekd.config.schema import DataSpec, LatencySpec
 from edgekd.stages.export.config import ExportConfig
 from edgekd.data import build_splits
 from edgekd.errors import StageError

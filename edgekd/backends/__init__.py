@@ -15,7 +15,12 @@ BACKENDS: Registry[type[Backend]] = Registry("backend", TargetError)
 for _cls in (OnnxRuntimeBackend, OpenVINOBackend, TensorRTBackend, TorchBackend):
     BACKENDS.register(_cls.name)(_cls)
 
-from .target import COMMON_TARGET_KEYS, Target  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from pydantic import ValidationError  # noqa: E402
+
+from ..config.schema import TARGETS_DIR, format_validation_error, read_yaml, resolve_file  # noqa: E402
+from ..config.target import COMMON_TARGET_KEYS, Target  # noqa: E402
 
 
 def checked_target(data: dict[str, Any]) -> Target:
@@ -41,6 +46,18 @@ def checked_target(data: dict[str, Any]) -> Target:
     return target
 
 
+def load_target(name_or_path: str | Path) -> Target:
+    """A target file (or a built-in target's name), validated as a model and against its backend."""
+    path = resolve_file(name_or_path, TARGETS_DIR, TargetError, "target")
+    data = read_yaml(path, TargetError)
+    try:
+        return checked_target(data)
+    except ValidationError as exc:
+        raise TargetError(format_validation_error(path, exc, Target)) from None
+    except ValueError as exc:
+        raise TargetError(f"{path}: {exc}") from None
+
+
 def check_runs_here(target: Target) -> Target:
     """Refuse (exit 2) a target that asks for more CPU threads than this machine has: ``threads: 100000``
     was accepted and measured an oversubscribed runtime. Checked when a target is about to run, not when
@@ -53,4 +70,4 @@ def check_runs_here(target: Target) -> Target:
 
 
 __all__ = ["BACKENDS", "Backend", "CompiledModel", "Target", "check_runs_here", "checked_target", "evaluate_accuracy",
-           "predict"]
+           "load_target", "predict"]

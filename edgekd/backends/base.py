@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import BackendError
 from .inputs import GraphInput, ShapeRequest
-from .target import Target
+from ..config.target import Target
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import numpy as np
 from ..errors import BackendError, BackendUnavailable, first_line
 from .base import Backend, Capabilities, CompiledModel
 from .inputs import ShapeRequest, graph_inputs, reshaped_onnx, resolve_shapes
-from .target import Target
+from ..config.target import Target
 
 PROVIDERS = {"CPU": ["CPUExecutionProvider"],
              "CUDA": ["CUDAExecutionProvider", "CPUExecutionProvider"],

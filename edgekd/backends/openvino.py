@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import BackendError, first_line
 from .base import Backend, Capabilities, CompiledModel
 from .inputs import GraphInput, ShapeRequest, graph_inputs, resolve_shapes
-from .target import Target
+from ..config.target import Target
 
 COMPUTE_LAYERS = ("Convolution", "GroupConvolution", "FullyConnected", "MatMul", "Gemm")
 FLOAT_BY_LAYOUT = "its weights are float in the"  # how a float layer kept so by the file's layout is named

@@ -28,7 +28,7 @@ from ..errors import BackendError, BackendUnavailable
 from ..fileio import write_bytes, write_json
 from .base import Backend, Capabilities, CompiledModel
 from .inputs import ShapeRequest, graph_inputs, reshaped_onnx, resolve_shapes
-from .target import Target
+from ..config.target import Target
 
 COMPUTE_LAYER_WORDS = ("Convolution", "Gemm", "MatrixMultiply", "FullyConnected")
 

@@ -18,7 +18,7 @@ import numpy as np
 from ..errors import BackendUnavailable, InputError
 from .base import Backend, Capabilities, CompiledModel
 from .inputs import GraphInput, ShapeRequest
-from .target import Target
+from ..config.target import Target
 
 
 def cxx_compiler() -> str | None:

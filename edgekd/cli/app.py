@@ -15,7 +15,7 @@ from typing import Iterator
 
 import typer
 from ..errors import EdgekdError, first_line
-from ..names import plain_console
+from ..progress import plain_console
 
 EXIT_CODES = {0: "ok: the work ran and every budget was met", 1: "the work failed or a budget was violated",
               2: "bad input: a file, key, flag or run directory is wrong (nothing was changed)",

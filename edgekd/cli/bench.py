@@ -10,7 +10,7 @@ from rich.table import Table
 
 from ..backends.inputs import FeedSpec, parse_shape_options
 from ..errors import InputError
-from ..names import for_terminal
+from ..progress import for_terminal
 from .app import app, handle_errors, out
 
 STATS = ("min", "p50", "p90", "p95", "p99", "max", "mean", "std")

@@ -25,7 +25,7 @@ def gate(
 ) -> None:
     """Check a run against a budget and/or a baseline. Exit 0: all met; 1: one violated; 2: bad input."""
     from ..report.baseline import Tolerances, compare_with_baseline, load_baseline
-    from ..config import load_budget
+    from ..config.schema import load_budget
     from ..report.gate import append_step_summary, ci_annotations, evaluate_budget, exit_code, write_junit
     from ..errors import BudgetError
     from ..report.build import load_report

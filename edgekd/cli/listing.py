@@ -23,7 +23,8 @@ class What(str, enum.Enum):
 def list_(what: Annotated[What, typer.Argument(help="recipes, targets, backends, losses, data sources or tasks.")]) -> None:
     """List built-in recipes, targets, backends (with availability), distillation losses, data sources or
     tasks (what ``task:`` accepts)."""
-    from ..config import load_target, RECIPES_DIR, TARGETS_DIR, builtin_names
+    from ..config.schema import RECIPES_DIR, TARGETS_DIR, builtin_names
+    from ..backends import load_target
     from ..run.recipe import load_recipe
 
     with handle_errors():

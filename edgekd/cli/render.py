@@ -7,7 +7,7 @@ from typing import Any
 from rich.table import Table
 
 from ..report.build import measurement_notes, table_rows, targets_of
-from ..names import for_terminal
+from ..progress import for_terminal
 from .app import out
 
 

@@ -47,7 +47,7 @@ def compare(
     run_b: Annotated[Path, typer.Argument(help="The second run directory (e.g. the change's).")],
 ) -> None:
     """Print two runs side by side: size, accuracy and p50 per variant x target, and B / A."""
-    from ..names import for_terminal
+    from ..progress import for_terminal
     from rich.table import Table
 
     from ..report.compare import compare_rows

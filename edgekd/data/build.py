@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..config import DataSpec
+from ..config.schema import DataSpec
 from ..errors import DataError, first_line
 from .base import SampleSet, Splits, SubSet, auto_workers, check_labels, seeded_subset
 from .sources import SOURCES, SourceData

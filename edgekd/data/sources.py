@@ -14,9 +14,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..config import DataSpec
+from ..config.schema import DataSpec
 from ..errors import DataError, first_line
-from ..limits import LIMITS
+from ..fileio import LIMITS
 from ..registry import Registry, import_named
 from .base import ArraySet, RawSet
 

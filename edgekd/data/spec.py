@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from ..config import DataSpec
+from ..config.schema import DataSpec
 from ..errors import DataError
 
 DATA_FORMS = "digits, synthetic, npz:PATH (or PATH.npz), imagefolder:DIR, hf:PATH|NAME or package.module:factory"

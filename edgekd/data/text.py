@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import DataError, InputError, first_line
-from ..limits import LIMITS
+from ..fileio import LIMITS
 
 
 @dataclass

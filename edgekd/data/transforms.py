@@ -16,7 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import Augment, PreprocessSpec
+from ..config.schema import Augment, PreprocessSpec
 from ..errors import DataError
 
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..config import LatencySpec
+from ..config.schema import LatencySpec
 
 
 @dataclass(frozen=True)

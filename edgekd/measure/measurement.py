@@ -19,7 +19,7 @@ from ..stages.export.parity import parity
 from .latency import LatencyStats, measure_latency, peak_rss_mb, reset_peak_rss, rss_mb, throughput, time_calls, warm_up
 from ..fileio import file_sha256 as fingerprint_sha256
 from .fingerprint import fingerprint
-from ..config import LatencySpec, Target
+from ..config.schema import LatencySpec, Target
 from ..errors import BackendError, BackendUnavailable, CheckpointError, EdgekdError, InputError, first_line
 from ..progress import progress_bar
 from ..tasks import Classification, Scoring
@@ -227,7 +227,7 @@ INT8_FILE_OPS = ("QuantizeLinear", "QLinearConv", "QLinearMatMul", "DynamicQuant
 def bench_targets(targets: list[str], **overrides: Any) -> list[Target]:
     """Targets by name or path, with command-line overrides (``threads``, or a latency-spec key) applied
     and re-validated."""
-    from ..config import load_target
+    from ..backends import load_target
 
     resolved = []
     for name in targets:

@@ -11,10 +11,10 @@ import numpy as np
 
 from ..artifacts.artifact import Artifact
 from ..backends import BACKENDS
-from ..config import Target
+from ..config.schema import Target
 from ..data import Splits
 from ..fileio import write_json
-from ..names import checked_file_name
+from ..fileio import checked_file_name
 from ..progress import console
 from .int8_verdict import fp32_counterpart, judge, time_against_fp32
 from .measurement import BackendPool, add_repeats, empty_result, measure

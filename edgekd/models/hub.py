@@ -58,7 +58,7 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "merges.txt", "s
 def check_folder(directory: Path) -> None:
     """A folder's config and tokenizer files within ``limits`` before transformers reads them whole."""
     from ..errors import InputError
-    from ..limits import LIMITS
+    from ..fileio import LIMITS
 
     for name, limit in (("config.json", LIMITS.hf_config_bytes),
                         *((n, LIMITS.tokenizer_file_bytes) for n in TOKENIZER_FILES)):
@@ -71,7 +71,7 @@ def check_config_size(config: Any, where: Path) -> None:
     """Refuse a config that describes a model too large to build here, before anything is allocated:
     ``num_hidden_layers: 100000`` hung, ``vocab_size: 4e8`` asked for 51 GB."""
     from ..errors import InputError
-    from ..limits import LIMITS
+    from ..fileio import LIMITS
 
     def number(key: str) -> int:
         value = getattr(config, key, 0) or 0

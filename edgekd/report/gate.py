@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..config import Budget
+from ..config.schema import Budget
 from ..errors import BudgetError
 from ..fileio import atomic_path
 from .build import MB, targets_of

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import Recipe
+from ..config.schema import Recipe
 from ..errors import CheckpointError, RecipeError
-from ..models.teacher import extra_teachers
+from .teacher import extra_teachers
 from ..stages import StageContext
 from ..tasks import Task
 

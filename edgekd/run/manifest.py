@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..artifacts.artifact import Artifact, in_run
-from ..config import Recipe
+from ..config.schema import Recipe
 from ..fileio import atomic_path
 from ..models.checkpoint import LoadedCheckpoint
 from ..stages.export.int8_layouts import layout_path

@@ -18,11 +18,12 @@ from typing import Any
 
 from ..artifacts.artifact import Artifact, config_hash
 from ..models.checkpoint import LoadPolicy
-from ..models.teacher import extra_teachers, is_hf, load_teacher
-from ..config import Budget, Recipe, Target, dump_recipe, load_budget, load_target
+from .teacher import extra_teachers, is_hf, load_teacher
+from ..config.schema import Budget, Recipe, Target, dump_recipe, load_budget
+from ..backends import load_target
 from ..data import build_splits
 from ..data.transforms import arch_preprocess
-from ..environment import check_environment
+from ..config.environment import check_environment
 from ..fileio import read_json, write_json
 from ..report.gate import Verdict, evaluate_budget
 from ..measure.measurement import BackendPool, latency_probe

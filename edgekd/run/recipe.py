@@ -9,10 +9,10 @@ from typing import Any, Callable
 from pydantic import ValidationError
 
 from .. import stages  # noqa: F401  (every built-in stage registers its recipe keys)
-from ..config import Recipe, read_recipe, recipe_with
+from ..config.schema import Recipe, read_recipe, recipe_with
 from ..data.spec import parse_data_spec
 from ..errors import CheckpointError, InputError
-from ..models.teacher import is_hf
+from .teacher import is_hf
 
 
 def load_recipe(name_or_path: str | Path,

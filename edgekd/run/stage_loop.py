@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..artifacts.artifact import Artifact, config_hash, read_record, write_record
-from ..config import Recipe, load_target
+from ..config.schema import Recipe
+from ..backends import load_target
 from ..data import Splits
 from ..errors import InputError
 from ..progress import console

@@ -4,7 +4,8 @@ handed to the stages as data (``stages.base.TargetFacts``), and each stage's res
 from __future__ import annotations
 
 from ..backends import BACKENDS, check_runs_here
-from ..config import Recipe, Target, load_target
+from ..config.schema import Recipe, Target
+from ..backends import load_target
 from ..stages.base import TargetFacts, resolve_stages
 from ..tasks import TASKS
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..artifacts.artifact import Artifact
-from ..config import LossTerm, Recipe, TrainingConfig
+from ..config.schema import LossTerm, Recipe, TrainingConfig
 from ..data import Splits
 from ..errors import InputError, RecipeError, StageError
 from ..registry import Registry

@@ -14,7 +14,7 @@ import time
 import torch
 from torch import nn
 
-from ..config import Recipe
+from ..config.schema import Recipe
 from .base import PREFLIGHTS, Preview
 
 

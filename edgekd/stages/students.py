@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..config import LossTerm, StudentSpec
+from ..config.schema import LossTerm, StudentSpec
 from ..models.checkpoint import build_model
 from ..train.objective import bind_terms
 

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..config import Augment
+from ..config.schema import Augment
 from ..data import Splits, augment_batch
 from ..errors import StageError
 from ..models.features import capture

@@ -16,7 +16,7 @@ from torch import nn
 
 from pathlib import Path
 
-from ..config import LossTerm
+from ..config.schema import LossTerm
 from ..data import Splits
 from ..errors import RecipeError
 from ..models.features import Tap, capture

@@ -28,7 +28,7 @@ from .device import CPU, Device
 
 
 def cache_limit_mb() -> float:
-    from ..environment import TEACHER_CACHE_MB
+    from ..config.environment import TEACHER_CACHE_MB
 
     return TEACHER_CACHE_MB.read()
 

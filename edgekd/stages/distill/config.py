@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from ...config import MAX_EPOCHS, LossTerms, StageConfig, TrainingConfig, stage_config
+from ...config.schema import MAX_EPOCHS, LossTerms, StageConfig, TrainingConfig, stage_config
 
 
 @stage_config("distill")

@@ -14,7 +14,7 @@ import torch
 
 from ...artifacts.artifact import Artifact, config_hash, count_params_macs, save_torch
 from ...models.checkpoint import build_model
-from ...config import StudentSpec
+from ...config.schema import StudentSpec
 from .config import DistillConfig
 from ...errors import first_line
 from ..channels import channel_plan, uniform_width

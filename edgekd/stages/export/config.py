@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from ...config import StageConfig, stage_config
+from ...config.schema import StageConfig, stage_config
 
 
 @stage_config("export")

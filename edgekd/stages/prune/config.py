@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ...config import MAX_EPOCHS, LossTerms, StageConfig, Strict, stage_config
+from ...config.schema import MAX_EPOCHS, LossTerms, StageConfig, Strict, stage_config
 
 
 class SparseTraining(Strict):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ...artifacts.artifact import Artifact, config_hash, count_params_macs, save_torch
-from ...config import LossTerm, StudentSpec
+from ...config.schema import LossTerm, StudentSpec
 from .config import PruneConfig, SparseTraining
 from ...errors import EdgekdError, RecipeError, StageError, first_line
 from ..export.exporting import export_fp32

@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from ...config import MAX_EPOCHS, LossTerms, StageConfig, Strict, TrainingConfig, stage_config
+from ...config.schema import MAX_EPOCHS, LossTerms, StageConfig, Strict, TrainingConfig, stage_config
 
 
 class LayerOverride(Strict):

@@ -8,16 +8,16 @@ from typing import Any
 
 import torch
 
-from ..config import Recipe
+from ..config.schema import Recipe
 from ..data import Splits
 from ..errors import CheckpointError, DataError, first_line
 from ..tasks import Task
-from .checkpoint import LoadedCheckpoint, LoadPolicy, load_checkpoint, load_hf_checkpoint
+from ..models.checkpoint import LoadedCheckpoint, LoadPolicy, load_checkpoint, load_hf_checkpoint
 
 
 def load_teacher(checkpoint: Path | None, arch: str | None, policy: LoadPolicy, splits: Splits,
                   arch_args: dict[str, Any], task: Task) -> LoadedCheckpoint:
-    from .default import ARCH, default_teacher
+    from ..train.default_teacher import ARCH, default_teacher
 
     if checkpoint is None:
         checkpoint, arch = default_teacher(), arch or ARCH

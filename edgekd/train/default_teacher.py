@@ -3,7 +3,7 @@
 ``edgekd compress`` with no checkpoint uses ``assets/digits_cnn_teacher.safetensors`` shipped in the
 package. If that file is absent (a trimmed install), the teacher is trained once on scikit-learn's
 digits and cached under ``$EDGEKD_CACHE`` (default ``~/.cache/edgekd``). No network is used.
-Regenerate the bundled file with ``make teacher`` (``python -m edgekd.models.default``).
+Regenerate the bundled file with ``make teacher`` (``python -m edgekd.train.default_teacher``).
 """
 
 from __future__ import annotations
@@ -11,16 +11,16 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config import DataSpec
+from ..config.schema import DataSpec
 from ..data import build_splits
 from ..fileio import atomic_path, cache_dir, write_json
-from ..train.evaluate import accuracy
-from ..train.loop import fit
-from ..train.objective import Objective
-from .zoo import DigitsCNN
+from .evaluate import accuracy
+from .loop import fit
+from .objective import Objective
+from ..models.zoo import DigitsCNN
 
 ARCH = "edgekd:digits_cnn"
-BUNDLED = Path(__file__).parent / "assets" / "digits_cnn_teacher.safetensors"
+BUNDLED = Path(__file__).parents[1] / "models" / "assets" / "digits_cnn_teacher.safetensors"
 DATA = DataSpec(source="digits")
 EPOCHS, LR, SEED = 12, 2e-3, 0
 

@@ -11,7 +11,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from ..names import file_name_problem
+from ..fileio import file_name_problem
 
 
 class _Strict(BaseModel):
@@ -51,7 +51,7 @@ def _file_name(value: str) -> str:
     """A name that becomes a file name (``measurements/<variant>@<target>.json``, ``runs/<recipe>``)."""
     problem = file_name_problem(value)
     if problem is not None:
-        from ..names import NAME_RULE
+        from ..fileio import NAME_RULE
 
         raise ValueError(f"{value!r} cannot name files: {problem} (a name has {NAME_RULE})")
     return value

@@ -15,13 +15,13 @@ import yaml
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator,
                       model_validator)
 
-from .backends.target import COMMON_TARGET_KEYS, FileName, LatencySpec, Target  # noqa: F401  (re-exported)
-from .errors import BudgetError, EdgekdError, RecipeError, TargetError
-from .registry import Registry
-from .tasks import TASKS
-from .limits import LIMITS
+from .target import COMMON_TARGET_KEYS, FileName, LatencySpec, Target  # noqa: F401  (re-exported)
+from ..errors import BudgetError, EdgekdError, RecipeError, TargetError
+from ..registry import Registry
+from ..tasks import TASKS
+from ..fileio import LIMITS
 
-BUILTIN_DIR = Path(__file__).parent / "builtin"
+BUILTIN_DIR = Path(__file__).parents[1] / "builtin"
 RECIPES_DIR = BUILTIN_DIR / "recipes"
 MAX_EPOCHS = 10_000  # a bound that catches a typo (epochs: 1e9 as 1000000000) without limiting real schedules
 TARGETS_DIR = BUILTIN_DIR / "targets"
@@ -204,7 +204,7 @@ class LossTerm(BaseModel):
 
     @model_validator(mode="after")
     def _known_params(self) -> "LossTerm":
-        from .losses import LOSSES
+        from ..losses import LOSSES
 
         if self.name not in LOSSES:
             raise ValueError(f"unknown loss {self.name!r}; valid: {', '.join(LOSSES.names())}")
@@ -219,7 +219,7 @@ class LossTerm(BaseModel):
         return self
 
     def params(self) -> Any:
-        from .losses import LOSSES
+        from ..losses import LOSSES
 
         return LOSSES.get(self.name).Params.model_validate(self.model_extra or {})
 
@@ -358,8 +358,8 @@ class Recipe(Strict):
 
 
 # ---------------------------------------------------------------- targets
-# Target and LatencySpec live with the backends that read them (backends/target.py, imported above);
-# loading a target file and checking it against its backend's capabilities is ``load_target`` below.
+# Target and LatencySpec are in config/target.py (imported above); reading a target file and checking it
+# against its backend's capabilities is ``backends.load_target``.
 
 
 # ---------------------------------------------------------------- budgets
@@ -404,7 +404,7 @@ class Budget(Strict):
 
 
 # ---------------------------------------------------------------- loading
-def _format_validation_error(path: Path, err: ValidationError, model: type[BaseModel]) -> str:
+def format_validation_error(path: Path, err: ValidationError, model: type[BaseModel]) -> str:
     parts = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -504,10 +504,10 @@ def _validate(model: type[Strict], data: dict[str, Any], path: Path, error: type
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        raise error(_format_validation_error(path, exc, model)) from None
+        raise error(format_validation_error(path, exc, model)) from None
 
 
-def _resolve(name_or_path: str | Path, folder: Path, error: type[EdgekdError], kind: str) -> Path:
+def resolve_file(name_or_path: str | Path, folder: Path, error: type[EdgekdError], kind: str) -> Path:
     path = Path(name_or_path)
     if path.suffix in (".yaml", ".yml") or path.exists():
         if not path.is_file():
@@ -528,22 +528,9 @@ def read_recipe(name_or_path: str | Path, patch: Callable[[dict[str, Any]], dict
     """A recipe file, validated against the stages registered so far (``run.recipe.load_recipe`` registers
     every built-in stage first); ``patch`` edits the raw mapping first (the CLI's overrides, so a recipe
     may leave out what the command line gives, e.g. the data path of ``--data``)."""
-    path = _resolve(name_or_path, RECIPES_DIR, RecipeError, "recipe")
+    path = resolve_file(name_or_path, RECIPES_DIR, RecipeError, "recipe")
     raw = read_yaml(path, RecipeError)
     return _validate(Recipe, patch(raw) if patch is not None else raw, path, RecipeError)
-
-
-def load_target(name_or_path: str | Path) -> Target:
-    from .backends import checked_target
-
-    path = _resolve(name_or_path, TARGETS_DIR, TargetError, "target")
-    data = read_yaml(path, TargetError)
-    try:
-        return checked_target(data)
-    except ValidationError as exc:
-        raise TargetError(_format_validation_error(path, exc, Target)) from None
-    except ValueError as exc:
-        raise TargetError(f"{path}: {exc}") from None
 
 
 def load_budget(path: str | Path) -> Budget:
