@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from edgekd.models.checkpoint import load_checkpoint
-from edgekd.config.schema import LossTerm
+from edgekd.config.schema import LossTerm, TrainSpec
 from edgekd.run.recipe import load_recipe
 from edgekd.data import build_splits
 from edgekd.train.default_teacher import ARCH, default_teacher
@@ -37,8 +37,9 @@ from edgekd.losses import LOSSES
 from edgekd.train.objective import Objective, build_objective
 from edgekd.stages.channels import uniform_width
 from edgekd.train.evaluate import accuracy
-from edgekd.train.loop import fit
+from edgekd.train.loop import fit, LoopSettings
 from edgekd.models.zoo import TinyCNN
+from edgekd.train.teacher_outputs import TeacherRun
 
 # Module names of DigitsCNN: features.6 / .13 are the ReLU outputs at 16x16 and 8x8, .10 the 8x8 one before.
 METHODS: dict[str, list[dict]] = {
@@ -68,8 +69,7 @@ def second_teacher(splits, cache: Path) -> Path:
 
         torch.manual_seed(1)
         model = TinyCNN(num_classes=splits.num_classes)
-        fit(model, splits, Objective.cross_entropy(), epochs=15, lr=5e-3, weight_decay=5e-4, batch_size=64,
-            seed=1, label="second teacher")
+        fit(model, splits, Objective.cross_entropy(), TrainSpec(epochs=15, lr=5e-3, weight_decay=5e-4), LoopSettings(seed=1, batch_size=64), label="second teacher")
         with atomic_path(path) as tmp:
             save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp))
     return path
@@ -133,14 +133,12 @@ def main() -> None:
             terms = [LossTerm.model_validate(json.loads(json.dumps(t).replace("SECOND", str(second))))
                      for t in METHODS[method]]
             if terms:
-                objective, outputs = build_objective(terms, method, student, teacher, splits, augmented=False,
-                                                     teacher_key="bench", load_teacher=load_extra)
+                objective, outputs = build_objective(terms, method, student, teacher, splits,
+                                                     TeacherRun("bench"), load_extra)
             else:
                 objective, outputs = Objective.cross_entropy(), None
             began = time.perf_counter()
-            result = fit(student, splits, objective, teacher=outputs, epochs=epochs, lr=distill_cfg.lr,
-                         weight_decay=distill_cfg.weight_decay, batch_size=recipe.data.batch_size, seed=seed,
-                         label=f"{method} seed {seed}")
+            result = fit(student, splits, objective, TrainSpec(epochs=epochs, lr=distill_cfg.lr, weight_decay=distill_cfg.weight_decay), LoopSettings(seed=seed, batch_size=recipe.data.batch_size), teacher=outputs, label=f"{method} seed {seed}")
             wall = time.perf_counter() - began
             accs.append(accuracy(student, splits, "test"))
             epoch_seconds.append(statistics.median(h["seconds"] for h in result.history))

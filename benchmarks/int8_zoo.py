@@ -54,6 +54,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from edgekd.config.schema import TrainSpec
+from edgekd.train.loop import LoopSettings
+from edgekd.stages.quantize.quantization import QuantSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -166,8 +169,7 @@ def edgekd_int8(model: torch.nn.Module, calibration: torch.Tensor, path: Path,
 
     began = time.perf_counter()
     # the stage's input_quant: auto (unsigned when the data is never negative)
-    qmodel = quantize_model(model, unsigned_input=bool(calibration.min() >= 0), example=calibration[:1],
-                            hardswish=hardswish)
+    qmodel = quantize_model(model, QuantSpec(unsigned_input=bool(calibration.min() >= 0), hardswish=hardswish), example=calibration[:1])
     calibrate(qmodel, calibration.split(8), bias_correction=bias_correction)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -196,13 +198,13 @@ def one_verdict(qmodel: torch.nn.Module, path: Path, held_out: np.ndarray) -> st
     makes it: ``compare_with_torch``)."""
     from edgekd.errors import StageError
     from edgekd.stages.export.config import ExportConfig
-    from edgekd.stages.export.stage import compare_with_torch
+    from edgekd.stages.export.stage import TorchSide, compare_with_torch
 
     x = torch.from_numpy(held_out)
     with torch.no_grad():
         ref = np.concatenate([getattr(o, "value", o).numpy() for o in (qmodel(x[i:i + 1]) for i in range(len(x)))])
     try:
-        verdict = compare_with_torch(path, ref, x, "int8", ExportConfig(stage="export"), path.stem, model=qmodel)
+        verdict = compare_with_torch(path, TorchSide(ref, x, qmodel), "int8", ExportConfig(stage="export"), path.stem)
     except StageError as exc:
         return f"diverges: {str(exc).split(': ', 1)[-1][:200]}"
     db = verdict["sqnr_db"]  # None: identical outputs
@@ -486,7 +488,7 @@ def trained(name: str, splits, epochs: int) -> torch.nn.Module:
         return model.eval()
     torch.manual_seed(0)
     began = time.perf_counter()
-    fit(model, splits, Objective.cross_entropy(), epochs=epochs, lr=1e-3, weight_decay=5e-4, seed=0, label=name)
+    fit(model, splits, Objective.cross_entropy(), TrainSpec(epochs=epochs, lr=1e-3, weight_decay=5e-4), LoopSettings(seed=0), label=name)
     print(f"{name}: {splits.size('train')} MNIST train images, {epochs} epochs, {time.perf_counter() - began:.0f} s; "
           f"val {accuracy(model, splits, 'val'):.4f}", flush=True)
     cache.parent.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 
 import torch
+from edgekd.config.schema import TrainSpec
+from edgekd.train.loop import LoopSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -46,8 +48,7 @@ def train_teacher(folder: Path, out: Path, epochs: int, max_train: int | None) -
     torch.manual_seed(0)
     model = DigitsCNN(num_classes=10, in_channels=1)
     began = time.perf_counter()
-    fit(model, splits, Objective.cross_entropy(), epochs=epochs, lr=2e-3, weight_decay=5e-4, seed=0,
-        label="MNIST teacher")
+    fit(model, splits, Objective.cross_entropy(), TrainSpec(epochs=epochs, lr=2e-3, weight_decay=5e-4), LoopSettings(seed=0), label="MNIST teacher")
     print(f"teacher: {splits.size('train')} train images, {epochs} epochs, {time.perf_counter() - began:.0f} s; "
           f"val {accuracy(model, splits, 'val'):.4f}, test {accuracy(model, splits, 'test'):.4f}")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from edgekd.config.schema import TrainSpec
+from edgekd.train.loop import LoopSettings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -48,8 +50,7 @@ def train_teacher(splits, out: Path, epochs: int) -> Path:
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10)
     began = time.perf_counter()
-    fit(model, splits, Objective.cross_entropy(), epochs=epochs, lr=1e-3, weight_decay=5e-4, seed=0,
-        label="resnet18 teacher")
+    fit(model, splits, Objective.cross_entropy(), TrainSpec(epochs=epochs, lr=1e-3, weight_decay=5e-4), LoopSettings(seed=0), label="resnet18 teacher")
     print(f"teacher: resnet18 at {SIZE}x{SIZE}, {splits.size('train')} train images, {epochs} epochs, "
           f"{time.perf_counter() - began:.0f} s; val {accuracy(model, splits, 'val'):.4f}", flush=True)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,7 @@ from edgekd.train.default_teacher import ARCH, DATA, default_teacher
 from edgekd.stages.export.exporting import export_fp32
 from edgekd.measure.measurement import BackendPool, latency_probe
 from edgekd.stages.channels import prune_channels
+from edgekd.stages.channels import Cut
 
 TARGET = "cpu-openvino"
 
@@ -123,7 +124,7 @@ def _uniform_ratio_for_macs(teacher: torch.nn.Module, example: torch.Tensor, mac
     for _ in range(12):
         mid = (lo + hi) / 2
         model = copy.deepcopy(teacher)
-        prune_channels(model, example, ratio=mid, num_classes=10)
+        prune_channels(model, example, Cut(ratio=mid), num_classes=10)
         if count_params_macs(model, input_shape)[1] > macs:
             lo = mid
         else:

@@ -28,7 +28,7 @@ import torch
 
 from edgekd.backends import BACKENDS, evaluate_accuracy
 from edgekd.models.checkpoint import build_model, load_checkpoint
-from edgekd.config.schema import recipe_with
+from edgekd.config.schema import recipe_with, TrainSpec
 from edgekd.backends import load_target
 from edgekd.run.recipe import load_recipe
 from edgekd.data import build_splits
@@ -37,9 +37,10 @@ from edgekd.errors import StageError
 from edgekd.stages.quantize.mixed_precision import search
 from edgekd.train.objective import Objective, build_objective
 from edgekd.stages.channels import uniform_width
-from edgekd.stages.quantize.quantization import calibrate, export_qdq, layer_names, quantize_model
+from edgekd.stages.quantize.quantization import calibrate, export_qdq, layer_names, quantize_model, QuantSpec
 from edgekd.train.evaluate import accuracy
-from edgekd.train.loop import fit
+from edgekd.train.loop import fit, LoopSettings
+from edgekd.train.teacher_outputs import TeacherRun
 
 TARGETS = ("cpu-onnxruntime", "cpu-openvino")
 METHODS = ("ptq", "qat", "qad")  # calibration only; QAT on labels; QAT against the teacher
@@ -66,8 +67,7 @@ def main() -> None:
     else:
         torch.manual_seed(0)
         teacher = build_model(args.model, num_classes=splits.num_classes, in_channels=3)
-        fit(teacher, splits, Objective.cross_entropy(), epochs=args.teacher_epochs, lr=distill_cfg.lr,
-            weight_decay=5e-4, batch_size=recipe.data.batch_size, seed=0, label=f"train {args.model}")
+        fit(teacher, splits, Objective.cross_entropy(), TrainSpec(epochs=args.teacher_epochs, lr=distill_cfg.lr, weight_decay=5e-4), LoopSettings(seed=0, batch_size=recipe.data.batch_size), label=f"train {args.model}")
     teacher = teacher.eval().requires_grad_(False)
     mixed_layers: list[str] = []
     targets = [load_target(t) for t in TARGETS]
@@ -87,11 +87,9 @@ def main() -> None:
         for seed in range(args.seeds):
             torch.manual_seed(seed)
             student = uniform_width(teacher, splits.example(1), recipe.student.width or 0.5, splits.num_classes)
-            kd, outputs = build_objective(distill_cfg.loss, "distill", student, teacher, splits, augmented=False,
-                                          teacher_key="bench")
-            fit(student, splits, kd, teacher=outputs, epochs=distill_cfg.epochs, lr=distill_cfg.lr,
-                weight_decay=distill_cfg.weight_decay, batch_size=recipe.data.batch_size, seed=seed,
-                label=f"distill seed {seed}")
+            kd, outputs = build_objective(distill_cfg.loss, "distill", student, teacher, splits,
+                                          TeacherRun("bench"))
+            fit(student, splits, kd, TrainSpec(epochs=distill_cfg.epochs, lr=distill_cfg.lr, weight_decay=distill_cfg.weight_decay), LoopSettings(seed=seed, batch_size=recipe.data.batch_size), teacher=outputs, label=f"distill seed {seed}")
             fp32 = Path(tmp) / f"fp32-{seed}.onnx"
             torch.onnx.export(student.eval(), (splits.example(1, "test"),), str(fp32), dynamo=False, opset_version=17,
                               input_names=["input"], output_names=["logits"])
@@ -101,16 +99,13 @@ def main() -> None:
                   flush=True)
             for bits in (8, 4):
                 for method in METHODS:
-                    q = quantize_model(student, unsigned_input=True, reduce_range=quant_cfg.reduce_range,
-                                       weight_bits=bits)
+                    q = quantize_model(student, QuantSpec(unsigned_input=True, reduce_range=quant_cfg.reduce_range, weight_bits=bits))
                     calibrate(q, splits.calibration_loader(quant_cfg.calibration_batches))
                     if method != "ptq":
                         objective, teacher_out = (build_objective(quant_cfg.loss, "quantize", q, teacher, splits,
-                                                                  augmented=False, teacher_key="bench")
+                                                                  TeacherRun("bench"))
                                                   if method == "qad" else (Objective.cross_entropy(), None))
-                        fit(q, splits, objective, teacher=teacher_out, epochs=quant_cfg.epochs, lr=quant_cfg.lr,
-                            weight_decay=quant_cfg.weight_decay, batch_size=recipe.data.batch_size, seed=seed,
-                            label=f"W{bits} {method} seed {seed}")
+                        fit(q, splits, objective, TrainSpec(epochs=quant_cfg.epochs, lr=quant_cfg.lr, weight_decay=quant_cfg.weight_decay), LoopSettings(seed=seed, batch_size=recipe.data.batch_size), teacher=teacher_out, label=f"W{bits} {method} seed {seed}")
                     path = Path(tmp) / f"w{bits}-{method}-{seed}.onnx"
                     export_qdq(q, splits.example(1, "test"), path, 17)
                     for name, acc in on_backends(path).items():
@@ -156,7 +151,7 @@ def _mixed_ptq(student, splits, quant_cfg, batch_size: int, budget: float, path:
     made = {}
 
     def drop_of(chosen):
-        q = quantize_model(student, unsigned_input=True, weight_bits=4, overrides=chosen)
+        q = quantize_model(student, QuantSpec(unsigned_input=True, weight_bits=4, overrides=chosen))
         calibrate(q, splits.calibration_loader(quant_cfg.calibration_batches))
         made["model"] = q
         return float_val - accuracy(q, splits, "val")

@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from edgekd.config.schema import TrainSpec
+from edgekd.train.loop import LoopSettings
 
 AREAS = {
     "networking": ["http", "urllib", "socket", "ssl", "smtplib", "imaplib", "ftplib", "xmlrpc", "wsgiref"],
@@ -137,7 +139,7 @@ def teacher_folder(folder: Path, data: Path, epochs: int, max_length: int) -> Pa
     torch.manual_seed(0)
     model = TextModel(transformers.BertForSequenceClassification(config), "classification")
     began = time.perf_counter()
-    fit(model, splits, Objective.cross_entropy(), epochs=epochs, lr=5e-4, weight_decay=0.01, seed=0, label="teacher")
+    fit(model, splits, Objective.cross_entropy(), TrainSpec(epochs=epochs, lr=5e-4, weight_decay=0.01), LoopSettings(seed=0), label="teacher")
     print(f"teacher: test accuracy {accuracy(model, splits, 'test'):.4f} after {epochs} epochs "
           f"({time.perf_counter() - began:.0f} s)", flush=True)
     model.backbone.save_pretrained(folder)

@@ -8,13 +8,13 @@ from pathlib import Path
 import torch
 
 from edgekd.stages.export.int8_layouts import layout_path, write_u8s8
-from edgekd.stages.quantize.quantization import calibrate, export_qdq, quantize_model
+from edgekd.stages.quantize.quantization import calibrate, export_qdq, quantize_model, QuantSpec
 
 
 def int8_files(model: torch.nn.Module, x: torch.Tensor, path: Path) -> tuple[torch.nn.Module, Path]:
     """PTQ of ``model`` (unsigned input, calibrated on ``x`` in batches of 4), exported to ``path`` (the
     s8s8 file OpenVINO gets) and its u8s8 twin for ONNX Runtime; returns the fake-quant model and ``path``."""
-    qmodel = quantize_model(model.eval(), unsigned_input=True, example=x[:1])
+    qmodel = quantize_model(model.eval(), QuantSpec(unsigned_input=True), example=x[:1])
     calibrate(qmodel, x.split(4))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from edgekd.stages.quantize.brevitas_rules import brevitas_rules, equalization_skipped_when_off
-from edgekd.stages.quantize.quantization import quantize_model
+from edgekd.stages.quantize.quantization import quantize_model, QuantSpec
 
 
 class ShuffleBlocks(nn.Module):
@@ -37,7 +37,7 @@ class ShuffleBlocks(nn.Module):
 
 def test_concats_of_relu_outputs_read_through_chunks_get_unsigned_quantizers():
     torch.manual_seed(0)
-    qmodel = quantize_model(ShuffleBlocks().eval(), unsigned_input=True, example=torch.rand(1, 3, 8, 8))
+    qmodel = quantize_model(ShuffleBlocks().eval(), QuantSpec(unsigned_input=True), example=torch.rand(1, 3, 8, 8))
     concat_quants = {n: m for n, m in qmodel.named_modules() if n.startswith("cat") and n.endswith("_quant") and "." not in n}
     assert concat_quants, "the second unit's concat has its own requantizer"
     assert {n: m.act_quant.is_signed for n, m in concat_quants.items()} == dict.fromkeys(concat_quants, False)
@@ -73,7 +73,7 @@ def test_a_same_padded_conv_exports_as_one_int8_conv_with_asymmetric_pads(tmp_pa
                           nn.Conv2d(8, 8, 3, stride=2, groups=8), nn.ReLU6(), nn.Conv2d(8, 16, 1), nn.ReLU(),
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10)).eval()
     x = torch.rand(16, 3, 16, 16)
-    qmodel = quantize_model(model, unsigned_input=True, example=x[:1])
+    qmodel = quantize_model(model, QuantSpec(unsigned_input=True), example=x[:1])
     assert "_3_input_quant" not in dict(qmodel.named_children()), "no requantizer between the pad and its conv"
     calibrate(qmodel, x.split(8))
     path = tmp_path / "m.onnx"

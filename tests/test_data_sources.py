@@ -12,11 +12,12 @@ import onnx
 import pytest
 import torch
 
-from edgekd.config.schema import DataSpec, PreprocessSpec
+from edgekd.config.schema import DataSpec, PreprocessSpec, TrainSpec
 from edgekd.data import build_splits
 from edgekd.errors import DataError
 from edgekd.artifacts.onnx_files import read_metadata
 from edgekd.models.zoo import TinyCNN
+from edgekd.train.loop import LoopSettings
 
 from .conftest import FAST_LATENCY, invoke, save_model, write_yaml
 
@@ -246,8 +247,7 @@ def test_training_resumes_mid_epoch_to_the_same_weights(tmp_path, monkeypatch):
     def run(**kw):
         torch.manual_seed(0)
         model = TinyCNN(num_classes=3)
-        result = loop.fit(model, splits, Objective.cross_entropy(), epochs=2, lr=0.01, weight_decay=0.0, seed=0,
-                          label="unit", augment=None, **kw)
+        result = loop.fit(model, splits, Objective.cross_entropy(), TrainSpec(epochs=2, lr=0.01, weight_decay=0.0), LoopSettings(seed=0, augment=None, **kw), label="unit")
         return model, result
 
     reference, _ = run()

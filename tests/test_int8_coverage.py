@@ -17,7 +17,7 @@ import torch
 from edgekd.backends import BACKENDS
 from edgekd.config.target import Target
 from edgekd.stages.export.int8_layouts import layout_path, write_u8s8
-from edgekd.stages.quantize.quantization import calibrate, export_qdq, quantize_model
+from edgekd.stages.quantize.quantization import calibrate, export_qdq, quantize_model, QuantSpec
 
 TORCHVISION = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0",
                "regnet_x_400mf", "shufflenet_v2_x1_0", "convnext_tiny",
@@ -46,7 +46,7 @@ def build(name: str) -> torch.nn.Module:
 
 def int8_file(name: str, tmp_path: Path, with_model: bool = False) -> Path | tuple[Path, torch.nn.Module, torch.Tensor]:
     x = torch.rand(8, 3, SIZE, SIZE)
-    qmodel = quantize_model(build(name), unsigned_input=True, example=x[:1])
+    qmodel = quantize_model(build(name), QuantSpec(unsigned_input=True), example=x[:1])
     calibrate(qmodel, x.split(4))
     path = tmp_path / f"{name.split()[0]}.onnx"
     with warnings.catch_warnings():
@@ -106,7 +106,7 @@ def test_conv_subclasses_are_quantized_or_named_with_the_reason(tmp_path):
                                 torch.nn.ReLU(), torch.nn.Conv2d(16, 32, 3, padding=1), torch.nn.ReLU(),
                                 torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), CastingLinear(32, 10)).eval()
     x = torch.rand(8, 3, 15, 15)  # odd size: "SAME" pads asymmetrically here
-    qmodel = quantize_model(model, unsigned_input=True, example=x[:1])
+    qmodel = quantize_model(model, QuantSpec(unsigned_input=True), example=x[:1])
     assert qmodel.kept_float == {"2": "ScaledConv has its own forward(), not a padded Conv2d"}
     calibrate(qmodel, x.split(4))
     with torch.no_grad():
@@ -144,7 +144,7 @@ def test_identity_between_a_conv_and_its_activation_adds_no_requantization():
     block = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.Identity(), torch.nn.ReLU(),
                                 torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
                                 torch.nn.Linear(8 * 8 * 8, 4)).eval()
-    qmodel = quantize_model(block, unsigned_input=True, example=torch.rand(1, 3, 8, 8))
+    qmodel = quantize_model(block, QuantSpec(unsigned_input=True), example=torch.rand(1, 3, 8, 8))
     modules = [n.target for n in qmodel.graph.nodes if n.op == "call_module"]
     assert not [m for m in modules if type(qmodel.get_submodule(m)) is torch.nn.Identity]
     # each conv feeds its QuantReLU directly (the classifier's own output quantizer aside)
@@ -173,7 +173,7 @@ def test_with_quantization_off_the_quantized_model_computes_the_float_model(act)
     x = torch.rand(4, 3, 8, 8)
     with torch.no_grad():
         assert float(model[1](model[0](x)).abs().max()) > 20.0  # far past ReLU6's 6 and Hardtanh's 3
-    qmodel = quantize_model(model, unsigned_input=True, example=x[:1])
+    qmodel = quantize_model(model, QuantSpec(unsigned_input=True), example=x[:1])
     assert float_path_difference(model, qmodel, x) < FLOAT_PATH_TOLERANCE
 
 
@@ -188,7 +188,7 @@ def test_relu6_calibrates_the_ranges_after_it_on_clamped_values():
         model[2].weight.fill_(1 / 8)
         model[2].bias.zero_()
     x = torch.rand(16, 3, 8, 8)
-    qmodel = quantize_model(model, unsigned_input=True, example=x[:1])
+    qmodel = quantize_model(model, QuantSpec(unsigned_input=True), example=x[:1])
     calibrate(qmodel, x.split(4))
     from brevitas.proxy.runtime_quant import ActQuantProxyFromInjector
 
@@ -219,7 +219,7 @@ def test_tensor_code_on_quantized_activations_runs():
     torch.manual_seed(0)
     model = Sliced().eval()
     x = torch.rand(4, 3, 8, 8)
-    qmodel = quantize_model(model, unsigned_input=True, example=x[:1])
+    qmodel = quantize_model(model, QuantSpec(unsigned_input=True), example=x[:1])
     calibrate(qmodel, x.split(2))
     with torch.no_grad():
         out = qmodel(x)
@@ -245,7 +245,7 @@ def test_a_difference_of_two_quantized_activations_runs(spelling):
 
     torch.manual_seed(0)
     model, x = Difference().eval(), torch.rand(4, 3, 8, 8)
-    qmodel = quantize_model(model, unsigned_input=True, example=x[:1])
+    qmodel = quantize_model(model, QuantSpec(unsigned_input=True), example=x[:1])
     calibrate(qmodel, x.split(2))
     with torch.no_grad():
         out = qmodel(x)
@@ -284,7 +284,7 @@ def test_every_spelling_of_a_mean_quantizes_to_the_float_model(spelling):
 
     torch.manual_seed(0)
     model, x = Pooled().eval(), torch.rand(4, 3, 8, 8)
-    qmodel = quantize_model(model, unsigned_input=True, example=x[:1])
+    qmodel = quantize_model(model, QuantSpec(unsigned_input=True), example=x[:1])
     assert float_path_difference(model, qmodel, x) < FLOAT_PATH_TOLERANCE
 
 
@@ -337,9 +337,9 @@ def test_an_activation_written_as_a_call_is_quantized_as_its_module_is(spelling)
     x = torch.rand(4, 3, 8, 8)
     written, reference = Gated(as_module=False).eval(), Gated(as_module=True).eval()
     reference.load_state_dict(written.state_dict())
-    qmodel = quantize_model(written, unsigned_input=True, example=x[:1])
+    qmodel = quantize_model(written, QuantSpec(unsigned_input=True), example=x[:1])
     assert _activation_quantizers(qmodel) == _activation_quantizers(
-        quantize_model(reference, unsigned_input=True, example=x[:1]))
+        quantize_model(reference, QuantSpec(unsigned_input=True), example=x[:1]))
     assert float_path_difference(written, qmodel, x) < FLOAT_PATH_TOLERANCE
 
 

@@ -13,8 +13,8 @@ import torch
 from edgekd.stages.export.config import ExportConfig
 from edgekd.errors import StageError
 from edgekd.stages.export.int8_fidelity import localize, model_quantizer_outputs, own_rounding_db
-from edgekd.stages.quantize.quantization import INT32_BIAS_LIMIT, calibrate, export_qdq, quantize_model
-from edgekd.stages.export.stage import compare_with_torch
+from edgekd.stages.quantize.quantization import calibrate, export_qdq, INT32_BIAS_LIMIT, quantize_model, QuantSpec
+from edgekd.stages.export.stage import TorchSide, compare_with_torch
 from tests.models import ResidualCNN
 
 
@@ -30,7 +30,7 @@ def exported(tmp_path_factory):
     torch.manual_seed(0)
     model = ResidualCNN(num_classes=6, in_channels=3).eval()
     x = torch.rand(24, 3, 16, 16)
-    qmodel = quantize_model(model, unsigned_input=True, example=x[:1])
+    qmodel = quantize_model(model, QuantSpec(unsigned_input=True), example=x[:1])
     calibrate(qmodel, x.split(8))
     path = tmp_path_factory.mktemp("fidelity") / "q.onnx"
     with warnings.catch_warnings():
@@ -51,8 +51,7 @@ def _plant(path, tmp_path, op_type: str, new_type: str):
 
 def test_a_file_on_the_models_grids_matches(exported):
     qmodel, x, path = exported
-    result = compare_with_torch(path, predict_logits(qmodel, x).numpy(), x, "int8", ExportConfig(stage="export"),
-                                "q", model=qmodel)
+    result = compare_with_torch(path, TorchSide(predict_logits(qmodel, x).numpy(), x, qmodel), "int8", ExportConfig(stage="export"), "q")
     assert result["verdict"] == "matches"
     assert "top1_agreement" in result and "decisive_samples" in result  # reported beside the verdict
 
@@ -70,8 +69,7 @@ def test_a_gap_the_ops_do_not_explain_is_rounding_and_the_file_passes_op_by_op(e
     qmodel, x, path = exported
     ref = predict_logits(qmodel, x).numpy()
     ref = ref + np.float32(1e-6) * np.sign(ref)  # a rounding-sized gap, so the SQNR is finite
-    result = compare_with_torch(path, ref, x, "int8", ExportConfig(stage="export", int8_min_sqnr_db=1000.0), "q",
-                                model=qmodel)
+    result = compare_with_torch(path, TorchSide(ref, x, qmodel), "int8", ExportConfig(stage="export", int8_min_sqnr_db=1000.0), "q")
     assert result["verdict"] == "matches op by op"
     assert result["localization"]["first_divergence"] is None and "amplifies" in result["judged_by"]
     # the model's own float32-vs-float64 distance is reported beside it (inf here: this small net rounds alike)
@@ -92,8 +90,7 @@ def test_a_planted_wrong_op_is_named(exported, tmp_path, op_type, wrong):
     qmodel, x, path = exported
     planted, node_name = _plant(path, tmp_path, op_type, wrong)
     with pytest.raises(StageError, match=rf"something other than its fake-quant model at .*{wrong} '{node_name}'"):
-        compare_with_torch(planted, predict_logits(qmodel, x).numpy(), x, "int8", ExportConfig(stage="export"),
-                           "q", model=qmodel)
+        compare_with_torch(planted, TorchSide(predict_logits(qmodel, x).numpy(), x, qmodel), "int8", ExportConfig(stage="export"), "q")
 
 
 def test_a_file_of_another_model_diverges(exported, tmp_path):
@@ -113,8 +110,7 @@ def test_a_file_of_another_model_diverges(exported, tmp_path):
     planted = tmp_path / "planted-weights.onnx"
     onnx.save(model, str(planted))
     with pytest.raises(StageError, match=rf"at Conv '{conv.name}'"):
-        compare_with_torch(planted, predict_logits(qmodel, x).numpy(), x, "int8", ExportConfig(stage="export"),
-                           "q", model=qmodel)
+        compare_with_torch(planted, TorchSide(predict_logits(qmodel, x).numpy(), x, qmodel), "int8", ExportConfig(stage="export"), "q")
 
 
 def test_tied_or_all_zero_logits_equal_to_the_reference_match(tmp_path):
@@ -127,11 +123,10 @@ def test_tied_or_all_zero_logits_equal_to_the_reference_match(tmp_path):
     path = tmp_path / "id.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     for logits in (torch.zeros(8, 4), torch.full((8, 4), 2.5)):
-        result = compare_with_torch(path, logits.numpy(), logits, "int8", ExportConfig(stage="export"), "s")
+        result = compare_with_torch(path, TorchSide(logits.numpy(), logits), "int8", ExportConfig(stage="export"), "s")
         assert result["verdict"] == "matches" and result["decisive_samples"] == 0
     with pytest.raises(StageError, match="-inf dB"):  # all-zero reference, non-zero file
-        compare_with_torch(path, np.zeros((8, 4), np.float32), torch.ones(8, 4), "int8", ExportConfig(stage="export"),
-                           "s")
+        compare_with_torch(path, TorchSide(np.zeros((8, 4), np.float32), torch.ones(8, 4)), "int8", ExportConfig(stage="export"), "s")
 
 
 def test_a_bias_too_large_for_int32_raises_its_channels_weight_scale():
@@ -144,7 +139,7 @@ def test_a_bias_too_large_for_int32_raises_its_channels_weight_scale():
         model[0].weight[1].mul_(1e-7)
         model[0].bias[1] = 0.5
     x = torch.rand(8, 3, 8, 8)
-    qmodel = quantize_model(model, unsigned_input=True, example=x[:1])
+    qmodel = quantize_model(model, QuantSpec(unsigned_input=True), example=x[:1])
     calibrate(qmodel, x.split(4))
     conv = next(m for m in qmodel.modules() if type(m).__name__ == "QuantConv2d")
     seen = []
@@ -177,7 +172,7 @@ def test_quantizers_shared_by_a_concat_still_round_after_calibration(tmp_path):
 
     torch.manual_seed(0)
     x = torch.rand(16, 3, 8, 8)
-    qmodel = quantize_model(Fire().eval(), unsigned_input=True, example=x[:1])
+    qmodel = quantize_model(Fire().eval(), QuantSpec(unsigned_input=True), example=x[:1])
     calibrate(qmodel, x.split(8))
     for proxy in [m for m in qmodel.modules() if isinstance(m, ActQuantProxyFromInjector) and m.is_quant_enabled]:
         out = proxy(torch.rand(1, 8, 4, 4) * 3)
@@ -187,8 +182,7 @@ def test_quantizers_shared_by_a_concat_still_round_after_calibration(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         export_qdq(qmodel, x[:1], path, 17)
-    result = compare_with_torch(path, predict_logits(qmodel, x).numpy(), x, "int8", ExportConfig(stage="export"),
-                                "fire", model=qmodel)
+    result = compare_with_torch(path, TorchSide(predict_logits(qmodel, x).numpy(), x, qmodel), "int8", ExportConfig(stage="export"), "fire")
     assert result["verdict"] == "matches"
 
 
@@ -199,8 +193,7 @@ def test_the_op_by_op_comparison_runs_on_the_sample_whose_outputs_are_furthest_a
     ref = predict_logits(qmodel, x).numpy().copy()
     ref[5] += np.float32(1e-3) * np.sign(ref[5])
     ref[2] += np.float32(1e-5) * np.sign(ref[2])
-    result = compare_with_torch(path, ref, x, "int8", ExportConfig(stage="export", int8_min_sqnr_db=1000.0), "q",
-                                model=qmodel)
+    result = compare_with_torch(path, TorchSide(ref, x, qmodel), "int8", ExportConfig(stage="export", int8_min_sqnr_db=1000.0), "q")
     assert result["localization"]["sample"] == 5
     assert "furthest sample (5)" in result["judged_by"]
 
@@ -240,7 +233,7 @@ def test_the_onnx_runtime_layout_compares_op_by_op_past_the_quantizers_it_adds(t
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1),
                           nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)).eval()
     x = torch.rand(16, 3, 16, 16)
-    qmodel = quantize_model(model, unsigned_input=True, example=x[:1])
+    qmodel = quantize_model(model, QuantSpec(unsigned_input=True), example=x[:1])
     calibrate(qmodel, x.split(8))
     s8s8, u8s8 = tmp_path / "q.onnx", tmp_path / "q.u8s8.onnx"
     with warnings.catch_warnings():
@@ -251,7 +244,6 @@ def test_the_onnx_runtime_layout_compares_op_by_op_past_the_quantizers_it_adds(t
     assert len(added) == 2  # after the MaxPool; before the Flatten
     ref = predict_logits(qmodel, x).numpy()
     ref = ref + np.float32(1e-6) * np.sign(ref)  # a rounding-sized gap: the verdict comes from the op-by-op pass
-    result = compare_with_torch(u8s8, ref, x, "int8", ExportConfig(stage="export", int8_min_sqnr_db=1000.0), "q",
-                                model=qmodel)
+    result = compare_with_torch(u8s8, TorchSide(ref, x, qmodel), "int8", ExportConfig(stage="export", int8_min_sqnr_db=1000.0), "q")
     assert result["verdict"] == "matches op by op"
     assert result["localization"]["quantizers"] == len(model_quantizer_outputs(qmodel, x[:1]))

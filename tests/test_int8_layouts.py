@@ -14,7 +14,7 @@ from torch import nn
 from edgekd.backends import BACKENDS
 from edgekd.config.target import Target
 from edgekd.stages.export.int8_layouts import layout_path, write_u8s8
-from edgekd.stages.quantize.quantization import calibrate, export_qdq, quantize_model
+from edgekd.stages.quantize.quantization import calibrate, export_qdq, quantize_model, QuantSpec
 
 
 class InvertedResidual(nn.Module):
@@ -50,7 +50,7 @@ def exported(tmp_path):
 def int8_files(model: nn.Module, x: torch.Tensor, path, **quant):
     """PTQ of ``model`` on ``x`` and both INT8 layouts, as the quantize and export stages make them:
     (s8s8 path, u8s8 path, activation quantizers the u8s8 file changed)."""
-    qmodel = quantize_model(model, unsigned_input=True, example=x[:1], **quant)
+    qmodel = quantize_model(model, QuantSpec(unsigned_input=True, **quant), example=x[:1])
     calibrate(qmodel, x.split(8))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -85,8 +85,7 @@ def test_onnx_runtime_runs_every_conv_int8_only_in_the_u8s8_layout(tmp_path):
     torchvision = pytest.importorskip("torchvision", reason="torchvision is the 'vision' extra")
     torch.manual_seed(0)
     x = torch.rand(8, 3, 32, 32)
-    qmodel = quantize_model(torchvision.models.mobilenet_v2(num_classes=10).eval(), unsigned_input=True,
-                            example=x[:1])
+    qmodel = quantize_model(torchvision.models.mobilenet_v2(num_classes=10).eval(), QuantSpec(unsigned_input=True), example=x[:1])
     calibrate(qmodel, x.split(4))
     path = tmp_path / "mobilenet_v2.onnx"
     with warnings.catch_warnings():
@@ -117,7 +116,7 @@ def test_onnx_runtime_names_each_float_layer_and_why_it_was_not_fused(tmp_path):
     torchvision = pytest.importorskip("torchvision", reason="torchvision is the 'vision' extra")
     torch.manual_seed(0)
     x = torch.rand(8, 3, 32, 32)
-    qmodel = quantize_model(torchvision.models.mobilenet_v2(num_classes=10).eval(), unsigned_input=True)
+    qmodel = quantize_model(torchvision.models.mobilenet_v2(num_classes=10).eval(), QuantSpec(unsigned_input=True))
     calibrate(qmodel, x.split(4))
     path = tmp_path / "mobilenet_v2.onnx"
     with warnings.catch_warnings():

@@ -20,6 +20,7 @@ from edgekd.stages.export.int8_layouts import layout_path
 from edgekd.stages.export.int8_placement import RULES, placement_problems
 from edgekd.stages.quantize.quantization import FLOAT_PATH_TOLERANCE, calibrate, float_path_difference, quantize_model
 from tests.int8_files import int8_files
+from edgekd.stages.quantize.quantization import QuantSpec
 
 class Lambda(nn.Module):
     def __init__(self, fn) -> None:
@@ -263,7 +264,7 @@ def test_a_layer_computing_a_constant_stays_float_and_the_model_exports():
     depend on the model's input stays float, named with why; the conv and head are quantized."""
     torch.manual_seed(0)
     model, x = BufferMLP().eval(), torch.rand(8, 3, 16, 16)
-    qmodel = quantize_model(model, unsigned_input=True, example=x[:1])
+    qmodel = quantize_model(model, QuantSpec(unsigned_input=True), example=x[:1])
     calibrate(qmodel, x.split(4))
     assert list(qmodel.kept_float) == ["bias_mlp"], qmodel.kept_float
     assert "does not depend on the model's input" in qmodel.kept_float["bias_mlp"]
@@ -277,7 +278,7 @@ def test_sizes_read_off_shapes_get_no_quantizer():
 
     torch.manual_seed(0)
     model, x = CodedAttention(bias=False).eval(), torch.rand(8, 3, 16, 16)
-    qmodel = quantize_model(model, unsigned_input=True, example=x[:1])
+    qmodel = quantize_model(model, QuantSpec(unsigned_input=True), example=x[:1])
     calibrate(qmodel, x.split(4))
     assert float_path_difference(model, qmodel, x) < FLOAT_PATH_TOLERANCE
 
@@ -513,7 +514,7 @@ def test_a_model_with_attention_gets_its_convolutions_quantized_in_graph_mode(tm
     adds, 1.3x quantize_static's latency before)."""
     torch.manual_seed(0)
     x = torch.rand(2, 3, 8, 8)
-    assert quantize_model(Hybrid().eval(), unsigned_input=True, example=x[:1]).quant_mode == "graph"
+    assert quantize_model(Hybrid().eval(), QuantSpec(unsigned_input=True), example=x[:1]).quant_mode == "graph"
     path = exported(Hybrid(), tmp_path, size=8)
     ops = int8_layers(path)["onnxruntime"]["all_ops"]
     assert "Relu" not in ops and "Add" not in ops and ops.get("QLinearAdd") == 1, ops
@@ -552,7 +553,7 @@ def test_a_tensor_read_by_an_add_and_a_concat_keeps_the_model_in_graph_mode(tmp_
     with torch.no_grad():
         model.train()(torch.rand(16, 3, 12, 12))
     model.eval()
-    qmodel = quantize_model(model, unsigned_input=True, example=torch.rand(1, 3, 12, 12))
+    qmodel = quantize_model(model, QuantSpec(unsigned_input=True), example=torch.rand(1, 3, 12, 12))
     assert qmodel.quant_mode == "graph-unaligned-adds"
     x = torch.rand(4, 3, 12, 12)  # with quantization off it computes what the float model does
     assert float_path_difference(model, qmodel, x) < FLOAT_PATH_TOLERANCE
@@ -648,7 +649,7 @@ def test_a_model_whose_residuals_brevitas_cannot_align_is_quantized_layerwise(mo
     monkeypatch.setattr(rules, "adds_unaligned_residual_handler", gives_up)
     torch.manual_seed(0)
     model, x = Hybrid().eval(), torch.rand(4, 3, 8, 8)
-    qmodel = quantization.quantize_model(model, unsigned_input=True, example=x[:1])
+    qmodel = quantization.quantize_model(model, QuantSpec(unsigned_input=True), example=x[:1])
     assert qmodel.quant_mode == "layerwise"
     assert quantization.float_path_difference(model, qmodel, x) < quantization.FLOAT_PATH_TOLERANCE
 

@@ -23,6 +23,7 @@ from edgekd.models.zoo import DigitsCNN, TinyCNN
 
 from .conftest import FAST_LATENCY, TINY_DATA, invoke, save_model, write_yaml
 from .models import ResidualCNN, quarter_digits_cnn
+from edgekd.stages.channels import Cut
 
 TORCHVISION = ["resnet18", "mobilenet_v2", "mobilenet_v3_small", "efficientnet_b0", "regnet_x_400mf",
                "shufflenet_v2_x1_0", "convnext_tiny"]
@@ -44,7 +45,7 @@ def test_torchvision_matrix_prunes_30_percent_and_exports(name, tmp_path):
     model = torchvision.models.get_model(name, weights=None, num_classes=10).eval()
     x = torch.randn(2, 3, 32, 32)
     params_before = sum(p.numel() for p in model.parameters())
-    removed = prune_channels(model, x[:1], ratio=0.3, num_classes=10)
+    removed = prune_channels(model, x[:1], Cut(ratio=0.3), num_classes=10)
     assert removed, "nothing was pruned"
     assert sum(p.numel() for p in model.parameters()) < params_before
     with torch.no_grad():
@@ -70,7 +71,7 @@ def test_vit_prunes_embedding_and_head_dims_consistently_and_exports(tmp_path):
     model, x = vit(), torch.randn(2, 3, 32, 32)
     attn = model.blocks[0].attn
     heads, head_dim, embed = attn.num_heads, attn.head_dim, model.embed_dim
-    removed = prune_channels(model, x[:1], ratio=0.3, num_classes=10)
+    removed = prune_channels(model, x[:1], Cut(ratio=0.3), num_classes=10)
     assert removed
     assert model.patch_embed.proj.out_channels < embed and model.pos_embed.shape[-1] == model.patch_embed.proj.out_channels
     for block in model.blocks:  # every head keeps the same, smaller, width; the head count is kept
@@ -98,8 +99,7 @@ def test_importance_criteria_follow_the_residual_add(importance, global_ranking)
     def gradients(m):
         nn.functional.cross_entropy(m(x), torch.arange(8) % 4).backward()
 
-    removed = prune_channels(model, x[:1], ratio=0.5, num_classes=4, importance=importance,
-                             global_ranking=global_ranking, gradients=gradients)
+    removed = prune_channels(model, x[:1], Cut(ratio=0.5, importance=importance, global_ranking=global_ranking), num_classes=4, gradients=gradients)
     plan = channel_plan(model)
     # the add couples the stem and the block's second conv: they lose channels together (or neither does)
     assert plan["stem.0"] == plan["block.conv2"] and ("stem.0" in removed) == ("block.conv2" in removed)
@@ -117,15 +117,13 @@ def test_l1_keeps_the_largest_channels():
         w = model.features[0].weight
         w.mul_(0).add_(torch.arange(w.shape[0], dtype=torch.float32).view(-1, 1, 1, 1) + 1)  # channel i has |w| ∝ i+1
     kept_before = model.features[0].weight[:, 0, 0, 0].clone()
-    prune_channels(model, torch.rand(1, 1, 16, 16), ratio=0.5, num_classes=4, layer_ratios={"features.0": 0.5},
-                   ignore=["features.4"])
+    prune_channels(model, torch.rand(1, 1, 16, 16), Cut(ratio=0.5, layer_ratios={"features.0": 0.5}, ignore=["features.4"]), num_classes=4)
     assert torch.equal(model.features[0].weight[:, 0, 0, 0], kept_before[8:])
 
 
 def test_round_to_and_ignore_and_per_layer_ratios():
     model = DigitsCNN(width=1.0, num_classes=10)
-    removed = prune_channels(model, torch.rand(1, 1, 32, 32), ratio=0.3, num_classes=10, round_to=16,
-                             ignore=["features.8"], layer_ratios={"features.0": 0.5})
+    removed = prune_channels(model, torch.rand(1, 1, 32, 32), Cut(ratio=0.3, round_to=16, ignore=["features.8"], layer_ratios={"features.0": 0.5}), num_classes=10)
     plan = channel_plan(model)
     assert plan["features.8"] == 256 and "features.8" not in removed
     assert plan["features.0"] == 32  # its own ratio, not the default 0.3
@@ -138,8 +136,7 @@ def test_a_layer_pruned_to_nothing_is_refused_by_name_and_left_intact():
         model.features[1].weight.fill_(1e-4)  # every BN scale of the first conv is tiny: global |γ| takes them all
     before = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(StageError, match="'features.0' with 0 of its 16 channels"):
-        prune_channels(model, torch.rand(1, 1, 16, 16), ratio=0.4, num_classes=4, importance="bn-scale",
-                       global_ranking=True)
+        prune_channels(model, torch.rand(1, 1, 16, 16), Cut(ratio=0.4, importance="bn-scale", global_ranking=True), num_classes=4)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 

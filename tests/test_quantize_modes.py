@@ -10,10 +10,12 @@ import torch
 
 from edgekd.artifacts.artifact import Artifact, stage_artifacts
 from edgekd.stages.channels import rebuild_float
-from edgekd.stages.quantize.quantization import rebuild_int8
+from edgekd.stages.quantize.quantization import QuantSpec, rebuild_int8
 from edgekd.errors import StageError
 from edgekd.stages.quantize.quantization import _act_quants, quantize_model
 from edgekd.models.zoo import TinyCNN
+from edgekd.train.loop import LoopSettings
+from edgekd.config.schema import TrainSpec
 
 from .conftest import TINY_DATA, invoke, save_model, write_yaml
 
@@ -45,7 +47,7 @@ def test_calibration_methods_choose_different_ranges_on_heavy_tailed_data():
 
 def test_unknown_calibration_is_refused():
     with pytest.raises(StageError, match="unknown calibration 'kl'; valid: percentile, minmax, mse"):
-        quantize_model(TinyCNN(num_classes=4), calibration="kl")
+        quantize_model(TinyCNN(num_classes=4), QuantSpec(calibration="kl"))
 
 
 @pytest.mark.parametrize("method", ["minmax", "mse"])
@@ -165,8 +167,7 @@ def sensitive_model(tmp_path_factory):
     splits = build_splits(DataSpec(**TINY_DATA))
     torch.manual_seed(0)
     model = DeadChannelNet(num_classes=4)
-    fit(model, splits, Objective.cross_entropy(), epochs=8, lr=0.01, weight_decay=0.0, batch_size=32, seed=0,
-        label="sensitive")
+    fit(model, splits, Objective.cross_entropy(), TrainSpec(epochs=8, lr=0.01, weight_decay=0.0), LoopSettings(seed=0, batch_size=32), label="sensitive")
     with torch.no_grad():
         model.features[3].weight[:, 0] = 500.0  # reads the dead channel (always 0): float output unchanged
     assert accuracy(model, splits, "val") >= 0.9

@@ -19,7 +19,7 @@ from torch import nn
 from edgekd.backends import BACKENDS
 from edgekd.config.target import Target
 from edgekd.stages.export.int8_layouts import layout_path
-from edgekd.stages.quantize.quantization import FLOAT_PATH_TOLERANCE, float_path_difference, quantize_model
+from edgekd.stages.quantize.quantization import float_path_difference, FLOAT_PATH_TOLERANCE, quantize_model, QuantSpec
 from tests.int8_files import int8_files
 
 
@@ -97,7 +97,7 @@ def test_a_model_that_traces_only_in_parts_is_quantized_in_those_parts(spelling,
     torch.manual_seed(0)
     model = PartlyTraceable(GLUE[spelling]).eval()
     x = torch.rand(16, 3, 16, 16)
-    qmodel = quantize_model(model, unsigned_input=True, example=x[:1])
+    qmodel = quantize_model(model, QuantSpec(unsigned_input=True), example=x[:1])
     assert qmodel.quant_mode == "parts"
     float_layers = [n for n, m in qmodel.named_modules() if type(m) in (nn.Conv2d, nn.Linear)]
     assert not float_layers
@@ -143,15 +143,14 @@ def test_a_layer_override_reaches_a_layer_inside_a_traced_part():
     import brevitas.nn as qnn
 
     model = PartlyTraceable(ceil_to_patches).eval()
-    qmodel = quantize_model(model, example=torch.rand(1, 3, 16, 16),
-                            overrides={"block.fuse": None, "block.mixers.1.1": 4})
+    qmodel = quantize_model(model, QuantSpec(overrides={"block.fuse": None, "block.mixers.1.1": 4}), example=torch.rand(1, 3, 16, 16))
     layers = dict(qmodel.named_modules())
     kept = [m for m in qmodel.modules() if isinstance(m, nn.Conv2d) and not isinstance(m, qnn.QuantConv2d)]
     assert len(kept) == 1 and kept[0].out_channels == 8 and kept[0].kernel_size == (1, 1)  # block.fuse, float
     four_bit = [m for m in layers.values() if isinstance(m, qnn.QuantLinear) and m.weight_quant.bit_width() == 4]
     assert len(four_bit) == 1
     with pytest.raises(Exception, match="not a conv or linear layer"):
-        quantize_model(model, example=torch.rand(1, 3, 16, 16), overrides={"block.nothing": None})
+        quantize_model(model, QuantSpec(overrides={"block.nothing": None}), example=torch.rand(1, 3, 16, 16))
 
 
 def test_a_part_keeps_the_arguments_its_caller_passes_not_its_defaults():

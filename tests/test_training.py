@@ -8,13 +8,14 @@ import pytest
 import torch
 
 import edgekd.train.loop as training
-from edgekd.config.schema import Augment, DataSpec, LossTerm
+from edgekd.config.schema import Augment, DataSpec, LossTerm, TrainSpec
 from edgekd.data import augment_batch, build_splits
 from edgekd.errors import StageError
 from edgekd.losses import Batch, DistillTerm
 from edgekd.train.objective import Objective, build_objective
-from edgekd.train.teacher_outputs import TeacherOutputs
+from edgekd.train.teacher_outputs import TeacherOutputs, TeacherRun
 from edgekd.models.zoo import TinyCNN
+from edgekd.train.loop import LoopSettings
 
 from .conftest import invoke
 from .test_distill import distill_recipe
@@ -25,8 +26,7 @@ SPLITS = build_splits(DataSpec(source="synthetic", samples=96, classes=3, image_
 def train(epochs=3, seed=0, **kw):
     torch.manual_seed(seed)
     model = TinyCNN(num_classes=3)
-    result = training.fit(model, SPLITS, Objective.cross_entropy(), epochs=epochs, lr=0.01, weight_decay=0.0,
-                          batch_size=16, seed=seed, label="unit", **kw)
+    result = training.fit(model, SPLITS, Objective.cross_entropy(), TrainSpec(epochs=epochs, lr=0.01, weight_decay=0.0), LoopSettings(seed=seed, batch_size=16, **kw), label="unit")
     return model, result
 
 
@@ -67,8 +67,7 @@ def test_a_killed_run_resumes_after_its_last_epoch_with_the_same_result(tmp_path
 
 def test_early_stopping_ends_training_after_patience_epochs_without_improvement():
     torch.manual_seed(0)
-    result = training.fit(TinyCNN(num_classes=3), SPLITS, Objective.cross_entropy(), epochs=10, lr=1e-12,
-                          weight_decay=0.0, batch_size=16, seed=0, label="unit", patience=2)
+    result = training.fit(TinyCNN(num_classes=3), SPLITS, Objective.cross_entropy(), TrainSpec(epochs=10, lr=1e-12, weight_decay=0.0, patience=2), LoopSettings(seed=0, batch_size=16), label="unit")
     assert result.stopped_early and len(result.history) == 3 and result.best_epoch == 1
 
 
@@ -84,7 +83,7 @@ def test_a_non_finite_term_stops_training_at_that_step_naming_the_term():
     model = TinyCNN(num_classes=3)
     before = [p.clone() for p in model.parameters()]
     with pytest.raises(StageError, match=r"unit: loss term 'boom' became (inf|nan) at epoch 1 step 1"):
-        training.fit(model, SPLITS, objective, epochs=2, lr=0.1, weight_decay=0, batch_size=16, seed=0, label="unit")
+        training.fit(model, SPLITS, objective, TrainSpec(epochs=2, lr=0.1, weight_decay=0), LoopSettings(seed=0, batch_size=16), label="unit")
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # no step was taken
 
 
@@ -149,9 +148,9 @@ def test_build_objective_picks_the_teacher_mode_from_augmentation():
     teacher = TinyCNN(num_classes=3).eval()
     terms = [LossTerm(name="kd")]
     _, plain = build_objective(terms, "loss", TinyCNN(num_classes=3, width=0.5), teacher, SPLITS,
-                               augmented=False, teacher_key="k")
+                               TeacherRun("k", augmented=False))
     _, augmented = build_objective(terms, "loss", TinyCNN(num_classes=3, width=0.5), teacher, SPLITS,
-                                   augmented=True, teacher_key="k")
+                                   TeacherRun("k", augmented=True))
     assert not plain.online and augmented.online
 
 

@@ -17,8 +17,8 @@ from edgekd.stages.export.config import ExportConfig
 from edgekd.data import build_splits
 from edgekd.errors import StageError
 from edgekd.stages.export.onnx_folds import fold_constant_clips
-from edgekd.stages.quantize.quantization import calibrate, export_qdq, quantize_model
-from edgekd.stages.export.stage import compare_with_torch
+from edgekd.stages.quantize.quantization import calibrate, export_qdq, quantize_model, QuantSpec
+from edgekd.stages.export.stage import TorchSide, compare_with_torch
 
 
 def predict_logits(model, x):
@@ -39,34 +39,33 @@ def test_fp32_export_parity_passes_for_the_same_model_and_fails_for_another(tmp_
     model, other = TinyCNN(num_classes=4).eval(), TinyCNN(num_classes=4).eval()
     _fp32_onnx(model, tmp_path / "m.onnx")
     x = torch.rand(8, 1, 16, 16)
-    parity = compare_with_torch(tmp_path / "m.onnx", predict_logits(model, x).numpy(), x, "fp32", CFG, "m")
+    parity = compare_with_torch(tmp_path / "m.onnx", TorchSide(predict_logits(model, x).numpy(), x), "fp32", CFG, "m")
     assert parity["max_abs_diff"] <= parity["tolerance"]
     with pytest.raises(StageError, match=r"export m: ONNX output differs from torch by .* > "):
-        compare_with_torch(tmp_path / "m.onnx", predict_logits(other, x).numpy(), x, "fp32", CFG, "m")
+        compare_with_torch(tmp_path / "m.onnx", TorchSide(predict_logits(other, x).numpy(), x), "fp32", CFG, "m")
 
 
 def test_int8_export_matches_fake_quant_model_and_flags_a_wrong_one(tmp_path):
     torch.manual_seed(0)
     x = torch.rand(32, 1, 16, 16)
     model = TinyCNN(num_classes=4)
-    q = quantize_model(model, unsigned_input=True)
+    q = quantize_model(model, QuantSpec(unsigned_input=True))
     calibrate(q, x[:32].split(16))
     export_qdq(q, x[:1], tmp_path / "q.onnx", 17)
-    parity = compare_with_torch(tmp_path / "q.onnx", predict_logits(q, x).numpy(), x, "int8", CFG, "q")
+    parity = compare_with_torch(tmp_path / "q.onnx", TorchSide(predict_logits(q, x).numpy(), x), "int8", CFG, "q")
     assert parity["top1_agreement"] == 1.0 and (parity["sqnr_db"] is None or parity["sqnr_db"] > 30)
     ops = {n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     with torch.no_grad():
         model.classifier.weight.mul_(-1)  # same shapes, different predictions
-    other = quantize_model(model, unsigned_input=True)
+    other = quantize_model(model, QuantSpec(unsigned_input=True))
     calibrate(other, x[:32].split(16))
     with pytest.raises(StageError, match="fake-quant model"):
-        compare_with_torch(tmp_path / "q.onnx", predict_logits(other, x).numpy(), x, "int8",
-                           ExportConfig(stage="export", int8_min_top1_agreement=1.0), "q")
+        compare_with_torch(tmp_path / "q.onnx", TorchSide(predict_logits(other, x).numpy(), x), "int8", ExportConfig(stage="export", int8_min_top1_agreement=1.0), "q")
 
 
 def test_reduce_range_weights_fit_seven_bits_and_no_clip_survives(tmp_path):
-    q = quantize_model(TinyCNN(num_classes=4), reduce_range=True)
+    q = quantize_model(TinyCNN(num_classes=4), QuantSpec(reduce_range=True))
     calibrate(q, torch.rand(16, 1, 16, 16)[:16].split(16))
     export_qdq(q, torch.rand(1, 1, 16, 16), tmp_path / "q.onnx", 17)
     graph = onnx.load(str(tmp_path / "q.onnx")).graph
@@ -156,7 +155,7 @@ def test_int8_artifact_rebuilds_bit_exact(tmp_path):
     torch.manual_seed(0)
     x = torch.rand(16, 1, 16, 16)
     parent = TinyCNN(num_classes=4).eval()
-    q = quantize_model(parent, unsigned_input=True, reduce_range=True)
+    q = quantize_model(parent, QuantSpec(unsigned_input=True, reduce_range=True))
     calibrate(q, x[:16].split(16))
     q.train()
     F.cross_entropy(q(x), torch.zeros(16, dtype=torch.long)).backward()
@@ -164,9 +163,9 @@ def test_int8_artifact_rebuilds_bit_exact(tmp_path):
         for p in q.parameters():
             p -= 0.01 * p.grad  # move weights and learned scales away from their initial values
     q.eval()
-    art = save_torch(q, tmp_path / "q", variant="s-int8", stage="quantize", parent="s-fp32", arch="edgekd:tiny_cnn",
-                     arch_kwargs={"num_classes": 4}, chash="h", metrics={}, kind="torch-int8", precision="int8",
-                     extra={"quantization": {"unsigned_input": True, "reduce_range": True}})
+    art = save_torch(q, tmp_path / "q", Artifact("s-int8", "torch-int8", "int8", "", "quantize", "s-fp32", "h", {
+        "arch": "edgekd:tiny_cnn", "arch_kwargs": {"num_classes": 4}, "metrics": {},
+        "quantization": {"unsigned_input": True, "reduce_range": True}}))
     rebuilt = rebuild_int8(Artifact.from_json(art.to_json()), parent)
     assert torch.equal(rebuilt(x), q(x))
 
@@ -177,7 +176,7 @@ def test_ort_warns_about_full_range_weights_exactly_on_cpus_without_vnni(tmp_pat
     x = torch.rand(16, 1, 16, 16)
     paths = {}
     for reduce in (False, True):
-        q = quantize_model(TinyCNN(num_classes=4), unsigned_input=True, reduce_range=reduce)
+        q = quantize_model(TinyCNN(num_classes=4), QuantSpec(unsigned_input=True, reduce_range=reduce))
         calibrate(q, x[:16].split(16))
         paths[reduce] = tmp_path / f"q{int(reduce)}.onnx"
         export_qdq(q, x[:1], paths[reduce], 17)

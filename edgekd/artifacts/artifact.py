@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -44,18 +44,16 @@ def config_hash(*parts: Any) -> str:
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def save_torch(model: nn.Module, folder: Path, *, variant: str, stage: str, parent: str | None,
-               arch: str, arch_kwargs: dict[str, Any], chash: str, metrics: dict[str, Any],
-               kind: str = "torch", precision: str = "fp32", extra: dict[str, Any] | None = None) -> Artifact:
-    """Write ``model``'s weights and its rebuild recipe into ``folder``; return the artifact."""
+def save_torch(model: nn.Module, folder: Path, record: Artifact) -> Artifact:
+    """Write ``model``'s weights into ``folder``; return ``record`` (its variant, kind, stage and the
+    rebuild recipe in its meta: ``arch``, ``arch_kwargs``, ``metrics``, ...) pointing at that folder."""
     from safetensors.torch import save_file
 
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().contiguous().clone() for k, v in model.state_dict().items()}
     with atomic_path(folder / "model.safetensors") as tmp:
         save_file(state, str(tmp))
-    meta = {"arch": arch, "arch_kwargs": arch_kwargs, "metrics": metrics, **(extra or {})}
-    return Artifact(variant, kind, precision, str(folder), stage, parent, chash, meta)
+    return replace(record, path=str(folder))
 
 
 IN_RUN = "run:"  # a path recorded relative to its run directory: "run:stages/01-quantize/model"

@@ -68,6 +68,19 @@ RESOLVED_RECIPE = "recipe.resolved.yaml"
 DRY_RUN_LEFTOVERS = {LOCK_NAME, RESOLVED_RECIPE}  # all a dry run writes: a folder holding only these is free
 
 
+DEFAULT_RUNS_DIR = Path("runs")
+
+
+def run_dir_path(out: Path | None, name: str, resume: bool) -> Path:
+    """``--out``, or ``runs/<recipe name>`` (numbered past existing ones unless resuming)."""
+    if out is not None:
+        return out
+    out, n = DEFAULT_RUNS_DIR / name, 2
+    while out.exists() and not resume:
+        out, n = DEFAULT_RUNS_DIR / f"{name}{n}", n + 1
+    return out
+
+
 class RunDirectory:
     """A run directory through one ``compress``: locked at once, but changed only once every input has
     been checked (``start``). Until then nothing in it is deleted or rewritten, so an exit 2 (a bad

@@ -8,6 +8,7 @@ package, so they work from any working directory.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Callable, ClassVar, Literal
 
@@ -236,13 +237,45 @@ def _loss_terms(value: Any) -> Any:
 LossTerms = Annotated[list[LossTerm], Field(min_length=1), BeforeValidator(_loss_terms)]
 
 
+@dataclass(frozen=True)
+class TrainSpec:
+    """How long and how fast one training runs: what the training loop takes from a stage's recipe keys
+    (``training_keys``). The learning rate follows a cosine schedule over every step."""
+
+    epochs: int
+    lr: float
+    weight_decay: float = 0.0
+    patience: int | None = None  # epochs without a better validation score before stopping; None: all
+
+
+class _TrainingKeys(Strict):
+    def train_spec(self) -> TrainSpec:
+        """These keys as the loop takes them."""
+        return TrainSpec(self.epochs, self.lr, self.weight_decay, getattr(self, "patience", None))
+
+
+def training_keys(epochs: int, lr: float, weight_decay: float, *, min_epochs: int = 1,
+                  patience: bool = True) -> type[Strict]:
+    """The recipe keys ``epochs``, ``lr``, ``weight_decay`` (and ``patience``) with one stage's defaults:
+    a base class each training config extends, so the keys, their bounds and ``train_spec`` are written
+    once rather than copied into every stage."""
+    from pydantic import create_model
+
+    fields: dict[str, Any] = {
+        "epochs": (int, Field(epochs, ge=min_epochs, le=MAX_EPOCHS, description="passes over the train split")),
+        "lr": (float, Field(lr, gt=0.0, description="peak learning rate (AdamW, cosine decay over every step)")),
+        "weight_decay": (float, Field(weight_decay, ge=0.0, description="AdamW weight decay"))}
+    if patience:
+        fields["patience"] = (int | None, Field(None, ge=1, description="stop after this many epochs without a "
+                                                "better validation score (early stopping); none: run every epoch"))
+    return create_model(f"TrainingKeys_{epochs}_{lr:g}_{weight_decay:g}", __base__=_TrainingKeys, **fields)
+
+
 class TrainingConfig(Strict):
-    """What every training stage shares: its objective and its loop."""
+    """What every distilling stage shares besides its schedule (``training_keys``): its objective."""
 
     loss: LossTerms = Field(default_factory=lambda: [LossTerm(name="kd")], description="the distillation "
                             "objective (default: the task's default loss, kd for classification)")
-    patience: int | None = Field(None, ge=1, description="stop after this many epochs without a better "
-                                 "validation accuracy (early stopping); none: run every epoch")
 
 
 class StageConfig(Strict):

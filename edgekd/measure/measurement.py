@@ -7,6 +7,7 @@ error) or ``unavailable`` (with the reason), so one broken target does not hide 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -43,15 +44,32 @@ class BackendPool:
         return self._backends[name]
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """What a file is scored on: ``data`` (the test split, ``samples`` of them, in batches), the task's
+    ``scoring`` (top-1 accuracy when None), and the torch model's outputs on the same samples
+    (``reference``) for the parity of this backend's outputs with it."""
+
+    data: EvalData
+    samples: int
+    reference: np.ndarray | None = None
+    scoring: Scoring | None = None
+
+
+@dataclass(frozen=True)
+class InputShapes:
+    """The inputs a file is timed with: the file's own shapes, or ``shape``; dynamic sequence axes at
+    ``seq``; values made by ``feed_for`` (``feed``: the user's arrays or a tokenizer)."""
+
+    shape: ShapeRequest = None
+    feed: FeedSpec | None = None
+    seq: int | None = None
+
+
 def measure(onnx_path: Path, variant: str, precision: str, target: Target, pool: BackendPool,
-            eval_data: EvalData | None = None, eval_samples: int = 0,
-            reference: np.ndarray | None = None, shape: ShapeRequest = None,
-            feed: FeedSpec | None = None, seq: int | None = None,
-            scoring: Scoring | None = None) -> dict[str, Any]:
-    """Latency (at the file's input shapes, or ``shape``, dynamic sequence axes at ``seq``; inputs made by
-    ``feed_for``), and with data (``eval_samples`` samples in
-    batches) the task's scores on the test split (``scoring``; top-1 accuracy when None); with ``reference`` (the torch model's logits on the same samples) also the
-    parity of this backend's outputs with it: how the runtime's own kernels change the result.
+            evaluation: Evaluation | None = None, inputs: InputShapes = InputShapes()) -> dict[str, Any]:
+    """Latency, and with an ``evaluation`` the task's scores and the parity of this backend's outputs
+    with the torch model's: how the runtime's own kernels change the result.
 
     The order matters: the peak-RSS mark is reset before compiling, so ``peak_rss_mb`` is the peak while
     this session was built and timed (the process's baseline, ``rss_before_mb``, included); the first
@@ -64,60 +82,9 @@ def measure(onnx_path: Path, variant: str, precision: str, target: Target, pool:
         return {**result, "status": "unavailable", "error": why}
     try:
         result["fingerprint"] = fingerprint(onnx_path)
-        spec = target.latency
-        reset_peak_rss()
-        result["rss_before_mb"] = rss_mb()
-        t0 = time.perf_counter()
-        if seq is not None and onnx_path.suffix == ".onnx":  # a text file: timed at the run's sequence length
-            from ..backends.inputs import resolve_shapes
-
-            shape = resolve_shapes(onnx_path, shape, seq)[0]
-        compiled = backend.compile(onnx_path, target, shape)
-        result["compile_ms"] = (time.perf_counter() - t0) * 1000.0
-        inputs = feed_for(compiled, onnx_path, feed)
-        t0 = time.perf_counter()
-        compiled.run(inputs)
-        result["cold_ms"] = (time.perf_counter() - t0) * 1000.0
-        warm = warm_up(lambda: compiled.run(inputs), spec.warmup_runs, spec.warmup_seconds)
-        compiled.reset_device_times()
-        times = time_calls(lambda: compiled.run(inputs), spec.runs, spec.min_seconds)
-        stats = LatencyStats.of(times, warm)
-        device_times = compiled.device_times_ms()
-        result.update(
-            precision=compiled.precision(precision),
-            latency_ms=stats.to_json(),
-            latency_samples_ms=kept_samples(times),
-            throughput_ips=1000.0 / stats.mean if stats.mean else None,
-            peak_rss_mb=peak_rss_mb(),
-            settings={**compiled.settings(), "latency": spec.model_dump()},
-            input_shapes={n: list(v) for n, v in compiled.input_shapes.items()},
-            int8_layers=compiled.int8_layers(),
-        )
-        if device_times:
-            result["device_latency_ms"] = LatencyStats.of(device_times).to_json()
-        if stats.drift_p50 is not None and (stats.drift_p50 > spec.max_drift or stats.drift_p90 > 2 * spec.max_drift):
-            result["warnings"].append(f"latency drifted while measured: the p50 of consecutive blocks of calls moved "
-                                      f"{stats.drift_p50:.1%} (p90 {stats.drift_p90:.1%}; limits {spec.max_drift:.0%} "
-                                      f"and {2 * spec.max_drift:.0%}): the machine was busy or the clock unstable; "
-                                      f"re-measure before trusting it")
-        if spec.max_spread is not None and stats.spread > spec.max_spread:
-            result["warnings"].append(f"latency spread (1.4826 x MAD / median) {stats.spread:.1%} exceeds "
-                                      f"{spec.max_spread:.0%}: calls scattered so widely that one p50 says little; "
-                                      f"re-measure before trusting it")
-        if spec.max_cov is not None and stats.cov > spec.max_cov:
-            result["warnings"].append(f"latency coefficient of variation {stats.cov:.1%} exceeds {spec.max_cov:.0%}: "
-                                      f"the machine was busy or the clock unstable; re-measure before trusting it")
-        if spec.batch > 1:
-            result["throughput_batch"] = _batch_throughput(backend, onnx_path, target, compiled.input_shapes, feed)
-        if eval_data is not None:
-            logits, labels = _evaluate(compiled, eval_data, eval_samples, f"evaluate {variant} on {target.name}")
-            bad = int(np.sum(~np.isfinite(logits).all(axis=1)))
-            if bad:  # argmax of NaN is 0: an "accuracy" from such outputs would be a lie
-                raise BackendError(f"{target.name} computed NaN/Inf logits for {bad} of {len(logits)} test samples")
-            result.update((scoring or Scoring(Classification())).scores(logits, labels, "test"))
-            result["eval_samples"] = int(len(labels))
-            if reference is not None and reference.shape == logits.shape:
-                result["parity"] = parity(reference, logits)
+        compiled = _timed(backend, onnx_path, precision, target, inputs, result)
+        if evaluation is not None:
+            _scored(compiled, evaluation, f"evaluate {variant} on {target.name}", target, result)
     except BackendUnavailable as exc:  # e.g. a CUDA device asked of a CPU-only onnxruntime build
         result.update(status="unavailable", error=str(exc))
     except CheckpointError:
@@ -127,6 +94,78 @@ def measure(onnx_path: Path, variant: str, precision: str, target: Target, pool:
     except Exception as exc:  # noqa: BLE001 - a runtime's own error becomes a failed row, not a crash
         result.update(status="failed", error=first_line(exc, with_type=True))
     return result
+
+
+def _timed(backend: Backend, onnx_path: Path, precision: str, target: Target, inputs: InputShapes,
+           result: dict[str, Any]) -> Any:
+    """Compile, time the cold call, warm up and time; fill ``result``'s latency fields and warnings."""
+    spec = target.latency
+    reset_peak_rss()
+    result["rss_before_mb"] = rss_mb()
+    t0 = time.perf_counter()
+    shape = inputs.shape
+    if inputs.seq is not None and onnx_path.suffix == ".onnx":  # a text file: timed at the run's sequence length
+        from ..backends.inputs import resolve_shapes
+
+        shape = resolve_shapes(onnx_path, shape, inputs.seq)[0]
+    compiled = backend.compile(onnx_path, target, shape)
+    result["compile_ms"] = (time.perf_counter() - t0) * 1000.0
+    feed = feed_for(compiled, onnx_path, inputs.feed)
+    t0 = time.perf_counter()
+    compiled.run(feed)
+    result["cold_ms"] = (time.perf_counter() - t0) * 1000.0
+    warm = warm_up(lambda: compiled.run(feed), spec.warmup_runs, spec.warmup_seconds)
+    compiled.reset_device_times()
+    times = time_calls(lambda: compiled.run(feed), spec.runs, spec.min_seconds)
+    stats = LatencyStats.of(times, warm)
+    device_times = compiled.device_times_ms()
+    result.update(
+        precision=compiled.precision(precision),
+        latency_ms=stats.to_json(),
+        latency_samples_ms=kept_samples(times),
+        throughput_ips=1000.0 / stats.mean if stats.mean else None,
+        peak_rss_mb=peak_rss_mb(),
+        settings={**compiled.settings(), "latency": spec.model_dump()},
+        input_shapes={n: list(v) for n, v in compiled.input_shapes.items()},
+        int8_layers=compiled.int8_layers(),
+    )
+    if device_times:
+        result["device_latency_ms"] = LatencyStats.of(device_times).to_json()
+    result["warnings"].extend(latency_warnings(stats, spec))
+    if spec.batch > 1:
+        result["throughput_batch"] = _batch_throughput(backend, onnx_path, target, compiled.input_shapes, inputs.feed)
+    return compiled
+
+
+def latency_warnings(stats: LatencyStats, spec: LatencySpec) -> list[str]:
+    """Why a timing should not be trusted yet: drift between blocks of calls, a wide spread, a high CoV."""
+    out = []
+    if stats.drift_p50 is not None and (stats.drift_p50 > spec.max_drift or stats.drift_p90 > 2 * spec.max_drift):
+        out.append(f"latency drifted while measured: the p50 of consecutive blocks of calls moved "
+                   f"{stats.drift_p50:.1%} (p90 {stats.drift_p90:.1%}; limits {spec.max_drift:.0%} "
+                   f"and {2 * spec.max_drift:.0%}): the machine was busy or the clock unstable; "
+                   f"re-measure before trusting it")
+    if spec.max_spread is not None and stats.spread > spec.max_spread:
+        out.append(f"latency spread (1.4826 x MAD / median) {stats.spread:.1%} exceeds "
+                   f"{spec.max_spread:.0%}: calls scattered so widely that one p50 says little; "
+                   f"re-measure before trusting it")
+    if spec.max_cov is not None and stats.cov > spec.max_cov:
+        out.append(f"latency coefficient of variation {stats.cov:.1%} exceeds {spec.max_cov:.0%}: "
+                   f"the machine was busy or the clock unstable; re-measure before trusting it")
+    return out
+
+
+def _scored(compiled: Any, evaluation: Evaluation, label: str, target: Target, result: dict[str, Any]) -> None:
+    """The task's scores of the file's outputs on the test split, and their parity with the torch model's."""
+    logits, labels = _evaluate(compiled, evaluation.data, evaluation.samples, label)
+    bad = int(np.sum(~np.isfinite(logits).all(axis=1)))
+    if bad:  # argmax of NaN is 0: an "accuracy" from such outputs would be a lie
+        raise BackendError(f"{target.name} computed NaN/Inf logits for {bad} of {len(logits)} test samples")
+    result.update((evaluation.scoring or Scoring(Classification())).scores(logits, labels, "test"))
+    result["eval_samples"] = int(len(labels))
+    reference = evaluation.reference
+    if reference is not None and reference.shape == logits.shape:
+        result["parity"] = parity(reference, logits)
 
 
 MAX_KEPT_SAMPLES = 1000
@@ -287,7 +326,7 @@ def bench(model: str | Path, targets: list[str], *, shape: ShapeRequest = None, 
         rows = []
         for seq in lengths:
             for t in resolved:
-                row = measure(path, path.stem, precision, t, pool, shape=shapes_at[seq], feed=feed)
+                row = measure(path, path.stem, precision, t, pool, inputs=InputShapes(shapes_at[seq], feed))
                 rows.append({**row, "seq": seq} if seq is not None else row)
         return rows
 

@@ -17,7 +17,7 @@ from ..fileio import write_json
 from ..fileio import checked_file_name
 from ..progress import console
 from .int8_verdict import fp32_counterpart, judge, time_against_fp32
-from .measurement import BackendPool, add_repeats, empty_result, measure
+from .measurement import BackendPool, Evaluation, InputShapes, add_repeats, empty_result, measure
 
 
 def measure_models(run_dir: Path, models: dict[str, Artifact], targets: list[Target], splits: Splits,
@@ -42,12 +42,13 @@ def measure_models(run_dir: Path, models: dict[str, Artifact], targets: list[Tar
                                                                          f"(torch programs are made for FP32 variants)")
             else:
                 files[name] = run_dir / path
-                result = measure(files[name], name, art.precision, target, pool, test_batches,
-                                 splits.size("test"), reference, seq=seq, scoring=splits.scoring)
+                result = measure(files[name], name, art.precision, target, pool,
+                                 Evaluation(test_batches, splits.size("test"), reference, splits.scoring),
+                                 InputShapes(seq=seq))
             results[name] = result
         if target.latency.repeats > 1:  # latency only, in rounds over the variants
             timed = [n for n in results if n in files]
-            add_repeats([results[n] for n in timed], [[measure(files[n], n, results[n]["precision"], target, pool, seq=seq)
+            add_repeats([results[n] for n in timed], [[measure(files[n], n, results[n]["precision"], target, pool, inputs=InputShapes(seq=seq))
                                                        for n in timed] for _ in range(target.latency.repeats - 1)])
         for name, result in results.items():
             result = judge(result, versus_fp32(name, results, files, target, pool, seq), target.latency.int8_max_ratio)

@@ -30,7 +30,7 @@ from ..measure.measurement import BackendPool, latency_probe
 from ..measure.targets import measure_models
 from ..progress import console
 from ..report.build import write_report
-from ..artifacts.rundir import RunDirectory, check_free_space, input_hashes, output_hashes, remove_stale
+from ..artifacts.rundir import RunDirectory, check_free_space, run_dir_path, input_hashes, output_hashes, remove_stale
 from ..stages import StageContext
 from ..stages.preflight import preflight
 from .checks import check_names
@@ -43,9 +43,6 @@ from ..train import distributed
 from ..train.device import resolve_device
 from ..train.evaluate import accuracy, predict_logits
 
-DEFAULT_RUNS_DIR = Path("runs")
-
-
 @dataclass
 class CompressResult:
     run_dir: Path
@@ -54,39 +51,49 @@ class CompressResult:
     wrote_recipe: bool = False  # a dry run: whether it wrote recipe.resolved.yaml (never into an existing run)
 
 
-def _run_dir_path(out: Path | None, name: str, resume: bool) -> Path:
-    """``--out``, or ``runs/<recipe name>`` (numbered past existing ones unless resuming)."""
-    if out is not None:
-        return out
-    out, n = DEFAULT_RUNS_DIR / name, 2
-    while out.exists() and not resume:
-        out, n = DEFAULT_RUNS_DIR / f"{name}{n}", n + 1
-    return out
+@dataclass(frozen=True)
+class CompressOptions:
+    """What ``compress`` takes besides the checkpoint: one field per ``edgekd compress`` flag."""
+
+    arch: str | None = None
+    arch_args: dict[str, Any] | None = None
+    recipe: str | Path | Recipe = "default"
+    targets: list[str] | None = None
+    data: str | None = None
+    out: str | Path | None = None
+    budget: str | Path | Budget | None = None
+    trust_checkpoint: bool = False
+    dry_run: bool = False
+    resume: bool = False
+    force: bool = False
+    device: str | None = None
+    allow_globals: tuple[str, ...] = ()
+    expect_sha256: str | None = None
 
 
-def compress(checkpoint: str | Path | None = None, *, arch: str | None = None,
-             arch_args: dict[str, Any] | None = None, recipe: str | Path | Recipe = "default",
-             targets: list[str] | None = None, data: str | None = None, out: str | Path | None = None,
-             budget: str | Path | Budget | None = None, trust_checkpoint: bool = False, dry_run: bool = False,
-             resume: bool = False, force: bool = False, device: str | None = None,
-             allow_globals: tuple[str, ...] = (), expect_sha256: str | None = None) -> CompressResult:
-    rec = assemble_recipe(recipe, data, arch=arch, arch_args=arch_args, device=device, targets=targets)
+def compress(checkpoint: str | Path | None = None, **options: Any) -> CompressResult:
+    """Compress ``checkpoint`` (the embedded default when None) as ``edgekd compress`` does; ``options`` are
+    ``CompressOptions``' fields by keyword (``recipe=``, ``out=``, ``force=True``, ...)."""
+    o = CompressOptions(**options)
+    rec = assemble_recipe(o.recipe, o.data, arch=o.arch, arch_args=o.arch_args, device=o.device, targets=o.targets)
     rec, target_objs = settle_targets(rec)
-    budget_obj = budget if isinstance(budget, Budget) or budget is None else load_budget(budget)
+    budget_obj = o.budget if isinstance(o.budget, Budget) or o.budget is None else load_budget(o.budget)
     rec, ckpt = checkpoint_of(rec, Path(checkpoint) if checkpoint is not None else None)
 
     check_environment()
     ranked = distributed.init_from_env(rec.device)
     run = None
     if distributed.is_main():
-        run = RunDirectory.open(_run_dir_path(Path(out) if out is not None else None, rec.name, resume), resume, force)
+        run = RunDirectory.open(run_dir_path(Path(o.out) if o.out is not None else None, rec.name, o.resume),
+                                o.resume, o.force)
         run_dir = run.path
     else:  # other torchrun ranks train alongside rank 0 but write only to a scratch folder, silently
         run_dir = Path(tempfile.mkdtemp(prefix=f"edgekd-rank{distributed.rank()}-"))
         console.quiet = True
     try:
-        policy = LoadPolicy(trust=trust_checkpoint, allow_globals=tuple(allow_globals), expect_sha256=expect_sha256)
-        result = _compress(rec, ckpt, run_dir, run, target_objs, policy, dry_run, resume)
+        policy = LoadPolicy(trust=o.trust_checkpoint, allow_globals=tuple(o.allow_globals),
+                            expect_sha256=o.expect_sha256)
+        result = _compress(rec, ckpt, run_dir, run, target_objs, policy, o.dry_run, o.resume)
         if result.report is not None and budget_obj is not None:
             result.verdicts = evaluate_budget(result.report, budget_obj)
         return result

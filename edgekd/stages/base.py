@@ -17,14 +17,14 @@ import torch
 from torch import nn
 
 from ..artifacts.artifact import Artifact
-from ..config.schema import LossTerm, Recipe, TrainingConfig
+from ..config.schema import LossTerm, Recipe, TrainingConfig, TrainSpec
 from ..data import Splits
 from ..errors import InputError, RecipeError, StageError
 from ..registry import Registry
 from ..train.device import CPU, Device
-from ..train.loop import FitResult, fit
+from ..train.loop import FitResult, LoopSettings, fit
 from ..train.objective import Objective, build_objective
-from ..train.teacher_outputs import TeacherOutputs
+from ..train.teacher_outputs import TeacherOutputs, TeacherRun
 
 
 class RecipeReads:
@@ -86,19 +86,18 @@ class StageContext:
         """A stage's objective over the run's data and teacher (``teacher=False``: cross-entropy only)."""
         if not teacher:
             return Objective.cross_entropy(), None
-        return build_objective(terms, key, student, self.teacher, self.splits,
-                               augmented=self.recipe.data.augment.active, teacher_key=self.teacher_hash,
-                               load_teacher=self.load_extra_teacher, memo=self.teacher_memo,
-                               cache_dir=self.run_dir / "cache", device=self.device)
+        run = TeacherRun(self.teacher_hash, augmented=self.recipe.data.augment.active, memo=self.teacher_memo,
+                         cache_dir=self.run_dir / "cache", device=self.device)
+        return build_objective(terms, key, student, self.teacher, self.splits, run, self.load_extra_teacher)
 
-    def train(self, model: nn.Module, objective: Objective, outputs: TeacherOutputs | None, *, epochs: int,
-              lr: float, weight_decay: float, label: str, patience: int | None = None, augment: bool = True,
-              state_file: str = "train_state.pt") -> FitResult:
+    def train(self, model: nn.Module, objective: Objective, outputs: TeacherOutputs | None, spec: TrainSpec, *,
+              label: str, augment: bool = True, state_file: str = "train_state.pt") -> FitResult:
         """The one way a stage trains: the run's data, seed, device, augmentation and resumable state."""
-        return fit(model, self.splits, objective, teacher=outputs, epochs=epochs, lr=lr, weight_decay=weight_decay,
-                   seed=self.recipe.seed, label=label, patience=patience,
-                   augment=self.recipe.data.augment if augment else None, state_path=self.stage_dir / state_file,
-                   state_key=self.stage_key, device=self.device, checkpoint_every=self.recipe.checkpoint_every)
+        settings = LoopSettings(seed=self.recipe.seed, device=self.device,
+                                augment=self.recipe.data.augment if augment else None,
+                                state_path=self.stage_dir / state_file, state_key=self.stage_key,
+                                checkpoint_every=self.recipe.checkpoint_every)
+        return fit(model, self.splits, objective, spec, settings, label=label, teacher=outputs)
 
     def load_extra_teacher(self, checkpoint: str, arch: str | None) -> nn.Module:
         """Another teacher named in a loss (multi-teacher), loaded as safely as the main one."""

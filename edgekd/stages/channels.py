@@ -156,7 +156,7 @@ def uniform_width(model: nn.Module, example: torch.Tensor, width: float, num_cla
     student = copy.deepcopy(model).eval()
     if width < 1.0:
         try:
-            prune_channels(student, example, ratio=1.0 - width, num_classes=num_classes)
+            prune_channels(student, example, Cut(1.0 - width), num_classes=num_classes)
         except StageError as exc:
             raise StageError(f"student.width: {exc}; give the student as 'student: {{arch: ...}}' instead") from None
     if not keep_weights:
@@ -166,40 +166,51 @@ def uniform_width(model: nn.Module, example: torch.Tensor, width: float, num_cla
     return student
 
 
-def prune_channels(model: nn.Module, example: torch.Tensor, *, ratio: float, num_classes: int,
-                   importance: Importance = "l1", global_ranking: bool = False,
-                   layer_ratios: dict[str, float] | None = None, round_to: int | None = None,
-                   ignore: list[str] = (), gradients: Callable[[nn.Module], None] | None = None,
-                   max_layer_ratio: float = 1.0) -> dict[str, tuple[int, int]]:
-    """Remove channels from ``model`` in place; return ``{layer: (channels before, after)}`` for every
-    layer that lost some.
+@dataclass(frozen=True)
+class Cut:
+    """Which channels one pruning removes. ``ratio`` is the fraction of channels removed from each
+    prunable group (``global_ranking``: from all of them together, ranked on one scale, no group losing
+    more than ``max_layer_ratio``); ``layer_ratios`` overrides it for the groups rooted at the named
+    layers; ``importance`` ranks channels (``taylor`` needs gradients); ``round_to`` keeps channel counts
+    multiples of it; ``ignore`` names layers kept whole (class-score layers always are)."""
 
-    ``ratio`` is the fraction of channels removed from each prunable group (``global_ranking``: from
-    all of them together, ranked on one scale); ``layer_ratios`` overrides it for the groups rooted at
-    the named layers. ``ignore`` names layers kept whole (class-score layers always are). ``taylor``
-    importance needs ``gradients(model)``: a forward and backward pass on real data. A global cut that
-    would leave a layer with no channels is refused with its name, before anything is removed.
+    ratio: float
+    importance: Importance = "l1"
+    global_ranking: bool = False
+    layer_ratios: dict[str, float] | None = None
+    round_to: int | None = None
+    ignore: tuple[str, ...] | list[str] = ()
+    max_layer_ratio: float = 1.0
+
+
+def prune_channels(model: nn.Module, example: torch.Tensor, cut: Cut, *, num_classes: int,
+                   gradients: Callable[[nn.Module], None] | None = None) -> dict[str, tuple[int, int]]:
+    """Remove the channels ``cut`` names from ``model`` in place; return ``{layer: (channels before,
+    after)}`` for every layer that lost some. ``taylor`` importance needs ``gradients(model)``: a forward
+    and backward pass on real data. A global cut that would leave a layer with no channels is refused
+    with its name, before anything is removed.
     """
     import torch_pruning as tp
 
+    importance, ratio, ignore = cut.importance, cut.ratio, cut.ignore
     if importance == "taylor":  # once, before both the emptied-layer check and the pruner read them
         if gradients is None:
             raise StageError("taylor importance needs gradients from training data")
         model.zero_grad()
         gradients(model)
-    if global_ranking and ratio > 0:
-        _refuse_emptied_groups(model, example, ratio, num_classes, importance, list(ignore), max_layer_ratio)
+    if cut.global_ranking and ratio > 0:
+        _refuse_emptied_groups(model, example, ratio, num_classes, importance, list(ignore), cut.max_layer_ratio)
     modules = dict(model.named_modules())
     _trainable(model)
     with traceable(model) as whole:
         kept = [modules[n] for n in ignore] + _classifier_layers(model, num_classes) + whole
-        ratios = {modules[n]: r for n, r in (layer_ratios or {}).items()}
+        ratios = {modules[n]: r for n, r in (cut.layer_ratios or {}).items()}
         try:
             with torch.enable_grad():  # the graph is traced through autograd, also when called under no_grad
                 pruner = tp.pruner.MetaPruner(model, example, importance=_importance(importance),
                                               pruning_ratio=ratio, pruning_ratio_dict=ratios or None,
-                                              global_pruning=global_ranking, round_to=round_to,
-                                              ignored_layers=kept, max_pruning_ratio=max_layer_ratio,
+                                              global_pruning=cut.global_ranking, round_to=cut.round_to,
+                                              ignored_layers=kept, max_pruning_ratio=cut.max_layer_ratio,
                                               num_heads=attention_heads(model), prune_head_dims=True)
                 groups = list(pruner.step(interactive=True))
         except Exception as exc:  # noqa: BLE001 - Torch-Pruning raises plain errors on graphs it cannot trace

@@ -11,11 +11,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..config.schema import DataSpec
+from ..config.schema import DataSpec, TrainSpec
 from ..data import build_splits
 from ..fileio import atomic_path, cache_dir, write_json
 from .evaluate import accuracy
-from .loop import fit
+from .loop import LoopSettings, fit
 from .objective import Objective
 from ..models.zoo import DigitsCNN
 
@@ -41,8 +41,8 @@ def train_teacher(out: Path, epochs: int = EPOCHS) -> dict[str, float]:
 
     splits = build_splits(DATA)
     model = DigitsCNN(width=1.0, num_classes=splits.num_classes, in_channels=splits.input_shape[0])
-    result = fit(model, splits, Objective.cross_entropy(), epochs=epochs, lr=LR,
-                 weight_decay=5e-4, batch_size=DATA.batch_size, seed=SEED, label="train teacher")
+    result = fit(model, splits, Objective.cross_entropy(), TrainSpec(epochs, LR, 5e-4),
+                 LoopSettings(seed=SEED, batch_size=DATA.batch_size), label="train teacher")
     metrics = {"val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
                "test_accuracy": accuracy(model, splits, "test"), "epochs": epochs}
     with atomic_path(out) as tmp:

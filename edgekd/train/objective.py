@@ -14,8 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pathlib import Path
-
 from ..config.schema import LossTerm
 from ..data import Splits
 from ..errors import RecipeError
@@ -23,8 +21,7 @@ from ..models.features import Tap, capture
 from ..losses import LOSSES, Batch, DistillTerm, SetupInfo
 from ..losses.base import with_labels
 from ..progress import console
-from .device import CPU, Device
-from .teacher_outputs import TeacherOutputs
+from .teacher_outputs import TeacherOutputs, TeacherRun
 
 
 class CrossEntropy(DistillTerm):
@@ -106,12 +103,11 @@ def bind_terms(terms: list[LossTerm], key: str, student: nn.Module,
 
 
 def build_objective(terms: list[LossTerm], key: str, student: nn.Module, teacher: nn.Module | None,
-                    splits: Splits, *, augmented: bool, teacher_key: str,
+                    splits: Splits, run: TeacherRun,
                     load_teacher: Callable[[str, str | None], nn.Module] | None = None,
-                    memo: dict | None = None, cache_dir: Path | None = None, device: Device = CPU,
                     ) -> tuple[Objective, TeacherOutputs | None]:
-    """The objective for ``terms`` (recipe key ``key``) and the teacher outputs it reads (cached in
-    ``memo``, or on disk under ``cache_dir`` when large; computed on ``device``)."""
+    """The objective for ``terms`` (recipe key ``key``) and the teacher outputs it reads, made as ``run``
+    says (cached in its memo, or on disk under its cache folder when large)."""
     named, refs = bind_terms(terms, key, student, teacher)
     if refs and load_teacher is None:
         raise RecipeError(f"{key}: this stage cannot load the extra teachers multi-teacher names")
@@ -125,8 +121,8 @@ def build_objective(terms: list[LossTerm], key: str, student: nn.Module, teacher
     outputs = None
     if objective.needs_teacher and teacher is not None:
         outputs = TeacherOutputs.prepare([teacher, *extra_teachers], objective.teacher_taps(), splits,
-                                         augmented=augmented, key=teacher_key, memo=memo, cache_dir=cache_dir,
-                                         device=device)
+                                         augmented=run.augmented, key=run.key, memo=run.memo,
+                                         cache_dir=run.cache_dir, device=run.device)
         console.print(f"teacher: {outputs.reason}")
     x_probe = splits.example(2)
     probe = torch.arange(len(x_probe))
@@ -135,7 +131,7 @@ def build_objective(terms: list[LossTerm], key: str, student: nn.Module, teacher
     with torch.no_grad(), capture(student, objective.student_taps(), student_feats):
         student.eval()(x_probe)
     student.train(was_training)
-    teacher_feats = ({k: v.float().cpu() for k, v in outputs(probe, x_probe.to(device.torch_device))[1].items()}
+    teacher_feats = ({k: v.float().cpu() for k, v in outputs(probe, x_probe.to(run.device.torch_device))[1].items()}
                      if outputs is not None else {})
     info = SetupInfo(num_classes=splits.num_classes, n_train=splits.size("train"), student=student, teacher=teacher,
                      student_features=student_feats, teacher_features=teacher_feats,

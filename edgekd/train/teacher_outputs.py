@@ -41,6 +41,19 @@ def _run(teachers: list[nn.Module], taps: list[Tap], x: torch.Tensor) -> tuple[l
     return logits, {k: v.detach() for k, v in feats.items()}
 
 
+@dataclass(frozen=True)
+class TeacherRun:
+    """How one training gets its teachers' outputs: the ``key`` they are valid for (teacher and data),
+    whether inputs are ``augmented`` (then the teacher runs on every batch), the run's ``memo`` (a QAT
+    stage reuses distill's outputs) and disk cache folder, and the device they are computed on."""
+
+    key: str
+    augmented: bool = False
+    memo: dict | None = None
+    cache_dir: Path | None = None
+    device: Device = CPU
+
+
 @dataclass
 class TeacherOutputs:
     """Logits of each teacher (the run's teacher first) and the main teacher's tapped features."""

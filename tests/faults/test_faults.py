@@ -146,7 +146,7 @@ def test_nan_parity_is_a_failed_export_not_a_pass(tmp_path):
     from edgekd.stages.export.config import ExportConfig
     from edgekd.errors import StageError
     from edgekd.stages.export.exporting import export_fp32
-    from edgekd.stages.export.stage import compare_with_torch
+    from edgekd.stages.export.stage import TorchSide, compare_with_torch
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4)).eval()
     x = torch.rand(8, 1, 4, 4)
@@ -154,7 +154,7 @@ def test_nan_parity_is_a_failed_export_not_a_pass(tmp_path):
     ref = model(x).detach().numpy()
     ref[3, 1] = np.nan  # the reference side computed NaN: max |diff| would read "nan" and pass
     with pytest.raises(StageError, match="NaN/Inf logits on 1 of 8"):
-        compare_with_torch(tmp_path / "m.onnx", ref, x, "fp32", ExportConfig(stage="export"), "m")
+        compare_with_torch(tmp_path / "m.onnx", TorchSide(ref, x), "fp32", ExportConfig(stage="export"), "m")
 
 
 def test_a_diverged_one_step_training_is_not_saved_as_a_finished_stage(tmp_path, target, tiny_teacher):

@@ -29,8 +29,7 @@ def distill(variants: dict[str, Artifact], cfg: DistillConfig, ctx: StageContext
     recipe, splits = ctx.recipe, ctx.splits
     student, arch, kwargs, extra = _make_student(variants, source, ctx)
     objective, outputs = ctx.objective(cfg.loss, f"{ctx.stage_key_path}.loss", student)
-    result = ctx.train(student, objective, outputs, epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                       label="distill", patience=cfg.patience)
+    result = ctx.train(student, objective, outputs, cfg.train_spec(), label="distill")
     params, macs = count_params_macs(student, splits.input_shape)
     metrics = {"val_accuracy": result.best_val_accuracy, "best_epoch": result.best_epoch,
                "stopped_early": result.stopped_early, "resumed_from_epoch": result.resumed_from_epoch,
@@ -44,8 +43,9 @@ def distill(variants: dict[str, Artifact], cfg: DistillConfig, ctx: StageContext
     chash = config_hash(cfg.model_dump(), recipe.student.model_dump(), source.config_hash)
     # a continued (pruned) student replaces its source: its lineage points at what that came from
     parent = source.parent if source.variant == variant else source.variant
-    return [save_torch(student, ctx.stage_dir / variant, variant=variant, stage="distill", parent=parent,
-                       arch=arch, arch_kwargs=kwargs, chash=chash, metrics=metrics, extra=extra)]
+    meta = {"arch": arch, "arch_kwargs": kwargs, "metrics": metrics, **extra}
+    return [save_torch(student, ctx.stage_dir / variant,
+                       Artifact(variant, "torch", "fp32", "", "distill", parent, chash, meta))]
 
 
 def _make_student(variants: dict[str, Artifact], source: Artifact,

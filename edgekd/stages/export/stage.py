@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +76,8 @@ def export(variants: dict[str, Artifact], cfg: ExportConfig, ctx: StageContext) 
             write_metadata(tmp, deployment)  # how to make the inputs the backends were scored on
             check_onnx(tmp, name)
             logits = predict_logits(model, ctx.splits, "test").numpy()  # the torch model on the test split
-            checked = compare_with_torch(tmp, logits[:len(parity_x)], parity_x, art.precision, cfg, name, task,
-                                         model)
+            torch_side = TorchSide(logits[:len(parity_x)], parity_x, model)
+            checked = compare_with_torch(tmp, torch_side, art.precision, cfg, name, task)
         layouts = {}
         if art.precision == "int8":  # each runtime's INT8 layout, from the same file, each parity-checked
             writers = {"u8s8": write_u8s8}
@@ -89,8 +90,7 @@ def export(variants: dict[str, Artifact], cfg: ExportConfig, ctx: StageContext) 
                 with atomic_path(layouts[layout]) as tmp:
                     write(path, tmp)
                     check_onnx(tmp, f"{name} ({layout})")
-                    checked[layout] = compare_with_torch(tmp, logits[:len(parity_x)], parity_x, art.precision, cfg,
-                                                         f"{name} ({layout})", task, model,
+                    checked[layout] = compare_with_torch(tmp, torch_side, art.precision, cfg, f"{name} ({layout})", task,
                                                          requantized=layout == DYNAMIC_LAYOUT)
         program = None
         if cfg.torch_program and art.precision != "int8":  # the torch baseline runs the float graph
@@ -133,14 +133,24 @@ INTEGER_OPS = {"MatMulInteger", "ConvInteger", "QLinearConv", "QLinearMatMul", "
                "MatMulIntegerToFloat"}  # ops whose ORT kernels depend on the CPU's integer instructions
 
 
-def compare_with_torch(path: Path, ref: np.ndarray, x: torch.Tensor, precision: str, cfg: ExportConfig,
-                       name: str, task: Task | None = None, model: torch.nn.Module | None = None,
-                       requantized: bool = False) -> dict[str, Any]:
-    """The ONNX file's outputs on ``x`` against ``ref``, the torch model's logits on the same ``x``.
+@dataclass(frozen=True)
+class TorchSide:
+    """The torch side of an export check: the model's ``outputs`` on ``inputs``; ``model`` (the fake-quantized
+    torch model of an INT8 file) lets a file that misses on SQNR be compared op by op."""
 
-    An INT8 file on the model's own grids gets ``judge_exact``'s verdict (``model``, the fake-quantized
-    torch model, lets it compare op by op); a ``requantized`` layout (ONNX Runtime's dynamic one measures
-    its activation ranges per call) is judged by the ``task``'s agreement (classification when None)."""
+    outputs: np.ndarray
+    inputs: torch.Tensor
+    model: torch.nn.Module | None = None
+
+
+def compare_with_torch(path: Path, torch_side: TorchSide, precision: str, cfg: ExportConfig, name: str,
+                       task: Task | None = None, requantized: bool = False) -> dict[str, Any]:
+    """The ONNX file's outputs on ``torch_side.inputs`` against the torch model's outputs on them.
+
+    An INT8 file on the model's own grids gets ``judge_exact``'s verdict; a ``requantized`` layout (ONNX
+    Runtime's dynamic one measures its activation ranges per call) is judged by the ``task``'s agreement
+    (classification when None)."""
+    ref, x, model = torch_side.outputs, torch_side.inputs, torch_side.model
     import onnxruntime as ort
 
     # Optimizations off: ORT then interprets QDQ exactly (DequantizeLinear -> float op -> QuantizeLinear),

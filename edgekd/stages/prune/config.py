@@ -7,30 +7,23 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from ...config.schema import MAX_EPOCHS, LossTerms, StageConfig, Strict, stage_config
+from ...config.schema import LossTerms, StageConfig, Strict, stage_config, training_keys
 
 
-class SparseTraining(Strict):
+class SparseTraining(training_keys(5, 1e-3, 0.0, patience=False)):
     """Group channel pruning's sparse training: task loss + ``rate · Σ|γ|`` over BN scales, the rate
     moving from ``l1`` to ``l1_final`` over the epochs (``schedule``)."""
 
-    epochs: int = Field(5, ge=1, le=MAX_EPOCHS)
-    lr: float = Field(1e-3, gt=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)
     l1: float = Field(1e-4, ge=0.0, description="penalty rate at the start")
     l1_final: float = Field(1e-5, ge=0.0, description="penalty rate at the end (linear, cosine)")
     schedule: Literal["constant", "linear", "cosine"] = "linear"
 
 
-class Recovery(Strict):
+class Recovery(training_keys(5, 1e-3, 5e-4, min_epochs=0)):
     """Fine-tuning the pruned model against the unpruned one. ``loss`` defaults to ``kd`` plus spatial
     attention at the last pruned layer of every feature-map scale (no channel match needed)."""
 
     loss: LossTerms | None = None
-    epochs: int = Field(5, ge=0, le=MAX_EPOCHS)
-    lr: float = Field(1e-3, gt=0.0)
-    weight_decay: float = Field(5e-4, ge=0.0)
-    patience: int | None = Field(None, ge=1)
 
 
 class LatencyGoal(Strict):

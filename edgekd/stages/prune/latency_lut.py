@@ -14,7 +14,7 @@ budget. Importance is Torch-Pruning's per-channel score, normalised to mean 1 in
 removing ``k`` channels costs about ``k`` units plus how much more important than average they are.
 
 Tables are cached on disk per target and model hash (``$EDGEKD_CACHE/latency-lut``), since building
-one costs ``passes × groups × steps`` compile-and-time runs.
+one costs ``PASSES × groups × steps`` compile-and-time runs.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import os
 import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from torch import nn
 from ...artifacts.artifact import config_hash
 from ...errors import StageError
 from ...fileio import read_json, write_json
-from ..channels import ChannelGroup, prune_channels
+from ..channels import ChannelGroup
 
 LatencyOf = Callable[[nn.Module], float]  # ms of a float model on the target (exported and timed there)
 TABLE_FORMAT = 3  # bump when how a table is measured changes, so cached tables are not reused
@@ -67,17 +67,20 @@ def table_key(model_hash: str, target: dict, input_shape: tuple[int, ...], steps
                        platform.machine(), platform.processor(), os.cpu_count())
 
 
+PASSES = 2  # interleaved passes over every cell (below): the lowest time is kept
+
+
 def cache_path(target: str, key: str) -> Path:
     from ...fileio import cache_dir
 
     return cache_dir() / "latency-lut" / f"{target}-{key}.json"
 
 
-def build_table(model: nn.Module, example: torch.Tensor, groups: list[ChannelGroup], steps: list[float], *,
-                num_classes: int, latency_of: LatencyOf, target: str, key: str, round_to: int | None = None,
-                ignore: list[str] = (), passes: int = 2,
+def build_table(model: nn.Module, groups: list[ChannelGroup], steps: list[float], *, latency_of: LatencyOf,
+                prune_rows: Callable[[nn.Module, dict[str, float]], Any], target: str, key: str,
                 log: Callable[[str], None] = lambda _: None) -> LatencyTable:
-    """Measure (or load from the cache) the table for ``model``'s ``groups`` on ``target``."""
+    """Measure (or load from the cache) the table for ``model``'s ``groups`` on ``target``: each group cut by
+    each of ``steps`` alone (``prune_rows(copy, {root: ratio})``, the stage's own cut rules) and timed."""
     cached = cache_path(target, key)
     if cached.is_file():
         data = read_json(cached)
@@ -88,13 +91,12 @@ def build_table(model: nn.Module, example: torch.Tensor, groups: list[ChannelGro
     # and hits whatever is being timed then; a second pass over every cell times it again at another moment.
     base = float("inf")
     rows: dict[str, list[float]] = {g.root: [float("inf")] * len(steps) for g in groups}
-    for _ in range(passes):
+    for _ in range(PASSES):
         base = min(base, latency_of(model))
         for group in groups:
             for j, ratio in enumerate(steps):
                 pruned = copy.deepcopy(model)
-                prune_channels(pruned, example, ratio=0.0, layer_ratios={group.root: ratio}, round_to=round_to,
-                               num_classes=num_classes, ignore=ignore)
+                prune_rows(pruned, {group.root: ratio})
                 rows[group.root][j] = min(rows[group.root][j], latency_of(pruned))
     for i, group in enumerate(groups):
         log(f"latency table {i + 1}/{len(groups)}: {group.root} "

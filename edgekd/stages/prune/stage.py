@@ -11,6 +11,7 @@ continues from it.
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from typing import Any, Callable
 
 import torch
@@ -24,7 +25,7 @@ from ..export.exporting import export_fp32
 from ..layer_patterns import match_layers
 from ...losses.base import DistillTerm
 from ...progress import console
-from ..channels import channel_groups, channel_plan, prune_channels
+from ..channels import Cut, channel_groups, channel_plan, prune_channels
 from ...train.evaluate import accuracy
 from ...train.objective import CrossEntropy, Objective
 from ..base import PREFLIGHTS, STAGES, Preview, StageContext, current, preflight_error
@@ -52,29 +53,30 @@ def prune(variants: dict[str, Artifact], cfg: PruneConfig, ctx: StageContext) ->
                                "scale_groups": {s: len(v) for s, v in scales.items()}}
 
     gradients = _taylor_gradients(splits, recipe.data.batch_size) if cfg.importance == "taylor" else None
-    common = dict(num_classes=splits.num_classes, importance=cfg.importance, round_to=cfg.round_to, ignore=ignore,
-                  gradients=gradients)
+    base = Cut(cfg.ratio, importance=cfg.importance, round_to=cfg.round_to, ignore=ignore)
+
+    def cut(target: nn.Module, how: Cut) -> dict[str, tuple[int, int]]:
+        return prune_channels(target, example, how, num_classes=splits.num_classes, gradients=gradients)
+
     if cfg.method == "gcp":
         metrics["sparse_training"] = _sparse_train(model, cfg, ctx)
         removed: dict[str, tuple[int, int]] = {}
         for scale, roots in scales.items():  # one |γ| threshold per feature-map scale
             ratio = cfg.group_ratios.get(scale, cfg.ratio)
             others = [g.root for g in groups if g.root not in roots]
-            removed.update(prune_channels(model, example, ratio=ratio, global_ranking=True,
-                                          max_layer_ratio=cfg.max_layer_ratio,
-                                          **{**common, "importance": "bn-scale", "ignore": ignore + others}))
+            removed.update(cut(model, replace(base, ratio=ratio, global_ranking=True, importance="bn-scale",
+                                              max_layer_ratio=cfg.max_layer_ratio, ignore=ignore + others)))
         unknown = set(cfg.group_ratios) - set(scales)
         if unknown:
             raise RecipeError(f"{key}.group_ratios: no feature-map scale {sorted(unknown)[0]!r}; "
                               f"this model's scales: {', '.join(scales)}")
     elif cfg.method == "latency":
-        model, removed, metrics["latency"] = _latency_driven(model, cfg, ctx, groups, common)
+        model, removed, metrics["latency"] = _latency_driven(model, cfg, ctx, groups, base, cut)
     elif cfg.method == "groups":
         ratios = _pattern_ratios(cfg.group_ratios, [g.root for g in groups], f"{key}.group_ratios")
-        removed = prune_channels(model, example, ratio=cfg.ratio, layer_ratios=ratios, **common)
+        removed = cut(model, replace(base, layer_ratios=ratios))
     else:
-        removed = prune_channels(model, example, ratio=cfg.ratio, global_ranking=cfg.method == "global",
-                                 max_layer_ratio=cfg.max_layer_ratio, **common)
+        removed = cut(model, replace(base, global_ranking=cfg.method == "global", max_layer_ratio=cfg.max_layer_ratio))
 
     if not removed and cfg.method != "latency":
         raise StageError(f"{key}: method {cfg.method!r} removed no channel (importance scores all tied, or every "
@@ -94,9 +96,10 @@ def prune(variants: dict[str, Artifact], cfg: PruneConfig, ctx: StageContext) ->
     chash = config_hash(cfg.model_dump(), source.config_hash)
     extra = {"channels": channel_plan(model), "input_shape": list(splits.input_shape),
              "derived": {"from": source.variant, "stage": "prune", "method": cfg.method}}
-    return [save_torch(model, ctx.stage_dir / VARIANT, variant=VARIANT, stage="prune", parent=source.variant,
-                       arch=source.meta.get("arch", ""), arch_kwargs=source.meta.get("arch_kwargs", {}),
-                       chash=chash, metrics=metrics, extra=extra)]
+    meta = {"arch": source.meta.get("arch", ""), "arch_kwargs": source.meta.get("arch_kwargs", {}),
+            "metrics": metrics, **extra}
+    return [save_torch(model, ctx.stage_dir / VARIANT,
+                       Artifact(VARIANT, "torch", "fp32", "", "prune", source.variant, chash, meta))]
 
 
 def _pattern_ratios(patterns: dict[str, float], roots: list[str], key: str) -> dict[str, float]:
@@ -134,9 +137,8 @@ def _sparse_train(model: nn.Module, cfg: PruneConfig, ctx: StageContext) -> dict
         raise RecipeError(f"{ctx.stage_key_path}.method: 'gcp' needs BatchNorm layers (it penalises their scales); "
                           "this model has none: use uniform, global or latency")
     terms: list[tuple[str, float, DistillTerm]] = [("ce", 1.0, CrossEntropy(None, "ce")), ("sparse.l1", 1.0, l1)]
-    result = ctx.train(model, Objective(terms), None, epochs=sparse.epochs, lr=sparse.lr,
-                       weight_decay=sparse.weight_decay, label="prune (sparse training)", augment=False,
-                       state_file="sparse_state.pt")
+    result = ctx.train(model, Objective(terms), None, sparse.train_spec(), label="prune (sparse training)",
+                       augment=False, state_file="sparse_state.pt")
     gammas = torch.cat([m.weight.detach().abs() for m in l1._bns])
     return {"epochs": sparse.epochs, "val_accuracy": result.best_val_accuracy,
             "bn_scale_below_1e-2": float((gammas < 1e-2).float().mean()), "history": result.history}
@@ -158,22 +160,22 @@ def _latency_of(ctx: StageContext, target: str) -> tuple[Callable[[nn.Module], f
     return ms, settings
 
 
-def _latency_driven(model: nn.Module, cfg: PruneConfig, ctx: StageContext, groups, common: dict):
+def _latency_driven(model: nn.Module, cfg: PruneConfig, ctx: StageContext, groups, base: Cut,
+                    cut: Callable[[nn.Module, Cut], dict[str, tuple[int, int]]]):
     """Ratios from the measured latency table, each plan pruned and timed for real, re-planned after a
     miss (``latency_lut.search_plan``)."""
     goal = cfg.latency
-    example = ctx.splits.example(1)
     latency_of, target_settings = _latency_of(ctx, goal.target)
     tkey = table_key(shape_hash(model), target_settings, ctx.splits.input_shape, goal.steps, cfg.round_to,
-                     common["ignore"])
-    table = build_table(model, example, groups, goal.steps, num_classes=ctx.splits.num_classes,
-                        latency_of=latency_of, target=target_settings["name"], key=tkey, round_to=cfg.round_to,
-                        ignore=common["ignore"], log=console.print)
+                     base.ignore)
+    table = build_table(model, groups, goal.steps, latency_of=latency_of,
+                        prune_rows=lambda m, ratios: cut(m, replace(base, ratio=0.0, layer_ratios=ratios)),
+                        target=target_settings["name"], key=tkey, log=console.print)
     pruned: list[tuple[nn.Module, dict]] = []
 
     def measure(ratios: dict[str, float]) -> float:
         candidate = copy.deepcopy(model)
-        pruned.append((candidate, prune_channels(candidate, example, ratio=0.0, layer_ratios=ratios, **common)))
+        pruned.append((candidate, cut(candidate, replace(base, ratio=0.0, layer_ratios=ratios))))
         return latency_of(candidate)
 
     attempts, kept = search_plan(table, groups, goal.max_latency_ms, f"{ctx.stage_key_path}.latency.max_latency_ms",
@@ -202,8 +204,7 @@ def _recover(model: nn.Module, cfg: PruneConfig, ctx: StageContext, scales: dict
         return {"epochs": 0}
     terms = rec.loss or default_recovery_loss(scales)
     objective, outputs = ctx.objective(terms, f"{ctx.stage_key_path}.recovery.loss", model)
-    result = ctx.train(model, objective, outputs, epochs=rec.epochs, lr=rec.lr, weight_decay=rec.weight_decay,
-                       label="prune (recovery)", patience=rec.patience)
+    result = ctx.train(model, objective, outputs, rec.train_spec(), label="prune (recovery)")
     return {"epochs": rec.epochs, "loss": [t.model_dump() for t in terms], "val_accuracy": result.best_val_accuracy,
             "best_epoch": result.best_epoch, "history": result.history}
 

@@ -6,7 +6,7 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from ...config.schema import MAX_EPOCHS, LossTerms, StageConfig, Strict, TrainingConfig, stage_config
+from ...config.schema import LossTerms, StageConfig, Strict, TrainingConfig, stage_config, training_keys
 
 
 class LayerOverride(Strict):
@@ -25,7 +25,7 @@ class LayerOverride(Strict):
 
 
 @stage_config("quantize")
-class QuantizeConfig(TrainingConfig, StageConfig):
+class QuantizeConfig(TrainingConfig, training_keys(3, 1e-4, 0.0, min_epochs=0), StageConfig):
     """INT8 quantization through Brevitas: ``qat`` trains with fake quantization against the teacher
     (quantized distillation, Polino et al.) when ``teacher`` is true; ``ptq`` only calibrates."""
 
@@ -57,9 +57,6 @@ class QuantizeConfig(TrainingConfig, StageConfig):
     fail_drop: float | None = Field(0.10, ge=0.0, le=1.0, description="the stage fails, saving nothing, when the "
                                     "INT8 model's validation accuracy is more than this below the float model's "
                                     "(a QAT at a bad learning rate collapsed 0.52 -> 0.11 and shipped); null: never")
-    epochs: int = Field(3, ge=0, le=MAX_EPOCHS)
-    lr: float = Field(1e-4, gt=0.0)
-    weight_decay: float = Field(0.0, ge=0.0)
 
     def trained_losses(self) -> list[tuple[str, LossTerms]]:
         return [("loss", self.loss)] if self.mode == "qat" else []  # ptq only calibrates

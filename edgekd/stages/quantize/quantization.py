@@ -15,6 +15,7 @@ OpenVINO and ONNX Runtime and follows TensorRT's explicit-quantization form:
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 import logging
 import warnings
 from pathlib import Path
@@ -254,13 +255,25 @@ def layer_names(model: nn.Module) -> list[str]:
     return [n for n, m in model.named_modules() if isinstance(m, QUANTIZABLE)]
 
 
-def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range: bool = False,
-                   calibration: str = "percentile", percentile: float = 99.999, weight_bits: int = 8,
-                   overrides: dict[str, int | None] | None = None, learned_scales: bool = False,
-                   example: torch.Tensor | None = None, hardswish: str = "fused") -> nn.Module:
-    """A fake-quantized W8A8 copy of ``model`` (the original is left untouched).
+@dataclass(frozen=True)
+class QuantSpec:
+    """How ``quantize_model`` quantizes: the quantize stage's keys, and what an INT8 artifact records so
+    that it is rebuilt the same way (``rebuild_int8``). Each field is described in ``quantize_model``."""
 
-    ``unsigned_input``: the data is never negative (images in [0, 1]), so the graph input is
+    unsigned_input: bool = False
+    reduce_range: bool = False
+    calibration: str = "percentile"
+    percentile: float = 99.999
+    weight_bits: int = 8
+    overrides: dict[str, int | None] | None = None
+    learned_scales: bool = False
+    hardswish: str = "fused"
+
+
+def quantize_model(model: nn.Module, spec: QuantSpec = QuantSpec(), example: torch.Tensor | None = None) -> nn.Module:
+    """A fake-quantized W8A8 copy of ``model`` (the original is left untouched), quantized as ``spec`` says.
+
+    ``spec.unsigned_input``: the data is never negative (images in [0, 1]), so the graph input is
     quantized as UINT8. A signed INT8 input wastes a bit on such data and, worse, ONNX Runtime's
     AVX2 kernels (no VNNI) shift it by +128 into the range where their int16 ``vpmaddubsw`` sums
     saturate: on AMD EPYC / AVX2 a digits student lost 70% top-1 agreement from that alone.
@@ -284,67 +297,81 @@ def quantize_model(model: nn.Module, unsigned_input: bool = False, reduce_range:
     """
     with warnings.catch_warnings():  # "fast_hadamard_transform package not found": unused here
         warnings.simplefilter("ignore", UserWarning)
-        from brevitas.graph.quantize import quantize
+        import brevitas.graph.quantize  # noqa: F401 - imported once here, quietly
 
     from ...models.text import TextModel
 
+    if spec.calibration not in CALIBRATIONS:
+        raise StageError(f"quantize: unknown calibration {spec.calibration!r}; valid: {', '.join(CALIBRATIONS)}")
+    if spec.hardswish not in ("fused", "split"):
+        raise StageError(f"quantize: hardswish must be fused or split, not {spec.hardswish!r}")
     model = copy.deepcopy(model).eval()
     # Hugging Face encoders are not traceable by torch.fx (their forward reads shapes and branches on
     # them): they are quantized as modules, layerwise, with no graph to rewrite
     text = isinstance(model, TextModel)
     kept_float = plain_layers(model, example, tuple(_MARKERS.values())) if example is not None and not text else {}
-    if calibration not in CALIBRATIONS:
-        raise StageError(f"quantize: unknown calibration {calibration!r}; valid: {', '.join(CALIBRATIONS)}")
-    signed_act, unsigned_act = _act_quants(calibration, percentile)
-    if hardswish not in ("fused", "split"):
-        raise StageError(f"quantize: hardswish must be fused or split, not {hardswish!r}")
-    compute, acts, identities = _layer_maps(reduce_range, weight_bits, signed_act, unsigned_act, learned_scales,
-                                            hardswish == "split")
-    unplaced = dict(overrides or {})  # override name -> bits, until a part holds that layer
+    signed_act, unsigned_act = _act_quants(spec.calibration, spec.percentile)
+    maps = _layer_maps(spec.reduce_range, spec.weight_bits, signed_act, unsigned_act, spec.learned_scales,
+                       spec.hardswish == "split")
+    unplaced = dict(spec.overrides or {})  # override name -> bits, until a part holds that layer
     names = {id(m): name for name, m in model.named_modules()}  # tracing keeps the layer objects
     constant = constant_layers(model, example) if example is not None and not text else {}
     automatic = set(constant) - set(unplaced)  # layers computing constants stay float unless overridden
     unplaced.update({name: None for name in automatic})
     kept_float.update({name: constant[name] for name in automatic})
+    marks = lambda graph: _mark_overrides(graph, names, unplaced, maps[0], spec.reduce_range,  # noqa: E731
+                                          spec.learned_scales)
     if text:
-        _bounded_hardtanhs(model.modules(), acts)
-        _mark_overrides(model, names, unplaced, compute, reduce_range, learned_scales)
-        qmodel = _layerwise(model, compute, signed_act, unsigned_act, traced_graph=False)
+        _bounded_hardtanhs(model.modules(), maps[1])
+        marks(model)
+        qmodel = _layerwise(model, maps[0], signed_act, unsigned_act, traced_graph=False)
     else:
-        parts = traced_parts(model, example)
-        reading_input = _parts_reading(model, [n for n in parts if n], example) if unsigned_input else set()
-        for name, graph in parts.items():
-            chunks_as_functions(graph)
-            drop_identities(graph)
-            _bounded_hardtanhs(graph.modules(), acts)
-            _mark_overrides(graph, names, unplaced, compute, reduce_range, learned_scales)
-            fallback = copy.deepcopy(graph)  # Brevitas rewrites the graph in place, also when it gives up
-            try:  # every activation quantized, residual adds and concats aligned, where Brevitas can align them
-                qpart = _graph_mode(graph, compute, acts, identities, signed_act, unsigned_act)
-            except ResidualsUnaligned:
-                last = copy.deepcopy(fallback)
-                try:  # every activation quantized, each add's inputs on grids of their own
-                    qpart = _graph_mode(fallback, compute, acts, identities, signed_act, unsigned_act,
-                                        aligned_adds=False)
-                except ResidualsUnaligned:
-                    qpart = _layerwise(last, compute, signed_act, unsigned_act, traced_graph=True)
-            if not name:
-                qmodel = qpart
-                continue
-            parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, attr, qpart)
-        if "" not in parts:  # the model's own forward() stays Python between its quantized parts
-            qmodel, qmodel.quant_mode = model, "parts"
-            for name in reading_input:  # the parts handed the model's input itself (a stem)
-                _make_inputs_unsigned(model.get_submodule(name), unsigned_act)
+        qmodel = _quantize_parts(model, example, maps, (signed_act, unsigned_act), marks, spec.unsigned_input)
     for name in automatic:  # a layer in no traced part is not an override the user got wrong
         unplaced.pop(name, None)
     if unplaced:
         raise StageError(f"quantize: override names {next(iter(unplaced))!r}, which is not a conv or linear layer "
                          f"of the traced model; layers: {', '.join(layer_names(model)[:8])}")
     qmodel.kept_float = kept_float
-    if unsigned_input and not text and qmodel.quant_mode != "parts":  # token ids feed embeddings, not quantizers
+    if spec.unsigned_input and not text and qmodel.quant_mode != "parts":  # token ids feed embeddings, not quantizers
         _make_inputs_unsigned(qmodel, unsigned_act)
+    return qmodel
+
+
+def _quantize_parts(model: nn.Module, example: torch.Tensor | None, maps: tuple[dict, dict, dict],
+                    act_quants: tuple[Any, Any], marks: Callable[[nn.Module], None], unsigned_input: bool) -> nn.Module:
+    """Each part of ``model`` torch.fx traces (the whole model where it can) quantized in graph mode:
+    with residual adds and concats aligned where Brevitas can align them, else each add on its own grids,
+    else layerwise. Returns the quantized model (``quant_mode`` "parts" when its own forward stays Python)."""
+    compute, acts, identities = maps
+    signed_act, unsigned_act = act_quants
+    parts = traced_parts(model, example)
+    reading_input = _parts_reading(model, [n for n in parts if n], example) if unsigned_input else set()
+    qmodel = model
+    for name, graph in parts.items():
+        chunks_as_functions(graph)
+        drop_identities(graph)
+        _bounded_hardtanhs(graph.modules(), acts)
+        marks(graph)
+        fallback = copy.deepcopy(graph)  # Brevitas rewrites the graph in place, also when it gives up
+        try:  # every activation quantized, residual adds and concats aligned, where Brevitas can align them
+            qpart = _graph_mode(graph, compute, acts, identities, signed_act, unsigned_act)
+        except ResidualsUnaligned:
+            last = copy.deepcopy(fallback)
+            try:  # every activation quantized, each add's inputs on grids of their own
+                qpart = _graph_mode(fallback, compute, acts, identities, signed_act, unsigned_act,
+                                    aligned_adds=False)
+            except ResidualsUnaligned:
+                qpart = _layerwise(last, compute, signed_act, unsigned_act, traced_graph=True)
+        if not name:
+            qmodel = qpart
+            continue
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr, qpart)
+    if "" not in parts:  # the model's own forward() stays Python between its quantized parts
+        qmodel, qmodel.quant_mode = model, "parts"
+        for name in reading_input:  # the parts handed the model's input itself (a stem)
+            _make_inputs_unsigned(model.get_submodule(name), unsigned_act)
     return qmodel
 
 
@@ -628,10 +655,8 @@ def rebuild_int8(artifact: Artifact, float_parent: nn.Module) -> nn.Module:
     from ...models.checkpoint import versioned
 
     q = artifact.meta["quantization"]
-    qmodel = quantize_model(float_parent, unsigned_input=q["unsigned_input"], reduce_range=q["reduce_range"],
-                            calibration=q.get("calibration", "percentile"), percentile=q.get("percentile", 99.999),
-                            weight_bits=q.get("weight_bits", 8), overrides=q.get("overrides"),
-                            learned_scales=q.get("learned_scales", False), hardswish=q.get("hardswish", "fused"))
+    recorded = {k: q[k] for k in QuantSpec.__dataclass_fields__ if k in q}  # older runs lack the newer keys
+    qmodel = quantize_model(float_parent, QuantSpec(**recorded))
     state = versioned(load_file(str(Path(artifact.path) / "model.safetensors")), qmodel.state_dict())
     missing, unexpected = qmodel.load_state_dict(state, strict=False)
     if unexpected or any(not k.endswith(("zero_point", "counter", "buffer")) for k in missing):

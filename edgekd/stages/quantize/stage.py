@@ -9,6 +9,8 @@ sensible activation scales.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -18,8 +20,8 @@ from .config import LayerOverride, QuantizeConfig
 from ..layer_patterns import match_layers
 from ...errors import EdgekdError, RecipeError, StageError, first_line
 from ...progress import console
-from .quantization import (FLOAT_PATH_TOLERANCE, calibrate, float_path_difference, layer_names, quantize_model,
-                           weight_range)
+from .quantization import (FLOAT_PATH_TOLERANCE, QuantSpec, calibrate, float_path_difference, layer_names,
+                           quantize_model, weight_range)
 from ...train.evaluate import accuracy
 from ..base import (PREFLIGHTS, RESOLVERS, STAGES, Preview, StageContext, TargetFacts, current, preflight_error,
                     role_of)
@@ -47,27 +49,59 @@ def resolve_quantize(spec: QuantizeConfig, targets: list[TargetFacts], where: st
 @STAGES.register("quantize")
 def quantize(variants: dict[str, Artifact], cfg: QuantizeConfig, ctx: StageContext) -> list[Artifact]:
     source = current(variants)
-    splits, recipe = ctx.splits, ctx.recipe
+    splits = ctx.splits
     calibration = splits.calibration_loader(cfg.calibration_batches)
     low = min(float(x.min()) for x, _, _ in calibration)
     if cfg.input_quant == "unsigned" and low < 0:
         raise RecipeError(f"{ctx.stage_key_path}.input_quant: 'unsigned' but the data has negative values "
                           f"(min {low:.3g}); use auto or signed")
     unsigned_input = cfg.input_quant == "unsigned" or (cfg.input_quant == "auto" and low >= 0)
+    spec = QuantSpec(unsigned_input, cfg.reduce_range, cfg.calibration, cfg.percentile, cfg.weight_bits, None,
+                     cfg.learned_scales, cfg.hardswish)
     float_model = ctx.model(variants, source.variant)
     layers = layer_names(float_model)
     overrides = resolve_overrides(cfg.overrides, layers, ctx.stage_key_path)
+    calibrated = _calibrator(float_model, spec, calibration, cfg, ctx)
+    float_val = accuracy(float_model, splits, "val")
+    mixed = None
+    if cfg.max_accuracy_drop is not None:
+        mixed = search(layers, overrides, cfg.max_accuracy_drop,
+                       lambda chosen: float_val - accuracy(calibrated(chosen), splits, "val"),
+                       f"{ctx.stage_key_path}.max_accuracy_drop")
+        overrides = mixed.overrides
+        console.print(f"mixed precision: {len(mixed.float_layers)} layer(s) kept in float "
+                      f"({', '.join(mixed.float_layers) or 'none'}); validation drop {mixed.achieved_drop:.4f} "
+                      f"<= {cfg.max_accuracy_drop}")
+    qmodel = calibrated(overrides)
+    history: list = []
+    if cfg.mode == "qat" and cfg.epochs > 0:
+        objective, outputs = ctx.objective(cfg.loss, f"{ctx.stage_key_path}.loss", qmodel, teacher=cfg.teacher)
+        history = ctx.train(qmodel, objective, outputs, cfg.train_spec(), label="quantize (QAT)").history
+    variant = f"{role_of(source.variant)}-int8"
+    ctx.models[variant] = qmodel
+    val = _checked_val_accuracy(qmodel, float_val, cfg, ctx)
+    metrics = {"test_accuracy_torch": accuracy(qmodel, splits, "test"),
+               "val_accuracy": val, "float_val_accuracy": float_val, "history": history,
+               "mixed_precision": mixed.to_json() if mixed is not None else None,
+               **{k: v for k, v in source.meta.get("metrics", {}).items() if k in ("params", "macs")}}
+    meta = {"arch": source.meta.get("arch", ""), "arch_kwargs": source.meta.get("arch_kwargs", {}),
+            "metrics": metrics, "quantization": _settings(cfg, replace(spec, overrides=overrides), qmodel)}
+    return [save_torch(qmodel, ctx.stage_dir / variant, Artifact(
+        variant, "torch-int8", "int8", "", "quantize", source.variant, config_hash(cfg.model_dump(), source.config_hash),
+        meta))]
 
-    built: dict[str, object] = {}  # the last model made, by its overrides: the search's final one is reused
 
-    def calibrated(chosen: dict[str, int | None]):
+def _calibrator(float_model: nn.Module, spec: QuantSpec, calibration: Any, cfg: QuantizeConfig,
+                ctx: StageContext) -> Callable[[dict[str, int | None]], nn.Module]:
+    """``overrides -> the calibrated fake-quant model``, remembering the last one made (the mixed-precision
+    search's final choice is then not calibrated twice)."""
+    built: dict[str, nn.Module] = {}
+
+    def calibrated(chosen: dict[str, int | None]) -> nn.Module:
         key = json.dumps(chosen, sort_keys=True)
         if key in built:
             return built[key]
-        model = quantize_model(float_model, unsigned_input=unsigned_input, reduce_range=cfg.reduce_range,
-                               calibration=cfg.calibration, percentile=cfg.percentile, weight_bits=cfg.weight_bits,
-                               overrides=chosen, learned_scales=cfg.learned_scales, hardswish=cfg.hardswish,
-                               example=splits.example(1, "test"))
+        model = quantize_model(float_model, replace(spec, overrides=chosen), example=ctx.splits.example(1, "test"))
         if getattr(model, "quant_mode", "graph") != "layerwise":  # graph modes and parts: activations mapped
             batch = next(iter(calibration))
             first = (batch[0] if isinstance(batch, (tuple, list)) else batch)[:4].cpu()
@@ -83,30 +117,17 @@ def quantize(variants: dict[str, Artifact], cfg: QuantizeConfig, ctx: StageConte
         built[key] = model
         return model
 
-    float_val = accuracy(float_model, splits, "val")
-    mixed = None
-    if cfg.max_accuracy_drop is not None:
-        mixed = search(layers, overrides, cfg.max_accuracy_drop,
-                       lambda chosen: float_val - accuracy(calibrated(chosen), splits, "val"),
-                       f"{ctx.stage_key_path}.max_accuracy_drop")
-        overrides = mixed.overrides
-        console.print(f"mixed precision: {len(mixed.float_layers)} layer(s) kept in float "
-                      f"({', '.join(mixed.float_layers) or 'none'}); validation drop {mixed.achieved_drop:.4f} "
-                      f"<= {cfg.max_accuracy_drop}")
-    qmodel = calibrated(overrides)
-    history: list = []
-    if cfg.mode == "qat" and cfg.epochs > 0:
-        objective, outputs = ctx.objective(cfg.loss, f"{ctx.stage_key_path}.loss", qmodel, teacher=cfg.teacher)
-        result = ctx.train(qmodel, objective, outputs, epochs=cfg.epochs, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                           label="quantize (QAT)", patience=cfg.patience)
-        history = result.history
-    variant = f"{role_of(source.variant)}-int8"
-    ctx.models[variant] = qmodel
+    return calibrated
+
+
+def _checked_val_accuracy(qmodel: nn.Module, float_val: float, cfg: QuantizeConfig, ctx: StageContext) -> float:
+    """The INT8 model's validation score, refusing (saving nothing) a model with NaN/Inf tensors or one
+    more than ``fail_drop`` / ``max_accuracy_drop`` below the float model."""
     nonfinite = [n for n, t in [*qmodel.named_parameters(), *qmodel.named_buffers()] if not torch.isfinite(t).all()]
     if nonfinite:  # a NaN observer range or scale makes every later number meaningless
         raise StageError(f"{ctx.stage_key_path}: after {cfg.mode} {nonfinite[0]} holds NaN/Inf "
                          f"({len(nonfinite)} tensor(s) in all); check the calibration data and the learning rate")
-    val = accuracy(qmodel, splits, "val")
+    val = accuracy(qmodel, ctx.splits, "val")
     if cfg.fail_drop is not None and float_val - val > cfg.fail_drop:
         raise StageError(f"{ctx.stage_key_path}.fail_drop: after {cfg.mode} the INT8 model's validation accuracy is "
                          f"{val:.4f}, {float_val - val:.4f} below the float model's {float_val:.4f} (more than "
@@ -115,23 +136,20 @@ def quantize(variants: dict[str, Artifact], cfg: QuantizeConfig, ctx: StageConte
     if cfg.max_accuracy_drop is not None and float_val - val > cfg.max_accuracy_drop:
         raise StageError(f"{ctx.stage_key_path}.max_accuracy_drop: after {cfg.mode} the validation drop is "
                          f"{float_val - val:.4f} > {cfg.max_accuracy_drop}; not saving a model that misses it")
-    metrics = {"test_accuracy_torch": accuracy(qmodel, splits, "test"),
-               "val_accuracy": val, "float_val_accuracy": float_val, "history": history,
-               "mixed_precision": mixed.to_json() if mixed is not None else None,
-               **{k: v for k, v in source.meta.get("metrics", {}).items() if k in ("params", "macs")}}
-    chash = config_hash(cfg.model_dump(), source.config_hash)
+    return val
+
+
+def _settings(cfg: QuantizeConfig, spec: QuantSpec, qmodel: nn.Module) -> dict[str, Any]:
+    """What the artifact records of its quantization: the report's line, and ``rebuild_int8``'s recipe."""
     lo, hi = weight_range(cfg.weight_bits, cfg.reduce_range)
-    settings = {"weights": f"int{cfg.weight_bits} per-channel symmetric [{lo},{hi}]", "weight_bits": cfg.weight_bits,
-                "activations": "int8 per-tensor", "mode": cfg.mode, "unsigned_input": unsigned_input,
-                "reduce_range": cfg.reduce_range, "calibration": cfg.calibration, "percentile": cfg.percentile,
-                "bias_correction": cfg.bias_correction, "teacher": cfg.teacher, "overrides": overrides,
-                "learned_scales": cfg.learned_scales, "hardswish": cfg.hardswish, "quant_mode": getattr(qmodel, "quant_mode", "graph"),
-                # layers no INT8 form could be found for (name -> why); named in the report
-                "float_layers": getattr(qmodel, "kept_float", {})}
-    return [save_torch(qmodel, ctx.stage_dir / variant, variant=variant, stage="quantize", parent=source.variant,
-                       arch=source.meta.get("arch", ""), arch_kwargs=source.meta.get("arch_kwargs", {}),
-                       chash=chash, metrics=metrics, kind="torch-int8", precision="int8",
-                       extra={"quantization": settings})]
+    return {"weights": f"int{cfg.weight_bits} per-channel symmetric [{lo},{hi}]", "weight_bits": cfg.weight_bits,
+            "activations": "int8 per-tensor", "mode": cfg.mode, "unsigned_input": spec.unsigned_input,
+            "reduce_range": cfg.reduce_range, "calibration": cfg.calibration, "percentile": cfg.percentile,
+            "bias_correction": cfg.bias_correction, "teacher": cfg.teacher, "overrides": spec.overrides,
+            "learned_scales": cfg.learned_scales, "hardswish": cfg.hardswish,
+            "quant_mode": getattr(qmodel, "quant_mode", "graph"),
+            # layers no INT8 form could be found for (name -> why); named in the report
+            "float_layers": getattr(qmodel, "kept_float", {})}
 
 
 def resolve_overrides(rules: list[LayerOverride], layers: list[str], key: str) -> dict[str, int | None]:
