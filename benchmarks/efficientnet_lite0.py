@@ -98,7 +98,7 @@ def main() -> None:
     from edgekd.backends import load_target
     from edgekd.measure.fingerprint import machine
     from edgekd.stages.export.int8_fidelity import own_rounding_db
-    from edgekd.stages.export.parity import sqnr_db
+    from edgekd.tasks.parity import sqnr_db
     from edgekd.measure.measurement import BackendPool
 
     cpu = machine()["cpu"]

@@ -163,8 +163,8 @@ def edgekd_int8(model: torch.nn.Module, calibration: torch.Tensor, path: Path,
     fake-quantized model last when ``with_model``.
     ``hardswish``: what the stage's ``auto`` picks for the recipe's targets (split: ORT-only recipes);
     ``bias_correction``: the stage's option of that name."""
-    from edgekd.stages.export.int8_layouts import (ONEDNN_LAYOUT, layout_path, onednn_float_convs, write_s8s8_onednn,
-                                                   write_u8s8)
+    from edgekd.stages.export.int8_layouts import onednn_float_convs, write_s8s8_onednn, write_u8s8
+    from edgekd.artifacts.qdq_rules import ONEDNN_LAYOUT, layout_path
     from edgekd.stages.quantize.quantization import calibrate, export_qdq, quantize_model
 
     began = time.perf_counter()
@@ -184,7 +184,7 @@ def edgekd_int8(model: torch.nn.Module, calibration: torch.Tensor, path: Path,
 def export_verdict(qmodel: torch.nn.Module, path: Path, held_out: np.ndarray) -> str:
     """The export stage's verdict (``judge_exact``) on every file it writes: the s8s8 file, and the u8s8
     (and ``s8s8-onednn``) layouts where one judges otherwise, named after it."""
-    from edgekd.stages.export.int8_layouts import ONEDNN_LAYOUT, layout_path
+    from edgekd.artifacts.qdq_rules import ONEDNN_LAYOUT, layout_path
 
     verdicts = {layout: one_verdict(qmodel, layout_path(path, layout), held_out)
                 for layout in ("s8s8", "u8s8", ONEDNN_LAYOUT) if layout_path(path, layout).exists()}
@@ -262,7 +262,7 @@ def zoo_row(name: str, size: int | None, calibration: torch.Tensor | None, held_
     from edgekd.backends.openvino import OvModel
     from edgekd.measure.latency import measure_latency, seeded_input
     from edgekd.backends import load_target
-    from edgekd.stages.export.int8_layouts import ONEDNN_LAYOUT, layout_path
+    from edgekd.artifacts.qdq_rules import ONEDNN_LAYOUT, layout_path
     from edgekd.measure.int8_verdict import interleaved_ratio
     from edgekd.measure.measurement import BackendPool
 

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import torch
 
-from edgekd.stages.export.int8_layouts import layout_path, write_u8s8
+from edgekd.stages.export.int8_layouts import write_u8s8
+from edgekd.artifacts.qdq_rules import layout_path
 from edgekd.stages.quantize.quantization import calibrate, export_qdq, quantize_model, QuantSpec
 
 

@@ -64,8 +64,9 @@ def test_a_same_padded_conv_exports_as_one_int8_conv_with_asymmetric_pads(tmp_pa
     import onnxruntime as ort
 
     from edgekd.backends import BACKENDS
-    from edgekd.config.target import Target
-    from edgekd.stages.export.int8_layouts import layout_path, write_u8s8
+    from edgekd.backends import make_target
+    from edgekd.stages.export.int8_layouts import write_u8s8
+    from edgekd.artifacts.qdq_rules import layout_path
     from edgekd.stages.quantize.quantization import calibrate, export_qdq
 
     torch.manual_seed(0)
@@ -94,7 +95,7 @@ def test_a_same_padded_conv_exports_as_one_int8_conv_with_asymmetric_pads(tmp_pa
     np.testing.assert_allclose(session.run(None, {session.get_inputs()[0].name: x[:1].numpy()})[0], expected,
                                atol=1e-4)
     write_u8s8(path, layout_path(path, "u8s8"))
-    target = Target(name="onnxruntime", backend="onnxruntime", threads=1)
+    target = make_target(name="onnxruntime", backend="onnxruntime", threads=1)
     counts = BACKENDS.get("onnxruntime")().compile(layout_path(path, "u8s8"), target).int8_layers()
     assert counts["int8"] == counts["total"] == 4, counts.get("float_layers")
 
@@ -178,8 +179,8 @@ class PartialShortcut(nn.Module):
 @pytest.mark.parametrize("spelling", sorted(PIECES))
 def test_a_layer_read_only_in_pieces_runs_int8_on_onnx_runtime(spelling, tmp_path):
     from edgekd.backends import BACKENDS
-    from edgekd.config.target import Target
-    from edgekd.stages.export.int8_layouts import layout_path
+    from edgekd.backends import make_target
+    from edgekd.artifacts.qdq_rules import layout_path
     from tests.int8_files import int8_files
 
     torch.manual_seed(0)
@@ -188,7 +189,7 @@ def test_a_layer_read_only_in_pieces_runs_int8_on_onnx_runtime(spelling, tmp_pat
     with torch.no_grad():  # BatchNorm statistics of a trained model, not the init's
         model.train()(x)
     _, path = int8_files(model, x, tmp_path / "pieces.onnx")
-    target = Target(name="onnxruntime", backend="onnxruntime", threads=1)
+    target = make_target(name="onnxruntime", backend="onnxruntime", threads=1)
     counts = BACKENDS.get("onnxruntime")().compile(layout_path(path, "u8s8"), target).int8_layers()
     assert counts["int8"] == counts["total"] == 4, counts.get("float_layers")
 
@@ -202,9 +203,9 @@ def test_chunk_pieces_keep_their_grid_so_no_piece_is_requantized(tmp_path):
     import onnx
 
     from edgekd.backends import BACKENDS
-    from edgekd.config.target import Target
+    from edgekd.backends import make_target
     from edgekd.stages.export.int8_fidelity import localize
-    from edgekd.stages.export.int8_layouts import layout_path
+    from edgekd.artifacts.qdq_rules import layout_path
     from tests.int8_files import int8_files
 
     torch.manual_seed(0)
@@ -216,7 +217,7 @@ def test_chunk_pieces_keep_their_grid_so_no_piece_is_requantized(tmp_path):
            and producer[n.input[0]].op_type in ("Slice", "Split")]
     assert not cut, [n.name for n in cut]
     for backend, layout in (("onnxruntime", "u8s8"), ("openvino", "s8s8")):
-        target = Target(name=backend, backend=backend, threads=1)
+        target = make_target(name=backend, backend=backend, threads=1)
         counts = BACKENDS.get(backend)().compile(layout_path(path, layout), target).int8_layers()
         assert counts["int8"] == counts["total"] == 6, (backend, counts)
     located = localize(path, qmodel, x[:1])

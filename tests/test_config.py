@@ -69,6 +69,28 @@ def test_recipe_errors_name_file_key_and_choices(tmp_path, data, needles):
         assert needle in message, message
 
 
+def test_each_backend_owns_its_target_options():
+    """Every backend's options are the fields of its own target model: a target of that backend has them
+    (with their defaults), a target of another backend has none of them, and naming one on another
+    backend is refused with that backend's keys."""
+    from edgekd.backends import BACKENDS, checked_target
+    from edgekd.config.target import COMMON_TARGET_KEYS
+
+    for name in BACKENDS:
+        cls = BACKENDS.get(name)
+        device = cls.capabilities.devices[0]
+        own = checked_target({"name": "t", "backend": name, "device": device})
+        assert type(own) is cls.target_model and set(cls.options()) == set(type(own).model_fields) - set(COMMON_TARGET_KEYS)
+        for other in BACKENDS:
+            for key in set(BACKENDS.get(other).options()) - set(cls.options()):
+                assert not hasattr(own, key)
+                value = getattr(checked_target({"name": "t", "backend": other,
+                                                "device": BACKENDS.get(other).capabilities.devices[0]}), key)
+                with pytest.raises(ValueError, match=f"key '{key}' does not apply to backend '{name}'; its keys: "
+                                                     f"{', '.join(COMMON_TARGET_KEYS + cls.options())}"):
+                    checked_target({"name": "t", "backend": name, "device": device, key: value})
+
+
 def test_target_errors(tmp_path):
     with pytest.raises(TargetError, match="unknown backend 'tflite'.*onnxruntime, openvino, tensorrt"):
         load_target(write_yaml(tmp_path / "t1.yaml", {"name": "t", "backend": "tflite"}))

@@ -129,3 +129,32 @@ def test_the_wings_import_each_other_one_way():
                                             or m.count(".") and (PACKAGE / f"{room(m)}.py").exists() and room(m) != src)
     assert wing_cycle(edges) is None, " -> ".join(wing_cycle(edges))
     assert wing_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]  # the check itself finds one
+
+
+def functions(tree: ast.Module) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
+    return [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]
+
+
+def is_typer_command(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> bool:
+    """A CLI command: one parameter per flag is its interface (``@app.command``)."""
+    return any("command" in ast.unparse(d) for d in fn.decorator_list)
+
+
+def test_functions_stay_short_and_take_few_parameters():
+    """No function over 80 lines; none over 8 parameters (``self``/``cls`` not counted) except Typer
+    commands, whose parameters are their flags: past that, the parameters want a name of their own."""
+    long, wide = [], []
+    for rel, tree in sources().items():
+        for fn in functions(tree):
+            lines = fn.end_lineno - fn.lineno + 1
+            args = fn.args
+            params = [a for a in args.posonlyargs + args.args + args.kwonlyargs if a.arg not in ("self", "cls")]
+            if lines > 80:
+                long.append(f"{rel}:{fn.lineno} {fn.name} ({lines} lines)")
+            if len(params) > 8 and not is_typer_command(fn):
+                wide.append(f"{rel}:{fn.lineno} {fn.name} ({len(params)} parameters)")
+    assert not long and not wide, long + wide
+
+
+def test_the_orchestrator_stays_small():
+    assert len((PACKAGE / "run" / "pipeline.py").read_text(encoding="utf-8").splitlines()) < 200

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from edgekd.backends import BACKENDS
-from edgekd.config.target import Target
-from edgekd.stages.export.int8_layouts import layout_path, write_u8s8
+from edgekd.backends import make_target
+from edgekd.stages.export.int8_layouts import write_u8s8
+from edgekd.artifacts.qdq_rules import layout_path
 from edgekd.stages.quantize.quantization import calibrate, export_qdq, quantize_model, QuantSpec
 
 TORCHVISION = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0",
@@ -65,7 +66,7 @@ def test_every_conv_and_matmul_runs_int8_on_both_cpu_runtimes(name, tmp_path):
 
     path, qmodel, x = int8_file(name, tmp_path, with_model=True)
     for backend, layout in (("onnxruntime", "u8s8"), ("openvino", "s8s8")):
-        target = Target(name=backend, backend=backend, threads=1)
+        target = make_target(name=backend, backend=backend, threads=1)
         counts = BACKENDS.get(backend)().compile(layout_path(path, layout), target).int8_layers()
         assert counts["total"] > 0
         assert counts["int8"] >= MIN_INT8_FRACTION * counts["total"], (backend, counts)

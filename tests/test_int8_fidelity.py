@@ -227,7 +227,7 @@ def test_the_onnx_runtime_layout_compares_op_by_op_past_the_quantizers_it_adds(t
     from torch import nn
 
     from edgekd.stages.export.int8_layouts import write_u8s8
-    from edgekd.stages.export.int8_placement import added_by_layout
+    from edgekd.artifacts.qdq_rules import added_by_layout
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(8, 8, 3, padding=1),

@@ -12,8 +12,9 @@ import torch
 from torch import nn
 
 from edgekd.backends import BACKENDS
-from edgekd.config.target import Target
-from edgekd.stages.export.int8_layouts import layout_path, write_u8s8
+from edgekd.backends import make_target
+from edgekd.stages.export.int8_layouts import write_u8s8
+from edgekd.artifacts.qdq_rules import layout_path
 from edgekd.stages.quantize.quantization import calibrate, export_qdq, quantize_model, QuantSpec
 
 
@@ -92,7 +93,7 @@ def test_onnx_runtime_runs_every_conv_int8_only_in_the_u8s8_layout(tmp_path):
         warnings.simplefilter("ignore")
         export_qdq(qmodel, x[:1], path, 17)
     write_u8s8(path, layout_path(path, "u8s8"))
-    target = Target(name="ort", backend="onnxruntime", threads=1)
+    target = make_target(name="ort", backend="onnxruntime", threads=1)
     backend = BACKENDS.get("onnxruntime")()
     s8_counts = backend.compile(path, target).int8_layers()
     u8_counts = backend.compile(layout_path(path, "u8s8"), target).int8_layers()
@@ -122,7 +123,7 @@ def test_onnx_runtime_names_each_float_layer_and_why_it_was_not_fused(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         export_qdq(qmodel, x[:1], path, 17)
-    counts = BACKENDS.get("onnxruntime")().compile(path, Target(name="ort", backend="onnxruntime")).int8_layers()
+    counts = BACKENDS.get("onnxruntime")().compile(path, make_target(name="ort", backend="onnxruntime")).int8_layers()
     floats = counts["float_layers"]
     assert len(floats) == counts["total"] - counts["int8"] > 0
     assert all("ORT fuses only equal activation types" in why for why in floats.values()), floats
@@ -151,7 +152,7 @@ def test_silu_and_hardswish_run_their_product_as_int8_mul_on_onnx_runtime(tmp_pa
 
 
 def test_hardswish_is_split_only_for_recipes_whose_targets_all_run_onnx_runtime():
-    from edgekd.config.target import Target as T
+    from edgekd.backends import make_target as T
     from edgekd.run.recipe import load_recipe
     from edgekd.run.targets import target_facts
     from edgekd.stages.base import resolve_stages
@@ -188,7 +189,8 @@ def test_the_onednn_layout_floats_exactly_the_convs_openvino_has_no_int8_kernel_
     """``s8s8-onednn`` (OpenVINO CPU): only the channel-multiplier conv reads float weights, the values of
     its INT8 grid, so the file computes what the s8s8 file computes; OpenVINO runs that conv in float,
     says why, and runs the other convs INT8. A model without such a conv gets no such file."""
-    from edgekd.stages.export.int8_layouts import ONEDNN_LAYOUT, onednn_float_convs, write_s8s8_onednn
+    from edgekd.stages.export.int8_layouts import onednn_float_convs, write_s8s8_onednn
+    from edgekd.artifacts.qdq_rules import ONEDNN_LAYOUT
 
     torch.manual_seed(0)
     x = torch.rand(16, 3, 16, 16)
@@ -206,7 +208,7 @@ def test_the_onednn_layout_floats_exactly_the_convs_openvino_has_no_int8_kernel_
         sum(n.op_type == "DequantizeLinear" for n in onnx.load(str(path)).graph.node) - 1  # its weights' DQ went
 
     pytest.importorskip("openvino", reason="openvino is the 'openvino' extra")
-    target = Target(name="ov", backend="openvino", threads=1)
+    target = make_target(name="ov", backend="openvino", threads=1)
     assert BACKENDS.get("openvino")().int8_layouts(target)[0] == ONEDNN_LAYOUT
     layers = BACKENDS.get("openvino")().compile(onednn, target).int8_layers()
     assert layers["float_by_layout"] == 1 and layers["int8"] == layers["total"] - 1, layers

@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 from edgekd.backends import BACKENDS
-from edgekd.config.target import Target
-from edgekd.stages.export.int8_layouts import layout_path
-from edgekd.stages.export.int8_placement import RULES, placement_problems
+from edgekd.backends import make_target
+from edgekd.artifacts.qdq_rules import layout_path
+from edgekd.stages.export.int8_placement import placement_problems
+from edgekd.artifacts.qdq_rules import RULES
 from edgekd.stages.quantize.quantization import FLOAT_PATH_TOLERANCE, calibrate, float_path_difference, quantize_model
 from tests.int8_files import int8_files
 from edgekd.stages.quantize.quantization import QuantSpec
@@ -89,7 +90,7 @@ def exported(model: nn.Module, tmp_path: Path, size: int = 16) -> Path:
 def int8_layers(path: Path) -> dict[str, dict]:
     counts = {}
     for backend, layout in (("onnxruntime", "u8s8"), ("openvino", "s8s8")):
-        compiled = BACKENDS.get(backend)().compile(layout_path(path, layout), Target(name=backend, backend=backend,
+        compiled = BACKENDS.get(backend)().compile(layout_path(path, layout), make_target(name=backend, backend=backend,
                                                                                       threads=1))
         counts[backend] = compiled.int8_layers()
     return counts
@@ -472,7 +473,7 @@ def test_a_gelu_runs_as_one_op_on_onnx_runtime(tmp_path):
     """torch exports GELU as Div, Erf, Add, Mul, Mul; ORT's optimizer fuses that into one Gelu op, except in
     a QDQ file, where it first copies the DequantizeLinear the Div and the Mul share (FastViT-T8: 17 GELUs
     as 85 float ops). The ONNX Runtime layout gets ORT's own fusion before any session sees it."""
-    from edgekd.stages.export.parity import sqnr_db
+    from edgekd.tasks.parity import sqnr_db
 
     class Gelus(nn.Module):
         def __init__(self) -> None:

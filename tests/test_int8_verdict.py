@@ -78,7 +78,7 @@ def test_interleaved_timing_does_not_keep_the_first_call_after_the_other_file_ra
 def test_near_tied_samples_do_not_decide_the_export_agreement():
     import numpy as np
 
-    from edgekd.stages.export.parity import decisive_agreement
+    from edgekd.tasks.parity import decisive_agreement
 
     rng = np.random.default_rng(0)
     reference = rng.normal(size=(100, 10)).astype(np.float32)
@@ -99,7 +99,7 @@ def test_the_int8_file_is_timed_against_fp32_with_both_sessions_not_spinning(tmp
     made without spinning, whatever the target says; the target itself is left as it was."""
     import torch
 
-    from edgekd.config.target import Target
+    from edgekd.backends import make_target
     from edgekd.measure.measurement import BackendPool
     from edgekd.measure.targets import versus_fp32
     from tests.int8_files import int8_files
@@ -121,7 +121,7 @@ def test_the_int8_file_is_timed_against_fp32_with_both_sessions_not_spinning(tmp
         return compiled
 
     backend.compile = recording
-    target = Target(name="cpu", backend="onnxruntime", threads=1, spinning=True)
+    target = make_target(name="cpu", backend="onnxruntime", threads=1, spinning=True)
     rows = {"m-int8": {"status": "ok", "precision": "int8", "warnings": []},
             "m-fp32": {"status": "ok", "precision": "fp32", "warnings": []}}
     timed = versus_fp32("m-int8", rows, {"m-int8": int8, "m-fp32": fp32}, target, pool)

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgekd.backends import BACKENDS
-from edgekd.config.target import Target
-from edgekd.stages.export.int8_layouts import layout_path
+from edgekd.backends import make_target
+from edgekd.artifacts.qdq_rules import layout_path
 from edgekd.stages.quantize.quantization import float_path_difference, FLOAT_PATH_TOLERANCE, quantize_model, QuantSpec
 from tests.int8_files import int8_files
 
@@ -106,7 +106,7 @@ def test_a_model_that_traces_only_in_parts_is_quantized_in_those_parts(spelling,
 
     qmodel, path = int8_files(model, x, tmp_path / "parts.onnx")  # quantized again, as the stages do
     for backend, layout in (("onnxruntime", "u8s8"), ("openvino", "s8s8")):
-        target = Target(name=backend, backend=backend, threads=1)
+        target = make_target(name=backend, backend=backend, threads=1)
         compiled = BACKENDS.get(backend)().compile(layout_path(path, layout), target)
         counts = compiled.int8_layers()
         assert counts["int8"] == counts["total"] == 6, (backend, counts)

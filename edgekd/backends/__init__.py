@@ -24,26 +24,34 @@ from ..config.target import COMMON_TARGET_KEYS, Target  # noqa: E402
 
 
 def checked_target(data: dict[str, Any]) -> Target:
-    """A target validated as a model and against its backend's capabilities (known backend, the option
-    keys it reads, its devices and precisions). Raises pydantic's ValidationError or ValueError with a
-    one-line reason."""
+    """A target validated as its backend's model (the common keys and that backend's options) and
+    against its ``Capabilities`` (its devices and precisions). Raises pydantic's ValidationError or
+    ValueError with a one-line reason."""
     backend = data.get("backend") if isinstance(data, dict) else None
     if isinstance(backend, str) and backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS.names())}")
-    target = Target.model_validate(data)
+    cls = BACKENDS.get(backend) if isinstance(backend, str) else None
+    if cls is not None:
+        foreign = sorted(k for k in data if k not in cls.target_model.model_fields)
+        others = {k for name in BACKENDS for k in BACKENDS.get(name).options()}
+        if foreign and all(k in others for k in foreign):  # another backend's option: say whose keys apply
+            keys = ", ".join(repr(k) for k in foreign)
+            raise ValueError(f"{'key ' + keys + ' does' if len(foreign) == 1 else 'keys ' + keys + ' do'} not "
+                             f"apply to backend '{backend}'; its keys: {', '.join(COMMON_TARGET_KEYS + cls.options())}")
+    target = (cls.target_model if cls is not None else Target).model_validate(data)
     caps = BACKENDS.get(target.backend).capabilities
-    foreign = sorted(k for k in target.model_fields_set if k not in COMMON_TARGET_KEYS and k not in caps.options)
-    if foreign:
-        keys = ", ".join(repr(k) for k in foreign)
-        raise ValueError(f"{'key ' + keys + ' does' if len(foreign) == 1 else 'keys ' + keys + ' do'} not apply "
-                         f"to backend '{target.backend}'; its keys: {', '.join(COMMON_TARGET_KEYS + caps.options)}")
     if target.device.split(".")[0].upper() not in caps.devices:
         raise ValueError(f"device {target.device!r} is not supported by backend '{target.backend}'; "
                          f"valid: {', '.join(caps.devices)}")
-    if "precision" in target.model_fields_set and target.precision not in caps.precisions:
-        raise ValueError(f"precision {target.precision!r} is not supported by backend '{target.backend}'; "
-                         f"valid: {', '.join(caps.precisions)}")
+    if "precision" in target.model_fields_set and getattr(target, "precision") not in caps.precisions:
+        raise ValueError(f"precision {getattr(target, 'precision')!r} is not supported by backend "
+                         f"'{target.backend}'; valid: {', '.join(caps.precisions)}")
     return target
+
+
+def make_target(**keys: Any) -> Target:
+    """A target from keyword arguments, as a target file would give them (its backend's model)."""
+    return checked_target(keys)
 
 
 def load_target(name_or_path: str | Path) -> Target:
@@ -53,7 +61,9 @@ def load_target(name_or_path: str | Path) -> Target:
     try:
         return checked_target(data)
     except ValidationError as exc:
-        raise TargetError(format_validation_error(path, exc, Target)) from None
+        backend = data.get("backend")
+        model = BACKENDS.get(backend).target_model if isinstance(backend, str) and backend in BACKENDS else Target
+        raise TargetError(format_validation_error(path, exc, model)) from None
     except ValueError as exc:
         raise TargetError(f"{path}: {exc}") from None
 
@@ -70,4 +80,4 @@ def check_runs_here(target: Target) -> Target:
 
 
 __all__ = ["BACKENDS", "Backend", "CompiledModel", "Target", "check_runs_here", "checked_target", "evaluate_accuracy",
-           "load_target", "predict"]
+           "load_target", "make_target", "predict"]

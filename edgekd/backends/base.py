@@ -21,13 +21,12 @@ from ..config.target import Target
 
 @dataclass(frozen=True)
 class Capabilities:
-    """What a backend supports: device names (upper case; ``GPU.1`` matches ``GPU``), the target keys
-    it reads beyond the common ones, and the values its ``precision`` key takes."""
+    """What a backend supports: device names (upper case; ``GPU.1`` matches ``GPU``) and the values its
+    ``precision`` key takes (its other keys are its ``target_model``'s fields)."""
 
     devices: tuple[str, ...]
-    options: tuple[str, ...] = ()
     precisions: tuple[str, ...] = ()
-    # (device, INT8 layout of edgekd.stages.export.int8_layouts), best first, where a device's kernels want another
+    # (device, INT8 layout: edgekd.artifacts.qdq_rules.LAYOUTS), best first, where a device's kernels want another
     # than s8s8
     int8_layouts: tuple[tuple[str, str], ...] = ()
     # "signed": its INT8 takes only signed activations with zero point 0 (TensorRT's explicit quantization),
@@ -86,7 +85,13 @@ class Backend(ABC):
     name: str
     pip_extra: str
     capabilities: Capabilities
+    target_model: type[Target] = Target  # its target keys: the common ones and its own options
     file_suffix: str = ".onnx"  # the exported file this backend runs
+
+    @classmethod
+    def options(cls) -> tuple[str, ...]:
+        """The target keys this backend reads beyond the common ones."""
+        return tuple(k for k in cls.target_model.model_fields if k not in Target.model_fields)
 
     def __init__(self, *, trust_checkpoint: bool = False, allow_globals: tuple[str, ...] = ()) -> None:
         # Whether a file this backend opens may run code from itself (only torch programs can): the

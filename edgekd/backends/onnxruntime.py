@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from pydantic import Field
+
 from ..errors import BackendError, BackendUnavailable, first_line
 from .base import Backend, Capabilities, CompiledModel
 from .inputs import ShapeRequest, graph_inputs, reshaped_onnx, resolve_shapes
@@ -101,10 +103,18 @@ class OrtModel(CompiledModel):
         return result
 
 
+class OnnxRuntimeTarget(Target):
+    """An ONNX Runtime target's own keys."""
+
+    inter_op_threads: int = Field(1, ge=1, description="onnxruntime inter-op threads (sequential execution: 1)")
+    spinning: bool = Field(True, description="onnxruntime: worker threads spin between ops (its default)")
+
+
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
     pip_extra = ""
-    capabilities = Capabilities(devices=("CPU", "CUDA", "TENSORRT"), options=("inter_op_threads", "spinning"),
+    target_model = OnnxRuntimeTarget
+    capabilities = Capabilities(devices=("CPU", "CUDA", "TENSORRT"),
                                 # transformers: the dynamic layout where written (export writes it for text models)
                                 int8_layouts=(("CPU", "dynamic"), ("CPU", "u8s8"), ("CUDA", "u8s8")), hardswish="split")
 
@@ -144,7 +154,7 @@ def _static_dims_change(path: Path, shapes: dict[str, tuple[int, ...]]) -> bool:
 def float_layer_causes(graph: Any, names: list[str]) -> dict[str, str]:
     """Layer name -> why ONNX Runtime's QDQ fusion (``DQ -> op -> Q``, equal activation types) left it in
     float, read off the file's own graph; names ORT made up for fused nodes are matched by prefix."""
-    from ..stages.export.int8_placement import links, shared_requantizer, unfolded_clamp
+    from ..artifacts.qdq_rules import links, shared_requantizer, unfolded_clamp
 
     producer, readers = links(graph)
     zero_type = {i.name: i.data_type for i in graph.initializer}

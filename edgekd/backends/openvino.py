@@ -9,9 +9,11 @@ reports is what the report shows.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+
+from pydantic import Field
 
 from ..errors import BackendError, first_line
 from .base import Backend, Capabilities, CompiledModel
@@ -133,8 +135,8 @@ class OvModel(CompiledModel):
         and why; any other float layer of an INT8 file is the runtime's own choice."""
         import onnx
 
-        from ..stages.export.int8_layouts import ONEDNN_LAYOUT
-        from ..stages.export.int8_placement import RULES, links
+        from ..artifacts.qdq_rules import ONEDNN_LAYOUT
+        from ..artifacts.qdq_rules import RULES, links
 
         graph = onnx.load(str(self._path), load_external_data=False).graph
         producer, _ = links(graph)
@@ -159,10 +161,21 @@ class OvModel(CompiledModel):
         return out
 
 
+class OpenVINOTarget(Target):
+    """An OpenVINO target's own keys."""
+
+    precision_hint: Literal["f32", "bf16", "f16"] | None = Field(
+        None, description="OpenVINO INFERENCE_PRECISION_HINT; pinned because AMX CPUs default to bf16")
+    streams: int = Field(1, ge=1, description="OpenVINO NUM_STREAMS")
+    pinning: bool | None = Field(None, description="OpenVINO ENABLE_CPU_PINNING; None keeps OpenVINO's choice")
+    cache: bool = Field(True, description="OpenVINO CACHE_DIR under $EDGEKD_CACHE")
+
+
 class OpenVINOBackend(Backend):
     name = "openvino"
     pip_extra = ""
-    capabilities = Capabilities(devices=("CPU", "GPU"), options=("precision_hint", "streams", "pinning", "cache"),
+    target_model = OpenVINOTarget
+    capabilities = Capabilities(devices=("CPU", "GPU"),
                                 int8_layouts=(("CPU", "s8s8-onednn"),))
 
     def __init__(self, *, trust_checkpoint: bool = False, allow_globals: tuple[str, ...] = ()) -> None:

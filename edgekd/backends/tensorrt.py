@@ -20,9 +20,11 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+
+from pydantic import Field
 
 from ..errors import BackendError, BackendUnavailable
 from ..fileio import write_bytes, write_json
@@ -179,10 +181,20 @@ class TrtModel(CompiledModel):
         return {"int8": sum(p == "int8" for p in layers.values()), "total": len(layers), "layers": layers}
 
 
+class TensorRTTarget(Target):
+    """A TensorRT target's own keys."""
+
+    precision: Literal["fp32", "fp16", "int8"] = Field(
+        "fp16", description="TensorRT: fp16 enables FP16 kernels; int8 also runs a QDQ graph's INT8 layers")
+    workspace_mb: int = Field(1024, ge=16, description="TensorRT builder workspace")
+    cache: bool = Field(True, description="TensorRT engine cache under $EDGEKD_CACHE")
+
+
 class TensorRTBackend(Backend):
     name = "tensorrt"
     pip_extra = "tensorrt"
-    capabilities = Capabilities(devices=("GPU",), options=("precision", "workspace_mb", "cache"),
+    target_model = TensorRTTarget
+    capabilities = Capabilities(devices=("GPU",),
                                 precisions=("fp32", "fp16", "int8"), int8_input="signed")
 
     def availability(self) -> tuple[bool, str]:

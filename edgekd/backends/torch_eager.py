@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from pydantic import Field
+
 from ..errors import BackendUnavailable, InputError
 from .base import Backend, Capabilities, CompiledModel
 from .inputs import GraphInput, ShapeRequest
@@ -84,11 +86,18 @@ class TorchModel(CompiledModel):
         return {"int8": 0, "total": None, "note": "torch runs the float graph"}
 
 
+class TorchTarget(Target):
+    """A torch target's own keys."""
+
+    torch_compile: bool = Field(False, description="torch: run the program through torch.compile (else eager)")
+
+
 class TorchBackend(Backend):
     name = "torch"
     pip_extra = ""
     file_suffix = ".pt2"
-    capabilities = Capabilities(devices=("CPU", "CUDA"), options=("torch_compile",))
+    target_model = TorchTarget
+    capabilities = Capabilities(devices=("CPU", "CUDA"))
 
     def availability(self) -> tuple[bool, str]:
         try:

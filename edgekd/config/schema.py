@@ -17,7 +17,7 @@ from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationE
                       model_validator)
 
 from .target import COMMON_TARGET_KEYS, FileName, LatencySpec, Target  # noqa: F401  (re-exported)
-from ..errors import BudgetError, EdgekdError, RecipeError, TargetError
+from ..errors import BudgetError, EdgekdError, RecipeError
 from ..registry import Registry
 from ..tasks import TASKS
 from ..fileio import LIMITS

@@ -1,13 +1,14 @@
-"""What a target file says: the backend, its device, its options and how latency is measured.
+"""What a target file says: the backend, its device, how latency is measured, and the backend's options.
 
-The backends own this model (they are what reads it); ``config.load_target`` validates a file against
-it and then against the named backend's ``Capabilities`` (``backends.checked_target``). Nothing here
-imports a backend, so the backends can import it without a circle.
+``Target`` holds the keys every target has; each backend extends it with its own options
+(``OnnxRuntimeTarget``, ``OpenVINOTarget``, ... beside the backend that reads them), and
+``backends.load_target`` validates a file against its backend's model and ``Capabilities``. Nothing
+here imports a backend, so the backends can import it without a circle.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -61,10 +62,9 @@ FileName = Annotated[str, AfterValidator(_file_name)]
 
 
 class Target(_Strict):
-    """A hardware target: a backend, its device and settings. Keys beyond ``COMMON_TARGET_KEYS`` are
-    backend options; each backend's ``Capabilities`` says which it takes, and which devices and
-    precisions it supports, and ``backends.checked_target`` refuses a target at load time rather than
-    when it first runs."""
+    """A hardware target: a backend, its device and the keys every target has (``COMMON_TARGET_KEYS``).
+    A backend's own options are fields of its subclass (``Backend.target_model``); ``backends.checked_target``
+    builds that subclass and refuses a key its backend does not read, a device or precision it lacks."""
 
     name: FileName
     description: str = ""
@@ -72,20 +72,8 @@ class Target(_Strict):
     device: str = "CPU"
     threads: int = Field(2, ge=1)
     latency: LatencySpec = LatencySpec()
-    # onnxruntime
-    inter_op_threads: int = Field(1, ge=1, description="onnxruntime inter-op threads (sequential execution: 1)")
-    spinning: bool = Field(True, description="onnxruntime: worker threads spin between ops (its default)")
-    # openvino
-    precision_hint: Literal["f32", "bf16", "f16"] | None = Field(
-        None, description="OpenVINO INFERENCE_PRECISION_HINT; pinned because AMX CPUs default to bf16"
-    )
-    streams: int = Field(1, ge=1, description="OpenVINO NUM_STREAMS")
-    pinning: bool | None = Field(None, description="OpenVINO ENABLE_CPU_PINNING; None keeps OpenVINO's choice")
-    cache: bool = Field(True, description="OpenVINO CACHE_DIR / TensorRT engine cache under $EDGEKD_CACHE")
-    # tensorrt
-    precision: Literal["fp32", "fp16", "int8"] = Field(
-        "fp16", description="TensorRT: fp16 enables FP16 kernels; int8 also runs a QDQ graph's INT8 layers"
-    )
-    workspace_mb: int = Field(1024, ge=16, description="TensorRT builder workspace")
-    # torch
-    torch_compile: bool = Field(False, description="torch: run the program through torch.compile (else eager)")
+
+    def with_options(self, **options: object) -> "Target":
+        """A copy with those of ``options`` that this target's backend reads set (others are ignored: a
+        measurement asks every target for "no spinning" or "no cache" without knowing its backend)."""
+        return self.model_copy(update={k: v for k, v in options.items() if k in type(self).model_fields})

@@ -16,7 +16,7 @@ import numpy as np
 from ..backends import BACKENDS, Backend, check_runs_here, checked_target, predict
 from ..backends.inputs import FeedSpec, ShapeRequest, feed_for, with_batch
 from .int8_verdict import judge
-from ..stages.export.parity import parity
+from ..tasks.parity import parity
 from .latency import LatencyStats, measure_latency, peak_rss_mb, reset_peak_rss, rss_mb, throughput, time_calls, warm_up
 from ..fileio import file_sha256 as fingerprint_sha256
 from .fingerprint import fingerprint
@@ -240,7 +240,7 @@ def latency_probe(target: Target, pool: BackendPool, windows: int = 3) -> Callab
         raise BackendUnavailable(f"target {target.name}: backend {target.backend} is unavailable ({why})")
 
     spec = target.latency.model_copy(update={"min_seconds": 0.0})  # many short windows beat one long one
-    target = target.model_copy(update={"cache": False})  # each candidate is compiled once: no blob to keep
+    target = target.with_options(cache=False)  # each candidate is compiled once: no blob to keep
 
     def p50_ms(path: Path) -> float:
         compiled = backend.compile(path, target)

@@ -68,7 +68,7 @@ def versus_fp32(name: str, results: dict[str, dict[str, Any]], files: dict[str, 
     # two sessions taking turns on one machine: with spinning worker threads each session's pool keeps
     # spinning into the other's calls (ORT: mnasnet0_5 INT8/FP32 timed 0.53, 0.96, 0.87 in turns of 1, 5
     # and 20 calls, 0.93 alone); without spinning the turns give 0.90-0.94. The ratio is what is judged.
-    quiet = target.model_copy(update={"spinning": False})
+    quiet = target.with_options(spinning=False)
     try:
         from ..backends.inputs import resolve_shapes
 

@@ -12,7 +12,7 @@ from ..artifacts.artifact import Artifact, in_run
 from ..config.schema import Recipe
 from ..fileio import atomic_path
 from ..models.checkpoint import LoadedCheckpoint
-from ..stages.export.int8_layouts import layout_path
+from ..artifacts.qdq_rules import layout_path
 from ..version import __version__
 
 

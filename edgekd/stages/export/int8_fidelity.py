@@ -141,7 +141,7 @@ def own_rounding_db(qmodel: Any, x: Any, samples: int = 16) -> float | None:
 
     import torch
 
-    from .parity import sqnr_db
+    from ...tasks.parity import sqnr_db
 
     batch = x[:samples].detach().cpu()
     try:
@@ -163,7 +163,7 @@ def localize(path: Any, qmodel: Any, x: Any) -> Localization:
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
-    from .int8_placement import added_by_layout
+    from ...artifacts.qdq_rules import added_by_layout
     from ...data.packed import packed_feed
 
     model = onnx.load(str(path))

@@ -15,7 +15,7 @@ does this shift (ORT's quantizer picks types before it places nodes, from float 
 lines here; the graph walking uses ``onnxruntime.quantization``'s ``ONNXModel``.
 
 ``s8s8-onednn`` is OpenVINO CPU's: the s8s8 file with the convs its kernels run INT8 only in a slow
-fallback (``int8_placement.RULES``) reading their weights as float values of the same grid. It is
+fallback (``artifacts.qdq_rules.RULES``) reading their weights as float values of the same grid. It is
 written only for a model that has such convs; elsewhere OpenVINO CPU runs the s8s8 file.
 """
 
@@ -25,18 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-# layout -> what it is; the s8s8 file is the variant's main file (models/<variant>.onnx)
-LAYOUTS = {"s8s8": "symmetric INT8 activations and weights (TensorRT, OpenVINO)",
-           "u8s8": "UINT8 activations (zero point 128), INT8 weights (ONNX Runtime CPU)",
-           "s8s8-onednn": "s8s8, with the convs OpenVINO's CPU kernels (oneDNN) have no fast INT8 kernel for "
-                          "in float (written only for models that have such convs)"}
-DEFAULT_LAYOUT = "s8s8"
-ONEDNN_LAYOUT = "s8s8-onednn"
-
-
-def layout_path(path: Path, layout: str) -> Path:
-    """Where the ``layout`` file of the INT8 file ``path`` lives: beside it, ``<stem>.<layout>.onnx``."""
-    return path if layout == DEFAULT_LAYOUT else path.with_name(f"{path.stem}.{layout}{path.suffix}")
+from ...artifacts.qdq_rules import ONEDNN_LAYOUT
 
 
 def write_u8s8(src: Path, dst: Path) -> int:

@@ -30,9 +30,9 @@ from ...errors import StageError, first_line
 from .exporting import export_fp32, export_program
 from ...progress import console
 from ...fileio import atomic_path
-from .int8_layouts import (DYNAMIC_LAYOUT, ONEDNN_LAYOUT, layout_path, onednn_float_convs, write_dynamic,
-                           write_s8s8_onednn, write_u8s8)
-from .parity import decisive_agreement, parity
+from .int8_layouts import DYNAMIC_LAYOUT, onednn_float_convs, write_dynamic, write_s8s8_onednn, write_u8s8
+from ...artifacts.qdq_rules import ONEDNN_LAYOUT, layout_path
+from ...tasks.parity import decisive_agreement, parity
 from ..quantize.quantization import export_qdq
 from ...data.packed import packed_feed
 from ...models.text import TextModel
@@ -211,7 +211,7 @@ def judge_exact(path: Path, ref: np.ndarray, got: np.ndarray, x: torch.Tensor, c
     the model's integers from its own inputs: the logits' gap is rounding the network amplifies); or
     diverges, a StageError naming the op."""
     from .int8_fidelity import localize, own_rounding_db, worst_sample
-    from .parity import sqnr_db
+    from ...tasks.parity import sqnr_db
 
     sqnr = sqnr_db(ref, got)
     if sqnr >= cfg.int8_min_sqnr_db:
