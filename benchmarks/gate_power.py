@@ -32,7 +32,7 @@ import torch
 def export(size: int, path: Path) -> Path:
     import torchvision
 
-    from edgekd.stages.export.exporting import export_fp32
+    from edgekd.stages.exporting import export_fp32
 
     torch.manual_seed(0)
     model = torchvision.models.resnet18(num_classes=10).eval()

@@ -165,7 +165,8 @@ def edgekd_int8(model: torch.nn.Module, calibration: torch.Tensor, path: Path,
     ``bias_correction``: the stage's option of that name."""
     from edgekd.stages.export.int8_layouts import onednn_float_convs, write_s8s8_onednn, write_u8s8
     from edgekd.artifacts.qdq_rules import ONEDNN_LAYOUT, layout_path
-    from edgekd.stages.quantize.quantization import calibrate, export_qdq, quantize_model
+    from edgekd.stages.quantize.quantization import calibrate, quantize_model
+    from edgekd.stages.export.int8_layouts import export_qdq
 
     began = time.perf_counter()
     # the stage's input_quant: auto (unsigned when the data is never negative)

@@ -36,7 +36,7 @@ from edgekd.config.schema import Recipe
 from edgekd.backends import load_target
 from edgekd.data import build_splits
 from edgekd.train.default_teacher import ARCH, DATA, default_teacher
-from edgekd.stages.export.exporting import export_fp32
+from edgekd.stages.exporting import export_fp32
 from edgekd.measure.measurement import BackendPool, latency_probe
 from edgekd.stages.channels import prune_channels
 from edgekd.stages.channels import Cut

@@ -37,7 +37,8 @@ from edgekd.errors import StageError
 from edgekd.stages.quantize.mixed_precision import search
 from edgekd.train.objective import Objective, build_objective
 from edgekd.stages.channels import uniform_width
-from edgekd.stages.quantize.quantization import calibrate, export_qdq, layer_names, quantize_model, QuantSpec
+from edgekd.stages.quantize.quantization import calibrate, layer_names, quantize_model, QuantSpec
+from edgekd.stages.export.int8_layouts import export_qdq
 from edgekd.train.evaluate import accuracy
 from edgekd.train.loop import fit, LoopSettings
 from edgekd.train.teacher_outputs import TeacherRun

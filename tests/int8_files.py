@@ -9,7 +9,8 @@ import torch
 
 from edgekd.stages.export.int8_layouts import write_u8s8
 from edgekd.artifacts.qdq_rules import layout_path
-from edgekd.stages.quantize.quantization import calibrate, export_qdq, quantize_model, QuantSpec
+from edgekd.stages.quantize.quantization import calibrate, quantize_model, QuantSpec
+from edgekd.stages.export.int8_layouts import export_qdq
 
 
 def int8_files(model: torch.nn.Module, x: torch.Tensor, path: Path) -> tuple[torch.nn.Module, Path]:

@@ -232,7 +232,7 @@ def test_no_torch_program_is_written_when_no_torch_target_runs(tiny_run):
 
 
 def test_bench_takes_a_pt2_program_for_torch_targets_only(tmp_path):
-    from edgekd.stages.export.exporting import export_program
+    from edgekd.stages.exporting import export_program
 
     program = tmp_path / "m.pt2"
     export_program(Plain().eval(), torch.randn(1, 3, 16, 16), program)
@@ -277,7 +277,7 @@ def test_bench_refuses_a_planted_pt2_without_running_it(tmp_path):
     planted one ran code under `edgekd bench`. Now nothing runs and the refusal names the global."""
     from edgekd.models.checkpoint import load_exported_program
     from edgekd.errors import CheckpointError
-    from edgekd.stages.export.exporting import export_program
+    from edgekd.stages.exporting import export_program
 
     clean, evil, marker = tmp_path / "m.pt2", tmp_path / "evil.pt2", tmp_path / "PWNED"
     export_program(Plain().eval(), torch.randn(1, 3, 16, 16), clean)
@@ -298,7 +298,7 @@ def test_bench_refuses_a_planted_pt2_without_running_it(tmp_path):
 
 def test_bench_runs_a_planted_pt2_only_with_trust_checkpoint(tmp_path):
     """The opt-in is explicit: --trust-checkpoint loads what the user vouches for (and so runs it)."""
-    from edgekd.stages.export.exporting import export_program
+    from edgekd.stages.exporting import export_program
 
     clean, evil, marker = tmp_path / "m.pt2", tmp_path / "evil.pt2", tmp_path / "PWNED"
     export_program(Plain().eval(), torch.randn(1, 3, 16, 16), clean)
@@ -309,7 +309,7 @@ def test_bench_runs_a_planted_pt2_only_with_trust_checkpoint(tmp_path):
 
 def test_torch_compile_runs_the_program_and_matches_eager(tmp_path):
     from edgekd.backends.torch_eager import cxx_compiler
-    from edgekd.stages.export.exporting import export_program
+    from edgekd.stages.exporting import export_program
 
     if cxx_compiler() is None:
         pytest.skip("torch.compile on the CPU needs a C++ compiler; none on PATH")

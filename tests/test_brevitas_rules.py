@@ -67,7 +67,8 @@ def test_a_same_padded_conv_exports_as_one_int8_conv_with_asymmetric_pads(tmp_pa
     from edgekd.backends import make_target
     from edgekd.stages.export.int8_layouts import write_u8s8
     from edgekd.artifacts.qdq_rules import layout_path
-    from edgekd.stages.quantize.quantization import calibrate, export_qdq
+    from edgekd.stages.quantize.quantization import calibrate
+    from edgekd.stages.export.int8_layouts import export_qdq
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU6(), nn.ZeroPad2d((0, 1, 0, 1)),

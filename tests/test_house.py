@@ -158,3 +158,18 @@ def test_functions_stay_short_and_take_few_parameters():
 
 def test_the_orchestrator_stays_small():
     assert len((PACKAGE / "run" / "pipeline.py").read_text(encoding="utf-8").splitlines()) < 200
+
+
+def test_a_stage_folder_imports_no_other_stage_folder():
+    """What two stages share lives beside them in ``stages/`` (channels, exporting, students, ...), so a
+    stage's folder is the whole of that stage."""
+    folders = {p.name for p in (PACKAGE / "stages").iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    bad = []
+    for rel, tree in sources().items():
+        parts = Path(rel).parts
+        if len(parts) < 3 or parts[0] != "stages":
+            continue
+        bad += [f"{rel} imports {m}" for m in imported_modules(rel, tree)
+                if m.split(".")[1:2] == ["stages"] and len(m.split(".")) > 2 and m.split(".")[2] in folders
+                and m.split(".")[2] != parts[1]]
+    assert not bad, bad

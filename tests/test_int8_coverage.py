@@ -18,7 +18,8 @@ from edgekd.backends import BACKENDS
 from edgekd.backends import make_target
 from edgekd.stages.export.int8_layouts import write_u8s8
 from edgekd.artifacts.qdq_rules import layout_path
-from edgekd.stages.quantize.quantization import calibrate, export_qdq, quantize_model, QuantSpec
+from edgekd.stages.quantize.quantization import calibrate, quantize_model, QuantSpec
+from edgekd.stages.export.int8_layouts import export_qdq
 
 TORCHVISION = ["resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "mobilenet_v3_large", "efficientnet_b0",
                "regnet_x_400mf", "shufflenet_v2_x1_0", "convnext_tiny",

@@ -13,7 +13,8 @@ import torch
 from edgekd.stages.export.config import ExportConfig
 from edgekd.errors import StageError
 from edgekd.stages.export.int8_fidelity import localize, model_quantizer_outputs, own_rounding_db
-from edgekd.stages.quantize.quantization import calibrate, export_qdq, INT32_BIAS_LIMIT, quantize_model, QuantSpec
+from edgekd.stages.quantize.quantization import calibrate, INT32_BIAS_LIMIT, quantize_model, QuantSpec
+from edgekd.stages.export.int8_layouts import export_qdq
 from edgekd.stages.export.stage import TorchSide, compare_with_torch
 from tests.models import ResidualCNN
 

@@ -15,7 +15,8 @@ from edgekd.backends import BACKENDS
 from edgekd.backends import make_target
 from edgekd.stages.export.int8_layouts import write_u8s8
 from edgekd.artifacts.qdq_rules import layout_path
-from edgekd.stages.quantize.quantization import calibrate, export_qdq, quantize_model, QuantSpec
+from edgekd.stages.quantize.quantization import calibrate, quantize_model, QuantSpec
+from edgekd.stages.export.int8_layouts import export_qdq
 
 
 class InvertedResidual(nn.Module):

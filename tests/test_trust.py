@@ -210,7 +210,7 @@ def plant(clean: Path, planted: Path, carrier: str, payload: bytes) -> None:
 def clean_program(tmp_path_factory) -> Path:
     import torch
 
-    from edgekd.stages.export.exporting import export_program
+    from edgekd.stages.exporting import export_program
 
     path = tmp_path_factory.mktemp("pt2") / "clean.pt2"
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU()).eval()

@@ -17,7 +17,8 @@ from edgekd.stages.export.config import ExportConfig
 from edgekd.data import build_splits
 from edgekd.errors import StageError
 from edgekd.stages.export.onnx_folds import fold_constant_clips
-from edgekd.stages.quantize.quantization import calibrate, export_qdq, quantize_model, QuantSpec
+from edgekd.stages.quantize.quantization import calibrate, quantize_model, QuantSpec
+from edgekd.stages.export.int8_layouts import export_qdq
 from edgekd.stages.export.stage import TorchSide, compare_with_torch
 
 

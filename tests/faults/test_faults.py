@@ -64,7 +64,7 @@ def npz_data(path: Path, x: np.ndarray | None = None) -> Path:
 
 # ------------------------------------------------------------------ 1. nothing from untrusted files runs
 def test_a_planted_pt2_given_to_bench_is_refused_and_runs_nothing(tmp_path):
-    from edgekd.stages.export.exporting import export_program
+    from edgekd.stages.exporting import export_program
 
     from ..test_bench import Plain, plant_pt2
 
@@ -145,7 +145,7 @@ def test_one_nan_pixel_in_the_data_is_exit_2_naming_the_sample(tmp_path, target,
 def test_nan_parity_is_a_failed_export_not_a_pass(tmp_path):
     from edgekd.stages.export.config import ExportConfig
     from edgekd.errors import StageError
-    from edgekd.stages.export.exporting import export_fp32
+    from edgekd.stages.exporting import export_fp32
     from edgekd.stages.export.stage import TorchSide, compare_with_torch
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 4)).eval()

@@ -24,8 +24,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
+from torch import nn
 
 from ...artifacts.qdq_rules import ONEDNN_LAYOUT
+from ..exporting import INPUT_NAME, OUTPUT_NAME
+from .onnx_folds import fold_constant_clips, fold_pads_into_convs, initializers_out_of_inputs
 
 
 def write_u8s8(src: Path, dst: Path) -> int:
@@ -180,3 +184,21 @@ def write_dynamic(src: Path, dst: Path) -> int:
         quantize_dynamic(str(floated), str(dst), weight_type=QuantType.QInt8, per_channel=True,
                          op_types_to_quantize=["MatMul"])
     return sum(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in onnx.load(str(dst)).graph.node)
+
+
+def export_qdq(qmodel: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    """Export a fake-quantized model as QDQ ONNX (QuantizeLinear / DequantizeLinear pairs)."""
+    import onnx
+    from brevitas.export import export_onnx_qcdq
+
+    from ...data.packed import export_signature
+    from .int8_placement import float_dequantized_constants
+
+    qmodel.eval()
+    args, names, axes = export_signature(example, INPUT_NAME, OUTPUT_NAME)
+    export_onnx_qcdq(qmodel, args if len(args) > 1 else example, export_path=str(path), dynamo=False,
+                     opset_version=opset, input_names=names, output_names=[OUTPUT_NAME], dynamic_axes=axes)
+    model = onnx.load(str(path))
+    if (fold_constant_clips(model) + initializers_out_of_inputs(model) + fold_pads_into_convs(model)
+            + float_dequantized_constants(model, "s8s8")):  # Brevitas writes the s8s8 layout
+        onnx.save(model, str(path))

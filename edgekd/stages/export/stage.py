@@ -27,13 +27,13 @@ from torch import nn
 from ...artifacts.artifact import Artifact, config_hash, count_params_macs, onnx_size_bytes
 from .config import ExportConfig
 from ...errors import StageError, first_line
-from .exporting import export_fp32, export_program
+from ..exporting import export_fp32, export_program
 from ...progress import console
 from ...fileio import atomic_path
 from .int8_layouts import DYNAMIC_LAYOUT, onednn_float_convs, write_dynamic, write_s8s8_onednn, write_u8s8
 from ...artifacts.qdq_rules import ONEDNN_LAYOUT, layout_path
 from ...tasks.parity import decisive_agreement, parity
-from ..quantize.quantization import export_qdq
+from .int8_layouts import export_qdq
 from ...data.packed import packed_feed
 from ...models.text import TextModel
 from ...artifacts.onnx_files import write_metadata

@@ -21,7 +21,7 @@ from ...artifacts.artifact import Artifact, config_hash, count_params_macs, save
 from ...config.schema import LossTerm, StudentSpec
 from .config import PruneConfig, SparseTraining
 from ...errors import EdgekdError, RecipeError, StageError, first_line
-from ..export.exporting import export_fp32
+from ..exporting import export_fp32
 from ..layer_patterns import match_layers
 from ...losses.base import DistillTerm
 from ...progress import console

@@ -28,12 +28,10 @@ from ...artifacts.artifact import Artifact
 from ..base import REBUILDERS
 from .brevitas_rules import brevitas_rules, residual_budget
 from ...errors import StageError, first_line
-from ..export.onnx_folds import fold_constant_clips, fold_pads_into_convs, initializers_out_of_inputs
 from .quant_capture import (QUANTIZABLE, chunks_as_functions, constant_layers, drop_identities, plain_layers,
                             matmul_inputs_quantized, quant_tensor_safe, quantizable_attention,
                             shape_quantizers_removed, sliced_outputs_quantized, traced_parts)
 
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 # Brevitas imports torch.utils.cpp_extension, which warns "No CUDA runtime is found" on every CPU-only
 # run of a CUDA build of torch; edgekd never compiles extensions, so that line is noise to users.
@@ -628,24 +626,6 @@ def fit_biases_in_int32(qmodel: nn.Module, x: torch.Tensor) -> list[str]:
     if changed:  # Brevitas caches each bias' scale from the last forward, and export reads that cache
         qmodel(x)
     return changed
-
-
-def export_qdq(qmodel: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
-    """Export a fake-quantized model as QDQ ONNX (QuantizeLinear / DequantizeLinear pairs)."""
-    import onnx
-    from brevitas.export import export_onnx_qcdq
-
-    from ..export.int8_placement import float_dequantized_constants
-    from ...data.packed import export_signature
-
-    qmodel.eval()
-    args, names, axes = export_signature(example, INPUT_NAME, OUTPUT_NAME)
-    export_onnx_qcdq(qmodel, args if len(args) > 1 else example, export_path=str(path), dynamo=False,
-                     opset_version=opset, input_names=names, output_names=[OUTPUT_NAME], dynamic_axes=axes)
-    model = onnx.load(str(path))
-    if (fold_constant_clips(model) + initializers_out_of_inputs(model) + fold_pads_into_convs(model)
-            + float_dequantized_constants(model, "s8s8")):  # Brevitas writes the s8s8 layout
-        onnx.save(model, str(path))
 
 
 def rebuild_int8(artifact: Artifact, float_parent: nn.Module) -> nn.Module:

@@ -1,4 +1,6 @@
-"""FP32 ONNX export with the settings every edgekd file shares (INT8 goes through ``export_qdq``)."""
+"""ONNX and torch.export files with the settings every edgekd file shares: the input and output names,
+the TorchScript exporter, text models' three inputs (INT8 goes through ``export/int8_layouts.export_qdq``).
+Shared by the export stage, prune's latency probes and preflight."""
 
 from __future__ import annotations
 
@@ -8,13 +10,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..quantize.quantization import INPUT_NAME, OUTPUT_NAME
+INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
 def export_fp32(model: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
     """TorchScript exporter (``dynamo=False``, INT8-NOTES trap 4), batch 1, named input and output; a
     text model with its three named inputs and dynamic batch and sequence axes (``text.export_signature``)."""
-    from ...data.packed import export_signature
+    from ..data.packed import export_signature
 
     args, names, axes = export_signature(example, INPUT_NAME, OUTPUT_NAME)
     with warnings.catch_warnings():
