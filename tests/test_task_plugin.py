@@ -93,3 +93,32 @@ def test_a_custom_metric_function_scores_a_classification_run(tiny_teacher, tiny
     assert missing.exit_code == 2 and "metric 'my_metrics:nothing': cannot import my_metrics.nothing" in missing.output
     elsewhere = run(tmp_path / "d", tiny_teacher, tiny_files["ort"], task="embedding", metric="my_metrics:balanced")[0]
     assert elsewhere.exit_code == 2 and "a custom metric function is for classification" in elsewhere.output
+
+
+def test_an_embedding_cnn_keeps_the_teachers_width_through_pruning_and_a_width_student(tmp_path, tiny_files):
+    """The task says which width a student keeps: an embedding CNN (16-wide outputs on 4-class data) is
+    pruned and narrowed everywhere but the layer that makes its embedding, and every model is scored by
+    cosine to the teacher's embeddings (a class-count rule pruned that layer to 8 and the run failed)."""
+    import onnx
+    from safetensors.torch import save_file
+
+    from edgekd.models.zoo import TinyCNN
+
+    torch.manual_seed(0)
+    teacher = TinyCNN(num_classes=16)
+    checkpoint = tmp_path / "embedder.safetensors"
+    save_file({k: v.contiguous() for k, v in teacher.state_dict().items()}, str(checkpoint))
+    recipe = write_yaml(tmp_path / "e.yaml", {
+        "name": "e", "arch": "edgekd:tiny_cnn", "arch_args": {"num_classes": 16}, "task": "embedding",
+        "data": TINY_DATA, "student": {"width": 0.5},
+        "stages": [{"stage": "prune", "ratio": 0.25, "recovery": {"epochs": 1, "loss": [{"name": "embedding-cosine"}]}},
+                   {"stage": "distill", "epochs": 1, "lr": 0.01}, {"stage": "export"}],
+        "targets": [str(tiny_files["ort"])]})
+    result = invoke("compress", checkpoint, "--recipe", recipe, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "run"
+    width = onnx.load(str(run / "models" / "student-fp32.onnx")).graph.output[0].type.tensor_type.shape.dim[1].dim_value
+    assert width == 16
+    rows = {r["variant"]: r for r in json.loads((run / "report.json").read_text())["results"]}
+    assert rows["teacher-fp32"]["accuracy"] > 0.999 and 0.0 < rows["student-fp32"]["accuracy"] < 1.0
+    assert "spearman" in json.dumps(json.loads((run / "measurements" / "student-fp32@tiny-ort.json").read_text()))

@@ -109,6 +109,9 @@ def build_model(spec: str, *, num_classes: int | None = None, in_channels: int |
     if not sep or not name:
         raise CheckpointError(f"--arch {spec!r}: expected {ARCH_FORMS}")
     extra = dict(arch_args or {})
+    # the user's own constructor arguments win over the ones edgekd derives from the data
+    num_classes = None if "num_classes" in extra else num_classes
+    in_channels = None if "in_channels" in extra else in_channels
     try:
         if scheme == "edgekd":
             from .zoo import ZOO

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..artifacts.artifact import Artifact, config_hash
 from ..models.checkpoint import LoadPolicy
-from .teacher import extra_teachers, is_hf, load_teacher
+from .teacher import extra_teachers, is_hf, load_teacher, teacher_width
 from ..config.schema import Budget, Recipe, Target, dump_recipe, load_budget
 from ..backends import load_target
 from ..data import build_splits
@@ -115,7 +115,7 @@ def _compress(rec: Recipe, ckpt: Path | None, run_dir: Path, run: RunDirectory |
     state = _prepare(rec, ckpt, run_dir, policy)
     console.print("preflight: tracing, pruning graph and ONNX export checked on one sample before training")
     state.extra["preflight_seconds"] = preflight(rec, state.loaded.model, state.splits.example(1),
-                                                 state.splits.num_classes)
+                                                 state.splits.num_classes, state.ctx.head_width)
     if dry_run:  # every input opened and checked, the stages preflighted; nothing trained or written
         state.splits.check_every_sample()
         wrote = run.dry_run(dump_recipe(rec)) if run is not None else False
@@ -149,9 +149,10 @@ def _prepare(rec: Recipe, ckpt: Path | None, run_dir: Path, policy: LoadPolicy) 
     # every stage key descends from this one: a changed checkpoint, data file or extra teacher re-runs them
     # the teacher is what load_teacher read: the checkpoint's bytes, its arch spec and arguments, the data
     teacher_hash = config_hash(inputs, rec.data.model_dump(), rec.seed, rec.arch, arch_args, rec.task)
+    head = task.head_width(teacher_width(loaded.model, splits), splits.num_classes)  # what students keep
     variants: dict[str, Artifact] = {"teacher-fp32": Artifact(
         "teacher-fp32", "torch", "fp32", loaded.path, "input", None, teacher_hash,
-        {"arch": loaded.arch, "arch_kwargs": {"num_classes": splits.num_classes, "in_channels": splits.input_shape[0],
+        {"arch": loaded.arch, "arch_kwargs": {"num_classes": head, "in_channels": splits.input_shape[0],
                                               **({"arch_args": arch_args} if arch_args else {})},
          "format": loaded.format, "sha256": loaded.sha256, "trusted": loaded.trusted,
          "metrics": {"test_accuracy_torch": accuracy(loaded.model, splits, "test")}})}
@@ -163,7 +164,8 @@ def _prepare(rec: Recipe, ckpt: Path | None, run_dir: Path, policy: LoadPolicy) 
 
     ctx = StageContext(run_dir, run_dir, rec, splits, loaded.model, {"teacher-fp32": loaded.model},
                        teacher_hash=teacher_hash, trust_checkpoint=policy.trust, allow_globals=policy.allow_globals,
-                       latency_probe=latency_probe_for, device=device)
+                       latency_probe=latency_probe_for, device=device,
+                       head_width=head)
     for p in ctx.teacher.parameters():
         p.requires_grad_(False)
     check_names(rec, ctx, task)

@@ -25,7 +25,9 @@ def load_teacher(checkpoint: Path | None, arch: str | None, policy: LoadPolicy, 
         loaded = load_hf_checkpoint(checkpoint, arch, task=task.name, num_classes=splits.num_classes, policy=policy)
         return checked_teacher(loaded, checkpoint, splits, task)
     try:
-        loaded = load_checkpoint(checkpoint, arch, policy=policy, num_classes=splits.num_classes,
+        # a classifier is built with the data's class count; other outputs keep the width the checkpoint has
+        loaded = load_checkpoint(checkpoint, arch, policy=policy,
+                                 num_classes=splits.num_classes if task.outputs_classes else None,
                                  in_channels=splits.input_shape[0], arch_args=arch_args)
     except CheckpointError as exc:
         suspect = labels_with_gaps(splits)
@@ -53,6 +55,12 @@ def checked_teacher(loaded: LoadedCheckpoint, checkpoint: Path, splits: Splits, 
     if problem is not None:
         raise CheckpointError(f"{checkpoint}: {problem}")
     return loaded
+
+
+def teacher_width(model: torch.nn.Module, splits: Splits) -> int:
+    """The width of the teacher's outputs on one test sample (what an embedding student keeps)."""
+    with torch.no_grad():
+        return int(model.eval()(splits.example(1, "test")).shape[-1])
 
 
 def labels_with_gaps(splits: Splits) -> str | None:

@@ -80,6 +80,11 @@ class StageContext:
     device: Device = CPU            # where training runs (recipe ``device``)
     # the last teacher-output cache made, so a QAT stage reuses distill's (one run's, never a global)
     teacher_memo: dict = field(default_factory=dict)
+    # the output width every student keeps (the task's ``head_width``): layers producing it are never pruned
+    head_width: int = 0
+
+    def __post_init__(self) -> None:
+        self.head_width = self.head_width or self.splits.num_classes
 
     def objective(self, terms: list[LossTerm], key: str, student: nn.Module,
                   teacher: bool = True) -> tuple[Objective, TeacherOutputs | None]:
@@ -104,7 +109,7 @@ class StageContext:
         from ..models.checkpoint import LoadPolicy, load_checkpoint
 
         policy = LoadPolicy(trust=self.trust_checkpoint, allow_globals=self.allow_globals)
-        model = load_checkpoint(checkpoint, arch, policy=policy, num_classes=self.splits.num_classes,
+        model = load_checkpoint(checkpoint, arch, policy=policy, num_classes=self.head_width,
                                 in_channels=self.splits.input_shape[0]).model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
@@ -182,6 +187,10 @@ class Preview:
     num_classes: int
     model: nn.Module
     student_made: bool = False
+    head_width: int = 0  # the output width students keep (``StageContext.head_width``); 0: num_classes
+
+    def __post_init__(self) -> None:
+        self.head_width = self.head_width or self.num_classes
 
 
 # A stage's preflight runs one batch through what the stage will do to ``preview.model``, in seconds, so a

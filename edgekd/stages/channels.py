@@ -33,7 +33,8 @@ Importance = Literal["l1", "l2", "bn-scale", "taylor"]
 
 
 def _classifier_layers(model: nn.Module, num_classes: int) -> list[nn.Module]:
-    """Layers whose outputs are class scores: never pruned (the student keeps the label space)."""
+    """Layers whose outputs have the run's head width (``num_classes``: the class count, or the task's
+    ``head_width``): never pruned, so a student keeps the label space, or the teacher's embedding width."""
     return [m for m in model.modules()
             if (isinstance(m, nn.Linear) and m.out_features == num_classes)
             or (isinstance(m, nn.Conv2d) and m.out_channels == num_classes and m.kernel_size == (1, 1))]

@@ -18,10 +18,11 @@ from ..config.schema import Recipe
 from .base import PREFLIGHTS, Preview
 
 
-def preflight(recipe: Recipe, teacher: nn.Module, example: torch.Tensor, num_classes: int) -> dict[str, float]:
+def preflight(recipe: Recipe, teacher: nn.Module, example: torch.Tensor, num_classes: int,
+              head_width: int = 0) -> dict[str, float]:
     """Run every stage's preflight in recipe order; returns seconds per check (for the manifest)."""
     timings: dict[str, float] = {}
-    preview = Preview(recipe, teacher, example, num_classes, model=teacher)
+    preview = Preview(recipe, teacher, example, num_classes, model=teacher, head_width=head_width)
     for i, spec in enumerate(recipe.stages):
         where = f"stages.{i}"
         began = time.perf_counter()

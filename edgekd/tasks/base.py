@@ -74,6 +74,12 @@ class Task:
             return f"the model outputs shape {shape}, but the data has {num_classes} classes"
         return None
 
+    def head_width(self, output_width: int, num_classes: int) -> int:
+        """The output width every student of a ``output_width``-wide teacher keeps (pruning and width
+        students never narrow the layers that produce it): the class count, or the teacher's own width
+        for outputs that are not classes."""
+        return num_classes if self.outputs_classes else output_width
+
     def loss_problem(self, loss: str) -> str | None:
         """Why the loss ``loss`` does not fit this task's outputs, or None."""
         if self.losses is None or loss in self.losses:

@@ -52,7 +52,7 @@ def _make_student(variants: dict[str, Artifact], source: Artifact,
                   ctx: StageContext) -> tuple[torch.nn.Module, str, dict, dict]:
     """The untrained student, its rebuild recipe (arch, kwargs) and extra artifact metadata."""
     spec, splits = ctx.recipe.student, ctx.splits
-    kwargs = {"num_classes": splits.num_classes, "in_channels": splits.input_shape[0]}
+    kwargs = {"num_classes": ctx.head_width, "in_channels": splits.input_shape[0]}
     if role_of(source.variant) == "student":  # a prune stage made the student: distillation continues it
         student = copy.deepcopy(ctx.model(variants, source.variant))
         metrics = source.meta.get("metrics", {})
@@ -78,7 +78,7 @@ def _make_student(variants: dict[str, Artifact], source: Artifact,
     width = spec.width if spec.width is not None else 0.5
     teacher = ctx.model(variants, source.variant)
     torch.manual_seed(ctx.recipe.seed)
-    student = uniform_width(teacher, splits.example(1), width, splits.num_classes, keep_weights=spec.init == "pruned")
+    student = uniform_width(teacher, splits.example(1), width, ctx.head_width, keep_weights=spec.init == "pruned")
     extra = {"channels": channel_plan(student), "input_shape": list(splits.input_shape),
              "derived": {"from": source.variant, "width": width, "init": spec.init}}
     return student, source.meta.get("arch") or "", source.meta.get("arch_kwargs", kwargs), extra
@@ -90,12 +90,12 @@ def preflight_distill(cfg: DistillConfig, preview: Preview, where: str) -> None:
     made keeps the teacher's names); an ``arch`` student built and run on one batch, and handed on."""
     recipe = preview.recipe
     student_spec = StudentSpec(width=1.0) if preview.student_made else recipe.student
-    check_loss_names(cfg.loss, f"{where}.loss", student_spec, preview.teacher, preview.num_classes,
+    check_loss_names(cfg.loss, f"{where}.loss", student_spec, preview.teacher, preview.head_width,
                      preview.example.shape[1])
     if preview.student_made or recipe.student.arch is None:
         return
     torch.manual_seed(recipe.seed)
-    student = build_model(recipe.student.arch, num_classes=preview.num_classes, in_channels=preview.example.shape[1],
+    student = build_model(recipe.student.arch, num_classes=preview.head_width, in_channels=preview.example.shape[1],
                           arch_args=recipe.student.arch_args).eval()
     try:
         with torch.no_grad():

@@ -45,7 +45,7 @@ def prune(variants: dict[str, Artifact], cfg: PruneConfig, ctx: StageContext) ->
     params_before, macs_before = count_params_macs(model, splits.input_shape)
     layers = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     ignore = sorted({n for i, p in enumerate(cfg.ignore) for n in match_layers(p, layers, f"{key}.ignore.{i}")})
-    groups = channel_groups(model, example, splits.num_classes, _ranking_importance(cfg), ignore)
+    groups = channel_groups(model, example, ctx.head_width, _ranking_importance(cfg), ignore)
     if not groups:
         raise StageError(f"{key}: this model has no prunable channel group (all ignored or class-score layers)")
     scales = scale_groups(model, example, [g.root for g in groups])
@@ -56,7 +56,7 @@ def prune(variants: dict[str, Artifact], cfg: PruneConfig, ctx: StageContext) ->
     base = Cut(cfg.ratio, importance=cfg.importance, round_to=cfg.round_to, ignore=ignore)
 
     def cut(target: nn.Module, how: Cut) -> dict[str, tuple[int, int]]:
-        return prune_channels(target, example, how, num_classes=splits.num_classes, gradients=gradients)
+        return prune_channels(target, example, how, num_classes=ctx.head_width, gradients=gradients)
 
     if cfg.method == "gcp":
         metrics["sparse_training"] = _sparse_train(model, cfg, ctx)
@@ -235,6 +235,6 @@ def preflight_prune(cfg: PruneConfig, preview: Preview, where: str) -> None:
     pruned teacher is the student from here on."""
     if cfg.recovery.loss:
         check_loss_names(cfg.recovery.loss, f"{where}.recovery.loss", StudentSpec(width=1.0), preview.teacher,
-                         preview.num_classes, preview.example.shape[1])
-    check_prune(preview.model, preview.example, preview.num_classes, where)
+                         preview.head_width, preview.example.shape[1])
+    check_prune(preview.model, preview.example, preview.head_width, where)
     preview.student_made = True
