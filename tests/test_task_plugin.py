@@ -87,6 +87,7 @@ def test_a_custom_metric_function_scores_a_classification_run(tiny_teacher, tiny
     balanced = float(np.mean([hits[labels == c].mean() for c in np.unique(labels)]))
     assert rows["teacher-fp32"]["accuracy"] == balanced != float(hits.mean())
     assert manifest["task"] == {"name": "classification", "metric": "my_metrics:balanced"}
+    assert "Accuracy: my_metrics:balanced of the exported ONNX file" in (tmp_path / "run" / "report.md").read_text()
     bad = run(tmp_path / "b", tiny_teacher, tiny_files["ort"], metric="my_metrics:broken")[0]
     assert bad.exit_code == 2 and "metric my_metrics:broken: gave 7.0; a metric returns a number in [0, 1]" in bad.output
     missing = run(tmp_path / "c", tiny_teacher, tiny_files["ort"], metric="my_metrics:nothing")[0]

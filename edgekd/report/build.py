@@ -50,7 +50,10 @@ def build_report(run_dir: Path, manifest: dict[str, Any] | None = None) -> dict[
     report = {"schema": SCHEMA, "run": {"recipe": manifest["recipe"], "created": manifest["created"],
                                         "edgekd": manifest["edgekd"], "checkpoint": manifest["checkpoint"],
                                         "versions": manifest["versions"], "status": manifest["status"],
-                                        "inputs": manifest.get("inputs")},  # data and teachers' hashes
+                                        "inputs": manifest.get("inputs"),  # data and teachers' hashes
+                                        # what "accuracy" holds (runs before tasks were recorded: top-1)
+                                        "task": manifest.get("task") or {"name": "classification",
+                                                                         "metric": "top-1 accuracy"}},
               "variants": variants, "results": results}
     report["attribution"] = attribution(run_dir, report, manifest)
     return report
@@ -189,6 +192,11 @@ def measurement_notes(report: dict[str, Any]) -> list[str]:
     return notes
 
 
+def metric_of(report: dict[str, Any]) -> str:
+    """What the report's "accuracy" holds, in words (the run's task metric; top-1 for older runs)."""
+    return (report["run"].get("task") or {}).get("metric", "top-1 accuracy")
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# edgekd report: {report['run']['recipe']}", ""]
     for target in targets_of(report):
@@ -200,7 +208,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append("|" + "|".join("---" if h in ("variant", "precision", "status") else "---:" for h in header) + "|")
         lines += ["| " + " | ".join(row[h] for h in header) + " |" for row in rows]
         lines.append("")
-    lines.append("Accuracy: top-1 of the exported ONNX file running on that target over the test split. "
+    lines.append(f"Accuracy: {metric_of(report)} of the exported ONNX file running on that target over the test split. "
                  "Latency: batch 1, milliseconds; spread: 1.4826 x MAD / median of the timed calls. "
                  "Speed-up: teacher-fp32 p50 / variant p50 on the same target. "
                  "Parity: top-1 agreement / SQNR of this backend's outputs against the torch model "
@@ -271,7 +279,7 @@ def render_plot(report: dict[str, Any], path: Path) -> None:
             ax.annotate(f"{r['variant']} ({r['precision']}){mark}", (x, y), fontsize=8, xytext=(4, 4),
                         textcoords="offset points")
         ax.set(title=f"{target}  (* on the Pareto front)", xlabel="p50 latency (ms, batch 1)",
-               ylabel="top-1 accuracy on target")
+               ylabel=f"{metric_of(report)} on target")
         ax.grid(alpha=0.3)
     fig.tight_layout()
     with atomic_path(path) as tmp:
