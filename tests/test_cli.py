@@ -24,6 +24,9 @@ def test_list_each_kind():
 
     documented = [line.split(":")[0] for line in losses.splitlines() if not line.startswith(" ")]
     assert documented == LOSSES.names()  # every loss, in registry order, each with a paper line
+    tasks = invoke("list", "tasks").output
+    assert "classification: scored by top-1 accuracy; default loss kd" in tasks
+    assert "embedding: scored by mean cosine to the teacher's embeddings; default loss embedding-cosine" in tasks
     assert invoke("list", "plugins").exit_code == 2
 
 
