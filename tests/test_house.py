@@ -55,6 +55,16 @@ def test_no_stage_or_task_is_tested_by_name_or_type_outside_its_folder():
     assert not outside, outside
 
 
+def test_no_backend_is_tested_by_name_outside_the_backends():
+    """What a stage, the manifest or a measurement must know of a backend is in its ``Capabilities`` or its
+    target model, as data: nothing outside ``backends/`` compares with a backend's name."""
+    from edgekd.backends import BACKENDS
+
+    outside = [f"{rel}:{line} tests {name!r}" for rel, tree in sources().items() if not rel.startswith("backends/")
+               for line, name in name_tests(tree, set(BACKENDS.names()), {})]
+    assert not outside, outside
+
+
 def test_the_rule_finds_a_planted_name_test():
     """The scan is not vacuous: each form it forbids is found in a planted snippet."""
     planted = ast.parse("if spec.stage == 'quantize': pass\n"
