@@ -16,7 +16,9 @@ def parse_data_spec(spec: str, base: dict[str, Any]) -> dict[str, Any]:
     """``--data``: ``digits``, ``synthetic``, ``npz:PATH`` or a bare ``PATH.npz``, ``imagefolder:DIR``,
     ``hf:PATH`` (or a cached dataset name), or ``package.module:factory``, applied to the recipe's
     raw ``data:`` mapping ``base``: its other keys (batch size, split, preprocess) are kept, its source
-    and path replaced."""
+    and path replaced. What described only the replaced source's samples goes with it: ``channels``, and
+    the size a generating source (digits, synthetic) made its images at, so the default recipe's 32x32
+    digits do not resize a 28x28 npz; a recipe that names no source keeps its ``image_size`` (a resize)."""
     kind, _, rest = spec.partition(":")
     if spec.endswith(".npz") and not rest:
         kind, rest = "npz", spec
@@ -31,6 +33,8 @@ def parse_data_spec(spec: str, base: dict[str, Any]) -> dict[str, Any]:
     data = {**base, "source": source, "path": path}
     if source not in ("digits", "synthetic"):
         data.pop("channels", None)
+        if base.get("source") in ("digits", "synthetic"):  # its image_size was the generated size
+            data.pop("image_size", None)
     try:
         DataSpec.model_validate(data)
     except ValidationError as exc:

@@ -50,11 +50,22 @@ def checked_teacher(loaded: LoadedCheckpoint, checkpoint: Path, splits: Splits, 
             out = model(splits.example(1, "test"))
     except Exception as exc:  # noqa: BLE001 - any failure here is a shape/arch mismatch with the data
         raise CheckpointError(f"{checkpoint}: the model does not accept the data's input shape "
-                              f"{(1, *splits.input_shape)} ({first_line(exc)})") from None
+                              f"{(1, *splits.input_shape)} ({first_line(exc)}); {size_origin(splits)}") from None
     problem = task.output_problem(tuple(out.shape), splits.num_classes)
     if problem is not None:
         raise CheckpointError(f"{checkpoint}: {problem}")
     return loaded
+
+
+def size_origin(splits: Splits) -> str:
+    """Which recipe key made the data's sample size, so a model that wants another knows what to change."""
+    size = getattr(splits.preprocess, "size", None)
+    made = (splits.provenance or {}).get("source") in ("digits", "synthetic")
+    if made or size is not None:
+        return (f"the size {splits.input_shape[1:]} is set by data.image_size (or data.preprocess.size): give "
+                f"the size the model takes")
+    return (f"the size {splits.input_shape[1:]} is the data's own; data.image_size (or data.preprocess.size) "
+            f"resizes it, data.preprocess.channels sets the channels")
 
 
 def teacher_width(model: torch.nn.Module, splits: Splits) -> int:
