@@ -29,13 +29,20 @@ def test_a_few_float_layers_are_a_warning_and_all_int8_is_ok():
     assert judge(int8_row(54, 54), None, None) == {**int8_row(54, 54)}
 
 
-@pytest.mark.parametrize("ratio, status", [(0.6, "ok"), (0.99, "ok"), (1.4, "failed")])
-def test_an_int8_row_slower_than_its_fp32_file_is_failed(ratio, status):
-    versus = {"ratio": ratio, "p50_ms": ratio * 2.0, "fp32_p50_ms": 2.0, "pairs": 100}
+@pytest.mark.parametrize("ratio, low, high, status, warned", [
+    (0.6, 0.55, 0.65, "ok", False), (0.99, 0.95, 0.999, "ok", False),
+    (1.04, 0.97, 1.10, "ok", True),    # the interval straddles the limit: not shown slower, not shown faster
+    (1.4, 1.30, 1.50, "failed", False)])
+def test_an_int8_row_is_failed_only_when_its_interleaved_ratio_is_surely_above_the_limit(ratio, low, high, status,
+                                                                                           warned):
+    versus = {"ratio": ratio, "ratio_low": low, "ratio_high": high, "p50_ms": ratio * 2.0, "fp32_p50_ms": 2.0,
+              "pairs": 100}
     row = judge(int8_row(54, 54), versus, 1.0)
     assert row["status"] == status and row["int8_vs_fp32"] == versus
     if status == "failed":
-        assert "slower than its FP32 file" in row["error"] and "ratio 1.40 > latency.int8_max_ratio 1.0" in row["error"]
+        assert "slower than its FP32 file" in row["error"]
+        assert "(ratio 1.40, 95% interval 1.30-1.50 > latency.int8_max_ratio 1.0)" in row["error"]
+    assert any("INT8 not shown faster" in w and "interval 0.97-1.10" in w for w in row["warnings"]) == warned
     assert judge(int8_row(54, 54), versus, None)["status"] == "ok"  # null: not checked
 
 
@@ -57,6 +64,7 @@ def test_the_fp32_counterpart_is_the_same_role_else_the_teacher():
 def test_interleaved_timing_tells_a_slower_call_from_a_faster_one():
     result = interleaved_ratio(lambda: time.sleep(0.004), lambda: time.sleep(0.001), runs=15)
     assert result["ratio"] > 1.5 and result["pairs"] == 15
+    assert 1.5 < result["ratio_low"] <= result["ratio"] <= result["ratio_high"]
     assert result["p50_ms"] > result["fp32_p50_ms"]
 
 
@@ -127,3 +135,31 @@ def test_the_int8_file_is_timed_against_fp32_with_both_sessions_not_spinning(tmp
     timed = versus_fp32("m-int8", rows, {"m-int8": int8, "m-fp32": fp32}, target, pool)
     assert timed is not None and timed["ratio"] > 0 and not rows["m-int8"]["warnings"]
     assert seen == [False, False] and target.spinning
+
+
+def test_the_interval_of_a_paired_ratio_holds_what_both_files_share():
+    """A slow episode that hits both files at once (interleaved) moves the two alike: the ratio's interval
+    stays tight around the true ratio, while the calls themselves scatter over 10x."""
+    import numpy as np
+
+    from edgekd.measure.int8_verdict import paired_ratio_interval
+
+    rng = np.random.default_rng(1)
+    load = np.repeat(rng.choice([1.0, 10.0], size=20), 10)  # runs of slow calls, shared by both files
+    fp32 = 2.0 * load * rng.uniform(0.98, 1.02, size=200)
+    int8 = 1.6 * load * rng.uniform(0.98, 1.02, size=200)
+    low, high = paired_ratio_interval(int8, fp32)
+    assert 0.75 < low <= 0.8 <= high < 0.85
+
+
+def test_a_failed_row_shows_no_speed_up():
+    from edgekd.report.build import table_rows
+
+    def row(variant, p50, status):
+        return {"variant": variant, "target": "t", "precision": "fp32", "status": status, "error": "slow",
+                "accuracy": 0.5, "latency_ms": {"p50": p50, "p90": p50, "spread": 0.0}}
+
+    report = {"variants": [{"name": "teacher-fp32", "size_bytes": 10}, {"name": "student-int8", "size_bytes": 5}],
+              "results": [row("teacher-fp32", 2.0, "ok"), row("student-int8", 1.0, "failed")]}
+    speedups = {r["variant"]: r["speed-up"] for r in table_rows(report, "t")}
+    assert speedups == {"teacher-fp32": "1.00x", "student-int8": "-"}

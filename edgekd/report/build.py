@@ -165,7 +165,8 @@ def table_rows(report: dict[str, Any], target: str) -> list[dict[str, str]]:
     out = []
     for r in rows:
         lat = r.get("latency_ms") or {}
-        speedup = base["latency_ms"]["p50"] / lat["p50"] if base and lat.get("p50") else None
+        # a failed row keeps its numbers for the record, but no speed-up: it is not a usable variant
+        speedup = base["latency_ms"]["p50"] / lat["p50"] if base and lat.get("p50") and r["status"] == "ok" else None
         layers = r.get("int8_layers") or {}
         out.append({
             "variant": r["variant"], "precision": r["precision"], "size": _fmt_size(sizes.get(r["variant"], 0)),
