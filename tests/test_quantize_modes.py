@@ -282,3 +282,18 @@ def test_unsigned_graph_input_is_refused_where_it_cannot_work(targets, centred, 
     result = invoke("compress", tiny_teacher, "--recipe", recipe, "--out", tmp_path / "run")
     assert result.exit_code == 2, result.output
     assert "stages.0.input_quant" in result.output and expected in result.output
+
+
+def test_preflight_quantizes_as_the_stage_will_so_a_bad_override_fails_before_distillation(tiny_teacher, tmp_path):
+    """An override that names no layer used to pass preflight (which quantized with the defaults) and fail
+    at the quantize stage, after distillation had trained; preflight now resolves the stage's overrides."""
+    from .conftest import invoke
+
+    recipe = write_yaml(tmp_path / "r.yaml", {
+        "name": "o", "arch": "edgekd:tiny_cnn", "data": TINY_DATA, "student": {"width": 0.5}, "targets": [],
+        "stages": [{"stage": "distill", "epochs": 1},
+                   {"stage": "quantize", "mode": "ptq", "overrides": [{"match": "features.99", "float": True}]},
+                   {"stage": "export"}]})
+    result = invoke("compress", tiny_teacher, "--recipe", recipe, "--out", tmp_path / "run", "--dry-run")
+    assert result.exit_code == 2
+    assert "stages.1.overrides.0.match" in " ".join(result.output.split())

@@ -56,8 +56,7 @@ def quantize(variants: dict[str, Artifact], cfg: QuantizeConfig, ctx: StageConte
         raise RecipeError(f"{ctx.stage_key_path}.input_quant: 'unsigned' but the data has negative values "
                           f"(min {low:.3g}); use auto or signed")
     unsigned_input = cfg.input_quant == "unsigned" or (cfg.input_quant == "auto" and low >= 0)
-    spec = QuantSpec(unsigned_input, cfg.reduce_range, cfg.calibration, cfg.percentile, cfg.weight_bits, None,
-                     cfg.learned_scales, cfg.hardswish)
+    spec = stage_spec(cfg, unsigned_input)
     float_model = ctx.model(variants, source.variant)
     layers = layer_names(float_model)
     overrides = resolve_overrides(cfg.overrides, layers, ctx.stage_key_path)
@@ -171,11 +170,17 @@ TRACE_REMEDY = ("torch.fx cannot follow Python control flow on tensor values or 
                 "quantized, or use mode-free stages (distill, export) only")
 
 
-def check_quantize(model: nn.Module, example: torch.Tensor, where: str) -> None:
-    """The fx trace and Brevitas layer swap the quantize stage does (given an example input, as the stage
-    is: shape-dependent code is traced with its values), then one forward pass."""
+def stage_spec(cfg: QuantizeConfig, unsigned_input: bool) -> QuantSpec:
+    """How the stage quantizes, from its keys (overrides are resolved against the model's layers apart)."""
+    return QuantSpec(unsigned_input, cfg.reduce_range, cfg.calibration, cfg.percentile, cfg.weight_bits, None,
+                     cfg.learned_scales, cfg.hardswish)
+
+
+def check_quantize(model: nn.Module, example: torch.Tensor, where: str, spec: QuantSpec = QuantSpec()) -> None:
+    """The fx trace and Brevitas layer swap the quantize stage does, as ``spec`` says (given an example
+    input, as the stage is: shape-dependent code is traced with its values), then one forward pass."""
     try:
-        qmodel = quantize_model(model, example=example)
+        qmodel = quantize_model(model, spec, example=example)
     except EdgekdError as exc:
         raise preflight_error(where, "quantize", str(exc).removeprefix("quantize: "), TRACE_REMEDY) from None
     try:
@@ -188,4 +193,9 @@ def check_quantize(model: nn.Module, example: torch.Tensor, where: str) -> None:
 
 @PREFLIGHTS.register("quantize")
 def preflight_quantize(cfg: QuantizeConfig, preview: Preview, where: str) -> None:
-    check_quantize(preview.model, preview.example, where)
+    """The stage's own quantization on one sample: its overrides resolved against the model's layers (a
+    rule naming no layer fails now, not after the stages before it trained), its weight bits, calibration,
+    Hardswish form and input type."""
+    overrides = resolve_overrides(cfg.overrides, layer_names(preview.model), where)
+    unsigned = cfg.input_quant == "unsigned" or (cfg.input_quant == "auto" and float(preview.example.min()) >= 0)
+    check_quantize(preview.model, preview.example, where, replace(stage_spec(cfg, unsigned), overrides=overrides))
