@@ -373,3 +373,24 @@ def test_a_training_stage_without_a_loss_gets_the_tasks_default(bert, tmp_path):
         settled, _ = settle_targets(load_recipe(recipe))
         assert [t.name for t in settled.stages[0].loss] == ["embedding-cosine"]
         assert [t.name for t in settled.stages[1].loss] == [default]
+
+
+def test_an_embedding_dry_run_checks_losses_first_and_runs_the_teacher_once(bert, tmp_path, monkeypatch):
+    """Issue 25's fast text dry run: a loss that does not fit the task fails before the teacher runs over
+    any split, and a dry run runs the teacher over the test split once (its references and its own score
+    share that pass; validation references wait until something is validated)."""
+    import edgekd.run.pipeline as pipeline
+
+    calls = []
+    real = pipeline.predict_logits
+    monkeypatch.setattr(pipeline, "predict_logits", lambda model, splits, split, *a, **k: calls.append(split)
+                        or real(model, splits, split, *a, **k))
+    corpus = reviews(tmp_path / "unlabelled.jsonl", labels=False)
+    bad = _text_recipe(tmp_path, bert, corpus, "embedding", [{"name": "kd"}], {"mode": "ptq", "calibration_batches": 1})
+    result = invoke("compress", "--recipe", bad, "--out", tmp_path / "a", "--dry-run")
+    assert result.exit_code == 2 and "'kd' does not fit" in result.output and calls == []
+    good = _text_recipe(tmp_path, bert, corpus, "embedding", [{"name": "embedding-cosine"}],
+                        {"mode": "ptq", "calibration_batches": 1})
+    result = invoke("compress", "--recipe", good, "--out", tmp_path / "b", "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert calls == ["test"]

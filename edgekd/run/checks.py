@@ -24,9 +24,9 @@ def check_losses_fit(rec: Recipe, task: Task) -> None:
 
 
 def check_names(rec: Recipe, ctx: StageContext, task: Task) -> None:
-    """The losses against the task, and extra teachers' checkpoints (loaded as safely as the main one).
-    Each stage's own names (its losses' modules) are checked by its preflight."""
-    check_losses_fit(rec, task)
+    """Extra teachers' checkpoints (loaded as safely as the main one); the losses against the task were
+    checked before the teacher ran (``check_losses_fit``). Each stage's own names (its losses' modules) are
+    checked by its preflight."""
     for path, arch in extra_teachers(rec):  # found before the first stage trains, not after distillation
         if not Path(path).is_file():
             raise CheckpointError(f"{path}: teacher checkpoint file not found (a multi-teacher loss's teachers:)")

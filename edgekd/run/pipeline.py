@@ -33,7 +33,7 @@ from ..report.build import write_report
 from ..artifacts.rundir import RunDirectory, check_free_space, run_dir_path, input_hashes, output_hashes, remove_stale
 from ..stages import StageContext
 from ..stages.preflight import preflight
-from .checks import check_names
+from .checks import check_losses_fit, check_names
 from .manifest import manifest_fields, publish_models
 from .recipe import assemble_recipe, checkpoint_of
 from .stage_loop import RunState, run_stages
@@ -142,8 +142,10 @@ def _prepare(rec: Recipe, ckpt: Path | None, run_dir: Path, policy: LoadPolicy) 
     splits = build_splits(rec.data, arch_preprocess(rec.arch if ckpt is not None else None), pin_memory=device.cuda)
     arch_args = {**rec.arch_args, "task": rec.task} if is_hf(rec.arch) else rec.arch_args  # rebuilds need the task
     task = task_for(rec.task, rec.metric)
+    check_losses_fit(rec, task)  # a recipe's own mistake fails before the teacher runs over any split
     loaded = load_teacher(ckpt, rec.arch, policy, splits, arch_args, task)
     splits.scoring = task.scoring(lambda split: predict_logits(loaded.model, splits, split, device).numpy())
+    teacher_reference = splits.scoring.reference("test")  # its own score reuses them: no second test pass
     check_free_space(run_dir, sum(p.numel() * p.element_size() for p in loaded.model.parameters()), len(rec.stages))
     inputs = {"checkpoint": loaded.sha256, **input_hashes(rec.data.path, [path for path, _ in extra_teachers(rec)])}
     # every stage key descends from this one: a changed checkpoint, data file or extra teacher re-runs them
@@ -155,7 +157,8 @@ def _prepare(rec: Recipe, ckpt: Path | None, run_dir: Path, policy: LoadPolicy) 
         {"arch": loaded.arch, "arch_kwargs": {"num_classes": head, "in_channels": splits.input_shape[0],
                                               **({"arch_args": arch_args} if arch_args else {})},
          "format": loaded.format, "sha256": loaded.sha256, "trusted": loaded.trusted,
-         "metrics": {"test_accuracy_torch": accuracy(loaded.model, splits, "test")}})}
+         "metrics": {"test_accuracy_torch": accuracy(loaded.model, splits, "test") if teacher_reference is None
+                     else splits.scoring.score(teacher_reference, splits.labels("test"), "test")}})}
     pool = BackendPool()
 
     def latency_probe_for(name: str):

@@ -55,9 +55,9 @@ class Task:
         raise NotImplementedError
 
     def scoring(self, teacher: Predict) -> "Scoring":
-        """This task bound to what its scores are taken against on each split."""
-        refs = {s: teacher(s) for s in ("val", "test")} if self.references_from_teacher else {}
-        return Scoring(self, refs)
+        """This task bound to what its scores are taken against on each split (the teacher's outputs are
+        computed when a score first needs them: a dry run scores nothing and runs no teacher pass)."""
+        return Scoring(self, teacher if self.references_from_teacher else None)
 
     # ---------------------------------------------------------------- files
     def agreement(self, reference: np.ndarray, output: np.ndarray) -> Agreement:
@@ -98,12 +98,18 @@ class Scoring:
     from the teacher), for training's validation, the stages' metrics and each backend's measurement."""
 
     task: Task
-    references: dict[str, np.ndarray] = field(default_factory=dict)
+    teacher: Predict | None = None  # the teacher's outputs on a split, for tasks scored against them
+    references: dict[str, np.ndarray] = field(default_factory=dict)  # those outputs, once computed
+
+    def reference(self, split: str) -> np.ndarray | None:
+        """The teacher's outputs on ``split`` (computed once), or None for a task scored by labels."""
+        if self.teacher is not None and split not in self.references:
+            self.references[split] = self.teacher(split)
+        return self.references.get(split)
 
     def scores(self, outputs: np.ndarray, labels: np.ndarray, split: str) -> dict[str, Any]:
         """The task's scores of ``outputs`` on ``split``, ``accuracy`` (the one a run compares by) first."""
-        result = self.task.score(np.asarray(outputs, dtype=np.float32), np.asarray(labels),
-                                 self.references.get(split))
+        result = self.task.score(np.asarray(outputs, dtype=np.float32), np.asarray(labels), self.reference(split))
         return {**result, "accuracy": float(result["accuracy"])}
 
     def score(self, outputs: Any, labels: Any, split: str) -> float:
