@@ -86,7 +86,7 @@ def test_interleaved_timing_does_not_keep_the_first_call_after_the_other_file_ra
 def test_near_tied_samples_do_not_decide_the_export_agreement():
     import numpy as np
 
-    from edgekd.tasks.parity import decisive_agreement
+    from edgekd.tasks.classification import decisive_agreement
 
     rng = np.random.default_rng(0)
     reference = rng.normal(size=(100, 10)).astype(np.float32)

@@ -118,7 +118,6 @@ class Scoring:
         return self.scores(as_np(outputs), as_np(labels), split)["accuracy"]
 
 
-TaskFactory = Callable[..., Task]
 TASKS: Registry[type[Task]] = Registry("task", RecipeError)
 
 

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from .classification import decisive_agreement  # noqa: F401 - the export check reports it for every task
 
 
 def sqnr_db(reference: np.ndarray, output: np.ndarray) -> float:

@@ -32,7 +32,8 @@ from ...progress import console
 from ...fileio import atomic_path
 from .int8_layouts import DYNAMIC_LAYOUT, onednn_float_convs, write_dynamic, write_s8s8_onednn, write_u8s8
 from ...artifacts.qdq_rules import ONEDNN_LAYOUT, layout_path
-from ...tasks.parity import decisive_agreement, parity
+from ...tasks.classification import decisive_agreement
+from ...tasks.parity import parity
 from .int8_layouts import export_qdq
 from ...data.packed import packed_feed
 from ...models.text import TextModel
