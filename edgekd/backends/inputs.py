@@ -163,9 +163,11 @@ def with_batch(shapes: Mapping[str, tuple[int, ...]], batch: int) -> dict[str, t
 
 def vocab_sizes(graph: Any) -> dict[str, int]:
     """Input name -> rows of the embedding table it indexes (a Gather of an initializer by that input,
-    possibly through Cast/Unsqueeze): the range its ids must stay in."""
+    possibly through Cast/Unsqueeze; an INT8 table through its DequantizeLinear): the range its ids must
+    stay in."""
     rows = {t.name: (t.dims[0] if t.dims else 0) for t in graph.initializer}
     rows.update({n.output[0]: _constant_rows(n) for n in graph.node if n.op_type == "Constant"})
+    rows.update({n.output[0]: rows.get(n.input[0], 0) for n in graph.node if n.op_type == "DequantizeLinear"})
     producer = {o: n for n in graph.node for o in n.output}
     sizes: dict[str, int] = {}
     for n in graph.node:

@@ -29,7 +29,7 @@ from torch import nn
 
 from ...artifacts.qdq_rules import ONEDNN_LAYOUT
 from ..exporting import INPUT_NAME, OUTPUT_NAME
-from .onnx_folds import fold_constant_clips, fold_pads_into_convs, initializers_out_of_inputs
+from .onnx_folds import fold_constant_clips, fold_pads_into_convs, gathers_before_dequantize, initializers_out_of_inputs
 
 
 def write_u8s8(src: Path, dst: Path) -> int:
@@ -45,6 +45,7 @@ def write_u8s8(src: Path, dst: Path) -> int:
 
     proto = onnx.load(str(src))
     fused_gelus(proto)  # one Gelu op where ORT's optimizer no longer finds the pattern (int8_placement)
+    gathers_before_dequantize(proto)  # INT8 embedding rows looked up, then scaled (onnx_folds)
     quantize_before_moves(proto, "u8s8")  # a pool's quantizer written after its flatten (int8_placement)
     insert_requantizers(proto, "u8s8")  # ONNX Runtime needs a Q/DQ after grid-keeping ops (int8_placement)
     quantize_before_clamps(proto, "u8s8")  # a Relu/Clip ORT cannot fold into the quantizer after it
@@ -139,6 +140,7 @@ def write_dynamic(src: Path, dst: Path) -> int:
 
     model = onnx.load(str(src))
     fold_weight_transposes(model)  # quantize_dynamic quantizes a MatMul whose weight is an initializer
+    gathers_before_dequantize(model)  # INT8 embedding tables stay INT8, read row by row (onnx_folds)
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}

@@ -156,3 +156,63 @@ def fold_weight_transposes(model: Any) -> int:
         model.graph.node.remove(node)
         folded += 1
     return folded
+
+
+
+def gathers_before_dequantize(model: Any) -> int:
+    """``DequantizeLinear(int8 table) -> Gather(ids)`` becomes ``Gather(int8 table, ids) -> Cast -> Mul(scales)``.
+
+    Brevitas exports a quantized ``nn.Embedding`` (per-row scales, ``quantization._embedding_quant``) as a
+    lookup into the dequantized table. OpenVINO reads that form as a compressed Gather (0.22 ms for 128
+    rows of a 30522x384 table, measured); ONNX Runtime keeps a DequantizeLinear of a constant unfolded and
+    dequantizes the whole table on every call (11 ms). For ORT's layouts the rows are looked up first
+    and then scaled, each by its own scale, looked up the same way: the same arithmetic (zero points are
+    0; a table with others is left as it is), 0.55 ms. Returns how many Gathers were rewritten."""
+    import numpy as np
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    rewritten = 0
+    for gather in [n for n in graph.node if n.op_type == "Gather"]:
+        dq = producer.get(gather.input[0])
+        if (dq is None or dq.op_type != "DequantizeLinear" or dq.input[0] not in inits or dq.input[1] not in inits
+                or _attribute(gather, "axis", 0) != 0):
+            continue
+        table = inits[dq.input[0]]
+        scale = numpy_helper.to_array(inits[dq.input[1]]).astype(np.float32)
+        zero = numpy_helper.to_array(inits[dq.input[2]]) if len(dq.input) > 2 and dq.input[2] in inits else 0
+        if np.any(zero != 0):
+            continue
+        axis = _attribute(dq, "axis", 1) % len(table.dims)
+        name = gather.output[0]
+        nodes = [helper.make_node("Gather", [dq.input[0], gather.input[1]], [f"{name}_int8"], axis=0),
+                 helper.make_node("Cast", [f"{name}_int8"], [f"{name}_steps"], to=onnx.TensorProto.FLOAT)]
+        if scale.size > 1 and axis == 0:  # one scale per row: look the rows' scales up too, as a column
+            graph.initializer.append(numpy_helper.from_array(scale.reshape(-1, *[1] * (len(table.dims) - 1)),
+                                                             f"{name}_row_scales"))
+            nodes.append(helper.make_node("Gather", [f"{name}_row_scales", gather.input[1]], [f"{name}_scales"], axis=0))
+        else:  # per tensor, or along a table axis that stays the last axes of the rows
+            shape = [-1 if k == axis else 1 for k in range(1, len(table.dims))] if scale.size > 1 else []
+            graph.initializer.append(numpy_helper.from_array(scale.reshape(shape), f"{name}_scales"))
+        nodes.append(helper.make_node("Mul", [f"{name}_steps", f"{name}_scales"], [name]))
+        at = list(graph.node).index(gather)
+        for k, node in enumerate(nodes):
+            graph.node.insert(at + k, node)
+        graph.node.remove(gather)
+        rewritten += 1
+    if rewritten:
+        read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        for dq in [n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] not in read]:
+            graph.node.remove(dq)
+        read = {i for n in graph.node for i in n.input}
+        kept = [i for i in graph.initializer if i.name in read]
+        del graph.initializer[:]
+        graph.initializer.extend(kept)
+    return rewritten
+
+
+def _attribute(node: Any, name: str, default: int) -> int:
+    return next((a.i for a in node.attribute if a.name == name), default)

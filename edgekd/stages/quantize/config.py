@@ -47,6 +47,10 @@ class QuantizeConfig(TrainingConfig, training_keys(3, 1e-4, 0.0, min_epochs=0), 
         "auto", description="auto: signed when a recipe target runs TensorRT, else UINT8 when the data is never "
         "negative (best on x86 CPUs without VNNI); signed: INT8 symmetric, zero point 0, as TensorRT's explicit "
         "quantization requires; unsigned: UINT8 (CPU backends only)")
+    embeddings: Literal["int8", "float"] = Field(
+        "int8", description="lookup tables (a text model's token, position and segment embeddings): int8 stores them "
+        "as INT8 weights, one scale per row, read row by row at run time (a MiniLM's 47 MB word table becomes "
+        "12 MB); float keeps them FP32")
     learned_scales: bool = Field(False, description="qat: train the weight scales too (activation scales always train)")
     hardswish: Literal["auto", "fused", "split"] = Field(
         "auto", description="fused: one quantized Hardswish (OpenVINO's fastest); split: x * hardsigmoid(x) with the "

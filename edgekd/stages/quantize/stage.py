@@ -145,7 +145,7 @@ def _settings(cfg: QuantizeConfig, spec: QuantSpec, qmodel: nn.Module) -> dict[s
             "activations": "int8 per-tensor", "mode": cfg.mode, "unsigned_input": spec.unsigned_input,
             "reduce_range": cfg.reduce_range, "calibration": cfg.calibration, "percentile": cfg.percentile,
             "bias_correction": cfg.bias_correction, "teacher": cfg.teacher, "overrides": spec.overrides,
-            "learned_scales": cfg.learned_scales, "hardswish": cfg.hardswish,
+            "learned_scales": cfg.learned_scales, "hardswish": cfg.hardswish, "embedding_bits": spec.embedding_bits,
             "quant_mode": getattr(qmodel, "quant_mode", "graph"),
             # layers no INT8 form could be found for (name -> why); named in the report
             "float_layers": getattr(qmodel, "kept_float", {})}
@@ -173,7 +173,7 @@ TRACE_REMEDY = ("torch.fx cannot follow Python control flow on tensor values or 
 def stage_spec(cfg: QuantizeConfig, unsigned_input: bool) -> QuantSpec:
     """How the stage quantizes, from its keys (overrides are resolved against the model's layers apart)."""
     return QuantSpec(unsigned_input, cfg.reduce_range, cfg.calibration, cfg.percentile, cfg.weight_bits, None,
-                     cfg.learned_scales, cfg.hardswish)
+                     cfg.learned_scales, cfg.hardswish, 8 if cfg.embeddings == "int8" else None)
 
 
 def check_quantize(model: nn.Module, example: torch.Tensor, where: str, spec: QuantSpec = QuantSpec()) -> None:
