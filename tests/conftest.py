@@ -21,16 +21,12 @@ FAST_LATENCY = {"warmup_runs": 3, "warmup_seconds": 0.0, "runs": 20, "min_second
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Children are started with fork(), not vfork(). In 5 of 12 full runs (CI included) the test
-    process died of SIGSEGV, with no faulthandler trace, in the first ``subprocess.run`` of
-    tests/test_trust.py, after some 500 tests have left torch, ONNX Runtime and OpenVINO thread pools
-    running; never in a subset, nor under gdb. CPython 3.11 releases the GIL while a vfork child runs on
-    the parent's stack; fork() shares nothing. A mitigation while the cause is unknown (the edgekd
-    process itself starts at most one child, nvidia-smi), costing a page-table copy per spawn."""
-    import subprocess
+    """The tests' children come from a clean process (``tests/spawn.py``: the pytest process died of
+    SIGSEGV inside ``subprocess.run`` after ~500 tests, with vfork() and with fork()); its pool starts
+    here, before any test has run a runtime."""
+    from .spawn import clean_spawner
 
-    if hasattr(subprocess, "_USE_VFORK"):  # CPython 3.11-3.13 on Linux
-        subprocess._USE_VFORK = False
+    clean_spawner()
 
 
 def invoke(*args: str):

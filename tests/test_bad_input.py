@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 
 from edgekd.errors import DataError, InputError
 
+from . import spawn
 from .conftest import invoke
 
 
@@ -210,6 +210,6 @@ def test_ctrl_c_is_honoured_even_when_a_library_swallows_it(tmp_path):
                       "cli.app = swallowing\n"
                       "sys.argv = ['edgekd', 'list', 'losses']\n"
                       "cli.main()\n")
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
+    done = spawn.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     assert done.returncode == 130, done.stdout + done.stderr

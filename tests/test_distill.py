@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -21,6 +20,7 @@ from edgekd.artifacts.artifact import Artifact, stage_artifacts
 from edgekd.stages.channels import rebuild_float
 from edgekd.losses import LOSSES
 
+from . import spawn
 from .conftest import TINY_DATA, invoke, save_model, write_yaml
 from .models import ResidualCNN
 
@@ -144,10 +144,10 @@ def test_two_process_ddp_matches_one_process(tiny_teacher, tmp_path):
     common = ["compress", str(tiny_teacher), "--recipe", str(recipe)]
     scratch = Path(tempfile.gettempdir())
     before = set(scratch.glob("edgekd-rank1-*"))
-    single = subprocess.run([sys.executable, "-m", "edgekd", *common, "--out", str(tmp_path / "one")],
+    single = spawn.run([sys.executable, "-m", "edgekd", *common, "--out", str(tmp_path / "one")],
                             env=env, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-2000:]
-    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+    ddp = spawn.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                           "-m", "edgekd", *common, "--out", str(tmp_path / "two")],
                          env=env, capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]

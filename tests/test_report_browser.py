@@ -8,6 +8,8 @@ import subprocess
 
 import pytest
 
+from . import spawn
+
 
 def chromium() -> str:
     found = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -18,7 +20,7 @@ def chromium() -> str:
 
 
 def run(browser: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
+    return spawn.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
                            "--v=0", *args], capture_output=True, text=True, timeout=120)
 
 

@@ -10,6 +10,7 @@ from typing import ClassVar, Literal
 from edgekd.config.schema import StageConfig, stage_config
 from edgekd.stages.base import PREFLIGHTS, RESOLVERS, STAGES, preflight_error
 
+from . import spawn
 from .conftest import TINY_DATA, invoke, write_yaml
 
 
@@ -74,11 +75,10 @@ def test_every_way_to_read_a_recipe_knows_the_built_in_stages_in_a_fresh_process
     """Stage configs are registered by the stages' folders; a reader that did not import them would see
     no stage at all. In a fresh interpreter (no test imported them first): the CLI's list, and the
     public ``edgekd.load_recipe``."""
-    import subprocess
     import sys
 
-    listed = subprocess.run([sys.executable, "-m", "edgekd", "list", "recipes"], capture_output=True, text=True)
+    listed = spawn.run([sys.executable, "-m", "edgekd", "list", "recipes"], capture_output=True, text=True)
     assert listed.returncode == 0 and "ptq:" in listed.stdout, listed.stdout + listed.stderr
-    loaded = subprocess.run([sys.executable, "-c", "import edgekd; print([s.stage for s in edgekd.load_recipe('ptq').stages])"],
+    loaded = spawn.run([sys.executable, "-c", "import edgekd; print([s.stage for s in edgekd.load_recipe('ptq').stages])"],
                             capture_output=True, text=True)
     assert loaded.returncode == 0 and "['distill', 'quantize', 'export']" in loaded.stdout, loaded.stderr

@@ -15,13 +15,15 @@ from pathlib import Path
 
 import pytest
 
+from . import spawn
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*args: object, stdin: str = "y\ny\ny\n", cwd: Path | None = None) -> subprocess.CompletedProcess:
     """The installed ``edgekd`` entry point as a user runs it, with answers waiting on stdin."""
     env = {k: v for k, v in os.environ.items() if k != "EDGEKD_DEBUG"}
-    return subprocess.run([sys.executable, "-c", "from edgekd.cli.app import main; main()", *map(str, args)],
+    return spawn.run([sys.executable, "-c", "from edgekd.cli.app import main; main()", *map(str, args)],
                           input=stdin, capture_output=True, text=True, timeout=300, cwd=cwd, env=env)
 
 
@@ -118,7 +120,7 @@ def test_the_command_line_reads_nothing_from_stdin():
     """``detach_stdin``: what a library reads from standard input is end-of-file, not the pipe's ``y``."""
     probe = ("import sys; from edgekd.cli.app import detach_stdin; detach_stdin(); "
              "import os; print(repr(sys.stdin.read()), repr(os.read(0, 10)))")
-    out = subprocess.run([sys.executable, "-c", probe], input="y\n", capture_output=True, text=True, timeout=60)
+    out = spawn.run([sys.executable, "-c", probe], input="y\n", capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "'' b''", out.stdout + out.stderr
 
 
