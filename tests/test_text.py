@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from .conftest import FAST_LATENCY, invoke, write_yaml
 from .text_models import bert_folder, reviews
@@ -394,3 +396,70 @@ def test_an_embedding_dry_run_checks_losses_first_and_runs_the_teacher_once(bert
     result = invoke("compress", "--recipe", good, "--out", tmp_path / "b", "--dry-run")
     assert result.exit_code == 0, result.output
     assert calls == ["test"]
+
+
+def planted_teacher(root: Path, inert: tuple[int, ...]) -> Path:
+    """A 4-layer BERT encoder folder whose ``inert`` layers compute nothing: their attention and feed-forward
+    outputs are zero, so each returns its (already normalised) input; the others' feed-forward outputs are
+    made 10x larger, so each changes the embedding clearly. A student of the working layers is then the
+    teacher itself; any other subset of as many layers loses one that works."""
+    from safetensors.torch import load_file, save_file
+
+    folder = bert_folder(root)
+    weights = load_file(str(folder / "model.safetensors"))
+    for i in range(4):
+        for part in ("attention.output.dense", "output.dense"):
+            for kind in ("weight", "bias"):
+                key = f"bert.encoder.layer.{i}.{part}.{kind}"
+                weights[key] = torch.zeros_like(weights[key]) if i in inert else weights[key] * 10
+    save_file(weights, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+def test_measured_layers_keep_the_subset_that_scores_best_untrained(tmp_path):
+    """``student: {layers: measured, depth: 2}`` on a teacher whose layers 0 and 2 are planted inert: of
+    the six 2-layer subsets, [1, 3] is the teacher's own function (cosine 1 before training) and is kept;
+    every subset's score is in the run, and the rule-based starts (``alternate``: [0, 2]) score lower."""
+    folder = planted_teacher(tmp_path / "planted", inert=(0, 2))
+    corpus = reviews(tmp_path / "unlabelled.jsonl", labels=False)
+    recipe = write_yaml(tmp_path / "recipe.yaml", {
+        "name": "measured", "arch": f"hf:{folder}", "task": "embedding",
+        "data": {"source": "text", "path": str(corpus), "max_length": 16, "batch_size": 32, "label_column": "none"},
+        "student": {"layers": "measured", "depth": 2},
+        "stages": [{"stage": "distill", "epochs": 1, "lr": 1e-5}, {"stage": "export"}], "targets": []})
+    run = tmp_path / "run"
+    result = invoke("compress", "--recipe", recipe, "--out", run)
+    assert result.exit_code == 0, result.output
+    (meta,) = [a["meta"] for a in json.loads((run / "stages" / "00-distill" / "stage.json").read_text())["artifacts"]]
+    scores = meta["derived"]["layer_scores"]
+    assert len(scores) == 6 and meta["derived"]["layers"] == [1, 3]
+    assert scores["1,3"] == max(scores.values()) and scores["1,3"] > 0.999
+    assert scores["0,2"] < scores["1,3"] - 0.01
+    assert "kept [1,3]" in result.output
+    assert meta["arch_kwargs"]["arch_args"]["layers"] == [1, 3]  # what rebuilding the student keeps
+
+
+def test_depth_without_measured_layers_is_refused():
+    from pydantic import ValidationError
+
+    from edgekd.config.schema import StudentSpec
+
+    with pytest.raises(ValidationError, match="'depth' goes with 'layers: measured'"):
+        StudentSpec.model_validate({"layers": "alternate", "depth": 2})
+    assert StudentSpec.model_validate({"layers": "measured"}).depth is None
+
+
+@settings(max_examples=60, deadline=None)
+@given(depth=st.integers(1, 24), data=st.data())
+def test_layer_candidates_are_distinct_subsets_of_the_asked_size(depth, data):
+    """Any depth and size: all subsets when they are few, else the rule-based starts and a sample, up to the cap."""
+    import math
+
+    from edgekd.stages.distill.layer_choice import MAX_CANDIDATES, candidate_layers
+
+    keep = data.draw(st.integers(1, depth))
+    found = candidate_layers(depth, keep)
+    assert len(found) == min(math.comb(depth, keep), MAX_CANDIDATES) == len(set(found))
+    assert all(len(c) == keep and list(c) == sorted(set(c)) and 0 <= c[0] and c[-1] < depth for c in found)
+    if keep <= (depth + 1) // 2:
+        assert tuple(range(0, depth, 2))[:keep] in found  # the DistilBERT start is always among them

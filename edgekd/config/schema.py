@@ -175,9 +175,12 @@ class StudentSpec(Strict):
     arch_args: dict[str, Any] = Field(default_factory=dict, description="arch students: constructor arguments")
     init: Literal["pruned", "random"] = Field("pruned", description="width students: keep the teacher's "
                                               "weights on the kept channels, or re-initialise them")
-    layers: list[int] | Literal["alternate"] | None = Field(
-        None, description="hf: text teachers: keep these transformer layers (indices), or every other one "
-                          "('alternate', as DistilBERT), initialised from the teacher's")
+    layers: list[int] | Literal["alternate", "measured"] | None = Field(
+        None, description="hf: text teachers: keep these transformer layers (indices), every other one "
+                          "('alternate', as DistilBERT), or the subset of 'depth' layers whose untrained student "
+                          "scores best on validation ('measured'); initialised from the teacher's")
+    depth: int | None = Field(None, ge=1, description="layers: measured: how many layers the student keeps "
+                                                      "(default: half the teacher's, rounded up)")
 
     @model_validator(mode="before")
     @classmethod
@@ -188,6 +191,8 @@ class StudentSpec(Strict):
                 raise ValueError(f"give one of 'width', 'arch' or 'layers', not {' and '.join(given)}")
             if not given:
                 data = {**data, "width": 0.5}
+            if data.get("depth") is not None and data.get("layers") != "measured":
+                raise ValueError("'depth' goes with 'layers: measured' (a list of layers says its own depth)")
         return data
 
 

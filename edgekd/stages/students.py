@@ -11,8 +11,17 @@ from ..train.objective import bind_terms
 
 
 def kept_layers(spec: StudentSpec, depth: int) -> list[int]:
-    """The teacher layers a ``layers`` student keeps: every other one from the first, or those listed."""
+    """The teacher layers a ``layers`` student keeps: every other one from the first, or those listed.
+    For ``measured`` the first ``measured_depth`` stand in before the choice (``layer_choice``): every
+    subset of one size gives the student the same module names, which is what checks look at."""
+    if spec.layers == "measured":
+        return list(range(measured_depth(spec, depth)))
     return list(range(0, depth, 2)) if spec.layers == "alternate" else list(spec.layers or [])
+
+
+def measured_depth(spec: StudentSpec, depth: int) -> int:
+    """How many layers a ``measured`` student keeps: ``depth`` given, else half the teacher's, rounded up."""
+    return min(spec.depth or (depth + 1) // 2, depth)
 
 
 def check_loss_names(terms: list[LossTerm], key: str, recipe_student: StudentSpec, teacher: torch.nn.Module,

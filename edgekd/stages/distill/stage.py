@@ -20,7 +20,8 @@ from ...errors import first_line
 from ..channels import channel_plan, uniform_width
 from ...train.evaluate import accuracy
 from ..base import PREFLIGHTS, STAGES, Preview, StageContext, current, preflight_error, role_of
-from ..students import check_loss_names, kept_layers
+from ..students import check_loss_names, kept_layers, measured_depth
+from .layer_choice import choose_layers
 
 
 @STAGES.register("distill")
@@ -70,11 +71,16 @@ def _make_student(variants: dict[str, Artifact], source: Artifact,
         from ...models.text import drop_layers, encoder_layers
 
         teacher = ctx.model(variants, source.variant)
-        keep = kept_layers(spec, len(encoder_layers(teacher)[1]))
+        depth, derived = len(encoder_layers(teacher)[1]), {"from": source.variant}
+        if spec.layers == "measured":
+            keep, derived["layer_scores"] = choose_layers(teacher, splits, measured_depth(spec, depth), ctx.device,
+                                                          ctx.recipe.seed)
+        else:
+            keep = kept_layers(spec, depth)
         student = drop_layers(teacher, keep).requires_grad_(True)  # the teacher's copy was frozen
         kwargs = source.meta.get("arch_kwargs", kwargs)
         kwargs = {**kwargs, "arch_args": {**kwargs.get("arch_args", {}), "layers": keep}}
-        return student, source.meta.get("arch") or "", kwargs, {"derived": {"from": source.variant, "layers": keep}}
+        return student, source.meta.get("arch") or "", kwargs, {"derived": {**derived, "layers": keep}}
     width = spec.width if spec.width is not None else 0.5
     teacher = ctx.model(variants, source.variant)
     torch.manual_seed(ctx.recipe.seed)
