@@ -463,3 +463,22 @@ def test_layer_candidates_are_distinct_subsets_of_the_asked_size(depth, data):
     assert all(len(c) == keep and list(c) == sorted(set(c)) and 0 <= c[0] and c[-1] < depth for c in found)
     if keep <= (depth + 1) // 2:
         assert tuple(range(0, depth, 2))[:keep] in found  # the DistilBERT start is always among them
+
+
+def test_text_models_get_fine_tuning_defaults_and_keep_what_the_recipe_sets(tmp_path):
+    """An ``hf:`` teacher's unset learning rates come down to 1e-4 (the CNN default 3e-3 is a retraining
+    rate) and unset decays become 0.01, nested schedules (prune's recovery) included; set keys and
+    image recipes are left alone."""
+    from edgekd.run.recipe import assemble_recipe
+
+    stages = [{"stage": "prune", "ratio": 0.2, "recovery": {"epochs": 1}},
+              {"stage": "distill", "epochs": 1}, {"stage": "quantize", "mode": "qat", "lr": 5e-5}, {"stage": "export"}]
+    path = write_yaml(tmp_path / "r.yaml", {"name": "t", "stages": stages, "targets": []})
+    text = assemble_recipe(path, None, arch="hf:/anywhere", arch_args=None, device=None, targets=None)
+    prune, distill, quantize = text.stages[:3]
+    assert (distill.lr, distill.weight_decay) == (1e-4, 0.01)
+    assert (prune.recovery.lr, prune.recovery.weight_decay) == (1e-4, 0.01)
+    assert (quantize.lr, quantize.weight_decay) == (5e-5, 0.01)  # the recipe's own lr kept
+    image = assemble_recipe(path, None, arch=None, arch_args=None, device=None, targets=None)
+    assert (image.stages[1].lr, image.stages[1].weight_decay) == (3e-3, 5e-4)
+    assert image.stages[0].recovery.lr == 1e-3

@@ -576,6 +576,35 @@ def load_budget(path: str | Path) -> Budget:
     return _validate(Budget, read_yaml(path, BudgetError), path, BudgetError)
 
 
+# A pretrained transformer is fine-tuned, not trained: distilling all-MiniLM-L6-v2 at the CNN default
+# (lr 3e-3) wrecked what the student started from (issue 25). The range BERT-class distillation uses
+# (DistilBERT 5e-4 with large batches, MiniLM 1e-4, TinyBERT 5e-5) and AdamW's usual 0.01 decay.
+TEXT_TRAINING = {"lr": 1e-4, "weight_decay": 0.01}
+
+
+def with_text_training(recipe: Recipe) -> Recipe:
+    """``recipe`` with every training schedule that leaves ``lr`` / ``weight_decay`` unset given
+    ``TEXT_TRAINING`` (a learning rate only ever lowered to it): the defaults for a text model, whose
+    stage defaults are a CNN's. Keys the recipe sets are kept."""
+
+    def settled(config: BaseModel) -> BaseModel:
+        update: dict[str, Any] = {}
+        for name in type(config).model_fields:
+            value = getattr(config, name)
+            if isinstance(value, BaseModel):
+                new = settled(value)
+                if new is not value:
+                    update[name] = new
+        if isinstance(config, _TrainingKeys):
+            if "lr" not in config.model_fields_set and config.lr > TEXT_TRAINING["lr"]:
+                update["lr"] = TEXT_TRAINING["lr"]
+            if "weight_decay" not in config.model_fields_set:
+                update["weight_decay"] = TEXT_TRAINING["weight_decay"]
+        return config.model_copy(update=update) if update else config
+
+    return recipe.model_copy(update={"stages": [settled(stage) for stage in recipe.stages]})
+
+
 def recipe_with(recipe: Recipe, **changes: Any) -> Recipe:
     """A copy of ``recipe`` with top-level fields replaced, re-validated."""
     return Recipe.model_validate({**recipe.model_dump(), **changes})

@@ -9,7 +9,7 @@ from typing import Any, Callable
 from pydantic import ValidationError
 
 from .. import stages  # noqa: F401  (every built-in stage registers its recipe keys)
-from ..config.schema import Recipe, read_recipe, recipe_with
+from ..config.schema import Recipe, read_recipe, recipe_with, with_text_training
 from ..data.spec import parse_data_spec
 from ..errors import CheckpointError, InputError
 from .teacher import is_hf
@@ -25,7 +25,11 @@ def assemble_recipe(recipe: str | Path | Recipe, data: str | None, *, arch: str 
                     arch_args: dict[str, Any] | None, device: str | None, targets: list[str] | None) -> Recipe:
     """The recipe with ``--data`` and the overrides applied; a bad override is a one-line InputError
     naming its key."""
+    def text_defaults(rec: Recipe) -> Recipe:  # before any re-validation marks every key as set
+        return with_text_training(rec) if is_hf(arch if arch is not None else rec.arch) else rec
+
     if isinstance(recipe, Recipe):
+        recipe = text_defaults(recipe)
         rec = recipe_with(recipe, data=parse_data_spec(data, recipe.data.model_dump(exclude_unset=True))) \
             if data is not None else recipe
     else:  # --data edits the file's raw mapping, so the file may leave out what --data gives
@@ -34,6 +38,7 @@ def assemble_recipe(recipe: str | Path | Recipe, data: str | None, *, arch: str 
             return {**raw, "data": parse_data_spec(data, base if isinstance(base, dict) else {})}
 
         rec = load_recipe(recipe, with_data if data is not None else None)
+        rec = text_defaults(rec)
     changes: dict[str, Any] = {}
     if arch is not None:
         changes["arch"] = arch
