@@ -218,6 +218,30 @@ def test_a_model_with_a_shape_check_in_forward_passes_preflight_and_is_quantized
     assert quantize_model(model, example=x).quant_mode == "graph"
 
 
+def test_a_resumed_run_rebuilds_a_shape_checked_models_int8_artifact_as_the_stage_made_it(tmp_path, ort_target):
+    """The quantize stage traced the model with the data's example input (its forward checks the shape);
+    a resumed export rebuilds the INT8 artifact from its float parent with that same example, so the
+    saved weights fit (without it the trace made other modules and the resume failed)."""
+    import shutil
+
+    from tests.models import ShapeCheckedCNN
+
+    torch.manual_seed(0)
+    ckpt = save_model(ShapeCheckedCNN(num_classes=4), tmp_path / "checked.safetensors")
+    recipe = write_yaml(tmp_path / "r.yaml", {
+        "name": "checked", "arch": "tests.models:ShapeCheckedCNN",
+        "data": {"source": "synthetic", "samples": 128, "classes": 4, "image_size": 16, "batch_size": 32},
+        "stages": [{"stage": "quantize", "mode": "ptq", "calibration_batches": 2}, {"stage": "export"}],
+        "targets": [str(ort_target)]})
+    first = invoke("compress", ckpt, "--recipe", recipe, "--out", tmp_path / "run")
+    assert first.exit_code == 0, first.output
+    made = (tmp_path / "run" / "stages" / "01-export" / "teacher-int8.onnx").read_bytes()
+    shutil.rmtree(tmp_path / "run" / "stages" / "01-export")  # export runs again from the saved INT8 model
+    resumed = invoke("compress", ckpt, "--recipe", recipe, "--out", tmp_path / "run", "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert (tmp_path / "run" / "stages" / "01-export" / "teacher-int8.onnx").read_bytes() == made
+
+
 def test_arch_args_reach_the_constructor_and_a_missing_one_is_exit_2(tmp_path, ort_target):
     from tests.models import SizedCNN
 

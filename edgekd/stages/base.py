@@ -121,13 +121,15 @@ class StageContext:
             art = variants[name]
             if art.kind not in REBUILDERS:
                 raise StageError(f"variant {name!r} is a {art.kind} artifact, not a torch model")
-            self.models[name] = REBUILDERS.get(art.kind)(art, lambda: self.model(variants, art.parent or ""))
+            self.models[name] = REBUILDERS.get(art.kind)(art, lambda: self.model(variants, art.parent or ""),
+                                                         self.splits.example(1, "test"))
         return self.models[name]
 
 
-# An artifact kind's rebuilder: (the artifact, a function giving its parent's module) -> its torch module;
-# registered by the stage folder that makes that kind, so a resumed run reloads what any stage saved.
-Rebuild = Callable[[Artifact, Callable[[], nn.Module]], nn.Module]
+# An artifact kind's rebuilder: (the artifact, a function giving its parent's module, the example input the
+# stages were given) -> its torch module; registered by the stage folder that makes that kind, so a resumed
+# run reloads what any stage saved, made the way that stage made it.
+Rebuild = Callable[[Artifact, Callable[[], nn.Module], torch.Tensor], nn.Module]
 REBUILDERS: Registry[Rebuild] = Registry("artifact kind", StageError)
 
 StageFn = Callable[[dict[str, Artifact], Any, StageContext], list[Artifact]]

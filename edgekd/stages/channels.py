@@ -349,7 +349,7 @@ def rebuild_float(artifact: Artifact, parent: nn.Module | None = None) -> nn.Mod
 
 
 @REBUILDERS.register("torch")
-def _rebuild_torch(artifact: Artifact, parent: Callable[[], nn.Module]) -> nn.Module:
+def _rebuild_torch(artifact: Artifact, parent: Callable[[], nn.Module], example: torch.Tensor) -> nn.Module:
     """A float artifact; its parent module is rebuilt only for a width-derived student of a teacher
     that has no arch spec (a trusted pickled module)."""
     meta = artifact.meta

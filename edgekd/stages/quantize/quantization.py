@@ -661,15 +661,18 @@ def fit_biases_in_int32(qmodel: nn.Module, x: torch.Tensor) -> list[str]:
     return changed
 
 
-def rebuild_int8(artifact: Artifact, float_parent: nn.Module) -> nn.Module:
-    """The fake-quantized module of a ``torch-int8`` artifact, rebuilt from its float parent."""
+def rebuild_int8(artifact: Artifact, float_parent: nn.Module, example: torch.Tensor | None = None) -> nn.Module:
+    """The fake-quantized module of a ``torch-int8`` artifact, rebuilt from its float parent as the quantize
+    stage built it: with the same ``example`` input (the stage's ``splits.example(1, "test")``), without
+    which a model whose forward reads its input's shape traces into other modules and its saved weights
+    do not fit (a resumed run of such a model failed here)."""
     from safetensors.torch import load_file
 
     from ...models.checkpoint import versioned
 
     q = artifact.meta["quantization"]
     recorded = {k: q[k] for k in QuantSpec.__dataclass_fields__ if k in q}  # older runs lack the newer keys
-    qmodel = quantize_model(float_parent, QuantSpec(**recorded))
+    qmodel = quantize_model(float_parent, QuantSpec(**recorded), example=example)
     state = versioned(load_file(str(Path(artifact.path) / "model.safetensors")), qmodel.state_dict())
     missing, unexpected = qmodel.load_state_dict(state, strict=False)
     if unexpected or any(not k.endswith(("zero_point", "counter", "buffer")) for k in missing):
@@ -679,6 +682,6 @@ def rebuild_int8(artifact: Artifact, float_parent: nn.Module) -> nn.Module:
 
 
 @REBUILDERS.register("torch-int8")
-def _rebuild_torch_int8(artifact: Artifact, parent: Callable[[], nn.Module]) -> nn.Module:
-    return rebuild_int8(artifact, parent())
+def _rebuild_torch_int8(artifact: Artifact, parent: Callable[[], nn.Module], example: torch.Tensor) -> nn.Module:
+    return rebuild_int8(artifact, parent(), example)
 
