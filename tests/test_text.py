@@ -235,6 +235,11 @@ def test_compress_a_text_classifier_minilm_qat_export_on_both_runtimes(bert, cor
     # ONNX Runtime runs the dynamic layout (every Linear an integer MatMul), OpenVINO the QDQ file
     assert rows[("student-int8", "text-ort")]["onnx"].endswith("student-int8.dynamic.onnx")
     assert rows[("student-int8", "text-ov")]["onnx"].endswith("student-int8.onnx")
+    from edgekd.artifacts.onnx_files import read_metadata
+
+    meta = read_metadata(run / "models" / "student-int8.onnx")  # what a deployed file says of its inputs
+    assert meta["input_shape"] == {name: [1, 16] for name in ("input_ids", "attention_mask", "token_type_ids")}
+    assert meta["preprocess"]["tokenizer"] == bert.name  # the folder's name, never the build machine's path
     ops = rows[("student-int8", "text-ort")]["int8_layers"]["ops"]
     integer = ("DynamicQuantizeMatMul", "MatMulInteger", "MatMulIntegerToFloat")
     assert sum(ops.get(k, 0) for k in integer) == 14  # 12 in the layers, pooler, head; attention matmuls float

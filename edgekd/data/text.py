@@ -52,6 +52,11 @@ class TokenPreprocess:
     def to_json(self) -> dict[str, Any]:
         return {"kind": "text", **asdict(self)}
 
+    def deployment_json(self) -> dict[str, Any]:
+        """What an exported file records: the tokenizer by its folder's name, not this machine's path (a
+        file shipped to a device carried /home/... of the machine that built it)."""
+        return {**self.to_json(), "tokenizer": Path(self.tokenizer).name}
+
     def __call__(self, raw: torch.Tensor) -> torch.Tensor:
         return raw
 

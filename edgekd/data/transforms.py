@@ -38,6 +38,10 @@ class Preprocess:
     def to_json(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
+    def deployment_json(self) -> dict[str, Any]:
+        """What an exported file records of its preprocessing (``to_json``: nothing here names this machine)."""
+        return self.to_json()
+
     def __call__(self, raw: Any) -> torch.Tensor:
         """A raw sample (a PIL image, or a float CHW tensor in [0, 1]) -> the model's input tensor."""
         x = raw if isinstance(raw, torch.Tensor) else _pil_to_tensor(raw)

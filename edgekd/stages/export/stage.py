@@ -27,7 +27,7 @@ from torch import nn
 from ...artifacts.artifact import Artifact, config_hash, count_params_macs, onnx_size_bytes
 from .config import ExportConfig
 from ...errors import StageError, first_line
-from ..exporting import export_fp32, export_program
+from ..exporting import INPUT_NAME, OUTPUT_NAME, export_fp32, export_program
 from ...progress import console
 from ...fileio import atomic_path
 from .int8_layouts import DYNAMIC_LAYOUT, onednn_float_convs, write_dynamic, write_s8s8_onednn, write_u8s8
@@ -35,7 +35,7 @@ from ...artifacts.qdq_rules import ONEDNN_LAYOUT, layout_path
 from ...tasks.classification import decisive_agreement
 from ...tasks.parity import parity
 from .int8_layouts import export_qdq
-from ...data.packed import packed_feed
+from ...data.packed import export_signature, packed_feed
 from ...models.text import TextModel
 from ...artifacts.onnx_files import write_metadata
 from ...tasks import Agreement, Classification, Task
@@ -58,8 +58,11 @@ def export(variants: dict[str, Artifact], cfg: ExportConfig, ctx: StageContext) 
     example = ctx.splits.example(1, "test")
     parity_x = ctx.splits.example(cfg.parity_samples, "test")
     task = ctx.splits.scoring.task  # how two files' outputs are judged to agree
-    deployment = {"preprocess": ctx.splits.preprocess.to_json(), "class_names": ctx.splits.class_names,
-                  "input_shape": [1, *ctx.splits.input_shape]}
+    args, input_names, _ = export_signature(example, INPUT_NAME, OUTPUT_NAME)  # the file's own inputs
+    shapes = {n: list(a.shape) for n, a in zip(input_names, args)}
+    deployment = {"preprocess": ctx.splits.preprocess.deployment_json(), "class_names": ctx.splits.class_names,
+                  # one input: its shape, as before; a text model's three inputs: each one's shape
+                  "input_shape": shapes[input_names[0]] if len(shapes) == 1 else shapes}
     for name, art in variants.items():
         if art.kind == "onnx":
             continue
