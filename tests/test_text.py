@@ -382,10 +382,11 @@ def test_a_training_stage_without_a_loss_gets_the_tasks_default(bert, tmp_path):
         assert [t.name for t in settled.stages[1].loss] == [default]
 
 
-def test_an_embedding_dry_run_checks_losses_first_and_runs_the_teacher_once(bert, tmp_path, monkeypatch):
+def test_an_embedding_dry_run_checks_losses_first_and_never_runs_the_teacher_over_a_split(bert, tmp_path,
+                                                                                          monkeypatch):
     """Issue 25's fast text dry run: a loss that does not fit the task fails before the teacher runs over
-    any split, and a dry run runs the teacher over the test split once (its references and its own score
-    share that pass; validation references wait until something is validated)."""
+    any split; a dry run runs it over none (its references wait until something is scored); a real run
+    runs it over the test split once (its references and its own score share that pass)."""
     import edgekd.run.pipeline as pipeline
 
     calls = []
@@ -400,7 +401,11 @@ def test_an_embedding_dry_run_checks_losses_first_and_runs_the_teacher_once(bert
                         {"mode": "ptq", "calibration_batches": 1})
     result = invoke("compress", "--recipe", good, "--out", tmp_path / "b", "--dry-run")
     assert result.exit_code == 0, result.output
-    assert calls == ["test"]
+    assert calls == []
+    untimed = write_yaml(tmp_path / "untimed.yaml", {**yaml.safe_load(good.read_text()), "targets": []})
+    result = invoke("compress", "--recipe", untimed, "--out", tmp_path / "c")
+    assert result.exit_code == 0, result.output
+    assert calls.count("test") == 1
 
 
 def planted_teacher(root: Path, inert: tuple[int, ...]) -> Path:
@@ -487,3 +492,17 @@ def test_text_models_get_fine_tuning_defaults_and_keep_what_the_recipe_sets(tmp_
     image = assemble_recipe(path, None, arch=None, arch_args=None, device=None, targets=None)
     assert (image.stages[1].lr, image.stages[1].weight_decay) == (3e-3, 5e-4)
     assert image.stages[0].recovery.lr == 1e-3
+
+
+def test_data_text_file_on_the_command_line(bert, tmp_path):
+    """``--data text:FILE``, as the other sources have a form: the recipe's other data keys kept."""
+    from edgekd.data.spec import parse_data_spec
+
+    corpus = reviews(tmp_path / "r.jsonl", labels=False)
+    data = parse_data_spec(f"text:{corpus}", {"source": "digits", "image_size": 32, "max_length": 16})
+    assert (data["source"], data["path"], data["max_length"]) == ("text", str(corpus), 16)
+    assert "image_size" not in data  # the generated digits' size went with them
+    result = invoke("compress", "--arch", f"hf:{bert}", "--data", f"text:{corpus}", "--recipe",
+                    _text_recipe(tmp_path, bert, corpus, "embedding", [{"name": "embedding-cosine"}],
+                                 {"mode": "ptq", "calibration_batches": 1}), "--out", tmp_path / "run", "--dry-run")
+    assert result.exit_code == 0, result.output

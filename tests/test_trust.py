@@ -71,6 +71,7 @@ def test_a_folder_with_remote_code_runs_nothing_under_compress_or_bench(tmp_path
         assert not marker.exists(), f"{args[0]} imported the folder's code: {result.stdout}{result.stderr}"
         assert result.returncode in (0, 1, 2), result.stderr
         assert "Traceback" not in result.stderr
+        assert "--data" not in result.stdout + result.stderr  # got past the data's form to the folder itself
 
 
 def text_recipe(tmp_path: Path, tokenizer: Path) -> Path:

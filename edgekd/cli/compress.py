@@ -40,7 +40,7 @@ def compress(
     arch_arg: Annotated[Optional[list[str]], typer.Option("--arch-arg", help="KEY=VALUE passed to the arch's "
                         "constructor or factory (VALUE read as YAML: 28, true, [1, 2]); repeat for several.")] = None,
     data: Annotated[Optional[str], typer.Option(help="Data: digits, synthetic, npz:PATH, imagefolder:DIR, "
-                    "hf:PATH|NAME or package.module:factory (see 'edgekd list sources'). "
+                    "hf:PATH|NAME, text:FILE or package.module:factory (see 'edgekd list sources'). "
                     "Default: the recipe's data block.")] = None,
     device: Annotated[Optional[str], typer.Option(help="Training device: auto, cpu, cuda or cuda:N "
                       "(default: the recipe's, auto).")] = None,

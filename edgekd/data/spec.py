@@ -9,12 +9,14 @@ from pydantic import ValidationError
 from ..config.schema import DataSpec
 from ..errors import DataError
 
-DATA_FORMS = "digits, synthetic, npz:PATH (or PATH.npz), imagefolder:DIR, hf:PATH|NAME or package.module:factory"
+DATA_FORMS = ("digits, synthetic, npz:PATH (or PATH.npz), imagefolder:DIR, hf:PATH|NAME, text:FILE (JSONL, CSV or a "
+              "save_to_disk folder) or package.module:factory")
 
 
 def parse_data_spec(spec: str, base: dict[str, Any]) -> dict[str, Any]:
     """``--data``: ``digits``, ``synthetic``, ``npz:PATH`` or a bare ``PATH.npz``, ``imagefolder:DIR``,
-    ``hf:PATH`` (or a cached dataset name), or ``package.module:factory``, applied to the recipe's
+    ``hf:PATH`` (or a cached dataset name), ``text:FILE`` (JSONL, CSV or a ``save_to_disk`` folder of texts),
+    or ``package.module:factory``, applied to the recipe's
     raw ``data:`` mapping ``base``: its other keys (batch size, split, preprocess) are kept, its source
     and path replaced. What described only the replaced source's samples goes with it: ``channels``, and
     the size a generating source (digits, synthetic) made its images at, so the default recipe's 32x32
@@ -24,7 +26,7 @@ def parse_data_spec(spec: str, base: dict[str, Any]) -> dict[str, Any]:
         kind, rest = "npz", spec
     if kind in ("digits", "synthetic") and not rest:
         source, path = kind, None
-    elif kind in ("npz", "imagefolder", "hf") and rest:
+    elif kind in ("npz", "imagefolder", "hf", "text") and rest:
         source, path = kind, rest
     elif rest.isidentifier() and all(part.isidentifier() for part in kind.split(".")):
         source, path = "factory", spec

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..artifacts.artifact import Artifact, config_hash
 from ..models.checkpoint import LoadPolicy
-from .teacher import extra_teachers, is_hf, load_teacher, teacher_width
+from .teacher import extra_teachers, is_hf, load_teacher, teacher_score, teacher_width
 from ..config.schema import Budget, Recipe, Target, dump_recipe, load_budget
 from ..backends import load_target
 from ..data import build_splits
@@ -41,7 +41,7 @@ from .targets import settle_targets
 from ..tasks import task_for
 from ..train import distributed
 from ..train.device import resolve_device
-from ..train.evaluate import accuracy, predict_logits
+from ..train.evaluate import predict_logits
 
 @dataclass
 class CompressResult:
@@ -122,6 +122,8 @@ def _compress(rec: Recipe, ckpt: Path | None, run_dir: Path, run: RunDirectory |
         console.print("dry run: checkpoint, teachers, data, targets and stages checked; nothing trained"
                       + ("" if wrote else f"; {run_dir} is an existing run and was left as it was"))
         return CompressResult(run_dir, None, None, wrote)
+    state.variants["teacher-fp32"].meta["metrics"]["test_accuracy_torch"] = teacher_score(
+        state.loaded.model, state.splits, state.ctx.device)
     if run is not None:  # only now, every input checked: --force empties, --resume tidies, the recipe is recorded
         run.start(dump_recipe(rec))
     for stale in ("report.json", "report.md", "report.html", "tradeoff.png"):  # from an earlier, finished try
@@ -145,7 +147,6 @@ def _prepare(rec: Recipe, ckpt: Path | None, run_dir: Path, policy: LoadPolicy) 
     check_losses_fit(rec, task)  # a recipe's own mistake fails before the teacher runs over any split
     loaded = load_teacher(ckpt, rec.arch, policy, splits, arch_args, task)
     splits.scoring = task.scoring(lambda split: predict_logits(loaded.model, splits, split, device).numpy())
-    teacher_reference = splits.scoring.reference("test")  # its own score reuses them: no second test pass
     check_free_space(run_dir, sum(p.numel() * p.element_size() for p in loaded.model.parameters()), len(rec.stages))
     inputs = {"checkpoint": loaded.sha256, **input_hashes(rec.data.path, [path for path, _ in extra_teachers(rec)])}
     # every stage key descends from this one: a changed checkpoint, data file or extra teacher re-runs them
@@ -157,8 +158,7 @@ def _prepare(rec: Recipe, ckpt: Path | None, run_dir: Path, policy: LoadPolicy) 
         {"arch": loaded.arch, "arch_kwargs": {"num_classes": head, "in_channels": splits.input_shape[0],
                                               **({"arch_args": arch_args} if arch_args else {})},
          "format": loaded.format, "sha256": loaded.sha256, "trusted": loaded.trusted,
-         "metrics": {"test_accuracy_torch": accuracy(loaded.model, splits, "test") if teacher_reference is None
-                     else splits.scoring.score(teacher_reference, splits.labels("test"), "test")}})}
+         "metrics": {}})}  # its test score when the stages run (``teacher_score``): a dry run never needs it
     pool = BackendPool()
 
     def latency_probe_for(name: str):
