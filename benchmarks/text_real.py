@@ -9,7 +9,7 @@ no labels, split by edgekd into train / val / test.
 In one run, on the same test texts:
 - the FP32 teacher, exported by edgekd (the reference every cosine and Spearman is taken against);
 - ONNX Runtime's ``quantize_dynamic`` of that file (its defaults: MatMuls and the embedding Gathers INT8);
-- NNCF's ``nncf.quantize`` of it for OpenVINO (``ModelType.TRANSFORMER``, 300 calibration texts);
+- NNCF's ``nncf.quantize`` of it for OpenVINO (``ModelType.TRANSFORMER``, 300 validation texts);
 - edgekd students: ``layers: measured`` (the best 3 of 6 layers by untrained cosine on val), distilled
   with each loss set, PTQ to INT8 with INT8 embedding tables, exported and scored on both runtimes.
 Columns: file size, mean cosine to the teacher's embeddings and the Spearman correlation of pairwise
@@ -74,6 +74,8 @@ def student_run(out: Path, folder: Path, data: dict, loss: list[dict], epochs: i
     from edgekd.config.schema import Recipe
     from edgekd.run.pipeline import compress
 
+    if (out / "report.json").is_file():  # the cache: a finished run is reused
+        return json.loads((out / "report.json").read_text())
     recipe = Recipe.model_validate({
         "name": out.name, "arch": f"hf:{folder}", "task": "embedding", "data": data,
         "student": {"layers": "measured", "depth": 3},
@@ -87,22 +89,45 @@ def student_run(out: Path, folder: Path, data: dict, loss: list[dict], epochs: i
     return json.loads((out / "report.json").read_text())
 
 
-def test_feeds(data: dict, folder: Path) -> list[dict[str, np.ndarray]]:
-    """The test split as one feed per text (batch 1), exactly the samples the runs were scored on."""
+def split_feeds(data: dict, folder: Path, split: str) -> list[dict[str, np.ndarray]]:
+    """A split as one feed per text (batch 1): the test split is exactly the samples the runs were scored
+    on; NNCF calibrates on the validation split, as edgekd's PTQ does."""
     from edgekd.config.schema import DataSpec
     from edgekd.data.build import build_splits
     from edgekd.data.packed import packed_feed
 
     splits = build_splits(DataSpec.model_validate({**data, "tokenizer": str(folder)}))
     names = ["input_ids", "attention_mask", "token_type_ids"]
-    return [packed_feed(x[i:i + 1].numpy(), names) for x, _, _ in splits.loader("test") for i in range(len(x))]
+    return [packed_feed(x[i:i + 1].numpy(), names) for x, _, _ in splits.loader(split) for i in range(len(x))]
+
+
+class OpenVinoIR:
+    """NNCF's output is OpenVINO IR (.xml/.bin), which edgekd's backends (ONNX files) do not open: compiled
+    here with the settings of edgekd's ``cpu-openvino`` target, called like a compiled edgekd model."""
+
+    def __init__(self, path: Path) -> None:
+        import openvino as ov
+
+        from edgekd.backends import load_target
+        from edgekd.backends.openvino import compile_config
+
+        self._request = ov.Core().compile_model(str(path), "CPU", compile_config(load_target("cpu-openvino")))
+        self._request = self._request.create_infer_request()
+
+    def run(self, feed: dict[str, np.ndarray]) -> np.ndarray:
+        return np.asarray(self._request.infer(feed)[0])
+
+
+def compiled(path: Path, backend: str, shape: dict) -> object:
+    from edgekd.backends import BACKENDS, load_target
+
+    if path.suffix == ".xml":
+        return OpenVinoIR(path)
+    return BACKENDS.get(backend)().compile(path, load_target(f"cpu-{backend}"), shape)
 
 
 def embeddings(path: Path, backend: str, feeds: list[dict]) -> np.ndarray:
-    from edgekd.backends import BACKENDS, make_target
-
-    shape = {k: v.shape for k, v in feeds[0].items()}
-    model = BACKENDS.get(backend)().compile(path, make_target(name="t", backend=backend, threads=2), shape)
+    model = compiled(path, backend, {k: v.shape for k, v in feeds[0].items()})
     return np.concatenate([model.run(f) for f in feeds])
 
 
@@ -125,20 +150,19 @@ def nncf_int8(fp32: Path, out: Path, feeds: list[dict]) -> Path:
 
 def p50_at(files: dict[str, tuple[Path, str]], seq: int, rounds: int) -> dict[str, float]:
     """p50 ms of each (file, backend) at ``seq`` tokens, batch 1, timed in interleaved rounds."""
-    from edgekd.backends.inputs import feed_for, resolve_shapes
     from edgekd.measure.latency import time_calls, warm_up
-    from edgekd.measure.measurement import BackendPool, bench_targets
 
-    pool, compiled = BackendPool(), {}
+    rng = np.random.default_rng(0)
+    feed = {"input_ids": rng.integers(1000, 29000, (1, seq)), "attention_mask": np.ones((1, seq), np.int64),
+            "token_type_ids": np.zeros((1, seq), np.int64)}  # 128 real-vocabulary tokens, no padding
+    ready = {}
     for name, (path, target_name) in files.items():
-        (target,) = bench_targets([target_name], batch=1)
-        model = pool.get(target.backend).compile(path, target, resolve_shapes(path, None, seq)[0])
-        feed = feed_for(model, path)
+        model = compiled(path, target_name.removeprefix("cpu-"), {k: v.shape for k, v in feed.items()})
         warm_up(lambda: model.run(feed), 10, 0.3)
-        compiled[name] = (model, feed)
+        ready[name] = (model, feed)
     times: dict[str, list[float]] = {n: [] for n in files}
     for _ in range(rounds):
-        for name, (model, feed) in compiled.items():
+        for name, (model, feed) in ready.items():
             times[name] += time_calls(lambda: model.run(feed), 10, 0.0)
     return {n: float(np.median(t)) for n, t in times.items()}
 
@@ -167,12 +191,12 @@ def main() -> None:
                for name in args.losses.split(",")}
     first = args.cache / f"student-{args.losses.split(',')[0]}"
     teacher = first / "models" / "teacher-fp32.onnx"
-    feeds = test_feeds(data, folder)
+    feeds = split_feeds(data, folder, "test")
     reference = embeddings(teacher, "onnxruntime", feeds)
     with tempfile.TemporaryDirectory(prefix="edgekd-text-real-") as tmp:
         files = {"teacher FP32": {"onnxruntime": teacher, "openvino": teacher},
                  "ORT quantize_dynamic": {"onnxruntime": ort_dynamic(teacher, Path(tmp) / "dynamic.onnx")},
-                 "NNCF INT8": {"openvino": nncf_int8(teacher, Path(tmp) / "nncf.xml", feeds[:300])}}
+                 "NNCF INT8": {"openvino": nncf_int8(teacher, Path(tmp) / "nncf.xml", split_feeds(data, folder, "val")[:300])}}
         for name in reports:
             run = args.cache / f"student-{name}" / "models"
             files[f"edgekd {name} INT8"] = {"onnxruntime": run / "student-int8.dynamic.onnx",
