@@ -506,3 +506,31 @@ def test_data_text_file_on_the_command_line(bert, tmp_path):
                     _text_recipe(tmp_path, bert, corpus, "embedding", [{"name": "embedding-cosine"}],
                                  {"mode": "ptq", "calibration_batches": 1}), "--out", tmp_path / "run", "--dry-run")
     assert result.exit_code == 0, result.output
+
+
+def test_a_streamed_corpus_gives_the_same_samples_as_the_in_memory_one_and_trains(bert, tmp_path):
+    """``data.stream``: every sample of every split is the tensor the in-memory reader makes of the same
+    line, while the source keeps line offsets only; a labelled file is refused; a run trains on it."""
+    from edgekd.data.build import build_splits
+    from edgekd.data.text import StreamedTexts
+
+    corpus = reviews(tmp_path / "unlabelled.jsonl", labels=False)
+    keys = {"source": "text", "path": str(corpus), "tokenizer": str(bert), "max_length": 12, "label_column": "none"}
+    held, streamed = (build_splits(DataSpec(**keys, stream=stream)) for stream in (False, True))
+    for split in ("train", "val", "test"):
+        assert streamed.size(split) == held.size(split)
+        for i in range(streamed.size(split)):
+            assert torch.equal(streamed.set(split)[i][0], held.set(split)[i][0]), (split, i)
+    corpus_set = streamed.set("train").raw_set.base  # a split of the stream: offsets, no texts, no tensors
+    assert isinstance(corpus_set, StreamedTexts) and corpus_set.offsets.dtype == np.int64
+    assert set(vars(corpus_set)) == {"path", "offsets", "text_column", "tokenizer_dir", "max_length", "_tokenizer"}
+    labelled = reviews(tmp_path / "labelled.jsonl")
+    with pytest.raises(DataError, match="data.stream is for label-free corpora"):
+        build_splits(DataSpec(**{**keys, "path": str(labelled), "label_column": "label"}, stream=True))
+    recipe = write_yaml(tmp_path / "r.yaml", {
+        "name": "streamed", "arch": f"hf:{bert}", "task": "embedding", "data": {**keys, "stream": True},
+        "student": {"layers": [1, 3]}, "stages": [{"stage": "distill", "epochs": 1}, {"stage": "export"}],
+        "targets": []})
+    result = invoke("compress", "--recipe", recipe, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    assert "streamed: 240 texts" in (tmp_path / "run" / "manifest.json").read_text()

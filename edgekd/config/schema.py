@@ -114,6 +114,9 @@ class DataSpec(Strict):
     text_column: str = Field("text", description="text: the column holding the text")
     max_length: int = Field(128, ge=2, le=8192, description="text: tokens per sample (padded, truncated)")
     tokenizer: str | None = Field(None, description="text: a local tokenizer folder (default: the hf: checkpoint's)")
+    stream: bool = Field(False, description="text: read each text from the .jsonl file when a batch needs it and "
+                         "tokenize it then: memory holds one offset per line, not the corpus (label-free corpora "
+                         "of any size; the file-size limit of in-memory text does not apply)")
     split_names: dict[Literal["train", "val", "test"], str] = Field(
         default_factory=dict, description="hf: the dataset's split names (default train; validation|val|valid; test)")
     max_train_samples: int | None = Field(None, ge=1, description="train on a seeded random subset of this size")

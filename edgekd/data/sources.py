@@ -411,11 +411,18 @@ def factory(spec: DataSpec) -> SourceData:
 def text(spec: DataSpec) -> SourceData:
     """Text for Hugging Face encoders (``edgekd.data.text``): a .csv/.jsonl file or a save_to_disk folder,
     tokenized with ``data.tokenizer`` (default: the ``hf:`` checkpoint's folder) to ``max_length``."""
-    from .text import TokenSet, label_ids, read_rows, tokenize
+    from .text import StreamedTexts, TokenSet, label_ids, line_offsets, read_rows, tokenize
 
     if not spec.tokenizer:
         raise DataError("data.tokenizer: text data needs a tokenizer folder (the hf: checkpoint's own is used "
                         "when the teacher is one)")
+    if spec.stream:
+        path = Path(spec.path or "")
+        corpus = StreamedTexts(path, line_offsets(path, spec.text_column, spec.label_column), spec.text_column,
+                               spec.tokenizer, spec.max_length)
+        tokenize([corpus.text(i) for i in range(min(256, len(corpus)))], spec.tokenizer, spec.max_length)  # fits?
+        return SourceData({"train": corpus}, num_classes=1, notes=[
+            f"streamed: {len(corpus)} texts read and tokenized when a batch needs them; no labels (every label is 0)"])
     parts = read_rows(Path(spec.path or ""), spec.text_column, spec.label_column)
     labeled = all(labels is not None for _, labels in parts.values())
     names: list[str] | None = None

@@ -39,6 +39,68 @@ class TokenSet:
         return self.y
 
 
+class StreamedTexts:
+    """A label-free .jsonl corpus read on demand (``data.stream``): the byte offset of each line is all it
+    keeps; ``raw(i)`` reads that line and tokenizes its text, padded and truncated as ``tokenize`` does,
+    so a sample is the same tensor the in-memory path holds. The tokenizer is loaded once per process
+    (it is not pickled into loader workers)."""
+
+    def __init__(self, path: Path, offsets: np.ndarray, text_column: str, tokenizer_dir: str, max_length: int) -> None:
+        self.path, self.offsets, self.text_column = path, offsets, text_column
+        self.tokenizer_dir, self.max_length = tokenizer_dir, max_length
+        self._tokenizer: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_tokenizer": None}
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+    def text(self, i: int) -> str:
+        with open(self.path, "rb") as f:
+            f.seek(int(self.offsets[i]))
+            return json.loads(f.readline().decode("utf-8-sig"))[self.text_column]
+
+    def raw(self, i: int) -> torch.Tensor:
+        if self._tokenizer is None:
+            self._tokenizer = load_tokenizer(self.tokenizer_dir)
+        return torch.from_numpy(encode(self._tokenizer, [self.text(i)], self.max_length)[0])
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.zeros(len(self.offsets), dtype=np.int64)
+
+
+def line_offsets(path: Path, text_column: str, label_column: str) -> np.ndarray:
+    """The byte offset of every non-blank line of a .jsonl corpus to stream, each line checked as the
+    in-memory reader checks it (a JSON object whose text column is a string within the limits) in one
+    pass that keeps nothing else. A labelled corpus is refused: streaming is for label-free training."""
+    if not path.is_file() or path.suffix.lower() != ".jsonl":
+        raise DataError(f"data.path {path}: data.stream reads a .jsonl file (one JSON object per line)")
+    offsets, position = [], 0
+    limit = LIMITS.text_field_chars * 4
+    with open(path, "rb") as f:
+        for n, line in enumerate(iter(lambda: f.readline(limit + 2), b""), start=1):
+            if len(line) > limit and not line.endswith(b"\n"):
+                raise DataError(f"data.path {path}: line {n} is longer than {limit} bytes")
+            if line.strip():
+                try:
+                    row = json.loads(line.decode("utf-8-sig"))
+                except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+                    raise DataError(f"data.path {path}: line {n} is not UTF-8 JSON ({first_line(exc)[:80]})") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"data.path {path}: line {n} is a JSON {type(row).__name__}, not an object")
+                if label_column in row:
+                    raise DataError(f"data.path {path}: line {n} has a {label_column!r} label; data.stream is for "
+                                    f"label-free corpora (set data.label_column: none, or leave stream off)")
+                _columns([row], f"{path}: line {n}", text_column, label_column)
+                offsets.append(position)
+            position += len(line)
+    if not offsets:
+        raise DataError(f"data.path {path}: no rows")
+    return np.asarray(offsets, dtype=np.int64)
+
+
 @dataclass(frozen=True)
 class TokenPreprocess:
     """What turned text into the model's inputs (recorded in the manifest and in each ONNX file's
@@ -173,18 +235,29 @@ def _saved_dataset(path: Path, text_column: str, label_column: str) -> dict[str,
 
 
 def tokenize(texts: list[str], tokenizer_dir: str, max_length: int) -> np.ndarray:
-    """Packed (N, 3, max_length) int64 token tensors, padded and truncated by the tokenizer itself."""
+    """Packed (N, 3, max_length) int64 token tensors, padded and truncated by the tokenizer itself; a
+    tokenizer that does not know the text is refused (``check_vocabulary``)."""
+    tok = load_tokenizer(tokenizer_dir)
+    packed = encode(tok, texts, max_length)
+    check_vocabulary(packed[:, 0], packed[:, 1], tok, tokenizer_dir)
+    return packed
+
+
+def load_tokenizer(tokenizer_dir: str) -> Any:
     from ..models.hub import pretrained
 
     try:
-        tok = pretrained("AutoTokenizer", tokenizer_dir)
+        return pretrained("AutoTokenizer", tokenizer_dir)
     except InputError:
         raise
     except Exception as exc:  # noqa: BLE001 - OSError/ValueError for a folder without tokenizer files
         raise DataError(f"data.tokenizer {tokenizer_dir}: no tokenizer there ({first_line(exc)[:160]})") from None
+
+
+def encode(tok: Any, texts: list[str], max_length: int) -> np.ndarray:
+    """``texts`` as packed (N, 3, max_length) int64 (ids, attention mask, token types)."""
     enc = tok(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="np")
     ids = enc["input_ids"].astype(np.int64)
-    check_vocabulary(ids, enc.get("attention_mask"), tok, tokenizer_dir)
     mask = enc.get("attention_mask", np.ones_like(ids)).astype(np.int64)
     types = enc.get("token_type_ids", np.zeros_like(ids)).astype(np.int64)
     return np.stack([ids, mask, types], axis=1)
