@@ -28,7 +28,11 @@ class ExportConfig(StageConfig):
                                     "its exactly interpreted outputs are at least this many dB from the model's (same "
                                     "integer grids); below it, the ops are compared one by one from the model's own "
                                     "inputs and the first that computes something else is named (edgekd.stages.export.int8_fidelity)")
-    int8_min_cosine: float = Field(0.99, ge=0.0, le=1.0, description="embedding models: the INT8 file's mean "
-                                   "cosine similarity to the fake-quantized torch model's embeddings")
+    # 0.98: ORT's dynamic layout of a real all-MiniLM-L6-v2 student measured 0.9889 and 0.9915 against its
+    # fake-quant model (ranges re-measured per call) while its cosine to the teacher stayed within 0.003 of
+    # the exact QDQ file's; at 0.99 the first run failed whole (issue 25)
+    int8_min_cosine: float = Field(0.98, ge=0.0, le=1.0, description="embedding models: the INT8 file's mean "
+                                   "cosine similarity to the fake-quantized torch model's embeddings (layouts that "
+                                   "requantize by design; the others are judged by SQNR)")
     torch_program: bool | None = Field(None, description="also save each FP32 variant as a torch.export "
                                                          "program (.pt2); default: when a torch target is in the run")
