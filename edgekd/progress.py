@@ -72,3 +72,11 @@ class _Bar:
     def advance(self, n: int = 1, status: str | None = None) -> None:
         fields = {"status": status} if status is not None else {}
         self._progress.update(self._task, advance=n, **fields)
+
+
+def wall_time(seconds: float) -> str:
+    """``42.0 s``, ``14 min 29 s``, ``2 h 05 min``: how long a stage took, as a person reads it."""
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {secs:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"

@@ -103,8 +103,23 @@ def test_resume_reuses_finished_stages(tiny_teacher, tiny_files, tmp_path):
     result = invoke("compress", tiny_teacher, "--recipe", tiny_files["recipe"], "--out", out,
                     "--target", tiny_files["ort"], "--resume")
     assert result.exit_code == 0, result.output
-    reused = {s["stage"]: s["reused"] for s in json.loads((out / "manifest.json").read_text())["stages"]}
-    assert reused == {"distill": True, "quantize": True, "export": False}
+    stages = json.loads((out / "manifest.json").read_text())["stages"]
+    assert {s["stage"]: s["reused"] for s in stages} == {"distill": True, "quantize": True, "export": False}
+    # wall time per stage (issue 26.6): what this run spent, in the console, the manifest and the report
+    assert [s["seconds"] is None for s in stages] == [True, True, False] and stages[2]["seconds"] > 0
+    assert "stage 3/3: export done in" in result.output
+    report = (out / "report.md").read_text()
+    assert "## Stages" in report and "| distill | student-fp32 | reused (--resume) |" in report
+    assert "| export |" in report and " s |" in report.split("| export |")[1].splitlines()[0]
+    assert "<h2>Stages</h2>" in (out / "report.html").read_text()
+
+
+@pytest.mark.parametrize("seconds,shown", [(0.04, "0.0 s"), (42.0, "42.0 s"), (869.4, "14 min 29 s"),
+                                           (7500, "2 h 05 min")])
+def test_wall_time_reads_as_a_person_says_it(seconds, shown):
+    from edgekd.progress import wall_time
+
+    assert wall_time(seconds) == shown
 
 
 def test_dry_run_writes_resolved_recipe_only(tiny_teacher, tiny_files, tmp_path):

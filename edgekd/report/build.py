@@ -16,6 +16,7 @@ from typing import Any
 from .attribution import attribution, attribution_html, attribution_markdown
 from ..errors import ReportError
 from ..fileio import atomic_path, read_json, write_json, write_text
+from ..progress import wall_time
 
 SCHEMA = "edgekd.report/1"
 MB = 1 << 20
@@ -54,7 +55,10 @@ def build_report(run_dir: Path, manifest: dict[str, Any] | None = None) -> dict[
                                         # what "accuracy" holds (runs before tasks were recorded: top-1)
                                         "task": manifest.get("task") or {"name": "classification",
                                                                          "metric": "top-1 accuracy"}},
-              "variants": variants, "results": results}
+              "variants": variants, "results": results,
+              # each stage's wall time this run (None: reused by --resume, or a run from before it was kept)
+              "stages": [{k: s.get(k) for k in ("stage", "outputs", "reused", "seconds")}
+                         for s in manifest.get("stages", [])]}
     report["attribution"] = attribution(run_dir, report, manifest)
     return report
 
@@ -214,12 +218,21 @@ def render_markdown(report: dict[str, Any]) -> str:
                  "Speed-up: teacher-fp32 p50 / variant p50 on the same target. "
                  "Parity: top-1 agreement / SQNR of this backend's outputs against the torch model "
                  "(the fake-quantized one for INT8).")
+    if report.get("stages"):
+        lines += ["", "## Stages", "", "| stage | made | wall time |", "|---|---|---:|"]
+        lines += [f"| {s['stage']} | {', '.join(s['outputs'] or [])} | {stage_time(s)} |" for s in report["stages"]]
     if report.get("attribution"):
         lines += [""] + attribution_markdown(report["attribution"])
     notes = measurement_notes(report)
     if notes:
         lines += ["", "## Measurement notes", ""] + [f"- {n}" for n in notes]
     return "\n".join(lines) + "\n"
+
+
+def stage_time(stage: dict[str, Any]) -> str:
+    if stage.get("reused"):
+        return "reused (--resume)"
+    return wall_time(stage["seconds"]) if isinstance(stage.get("seconds"), (int, float)) else "-"
 
 
 def render_html(report: dict[str, Any], plot_png: bytes | None = None) -> str:
@@ -235,6 +248,10 @@ def render_html(report: dict[str, Any], plot_png: bytes | None = None) -> str:
                      + "".join(f"<th>{html.escape(h)}</th>" for h in rows[0]) + "</tr>")
         parts += ["<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row.values()) + "</tr>" for row in rows]
         parts.append("</table>")
+    if report.get("stages"):
+        parts.append("<h2>Stages</h2><table><tr><th>stage</th><th>made</th><th>wall time</th></tr>" + "".join(
+            f"<tr><td>{html.escape(s['stage'])}</td><td>{html.escape(', '.join(s['outputs'] or []))}</td>"
+            f"<td>{html.escape(stage_time(s))}</td></tr>" for s in report["stages"]) + "</table>")
     if report.get("attribution"):
         parts.append(attribution_html(report["attribution"]))
     notes = measurement_notes(report)

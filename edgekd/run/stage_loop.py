@@ -4,6 +4,7 @@ reused when its config, its inputs and every recipe field and target setting it 
 from __future__ import annotations
 
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -13,7 +14,7 @@ from ..config.schema import Recipe
 from ..backends import load_target
 from ..data import Splits
 from ..errors import InputError
-from ..progress import console
+from ..progress import console, wall_time
 from ..measure.measurement import BackendPool
 from ..models.checkpoint import LoadedCheckpoint
 from ..stages import STAGES, StageContext
@@ -59,13 +60,17 @@ def run_stages(state: RunState, resume: bool) -> list[dict[str, Any]]:
             ctx.stage_dir, ctx.stage_key, ctx.stage_key_path = folder, config_hash(key, whole_recipe), f"stages.{i}"
             ctx.recipe, probed = RecipeReads(rec), {}
             ctx.latency_probe = recorded_probe(state.latency_probe_for, probed)
+            began = time.perf_counter()
             made = STAGES.get(spec.stage)(variants, spec, ctx)
+            seconds = round(time.perf_counter() - began, 1)
             write_record(folder, key, made, {"recipe": recipe_field_hashes(rec, ctx.recipe.read_fields()),
                                              "targets": probed})
+            console.print(f"stage {i + 1}/{len(rec.stages)}: {spec.stage} done in {wall_time(seconds)}")
         else:
+            seconds = None  # this run spent nothing on it
             console.print(f"stage {i + 1}/{len(rec.stages)}: {spec.stage} (resumed from {folder})")
         stage_log.append({"stage": spec.stage, "folder": str(folder.relative_to(run_dir)), "reused": reused,
-                          "outputs": [a.variant for a in made]})
+                          "outputs": [a.variant for a in made], "seconds": seconds})
         for art in made:
             variants[art.variant if art.kind != "onnx" else f"{art.variant}.onnx"] = art
     return stage_log
