@@ -129,3 +129,14 @@ def test_the_example_workflow_parses_and_its_edgekd_commands_run(tiny_teacher, t
     gate = invoke(*shlex.split(os.path.expandvars(commands[1]))[1:])
     assert gate.exit_code == 0, gate.output
     assert (tmp_path / "run" / "gate.xml").is_file()
+
+
+def test_dash_h_and_version_as_every_cli_has_them():
+    from edgekd.version import __version__
+
+    for flag in ("--version", "-V"):
+        result = invoke(flag)
+        assert result.exit_code == 0 and result.output.strip() == f"edgekd {__version__}"
+    for args in (["-h"], ["compress", "-h"], ["gate", "-h"]):
+        result = invoke(*args)
+        assert result.exit_code == 0 and "Usage: edgekd" in result.output, args

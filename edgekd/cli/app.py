@@ -28,11 +28,28 @@ USER_PATH_ERRNOS = (errno.EROFS, errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG
 
 app = typer.Typer(name="edgekd", help="Compress a trained PyTorch model to fit an edge device, measure it on "
                   "each target, report the trade-off, and gate CI on budgets.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_show_locals=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})  # -h as every CLI has it
+
 # Tables are wider than 80 columns; when piped (CI logs) do not squeeze them. Every string printed is one
 # plain line (names.plain_console): a name holding markup or a newline is shown, never obeyed.
 out = plain_console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = plain_console(stderr=True, soft_wrap=True)
+
+
+def show_version(value: bool) -> None:
+    if value:
+        from ..version import __version__
+
+        out.print(f"edgekd {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def edgekd_options(version: bool = typer.Option(False, "--version", "-V", callback=show_version, is_eager=True,
+                                                help="Print edgekd's version and exit.")) -> None:
+    """Compress a trained PyTorch model to fit an edge device, measure it on each target, report the
+    trade-off, and gate CI on budgets."""
 
 
 @contextmanager
