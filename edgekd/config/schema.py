@@ -101,7 +101,9 @@ class DataSpec(Strict):
     path: str | None = None
     image_size: int | None = Field(None, ge=8, le=1024, description="digits/synthetic: the generated size "
                                    "(default 32); other sources: shorthand for preprocess.size")
-    preprocess: PreprocessSpec | None = None
+    preprocess: PreprocessSpec | Literal["none"] | None = Field(
+        None, description="keys the recipe fixes (the rest from the architecture, else the source); 'none': nothing "
+                          "from the architecture, the samples as the source gives them (image_size still resizes)")
     split: tuple[float, float, float] = (0.7, 0.1, 0.2)
     batch_size: int = Field(64, ge=1, le=65536)
     seed: int = 0
@@ -151,8 +153,8 @@ class DataSpec(Strict):
         if self.source not in ("digits", "synthetic") and self.channels != 1:
             raise ValueError(f"'channels' does not apply to source {self.source!r} (only digits and synthetic); "
                              f"use 'preprocess: {{channels: 3}}'")
-        if self.image_size is not None and self.preprocess is not None and self.preprocess.size is not None \
-                and self.preprocess.size != self.image_size:
+        if self.image_size is not None and isinstance(self.preprocess, PreprocessSpec) \
+                and self.preprocess.size is not None and self.preprocess.size != self.image_size:
             raise ValueError("give the size once: 'image_size' or 'preprocess.size'")
         return self
 
@@ -163,9 +165,10 @@ class DataSpec(Strict):
 
     def preprocess_spec(self) -> PreprocessSpec | None:
         """The recipe's preprocessing, with ``image_size`` folded in as the size."""
+        given = self.preprocess if isinstance(self.preprocess, PreprocessSpec) else None  # "none": no keys
         if self.image_size is None or self.source in ("digits", "synthetic"):
-            return self.preprocess
-        base = self.preprocess.model_dump() if self.preprocess is not None else {}
+            return given
+        base = given.model_dump() if given is not None else {}
         return PreprocessSpec.model_validate({**base, "size": self.image_size})
 
 

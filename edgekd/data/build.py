@@ -94,7 +94,7 @@ def build_splits(spec: DataSpec, architecture: dict[str, Any] | None = None, *, 
         raw["train"] = _Joined(raw["train"], src.unlabeled)
         provenance["train"] += f"; plus {len(src.unlabeled)} unlabeled samples (label -1)"
     generated = spec.source in ("digits", "synthetic")
-    if generated and spec.preprocess is not None:
+    if generated and spec.preprocess not in (None, "none"):
         raise DataError(f"data.preprocess: source {spec.source!r} makes its own images at 'image_size'; "
                         f"preprocess applies to npz, imagefolder, hf and factory data")
     if spec.source == "text":  # tokenized already: the tokenizer is the preprocessing
@@ -102,7 +102,8 @@ def build_splits(spec: DataSpec, architecture: dict[str, Any] | None = None, *, 
 
         preprocess: Any = TokenPreprocess(str(spec.tokenizer), spec.max_length, spec.text_column)
     else:
-        preprocess = resolve_preprocess(spec.preprocess_spec(), {} if generated else (architecture or {}), {})
+        own = generated or spec.preprocess == "none"  # nothing from the architecture's tables
+        preprocess = resolve_preprocess(spec.preprocess_spec(), {} if own else (architecture or {}), {})
     sets = {s: SampleSet(raw[s], preprocess, s) for s in ("train", "val", "test")}
     workers = auto_workers(src.decoded) if spec.workers == "auto" else int(spec.workers)
     splits = Splits(sets["train"], sets["val"], sets["test"], num_classes, preprocess, batch_size=spec.batch_size,

@@ -114,6 +114,12 @@ class TokenPreprocess:
     def to_json(self) -> dict[str, Any]:
         return {"kind": "text", **asdict(self)}
 
+    def recipe_keys(self) -> None:
+        return None  # the tokenizer is the preprocessing; data.tokenizer and max_length already say it
+
+    def summary(self) -> str:
+        return f"tokenizer {Path(self.tokenizer).name}, {self.max_length} tokens per text"
+
     def deployment_json(self) -> dict[str, Any]:
         """What an exported file records: the tokenizer by its folder's name, not this machine's path (a
         file shipped to a device carried /home/... of the machine that built it)."""

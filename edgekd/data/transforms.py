@@ -38,6 +38,21 @@ class Preprocess:
     def to_json(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
+    def recipe_keys(self) -> dict[str, Any] | str:
+        """These values as a recipe's ``data.preprocess`` (what ``recipe.resolved.yaml`` records, so the
+        file reruns exactly this); ``"none"`` when nothing resizes, converts or normalises."""
+        keys = {k: v for k, v in self.to_json().items() if k not in ("origin", "interpolation") and v is not None}
+        if keys.get("size") is not None and self.interpolation:
+            keys["interpolation"] = self.interpolation
+        return keys or "none"
+
+    def summary(self) -> str:
+        """One line of what the samples go through and where each value came from."""
+        if self.recipe_keys() == "none":
+            return "preprocess: none (the samples' own size and values, no normalisation)"
+        said = {k: f"{k} {v}" for k, v in self.recipe_keys().items()}
+        return "preprocess: " + ", ".join(f"{text} ({self.origin.get(k, 'default')})" for k, text in said.items())
+
     def deployment_json(self) -> dict[str, Any]:
         """What an exported file records of its preprocessing (``to_json``: nothing here names this machine)."""
         return self.to_json()

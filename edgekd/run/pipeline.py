@@ -19,7 +19,7 @@ from typing import Any
 from ..artifacts.artifact import Artifact, config_hash
 from ..models.checkpoint import LoadPolicy
 from .teacher import extra_teachers, is_hf, load_teacher, teacher_score, teacher_width
-from ..config.schema import Budget, Recipe, Target, dump_recipe, load_budget
+from ..config.schema import Budget, Recipe, Target, load_budget
 from ..backends import load_target
 from ..data import build_splits
 from ..data.transforms import arch_preprocess
@@ -35,7 +35,7 @@ from ..stages import StageContext
 from ..stages.preflight import preflight
 from .checks import check_losses_fit, check_names
 from .manifest import manifest_fields, publish_models
-from .recipe import assemble_recipe, checkpoint_of
+from .recipe import assemble_recipe, checkpoint_of, resolved_text
 from .stage_loop import RunState, run_stages
 from .targets import settle_targets
 from ..tasks import task_for
@@ -113,19 +113,20 @@ def compress(checkpoint: str | Path | None = None, **options: Any) -> CompressRe
 def _compress(rec: Recipe, ckpt: Path | None, run_dir: Path, run: RunDirectory | None, target_objs: list[Target],
               policy: LoadPolicy, dry_run: bool, resume: bool) -> CompressResult:
     state = _prepare(rec, ckpt, run_dir, policy)
+    resolved = resolved_text(rec, state.splits.preprocess)  # its first line is what the data goes through
+    console.print(resolved.splitlines()[0].removeprefix("# "))
     console.print("preflight: tracing, pruning graph and ONNX export checked on one sample before training")
     state.extra["preflight_seconds"] = preflight(rec, state.loaded.model, state.splits.example(1),
                                                  state.splits.num_classes, state.ctx.head_width)
     if dry_run:  # every input opened and checked, the stages preflighted; nothing trained or written
         state.splits.check_every_sample()
-        wrote = run.dry_run(dump_recipe(rec)) if run is not None else False
+        wrote = run.dry_run(resolved) if run is not None else False
         console.print("dry run: checkpoint, teachers, data, targets and stages checked; nothing trained"
                       + ("" if wrote else f"; {run_dir} is an existing run and was left as it was"))
         return CompressResult(run_dir, None, None, wrote)
-    state.variants["teacher-fp32"].meta["metrics"]["test_accuracy_torch"] = teacher_score(
-        state.loaded.model, state.splits, state.ctx.device)
+    state.variants["teacher-fp32"].meta["metrics"]["test_accuracy_torch"] = teacher_score(state.ctx)
     if run is not None:  # only now, every input checked: --force empties, --resume tidies, the recipe is recorded
-        run.start(dump_recipe(rec))
+        run.start(resolved)
     for stale in ("report.json", "report.md", "report.html", "tradeoff.png"):  # from an earlier, finished try
         (run_dir / stale).unlink(missing_ok=True)
     if (run_dir / "manifest.json").is_file():  # until this try completes, report and gate refuse the run

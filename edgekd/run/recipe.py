@@ -9,7 +9,7 @@ from typing import Any, Callable
 from pydantic import ValidationError
 
 from .. import stages  # noqa: F401  (every built-in stage registers its recipe keys)
-from ..config.schema import Recipe, read_recipe, recipe_with, with_text_training
+from ..config.schema import Recipe, dump_recipe, read_recipe, recipe_with, with_text_training
 from ..data.spec import parse_data_spec
 from ..errors import CheckpointError, InputError
 from .teacher import is_hf
@@ -70,3 +70,13 @@ def checkpoint_of(rec: Recipe, ckpt: Path | None) -> tuple[Recipe, Path | None]:
     elif ckpt is not None and not ckpt.is_file():
         raise CheckpointError(f"{ckpt}: checkpoint file not found")
     return rec, ckpt
+
+
+def resolved_text(rec: Recipe, preprocess: Any) -> str:
+    """``recipe.resolved.yaml``: the recipe as it runs, with the preprocessing every sample gets written
+    out (what the architecture's tables chose, once silent: a resnet18 trained on 64x64 images was fed
+    ImageNet's 256 -> 224 crop) and where each value came from in a comment, so the file reruns the same."""
+    keys = preprocess.recipe_keys()
+    if keys is not None and rec.data.source not in ("digits", "synthetic"):
+        rec = recipe_with(rec, data={**rec.data.model_dump(), "preprocess": keys})
+    return f"# data: {preprocess.summary()}\n" + dump_recipe(rec)

@@ -12,7 +12,7 @@ from ..config.schema import Recipe
 from ..data import Splits
 from ..errors import CheckpointError, DataError, first_line
 from ..tasks import Task
-from ..train.device import Device
+from ..stages import StageContext
 from ..train.evaluate import accuracy
 from ..models.checkpoint import LoadedCheckpoint, LoadPolicy, load_checkpoint, load_hf_checkpoint
 
@@ -70,14 +70,15 @@ def size_origin(splits: Splits) -> str:
             f"resizes it, data.preprocess.channels sets the channels")
 
 
-def teacher_score(model: torch.nn.Module, splits: Splits, device: Device) -> float:
+def teacher_score(ctx: StageContext) -> float:
     """The teacher's test score by the task. Where the task scores against the teacher's own outputs (an
     embedding run), those outputs are the references the stages use anyway: scored from them, with no
     second pass over the test split; a dry run never asks (on all-MiniLM-L6-v2 that pass was 120 s of
-    a 184 s dry run)."""
+    a 184 s dry run). ``ctx``: the run's stage context (teacher, splits, device)."""
+    splits = ctx.splits
     reference = splits.scoring.reference("test")
     if reference is None:
-        return accuracy(model, splits, "test", device)
+        return accuracy(ctx.teacher, splits, "test", ctx.device)
     return splits.scoring.score(reference, splits.labels("test"), "test")
 
 
