@@ -495,17 +495,14 @@ def test_text_models_get_fine_tuning_defaults_and_keep_what_the_recipe_sets(tmp_
 
 
 def test_data_text_file_on_the_command_line(bert, tmp_path):
-    """``--data text:FILE``, as the other sources have a form: the recipe's other data keys kept."""
+    """``--data text:FILE``, as the other sources have a form: the recipe's other data keys kept (the
+    command line taking it to the model folder: tests/test_trust.py's compress runs)."""
     from edgekd.data.spec import parse_data_spec
 
     corpus = reviews(tmp_path / "r.jsonl", labels=False)
     data = parse_data_spec(f"text:{corpus}", {"source": "digits", "image_size": 32, "max_length": 16})
     assert (data["source"], data["path"], data["max_length"]) == ("text", str(corpus), 16)
     assert "image_size" not in data  # the generated digits' size went with them
-    result = invoke("compress", "--arch", f"hf:{bert}", "--data", f"text:{corpus}", "--recipe",
-                    _text_recipe(tmp_path, bert, corpus, "embedding", [{"name": "embedding-cosine"}],
-                                 {"mode": "ptq", "calibration_batches": 1}), "--out", tmp_path / "run", "--dry-run")
-    assert result.exit_code == 0, result.output
 
 
 def test_a_streamed_corpus_gives_the_same_samples_as_the_in_memory_one_and_trains(bert, tmp_path):
