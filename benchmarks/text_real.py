@@ -125,7 +125,7 @@ def compiled(path: Path, backend: str, shape: dict) -> object:
 
 def embeddings(path: Path, backend: str, feeds: list[dict]) -> np.ndarray:
     model = compiled(path, backend, {k: v.shape for k, v in feeds[0].items()})
-    return np.concatenate([model.run(f) for f in feeds])
+    return np.concatenate([np.array(model.run(f), copy=True) for f in feeds])  # a runtime may reuse its buffer
 
 
 def ort_dynamic(fp32: Path, out: Path) -> Path:

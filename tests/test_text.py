@@ -520,7 +520,8 @@ def test_a_streamed_corpus_gives_the_same_samples_as_the_in_memory_one_and_train
             assert torch.equal(streamed.set(split)[i][0], held.set(split)[i][0]), (split, i)
     corpus_set = streamed.set("train").raw_set.base  # a split of the stream: offsets, no texts, no tensors
     assert isinstance(corpus_set, StreamedTexts) and corpus_set.offsets.dtype == np.int64
-    assert set(vars(corpus_set)) == {"path", "offsets", "text_column", "tokenizer_dir", "max_length", "_tokenizer"}
+    assert set(vars(corpus_set)) == {"path", "offsets", "text_column", "tokenizer_dir", "max_length", "_tokenizer",
+                                     "_file"}
     labelled = reviews(tmp_path / "labelled.jsonl")
     with pytest.raises(DataError, match="data.stream is for label-free corpora"):
         build_splits(DataSpec(**{**keys, "path": str(labelled), "label_column": "label"}, stream=True))

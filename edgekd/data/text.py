@@ -42,24 +42,26 @@ class TokenSet:
 class StreamedTexts:
     """A label-free .jsonl corpus read on demand (``data.stream``): the byte offset of each line is all it
     keeps; ``raw(i)`` reads that line and tokenizes its text, padded and truncated as ``tokenize`` does,
-    so a sample is the same tensor the in-memory path holds. The tokenizer is loaded once per process
-    (it is not pickled into loader workers)."""
+    so a sample is the same tensor the in-memory path holds. The tokenizer and the open file are made
+    once per process (neither is pickled into loader workers)."""
 
     def __init__(self, path: Path, offsets: np.ndarray, text_column: str, tokenizer_dir: str, max_length: int) -> None:
         self.path, self.offsets, self.text_column = path, offsets, text_column
         self.tokenizer_dir, self.max_length = tokenizer_dir, max_length
         self._tokenizer: Any = None
+        self._file: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_tokenizer": None}
+        return {**self.__dict__, "_tokenizer": None, "_file": None}
 
     def __len__(self) -> int:
         return len(self.offsets)
 
     def text(self, i: int) -> str:
-        with open(self.path, "rb") as f:
-            f.seek(int(self.offsets[i]))
-            return json.loads(f.readline().decode("utf-8-sig"))[self.text_column]
+        if self._file is None:
+            self._file = open(self.path, "rb")  # noqa: SIM115 - read for as long as the corpus is
+        self._file.seek(int(self.offsets[i]))
+        return json.loads(self._file.readline().decode("utf-8-sig"))[self.text_column]
 
     def raw(self, i: int) -> torch.Tensor:
         if self._tokenizer is None:

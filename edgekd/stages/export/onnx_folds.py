@@ -158,18 +158,20 @@ def fold_weight_transposes(model: Any) -> int:
     return folded
 
 
-
 def gathers_before_dequantize(model: Any) -> int:
     """``DequantizeLinear(int8 table) -> Gather(ids)`` becomes ``Gather(int8 table, ids) -> Cast -> Mul(scales)``.
 
     Brevitas exports a quantized ``nn.Embedding`` (per-row scales, ``quantization._embedding_quant``) as a
     lookup into the dequantized table. OpenVINO reads that form as a compressed Gather (0.22 ms for 128
     rows of a 30522x384 table, measured); ONNX Runtime keeps a DequantizeLinear of a constant unfolded and
-    dequantizes the whole table on every call (11 ms). For ORT's layouts the rows are looked up first
-    and then scaled, each by its own scale, looked up the same way: the same arithmetic (zero points are
-    0; a table with others is left as it is), 0.55 ms. Returns how many Gathers were rewritten."""
+    dequantizes the whole table on every call (6.5 ms). For ORT's layouts the rows are looked up first
+    and then scaled, each by its own scale, looked up the same way: the same arithmetic, bit for bit
+    (zero points are 0; a table with others is left as it is), 0.054 ms. The dequantized tables no
+    longer read are dropped by onnxoptimizer's dead-end and unused-initializer passes. Returns how many
+    Gathers were rewritten."""
     import numpy as np
     import onnx
+    import onnxoptimizer
     from onnx import helper, numpy_helper
 
     graph = model.graph
@@ -204,13 +206,7 @@ def gathers_before_dequantize(model: Any) -> int:
         graph.node.remove(gather)
         rewritten += 1
     if rewritten:
-        read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-        for dq in [n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] not in read]:
-            graph.node.remove(dq)
-        read = {i for n in graph.node for i in n.input}
-        kept = [i for i in graph.initializer if i.name in read]
-        del graph.initializer[:]
-        graph.initializer.extend(kept)
+        model.CopyFrom(onnxoptimizer.optimize(model, ["eliminate_deadend", "eliminate_unused_initializer"]))
     return rewritten
 
 
