@@ -3,26 +3,26 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
-# torch: a local CPU wheel when this machine has one (far smaller than PyPI's CUDA build), else any torch>=2.6.
-TORCH_SPEC ?= $(or $(firstword $(wildcard /opt/wheels/torch-*+cpu-*.whl)),torch>=2.6)
-# The tests also need torchvision (issue 5's pruning matrix, the torchvision benchmarks). PyPI's torchvision
-# does not import beside that CPU wheel, so pip picks a matching torch+torchvision pair instead (on this
-# machine torch 2.14.1 + torchvision 0.29.1 from local disk: about a minute and 5.5 GB).
+# torch: a local CPU-only wheel where the machine keeps one in /opt/wheels (far smaller than PyPI's CUDA
+# build), else PyPI's torch within pyproject's range. The tests also need torchvision; pip then picks a
+# matching torch + torchvision pair (measured on the build machine: torch 2.14.1 + torchvision 0.29.1,
+# about a minute from a local mirror, 6.6 GB in .venv).
+TORCH_SPEC ?= $(or $(firstword $(wildcard /opt/wheels/torch-*+cpu-*.whl)),torch>=2.10,<3)
 
-.PHONY: browser venv venv-test demo test teacher clean
+.PHONY: browser venv venv-test demo test test-floor teacher clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev,cpu]"
 	touch $@
 
 venv: $(VENV)/.installed
 
 $(VENV)/.installed-test: pyproject.toml | $(PY)
-	$(PIP) install -q -e ".[dev,vision,data,text]"
+	$(PIP) install -q -e ".[dev,cpu,vision,data,text]"
 	touch $@
 
 venv-test: $(VENV)/.installed-test
@@ -38,6 +38,17 @@ browser:
 
 test: venv-test browser
 	$(PY) -m pytest -q
+
+# The lowest versions pyproject.toml declares, installed exactly (.ci/floors.py) in their own venv, and a
+# smoke subset of the tests on them (the tests marked floor): a floor too low fails here, not at a user's.
+FLOOR_VENV ?= .venv-floor
+FLOOR_EXTRAS := cpu vision data text dev
+test-floor:
+	$(PYTHON) -m venv $(FLOOR_VENV)
+	$(PYTHON) .ci/floors.py pyproject.toml $(FLOOR_EXTRAS) > $(FLOOR_VENV)/floors.txt
+	$(FLOOR_VENV)/bin/python -m pip install -q -c $(FLOOR_VENV)/floors.txt -e ".[$(shell echo $(FLOOR_EXTRAS) | tr ' ' ',')]"
+	$(FLOOR_VENV)/bin/python -m pip freeze | grep -i -E "^($(shell echo torch onnx brevitas onnxruntime openvino typer pydantic numpy | tr ' ' '|'))=="
+	$(FLOOR_VENV)/bin/python -m pytest -q -m floor -p no:cacheprovider
 
 # Re-train the bundled digits teacher (edgekd/models/assets); about a minute on 2 cores.
 teacher: venv

@@ -15,7 +15,14 @@ their logarithms, so that drift between measurements is inside the interval.
 call with a fixed reference file (the teacher, resnet18 at 128x128, which a PR does not change), and the
 gate compares that ratio with the baseline run's ratio (flag above 1 + min_effect).
 
+``--rounds R`` judges by the rule the gate uses when the teacher file is the same bytes in both runs
+(issue 26): each "run" times the teacher (resnet18 at 128x128) and the variant one after the other in R
+rounds; the change is the geometric mean of this run's per-round variant/teacher ratios over the
+baseline run's, with a Welch t interval on their logarithms (flag above 1 + min_effect with the interval
+above 1). ``--load N`` keeps N CPU-bound processes spinning beside the whole benchmark (a busy runner).
+
     python benchmarks/gate_power.py --trials 20
+    python benchmarks/gate_power.py --trials 20 --rounds 5 --seconds 0.5 --load 1
 """
 
 from __future__ import annotations
@@ -50,7 +57,33 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="measurements per run (>= 3: the repeats rule)")
     parser.add_argument("--relative", action="store_true", help="judge ratios to a reference timed interleaved")
     parser.add_argument("--pairs", type=int, default=300, help="--relative: interleaved call pairs per run")
+    parser.add_argument("--rounds", type=int, default=0, help="judge by per-round ratios to the unchanged teacher")
+    parser.add_argument("--load", type=int, default=0, help="CPU-bound processes spinning beside the benchmark")
     args = parser.parse_args()
+    spinners = co_tenants(args.load)
+    try:
+        run_trials(args)
+    finally:
+        for spinner in spinners:
+            spinner.terminate()
+
+
+def spin() -> None:
+    while True:
+        pass
+
+
+def co_tenants(n: int) -> list:
+    """``n`` processes that keep a CPU busy each, as another job on a shared runner would."""
+    import multiprocessing
+
+    spinners = [multiprocessing.Process(target=spin, daemon=True) for _ in range(n)]
+    for spinner in spinners:
+        spinner.start()
+    return spinners
+
+
+def run_trials(args: argparse.Namespace) -> None:
 
     from edgekd.report.baseline import median_ratio_interval, repeats_ratio_interval
     from edgekd.measure.fingerprint import machine
@@ -63,6 +96,9 @@ def main() -> None:
 
     if args.relative:
         relative(args, base_file, slow_file, export(128, tmp / "teacher.onnx"), target, pool)
+        return
+    if args.rounds:
+        teacher_rounds(args, base_file, slow_file, export(128, tmp / "teacher.onnx"), target, pool)
         return
 
     def samples(path: Path):  # one run: its calls (one measurement) or its repeats' p50s
@@ -97,6 +133,45 @@ def main() -> None:
     same_ratios = [a[1] for _, a, _ in rows]
     print(f"ratios, unchanged: {min(same_ratios):.3f}-{max(same_ratios):.3f}; slower: "
           f"{min(slow_ratios):.3f}-{max(slow_ratios):.3f}")
+
+
+def teacher_rounds(args: argparse.Namespace, base_file: Path, slow_file: Path, teacher_file: Path, target,
+                   pool) -> None:
+    """The gate's rule for an unchanged teacher: per-round variant/teacher p50 ratios, run against run."""
+    from edgekd.measure.fingerprint import machine
+    from edgekd.measure.measurement import measure
+    from edgekd.report.baseline import repeats_ratio_interval
+
+    def run(path: Path) -> list[float]:  # one CI run: R rounds of (teacher, variant)
+        ratios = []
+        for _ in range(args.rounds):
+            teacher = measure(teacher_file, "teacher", "fp32", target, pool)["latency_ms"]["p50"]
+            ratios.append(measure(path, path.stem, "fp32", target, pool)["latency_ms"]["p50"] / teacher)
+        return ratios
+
+    caught = alarms = 0
+    seen_same, seen_slow = [], []
+    for trial in range(args.trials):
+        then, same, slower = run(base_file), run(base_file), run(slow_file)
+        a, c = repeats_ratio_interval(same, then), repeats_ratio_interval(slower, then)
+        flag_a = a[0] > 1 + args.min_effect and a[1] > 1.0
+        flag_c = c[0] > 1 + args.min_effect and c[1] > 1.0
+        alarms += flag_a
+        caught += flag_c
+        seen_same.append(a[0])
+        seen_slow.append(c[0])
+        print(f"trial {trial + 1}: unchanged {a[0]:.3f} [{a[1]:.3f}, {a[2]:.3f}] {'FLAGGED' if flag_a else 'ok'}; "
+              f"10% slower {c[0]:.3f} [{c[1]:.3f}, {c[2]:.3f}] {'caught' if flag_c else 'MISSED'}", flush=True)
+    m = machine()
+    isa = ", ".join(k for k, on in m["cpu"]["isa"].items() if on)
+    print(f"\nmachine: {m['cpu']['model']} ({m['cpu']['usable_cpus']} usable CPUs), ISA: {isa}; "
+          f"{args.load} CPU-bound co-tenant process(es)")
+    print(f"per-round ratios to an unchanged teacher, {args.rounds} rounds of {args.seconds:.1f} s, min_effect "
+          f"{args.min_effect:.0%}, {args.trials} trials")
+    print(f"true 10% slowdowns caught: {caught}/{args.trials} ({caught / args.trials:.0%}; goal >= 95%)")
+    print(f"false alarms on the unchanged file: {alarms}/{args.trials} ({alarms / args.trials:.0%}; goal <= 5%)")
+    print(f"change, unchanged: {min(seen_same):.3f}-{max(seen_same):.3f}; slower: "
+          f"{min(seen_slow):.3f}-{max(seen_slow):.3f}")
 
 
 def relative(args: argparse.Namespace, base_file: Path, slow_file: Path, teacher_file: Path, target, pool) -> None:

@@ -7,7 +7,7 @@ a chosen name reaches a path only through ``checked_file_name``. Hostile or brok
 as a one-line error (exit 2), not as a hang, a 51 GB allocation or an abort inside a native library:
 each reader checks its input against ``LIMITS`` *before* the expensive step (expanding YAML,
 decoding an image, allocating a model, handing a line to a tokenizer), so the limit is also what the
-README's promise table and the property-based tests quote.
+docs/reference.md's promise table and the property-based tests quote.
 """
 
 from __future__ import annotations
@@ -47,6 +47,19 @@ def atomic_path(final: str | os.PathLike[str]) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def link_or_copy(source: str | os.PathLike[str], dest: str | os.PathLike[str]) -> None:
+    """``dest`` holds ``source``'s bytes, stored once where the filesystem allows (a hard link: a run's
+    ``models/`` and its export stage then share each file), else a copy; atomic either way."""
+    import shutil
+
+    with atomic_path(dest) as tmp:
+        tmp.unlink()
+        try:
+            os.link(source, tmp)
+        except OSError:  # another filesystem, or one without hard links
+            shutil.copyfile(source, tmp)
 
 
 DISK_FULL_MARGIN = 16 << 20  # bytes: below this much free space a failed write is read as a full disk

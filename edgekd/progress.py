@@ -80,3 +80,12 @@ def wall_time(seconds: float) -> str:
         return f"{seconds:.1f} s"
     minutes, secs = divmod(int(round(seconds)), 60)
     return f"{minutes} min {secs:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def runtime_log_severity() -> int:
+    """ONNX Runtime's session log level: errors only (3), or its own default, warnings (2), under
+    ``EDGEKD_DEBUG=1``. Its warnings at session creation ("Removing initializer ...", one line per folded
+    constant) ran to hundreds of lines per EfficientNet-class file and buried edgekd's own output."""
+    import os
+
+    return 2 if os.environ.get("EDGEKD_DEBUG") else 3

@@ -81,7 +81,8 @@ def test_size_growth_and_accuracy_drop_against_the_baseline():
 
 def _measured_run(teacher, tmp_path, name: str, student_width: float, target: Path) -> Path:
     """A real compress run on 64x64 inputs whose student is TinyCNN at ``student_width``."""
-    recipe = {"name": name, "arch": "edgekd:tiny_cnn", "data": {**TINY_DATA, "image_size": 64},
+    # teacher_check off: the teacher learned 16x16 images; these runs time 64x64 ones, its accuracy is moot
+    recipe = {"name": name, "arch": "edgekd:tiny_cnn", "data": {**TINY_DATA, "image_size": 64}, "teacher_check": False,
               "student": {"arch": "edgekd:tiny_cnn", "arch_args": {"width": student_width}},
               "stages": [{"stage": "distill", "epochs": 1, "lr": 0.01},
                          {"stage": "quantize", "mode": "ptq", "calibration_batches": 2}, {"stage": "export"}],
@@ -111,12 +112,50 @@ def test_a_second_run_of_the_same_files_passes_and_a_wider_student_fails_with_ra
     # Here: same files pass, 64x the work (read 24x) fails, whatever else the machine is doing.
     same = invoke("gate", again, "--baseline", tmp_path / "base.json", "--min-effect", "3")
     assert same.exit_code == 0, same.output
-    assert "from 5 and 5 repeats" in same.output
+    assert "from 5 and 5 repeats" in same.output  # the teacher's own row: by its repeats
+    assert "judged against the unchanged teacher-fp32" in same.output  # the students: relative to it
 
     wider = _measured_run(tiny_teacher, tmp_path, "wider", 4.0, target)  # 64x the student's conv work
     failed = invoke("gate", wider, "--baseline", tmp_path / "base.json", "--min-effect", "3")
     assert failed.exit_code == 1, failed.output
     line = next(x for x in failed.output.splitlines() if x.startswith("FAIL baseline.student-fp32@ort-repeats.latency"))
-    assert "(95% interval" in line and "from 5 and 5 repeats" in line and "SLOWER" in line
+    # the teacher file is the same bytes in both runs: the student is judged relative to it, round by round
+    assert "judged against the unchanged teacher-fp32" in line and "from 5 and 5 rounds" in line and "SLOWER" in line
     assert "FAIL baseline.size.student-fp32" in failed.output  # and it grew
     assert "PASS baseline.teacher-fp32@ort-repeats.latency" in failed.output
+
+
+def rounds_report(teacher: list[float], student: list[float], sha: str = "t" * 64) -> tuple[dict, dict]:
+    """A report (and the row dicts inside) whose teacher and student were timed in the same rounds."""
+    def row(variant, p50s, file):
+        return {"variant": variant, "target": "cpu", "status": "ok", "accuracy": 0.9,
+                "latency_ms": {"p50": p50s[0]}, "latency_samples_ms": [p50s[0]] * 30,
+                "repeats": {"p50_ms": p50s}, "fingerprint": {"machine_id": "m", "artifact_sha256": file}}
+    return {"variants": [{"name": "teacher-fp32", "size_bytes": 100}, {"name": "student-int8", "size_bytes": 10}],
+            "results": [row("teacher-fp32", teacher, sha), row("student-int8", student, "s" * 64)]}
+
+
+def test_a_student_is_judged_against_the_unchanged_teacher_timed_in_the_same_rounds():
+    """Issue 26: on a loaded runner the unchanged teacher read 22% faster in a second run, so a student's
+    own p50 failed or passed on drift alone. With the teacher's file the same bytes in both runs, the
+    student's time relative to the teacher in each round is what is compared."""
+    from edgekd.report.baseline import baseline_of
+
+    rng = np.random.default_rng(0)
+    noise = lambda: list(1 + 0.01 * rng.standard_normal(5))  # noqa: E731
+    teacher_then = [10 * n for n in noise()]
+    student_then = [t / 4 * n for t, n in zip(teacher_then, noise())]
+    base = baseline_of(rounds_report(teacher_then, student_then))
+    # the machine is 22% faster in the second run: teacher and student alike
+    teacher_now = [t * 0.78 * n for t, n in zip(teacher_then, noise())]
+    drifted = rounds_report(teacher_now, [t / 4 * n for t, n in zip(teacher_now, noise())])
+    (verdict,) = [v for v in compare_with_baseline(drifted, base) if v.name.endswith("student-int8@cpu.latency")]
+    assert verdict.passed and "judged against the unchanged teacher-fp32" in verdict.message
+    slowed = rounds_report(teacher_now, [t / 4 * 1.10 * n for t, n in zip(teacher_now, noise())])  # truly 10% slower
+    (verdict,) = [v for v in compare_with_baseline(slowed, base) if v.name.endswith("student-int8@cpu.latency")]
+    assert not verdict.passed and "SLOWER" in verdict.message
+    # another teacher file: the rule does not apply, the student's own repeats judge (and read the drift as a change)
+    other = rounds_report(teacher_now, [t / 4 * n for t, n in zip(teacher_now, noise())], sha="u" * 64)
+    (verdict,) = [v for v in compare_with_baseline(other, base) if v.name.endswith("student-int8@cpu.latency")]
+    assert "judged against the unchanged" not in verdict.message and "from 5 and 5 repeats" in verdict.message
+

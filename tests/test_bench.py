@@ -385,3 +385,27 @@ def test_repeats_time_the_file_again_in_rounds_and_report_the_spread_between_the
         assert len(rep["p50_ms"]) == 3 and rep["p50_ms"][0] == row["latency_ms"]["p50"]
         assert rep["spread"] == pytest.approx((max(rep["p50_ms"]) - min(rep["p50_ms"])) / np.median(rep["p50_ms"]))
     assert "p50 of 3 repeats" in result.output
+
+
+def test_bench_times_one_call_at_batch_n_and_takes_a_device(tmp_path):
+    """``--batch N`` gives the latency of a call at N as well as throughput; ``--device`` moves every
+    target to that device of its backend; the built-in gpu-onnxruntime target is ORT's CUDA EP."""
+    import onnxruntime as ort
+
+    model = export_plain(tmp_path / "m.onnx")
+    result = invoke("bench", model, "-t", "cpu-onnxruntime", *FAST, "--batch", "4", "--json", tmp_path / "b.json")
+    assert result.exit_code == 0, result.output
+    (row,) = json.loads((tmp_path / "b.json").read_text())
+    at_batch = row["throughput_batch"]
+    assert at_batch["batch"] == 4 and at_batch["latency_ms"]["p50"] > 0 and at_batch["ips"] > 0
+    # the batched call's p50 and the throughput describe the same calls: N / p50 is near the rate
+    assert 0.2 < 4 * 1000.0 / at_batch["latency_ms"]["p50"] / at_batch["ips"] < 5
+    assert "at batch 4, one call p50" in result.output
+
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    moved = invoke("bench", model, "-t", "cpu-onnxruntime", *FAST, "--device", "CUDA", "--json", tmp_path / "c.json")
+    (row,) = json.loads((tmp_path / "c.json").read_text())
+    assert row["device"] == "CUDA"
+    assert row["status"] == "ok" if cuda else ("no CUDAExecutionProvider" in row["error"]), row
+    assert load_target("gpu-onnxruntime").device == "CUDA" and load_target("gpu-onnxruntime").backend == "onnxruntime"
+    assert "gpu-onnxruntime" in invoke("list", "targets").output

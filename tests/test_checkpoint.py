@@ -13,7 +13,7 @@ from edgekd.models.checkpoint import build_model, load_checkpoint
 from edgekd.errors import CheckpointError
 from edgekd.models.zoo import TinyCNN
 
-from .conftest import invoke
+from .conftest import invoke, trained_tiny_cnn
 
 
 class _Planted:
@@ -45,7 +45,7 @@ def test_planted_pickle_is_refused_and_never_runs(tmp_path, tiny_files, fmt):
 
 def test_trusted_pickled_module_loads_and_is_recorded(tmp_path, tiny_files):
     ckpt = tmp_path / "module.pt"
-    torch.save(TinyCNN(num_classes=4), ckpt)
+    torch.save(trained_tiny_cnn(), ckpt)
     refused = invoke("compress", ckpt, "--recipe", tiny_files["recipe"], "--out", tmp_path / "a", "--dry-run")
     assert refused.exit_code == 2 and "--trust-checkpoint" in refused.output  # --dry-run opens the checkpoint too
     out = tmp_path / "b"

@@ -82,53 +82,91 @@ def test_report_rerenders_from_files_only(tiny_run, tmp_path):
     assert invoke("report", tmp_path / "nope").exit_code == 2
 
 
-def test_compare_prints_two_runs_side_by_side(tiny_run, tmp_path):
+def test_compare_prints_two_runs_side_by_side_and_exits_1_when_b_regressed(tiny_run, tmp_path):
     import json as _json
+
+    same = invoke("compare", tiny_run, tiny_run, "--json", tmp_path / "same.json")
+    assert same.exit_code == 0 and "B did not regress" in same.output, same.output
+    assert _json.loads((tmp_path / "same.json").read_text())["regressed"] is False
 
     other = tmp_path / "other"
     shutil.copytree(tiny_run, other)
     report = _json.loads((other / "report.json").read_text())
     for r in report["results"]:
-        if r["variant"] == "student-int8" and r["status"] == "ok":
-            r["latency_ms"]["p50"] *= 2  # B's student-int8 twice as slow
+        if r["variant"] == "student-int8" and r["status"] == "ok":  # B's student-int8 twice as slow
+            r["latency_ms"]["p50"] *= 2
+            r["latency_samples_ms"] = [t * 2 for t in r["latency_samples_ms"]]
     (other / "report.json").write_text(_json.dumps(report))
     assert invoke("compare", tiny_run, other).exit_code == 2  # an edited run is refused ...
     reseal(other)  # ... unless it is another run's own record
-    result = invoke("compare", tiny_run, other)
-    assert result.exit_code == 0, result.output
+    result = invoke("compare", tiny_run, other, "--json", tmp_path / "c.json")
+    assert result.exit_code == 1, result.output
     rows = [line for line in result.output.splitlines() if "student-int8" in line]
-    assert rows and all("2.000" in line for line in rows)
+    assert rows and all("2.000" in line and "p50 2.000x A" in line for line in rows)
     teacher = [line for line in result.output.splitlines() if "teacher-fp32" in line]
     assert teacher and all("1.000" in line for line in teacher)
+    doc = _json.loads((tmp_path / "c.json").read_text())
+    assert doc["schema"] == "edgekd.compare/1" and doc["regressed"] is True
+    slow = [r for r in doc["rows"] if r["variant"] == "student-int8"]
+    assert all(1.0 < r["p50_ratio_interval"][0] < 2.0 < r["p50_ratio_interval"][1] and r["regressions"] for r in slow), slow
+    sizes = {r["variant"]: r["size_mb_a"] for r in doc["rows"]}
+    assert 0 < sizes["student-int8"] < sizes["teacher-fp32"] < 1  # in MB, not bytes
+    assert not any(r["regressions"] for r in doc["rows"] if r["variant"] != "student-int8")
     missing = invoke("compare", tiny_run, tmp_path / "nowhere")
     assert missing.exit_code == 2
 
 
 def test_the_example_workflow_parses_and_its_edgekd_commands_run(tiny_teacher, tiny_files, tmp_path, monkeypatch):
-    """examples/github-actions.yml: valid YAML, and each of its edgekd steps, run here with the tiny files
-    in place of the user's, does what the comments say (compress ok; gate against a fresh baseline)."""
+    """examples/github-actions.yml, a maintained template (issue 26): main saves the baseline, a pull request
+    is gated against it; both jobs cache pip and ~/.cache/edgekd, have timeouts, the workflow has
+    concurrency and least permissions, the JUnit file is published as a check and the report linked in
+    the summary. Each job's edgekd commands, run here in order with the tiny files, do what they say."""
     import os
     import shlex
 
     import yaml
 
     workflow = yaml.safe_load((Path(__file__).parents[1] / "examples" / "github-actions.yml").read_text())
-    steps = workflow["jobs"]["compress-and-gate"]["steps"]
-    commands = [s["run"] for s in steps if str(s.get("run", "")).startswith("edgekd ")]
-    assert [c.split()[1] for c in commands] == ["compress", "gate"]
-    assert set(workflow["env"]) == {"CHECKPOINT", "RECIPE", "BUDGET", "BASELINE"}
-    monkeypatch.chdir(tmp_path)
+    triggers = workflow[True]  # YAML 1.1 reads the key `on` as True
+    assert triggers["push"]["branches"] == ["main"] and "paths" in triggers["pull_request"]
+    assert workflow["permissions"] == {"contents": "read", "checks": "write", "actions": "read"}
+    assert workflow["concurrency"]["cancel-in-progress"] is True
+    jobs = workflow["jobs"]
+    for job in jobs.values():
+        assert job["timeout-minutes"] <= 120
+        uses = [s.get("uses", "") for s in job["steps"]]
+        assert any(s.get("with", {}).get("cache") == "pip" for s in job["steps"])
+        assert any(s.get("with", {}).get("path") == "~/.cache/edgekd" for s in job["steps"]), uses
+    gate_steps = jobs["gate"]["steps"]
+    assert any("junit" in s.get("uses", "") and s["with"]["report_paths"] == "gate.xml" for s in gate_steps)
+    assert any("GITHUB_STEP_SUMMARY" in str(s.get("run", "")) and "artifact-url" in s["run"] for s in gate_steps)
+    assert any(s.get("uses", "").startswith("actions/cache/save") for s in jobs["baseline"]["steps"])
+    assert any(s.get("uses", "").startswith("actions/cache/restore") for s in gate_steps)
+
+    def commands(job: str) -> list[str]:
+        return [s["run"] for s in jobs[job]["steps"] if str(s.get("run", "")).startswith("edgekd ")]
+
+    assert [c.split()[1] for c in commands("baseline")] == ["compress", "baseline"]
+    assert [c.split()[1] for c in commands("gate")] == ["compress", "gate"]
+    main_dir, pr_dir = tmp_path / "main", tmp_path / "pr"
+    main_dir.mkdir(), pr_dir.mkdir()
     env = {"CHECKPOINT": str(tiny_teacher), "RECIPE": str(tiny_files["recipe"]),
-           "BUDGET": str(write_yaml(tmp_path / "budget.yaml", {"max_size_ratio": 1.0})),
-           "BASELINE": str(tmp_path / "baseline.json")}
+           "BUDGET": str(write_yaml(tmp_path / "budget.yaml", {"max_size_ratio": 1.0}))}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
-    compress = invoke(*shlex.split(os.path.expandvars(commands[0]))[1:])
-    assert compress.exit_code == 0, compress.output
-    assert invoke("baseline", "save", "run", "--out", env["BASELINE"]).exit_code == 0
-    gate = invoke(*shlex.split(os.path.expandvars(commands[1]))[1:])
-    assert gate.exit_code == 0, gate.output
-    assert (tmp_path / "run" / "gate.xml").is_file()
+    monkeypatch.chdir(main_dir)
+    for command in commands("baseline"):
+        result = invoke(*shlex.split(os.path.expandvars(command))[1:])
+        assert result.exit_code == 0, (command, result.output)
+    shutil.copytree(main_dir / "baseline", pr_dir / "baseline")  # what the cache carries from main to the PR
+    monkeypatch.chdir(pr_dir)
+    for command in commands("gate"):
+        # the PR's run times the same tiny files again on a loaded test machine: the wiring is tested here,
+        # the latency rule's power in benchmarks/gate_power.py (test_baseline.py uses --min-effect 3 too)
+        command = command.replace("--min-effect 0.10", "--min-effect 3")
+        result = invoke(*shlex.split(os.path.expandvars(command))[1:])
+        assert result.exit_code == 0, (command, result.output)
+    assert (pr_dir / "gate.xml").is_file() and (pr_dir / "run" / "verdicts.json").is_file()
 
 
 def test_dash_h_and_version_as_every_cli_has_them():

@@ -72,6 +72,7 @@ def npz_rgb(path, size: int = 40):
     return path
 
 
+@pytest.mark.floor
 def test_the_architectures_preprocessing_is_printed_written_down_and_can_be_turned_off(tmp_path):
     """Issue 26.1: torchvision's weights table picks resize 256 -> crop 224 and ImageNet's mean/std; a dry
     run says so with each value's origin, recipe.resolved.yaml records the values (so it reruns the same),
@@ -82,7 +83,8 @@ def test_the_architectures_preprocessing_is_printed_written_down_and_can_be_turn
     checkpoint = tmp_path / "m.safetensors"
     save_file(torchvision.models.mobilenet_v3_small(num_classes=3).state_dict(), str(checkpoint))
     data = npz_rgb(tmp_path / "rgb.npz")
-    recipe = write_yaml(tmp_path / "r.yaml", {"name": "r", "stages": [{"stage": "export"}], "targets": []})
+    recipe = write_yaml(tmp_path / "r.yaml", {"name": "r", "stages": [{"stage": "export"}], "targets": [],
+                                              "teacher_check": False})  # an untrained mobilenet
     common = ["compress", checkpoint, "--arch", "torchvision:mobilenet_v3_small", "--recipe"]
     chosen = invoke(*common, recipe, "--data", str(data), "--out", tmp_path / "a", "--dry-run")
     assert chosen.exit_code == 0, chosen.output
@@ -93,7 +95,7 @@ def test_the_architectures_preprocessing_is_printed_written_down_and_can_be_turn
     again = invoke(*common, tmp_path / "a" / "recipe.resolved.yaml", "--out", tmp_path / "b", "--dry-run")
     assert again.exit_code == 0, again.output
     assert "size 224 (recipe), resize 256 (recipe)" in again.output  # the same values, now the recipe's own
-    plain = write_yaml(tmp_path / "p.yaml", {"name": "p", "data": {"preprocess": "none"},
+    plain = write_yaml(tmp_path / "p.yaml", {"name": "p", "data": {"preprocess": "none"}, "teacher_check": False,
                                              "stages": [{"stage": "export"}], "targets": []})
     raw = invoke(*common, plain, "--data", str(data), "--out", tmp_path / "c", "--dry-run")
     assert raw.exit_code == 0, raw.output

@@ -53,8 +53,9 @@ def write_imagefolder(root, images, labels, splits=(("train", 0.7), ("val", 0.15
 
 
 def quick_recipe(path, targets, data: dict | None = None, **extra):
+    """A short recipe for these data-source tests, whose teachers are untrained (teacher_check off)."""
     return write_yaml(path, {"name": "data", "arch": "edgekd:tiny_cnn", "data": data or {"batch_size": 64},
-                             "student": {"width": 0.5}, **extra,
+                             "student": {"width": 0.5}, "teacher_check": False, **extra,
                              "stages": [{"stage": "distill", "epochs": 1, "lr": 0.01},
                                         {"stage": "quantize", "mode": "ptq", "calibration_batches": 2,
                                          "reduce_range": True},
@@ -229,7 +230,7 @@ def test_a_resumed_run_rebuilds_a_shape_checked_models_int8_artifact_as_the_stag
     torch.manual_seed(0)
     ckpt = save_model(ShapeCheckedCNN(num_classes=4), tmp_path / "checked.safetensors")
     recipe = write_yaml(tmp_path / "r.yaml", {
-        "name": "checked", "arch": "tests.models:ShapeCheckedCNN",
+        "name": "checked", "arch": "tests.models:ShapeCheckedCNN", "teacher_check": False,  # untrained
         "data": {"source": "synthetic", "samples": 128, "classes": 4, "image_size": 16, "batch_size": 32},
         "stages": [{"stage": "quantize", "mode": "ptq", "calibration_batches": 2}, {"stage": "export"}],
         "targets": [str(ort_target)]})

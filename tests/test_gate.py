@@ -49,8 +49,8 @@ def test_each_budget_line_can_fail(budget, failing):
 
 def test_accuracy_drop_is_per_backend():
     verdicts = evaluate_budget(_report(int8_acc_ov=0.90), Budget(max_accuracy_drop=0.02))
-    assert not verdicts[0].passed and "ov: drop vs teacher-fp32 +0.0600" in verdicts[0].message
-    assert "ort: drop vs teacher-fp32 +0.0050" in verdicts[0].message
+    assert not verdicts[0].passed and "ov [ok]: drop vs teacher-fp32 +0.0600" in verdicts[0].message
+    assert "ort [ok]: drop vs teacher-fp32 +0.0050" in verdicts[0].message
 
 
 def test_failed_target_violates_its_lines():
@@ -83,6 +83,7 @@ def test_gate_refuses_latencies_measured_on_different_machines():
         evaluate_budget(same, Budget(max_latency_ms={"ov": {"p90": 1.0}}, machine_id="cccc"))
 
 
+@pytest.mark.floor
 def test_gate_cli_exit_codes_and_junit(tiny_run, tmp_path):
     report = json.loads((tiny_run / "report.json").read_text())
     size_mb = next(v["size_bytes"] for v in report["variants"] if v["name"] == "student-int8") / (1 << 20)

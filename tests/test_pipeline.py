@@ -241,7 +241,7 @@ def test_the_report_says_what_each_stage_did_and_stands_alone(tiny_run):
 
 
 def test_the_pareto_front_keeps_only_rows_nothing_beats():
-    from edgekd.report.build import pareto_front
+    from edgekd.report.plots import pareto_front
 
     def row(name, p50, acc, status="ok"):
         return {"variant": name, "status": status, "accuracy": acc, "latency_ms": {"p50": p50}}

@@ -54,6 +54,24 @@ def snapshot(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".edgekd.lock"}
 
 
+def record(folder: Path) -> dict[str, str]:
+    """``snapshot`` of the run's record: every file but the report views ``gate`` and ``report`` re-render
+    (``gate`` writes its verdict into the report), and the manifest without those views' hashes."""
+    from edgekd.artifacts.rundir import REPORT_FILES
+
+    snap = {k: v for k, v in snapshot(folder).items() if k not in REPORT_FILES and k != "manifest.json"}
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["outputs"] = {k: v for k, v in manifest.get("outputs", {}).items() if k not in REPORT_FILES}
+    snap["manifest.json"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    return snap
+
+
+def no_junit_in_the_report(folder: Path) -> bool:
+    from edgekd.artifacts.rundir import REPORT_FILES
+
+    return not any((folder / n).is_file() and (folder / n).read_bytes().startswith(b"<?xml") for n in REPORT_FILES)
+
+
 HANG_SECONDS = 30  # a reader still busy after this long is a hang (a symlink loop walked forever)
 
 
@@ -311,11 +329,11 @@ def judged_run(tiny_run, tmp_path_factory) -> Path:
 @given(budget=st.one_of(values, keyed(["variant", "max_size_mb", "max_accuracy_drop", "min_accuracy", "max_latency_ms",
                                        "max_latency_ratio", "max_size_ratio", "variants", "machine_id"])))
 def test_gate_on_any_budget_keeps_the_exit_contract_and_the_run(judged_run, tmp_path, budget):
-    before = snapshot(judged_run)
+    before = record(judged_run)
     path = tmp_path / "budget.yaml"
     path.write_text(yaml.safe_dump(budget, allow_unicode=True), encoding="utf-8")
     exit_contract(invoke("gate", judged_run, "--budget", path, "--junit", tmp_path / "j.xml"))
-    assert snapshot(judged_run) == before
+    assert record(judged_run) == before  # gate re-renders the report with its verdict, and changes nothing else
 
 
 def _mutated(document: dict, path: list, value) -> dict:
@@ -368,10 +386,11 @@ def test_gate_on_any_resealed_report_keeps_the_exit_contract(tiny_run, tmp_path,
 @FEW
 @given(name=st.text(alphabet=string.printable + "ü/\\.:[]", min_size=0, max_size=20))
 def test_an_output_path_never_lands_on_the_runs_record(judged_run, tmp_path, name):
-    before = snapshot(judged_run)
+    before = record(judged_run)
     target = judged_run / name
     budget = tmp_path / "b.yaml"
     budget.write_text(yaml.safe_dump({"max_size_mb": 10}))
     exit_contract(invoke("gate", judged_run, "--budget", budget, "--junit", target))
-    after = snapshot(judged_run)
+    after = record(judged_run)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing of the record changed
+    assert no_junit_in_the_report(judged_run)  # and the JUnit file did not land on a report view

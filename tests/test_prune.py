@@ -215,9 +215,9 @@ def test_latency_search_keeps_the_fastest_attempt_when_none_meets():
 
 
 def _prune_recipe(tmp_path, stage: dict, extra_stages: list | None = None, targets: list | None = None,
-                  arch: str = "edgekd:tiny_cnn") -> str:
+                  arch: str = "edgekd:tiny_cnn", teacher_check: bool = True) -> str:
     return write_yaml(tmp_path / "r.yaml", {
-        "name": "prune", "arch": arch, "data": TINY_DATA, "targets": targets or [],
+        "name": "prune", "arch": arch, "data": TINY_DATA, "targets": targets or [], "teacher_check": teacher_check,
         "stages": [{"stage": "prune", **stage}, *(extra_stages or []), {"stage": "export"}]})
 
 
@@ -266,7 +266,8 @@ def test_gcp_sparse_trains_then_thresholds_each_scale_group(tmp_path):
     teacher = save_model(quarter_digits_cnn(), tmp_path / "t.safetensors")
     recipe = _prune_recipe(tmp_path, {"method": "gcp", "ratio": 0.5, "group_ratios": {"8x8": 0.25},
                                       "sparse": {"epochs": 2, "l1": 1e-2, "l1_final": 1e-3, "lr": 0.01},
-                                      "recovery": {"epochs": 1}}, arch="tests.models:quarter_digits_cnn")
+                                      "recovery": {"epochs": 1}}, arch="tests.models:quarter_digits_cnn",
+                           teacher_check=False)  # untrained: the test is about which channels go
     result = invoke("compress", teacher, "--recipe", recipe, "--out", tmp_path / "run")
     assert result.exit_code == 0, result.output
     record = json.loads((tmp_path / "run" / "stages" / "00-prune" / "stage.json").read_text())

@@ -8,6 +8,7 @@ import json
 from typing import Any, ClassVar
 
 import numpy as np
+import pytest
 import torch
 
 from edgekd.config.schema import DataSpec
@@ -15,7 +16,14 @@ from edgekd.data import build_splits
 from edgekd.models.checkpoint import load_checkpoint
 from edgekd.tasks import TASKS, Agreement, Task
 
-from .conftest import TINY_DATA, invoke, write_yaml
+from .conftest import TINY_DATA, invoke, save_model, trained_tiny_cnn, write_yaml
+
+
+@pytest.fixture(scope="module")
+def tiny_teacher(tmp_path_factory):
+    """A teacher trained part-way (3 epochs): above chance, but not perfect, so that top-2 and a balanced
+    accuracy differ from its top-1 (on the fully trained one all three are 1.0)."""
+    return save_model(trained_tiny_cnn(epochs=3), tmp_path_factory.mktemp("ckpt") / "part.safetensors")
 
 
 def top2(outputs: np.ndarray, labels: np.ndarray) -> float:

@@ -136,6 +136,8 @@ class RunDirectory:
             empty_except_lock(self.path)
         elif self.resume:
             remove_temporaries(self.path)
+        for stale in REPORT_FILES:  # from an earlier, finished try
+            (self.path / stale).unlink(missing_ok=True)
         write_text(self.path / RESOLVED_RECIPE, resolved_recipe)
         self.started = True
 
@@ -208,7 +210,8 @@ def input_hashes(data_path: str | None, teachers: list[str]) -> dict[str, Any]:
 
 
 MANIFEST = "manifest.json"
-REPORT_FILES = ("report.json", "report.md", "report.html", "tradeoff.png")  # rebuilt by 'edgekd report'
+# rebuilt by 'edgekd report' (verdicts.json: written by gate / compress --budget, shown by the report)
+REPORT_FILES = ("report.json", "report.md", "report.html", "tradeoff.png", "verdicts.json")
 RECORDED_FOLDERS = ("models", "measurements")
 
 

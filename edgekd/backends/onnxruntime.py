@@ -14,6 +14,7 @@ import numpy as np
 from pydantic import Field
 
 from ..errors import BackendError, BackendUnavailable, first_line
+from ..progress import runtime_log_severity
 from .base import Backend, Capabilities, CompiledModel
 from .inputs import ShapeRequest, graph_inputs, reshaped_onnx, resolve_shapes
 from ..config.target import Target
@@ -37,6 +38,7 @@ def session_options(target: Target) -> Any:
     opts.execution_mode = (ort.ExecutionMode.ORT_SEQUENTIAL if target.inter_op_threads == 1
                            else ort.ExecutionMode.ORT_PARALLEL)
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.log_severity_level = runtime_log_severity()
     opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if target.spinning else "0")
     opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if target.spinning else "0")
     return opts
@@ -122,7 +124,8 @@ class OnnxRuntimeBackend(Backend):
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            return False, f"onnxruntime is not installed ({exc})"
+            return False, (f"onnxruntime is not installed ({exc}): pip install 'edgekd[onnxruntime]', or "
+                           f"'edgekd[onnxruntime-gpu]' for CUDA")
         return True, f"{ort.__version__} (providers: {', '.join(ort.get_available_providers())})"
 
     def compile(self, onnx_path: Path, target: Target, shape: ShapeRequest = None) -> CompiledModel:

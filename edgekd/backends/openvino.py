@@ -186,7 +186,7 @@ class OpenVINOBackend(Backend):
         try:
             import openvino as ov
         except ImportError as exc:
-            return False, f"openvino is not installed ({exc})"
+            return False, f"openvino is not installed ({exc}): pip install 'edgekd[openvino]'"
         if self._core is None:
             self._core = ov.Core()
         return True, f"{ov.get_version()} (devices: {', '.join(self._core.available_devices)})"

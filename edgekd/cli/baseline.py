@@ -15,7 +15,7 @@ app.add_typer(baseline_app, name="baseline")
 
 @baseline_app.command("save")
 def save(
-    run_dir: Annotated[Path, typer.Argument(help="A finished run directory (or its report.json).")],
+    run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A finished run directory (or its report.json).")],
     out_file: Annotated[Optional[Path], typer.Option("--out", help="Where to write it. Default: "
                         "RUN_DIR/baseline.json.")] = None,
 ) -> None:

@@ -31,33 +31,46 @@ def parse_seqs(text: str | None) -> list[int] | None:
 
 @app.command()
 def bench(
-    model: Annotated[Path, typer.Argument(help="An .onnx file (any model: several inputs, integer ones, dynamic "
-                                                "axes), or a .pt2 program for a torch target.")],
-    target: Annotated[Optional[list[str]], typer.Option(help="Target name or YAML path; repeat for several.")] = None,
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="An .onnx file (any model: several inputs, integer "
+                                          "ones, dynamic axes), or a .pt2 program for a torch target.")],
+    target: Annotated[Optional[list[str]], typer.Option("--target", "-t", metavar="NAME|FILE", help="Target name "
+                      "or YAML path; repeat for several. Default: cpu-onnxruntime and cpu-openvino (cpu-torch for "
+                      "a .pt2).")] = None,
     warmup: Annotated[Optional[int], typer.Option(min=1, help="Warm-up runs (overrides the target's).")] = None,
     runs: Annotated[Optional[int], typer.Option(min=1, help="Timed runs at least (overrides the target's).")] = None,
     seconds: Annotated[Optional[float], typer.Option(min=0.0, help="Timed seconds at least (overrides).")] = None,
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads (overrides the target's).")] = None,
-    batch: Annotated[Optional[int], typer.Option(min=1, help="Batch size for the throughput figure.")] = None,
+    batch: Annotated[Optional[int], typer.Option(min=1, help="Also time calls at this batch size: throughput "
+                     "and one call's p50/p90 at it (the table is batch 1).")] = None,
+    device: Annotated[Optional[str], typer.Option(metavar="DEVICE", help="Run on this device of each target's "
+                      "backend (CPU, CUDA, GPU, ...; overrides the target's device).")] = None,
     repeats: Annotated[Optional[int], typer.Option(min=1, max=100, help="Time the file this many times in rounds "
                        "over the targets; report every repeat's p50 and their spread.")] = None,
-    shape: Annotated[Optional[list[str]], typer.Option(help="Input shape, e.g. 1x3x224x224, or per input "
+    shape: Annotated[Optional[list[str]], typer.Option(
+        "--shape", metavar="SHAPE", help="Input shape, e.g. 1x3x224x224, or per input "
                      "input_ids=1x128 (repeat); needed for dynamic dims that --seq does not fill.")] = None,
-    seq: Annotated[Optional[str], typer.Option(help="Sequence lengths to sweep, e.g. 32,64,128: every dynamic "
+    seq: Annotated[Optional[str], typer.Option(
+        "--seq", metavar="N,N,...", help="Sequence lengths to sweep, e.g. 32,64,128: every dynamic "
                    "non-batch axis takes each in turn; one row per length and target.")] = None,
-    inputs: Annotated[Optional[Path], typer.Option("--inputs", help="An .npz of arrays named like the model's "
+    inputs: Annotated[Optional[Path], typer.Option(
+        "--inputs", metavar="FILE", help="An .npz of arrays named like the model's "
                       "inputs, fed as they are (their shapes win).")] = None,
-    tokenizer: Annotated[Optional[Path], typer.Option(help="A local tokenizer directory: ids are drawn inside its "
+    tokenizer: Annotated[Optional[Path], typer.Option(
+        "--tokenizer", metavar="DIR", help="A local tokenizer directory: ids are drawn inside its "
                          "vocabulary where the file has no embedding table to read it from.")] = None,
-    emit_native: Annotated[bool, typer.Option("--emit-native", help="Also print the runtime's own benchmark "
+    emit_native: Annotated[bool, typer.Option(
+        "--emit-native", metavar="", help="Also print the runtime's own benchmark "
                                               "command (benchmark_app, trtexec, onnxruntime_perf_test) "
                                               "with the same settings.")] = False,
-    json_path: Annotated[Optional[Path], typer.Option("--json", help="Write the measurements here as JSON.")] = None,
-    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Allow a .pt2 program whose "
+    json_path: Annotated[Optional[Path], typer.Option(
+        "--json", "-j", metavar="FILE", help="Write the measurements here as JSON.")] = None,
+    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", metavar="", help="Allow a .pt2 program whose "
                                                    "pickles could run code when torch opens it.")] = False,
-    allow_global: Annotated[Optional[list[str]], typer.Option("--allow-global", help="module.Name a .pt2 program "
+    allow_global: Annotated[Optional[list[str]], typer.Option(
+        "--allow-global", metavar="MODULE.NAME", help="module.Name a .pt2 program "
                             "may reference beyond torch's safe list (narrower than --trust-checkpoint); repeat.")] = None,
-    expect_sha256: Annotated[Optional[str], typer.Option("--expect-sha256", help="Refuse MODEL unless its bytes "
+    expect_sha256: Annotated[Optional[str], typer.Option(
+        "--expect-sha256", metavar="HEX", help="Refuse MODEL unless its bytes "
                              "have this SHA-256 (checked before it is opened).")] = None,
 ) -> None:
     """Measure one ONNX file on each target: latency statistics, cold start, throughput, memory."""
@@ -65,7 +78,7 @@ def bench(
     from ..measure.measurement import bench as run_bench, native_commands
 
     overrides = {"warmup_runs": warmup, "runs": runs, "min_seconds": seconds, "threads": threads, "batch": batch,
-                 "repeats": repeats}
+                 "repeats": repeats, "device": device}
     targets = target or (["cpu-torch"] if model.suffix == ".pt2" else ["cpu-onnxruntime", "cpu-openvino"])
     with handle_errors():
         if emit_native:
@@ -119,7 +132,9 @@ def _print_details(r: dict[str, Any]) -> None:
     unit = "img/s" if len(r.get("input_shapes") or {}) <= 1 else "samples/s"
     parts = [f"{r['throughput_ips']:.0f} {unit} at batch 1"]
     if tb:
-        parts.append(f"{tb['ips']:.0f} {unit} at batch {tb['batch']}" if tb.get("ips")
+        at = (f", one call p50 {tb['latency_ms']['p50']:.3f} ms / p90 {tb['latency_ms']['p90']:.3f} ms"
+              if tb.get("latency_ms") else "")
+        parts.append(f"{tb['ips']:.0f} {unit} at batch {tb['batch']}{at}" if tb.get("ips")
                      else f"batch {tb['batch']}: {tb.get('error')}")
     parts.append(f"peak RSS {r['peak_rss_mb']:.0f} MB (process before compile {r['rss_before_mb']:.0f} MB)")
     parts.append(f"{lat['runs']} runs in {lat['seconds']:.1f} s after {lat['warmup_runs']} warm-up")

@@ -20,7 +20,8 @@ class What(str, enum.Enum):
 
 
 @app.command("list")
-def list_(what: Annotated[What, typer.Argument(help="recipes, targets, backends, losses, data sources or tasks.")]) -> None:
+def list_(what: Annotated[What, typer.Argument(
+    metavar="WHAT", help="recipes, targets, backends, losses, data sources or tasks.")]) -> None:
     """List built-in recipes, targets, backends (with availability), distillation losses, data sources or
     tasks (what ``task:`` accepts)."""
     from ..config.schema import RECIPES_DIR, TARGETS_DIR, builtin_names

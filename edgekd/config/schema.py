@@ -359,6 +359,12 @@ class Recipe(Strict):
     amp: Literal["bf16", "fp16", "none"] = Field("bf16", description="CUDA autocast precision for training")
     checkpoint_every: int | None = Field(None, ge=1, description="also save the training state every this many "
                                          "steps (not only per epoch), so --resume continues mid-epoch")
+    teacher_check: bool = Field(True, description="before anything trains, score the teacher on the validation "
+                                "split and stop (exit 2) when it cannot be told from chance: wrong preprocessing or "
+                                "class order; false for a teacher that is meant to be random (tests, smoke runs)")
+    degraded_below_teacher: float = Field(0.05, ge=0.0, le=1.0, description="a report row whose accuracy is more "
+                                          "than this below the teacher's on the same target is marked degraded, "
+                                          "not ok")
     data: DataSpec = DataSpec()
     student: StudentSpec = StudentSpec()
     stages: list[RegisteredStage]

@@ -73,6 +73,14 @@ class Target(_Strict):
     threads: int = Field(2, ge=1)
     latency: LatencySpec = LatencySpec()
 
+    def with_latency(self, **keys: object) -> "Target":
+        """A copy whose latency spec has ``keys`` (``runs``, ``min_seconds``, ...; None: left as it is),
+        validated as a target file's would be (``compress --runs/--seconds``)."""
+        given = {k: v for k, v in keys.items() if v is not None}
+        if not given:
+            return self
+        return self.model_copy(update={"latency": LatencySpec(**{**self.latency.model_dump(), **given})})
+
     def with_options(self, **options: object) -> "Target":
         """A copy with those of ``options`` that this target's backend reads set (others are ignored: a
         measurement asks every target for "no spinning" or "no cache" without knowing its backend)."""

@@ -114,9 +114,15 @@ def measure_latency(call: Callable[[], Any], spec: LatencySpec) -> LatencyStats:
 
 def throughput(call: Callable[[], Any], batch: int, seconds: float) -> float:
     """Images per second of back-to-back synchronous calls at ``batch`` (after a short warm-up)."""
+    return batch_timing(call, batch, seconds)[0]
+
+
+def batch_timing(call: Callable[[], Any], batch: int, seconds: float) -> tuple[float, "LatencyStats"]:
+    """Images per second of back-to-back synchronous calls at ``batch`` (after a short warm-up), and the
+    latency statistics of those calls: what one call at that batch costs (``bench --batch N``)."""
     warm_up(call, 3, min(0.2, seconds))
     times = time_calls(call, 10, seconds)
-    return batch * len(times) / (sum(times) / 1000.0)
+    return batch * len(times) / (sum(times) / 1000.0), LatencyStats.of(times)
 
 
 # ---------------------------------------------------------------- resident memory

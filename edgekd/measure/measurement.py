@@ -17,7 +17,8 @@ from ..backends import BACKENDS, Backend, check_runs_here, checked_target, predi
 from ..backends.inputs import FeedSpec, ShapeRequest, feed_for, with_batch
 from .int8_verdict import judge
 from ..tasks.parity import parity
-from .latency import LatencyStats, measure_latency, peak_rss_mb, reset_peak_rss, rss_mb, throughput, time_calls, warm_up
+from .latency import (LatencyStats, batch_timing, measure_latency, peak_rss_mb, reset_peak_rss, rss_mb,
+                      time_calls, warm_up)
 from ..fileio import file_sha256 as fingerprint_sha256
 from .fingerprint import fingerprint
 from ..config.schema import LatencySpec, Target
@@ -131,7 +132,9 @@ def _timed(backend: Backend, onnx_path: Path, precision: str, target: Target, in
     )
     if device_times:
         result["device_latency_ms"] = LatencyStats.of(device_times).to_json()
-    result["warnings"].extend(latency_warnings(stats, spec))
+    noise = latency_warnings(stats, spec)
+    result["warnings"].extend(noise)
+    result["noisy"] = bool(noise)  # the row's status says "noisy" (report.row_status)
     if spec.batch > 1:
         result["throughput_batch"] = _batch_throughput(backend, onnx_path, target, compiled.input_shapes, inputs.feed)
     return compiled
@@ -214,12 +217,14 @@ def empty_result(variant: str, precision: str, target: Target, path: Path | None
 
 def _batch_throughput(backend: Backend, onnx_path: Path, target: Target, shapes: dict[str, tuple[int, ...]],
                       feed: FeedSpec | None) -> dict[str, Any]:
-    """Samples/s at the target's batch size; a graph that cannot take that batch says why, not fails."""
+    """Samples/s at the target's batch size and the latency of one call at it; a graph that cannot take
+    that batch says why, not fails."""
     batch = target.latency.batch
     try:
         compiled = backend.compile(onnx_path, target, with_batch(shapes, batch))
         inputs = feed_for(compiled, onnx_path, feed)
-        return {"batch": batch, "ips": throughput(lambda: compiled.run(inputs), batch, target.latency.throughput_seconds)}
+        ips, stats = batch_timing(lambda: compiled.run(inputs), batch, target.latency.throughput_seconds)
+        return {"batch": batch, "ips": ips, "latency_ms": stats.to_json()}
     except Exception as exc:  # noqa: BLE001 - e.g. a Reshape that bakes batch 1 into the graph
         return {"batch": batch, "ips": None, "error": str(exc) if isinstance(exc, EdgekdError) else first_line(exc, with_type=True)}
 

@@ -7,18 +7,19 @@ So ``edgekd report`` and ``edgekd gate`` run on a CPU-only CI box against a run 
 
 from __future__ import annotations
 
-import base64
-import html
 import math
 from pathlib import Path
 from typing import Any
 
-from .attribution import attribution, attribution_html, attribution_markdown
+from .attribution import attribution, attribution_markdown
+from .html import render_html, stage_time
+from .rows import DEGRADED_BELOW_TEACHER, row_status, unexplained_speedup
+from .plots import write_tradeoff_png
 from ..errors import ReportError
-from ..fileio import atomic_path, read_json, write_json, write_text
-from ..progress import wall_time
+from ..fileio import read_json, write_json, write_text
 
 SCHEMA = "edgekd.report/1"
+VERDICTS = "verdicts.json"  # written by gate and compress --budget (``record_verdicts``)
 MB = 1 << 20
 
 
@@ -46,9 +47,14 @@ def build_report(run_dir: Path, manifest: dict[str, Any] | None = None) -> dict[
         })
     order = {name: i for i, name in enumerate(manifest["models"])}
     results.sort(key=lambda r: (r["target"], order.get(r["variant"], len(order))))
+    judging = manifest.get("judging") or {}
+    teacher = {r["target"]: r["accuracy"] for r in results if r["variant"] == "teacher-fp32" and r["status"] == "ok"}
     for r in results:
         r.pop("host", None)
+        r["row_status"] = row_status(r, teacher.get(r["target"]),
+                                     judging.get("degraded_below_teacher", DEGRADED_BELOW_TEACHER))
     report = {"schema": SCHEMA, "run": {"recipe": manifest["recipe"], "created": manifest["created"],
+                                        "data": manifest.get("data"), "teacher_check": manifest.get("teacher_check"),
                                         "edgekd": manifest["edgekd"], "checkpoint": manifest["checkpoint"],
                                         "versions": manifest["versions"], "status": manifest["status"],
                                         "inputs": manifest.get("inputs"),  # data and teachers' hashes
@@ -60,6 +66,8 @@ def build_report(run_dir: Path, manifest: dict[str, Any] | None = None) -> dict[
               "stages": [{k: s.get(k) for k in ("stage", "outputs", "reused", "seconds")}
                          for s in manifest.get("stages", [])]}
     report["attribution"] = attribution(run_dir, report, manifest)
+    if (run_dir / VERDICTS).is_file():  # what the last gate (or compress --budget) said of this run
+        report["verdict"] = read_json(run_dir / VERDICTS)
     return report
 
 
@@ -176,12 +184,19 @@ def table_rows(report: dict[str, Any], target: str) -> list[dict[str, str]]:
             "variant": r["variant"], "precision": r["precision"], "size": _fmt_size(sizes.get(r["variant"], 0)),
             "accuracy": _fmt(r["accuracy"], ".4f"), "p50 ms": _fmt(lat.get("p50"), ".3f"),
             "p90 ms": _fmt(lat.get("p90"), ".3f"), "spread": _fmt(lat.get("spread"), ".1%"),
-            "speed-up": f"{speedup:.2f}x" if speedup else "-",
+            "speed-up": (f"{speedup:.2f}x" + ("?" if unexplained_speedup(report, r, speedup) else "")) if speedup
+                        else "-",
             "INT8 layers": _fmt_int8_layers(layers, r["precision"]),
             "parity": _fmt_parity(r.get("parity")),
-            "status": r["status"] if r["status"] == "ok" else f"{r['status']}: {r.get('error') or ''}",
+            "status": status_cell(r),
         })
     return out
+
+
+def status_cell(row: dict[str, Any]) -> str:
+    """The row's status as a table shows it: failed rows say why."""
+    status = row.get("row_status") or row["status"]
+    return status if row["status"] == "ok" else f"{status}: {row.get('error') or ''}"
 
 
 def measurement_notes(report: dict[str, Any]) -> list[str]:
@@ -215,7 +230,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append("")
     lines.append(f"Accuracy: {metric_of(report)} of the exported ONNX file running on that target over the test split. "
                  "Latency: batch 1, milliseconds; spread: 1.4826 x MAD / median of the timed calls. "
-                 "Speed-up: teacher-fp32 p50 / variant p50 on the same target. "
+                 "Speed-up: teacher-fp32 p50 / variant p50 on the same target (? : more than the cut in MACs "
+                 "explains, x4 for INT8, with a 1.5 margin: re-measure). "
                  "Parity: top-1 agreement / SQNR of this backend's outputs against the torch model "
                  "(the fake-quantized one for INT8).")
     if report.get("stages"):
@@ -229,88 +245,14 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def stage_time(stage: dict[str, Any]) -> str:
-    if stage.get("reused"):
-        return "reused (--resume)"
-    return wall_time(stage["seconds"]) if isinstance(stage.get("seconds"), (int, float)) else "-"
-
-
-def render_html(report: dict[str, Any], plot_png: bytes | None = None) -> str:
-    """One self-contained page (the plot inlined as a data URI), so CI can upload it as one artifact."""
-    image = (f"<img alt='accuracy against latency per target' width='720' src='data:image/png;base64,"
-             f"{base64.b64encode(plot_png).decode('ascii')}'>" if plot_png else "")
-    parts = [f"<!doctype html><meta charset='utf-8'><title>edgekd report</title>"
-             f"<style>body{{font-family:sans-serif}}td,th{{padding:2px 8px;text-align:right}}</style>"
-             f"<h1>edgekd report: {html.escape(report['run']['recipe'])}</h1>{image}"]
-    for target in targets_of(report):
-        rows = table_rows(report, target)
-        parts.append(f"<h2>{html.escape(target)}</h2><table><tr>"
-                     + "".join(f"<th>{html.escape(h)}</th>" for h in rows[0]) + "</tr>")
-        parts += ["<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in row.values()) + "</tr>" for row in rows]
-        parts.append("</table>")
-    if report.get("stages"):
-        parts.append("<h2>Stages</h2><table><tr><th>stage</th><th>made</th><th>wall time</th></tr>" + "".join(
-            f"<tr><td>{html.escape(s['stage'])}</td><td>{html.escape(', '.join(s['outputs'] or []))}</td>"
-            f"<td>{html.escape(stage_time(s))}</td></tr>" for s in report["stages"]) + "</table>")
-    if report.get("attribution"):
-        parts.append(attribution_html(report["attribution"]))
-    notes = measurement_notes(report)
-    if notes:
-        parts.append("<h2>Measurement notes</h2><ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in notes) + "</ul>")
-    return "\n".join(parts) + "\n"
-
-
-def pareto_front(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The rows no other row beats on both p50 latency and accuracy (ok rows with both), fastest first."""
-    ok = sorted((r for r in rows if r["status"] == "ok" and r.get("accuracy") is not None
-                 and (r.get("latency_ms") or {}).get("p50") is not None),
-                key=lambda r: (r["latency_ms"]["p50"], -r["accuracy"]))
-    front: list[dict[str, Any]] = []
-    for r in ok:
-        if not front or r["accuracy"] > front[-1]["accuracy"]:
-            front.append(r)
-    return front
-
-
-def render_plot(report: dict[str, Any], path: Path) -> None:
-    """Accuracy against p50 latency, one panel per target; marker area grows with file size."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    targets = targets_of(report) or ["(none)"]
-    sizes = {v["name"]: v["size_bytes"] for v in report["variants"]}
-    fig, axes = plt.subplots(1, len(targets), figsize=(5 * len(targets), 4), squeeze=False)
-    for ax, target in zip(axes[0], targets):
-        front = pareto_front([r for r in report["results"] if r["target"] == target])
-        if len(front) > 1:
-            ax.plot([r["latency_ms"]["p50"] for r in front], [r["accuracy"] for r in front], "k--", lw=0.8,
-                    alpha=0.5, label="Pareto front")
-            ax.legend(fontsize=7, loc="lower right")
-        for r in report["results"]:
-            if r["target"] != target or r["status"] != "ok" or r["accuracy"] is None:
-                continue
-            x, y = r["latency_ms"]["p50"], r["accuracy"]
-            ax.scatter([x], [y], s=40 + 400 * sizes.get(r["variant"], 0) / max(sizes.values() or [1]), alpha=0.6)
-            mark = " *" if r in front else ""
-            ax.annotate(f"{r['variant']} ({r['precision']}){mark}", (x, y), fontsize=8, xytext=(4, 4),
-                        textcoords="offset points")
-        ax.set(title=f"{target}  (* on the Pareto front)", xlabel="p50 latency (ms, batch 1)",
-               ylabel=f"{metric_of(report)} on target")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-
-
 def write_report(run_dir: Path, manifest: dict[str, Any] | None = None) -> dict[str, Any]:
     report = build_report(run_dir, manifest)
     write_json(run_dir / "report.json", report)
     write_text(run_dir / "report.md", render_markdown(report))
-    render_plot(report, run_dir / "tradeoff.png")
-    write_text(run_dir / "report.html", render_html(report, (run_dir / "tradeoff.png").read_bytes()))
+    targets = targets_of(report)
+    write_tradeoff_png(report, targets, metric_of(report), run_dir / "tradeoff.png")
+    write_text(run_dir / "report.html",
+               render_html(report, metric_of(report), {t: table_rows(report, t) for t in targets}))
     from ..artifacts.rundir import record_report
 
     record_report(run_dir)

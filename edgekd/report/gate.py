@@ -85,7 +85,7 @@ def _evaluate_one(report: dict[str, Any], budget: Budget) -> list[Verdict]:
                 out.append(Verdict(name, False, f"{target}: {r['status']} ({r.get('error')})"))
                 continue
             got = r["latency_ms"][stat]
-            out.append(Verdict(name, got <= limit, f"{target}: {stat} {got:.3f} ms (limit {limit} ms)"))
+            out.append(Verdict(name, got <= limit, f"{judged(target, r)}: {stat} {got:.3f} ms (limit {limit} ms)"))
     base_rows = {r["target"]: r for r in report["results"] if r["variant"] == BASELINE}
     for target, limit in budget.max_latency_ratio.items():
         name, r, b = f"max_latency_ratio.{target}", rows[target], base_rows.get(target)
@@ -94,9 +94,9 @@ def _evaluate_one(report: dict[str, Any], budget: Budget) -> list[Verdict]:
             out.append(Verdict(name, False, f"{target}: {why}"))
             continue
         ratio = r["latency_ms"]["p50"] / b["latency_ms"]["p50"]
-        out.append(Verdict(name, ratio <= limit, f"{target}: p50 {r['latency_ms']['p50']:.3f} ms is {ratio:.3f}x "
-                                                 f"{BASELINE}'s {b['latency_ms']['p50']:.3f} ms in the same run "
-                                                 f"(limit {limit}x)"))
+        out.append(Verdict(name, ratio <= limit, f"{judged(target, r)}: p50 {r['latency_ms']['p50']:.3f} ms is "
+                                                 f"{ratio:.3f}x {BASELINE}'s {b['latency_ms']['p50']:.3f} ms in the "
+                                                 f"same run (limit {limit}x)"))
     return out
 
 
@@ -123,9 +123,37 @@ def _per_target(name: str, rows: dict[str, dict[str, Any]], check: Any, describe
             passed = False
             continue
         value, ok = check(r)
-        messages.append(describe(target, value) + ("" if ok else " VIOLATED"))
+        messages.append(describe(judged(target, r), value) + ("" if ok else " VIOLATED"))
         passed &= ok
     return Verdict(name, passed and bool(rows), "; ".join(messages) or "no measurement of this variant")
+
+
+def judged(target: str, row: dict[str, Any]) -> str:
+    """The target a verdict line judged, with its row's status (``ok``, ``noisy``, ``degraded``): a line
+    judged on a noisy timing says so (reports from before row statuses: the measurement status)."""
+    return f"{target} [{row.get('row_status') or row['status']}]"
+
+
+def record_verdicts(run_dir: Path, verdicts: list[Verdict], source: str) -> Path | None:
+    """Write the verdicts into the run (``verdicts.json``) and re-render its report, so report.html shows
+    them; returns the file, or None (with the reason printed) when the run directory is read-only: the
+    verdict still stands, only the page does not show it."""
+    from datetime import datetime, timezone
+
+    from ..fileio import write_json
+    from ..progress import console
+    from .build import VERDICTS, write_report
+
+    document = {"source": source, "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "passed": all(v.passed for v in verdicts),
+                "lines": [{"name": v.name, "passed": v.passed, "message": v.message} for v in verdicts]}
+    try:
+        write_json(run_dir / VERDICTS, document)
+        write_report(run_dir)
+    except PermissionError:
+        console.print(f"note: {run_dir} is read-only: the verdict is not written into its report")
+        return None
+    return run_dir / VERDICTS
 
 
 def exit_code(verdicts: list[Verdict]) -> int:

@@ -11,21 +11,20 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from ..artifacts.artifact import Artifact, config_hash
 from ..models.checkpoint import LoadPolicy
-from .teacher import extra_teachers, is_hf, load_teacher, teacher_score, teacher_width
+from .teacher import check_teacher, extra_teachers, is_hf, load_teacher, teacher_score, teacher_width
 from ..config.schema import Budget, Recipe, Target, load_budget
 from ..backends import load_target
 from ..data import build_splits
 from ..data.transforms import arch_preprocess
 from ..config.environment import check_environment
 from ..fileio import read_json, write_json
-from ..report.gate import Verdict, evaluate_budget
+from ..report.gate import evaluate_budget, record_verdicts
 from ..measure.measurement import BackendPool, latency_probe
 from ..measure.targets import measure_models
 from ..progress import console
@@ -35,7 +34,8 @@ from ..stages import StageContext
 from ..stages.preflight import preflight
 from .checks import check_losses_fit, check_names
 from .manifest import manifest_fields, publish_models
-from .recipe import assemble_recipe, checkpoint_of, resolved_text
+from .options import CompressOptions, CompressResult
+from .recipe import assemble_recipe, checkpoint_of, resolved_text, run_notes
 from .stage_loop import RunState, run_stages
 from .targets import settle_targets
 from ..tasks import task_for
@@ -43,40 +43,13 @@ from ..train import distributed
 from ..train.device import resolve_device
 from ..train.evaluate import predict_logits
 
-@dataclass
-class CompressResult:
-    run_dir: Path
-    report: dict[str, Any] | None
-    verdicts: list[Verdict] | None
-    wrote_recipe: bool = False  # a dry run: whether it wrote recipe.resolved.yaml (never into an existing run)
-
-
-@dataclass(frozen=True)
-class CompressOptions:
-    """What ``compress`` takes besides the checkpoint: one field per ``edgekd compress`` flag."""
-
-    arch: str | None = None
-    arch_args: dict[str, Any] | None = None
-    recipe: str | Path | Recipe = "default"
-    targets: list[str] | None = None
-    data: str | None = None
-    out: str | Path | None = None
-    budget: str | Path | Budget | None = None
-    trust_checkpoint: bool = False
-    dry_run: bool = False
-    resume: bool = False
-    force: bool = False
-    device: str | None = None
-    allow_globals: tuple[str, ...] = ()
-    expect_sha256: str | None = None
-
-
 def compress(checkpoint: str | Path | None = None, **options: Any) -> CompressResult:
     """Compress ``checkpoint`` (the embedded default when None) as ``edgekd compress`` does; ``options`` are
     ``CompressOptions``' fields by keyword (``recipe=``, ``out=``, ``force=True``, ...)."""
     o = CompressOptions(**options)
     rec = assemble_recipe(o.recipe, o.data, arch=o.arch, arch_args=o.arch_args, device=o.device, targets=o.targets)
     rec, target_objs = settle_targets(rec)
+    target_objs = [t.with_latency(**(o.timing or {})) for t in target_objs]
     budget_obj = o.budget if isinstance(o.budget, Budget) or o.budget is None else load_budget(o.budget)
     rec, ckpt = checkpoint_of(rec, Path(checkpoint) if checkpoint is not None else None)
 
@@ -93,9 +66,10 @@ def compress(checkpoint: str | Path | None = None, **options: Any) -> CompressRe
     try:
         policy = LoadPolicy(trust=o.trust_checkpoint, allow_globals=tuple(o.allow_globals),
                             expect_sha256=o.expect_sha256)
-        result = _compress(rec, ckpt, run_dir, run, target_objs, policy, o.dry_run, o.resume)
+        result = _compress(rec, ckpt, run_dir, run, target_objs, policy, o)
         if result.report is not None and budget_obj is not None:
             result.verdicts = evaluate_budget(result.report, budget_obj)
+            record_verdicts(result.run_dir, result.verdicts, f"edgekd compress --budget {o.budget}")
         return result
     except BaseException:
         if run is not None:
@@ -111,15 +85,19 @@ def compress(checkpoint: str | Path | None = None, **options: Any) -> CompressRe
 
 
 def _compress(rec: Recipe, ckpt: Path | None, run_dir: Path, run: RunDirectory | None, target_objs: list[Target],
-              policy: LoadPolicy, dry_run: bool, resume: bool) -> CompressResult:
-    state = _prepare(rec, ckpt, run_dir, policy)
-    resolved = resolved_text(rec, state.splits.preprocess)  # its first line is what the data goes through
-    console.print(resolved.splitlines()[0].removeprefix("# "))
+              policy: LoadPolicy, o: CompressOptions) -> CompressResult:
+    state, dry_run = _prepare(rec, ckpt, run_dir, policy), o.dry_run
+    state.keep_all = o.keep_all
+    notes = run_notes(rec, state.loaded.arch, state.ctx.device, target_objs)  # what the run derived
+    resolved = resolved_text(rec, state.splits.preprocess, notes)
+    console.print(*(line[2:] for line in resolved.splitlines() if line.startswith("# ")), sep="\n")
     console.print("preflight: tracing, pruning graph and ONNX export checked on one sample before training")
     state.extra["preflight_seconds"] = preflight(rec, state.loaded.model, state.splits.example(1),
                                                  state.splits.num_classes, state.ctx.head_width)
-    if dry_run:  # every input opened and checked, the stages preflighted; nothing trained or written
+    if dry_run:  # every sample decoded before the teacher reads any (a broken file is named, not a crash)
         state.splits.check_every_sample()
+    state.extra["teacher_check"] = check_teacher(state.ctx)  # a teacher no better than guessing stops here
+    if dry_run:  # every input opened and checked, the stages preflighted; nothing trained or written
         wrote = run.dry_run(resolved) if run is not None else False
         console.print("dry run: checkpoint, teachers, data, targets and stages checked; nothing trained"
                       + ("" if wrote else f"; {run_dir} is an existing run and was left as it was"))
@@ -127,11 +105,9 @@ def _compress(rec: Recipe, ckpt: Path | None, run_dir: Path, run: RunDirectory |
     state.variants["teacher-fp32"].meta["metrics"]["test_accuracy_torch"] = teacher_score(state.ctx)
     if run is not None:  # only now, every input checked: --force empties, --resume tidies, the recipe is recorded
         run.start(resolved)
-    for stale in ("report.json", "report.md", "report.html", "tradeoff.png"):  # from an earlier, finished try
-        (run_dir / stale).unlink(missing_ok=True)
     if (run_dir / "manifest.json").is_file():  # until this try completes, report and gate refuse the run
         write_json(run_dir / "manifest.json", {**read_json(run_dir / "manifest.json"), "status": "running"})
-    stage_log = run_stages(state, resume)
+    stage_log = run_stages(state, o.resume)
     if not distributed.is_main():
         return CompressResult(run_dir, None, None)
     return CompressResult(run_dir, _finish(state, stage_log, target_objs), None)

@@ -72,11 +72,36 @@ def checkpoint_of(rec: Recipe, ckpt: Path | None) -> tuple[Recipe, Path | None]:
     return rec, ckpt
 
 
-def resolved_text(rec: Recipe, preprocess: Any) -> str:
+def resolved_text(rec: Recipe, preprocess: Any, notes: list[str] = ()) -> str:
     """``recipe.resolved.yaml``: the recipe as it runs, with the preprocessing every sample gets written
     out (what the architecture's tables chose, once silent: a resnet18 trained on 64x64 images was fed
-    ImageNet's 256 -> 224 crop) and where each value came from in a comment, so the file reruns the same."""
+    ImageNet's 256 -> 224 crop) and where each value came from, and a comment line for each value the
+    run derived (``run_notes``: teacher, device, student, each target's effective settings), so the file
+    reruns the same and says what it ran with. ``--dry-run`` prints the comment lines."""
     keys = preprocess.recipe_keys()
     if keys is not None and rec.data.source not in ("digits", "synthetic"):
         rec = recipe_with(rec, data={**rec.data.model_dump(), "preprocess": keys})
-    return f"# data: {preprocess.summary()}\n" + dump_recipe(rec)
+    header = [f"data: {preprocess.summary()}", *notes]
+    return "".join(f"# {line}\n" for line in header) + dump_recipe(rec)
+
+
+def run_notes(rec: Recipe, teacher_arch: str, device: Any, targets: list[Any]) -> list[str]:
+    """What the run derived from its defaults and this machine, a line each: the teacher's architecture
+    (the embedded default's when none was named), the training device ``auto`` chose, the student the
+    ``student:`` keys make, and every target's settings with their defaults filled in."""
+    import json
+
+    s = rec.student
+    if s.arch is not None:
+        student = f"{s.arch}" + (f" {json.dumps(s.arch_args)}" if s.arch_args else "") + " (student.arch)"
+    elif s.layers is not None:
+        depth = f", depth {s.depth or 'half the teacher'}" if s.layers == "measured" else ""
+        student = f"the teacher's layers {s.layers}{depth}"
+    else:
+        student = f"the teacher's architecture at width {s.width} ({s.init} init), or what a prune stage makes"
+    lines = [f"teacher: arch {teacher_arch}, task {rec.task}; training device {device.to_json()['device']} "
+             f"(device: {rec.device}, amp {device.to_json()['amp']})", f"student: {student}"]
+    for t in targets:
+        settings = t.model_dump(mode="json", exclude={"name", "description"})
+        lines.append(f"target {t.name}: {json.dumps(settings, separators=(', ', ': '))}")
+    return lines

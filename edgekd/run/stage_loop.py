@@ -22,6 +22,11 @@ from ..stages.base import RecipeReads, recipe_field_hashes
 from ..version import __version__
 
 
+# what a stage's training loop saves to resume from (``StageContext.train``'s ``state_file``: train_state.pt,
+# sparse_state.pt): needed only until the stage's record is written
+TRAINING_STATES = "*_state.pt"
+
+
 @dataclass
 class RunState:
     """What the steps of one compress run share once the teacher and the data are loaded."""
@@ -36,6 +41,7 @@ class RunState:
     # target name -> (timer of an ONNX file there, the target's settings)
     latency_probe_for: Callable[[str], tuple[Callable[[Path], float], dict[str, Any]]]
     extra: dict[str, Any]          # manifest fields gathered on the way
+    keep_all: bool = False         # --keep-all: finished stages keep their training state
 
 
 def run_stages(state: RunState, resume: bool) -> list[dict[str, Any]]:
@@ -65,6 +71,9 @@ def run_stages(state: RunState, resume: bool) -> list[dict[str, Any]]:
             seconds = round(time.perf_counter() - began, 1)
             write_record(folder, key, made, {"recipe": recipe_field_hashes(rec, ctx.recipe.read_fields()),
                                              "targets": probed})
+            if not state.keep_all:  # the stage is recorded: its training state can never be resumed from
+                for training_state in folder.glob(TRAINING_STATES):
+                    training_state.unlink()
             console.print(f"stage {i + 1}/{len(rec.stages)}: {spec.stage} done in {wall_time(seconds)}")
         else:
             seconds = None  # this run spent nothing on it

@@ -11,9 +11,10 @@ import torch
 from ..config.schema import Recipe
 from ..data import Splits
 from ..errors import CheckpointError, DataError, first_line
+from ..progress import console
 from ..tasks import Task
 from ..stages import StageContext
-from ..train.evaluate import accuracy
+from ..train.evaluate import accuracy, predict_logits
 from ..models.checkpoint import LoadedCheckpoint, LoadPolicy, load_checkpoint, load_hf_checkpoint
 
 
@@ -80,6 +81,66 @@ def teacher_score(ctx: StageContext) -> float:
     if reference is None:
         return accuracy(ctx.teacher, splits, "test", ctx.device)
     return splits.scoring.score(reference, splits.labels("test"), "test")
+
+
+# how sure the check must be that a teacher is above the bar before letting it teach: one-sided 99%
+CHANCE_CONFIDENCE = 0.99
+# the bar: chance plus this share of the way from chance to a perfect score
+CHANCE_MARGIN = 0.05
+
+
+def accuracy_lower_bound(correct: int, n: int, confidence: float = CHANCE_CONFIDENCE) -> float:
+    """The exact (Clopper-Pearson) one-sided lower confidence bound of ``correct`` successes in ``n``
+    trials: never above the true rate more often than ``1 - confidence`` of the time, at any ``n`` (the
+    Wilson bound, an approximation, let 6 of 6 two-class guesses through 1.6% of the time)."""
+    if n == 0 or correct == 0:
+        return 0.0
+    from scipy.stats import beta
+
+    return float(beta.ppf(1.0 - confidence, correct, n - correct + 1))
+
+
+def above_chance(correct: int, n: int, chance: float) -> bool:
+    """Whether ``correct`` of ``n`` is, with 99% confidence, above chance plus ``CHANCE_MARGIN`` of the
+    way from chance to 1 (a teacher at 0.26 on four classes and 10 000 samples is above chance but not
+    worth distilling; one at 0.9 on 12 samples is)."""
+    return accuracy_lower_bound(correct, n) > chance + CHANCE_MARGIN * (1 - chance)
+
+
+def check_teacher(ctx: StageContext) -> dict[str, Any] | None:
+    """``check_teacher_above_chance`` unless the recipe says ``teacher_check: false``."""
+    return check_teacher_above_chance(ctx, ctx.splits.scoring.task) if ctx.recipe.teacher_check else None
+
+
+def check_teacher_above_chance(ctx: StageContext, task: Task) -> dict[str, Any] | None:
+    """The teacher's score on the validation split against what guessing scores there; a teacher that
+    cannot be told apart from guessing (its score's 99% lower bound short of chance plus 5% of the way to
+    1) stops the run with a data error: its outputs are noise to distil, almost always because the inputs
+    are preprocessed otherwise than it was trained with, or the labels name its classes in another order.
+    Returns what was measured (for the manifest), or None where the task has no chance level."""
+    splits = ctx.splits
+    labels = splits.labels("val").numpy()
+    chance = task.chance(labels)
+    if chance is None:
+        return None
+    outputs = predict_logits(ctx.teacher, splits, "val", ctx.device)
+    score = splits.scoring.score(outputs, labels, "val")
+    correct = int(round(score * len(labels)))
+    measured = {"val_accuracy": score, "chance": chance, "samples": int(len(labels)),
+                "lower_bound": accuracy_lower_bound(correct, len(labels))}
+    if above_chance(correct, len(labels), chance):
+        console.print(f"teacher: {task.metric} {score:.4f} on the validation split ({len(labels)} samples; chance "
+                      f"{chance:.4f})")
+        return measured
+    names = splits.class_names or []
+    order = (f" (the data's classes in label order: {', '.join(names[:12])}{', ...' if len(names) > 12 else ''})"
+             if names else "")
+    raise DataError(
+        f"teacher: {task.metric} {score:.3f} on the validation split ({len(labels)} samples) cannot be told "
+        f"from chance ({chance:.3f}, always naming the most common class): check that data.preprocess (printed "
+        f"above) is what the checkpoint was trained with, and that the labels map to its outputs in the same "
+        f"order{order}{'; a larger validation split decides more surely' if len(labels) < 100 else ''}; a "
+        f"teacher meant to be random runs with teacher_check: false")
 
 
 def teacher_width(model: torch.nn.Module, splits: Splits) -> int:

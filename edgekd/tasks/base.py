@@ -87,6 +87,11 @@ class Task:
         return (f"{loss!r} does not fit a {self.name} run's outputs; it trains with {', '.join(self.losses)} "
                 f"(e.g. loss: [{{name: {self.default_loss}}}])")
 
+    def chance(self, labels: np.ndarray) -> float | None:
+        """What a model that ignores its input scores on samples with ``labels`` (the level a teacher must
+        clear before anything is distilled from it), or None where the task cannot say."""
+        return None
+
     def describe(self) -> dict[str, Any]:
         """The task as the manifest records it."""
         return {"name": self.name, "metric": self.metric}

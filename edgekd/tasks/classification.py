@@ -46,6 +46,12 @@ class Classification(Task):
             return {"accuracy": self._custom(outputs, labels)}
         return {"accuracy": float(np.mean(outputs.argmax(1) == labels))}
 
+    def chance(self, labels: np.ndarray) -> float | None:
+        """Top-1 by always naming the most common class (a custom metric's chance level is its own)."""
+        if self.metric_fn is not None or not len(labels):
+            return None
+        return float(np.bincount(np.asarray(labels, dtype=np.int64)).max() / len(labels))
+
     def _custom(self, outputs: np.ndarray, labels: np.ndarray) -> float:
         """The recipe's metric function on the outputs and labels, checked to give a score in [0, 1]."""
         try:

@@ -26,9 +26,9 @@ from torch import nn
 
 from ...artifacts.artifact import Artifact, config_hash, count_params_macs, onnx_size_bytes
 from .config import ExportConfig
-from ...errors import StageError, first_line
+from ...errors import InputError, StageError, first_line
 from ..exporting import INPUT_NAME, OUTPUT_NAME, export_fp32, export_program
-from ...progress import console
+from ...progress import console, runtime_log_severity
 from ...fileio import atomic_path
 from .int8_layouts import DYNAMIC_LAYOUT, onednn_float_convs, write_dynamic, write_s8s8_onednn, write_u8s8
 from ...artifacts.qdq_rules import ONEDNN_LAYOUT, layout_path
@@ -178,6 +178,7 @@ def compare_with_torch(path: Path, torch_side: TorchSide, precision: str, cfg: E
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.log_severity_level = runtime_log_severity()
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         names = [i.name for i in sess.get_inputs()]
         run = lambda feed: sess.run(None, feed)[0]  # noqa: E731
@@ -276,4 +277,18 @@ def check_export(model: nn.Module, example: torch.Tensor, opset: int, where: str
 
 @PREFLIGHTS.register("export")
 def preflight_export(cfg: ExportConfig, preview: Preview, where: str) -> None:
+    check_onnx_runtime(where)
     check_export(preview.model, preview.example, cfg.opset, where)
+
+
+def check_onnx_runtime(where: str) -> None:
+    """The export stage checks every file it writes with ONNX Runtime (and writes its INT8 layouts with
+    ORT's tools), whatever the targets: a runtime extra, not a hard dependency, so that a CUDA
+    environment's ``onnxruntime-gpu`` is never replaced by the CPU wheel. Missing, it is the user's
+    install to fix (exit 2), said before anything trains."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise InputError(f"{where}: the export stage checks its files with ONNX Runtime, which is not installed: "
+                          f"pip install 'edgekd[onnxruntime]' (or 'edgekd[onnxruntime-gpu]' in a CUDA "
+                          f"environment; not both)") from None
