@@ -132,9 +132,11 @@ def ship_files(report: dict[str, Any]) -> str:
                         f"measured here</td></tr>")
             continue
         file = f"models/{Path(str(r.get('onnx') or '')).name}"
-        why = "fastest row with status ok" if (r.get("row_status") or "ok") == "ok" else "fastest measured (noisy)"
+        why = "fastest row with status ok" if (r.get("row_status") or "ok") == "ok" else "fastest usable row (noisy)"
+        if r["variant"] == "teacher-fp32":
+            why += "; no compressed variant is usable here (see the statuses below)"
         rows.append(f"<tr><td class='l'>{esc(target)}</td><td class='l'><code>{esc(file)}</code></td>"
-                    f"<td class='l'>{esc(r['variant'])}</td><td class='l'>{esc(why)}, p50 "
+                    f"<td class='l'>{esc(r['variant'])}</td><td class='l' style='white-space:normal'>{esc(why)}, p50 "
                     f"{r['latency_ms']['p50']:.3f} ms, accuracy {r['accuracy']:.4f}</td></tr>")
     return ("<section id='ship'><h2>File to ship</h2><table><tr><th class='l'>target</th><th class='l'>file</th>"
             "<th class='l'>variant</th><th class='l'>why</th></tr>" + "".join(rows) + "</table></section>")

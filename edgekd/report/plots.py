@@ -75,7 +75,8 @@ def draw_target(ax: Any, report: dict[str, Any], target: str, metric: str) -> No
         xs = [r["latency_ms"]["p50"] for r in front] + [x_high]
         ys = [r["accuracy"] for r in front] + [front[-1]["accuracy"]]
         ax.step(xs, ys, where="post", color="0.35", lw=1.2, ls="--", label="Pareto front (best within a latency)")
-    for r in rows:
+    y_low, y_high = accuracy_limits(rows)
+    for i, r in enumerate(sorted(rows, key=lambda r: r["latency_ms"]["p50"])):
         x, y = r["latency_ms"]["p50"], r["accuracy"]
         style = STATUS_STYLE.get(r.get("row_status") or "ok", STATUS_STYLE["ok"])
         below, above = latency_error(r)
@@ -84,13 +85,17 @@ def draw_target(ax: Any, report: dict[str, Any], target: str, metric: str) -> No
         ax.scatter([x], [y], s=area, edgecolors=style["color"], linewidths=1.5,
                    facecolors=style["color"] if style["filled"] else "none", alpha=0.75, zorder=3)
         right = x > 0.6 * x_high
+        height = (y - y_low) / (y_high - y_low)
+        # neighbours in latency take turns: above, then below (or higher above where there is no room)
+        offset = 6 if i % 2 == 0 else (-14 if height > 0.15 else 22)
+        offset = -14 if height > 0.85 else offset
         ax.annotate(f"{r['variant']} ({r.get('row_status') or 'ok'})", (x, y), fontsize=10,
-                    xytext=(-8 if right else 8, 6), textcoords="offset points", ha="right" if right else "left",
-                    annotation_clip=True)
+                    xytext=(-8 if right else 8, offset), textcoords="offset points",
+                    ha="right" if right else "left", annotation_clip=True)
     for mb in sorted({round(largest, 2), round(min(sizes.values() or [largest]), 2)}):
         ax.scatter([], [], s=60 + 540 * mb / largest, facecolors="none", edgecolors="0.4", label=f"file {mb:g} MB")
     ax.set_xlim(0, x_high)
-    ax.set_ylim(*accuracy_limits(rows))
+    ax.set_ylim(y_low, y_high)
     ax.set_title(target, fontsize=13, loc="left")
     ax.set_xlabel("p50 latency, batch 1 (ms); bars: measured spread", fontsize=11)
     ax.set_ylabel(f"{metric} on this target", fontsize=11)

@@ -135,12 +135,13 @@ def check_teacher_above_chance(ctx: StageContext, task: Task) -> dict[str, Any] 
     names = splits.class_names or []
     order = (f" (the data's classes in label order: {', '.join(names[:12])}{', ...' if len(names) > 12 else ''})"
              if names else "")
+    # above chance on few samples, the split may be too small to tell; below it, the inputs are wrong
+    few = "; a larger validation split decides more surely" if len(labels) < 100 and score > chance else ""
     raise DataError(
         f"teacher: {task.metric} {score:.3f} on the validation split ({len(labels)} samples) cannot be told "
         f"from chance ({chance:.3f}, always naming the most common class): check that data.preprocess (printed "
         f"above) is what the checkpoint was trained with, and that the labels map to its outputs in the same "
-        f"order{order}{'; a larger validation split decides more surely' if len(labels) < 100 else ''}; a "
-        f"teacher meant to be random runs with teacher_check: false")
+        f"order{order}{few}; a teacher meant to be random runs with teacher_check: false")
 
 
 def teacher_width(model: torch.nn.Module, splits: Splits) -> int:
