@@ -79,7 +79,7 @@ def header(report: dict[str, Any], metric: str) -> str:
         ("task", f"{(run.get('task') or {}).get('name', 'classification')}: {metric}"),
         ("data", f"{data.get('source', '?')}" + (f" {Path(str(data['path'])).name}" if data.get("path") else "")
                  + (f"; {', '.join(f'{k} {v}' for k, v in sizes.items())} samples" if sizes else "")
-                 + (f"; {data.get('num_classes')} classes" if data.get("num_classes") else "")),
+                 + (f"; {data.get('num_classes')} classes" if (data.get("num_classes") or 0) > 1 else "")),
     ]
     check = run.get("teacher_check")
     if check:
