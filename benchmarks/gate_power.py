@@ -59,13 +59,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=300, help="--relative: interleaved call pairs per run")
     parser.add_argument("--rounds", type=int, default=0, help="judge by per-round ratios to the unchanged teacher")
     parser.add_argument("--load", type=int, default=0, help="CPU-bound processes spinning beside the benchmark")
-    args = parser.parse_args()
-    spinners = co_tenants(args.load)
-    try:
-        run_trials(args)
-    finally:
-        for spinner in spinners:
-            spinner.terminate()
+    parser.add_argument("--slowdown", type=float, default=None, help="size the slow file so that it measures "
+                        "this much slower than the base file (alone, before the co-tenants start): 0.10")
+    run_trials(parser.parse_args())
 
 
 def spin() -> None:
@@ -84,15 +80,47 @@ def co_tenants(n: int) -> list:
 
 
 def run_trials(args: argparse.Namespace) -> None:
-
-    from edgekd.report.baseline import median_ratio_interval, repeats_ratio_interval
-    from edgekd.measure.fingerprint import machine
-    from edgekd.measure.measurement import BackendPool, bench_targets, measure
+    """The files made (and the slow one calibrated) on a quiet machine, then the co-tenants started and
+    the trials judged."""
+    from edgekd.measure.measurement import BackendPool, bench_targets
 
     tmp = Path(tempfile.mkdtemp(prefix="gate-power-"))
-    base_file, slow_file = export(112, tmp / "base.onnx"), export(118, tmp / "slow.onnx")
     (target,) = bench_targets(["cpu-onnxruntime"], min_seconds=args.seconds, batch=1)
     pool = BackendPool()
+    base_file = export(112, tmp / "base.onnx")
+    slow_file = (calibrated(base_file, args.slowdown, tmp, target, pool) if args.slowdown is not None
+                 else export(118, tmp / "slow.onnx"))
+    spinners = co_tenants(args.load)
+    try:
+        judge(args, base_file, slow_file, tmp, target, pool)
+    finally:
+        for spinner in spinners:
+            spinner.terminate()
+
+
+def calibrated(base_file: Path, slowdown: float, tmp: Path, target, pool) -> Path:
+    """The first size (from 114 px up) whose file measures at least ``1 + slowdown`` times the base file's
+    p50 (medians of 3 alternating measurements each, alone): "10% slower" as measured, not as counted in
+    pixels (118 px read ~6% slower relative to a teacher)."""
+    from edgekd.measure.measurement import measure
+
+    for size in range(114, 200, 2):
+        candidate = export(size, tmp / f"slow{size}.onnx")
+        base, slow = [], []
+        for _ in range(3):
+            base.append(measure(base_file, "base", "fp32", target, pool)["latency_ms"]["p50"])
+            slow.append(measure(candidate, "slow", "fp32", target, pool)["latency_ms"]["p50"])
+        ratio = float(np.median(slow) / np.median(base))
+        print(f"calibration: {size}x{size} reads {ratio:.3f}x the 112x112 file", flush=True)
+        if ratio >= 1 + slowdown:
+            return candidate
+    raise SystemExit("no size up to 198 px measured slow enough")
+
+
+def judge(args: argparse.Namespace, base_file: Path, slow_file: Path, tmp: Path, target, pool) -> None:
+    from edgekd.report.baseline import median_ratio_interval, repeats_ratio_interval
+    from edgekd.measure.fingerprint import machine
+    from edgekd.measure.measurement import measure
 
     if args.relative:
         relative(args, base_file, slow_file, export(128, tmp / "teacher.onnx"), target, pool)
