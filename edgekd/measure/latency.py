@@ -112,11 +112,6 @@ def measure_latency(call: Callable[[], Any], spec: LatencySpec) -> LatencyStats:
     return LatencyStats.of(time_calls(call, spec.runs, spec.min_seconds), warm)
 
 
-def throughput(call: Callable[[], Any], batch: int, seconds: float) -> float:
-    """Images per second of back-to-back synchronous calls at ``batch`` (after a short warm-up)."""
-    return batch_timing(call, batch, seconds)[0]
-
-
 def batch_timing(call: Callable[[], Any], batch: int, seconds: float) -> tuple[float, "LatencyStats"]:
     """Images per second of back-to-back synchronous calls at ``batch`` (after a short warm-up), and the
     latency statistics of those calls: what one call at that batch costs (``bench --batch N``)."""

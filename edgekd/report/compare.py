@@ -38,7 +38,9 @@ def compare_rows(a: dict[str, Any], b: dict[str, Any], tol: Tolerances = Toleran
                "status_a": _status(ra), "status_b": _status(rb),
                "same_machine": bool(ra and rb and (ra.get("fingerprint") or {}).get("machine_id")
                                     == (rb.get("fingerprint") or {}).get("machine_id"))}
-        row["regressions"] = _regressions(row, ra, rb, tol)
+        if row["p50_ratio"] is not None and row["same_machine"]:
+            row["p50_ratio_interval"] = _ratio_interval(rb, ra)
+        row["regressions"] = _regressions(row, ra, tol)
         out.append(row)
     return out
 
@@ -55,25 +57,28 @@ def _status(r: dict[str, Any] | None) -> str:
     return (r.get("row_status") or r["status"]) if r else "absent"
 
 
-def _regressions(row: dict[str, Any], ra: dict[str, Any] | None, rb: dict[str, Any] | None,
-                 tol: Tolerances) -> list[str]:
+def _ratio_interval(rb: dict[str, Any], ra: dict[str, Any]) -> list[float] | None:
+    """The 95% interval of B's over A's median call, where both rows kept 20 calls or more."""
+    now, then = (np.asarray(r.get("latency_samples_ms") or [], dtype=np.float64) for r in (rb, ra))
+    if len(now) < 20 or len(then) < 20:
+        return None
+    _, lo, hi = median_ratio_interval(now, then)
+    return [lo, hi]
+
+
+def _regressions(row: dict[str, Any], ra: dict[str, Any] | None, tol: Tolerances) -> list[str]:
     """What is worse in B than in A, in words (empty: nothing)."""
     worse = []
-    if ra is not None and ra["status"] == "ok" and (rb is None or rb["status"] != "ok"):
+    if ra is not None and ra["status"] == "ok" and row["status_b"] not in ("ok", "noisy", "degraded"):
         worse.append(f"B {row['status_b']}")
     if row["accuracy_a"] is not None and row["accuracy_b"] is not None \
             and row["accuracy_a"] - row["accuracy_b"] > tol.accuracy_drop + 1e-12:
         worse.append(f"accuracy {row['accuracy_b'] - row['accuracy_a']:+.4f} (allowed -{tol.accuracy_drop})")
     if row["size_ratio"] is not None and row["size_ratio"] - 1 > tol.size_growth:
         worse.append(f"size {row['size_ratio'] - 1:+.1%} (allowed +{tol.size_growth:.0%})")
-    if row["p50_ratio"] is not None and row["same_machine"]:
-        now, then = (np.asarray((r or {}).get("latency_samples_ms") or [], dtype=np.float64) for r in (rb, ra))
-        lo = row["p50_ratio"]
-        if len(now) >= 20 and len(then) >= 20:
-            _, lo, hi = median_ratio_interval(now, then)
-            row["p50_ratio_interval"] = [lo, hi]
-        if row["p50_ratio"] > 1 + tol.min_effect and lo > 1.0:
-            worse.append(f"p50 {row['p50_ratio']:.3f}x A (allowed {1 + tol.min_effect:.2f}x)")
+    lo = (row["p50_ratio_interval"] or [row["p50_ratio"]])[0]
+    if row["p50_ratio"] is not None and row["same_machine"] and row["p50_ratio"] > 1 + tol.min_effect and lo > 1.0:
+        worse.append(f"p50 {row['p50_ratio']:.3f}x A (allowed {1 + tol.min_effect:.2f}x)")
     return worse
 
 

@@ -22,11 +22,6 @@ from ..stages.base import RecipeReads, recipe_field_hashes
 from ..version import __version__
 
 
-# what a stage's training loop saves to resume from (``StageContext.train``'s ``state_file``: train_state.pt,
-# sparse_state.pt): needed only until the stage's record is written
-TRAINING_STATES = "*_state.pt"
-
-
 @dataclass
 class RunState:
     """What the steps of one compress run share once the teacher and the data are loaded."""
@@ -64,7 +59,7 @@ def run_stages(state: RunState, resume: bool) -> list[dict[str, Any]]:
             # a killed stage's training state resumes only under the very same recipe (its reads are not
             # known until it finishes)
             ctx.stage_dir, ctx.stage_key, ctx.stage_key_path = folder, config_hash(key, whole_recipe), f"stages.{i}"
-            ctx.recipe, probed = RecipeReads(rec), {}
+            ctx.recipe, probed, ctx.state_files = RecipeReads(rec), {}, []
             ctx.latency_probe = recorded_probe(state.latency_probe_for, probed)
             began = time.perf_counter()
             made = STAGES.get(spec.stage)(variants, spec, ctx)
@@ -72,8 +67,8 @@ def run_stages(state: RunState, resume: bool) -> list[dict[str, Any]]:
             write_record(folder, key, made, {"recipe": recipe_field_hashes(rec, ctx.recipe.read_fields()),
                                              "targets": probed})
             if not state.keep_all:  # the stage is recorded: its training state can never be resumed from
-                for training_state in folder.glob(TRAINING_STATES):
-                    training_state.unlink()
+                for training_state in ctx.state_files:
+                    training_state.unlink(missing_ok=True)
             console.print(f"stage {i + 1}/{len(rec.stages)}: {spec.stage} done in {wall_time(seconds)}")
         else:
             seconds = None  # this run spent nothing on it

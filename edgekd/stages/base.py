@@ -82,6 +82,9 @@ class StageContext:
     teacher_memo: dict = field(default_factory=dict)
     # the output width every student keeps (the task's ``head_width``): layers producing it are never pruned
     head_width: int = 0
+    # the resumable training states this stage's training wrote (``train``): the run deletes them once the
+    # stage is recorded, whatever a stage names them
+    state_files: list[Path] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.head_width = self.head_width or self.splits.num_classes
@@ -98,6 +101,7 @@ class StageContext:
     def train(self, model: nn.Module, objective: Objective, outputs: TeacherOutputs | None, spec: TrainSpec, *,
               label: str, augment: bool = True, state_file: str = "train_state.pt") -> FitResult:
         """The one way a stage trains: the run's data, seed, device, augmentation and resumable state."""
+        self.state_files.append(self.stage_dir / state_file)
         settings = LoopSettings(seed=self.recipe.seed, device=self.device,
                                 augment=self.recipe.data.augment if augment else None,
                                 state_path=self.stage_dir / state_file, state_key=self.stage_key,
