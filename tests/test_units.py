@@ -125,6 +125,24 @@ def test_latency_defaults_follow_the_issue_and_stats_are_exact_on_known_times():
     assert stats.p90 == pytest.approx(90.1) and stats.p95 == pytest.approx(95.05) and stats.p99 == pytest.approx(99.01)
     assert stats.std == pytest.approx(np.std(np.arange(1, 101), ddof=1)) and stats.cov == pytest.approx(stats.std / 50.5)
     assert stats.seconds == pytest.approx(5.05) and stats.runs == 100 and stats.warmup_runs == 7
+    assert stats.fastest_tenth_mean == 5.5  # the mean of 1..10
+    assert LatencyStats.of([3.0, 7.0]).fastest_tenth_mean == 3.0  # at least one call
+
+
+@given(work=st.floats(0.5, 50.0), slice_ms=st.floats(1.0, 10.0), busy=st.floats(0.0, 0.8),
+       seed=st.integers(0, 2**16))
+@settings(max_examples=60, deadline=None)
+def test_the_fastest_tenth_reads_the_work_through_a_co_tenant_that_only_adds_time(work, slice_ms, busy, seed):
+    """A co-tenant only ever adds time to a call (whole scheduler slices, here on up to 80% of calls):
+    the mean of the fastest tenth stays within the calls' own jitter of the work, wherever the p50 lands
+    (why gate --baseline compares it round by round)."""
+    rng = np.random.default_rng(seed)
+    jitter = work * (1 + 0.01 * rng.random(400))
+    added = slice_ms * rng.integers(1, 4, size=400) * (rng.random(400) < busy)
+    stats = LatencyStats.of(jitter + added)
+    assert work <= stats.fastest_tenth_mean <= work * 1.01
+    if busy > 0.5:  # while the p50 has moved by whole slices
+        assert stats.p50 > work * 1.01
 
 
 def test_peak_rss_is_reset_per_session_and_sees_an_allocation():
