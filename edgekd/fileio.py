@@ -191,6 +191,8 @@ class Limits:
     hf_parameters: int = 8_000_000_000    # estimated from config.json before anything is allocated
     image_pixels: int = 89_478_485        # Pillow's own decompression-bomb threshold, refused rather than warned
     image_file_bytes: int = 512 << 20
+    label_file_bytes: int = 16 << 20      # one YOLO label file (a line per box)
+    annotation_file_bytes: int = 2 << 30  # one COCO instances JSON (COCO's own train file is ~450 MB)
 
 
 LIMITS = Limits()  # a constant, not state: nothing assigns to it

@@ -70,6 +70,8 @@ class PreprocessSpec(Strict):
     mean: tuple[float, ...] | None = Field(None, description="per-channel mean subtracted after scaling to [0, 1]")
     std: tuple[float, ...] | None = Field(None, description="per-channel std divided by")
     channels: Literal[1, 3] | None = Field(None, description="gray -> RGB repeats, RGB -> gray averages")
+    letterbox: bool | None = Field(None, description="scale the longer side to 'size' and pad the rest with gray "
+                                   "(114/255) instead of cropping: detection, where boxes must stay whole")
 
     @model_validator(mode="after")
     def _stats(self) -> "PreprocessSpec":
@@ -95,9 +97,12 @@ class DataSpec(Strict):
     ``synthetic``: random class-conditional images, for smoke tests.
     ``text``: a .csv/.jsonl file (``text_column``, optional ``label_column``) or a save_to_disk folder,
     tokenized with ``tokenizer`` (default: the hf: checkpoint's folder) to ``max_length`` tokens.
+    ``yolo``: detection, Ultralytics' layout: ``data.yaml`` (names), ``images/{train,val,test}/``,
+    ``labels/{train,val,test}/`` (a ``class cx cy w h`` line per box).
+    ``coco``: detection, ``annotations/instances_{train,val,test}.json`` and the images they name.
     """
 
-    source: Literal["digits", "synthetic", "npz", "imagefolder", "hf", "factory", "text"] = "digits"
+    source: Literal["digits", "synthetic", "npz", "imagefolder", "hf", "factory", "text", "yolo", "coco"] = "digits"
     path: str | None = None
     image_size: int | None = Field(None, ge=8, le=1024, description="digits/synthetic: the generated size "
                                    "(default 32); other sources: shorthand for preprocess.size")
@@ -145,10 +150,12 @@ class DataSpec(Strict):
 
     @model_validator(mode="after")
     def _source_needs(self) -> "DataSpec":
-        if self.source in ("npz", "imagefolder", "hf", "factory", "text") and not self.path:
+        if self.source in ("npz", "imagefolder", "hf", "factory", "text", "yolo", "coco") and not self.path:
             forms = {"npz": "a .npz file", "imagefolder": "a folder of class folders", "hf": "a saved dataset "
                      "folder or a cached dataset name", "factory": "package.module:function",
-                     "text": "a .csv/.jsonl file or a save_to_disk folder"}
+                     "text": "a .csv/.jsonl file or a save_to_disk folder",
+                     "yolo": "a folder with data.yaml, images/ and labels/",
+                     "coco": "a folder with annotations/instances_{train,val,test}.json and the images"}
             raise ValueError(f"source {self.source!r} needs 'path' ({forms[self.source]})")
         if self.source not in ("digits", "synthetic") and self.channels != 1:
             raise ValueError(f"'channels' does not apply to source {self.source!r} (only digits and synthetic); "

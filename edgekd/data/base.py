@@ -82,15 +82,21 @@ class SampleSet(Dataset):
     def __len__(self) -> int:
         return len(self.raw_set)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, Any, int]:
         x = self.preprocess(self.raw_set.raw(int(i)))
         if x.is_floating_point() and not torch.isfinite(x).all():  # one NaN pixel poisons training and parity
             raise DataError(f"data: {self.name} sample {int(i)} holds NaN or Inf values; clean the data")
-        return x, int(self._labels[i]), int(i)
+        label = self._labels[i]
+        return x, int(label) if label.ndim == 0 else label, int(i)
 
     @property
     def labels(self) -> torch.Tensor:
         return self._labels
+
+    @property
+    def labeled(self) -> bool:
+        """False when some samples are unlabeled (label -1): only label-free losses apply."""
+        return bool((self._labels >= 0).all())
 
 
 class EpochBatches(Sampler[list[int]]):
@@ -121,9 +127,11 @@ class EpochBatches(Sampler[list[int]]):
         return max(0, len(self.chunks()) - self.skip)
 
 
-def collate(items: list[tuple[torch.Tensor, int, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def collate(items: list[tuple[torch.Tensor, Any, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch: inputs stacked, labels as int64 class ids (or stacked, for a detection split's box rows)."""
     xs, ys, idx = zip(*items)
-    return torch.stack(xs), torch.tensor(ys, dtype=torch.int64), torch.tensor(idx, dtype=torch.int64)
+    labels = torch.stack(ys) if isinstance(ys[0], torch.Tensor) else torch.tensor(ys, dtype=torch.int64)
+    return torch.stack(xs), labels, torch.tensor(idx, dtype=torch.int64)
 
 
 @dataclass
@@ -168,7 +176,7 @@ class Splits:
     @property
     def labeled(self) -> bool:
         """False when the train split holds unlabeled samples (label -1): only label-free losses apply."""
-        return bool((self.train.labels >= 0).all())
+        return self.train.labeled
 
     def example(self, n: int = 1, split: str = "train") -> torch.Tensor:
         """The first ``n`` samples of ``split``, stacked (shapes, tracing, probes)."""

@@ -86,8 +86,9 @@ def build_splits(spec: DataSpec, architecture: dict[str, Any] | None = None, *, 
         if keep is not None:
             raw[split] = SubSet(raw[split], keep)
             provenance[split] += f"; a seeded subset of {cap}"
-    for split in ("train", "val", "test"):
-        check_labels(raw[split].labels, f"data ({spec.source}) {split} split", src.num_classes)
+    if src.boxes is None:  # a detection source checked its classes as it read each box
+        for split in ("train", "val", "test"):
+            check_labels(raw[split].labels, f"data ({spec.source}) {split} split", src.num_classes)
     num_classes = src.num_classes or 1 + max(int(raw[s].labels.max()) for s in ("train", "val", "test")
                                              if len(raw[s]))
     if src.unlabeled is not None:  # after the cap: unlabeled samples are all kept, for label-free losses
@@ -104,7 +105,7 @@ def build_splits(spec: DataSpec, architecture: dict[str, Any] | None = None, *, 
     else:
         own = generated or spec.preprocess == "none"  # nothing from the architecture's tables
         preprocess = resolve_preprocess(spec.preprocess_spec(), {} if own else (architecture or {}), {})
-    sets = {s: SampleSet(raw[s], preprocess, s) for s in ("train", "val", "test")}
+    sets = {s: _sample_set(raw[s], preprocess, s, src) for s in ("train", "val", "test")}
     workers = auto_workers(src.decoded) if spec.workers == "auto" else int(spec.workers)
     splits = Splits(sets["train"], sets["val"], sets["test"], num_classes, preprocess, batch_size=spec.batch_size,
                     workers=workers, pin_memory=pin_memory, class_names=src.class_names,
@@ -112,6 +113,15 @@ def build_splits(spec: DataSpec, architecture: dict[str, Any] | None = None, *, 
                     provenance={"source": spec.source, "path": spec.path, "splits": provenance, "notes": src.notes})
     _check_sample(splits, spec)
     return splits
+
+
+def _sample_set(raw: Any, preprocess: Any, split: str, src: SourceData) -> SampleSet:
+    """A split's dataset: images with class labels, or (a detection source) with their boxes as rows."""
+    if src.boxes is None:
+        return SampleSet(raw, preprocess, split)
+    from .detection_set import DetectionSampleSet
+
+    return DetectionSampleSet(raw, preprocess, split, src.boxes, max(1, src.boxes.most_boxes))
 
 
 def _check_sample(splits: Splits, spec: DataSpec) -> None:

@@ -30,6 +30,7 @@ class SourceData:
     class_names: list[str] | None = None
     decoded: bool = False                 # samples are files to decode: loader workers pay off
     unlabeled: RawSet | None = None       # joins train with label -1 (label-free losses only)
+    boxes: Any = None                     # detection: the BoxTable every split's image ids index
     notes: list[str] = field(default_factory=list)
 
 

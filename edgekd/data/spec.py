@@ -10,7 +10,7 @@ from ..config.schema import DataSpec
 from ..errors import DataError
 
 DATA_FORMS = ("digits, synthetic, npz:PATH (or PATH.npz), imagefolder:DIR, hf:PATH|NAME, text:FILE (JSONL, CSV or a "
-              "save_to_disk folder) or package.module:factory")
+              "save_to_disk folder), yolo:DIR, coco:DIR (detection) or package.module:factory")
 
 
 def parse_data_spec(spec: str, base: dict[str, Any]) -> dict[str, Any]:
@@ -26,7 +26,7 @@ def parse_data_spec(spec: str, base: dict[str, Any]) -> dict[str, Any]:
         kind, rest = "npz", spec
     if kind in ("digits", "synthetic") and not rest:
         source, path = kind, None
-    elif kind in ("npz", "imagefolder", "hf", "text") and rest:
+    elif kind in ("npz", "imagefolder", "hf", "text", "yolo", "coco") and rest:
         source, path = kind, rest
     elif rest.isidentifier() and all(part.isidentifier() for part in kind.split(".")):
         source, path = "factory", spec

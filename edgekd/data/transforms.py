@@ -22,10 +22,15 @@ from ..errors import DataError
 INTERPOLATIONS = ("nearest", "bilinear", "bicubic")
 
 
+LETTERBOX_FILL = 114 / 255  # the gray Ultralytics letterboxes with, in [0, 1] before normalising
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """Resolved preprocessing: resize the shorter side to ``resize`` (or the whole image to ``size``
-    when ``resize`` is None), centre-crop ``size``, scale to [0, 1], set ``channels``, normalise."""
+    when ``resize`` is None), centre-crop ``size``, scale to [0, 1], set ``channels``, normalise. With
+    ``letterbox``, the longer side is scaled to ``size`` and the rest padded with ``LETTERBOX_FILL``
+    instead (detection: nothing is cropped away and boxes keep their shape)."""
 
     size: int | None                 # output height = width; None keeps the source's size
     resize: int | None               # shorter side before the crop; None: resize straight to size
@@ -34,9 +39,13 @@ class Preprocess:
     std: tuple[float, ...] | None
     channels: int | None             # 1 or 3; None keeps the source's
     origin: dict[str, str]           # key -> where the value came from: recipe, architecture or source
+    letterbox: bool | None = None    # True: fit the longer side and pad (None: off, and not written out)
 
     def to_json(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        out = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        if not self.letterbox:  # off: absent, so records (and stage keys) of classification runs are unchanged
+            out.pop("letterbox")
+        return out
 
     def recipe_keys(self) -> dict[str, Any] | str:
         """These values as a recipe's ``data.preprocess`` (what ``recipe.resolved.yaml`` records, so the
@@ -55,7 +64,7 @@ class Preprocess:
 
     def deployment_json(self) -> dict[str, Any]:
         """What an exported file records of its preprocessing (``to_json``: nothing here names this machine)."""
-        return self.to_json()
+        return {**self.to_json(), **({"letterbox_fill": LETTERBOX_FILL} if self.letterbox else {})}
 
     def __call__(self, raw: Any) -> torch.Tensor:
         """A raw sample (a PIL image, or a float CHW tensor in [0, 1]) -> the model's input tensor."""
@@ -76,24 +85,41 @@ class Preprocess:
             x = (x - mean) / std
         return x.contiguous()
 
+    def geometry(self, height: int, width: int) -> list[tuple[str, tuple[int, ...]]]:
+        """The steps an image of ``height`` x ``width`` goes through: ``("resize", (h, w))``, ``("crop",
+        (top, left, h, w))``, ``("pad", (left, top, right, bottom))``. One list for the pixels and for
+        their boxes (``boxes.move_boxes``), so the two cannot disagree."""
+        s = self.size
+        if s is None:
+            return []
+        if self.letterbox:
+            scale = s / max(height, width)
+            nh, nw = max(1, round(height * scale)), max(1, round(width * scale))
+            top, left = (s - nh) // 2, (s - nw) // 2
+            steps = [("resize", (nh, nw))] if (nh, nw) != (height, width) else []
+            return steps + ([("pad", (left, top, s - nw - left, s - nh - top))] if (nh, nw) != (s, s) else [])
+        if self.resize is None:
+            return [("resize", (s, s))] if (height, width) != (s, s) else []
+        scale = self.resize / min(height, width)
+        nh, nw = max(s, round(height * scale)), max(s, round(width * scale))
+        steps = [("resize", (nh, nw))] if (nh, nw) != (height, width) else []
+        return steps + ([("crop", ((nh - s) // 2, (nw - s) // 2, s, s))] if (nh, nw) != (s, s) else [])
+
     def _geometry(self, x: torch.Tensor) -> torch.Tensor:
-        if self.size is None:
-            return x
         mode = self.interpolation
         # antialias when shrinking, as torchvision's Resize does: a large photo resized without it is
         # not the image the architecture's own preprocessing would have produced
         kw = {"align_corners": False, "antialias": True} if mode in ("bilinear", "bicubic") else {}
-        h, w = x.shape[-2:]
-        if self.resize is None:
-            if (h, w) != (self.size, self.size):
-                x = F.interpolate(x[None], size=(self.size, self.size), mode=mode, **kw)[0]
-            return x
-        scale = self.resize / min(h, w)
-        nh, nw = max(self.size, round(h * scale)), max(self.size, round(w * scale))
-        if (nh, nw) != (h, w):
-            x = F.interpolate(x[None], size=(nh, nw), mode=mode, **kw)[0]
-        top, left = (nh - self.size) // 2, (nw - self.size) // 2
-        return x[:, top:top + self.size, left:left + self.size]
+        for op, args in self.geometry(*x.shape[-2:]):
+            if op == "resize":
+                x = F.interpolate(x[None], size=args, mode=mode, **kw)[0]
+            elif op == "crop":
+                top, left, h, w = args
+                x = x[:, top:top + h, left:left + w]
+            else:  # pad: left, top, right, bottom (torch's own order is left, right, top, bottom)
+                left, top, right, bottom = args
+                x = F.pad(x, (left, right, top, bottom), value=LETTERBOX_FILL)
+        return x
 
     def _channels(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels is None or x.shape[0] == self.channels:
@@ -183,11 +209,17 @@ def resolve_preprocess(recipe: PreprocessSpec | None, architecture: dict[str, An
     given = recipe.model_dump(exclude_none=True) if recipe is not None else {}
     values: dict[str, Any] = {}
     origin: dict[str, str] = {}
-    for key in ("size", "resize", "interpolation", "mean", "std", "channels"):
+    for key in ("size", "resize", "interpolation", "mean", "std", "channels", "letterbox"):
         for label, layer in (("recipe", given), ("architecture", architecture), ("source", source)):
             if layer.get(key) is not None:
                 values[key], origin[key] = layer[key], label
                 break
+    if values.get("letterbox") and (values.get("size") is None or given.get("resize") is not None):
+        raise DataError("data.preprocess.letterbox needs data.preprocess.size (the square it pads to) and no "
+                        "resize (a letterbox scales the longer side to size; nothing is cropped)")
+    if values.get("letterbox"):
+        values.pop("resize", None)  # an architecture's crop ratio has no place in a letterbox
+        origin.pop("resize", None)
     if "resize" in values and "size" not in values:
         raise DataError("data.preprocess.resize needs data.preprocess.size (the centre crop after resizing)")
     if values.get("resize") is not None and values["resize"] < values["size"]:
@@ -201,7 +233,7 @@ def resolve_preprocess(recipe: PreprocessSpec | None, architecture: dict[str, An
     return Preprocess(size=values.get("size"), resize=values.get("resize"),
                       interpolation=values.get("interpolation", "bilinear"),
                       mean=tuple(mean) if mean is not None else None, std=tuple(std) if std is not None else None,
-                      channels=values.get("channels"), origin=origin)
+                      channels=values.get("channels"), origin=origin, letterbox=values.get("letterbox") or None)
 
 
 def _crop_box(h: int, w: int, scale: tuple[float, float], ratio: tuple[float, float],
