@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 venv: $(VENV)/.installed
 
 $(VENV)/.installed-test: pyproject.toml | $(PY)
-	$(PIP) install -q -e ".[dev,cpu,vision,data,text]"
+	$(PIP) install -q -e ".[dev,cpu,vision,data,text,detection]"
 	touch $@
 
 venv-test: $(VENV)/.installed-test

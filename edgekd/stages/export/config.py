@@ -34,5 +34,8 @@ class ExportConfig(StageConfig):
     int8_min_cosine: float = Field(0.98, ge=0.0, le=1.0, description="embedding models: the INT8 file's mean "
                                    "cosine similarity to the fake-quantized torch model's embeddings (layouts that "
                                    "requantize by design; the others are judged by SQNR)")
+    int8_min_box_agreement: float = Field(0.9, ge=0.0, le=1.0, description="detectors: the INT8 file's boxes "
+                                          "matched to the fake-quantized model's (same class, IoU >= 0.5, F1 over "
+                                          "both sides; layouts that requantize by design, the others by SQNR)")
     torch_program: bool | None = Field(None, description="also save each FP32 variant as a torch.export "
                                                          "program (.pt2); default: when a torch target is in the run")
