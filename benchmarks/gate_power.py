@@ -17,10 +17,10 @@ gate compares that ratio with the baseline run's ratio (flag above 1 + min_effec
 
 ``--rounds R`` judges by the rule the gate uses when the teacher file is the same bytes in both runs
 (issue 26): each "run" times the teacher (resnet18 at 128x128) and the variant one after the other in R
-rounds; the change is the geometric mean of this run's per-round variant/teacher ratios over the
-baseline run's, with a Welch t interval on their logarithms (flag above 1 + min_effect with the interval
-above 1). Each trial is judged three times from the same measurements, by each round's p50, mean, and
-mean of its fastest 10% of calls (the gate's statistic), so the three are compared side by side.
+rounds; the change between this run's per-round variant/teacher ratios and the baseline run's is
+the gate's ``rounds_shift_interval`` (Hodges-Lehmann with its rank interval from 4 rounds a side; flag
+above 1 + min_effect with the interval above 1). Each trial is judged three times from the same measurements, by each round's p50, mean (the
+gate's statistic) and mean of its fastest 10% of calls, so the three are compared side by side.
 ``--load N`` keeps N CPU-bound processes spinning beside the whole benchmark (a busy runner).
 
     python benchmarks/gate_power.py --trials 20
@@ -165,17 +165,17 @@ def judge(args: argparse.Namespace, base_file: Path, slow_file: Path, tmp: Path,
           f"{min(slow_ratios):.3f}-{max(slow_ratios):.3f}")
 
 
-STATISTICS = ("p50", "mean", "fastest_tenth_mean")  # of each round's calls; the gate reads the last
+STATISTICS = ("p50", "mean", "fastest_tenth_mean")  # of each round's calls; the gate reads the mean
 
 
 def teacher_rounds(args: argparse.Namespace, base_file: Path, slow_file: Path, teacher_file: Path, target,
                    pool) -> None:
     """The gate's rule for an unchanged teacher: per-round variant/teacher ratios, run against run, judged
-    from the same measurements by each round's p50, mean and mean of its fastest 10% of calls (the
-    gate's statistic), side by side."""
+    from the same measurements by each round's p50, mean (the gate's statistic) and mean of its fastest
+    10% of calls, side by side."""
     from edgekd.measure.fingerprint import machine
     from edgekd.measure.measurement import measure
-    from edgekd.report.baseline import repeats_ratio_interval
+    from edgekd.report.baseline import rounds_shift_interval
 
     def run(path: Path) -> dict[str, list[float]]:  # one CI run: R rounds of (teacher, variant)
         ratios: dict[str, list[float]] = {stat: [] for stat in STATISTICS}
@@ -191,7 +191,7 @@ def teacher_rounds(args: argparse.Namespace, base_file: Path, slow_file: Path, t
         then, same, slower = run(base_file), run(base_file), run(slow_file)
         line = []
         for stat, t in tally.items():
-            a, c = repeats_ratio_interval(same[stat], then[stat]), repeats_ratio_interval(slower[stat], then[stat])
+            a, c = rounds_shift_interval(same[stat], then[stat]), rounds_shift_interval(slower[stat], then[stat])
             flag_a = a[0] > 1 + args.min_effect and a[1] > 1.0
             flag_c = c[0] > 1 + args.min_effect and c[1] > 1.0
             t["alarms"] += flag_a

@@ -135,7 +135,7 @@ def test_latency_defaults_follow_the_issue_and_stats_are_exact_on_known_times():
 def test_the_fastest_tenth_reads_the_work_through_a_co_tenant_that_only_adds_time(work, slice_ms, busy, seed):
     """A co-tenant only ever adds time to a call (whole scheduler slices, here on up to 80% of calls):
     the mean of the fastest tenth stays within the calls' own jitter of the work, wherever the p50 lands
-    (why gate --baseline compares it round by round)."""
+    (benchmarks/gate_power.py compares it with the p50 and the mean as the gate's round statistic)."""
     rng = np.random.default_rng(seed)
     jitter = work * (1 + 0.01 * rng.random(400))
     added = slice_ms * rng.integers(1, 4, size=400) * (rng.random(400) < busy)

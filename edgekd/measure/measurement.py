@@ -175,19 +175,18 @@ MAX_KEPT_SAMPLES = 1000
 
 
 def add_repeats(rows: list[dict[str, Any]], timings: list[list[dict[str, Any]]]) -> None:
-    """Fold the later repeats' latency into each row (same order): ``repeats.p50_ms`` and
-    ``fastest_tenth_mean_ms`` list every repeat's p50 and mean of its fastest 10% of calls (the row's own
-    first), ``repeats.spread`` is (max - min) / median of the p50s: the drift between measurements, which
-    the spread within one cannot show (benchmarks/gate_power.py). The fastest tenths are what
-    ``gate --baseline`` compares round by round with the teacher: a busy machine only ever adds time to
-    a call (report.baseline)."""
+    """Fold the later repeats' latency into each row (same order): ``repeats.p50_ms`` and ``mean_ms``
+    list every repeat's p50 and mean call (the row's own first), ``repeats.spread`` is (max - min) /
+    median of the p50s: the drift between measurements, which the spread within one cannot show
+    (benchmarks/gate_power.py). The means are what ``gate --baseline`` compares round by round with the
+    teacher: on a shared CPU a p50 sits on one scheduler-slice mode (report.baseline)."""
     for i, row in enumerate(rows):
         if row["status"] != "ok":
             continue
         later = [t[i]["latency_ms"] for t in timings if t[i]["status"] == "ok"]
         p50s = [row["latency_ms"]["p50"]] + [lat["p50"] for lat in later]
-        fastest = [row["latency_ms"]["fastest_tenth_mean"]] + [lat["fastest_tenth_mean"] for lat in later]
-        row["repeats"] = {"p50_ms": p50s, "fastest_tenth_mean_ms": fastest,
+        means = [row["latency_ms"]["mean"]] + [lat["mean"] for lat in later]
+        row["repeats"] = {"p50_ms": p50s, "mean_ms": means,
                           "spread": (max(p50s) - min(p50s)) / float(np.median(p50s))}
 
 
