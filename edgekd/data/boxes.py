@@ -113,9 +113,42 @@ def move_boxes(truth: ImageBoxes, size: tuple[int, int], geometry: list[tuple[st
             boxes = TF.crop(boxes, top, left, h, w)
         elif op == "pad":
             boxes = TF.pad(boxes, list(args))
+        elif op == "hflip":
+            boxes = TF.horizontal_flip(boxes)
         else:
             raise ValueError(f"unknown geometry step {op!r}")
     boxes = TF.clamp_bounding_boxes(boxes)
     xyxy = boxes.as_subclass(torch.Tensor).numpy()
     keep = ((xyxy[:, 2] - xyxy[:, 0]) >= 1.0) & ((xyxy[:, 3] - xyxy[:, 1]) >= 1.0)
     return ImageBoxes(xyxy[keep].astype(np.float32), truth.classes[keep])
+
+
+def augment_detection_batch(x: torch.Tensor, rows: torch.Tensor, spec: Any, gen: torch.Generator,
+                            fill: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The training augmentation of a detection batch: per image a random-resized crop (zoom), a shift
+    and a horizontal flip as ``spec`` (``Augment``) asks, drawn from ``gen`` like ``augment_batch``'s,
+    as one list of geometry steps for the pixels (``transforms.apply_geometry``) and the boxes
+    (``move_boxes``); a box the crop or shift leaves less than a pixel of is dropped. ``fill``: per
+    channel, what black is after normalisation (0 for unnormalised data)."""
+    from .transforms import _crop_box, apply_geometry
+
+    n, c, h, w = x.shape
+    fill = torch.zeros(c) if fill is None else fill
+    images, packed = [], torch.full_like(rows, 0.0)
+    packed[:, :, 0] = PAD_CLASS
+    for i in range(n):
+        steps: list[tuple[str, Any]] = []
+        if spec.crop_scale is not None:
+            top, left, ch, cw = _crop_box(h, w, spec.crop_scale, spec.crop_ratio, gen)
+            steps += [("crop", (top, left, ch, cw)), ("resize", (h, w))]
+        if spec.shift > 0:
+            s = spec.shift
+            dy, dx = (int(v) for v in torch.randint(0, 2 * s + 1, (2,), generator=gen))
+            steps += [("pad", (s, s, s, s)), ("crop", (dy, dx, h, w))]
+        if spec.hflip and bool(torch.rand(1, generator=gen) < 0.5):
+            steps.append(("hflip", ()))
+        images.append(apply_geometry(x[i], steps, "bilinear", fill))
+        moved = move_boxes(unpack(rows[i]), (h, w), steps)
+        packed[i, :len(moved), 0] = torch.from_numpy(moved.classes.astype(np.float32))
+        packed[i, :len(moved), 1:] = torch.from_numpy(moved.boxes)
+    return torch.stack(images), packed

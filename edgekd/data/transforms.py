@@ -106,20 +106,7 @@ class Preprocess:
         return steps + ([("crop", ((nh - s) // 2, (nw - s) // 2, s, s))] if (nh, nw) != (s, s) else [])
 
     def _geometry(self, x: torch.Tensor) -> torch.Tensor:
-        mode = self.interpolation
-        # antialias when shrinking, as torchvision's Resize does: a large photo resized without it is
-        # not the image the architecture's own preprocessing would have produced
-        kw = {"align_corners": False, "antialias": True} if mode in ("bilinear", "bicubic") else {}
-        for op, args in self.geometry(*x.shape[-2:]):
-            if op == "resize":
-                x = F.interpolate(x[None], size=args, mode=mode, **kw)[0]
-            elif op == "crop":
-                top, left, h, w = args
-                x = x[:, top:top + h, left:left + w]
-            else:  # pad: left, top, right, bottom (torch's own order is left, right, top, bottom)
-                left, top, right, bottom = args
-                x = F.pad(x, (left, right, top, bottom), value=LETTERBOX_FILL)
-        return x
+        return apply_geometry(x, self.geometry(*x.shape[-2:]), self.interpolation, torch.tensor([LETTERBOX_FILL]))
 
     def _channels(self, x: torch.Tensor) -> torch.Tensor:
         if self.channels is None or x.shape[0] == self.channels:
@@ -130,6 +117,31 @@ class Preprocess:
             return (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2]).unsqueeze(0)
         raise DataError(f"data: samples have {x.shape[0]} channels; preprocess.channels={self.channels} cannot "
                         f"be made from them (1 <-> 3 only)")
+
+
+def apply_geometry(x: torch.Tensor, steps: list[tuple[str, tuple[int, ...]]], mode: str,
+                   fill: torch.Tensor) -> torch.Tensor:
+    """One (C, H, W) image through ``steps`` (``Preprocess.geometry``'s vocabulary, plus ``("hflip", ())``);
+    padding takes ``fill`` per channel (one value for all, or one each). ``boxes.move_boxes`` moves boxes
+    through the same steps."""
+    # antialias when shrinking, as torchvision's Resize does: a large photo resized without it is
+    # not the image the architecture's own preprocessing would have produced
+    kw = {"align_corners": False, "antialias": True} if mode in ("bilinear", "bicubic") else {}
+    for op, args in steps:
+        if op == "resize":
+            x = F.interpolate(x[None], size=args, mode=mode, **kw)[0]
+        elif op == "crop":
+            top, left, h, w = args
+            x = x[:, top:top + h, left:left + w]
+        elif op == "hflip":
+            x = x.flip(-1)
+        else:  # pad: left, top, right, bottom (torch's own order is left, right, top, bottom)
+            left, top, right, bottom = args
+            c, h, w = x.shape
+            canvas = fill.to(x.dtype).view(-1, 1, 1).expand(c, h + top + bottom, w + left + right).clone()
+            canvas[:, top:top + h, left:left + w] = x
+            x = canvas
+    return x
 
 
 def _pil_to_tensor(image: Any) -> torch.Tensor:
