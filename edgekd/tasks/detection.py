@@ -151,7 +151,9 @@ def box_parity(reference: list[Detections], output: list[Detections]) -> dict[st
 class Detection(Task):
     name: ClassVar[str] = "detection"
     metric: ClassVar[str] = "COCO mAP@[.5:.95]"
-    losses: ClassVar[tuple[str, ...] | None] = ()  # the detection losses register themselves as they land
+    default_loss: ClassVar[str] = "detection-score-kd"
+    # losses that fit its rows, and feature attention on named FPN modules (no channel match needed)
+    losses: ClassVar[tuple[str, ...] | None] = ("detection-score-kd", "detection-box-kd", "spatial-attention")
     outputs_classes: ClassVar[bool] = False
     agreement_floor: ClassVar[str] = "int8_min_box_agreement"
     nms: ClassVar[NmsSettings] = NmsSettings()
