@@ -18,7 +18,8 @@ def test_list_each_kind():
     assert "tensorrt: unavailable" in backends and "pip install 'edgekd[tensorrt]'" in backends
     assert "torch: available" in backends and "(providers: " in backends and "(devices: CPU" in backends
     losses = invoke("list", "losses").output
-    assert "kd: Vanilla KD: Hinton" in losses and "keys: temperature=4.0, alpha=0.7" in losses
+    assert "kd: Vanilla KD: Hinton" in losses and "\n    keys: temperature=4.0, alpha=0.7" in losses
+    assert "\\n" not in losses  # the keys and needs go on lines of their own, not as an escaped newline
     assert "pskd: " in losses and "needs: labels" in losses
     from edgekd.losses import LOSSES
 
@@ -27,6 +28,7 @@ def test_list_each_kind():
     tasks = invoke("list", "tasks").output
     assert "classification: scored by top-1 accuracy; default loss kd" in tasks
     assert "embedding: scored by mean cosine to the teacher's embeddings; default loss embedding-cosine" in tasks
+    assert "detection: scored by COCO mAP@[.5:.95]; default loss detection-score-kd" in tasks
     assert invoke("list", "plugins").exit_code == 2
 
 

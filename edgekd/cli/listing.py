@@ -58,8 +58,9 @@ def list_(what: Annotated[What, typer.Argument(
         else:
             from ..losses import LOSSES
 
-            for name in LOSSES:
-                out.print(_describe_loss(name, LOSSES.get(name)), highlight=False, markup=False)
+            for name in LOSSES:  # the console prints each string as one line (control characters escaped)
+                for line in _describe_loss(name, LOSSES.get(name)).split("\n"):
+                    out.print(line, highlight=False, markup=False)
 
 
 def _describe_loss(name: str, cls: type) -> str:
