@@ -66,3 +66,50 @@ def test_the_detection_task_names_its_losses():
     task = task_for("detection")
     assert task.loss_problem("detection-box-kd") is None and task.loss_problem("spatial-attention") is None
     assert "does not fit a detection run" in task.loss_problem("kd")
+
+
+def fgd_batch(fs: torch.Tensor, ft: torch.Tensor, boxes: torch.Tensor) -> Batch:
+    return Batch(logits=torch.empty(0), labels=boxes, index=torch.arange(len(fs)), teacher_logits=[],
+                 student_features={"s": fs}, teacher_features={"t": ft}, input_size=(64, 64))
+
+
+def fgd_term(cs: int, ct: int):
+    from types import SimpleNamespace
+
+    term = loss("fgd", pairs=[("s", "t")])
+    term.setup(SimpleNamespace(student_features={"s": torch.zeros(1, cs, 8, 8)},
+                               teacher_features={"t": torch.zeros(1, ct, 8, 8)}))
+    return term
+
+
+def test_fgd_is_zero_for_identical_features_and_its_adapter_learns_when_channels_differ():
+    from edgekd.data.boxes import ImageBoxes, pack
+
+    boxes = torch.from_numpy(pack([ImageBoxes.of([(8, 8, 40, 40)], [1]), ImageBoxes.of([], [])], 1))
+    ft = torch.randn(2, 16, 8, 8)
+    assert float(fgd_term(16, 16)(fgd_batch(ft.clone(), ft, boxes))) == pytest.approx(0.0, abs=1e-7)
+    term = fgd_term(8, 16)  # a pruned student: a 1x1 adapter inside the loss
+    fs = torch.randn(2, 8, 8, 8, requires_grad=True)
+    value = term(fgd_batch(fs, ft, boxes))
+    assert float(value) > 0
+    value.backward()
+    assert fs.grad.abs().sum() > 0 and term.adapters[0].weight.grad.abs().sum() > 0
+
+
+def test_fgd_masks_weigh_each_box_and_the_background_alike():
+    from edgekd.data.boxes import ImageBoxes, pack
+    from edgekd.losses.detection import box_masks
+
+    rows = torch.from_numpy(pack([ImageBoxes.of([(0, 0, 32, 32), (40, 40, 48, 48)], [0, 1])], 2))
+    foreground, scale = box_masks(rows, (64, 64), (16, 16))  # stride 4
+    assert float(foreground[0, :8, :8].min()) == 1.0 and float(foreground[0, 10:12, 10:12].min()) == 1.0
+    big, small = scale[0, :8, :8], scale[0, 10:12, 10:12]
+    assert float(big.sum()) == pytest.approx(1.0) and float(small.sum()) == pytest.approx(1.0)
+    assert float((scale[0] * (1 - foreground[0])).sum()) == pytest.approx(1.0)  # the background, as one
+
+
+def test_fgd_refuses_a_batch_without_boxes():
+    ft = torch.randn(2, 16, 8, 8)
+    batch = fgd_batch(ft, ft, None)
+    with pytest.raises(RecipeError, match="fgd needs a detection batch"):
+        fgd_term(16, 16)(batch)

@@ -44,7 +44,8 @@ def student_logits(*rows):
 def test_registry_order_is_the_documented_one():
     assert LOSSES.names() == ["kd", "kd-labelfree", "nkd", "dhkd", "multi-teacher", "taid", "bdkd", "pskd",
                               "layered-self", "hint", "spatial-attention", "nd", "ofa", "minilm", "minilm-v2",
-                              "tinybert-hidden", "embedding-cosine", "detection-score-kd", "detection-box-kd"]
+                              "tinybert-hidden", "embedding-cosine", "detection-score-kd", "detection-box-kd",
+                              "fgd"]
 
 
 def test_kd_value_and_gradient():

@@ -46,6 +46,7 @@ class Batch:
     epoch: int = 0                             # 0-based
     epochs: int = 1
     attention_mask: torch.Tensor | None = None  # text: (N, S), 0 for padding tokens; None for images
+    input_size: tuple[int, int] | None = None   # images: the batch's (H, W), what box coordinates are in
 
     @property
     def progress(self) -> float:

@@ -153,7 +153,7 @@ class Detection(Task):
     metric: ClassVar[str] = "COCO mAP@[.5:.95]"
     default_loss: ClassVar[str] = "detection-score-kd"
     # losses that fit its rows, and feature attention on named FPN modules (no channel match needed)
-    losses: ClassVar[tuple[str, ...] | None] = ("detection-score-kd", "detection-box-kd", "spatial-attention")
+    losses: ClassVar[tuple[str, ...] | None] = ("detection-score-kd", "detection-box-kd", "fgd", "spatial-attention")
     outputs_classes: ClassVar[bool] = False
     agreement_floor: ClassVar[str] = "int8_min_box_agreement"
     nms: ClassVar[NmsSettings] = NmsSettings()

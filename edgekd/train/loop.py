@@ -29,6 +29,7 @@ from torch import nn
 
 from ..config.schema import Augment, TrainSpec
 from ..data import Splits, augment_batch
+from ..data.boxes import augment_detection_batch
 from ..errors import StageError
 from ..models.features import capture
 from ..fileio import atomic_path
@@ -195,7 +196,9 @@ class _Loop:
         total, seen = self.carried if epoch == self.start else (0.0, 0)
         dev, device, augment = self.device.torch_device, self.device, self.settings.augment
         for step, (x, y, idx) in enumerate(loader, start=skip):
-            if augment is not None and augment.active:
+            if augment is not None and augment.active and y.dim() == 3:  # a detection batch: boxes move too
+                x, y = augment_detection_batch(x, y, augment, self.aug_gen, self.fill)
+            elif augment is not None and augment.active:
                 x = augment_batch(x, augment, self.aug_gen, self.fill)
             x = x.to(dev, non_blocking=True, memory_format=device.memory_format if x.dim() == 4
                      else torch.contiguous_format)  # channels_last is for image batches only
@@ -204,7 +207,7 @@ class _Loop:
                 t_logits, t_feats = self.teacher(idx, x) if self.teacher is not None else ([], {})
                 batch = Batch(logits=torch.empty(0), labels=y if self.labeled else None, index=idx,
                               teacher_logits=t_logits, teacher_features=t_feats, epoch=epoch, epochs=self.spec.epochs,
-                              attention_mask=packed_mask(x))
+                              attention_mask=packed_mask(x), input_size=tuple(x.shape[-2:]) if x.dim() == 4 else None)
                 loss, parts = self.engine(x, batch)
             values = {name: float(v.detach()) for name, v in parts.items()}
             for name, v in values.items():
