@@ -141,7 +141,7 @@ def test_the_fastest_tenth_reads_the_work_through_a_co_tenant_that_only_adds_tim
     added = slice_ms * rng.integers(1, 4, size=400) * (rng.random(400) < busy)
     stats = LatencyStats.of(jitter + added)
     assert work <= stats.fastest_tenth_mean <= work * 1.01
-    if busy > 0.5:  # while the p50 has moved by whole slices
+    if busy > 0.6:  # while the p50 has moved by whole slices (most calls were interrupted)
         assert stats.p50 > work * 1.01
 
 
