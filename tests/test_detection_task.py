@@ -85,8 +85,8 @@ def test_box_parity_is_one_for_identical_outputs_and_falls_with_moved_or_relabel
 
 def test_a_model_whose_outputs_are_not_boxes_and_scores_is_named():
     task = task_for("detection")
-    assert task.output_problem((10,), CLASSES) is not None  # a classifier's logits
-    assert "4 + 3" in task.output_problem((100, 8), CLASSES)
-    assert task.output_problem((100, 7), CLASSES) is None
+    assert task.output_problem((1, 10), CLASSES) is not None  # a classifier's logits
+    assert "4 + 3" in task.output_problem((1, 100, 8), CLASSES)
+    assert task.output_problem((1, 100, 7), CLASSES) is None
     with pytest.raises(Exception, match="no boxes"):
         task.score(rows_for([ImageBoxes.of([], [])]), pack([ImageBoxes.of([], [])], 1), None)

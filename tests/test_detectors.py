@@ -78,3 +78,33 @@ def test_a_two_stage_or_unknown_detector_is_refused_with_the_families_named():
 
     with pytest.raises(CheckpointError, match="not a single-stage detector .* SSD, RetinaNet, FCOS"):
         torchvision_detector("fasterrcnn_mobilenet_v3_large_320_fpn", CLASSES, SIZE)
+
+
+def test_compress_exports_a_torchvision_detector_and_scores_map_on_both_cpu_runtimes(tmp_path):
+    """The thinnest end-to-end slice of issue 27: a torchvision detector checkpoint (its own state_dict)
+    with a YOLO folder, exported and measured on ONNX Runtime and OpenVINO, each row scored by mAP on the
+    file running there. (Untrained weights: the score is near 0, what is tested is that it is computed.)"""
+    import json
+
+    from tests.conftest import invoke, write_yaml
+    from tests.test_detection_data import write_yolo
+
+    from edgekd.models.detectors import torchvision_detection_model
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "ssd.pt"
+    torch.save(torchvision_detection_model("ssdlite320_mobilenet_v3_large", 3).state_dict(), checkpoint)
+    recipe = write_yaml(tmp_path / "r.yaml", {
+        "name": "det", "task": "detection", "arch": "torchvision:ssdlite320_mobilenet_v3_large",
+        "data": {"source": "yolo", "path": str(write_yolo(tmp_path / "data")), "batch_size": 4,
+                 "preprocess": {"size": 96}},  # mean, std and letterbox from the architecture
+        "teacher_check": False, "stages": [{"stage": "export"}], "targets": ["cpu-onnxruntime", "cpu-openvino"]})
+    result = invoke("compress", checkpoint, "-r", recipe, "-o", tmp_path / "run", "--runs", "5", "--seconds", "0.05")
+    assert result.exit_code == 0, result.output
+    assert "letterbox True (architecture)" in result.output and "mean [0.5, 0.5, 0.5] (architecture)" in result.output
+    report = json.loads((tmp_path / "run" / "report.json").read_text())
+    rows = {r["target"]: r for r in report["results"]}
+    assert set(rows) == {"cpu-onnxruntime", "cpu-openvino"}
+    for row in rows.values():
+        assert row["status"] in ("ok", "noisy"), row.get("error")
+        assert 0.0 <= row["accuracy"] <= 1.0 and set(row["detection"]) == {"map", "map50"}

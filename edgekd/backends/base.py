@@ -128,8 +128,14 @@ def predict(model: CompiledModel, x: np.ndarray) -> np.ndarray:
     from ..data.packed import packed_feed
 
     names = [i.name for i in model.inputs]
-    return np.concatenate([np.array(model.run(packed_feed(x[i:i + 1], names)), copy=True).reshape(1, -1)
+    return np.concatenate([_one_sample(np.array(model.run(packed_feed(x[i:i + 1], names)), copy=True))
                            for i in range(len(x))])
+
+
+def _one_sample(out: np.ndarray) -> np.ndarray:
+    """One sample's output with its leading batch axis of 1, keeping its own shape (a detector's
+    (1, anchors, 4 + C) rows stay rows); an output without a batch axis becomes one row."""
+    return out if out.ndim >= 2 and out.shape[0] == 1 else out.reshape(1, -1)
 
 
 def evaluate_accuracy(model: CompiledModel, x: np.ndarray, y: np.ndarray) -> float:

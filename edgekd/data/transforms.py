@@ -203,6 +203,8 @@ def torchvision_defaults(name: str) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - no torchvision, or a model without published weights
         return {}
     t = weights.transforms()
+    if not hasattr(t, "mean"):  # a detector: it normalises and resizes inside its own transform
+        return detection_defaults(name)
     crop, resize = list(getattr(t, "crop_size", [None]))[0], list(getattr(t, "resize_size", [None]))[0]
     out: dict[str, Any] = {"mean": tuple(map(float, t.mean)), "std": tuple(map(float, t.std)), "channels": 3}
     if crop:
@@ -213,6 +215,22 @@ def torchvision_defaults(name: str) -> dict[str, Any]:
     if interp in INTERPOLATIONS:
         out["interpolation"] = interp
     return out
+
+
+def detection_defaults(name: str) -> dict[str, Any]:
+    """A torchvision detector's own preprocessing, read from its ``GeneralizedRCNNTransform`` (built
+    without weights): mean, std, and its fixed size (SSDlite: 320) or shorter-side size (FCOS/RetinaNet:
+    800), as a letterbox, since edgekd replaces that transform with its own preprocessing."""
+    from ..models.detectors import torchvision_detection_model
+
+    try:
+        transform = torchvision_detection_model(name, None).transform
+    except Exception:  # noqa: BLE001 - not a detector edgekd wraps: nothing declared
+        return {}
+    fixed = getattr(transform, "fixed_size", None)
+    size = int(fixed[0]) if fixed else int(transform.min_size[0])
+    return {"mean": tuple(map(float, transform.image_mean)), "std": tuple(map(float, transform.image_std)),
+            "channels": 3, "size": size, "letterbox": True}
 
 
 def resolve_preprocess(recipe: PreprocessSpec | None, architecture: dict[str, Any],

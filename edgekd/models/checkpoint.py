@@ -149,6 +149,10 @@ def _torchvision(name: str, num_classes: int | None, in_channels: int | None, wi
         raise CheckpointError("--arch torchvision:* needs torchvision: pip install 'edgekd[vision]'") from None
     if in_channels not in (None, 3):
         raise CheckpointError(f"torchvision:{name} takes 3 input channels, the data has {in_channels}")
+    from .detectors import is_torchvision_detector_name, torchvision_detection_model
+
+    if is_torchvision_detector_name(name):  # wrapped for the data's input size once its weights are in
+        return torchvision_detection_model(name, num_classes, **extra)
     try:
         kwargs = {"num_classes": num_classes} if num_classes else {}
         return torchvision.models.get_model(name, weights=None, **kwargs, **extra)

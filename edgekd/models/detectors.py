@@ -39,6 +39,11 @@ FAMILIES = {
 }
 
 
+def is_single_stage_detector(model: nn.Module) -> bool:
+    """A torchvision SSD, RetinaNet or FCOS (not yet wrapped)."""
+    return not isinstance(model, Detector) and any(c.__name__ in FAMILIES for c in type(model).__mro__)
+
+
 def family_of(model: nn.Module) -> Family:
     for cls in type(model).__mro__:
         if cls.__name__ in FAMILIES:
@@ -121,17 +126,27 @@ class Detector(nn.Module):
             self.model.train(was_training)
 
 
-def torchvision_detector(name: str, num_classes: int, size: int, **kwargs: Any) -> Detector:
-    """``torchvision.models.get_model(name)`` without weights, for ``num_classes`` classes (plus the
-    background class SSD counts), wrapped for ``size`` x ``size`` inputs."""
+def is_torchvision_detector_name(name: str) -> bool:
     import torchvision
 
-    probe = torchvision.models.get_model_builder(name)
+    return name in torchvision.models.list_models(module=torchvision.models.detection)
+
+
+def torchvision_detection_model(name: str, num_classes: int | None, **kwargs: Any) -> nn.Module:
+    """``torchvision.models.get_model(name)`` with no weights at all (neither the detector's nor its
+    backbone's: nothing is downloaded), for ``num_classes`` classes plus the background class SSD counts."""
+    import torchvision
+
     family = next((f for n, f in FAMILIES.items() if n.lower() in name.lower()), None)
     if family is None:
         raise CheckpointError(f"torchvision:{name}: not a single-stage detector edgekd can export (known families: "
                               f"{', '.join(FAMILIES)}; e.g. ssdlite320_mobilenet_v3_large, fcos_resnet50_fpn, "
                               f"retinanet_resnet50_fpn_v2)")
-    model = probe(weights=None, weights_backbone=None, num_classes=num_classes + (1 if family.background else 0),
-                  **kwargs)
-    return Detector(model, size)
+    if num_classes is not None:
+        kwargs["num_classes"] = num_classes + (1 if family.background else 0)
+    return torchvision.models.get_model(name, weights=None, weights_backbone=None, **kwargs)
+
+
+def torchvision_detector(name: str, num_classes: int, size: int, **kwargs: Any) -> Detector:
+    """``torchvision_detection_model`` wrapped for ``size`` x ``size`` inputs."""
+    return Detector(torchvision_detection_model(name, num_classes, **kwargs), size)

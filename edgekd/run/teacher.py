@@ -28,16 +28,33 @@ def load_teacher(checkpoint: Path | None, arch: str | None, policy: LoadPolicy, 
         loaded = load_hf_checkpoint(checkpoint, arch, task=task.name, num_classes=splits.num_classes, policy=policy)
         return checked_teacher(loaded, checkpoint, splits, task)
     try:
-        # a classifier is built with the data's class count; other outputs keep the width the checkpoint has
+        # a classifier or detector is built with the data's class count; embedding models keep the width
+        # the checkpoint has
         loaded = load_checkpoint(checkpoint, arch, policy=policy,
-                                 num_classes=splits.num_classes if task.outputs_classes else None,
+                                 num_classes=splits.num_classes if task.built_for_classes else None,
                                  in_channels=splits.input_shape[0], arch_args=arch_args)
     except CheckpointError as exc:
         suspect = labels_with_gaps(splits)
         if suspect and "shape mismatch" in str(exc):  # a stray label is the data's fault, not the checkpoint's
             raise DataError(suspect) from None
         raise
-    return checked_teacher(loaded, checkpoint, splits, task)
+    return checked_teacher(as_detector(loaded, splits), checkpoint, splits, task)
+
+
+def as_detector(loaded: LoadedCheckpoint, splits: Splits) -> LoadedCheckpoint:
+    """A torchvision detector wrapped to give the detection task's rows at the data's input size (its
+    anchors are fixed for that size); any other model as it is."""
+    from dataclasses import replace
+
+    from ..models.detectors import Detector, is_single_stage_detector
+
+    if not is_single_stage_detector(loaded.model):
+        return loaded
+    c, h, w = splits.input_shape
+    if h != w:
+        raise CheckpointError(f"a detector is exported for square inputs; the data gives {h}x{w} (set "
+                              f"data.preprocess: {{size: N, letterbox: true}})")
+    return replace(loaded, model=Detector(loaded.model, h))
 
 
 def is_hf(arch: str | None) -> bool:

@@ -39,6 +39,7 @@ class Task:
     default_loss: ClassVar[str] = "kd"  # the distillation loss a training stage uses when its recipe names none
     losses: ClassVar[tuple[str, ...] | None] = None  # the losses that fit its outputs (None: any)
     outputs_classes: ClassVar[bool] = True  # a model's output width is the data's class count
+    built_for_classes: ClassVar[bool] = True  # an arch is built with the data's class count (its head sizes)
     text_head: ClassVar[str] = "logits"  # hf: models: "logits" (sequence classification) or "mean-pool"
     agreement_floor: ClassVar[str] = "int8_min_top1_agreement"  # the export key bounding ``agreement``
     references_from_teacher: ClassVar[bool] = False  # scores are taken against the teacher's outputs

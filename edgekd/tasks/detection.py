@@ -166,8 +166,8 @@ class Detection(Task):
         return {"accuracy": scores["map"], "detection": scores}
 
     def output_problem(self, shape: tuple[int, ...], num_classes: int) -> str | None:
-        if len(shape) != 2 or shape[1] != BOX + num_classes:
-            return (f"the model outputs shape {shape} per image; a detector edgekd exports ends at (anchors, 4 + "
+        if len(shape) != 3 or shape[2] != BOX + num_classes:
+            return (f"the model outputs shape {shape}; a detector edgekd exports ends at (N, anchors, 4 + "
                     f"{num_classes}) rows: a box x1 y1 x2 y2 in input pixels, then one score per class")
         return None
 

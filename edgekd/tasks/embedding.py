@@ -35,6 +35,7 @@ class Embedding(Task):
     # a logit loss (kd, the usual default) would soften embedding dimensions as if they were classes
     losses: ClassVar[tuple[str, ...] | None] = ("embedding-cosine", "minilm", "minilm-v2", "tinybert-hidden", "hint")
     outputs_classes: ClassVar[bool] = False
+    built_for_classes: ClassVar[bool] = False
     text_head: ClassVar[str] = "mean-pool"
     agreement_floor: ClassVar[str] = "int8_min_cosine"
     references_from_teacher: ClassVar[bool] = True
