@@ -291,3 +291,17 @@ def test_augmentation_moves_each_box_with_its_pixels(spec, seed, data):
             assert float(image[inside].min()) > 0.9
         if outside.any():
             assert float(image[outside].max()) < 0.1
+
+
+@pytest.mark.parametrize("task, source, message", [
+    ("classification", "yolo", "task 'classification' does not fit data.source 'yolo', whose labels are boxes"),
+    ("detection", "digits", "task 'detection' needs data with boxes: data.source yolo or coco"),
+])
+def test_a_task_that_does_not_fit_the_labels_is_refused_before_anything_is_read(tmp_path, task, source, message):
+    from tests.conftest import invoke, write_yaml
+
+    data = {"source": source, "path": str(tmp_path)} if source == "yolo" else {"source": source}
+    recipe = write_yaml(tmp_path / "r.yaml", {"name": "r", "task": task, "data": data,
+                                              "stages": [{"stage": "export"}], "targets": []})
+    result = invoke("compress", "-r", recipe, "--dry-run")
+    assert result.exit_code == 2 and message in result.output, result.output

@@ -95,13 +95,13 @@ def test_compress_exports_a_torchvision_detector_and_scores_map_on_both_cpu_runt
     checkpoint = tmp_path / "ssd.pt"
     torch.save(torchvision_detection_model("ssdlite320_mobilenet_v3_large", 3).state_dict(), checkpoint)
     recipe = write_yaml(tmp_path / "r.yaml", {
-        "name": "det", "task": "detection", "arch": "torchvision:ssdlite320_mobilenet_v3_large",
+        "name": "det", "arch": "torchvision:ssdlite320_mobilenet_v3_large",  # yolo data: the task is detection
         "data": {"source": "yolo", "path": str(write_yolo(tmp_path / "data")), "batch_size": 4,
                  "preprocess": {"size": 96}},  # mean, std and letterbox from the architecture
         "teacher_check": False, "stages": [{"stage": "export"}], "targets": ["cpu-onnxruntime", "cpu-openvino"]})
     result = invoke("compress", checkpoint, "-r", recipe, "-o", tmp_path / "run", "--runs", "5", "--seconds", "0.05")
     assert result.exit_code == 0, result.output
-    assert "letterbox True (architecture)" in result.output and "mean [0.5, 0.5, 0.5] (architecture)" in result.output
+    assert "task detection" in result.output and "letterbox True (architecture)" in result.output and "mean [0.5, 0.5, 0.5] (architecture)" in result.output
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     rows = {r["target"]: r for r in report["results"]}
     assert set(rows) == {"cpu-onnxruntime", "cpu-openvino"}

@@ -347,6 +347,9 @@ class RegisteredStage:
         return core_schema.tagged_union_schema(choices, discriminator="stage")
 
 
+BOX_SOURCES = ("yolo", "coco")  # the data sources whose labels are boxes (detection)
+
+
 class Recipe(Strict):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, defer_build=True)
 
@@ -357,8 +360,9 @@ class Recipe(Strict):
     arch_args: dict[str, Any] = Field(default_factory=dict, description="keyword arguments for the arch's "
                                       "constructor or factory (e.g. {input_size: 28}); also --arch-arg KEY=VALUE")
     task: str = Field("classification", description="what the model outputs and how it is scored (edgekd list "
-                      "tasks): classification (class logits, top-1 accuracy) or embedding (scored against the "
-                      "teacher's embeddings); hf: text models get the task's head")
+                      "tasks): classification (class logits, top-1 accuracy), embedding (scored against the "
+                      "teacher's embeddings) or detection (boxes, COCO mAP; the default for yolo and coco data); "
+                      "hf: text models get the task's head")
     metric: str | None = Field(None, description="classification: score with this function instead of top-1 "
                                "(package.module:function, given the outputs and labels as arrays, returning a "
                                "number in [0, 1], higher is better)")
@@ -399,6 +403,26 @@ class Recipe(Strict):
         if low not in ("auto", "cpu", "cuda") and not (low.startswith("cuda:") and low[5:].isdigit()):
             raise ValueError("must be auto, cpu, cuda or cuda:N")
         return low
+
+    @model_validator(mode="before")
+    @classmethod
+    def _task_from_boxes(cls, data: Any) -> Any:
+        """Data with boxes (yolo, coco) is detection data: the task follows unless the recipe names
+        another, and a detection task needs such data (checked here, before anything is read)."""
+        if not isinstance(data, dict):
+            return data
+        source = (data.get("data") or {}).get("source") if isinstance(data.get("data"), dict) else None
+        boxed = source in BOX_SOURCES
+        task = data.get("task")
+        if boxed and task is None:
+            return {**data, "task": "detection"}
+        if boxed and task != "detection":
+            raise ValueError(f"task {task!r} does not fit data.source {source!r}, whose labels are boxes; use "
+                             f"task: detection (or leave task out)")
+        if task == "detection" and not boxed:
+            raise ValueError(f"task 'detection' needs data with boxes: data.source {' or '.join(BOX_SOURCES)} "
+                             f"(got {source or 'digits'!r})")
+        return data
 
     @model_validator(mode="after")
     def _stage_order(self) -> "Recipe":
