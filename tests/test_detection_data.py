@@ -294,8 +294,9 @@ def test_augmentation_moves_each_box_with_its_pixels(spec, seed, data):
 
 
 @pytest.mark.parametrize("task, source, message", [
-    ("classification", "yolo", "task 'classification' does not fit data.source 'yolo', whose labels are boxes"),
-    ("detection", "digits", "task 'detection' needs data with boxes: data.source yolo or coco"),
+    ("classification", "yolo", "task 'classification' scores data labelled with classes; data.source 'yolo' has "
+                               "boxes (boxes: yolo, coco): use task: detection or leave task out"),
+    ("detection", "digits", "task 'detection' scores data labelled with boxes; data.source 'digits' has classes"),
 ])
 def test_a_task_that_does_not_fit_the_labels_is_refused_before_anything_is_read(tmp_path, task, source, message):
     from tests.conftest import invoke, write_yaml

@@ -406,22 +406,22 @@ class Recipe(Strict):
 
     @model_validator(mode="before")
     @classmethod
-    def _task_from_boxes(cls, data: Any) -> Any:
-        """Data with boxes (yolo, coco) is detection data: the task follows unless the recipe names
-        another, and a detection task needs such data (checked here, before anything is read)."""
+    def _task_from_labels(cls, data: Any) -> Any:
+        """The task follows what the data's labels are (boxes for yolo and coco, classes otherwise) unless
+        the recipe names one, and a named task must score such labels: checked before anything is read."""
+        from ..tasks import task_for_labels
+
         if not isinstance(data, dict):
             return data
-        source = (data.get("data") or {}).get("source") if isinstance(data.get("data"), dict) else None
-        boxed = source in BOX_SOURCES
+        source = data["data"].get("source") if isinstance(data.get("data"), dict) else None
+        kind = "boxes" if source in BOX_SOURCES else "classes"
         task = data.get("task")
-        if boxed and task is None:
-            return {**data, "task": "detection"}
-        if boxed and task != "detection":
-            raise ValueError(f"task {task!r} does not fit data.source {source!r}, whose labels are boxes; use "
-                             f"task: detection (or leave task out)")
-        if task == "detection" and not boxed:
-            raise ValueError(f"task 'detection' needs data with boxes: data.source {' or '.join(BOX_SOURCES)} "
-                             f"(got {source or 'digits'!r})")
+        if task is None:
+            return {**data, "task": task_for_labels(kind)}
+        if task in TASKS and TASKS.get(task).label_kind != kind:
+            raise ValueError(f"task {task!r} scores data labelled with {TASKS.get(task).label_kind}; data.source "
+                             f"{source or 'digits'!r} has {kind} (boxes: {', '.join(BOX_SOURCES)}): use task: "
+                             f"{task_for_labels(kind)} or leave task out")
         return data
 
     @model_validator(mode="after")

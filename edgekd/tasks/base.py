@@ -40,6 +40,7 @@ class Task:
     losses: ClassVar[tuple[str, ...] | None] = None  # the losses that fit its outputs (None: any)
     outputs_classes: ClassVar[bool] = True  # a model's output width is the data's class count
     built_for_classes: ClassVar[bool] = True  # an arch is built with the data's class count (its head sizes)
+    label_kind: ClassVar[str] = "classes"  # what the data's labels are: "classes", or "boxes" (yolo, coco)
     text_head: ClassVar[str] = "logits"  # hf: models: "logits" (sequence classification) or "mean-pool"
     agreement_floor: ClassVar[str] = "int8_min_top1_agreement"  # the export key bounding ``agreement``
     references_from_teacher: ClassVar[bool] = False  # scores are taken against the teacher's outputs
@@ -125,6 +126,11 @@ class Scoring:
 
 
 TASKS: Registry[type[Task]] = Registry("task", RecipeError)
+
+
+def task_for_labels(kind: str) -> str:
+    """The default task for data whose labels are ``kind``: the first registered task that scores them."""
+    return next(name for name in TASKS if TASKS.get(name).label_kind == kind)
 
 
 def task_for(name: str, metric: str | None = None) -> Task:

@@ -155,6 +155,7 @@ class Detection(Task):
     # losses that fit its rows, and feature attention on named FPN modules (no channel match needed)
     losses: ClassVar[tuple[str, ...] | None] = ("detection-score-kd", "detection-box-kd", "fgd", "spatial-attention")
     outputs_classes: ClassVar[bool] = False
+    label_kind: ClassVar[str] = "boxes"
     agreement_floor: ClassVar[str] = "int8_min_box_agreement"
     nms: ClassVar[NmsSettings] = NmsSettings()
 
